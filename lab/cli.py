@@ -1,0 +1,140 @@
+"""`python -m lab`: start, inspect, break and remove the lab fleet."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from lab.engine import LabError
+from lab.fleet import Lab, Spec, state_root
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line and exit 2, without the usage dump.
+
+    Abbreviated flags are refused: `--gpus 3` must not quietly mean `--gpus-per-host 3`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _tags(text: str) -> list[str]:
+    tags = [t.strip() for t in text.split(",") if t.strip()]
+    if not tags:
+        raise argparse.ArgumentTypeError("needs at least one tag")
+    return tags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m lab", description=__doc__)
+    parser.add_argument("--name", default="fleetlab",
+                        help="lab name; several labs can run side by side (default fleetlab)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="start the fleet (idempotent) and write its inventory")
+    up.add_argument("--gpu-hosts", type=_nonneg_int, default=2)
+    up.add_argument("--gpus-per-host", type=_nonneg_int, default=2)
+    up.add_argument("--cpu-hosts", type=_nonneg_int, default=0)
+    up.add_argument("--lb-hosts", type=_nonneg_int, default=0)
+    up.add_argument("--gpu-model", choices=["H100", "A100", "L40S"], default="H100")
+    up.add_argument("--registry-port", type=_nonneg_int, default=5000,
+                    help="loopback port the lab image registry is published on for pushes")
+    up.add_argument("--model-scale", type=float, default=1.0,
+                    help="multiply the lab model registry's model sizes (e.g. 0.05 for tests)")
+    up.add_argument("--ollama-tags", type=_tags, default=None,
+                    help="stand-in ollama/ollama tags to publish, comma-separated")
+    up.add_argument("--nginx-tags", type=_tags, default=None)
+
+    sub.add_parser("down", help="remove every container, network and volume of the lab")
+    status = sub.add_parser("status", help="hosts and endpoints")
+    status.add_argument("--json", action="store_true")
+
+    for name, text in (("cut", "take a host off the network"),
+                       ("restore", "reconnect a host and power it on if it is off"),
+                       ("stop", "shut a host down cleanly"),
+                       ("kill", "power a host off without warning")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("host")
+
+    image = sub.add_parser("ollama-image",
+                           help="build and publish a stand-in ollama/ollama:TAG (e.g. a bad one)")
+    image.add_argument("tag")
+    image.add_argument("--unhealthy", action="store_true",
+                       help="a build that starts but never becomes healthy")
+    return parser
+
+
+def _print_status(info: dict) -> None:
+    if not info["up"]:
+        print(f"lab {info['name']}: not up")
+        return
+    print(f"lab {info['name']}  network {info['subnet']}  inventory {info['inventory']}")
+    for h in info["hosts"]:
+        gpus = ", ".join(f"{g['index']}:{g['name']}" for g in h["gpus"]) or "-"
+        print(f"  {h['name']:<8} {h['role']:<4} {h['address']:<15} {h['state']:<8} {gpus}")
+    ep = info["endpoints"]
+    print(f"  image registry  {ep['image_registry']['mirror']}")
+    print(f"  model registry  {ep['model_registry']}")
+    print(f"  apt repository  {ep['apt_repository']['base']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    lab = Lab(args.name, log=lambda msg: print(f"lab: {msg}", file=sys.stderr))
+    state_root().mkdir(parents=True, exist_ok=True)
+    try:
+        if args.command == "status":
+            info = lab.status()
+            print(json.dumps(info, indent=2)) if args.json else _print_status(info)
+            return 0
+        # One command at a time per lab: `up` from two terminals must not race.
+        with open(state_root() / f"{args.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _run(args, lab)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab: interrupted; `python -m lab up` cleans up and carries on", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, lab: Lab) -> int:
+    if args.command == "up":
+        spec = Spec(gpu_hosts=args.gpu_hosts, gpus_per_host=args.gpus_per_host,
+                    cpu_hosts=args.cpu_hosts, lb_hosts=args.lb_hosts, gpu_model=args.gpu_model,
+                    registry_port=args.registry_port, model_scale=args.model_scale)
+        if args.ollama_tags:
+            spec.ollama_tags = args.ollama_tags
+        if args.nginx_tags:
+            spec.nginx_tags = args.nginx_tags
+        started = time.monotonic()
+        lab.up(spec)
+        lab.log(f"up in {time.monotonic() - started:.1f}s")
+        _print_status(lab.status())
+    elif args.command == "down":
+        lab.down()
+    elif args.command == "ollama-image":
+        lab.publish_ollama_image(args.tag, unhealthy=args.unhealthy)
+    else:
+        getattr(lab, args.command)(args.host)
+    return 0

@@ -1,0 +1,508 @@
+"""The lab fleet: Debian servers in containers on their own network, and the lab's services.
+
+Everything the lab creates carries the label `fleetlab.lab=<name>`, so `down` (and
+`up`, before it starts) can find and remove it even when the state file is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lab import engine, images
+from lab.engine import LabError, docker
+
+REPO = Path(__file__).resolve().parent.parent
+LABEL = "fleetlab.lab"
+SERVICES_IP_OFFSET = 2
+ROLE_OFFSETS = {"gpu": 10, "cpu": 100, "lb": 200}
+ROLE_LIMITS = {"gpu": 89, "cpu": 99, "lb": 50}
+REGISTRY_PORT = 5000  # inside the services container
+APT_PORT = 8080
+MODEL_REGISTRY_PORT = 8081
+DEFAULT_OLLAMA_TAGS = ("0.6.8", "0.7.0")
+DEFAULT_NGINX_TAGS = ("1.27", "stable")
+SSH_WAIT_S = 90
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("FLEETLAB_STATE_DIR", REPO / ".lab"))
+
+
+@dataclass
+class Spec:
+    """What `up` was asked for; `up` with the same spec changes nothing."""
+
+    gpu_hosts: int = 2
+    gpus_per_host: int = 2
+    cpu_hosts: int = 0
+    lb_hosts: int = 0
+    gpu_model: str = "H100"
+    registry_port: int = 5000
+    model_scale: float = 1.0
+    ollama_tags: list[str] = field(default_factory=lambda: list(DEFAULT_OLLAMA_TAGS))
+    nginx_tags: list[str] = field(default_factory=lambda: list(DEFAULT_NGINX_TAGS))
+
+    def validate(self) -> None:
+        if self.gpu_hosts + self.cpu_hosts + self.lb_hosts == 0:
+            raise LabError("up: zero hosts asked for; give --gpu-hosts, --cpu-hosts or --lb-hosts")
+        for role, count in (("gpu", self.gpu_hosts), ("cpu", self.cpu_hosts),
+                            ("lb", self.lb_hosts)):
+            if count < 0 or count > ROLE_LIMITS[role]:
+                raise LabError(f"up: --{role}-hosts {count}: must be 0..{ROLE_LIMITS[role]}")
+        if self.gpu_hosts and not 1 <= self.gpus_per_host <= 16:
+            raise LabError(f"up: --gpus-per-host {self.gpus_per_host}: must be 1..16")
+        if not 1024 <= self.registry_port <= 65535:
+            raise LabError(f"up: --registry-port {self.registry_port}: must be 1024..65535")
+        if self.model_scale <= 0:
+            raise LabError(f"up: --model-scale {self.model_scale}: must be > 0")
+
+
+@dataclass
+class Host:
+    name: str
+    role: str  # gpu | cpu | lb
+    address: str
+    gpus: list[dict]
+
+    def container(self, lab: str) -> str:
+        return f"{lab}-{self.name}"
+
+
+class Lab:
+    """One named lab: its state directory, network, services container and hosts."""
+
+    def __init__(self, name: str = "fleetlab", log=print) -> None:
+        self.name = name
+        self.log = log
+        self.dir = state_root() / name
+        self.state_file = self.dir / "state.json"
+
+    # -- state -----------------------------------------------------------
+    def load(self) -> dict | None:
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text())
+
+    def save(self, state: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    @property
+    def network(self) -> str:
+        return f"{self.name}-net"
+
+    @property
+    def services(self) -> str:
+        return f"{self.name}-services"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    # -- up ---------------------------------------------------------------
+    def up(self, spec: Spec) -> dict:
+        spec.validate()
+        engine.require_engine()
+        self._check_registry_port(spec.registry_port)
+        state = self.load()
+        if state is None:
+            self._remove_leftovers()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_key()
+        server_image = images.ensure_debootstrap_image(images.SERVER, log=self.log)
+        app_base = images.ensure_debootstrap_image(images.APP_BASE, log=self.log)
+        subnet = self._ensure_network(state)
+        net = ipaddress.ip_network(subnet)
+        services_ip = str(net.network_address + SERVICES_IP_OFFSET)
+        apt_info = self._build_apt_repo()
+        self._ensure_services(spec, server_image, services_ip)
+        self._wait_services(spec, services_ip)
+        self._push_images(spec, app_base, services_ip)
+        hosts = self._plan_hosts(spec, net)
+        self._reconcile_hosts(hosts, server_image)
+        state = {
+            "name": self.name,
+            "spec": asdict(spec),
+            "subnet": subnet,
+            "services_ip": services_ip,
+            "apt": apt_info,
+            "hosts": [asdict(h) for h in hosts],
+        }
+        self.save(state)
+        from lab.inventory import write_inventory
+
+        write_inventory(self, state)
+        return state
+
+    def _ensure_key(self) -> None:
+        if self.key_path.exists():
+            return
+        import subprocess
+
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        f"{self.name}-lab", "-f", str(self.key_path)], check=True)
+
+    def _remove_leftovers(self) -> None:
+        """Remove what an interrupted run left: containers, the network, volumes."""
+        leftovers = engine.containers(f"{LABEL}={self.name}")
+        nets = engine.ids("network", f"{LABEL}={self.name}")
+        vols = engine.ids("volume", f"{LABEL}={self.name}")
+        if leftovers or nets or vols:
+            self.log(f"removing leftovers of an earlier {self.name} lab "
+                     f"({len(leftovers)} containers, {len(nets)} networks, {len(vols)} volumes)")
+        engine.remove_all([c["Name"].lstrip("/") for c in leftovers], "container")
+        engine.remove_all(nets, "network")
+        engine.remove_all(vols, "volume")
+
+    def _ensure_network(self, state: dict | None) -> str:
+        existing = engine.inspect("network", self.network)
+        if existing:
+            return existing["IPAM"]["Config"][0]["Subnet"]
+        subnet = (state or {}).get("subnet") or self._free_subnet()
+        docker("network", "create", "--driver", "bridge", "--subnet", subnet,
+               "--label", f"{LABEL}={self.name}", self.network)
+        return subnet
+
+    def _free_subnet(self) -> str:
+        used = []
+        for name in engine.out("network", "ls", "--format", "{{.Name}}").split():
+            info = engine.inspect("network", name) or {}
+            for cfg in (info.get("IPAM") or {}).get("Config") or []:
+                if cfg.get("Subnet"):
+                    used.append(ipaddress.ip_network(cfg["Subnet"], strict=False))
+        start = int(hashlib.sha256(self.name.encode()).hexdigest(), 16) % 200
+        for i in range(250):
+            candidate = ipaddress.ip_network(f"172.29.{(start + i) % 250 + 1}.0/24")
+            if not any(candidate.overlaps(u) for u in used if u.version == 4):
+                return str(candidate)
+        raise LabError("no free /24 left in 172.29.0.0/16 for the lab network")
+
+    def _build_apt_repo(self) -> dict:
+        from lab.nvidia.repo import build_repos
+
+        return build_repos(self.dir / "apt", self.dir / "gnupg")
+
+    def _ensure_services(self, spec: Spec, server_image: str, services_ip: str) -> None:
+        files = {
+            "modelregistry.py": REPO / "lab/registry/modelregistry.py",
+            **{name: images.RECIPES / "services" / name for name in
+               ("apt-repo.conf", "registry-config.yml", "fleetlab-model-registry.service")},
+        }
+        dockerfile = (images.RECIPES / "services/Dockerfile").read_text()
+        tag = images.build_image(f"fleetlab/services:{images.SUITE}", server_image, files,
+                                 dockerfile, log=self.log)
+        config = self.dir / "services"
+        config.mkdir(exist_ok=True)
+        (config / "models.json").write_bytes((REPO / "lab/registry/models.json").read_bytes())
+        (config / "model-registry.env").write_text(f"SIZE_SCALE={spec.model_scale}\n")
+        wanted = {"image": engine.inspect("image", tag)["Id"], "port": spec.registry_port,
+                  "scale": spec.model_scale}
+        current = engine.inspect("container", self.services)
+        if current and current["Config"]["Labels"].get("fleetlab.config") == json.dumps(wanted):
+            if not current["State"]["Running"]:
+                docker("start", self.services)
+            return
+        if current:
+            docker("rm", "-f", self.services)
+        for volume in (f"{self.name}-registry", f"{self.name}-models"):
+            docker("volume", "create", "--label", f"{LABEL}={self.name}", volume)
+        docker("run", "-d", "--name", self.services, "--hostname", "lab-services",
+               "--network", self.network, "--ip", services_ip,
+               "-p", f"127.0.0.1:{spec.registry_port}:{REGISTRY_PORT}",
+               "--label", f"{LABEL}={self.name}", "--label", "fleetlab.role=services",
+               "--label", f"fleetlab.config={json.dumps(wanted)}",
+               *self._systemd_options(),
+               "-v", f"{self.name}-registry:/var/lib/docker-registry",
+               "-v", f"{self.name}-models:/var/lib/fleetlab-models",
+               "-v", f"{self.dir / 'apt'}:/srv/apt:ro",
+               "-v", f"{config}:/etc/fleetlab:ro",
+               tag)
+
+    def _check_registry_port(self, port: int) -> None:
+        """Fail before anything is created when the push port is taken by someone else."""
+        current = engine.inspect("container", self.services)
+        if current and current["State"]["Running"]:
+            bound = (current["HostConfig"].get("PortBindings") or {}).get(f"{REGISTRY_PORT}/tcp")
+            if bound and bound[0].get("HostPort") == str(port):
+                return
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise LabError(f"up: --registry-port {port}: 127.0.0.1:{port} is already in use "
+                               f"({exc.strerror}); pick another port") from exc
+
+    @staticmethod
+    def _systemd_options() -> list[str]:
+        # See shared LAB notes: what a systemd container needs on this kind of VM.
+        return ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+                "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+                "--security-opt", "systempaths=unconfined",
+                "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+                "--stop-signal", "SIGRTMIN+3", "--restart", "unless-stopped"]
+
+    def _wait_services(self, spec: Spec, services_ip: str) -> None:
+        checks = {
+            "image registry": f"http://127.0.0.1:{spec.registry_port}/v2/",
+            "apt repository": f"http://{services_ip}:{APT_PORT}/",
+            "model registry": f"http://{services_ip}:{MODEL_REGISTRY_PORT}/v2/",
+        }
+        for what, url in checks.items():
+            wait_http(url, what, timeout=120)
+
+    def _push_images(self, spec: Spec, app_base: str, services_ip: str) -> None:
+        registry = f"http://{services_ip}:{MODEL_REGISTRY_PORT}"
+        for tag in spec.ollama_tags:
+            self.build_ollama_image(tag, app_base, registry, spec.registry_port)
+        nginx = images.RECIPES / "nginx"
+        for tag in spec.nginx_tags:
+            local = images.build_image(f"fleetlab/nginx:{tag}", app_base,
+                                       {"nginx.conf": nginx / "nginx.conf"},
+                                       (nginx / "Dockerfile").read_text(), log=self.log)
+            self._push(local, f"library/nginx:{tag}", spec.registry_port)
+
+    def build_ollama_image(self, tag: str, app_base: str, registry: str, port: int,
+                           unhealthy: bool = False) -> None:
+        """Build the stand-in `ollama/ollama:TAG` and push it to the lab registry."""
+        recipe = images.RECIPES / "ollama/Dockerfile"
+        version = tag.split("-")[0].lstrip("v")
+        dockerfile = recipe.read_text().replace("{version}", version).replace(
+            "{registry}", registry).replace(
+            "{unhealthy}", "&& touch /usr/lib/ollama/lab-unhealthy" if unhealthy else "")
+        local = images.build_image(f"fleetlab/ollama:{tag}", app_base,
+                                   {"ollama.py": REPO / "lab/ollama/ollama.py"}, dockerfile,
+                                   log=self.log)
+        self._push(local, f"ollama/ollama:{tag}", port)
+
+    def publish_ollama_image(self, tag: str, unhealthy: bool = False) -> None:
+        """Publish one more stand-in Ollama tag to a running lab (e.g. a broken release)."""
+        state = self.load()
+        if state is None:
+            raise LabError(f"no lab named {self.name} is up (run: python -m lab up)")
+        app_base = images.ensure_debootstrap_image(images.APP_BASE, log=self.log)
+        registry = f"http://{state['services_ip']}:{MODEL_REGISTRY_PORT}"
+        self.build_ollama_image(tag, app_base, registry, state["spec"]["registry_port"],
+                                unhealthy=unhealthy)
+
+    def _push(self, local: str, remote: str, port: int) -> None:
+        target = f"127.0.0.1:{port}/{remote}"
+        docker("tag", local, target)
+        docker("push", "-q", target, timeout=900)
+        docker("rmi", target, check=False)
+
+    def _plan_hosts(self, spec: Spec, net: ipaddress.IPv4Network) -> list[Host]:
+        from lab.nvidia.hardware import simulated_gpus
+
+        hosts = []
+        for role, count in (("gpu", spec.gpu_hosts), ("cpu", spec.cpu_hosts),
+                            ("lb", spec.lb_hosts)):
+            for i in range(1, count + 1):
+                name = f"{role}-{i}"
+                address = str(net.network_address + ROLE_OFFSETS[role] + i)
+                gpus = (simulated_gpus(name, spec.gpus_per_host, spec.gpu_model)
+                        if role == "gpu" else [])
+                hosts.append(Host(name, role, address, gpus))
+        return hosts
+
+    def _reconcile_hosts(self, hosts: list[Host], image: str) -> None:
+        wanted = {h.container(self.name): h for h in hosts}
+        for c in engine.containers("fleetlab.role=host", all=True):
+            cname = c["Name"].lstrip("/")
+            if c["Config"]["Labels"].get(LABEL) != self.name:
+                continue
+            host = wanted.get(cname)
+            if host is None or c["Config"]["Labels"].get("fleetlab.host") != self._host_label(
+                    host, image):
+                self.log(f"removing {cname}")
+                docker("rm", "-f", "-v", cname)
+                docker("volume", "rm", f"{cname}-docker", check=False)
+        to_start = []
+        for cname, host in wanted.items():
+            current = engine.inspect("container", cname)
+            if current is None:
+                self._create_host(host, image)
+                to_start.append(host)
+            elif not current["State"]["Running"]:
+                to_start.append(host)
+        for host in to_start:
+            docker("start", host.container(self.name))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda h: wait_ssh(h.address, h.name), hosts))
+
+    def _host_label(self, host: Host, image: str) -> str:
+        return json.dumps({"image": image, "address": host.address, "gpus": host.gpus},
+                          sort_keys=True)
+
+    def _create_host(self, host: Host, image: str) -> None:
+        cname = host.container(self.name)
+        self.log(f"creating {host.name} ({host.role}, {host.address}, {len(host.gpus)} GPUs)")
+        hw = self.dir / "hosts" / host.name
+        hw.mkdir(parents=True, exist_ok=True)
+        mounts = []
+        if host.gpus:
+            (hw / "gpus.json").write_text(json.dumps({"gpus": host.gpus}, indent=2) + "\n")
+            mounts = ["-v", f"{hw / 'gpus.json'}:/etc/fleetlab/gpus.json:ro"]
+        docker("volume", "create", "--label", f"{LABEL}={self.name}", f"{cname}-docker")
+        docker("create", "--name", cname, "--hostname", host.name,
+               "--network", self.network, "--ip", host.address,
+               "--label", f"{LABEL}={self.name}", "--label", "fleetlab.role=host",
+               "--label", f"fleetlab.host={self._host_label(host, image)}",
+               *self._systemd_options(),
+               "-v", f"{cname}-docker:/var/lib/docker", *mounts, image)
+        pub = self.key_path.with_suffix(".pub").read_bytes()
+        keys = hw / "authorized_keys"
+        keys.write_bytes(pub)
+        os.chmod(keys, 0o600)
+        docker("cp", str(keys), f"{cname}:/root/.ssh/authorized_keys")
+
+    # -- operations on one host -----------------------------------------
+    def host(self, name: str) -> Host:
+        state = self.load()
+        if state is None:
+            raise LabError(f"no lab named {self.name} is up (run: python -m lab up)")
+        for h in state["hosts"]:
+            if h["name"] == name:
+                return Host(**h)
+        names = ", ".join(h["name"] for h in state["hosts"])
+        raise LabError(f"{name}: no such host in lab {self.name} (hosts: {names})")
+
+    def cut(self, name: str) -> None:
+        """Take HOST off the network: its address stops answering, the host keeps running."""
+        host = self.host(name)
+        info = engine.inspect("container", host.container(self.name)) or {}
+        if self.network in (info.get("NetworkSettings") or {}).get("Networks", {}):
+            docker("network", "disconnect", "-f", self.network, host.container(self.name))
+
+    def restore(self, name: str) -> None:
+        """Bring HOST back: network reconnected at the same address, container running."""
+        host = self.host(name)
+        cname = host.container(self.name)
+        info = engine.inspect("container", cname)
+        if info is None:
+            raise LabError(f"{name}: its container is gone; run `python -m lab up` to recreate it")
+        if self.network not in info["NetworkSettings"]["Networks"]:
+            docker("network", "connect", "--ip", host.address, self.network, cname)
+        if not info["State"]["Running"]:
+            docker("start", cname)
+        wait_ssh(host.address, name)
+
+    def stop(self, name: str) -> None:
+        """Shut HOST down cleanly (systemd stops its services)."""
+        docker("stop", "-t", "30", self.host(name).container(self.name))
+
+    def kill(self, name: str) -> None:
+        """Power HOST off without warning."""
+        # Docker's restart policy leaves a killed container off until `restore` starts it.
+        docker("kill", self.host(name).container(self.name), check=False)
+
+    # -- status / down ----------------------------------------------------
+    def status(self) -> dict:
+        from lab.inventory import inventory_path
+
+        state = self.load()
+        if state is None:
+            return {"name": self.name, "up": False, "hosts": [], "endpoints": {}}
+        running = {c["Name"].lstrip("/"): c for c in engine.containers(f"{LABEL}={self.name}")}
+        svc = state["services_ip"]
+        port = state["spec"]["registry_port"]
+        hosts = []
+        for h in state["hosts"]:
+            host = Host(**h)
+            c = running.get(host.container(self.name))
+            if c is None:
+                status = "missing"
+            elif not c["State"]["Running"]:
+                status = "stopped"
+            elif self.network not in c["NetworkSettings"]["Networks"]:
+                status = "cut"
+            else:
+                status = "running"
+            hosts.append({"name": host.name, "address": host.address, "role": host.role,
+                          "container": host.container(self.name), "state": status,
+                          "gpus": host.gpus})
+        return {
+            "name": self.name,
+            "up": True,
+            "subnet": state["subnet"],
+            "ssh_key": str(self.key_path),
+            "inventory": str(inventory_path(self.name)),
+            "hosts": hosts,
+            "endpoints": endpoints(svc, port),
+        }
+
+    def down(self) -> None:
+        """Remove every container, network and volume of this lab, and its state."""
+        conts = engine.containers(f"{LABEL}={self.name}")
+        engine.remove_all([c["Name"].lstrip("/") for c in conts], "container")
+        engine.remove_all(engine.ids("network", f"{LABEL}={self.name}"), "network")
+        engine.remove_all(engine.ids("volume", f"{LABEL}={self.name}"), "volume")
+        from lab.inventory import remove_inventory
+
+        remove_inventory(self)
+        if self.state_file.exists():
+            self.state_file.unlink()
+
+
+def endpoints(services_ip: str, registry_port: int) -> dict:
+    apt = f"http://{services_ip}:{APT_PORT}"
+    return {
+        "image_registry": {"mirror": f"http://{services_ip}:{REGISTRY_PORT}",
+                           "push": f"127.0.0.1:{registry_port}"},
+        "model_registry": f"http://{services_ip}:{MODEL_REGISTRY_PORT}",
+        "apt_repository": {
+            "base": apt,
+            "nvidia_container_toolkit": f"{apt}/libnvidia-container",
+            "nvidia_container_toolkit_gpgkey": f"{apt}/libnvidia-container/gpgkey",
+            "cuda": f"{apt}/compute/cuda/repos/debian13/x86_64",
+            "cuda_gpgkey": f"{apt}/compute/cuda/repos/debian13/x86_64/fleetlab.pub",
+        },
+    }
+
+
+def wait_http(url: str, what: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+            last = str(exc)
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise LabError(f"{what} at {url} did not answer within {timeout:.0f}s ({last})")
+
+
+def wait_ssh(address: str, name: str, timeout: float = SSH_WAIT_S) -> None:
+    """Poll until sshd on ADDRESS greets with its banner."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, 22), timeout=3) as s:
+                s.settimeout(3)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise LabError(f"{name}: sshd at {address}:22 did not answer within {timeout:.0f}s ({last})")

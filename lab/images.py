@@ -1,0 +1,175 @@
+"""Lab images, built locally and rebuilt only when their recipe changes.
+
+- the server image: a debootstrapped Debian 13 with systemd as PID 1, sshd and
+  python3, and nothing else (no Docker, no NVIDIA software);
+- the app base: a minimal Debian 13 with python3 only (no curl, no wget, like
+  the official Ollama image), the base of the stand-in application images;
+- the services image: the server image plus Debian's docker-registry and nginx,
+  which serves the lab's image registry, apt repository and model registry;
+- stand-ins under production names, pushed to the lab registry:
+  `ollama/ollama:<tag>` (lab/ollama/ollama.py) and `nginx:<tag>` (Debian's nginx).
+
+Every image carries the hash of its recipe as a label; a changed recipe gives a
+new tag, so an old image is never mistaken for a current one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.engine import LabError, docker, image_exists
+
+LAB_DIR = Path(__file__).resolve().parent
+RECIPES = LAB_DIR / "recipes"
+SUITE = "trixie"
+HASH_LABEL = "fleetlab.recipe"
+
+
+@dataclass(frozen=True)
+class Debootstrap:
+    """A Debian root made by debootstrap and imported as an image."""
+
+    name: str
+    packages: tuple[str, ...]
+    files: dict[str, str] = field(default_factory=dict)  # recipe file -> path in root
+    customize: str | None = None  # recipe script run in the root (chroot)
+    config: tuple[str, ...] = ()  # docker import --change lines
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(repr((SUITE, self.name, self.packages, sorted(self.files.items()),
+                       self.customize, self.config)).encode())
+        for src in [*self.files, *([self.customize] if self.customize else [])]:
+            h.update((RECIPES / src).read_bytes())
+        return h.hexdigest()[:12]
+
+    @property
+    def tag(self) -> str:
+        return f"fleetlab/{self.name}:{SUITE}-{self.digest()}"
+
+
+SERVER = Debootstrap(
+    name="server",
+    packages=("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "curl",
+              "ca-certificates", "iproute2", "procps", "sudo", "gnupg", "kmod",
+              "apt-transport-https"),
+    files={
+        "host/fleetlab-uptime": "/usr/local/sbin/fleetlab-uptime",
+        "host/fleetlab-uptime.service": "/etc/systemd/system/fleetlab-uptime.service",
+        "host/fleetlab-sshd-keygen.service": "/etc/systemd/system/fleetlab-sshd-keygen.service",
+        "host/sshd-fleetlab.conf": "/etc/ssh/sshd_config.d/fleetlab.conf",
+    },
+    customize="host/customize.sh",
+    # The stop signal systemd wants (SIGRTMIN+3) is set on the container: import can't.
+    config=('ENV container=docker', 'CMD ["/sbin/init"]'),
+)
+
+APP_BASE = Debootstrap(
+    name="appbase",
+    packages=("python3", "ca-certificates"),
+    customize="app/customize.sh",
+    config=('CMD ["/bin/bash"]',),
+)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (never written into the code)."""
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for block in path.read_text().split("\n\n"):
+            fields = dict(re.findall(r"^(\w[\w-]*):\s*(.+)$", block, re.M))
+            if "debian-security" in fields.get("URIs", ""):
+                continue
+            if fields.get("URIs") and "deb" in fields.get("Types", "deb").split():
+                return fields["URIs"].split()[0].rstrip("/")
+    legacy = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
+    for path in legacy:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
+                if m and "security" not in m.group(1):
+                    return m.group(1).rstrip("/")
+    raise LabError("no Debian mirror found in /etc/apt/sources.list(.d); debootstrap needs one")
+
+
+def ensure_debootstrap_image(recipe: Debootstrap, log=print) -> str:
+    """Build RECIPE's image unless an image of the same recipe exists; return its tag."""
+    tag = recipe.tag
+    if image_exists(tag):
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise LabError("debootstrap: command not found (apt-get install debootstrap)")
+    mirror = debian_mirror()
+    log(f"building {tag} with debootstrap (once per recipe, about a minute)")
+    with tempfile.TemporaryDirectory(prefix=f"fleetlab-{recipe.name}-") as tmp:
+        root = Path(tmp) / "root"
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}",
+               SUITE, str(root), mirror]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise LabError(f"debootstrap {SUITE} failed: {' / '.join(tail)}")
+        for src, dest in recipe.files.items():
+            target = root / dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(RECIPES / src, target)
+        (root / "etc/apt/sources.list").write_text(
+            f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n")
+        if recipe.customize:
+            script = root / "tmp/customize.sh"
+            shutil.copy2(RECIPES / recipe.customize, script)
+            proc = subprocess.run(["chroot", str(root), "/bin/sh", "/tmp/customize.sh"],
+                                  capture_output=True, text=True, timeout=300)
+            script.unlink()
+            if proc.returncode != 0:
+                raise LabError(f"customizing {recipe.name} failed: {proc.stderr.strip()[-300:]}")
+        changes: list[str] = []
+        for line in (*recipe.config, f"LABEL {HASH_LABEL}={recipe.digest()}"):
+            changes += ["-c", line]
+        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."],
+                               stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", *changes, "-", tag], stdin=tar.stdout,
+                             capture_output=True, timeout=600)
+        tar.stdout.close()  # so tar gets SIGPIPE rather than blocking when import failed
+        tar.wait()
+        if imp.returncode != 0:
+            raise LabError(f"docker import {tag}: {imp.stderr.decode().strip()}")
+    return tag
+
+
+def build_image(tag: str, base: str, files: dict[str, Path | bytes],
+                dockerfile: str, log=print) -> str:
+    """`docker build` TAG from DOCKERFILE (with {base} filled in) unless it exists.
+
+    The tag given is the lab-internal one; its content hash goes into a label so a
+    changed recipe is rebuilt.
+    """
+    h = hashlib.sha256(base.encode() + dockerfile.encode())
+    for name in sorted(files):
+        data = files[name]
+        h.update(name.encode() + (data if isinstance(data, bytes) else data.read_bytes()))
+    digest = h.hexdigest()[:12]
+    from lab.engine import image_label  # local: keeps the module's public surface small
+
+    if image_label(tag, HASH_LABEL) == digest:
+        return tag
+    log(f"building {tag}")
+    with tempfile.TemporaryDirectory(prefix="fleetlab-build-") as tmp:
+        ctx = Path(tmp)
+        for name, data in files.items():
+            target = ctx / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, bytes):
+                target.write_bytes(data)
+            else:
+                shutil.copy2(data, target)
+        (ctx / "Dockerfile").write_text(
+            dockerfile.format(base=base) + f"\nLABEL {HASH_LABEL}={digest}\n")
+        docker("build", "-q", "-t", tag, str(ctx), env={"DOCKER_BUILDKIT": "0"}, timeout=900)
+    return tag

@@ -1,0 +1,317 @@
+"""Signed apt repositories of the lab's stand-in NVIDIA packages, laid out like NVIDIA's.
+
+    out_dir/libnvidia-container/gpgkey                         (like nvidia.github.io)
+    out_dir/libnvidia-container/stable/deb/amd64/              flat repo: debs, Packages(.gz),
+                                                               Release, Release.gpg, InRelease
+    out_dir/compute/cuda/repos/debian13/x86_64/                flat repo + fleetlab.pub
+                                                               (like developer.download.nvidia.com)
+
+apt lines, with BASE the URL where out_dir is served:
+
+    deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] \
+        BASE/libnvidia-container/stable/deb/amd64 /
+    deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] \
+        BASE/compute/cuda/repos/debian13/x86_64/ /
+
+Usage: python -m lab.nvidia.repo OUT_DIR GNUPG_HOME [--base-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lab.nvidia import packages
+
+HERE = Path(__file__).resolve().parent
+KEY_UID = "Fleet lab apt signing <lab@localhost>"
+KEY_EMAIL = "lab@localhost"
+
+TOOLKIT_BASE = "libnvidia-container"
+TOOLKIT_REPO = f"{TOOLKIT_BASE}/stable/deb/{packages.ARCH}"
+TOOLKIT_KEY = f"{TOOLKIT_BASE}/gpgkey"
+TOOLKIT_LIST = f"{TOOLKIT_BASE}/stable/deb/nvidia-container-toolkit.list"
+DRIVER_REPO = "compute/cuda/repos/debian13/x86_64"
+DRIVER_KEY = f"{DRIVER_REPO}/fleetlab.pub"
+STATE_FILE = ".fleetlab-nvidia-build.json"
+
+TOOLKIT_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+DRIVER_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# ---------------------------------------------------------------- gpg
+
+def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
+    cmd = ["gpg", "--homedir", str(home), "--batch", "--yes", "--no-tty",
+           "--pinentry-mode", "loopback", "--passphrase", "", *args]
+    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def _fingerprint(home: Path) -> str | None:
+    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons",
+                           "--list-secret-keys", KEY_EMAIL], capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        return None
+    seen_sec = False
+    for line in proc.stdout.splitlines():
+        fields = line.split(":")
+        if fields[0] == "sec":
+            seen_sec = True
+        elif fields[0] == "fpr" and seen_sec:
+            return fields[9]
+    return None
+
+
+def ensure_signing_key(gnupg_home: Path) -> str:
+    """The lab signing key's fingerprint; generated once in gnupg_home."""
+    gnupg_home.mkdir(parents=True, exist_ok=True)
+    gnupg_home.chmod(0o700)
+    fpr = _fingerprint(gnupg_home)
+    if fpr is None:
+        _gpg(gnupg_home, "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
+        fpr = _fingerprint(gnupg_home)
+        if fpr is None:
+            raise RuntimeError(f"could not create the lab signing key in {gnupg_home}")
+    return fpr
+
+
+def stop_gpg_agent(gnupg_home: Path) -> None:
+    """Stop the gpg-agent that gpg started for this home (only that one)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["gpgconf", "--homedir", str(gnupg_home), "--kill", "gpg-agent"],
+                       capture_output=True, timeout=30)
+
+
+# ---------------------------------------------------------------- indexes
+
+def _hashes(data: bytes) -> dict[str, str]:
+    return {name: hashlib.new(name, data).hexdigest()
+            for name in ("md5", "sha1", "sha256", "sha512")}
+
+
+def _control_fields(deb: Path) -> list[tuple[str, str]]:
+    text = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True,
+                          text=True).stdout
+    fields: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith((" ", "\t")) and fields:
+            key, value = fields[-1]
+            fields[-1] = (key, value + "\n" + line)
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            fields.append((key, value.strip()))
+    return fields
+
+
+def packages_index(repo: Path) -> str:
+    """Packages file of a flat repository (every .deb in repo)."""
+    stanzas = []
+    for deb in sorted(repo.glob("*.deb")):
+        data = deb.read_bytes()
+        h = _hashes(data)
+        fields = _control_fields(deb)
+        description = [f for f in fields if f[0] == "Description"]
+        lines = [f"{k}: {v}" for k, v in fields if k != "Description"]
+        lines += [f"Filename: ./{deb.name}", f"Size: {len(data)}", f"MD5sum: {h['md5']}",
+                  f"SHA1: {h['sha1']}", f"SHA256: {h['sha256']}", f"SHA512: {h['sha512']}"]
+        lines += [f"{k}: {v}" for k, v in description]
+        stanzas.append("\n".join(lines) + "\n")
+    return "\n".join(stanzas)
+
+
+def _rfc2822(now: datetime.datetime) -> str:
+    return (f"{_DAYS[now.weekday()]}, {now.day:02d} {_MONTHS[now.month - 1]} {now.year} "
+            f"{now:%H:%M:%S} UTC")
+
+
+def release_file(repo: Path, origin: str, label: str, description: str) -> str:
+    files = {}
+    for name in ("Packages", "Packages.gz"):
+        data = (repo / name).read_bytes()
+        files[name] = (_hashes(data), len(data))
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [f"Origin: {origin}", f"Label: {label}", f"Date: {_rfc2822(now)}",
+             f"Description: {description}"]
+    for title, algo in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256"),
+                        ("SHA512", "sha512")):
+        lines.append(f"{title}:")
+        lines += [f" {h[algo]} {size:>16} {name}" for name, (h, size) in files.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_flat_repo(repo: Path, debs: list[Path], home: Path, fpr: str, origin: str,
+                    label: str, description: str) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        if deb.parent != repo:
+            shutil.copy2(deb, repo / deb.name)
+    index = packages_index(repo)
+    (repo / "Packages").write_text(index)
+    with open(repo / "Packages.gz", "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(index.encode())
+    (repo / "Release").write_text(release_file(repo, origin, label, description))
+    sign = ("--local-user", fpr, "--digest-algo", "SHA512")
+    _gpg(home, *sign, "--armor", "--detach-sign", "--output", str(repo / "Release.gpg"),
+         str(repo / "Release"))
+    _gpg(home, *sign, "--clearsign", "--output", str(repo / "InRelease"), str(repo / "Release"))
+
+
+# ---------------------------------------------------------------- build
+
+def sources_hash() -> str:
+    """Hash of the lab/nvidia sources (the packages are rebuilt when it changes)."""
+    digest = hashlib.sha256()
+    for path in sorted(HERE.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
+            continue
+        digest.update(str(path.relative_to(HERE)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _layout(fpr: str, base_url: str | None) -> dict:
+    pkgs = packages.all_packages()
+    files = {"toolkit": [f"{TOOLKIT_REPO}/{p.filename}" for p in pkgs["toolkit"]],
+             "driver": [f"{DRIVER_REPO}/{p.filename}" for p in pkgs["driver"]]}
+    result = {
+        "toolkit_base": TOOLKIT_BASE,
+        "toolkit_repo": TOOLKIT_REPO,
+        "toolkit_key": TOOLKIT_KEY,
+        "toolkit_keyring": TOOLKIT_KEYRING,
+        "toolkit_packages": ["nvidia-container-toolkit", "nvidia-container-toolkit-base",
+                             "libnvidia-container-tools", "libnvidia-container1"],
+        "toolkit_versions": [packages.deb_version(v) for v in packages.TOOLKIT_VERSIONS],
+        "driver_repo": DRIVER_REPO,
+        "driver_key": DRIVER_KEY,
+        "driver_keyring": DRIVER_KEYRING,
+        "driver_packages": {b: f"cuda-drivers-{b}" for b in packages.DRIVER_BRANCHES},
+        "driver_versions": {b: packages.deb_version(v)
+                            for b, v in packages.DRIVER_BRANCHES.items()},
+        "files": files,
+        "fingerprint": fpr,
+    }
+    if base_url:
+        base = base_url.rstrip("/")
+        result["toolkit_list"] = TOOLKIT_LIST
+        result["apt_lines"] = {
+            "toolkit": f"deb [signed-by={TOOLKIT_KEYRING}] {base}/{TOOLKIT_REPO} /",
+            "driver": f"deb [signed-by={DRIVER_KEYRING}] {base}/{DRIVER_REPO}/ /",
+        }
+    return result
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(staging: Path, home: Path, fpr: str, base_url: str | None) -> None:
+    pkgs = packages.all_packages()
+    armored = _gpg(home, "--armor", "--export", fpr)
+    toolkit_repo = staging / TOOLKIT_REPO
+    driver_repo = staging / DRIVER_REPO
+    toolkit_debs = [packages.build_deb(p, toolkit_repo) for p in pkgs["toolkit"]]
+    driver_debs = [packages.build_deb(p, driver_repo) for p in pkgs["driver"]]
+    write_flat_repo(toolkit_repo, toolkit_debs, home, fpr, "Fleet lab",
+                    "Fleet lab stand-in for libnvidia-container",
+                    "Lab stand-ins of the NVIDIA Container Toolkit packages (not NVIDIA "
+                    "software)")
+    write_flat_repo(driver_repo, driver_debs, home, fpr, "Fleet lab",
+                    "Fleet lab stand-in for the NVIDIA CUDA repository",
+                    "Lab stand-ins of NVIDIA driver packages (not NVIDIA software)")
+    (staging / TOOLKIT_KEY).write_bytes(armored)
+    (staging / DRIVER_KEY).write_bytes(armored)
+    if base_url:
+        base = base_url.rstrip("/")
+        (staging / TOOLKIT_LIST).write_text(
+            f"deb {base}/{TOOLKIT_BASE}/stable/deb/$(ARCH) /\n")
+
+
+def build_repos(out_dir: Path, gnupg_home: Path, base_url: str | None = None) -> dict:
+    """Build (or reuse) the signed stand-in repositories under out_dir.
+
+    The signing key is created once in gnupg_home; packages and indexes are rebuilt
+    only when the lab/nvidia sources, the key or base_url changed. Returns the
+    repository paths (relative to out_dir), key files, package names and versions.
+    With base_url, also writes NVIDIA's nvidia-container-toolkit.list and returns the
+    apt lines.
+    """
+    out_dir = Path(out_dir)
+    gnupg_home = Path(gnupg_home)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir / ".fleetlab-nvidia.lock"):
+        try:
+            fpr = ensure_signing_key(gnupg_home)
+            result = _layout(fpr, base_url)
+            wanted = {"sources": sources_hash(), "fingerprint": fpr, "base_url": base_url}
+            state_path = out_dir / STATE_FILE
+            try:
+                current = json.loads(state_path.read_text())
+            except (OSError, ValueError):
+                current = None
+            expected = [*result["files"]["toolkit"], *result["files"]["driver"], TOOLKIT_KEY,
+                        DRIVER_KEY] + [f"{repo}/{name}" for repo in (TOOLKIT_REPO, DRIVER_REPO)
+                                       for name in ("Packages", "Packages.gz", "Release",
+                                                    "Release.gpg", "InRelease")]
+            if current == wanted and all((out_dir / f).is_file() for f in expected):
+                return {**result, "rebuilt": False}
+
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+            try:
+                _build(staging, gnupg_home, fpr, base_url)
+                for top in (TOOLKIT_BASE, "compute"):
+                    old = out_dir / top
+                    if old.exists():
+                        trash = Path(tempfile.mkdtemp(prefix=".old-", dir=out_dir))
+                        old.rename(trash / top)
+                        shutil.rmtree(trash)
+                    (staging / top).rename(old)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            tmp = state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(wanted, indent=2) + "\n")
+            os.replace(tmp, state_path)
+            return {**result, "rebuilt": True}
+        finally:
+            stop_gpg_agent(gnupg_home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.nvidia.repo",
+                                     description="Build the lab's stand-in NVIDIA apt repos.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("gnupg_home", type=Path)
+    parser.add_argument("--base-url", help="URL where OUT_DIR is served (for the .list file)")
+    args = parser.parse_args(argv)
+    result = build_repos(args.out_dir, args.gnupg_home, args.base_url)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

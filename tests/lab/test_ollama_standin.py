@@ -1,0 +1,772 @@
+"""Contract tests for the lab's Ollama stand-in (lab/ollama/ollama.py).
+
+The stand-in runs as a real subprocess on 127.0.0.1 (port picked by the OS and
+read back from its "Listening on" log line) against a model registry started
+in-process: the lab's own registry (lab/registry/modelregistry.py) when it is
+there, and a minimal fake speaking the same protocol in any case. Every wait is
+a bounded poll; every subprocess is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+OLLAMA_PY = REPO / "lab" / "ollama" / "ollama.py"
+REGISTRY_PY = REPO / "lab" / "registry" / "modelregistry.py"
+VERSION = "0.6.8"
+# Interpreter for the stand-in (the image has python3.11 or 3.13); override to try another.
+STANDIN_PYTHON = os.environ.get("LAB_STANDIN_PYTHON", sys.executable)
+
+# name, tag, model-layer size, family, parameter size, quantization
+CATALOG = [
+    ("library/tinyllama", "latest", 2_000_000, "llama", "1.1B", "Q4_0"),
+    ("library/all-minilm", "latest", 1_000_000, "bert", "23M", "F16"),
+    ("library/qwen2.5", "0.5b", 3_000_000, "qwen2", "494.03M", "Q4_K_M"),
+]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        threading.Event().wait(interval)
+
+
+# ---------------------------------------------------------------------------
+# registries
+# ---------------------------------------------------------------------------
+
+
+class FakeRegistry:
+    """Minimal registry.ollama.ai look-alike: manifests, Range-aware blobs, faults."""
+
+    def __init__(self):
+        self.manifests: dict[tuple[str, str], bytes] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.models: dict[str, dict] = {}
+        self.fault: dict | None = None
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str | None]] = []
+        for name, tag, size, family, psize, quant in CATALOG:
+            self._add(name, tag, size, family, psize, quant)
+        handler = type("H", (_FakeHandler,), {"reg": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _put(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return digest
+
+    def _add(self, name, tag, size, family, psize, quant):
+        seed = hashlib.sha256(f"{name}:{tag}".encode()).digest()
+        model = b"GGUF" + hashlib.shake_256(seed).digest(size - 4)
+        template = b"{{ .Prompt }}"
+        params = b'{"stop":["<|end|>"]}'
+        layers = [
+            {"mediaType": "application/vnd.ollama.image.model", "digest": self._put(model),
+             "size": len(model)},
+            {"mediaType": "application/vnd.ollama.image.template",
+             "digest": self._put(template), "size": len(template)},
+            {"mediaType": "application/vnd.ollama.image.params", "digest": self._put(params),
+             "size": len(params)},
+        ]
+        config = json.dumps({
+            "model_format": "gguf", "model_family": family, "model_families": [family],
+            "model_type": psize, "file_type": quant, "architecture": "amd64", "os": "linux",
+        }, separators=(",", ":")).encode()
+        cdesc = {"mediaType": "application/vnd.docker.container.image.v1+json",
+                 "digest": self._put(config), "size": len(config)}
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": cdesc, "layers": layers,
+        }, separators=(",", ":")).encode()
+        self.manifests[(name, tag)] = manifest
+        self.models[f"{name.split('/')[-1]}:{tag}"] = {
+            "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+            "manifest": manifest,
+            "layers": layers,
+            "config": cdesc,
+            "size": cdesc["size"] + sum(x["size"] for x in layers),
+        }
+
+    def set_fault(self, drop_after_bytes=0, times=1, corrupt=False, digest=None):
+        with self.lock:
+            self.fault = {"drop_after_bytes": drop_after_bytes, "times": times,
+                          "corrupt": corrupt, "digest": digest}
+
+    def reset(self):
+        with self.lock:
+            self.fault = None
+            self.requests.clear()
+
+    def take_fault(self, digest: str, length: int):
+        with self.lock:
+            f = self.fault
+            if not f or f["times"] == 0 or (f["digest"] and f["digest"] != digest):
+                return None
+            if length <= f["drop_after_bytes"]:
+                return None
+            if f["times"] > 0:
+                f["times"] -= 1
+            return dict(f)
+
+    def range_requests(self, digest: str) -> list[str | None]:
+        with self.lock:
+            return [r for p, r in self.requests if p.endswith(digest)]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    reg: FakeRegistry
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def _reply(self, status: int, body: bytes, ctype: str, extra: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        reg = self.reg
+        with reg.lock:
+            reg.requests.append((self.path, self.headers.get("Range")))
+        m = re.match(r"^/v2/(.+)/manifests/([^/]+)$", self.path)
+        if m:
+            body = reg.manifests.get((m[1], m[2]))
+            if body is None:
+                err = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+                return self._reply(404, json.dumps(err).encode(), "application/json")
+            return self._reply(
+                200, body, "application/vnd.docker.distribution.manifest.v2+json",
+                {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()})
+        m = re.match(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$", self.path)
+        if not m or m[2] not in reg.blobs:
+            err = {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry"}]}
+            return self._reply(404, json.dumps(err).encode(), "application/json")
+        data = reg.blobs[m[2]]
+        start, end, status, extra = 0, len(data) - 1, 200, {}
+        rng = re.match(r"^bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+        if rng:
+            start = int(rng[1])
+            end = min(int(rng[2]), len(data) - 1) if rng[2] else len(data) - 1
+            status = 206
+            extra["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        body = data[start:end + 1]
+        fault = reg.take_fault(m[2], len(body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if fault and fault["corrupt"]:
+            b = bytearray(body)
+            b[fault["drop_after_bytes"]] ^= 0xFF
+            body = bytes(b)
+        elif fault:
+            self.wfile.write(body[:fault["drop_after_bytes"]])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+
+class LabRegistry:
+    """lab/registry/modelregistry.py run in-process through its public API."""
+
+    def __init__(self, data_dir: Path):
+        spec = importlib.util.spec_from_file_location("lab_modelregistry_under_test", REGISTRY_PY)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        catalog = {"models": [
+            {"name": n, "tag": t, "size": s, "family": f, "parameter_size": p,
+             "quantization_level": q} for n, t, s, f, p, q in CATALOG]}
+        built = mod.build_catalog(catalog, data_dir)
+        self.models = {}
+        for m in built:
+            self.models[f"{m['name'].split('/')[-1]}:{m['tag']}"] = {
+                "digest": m["digest"], "manifest": m["manifest"].encode(),
+                "layers": m["layers"], "config": m["config"], "size": m["size"],
+            }
+        self.registry = mod.Registry(built)
+        self.httpd = mod.make_server("127.0.0.1", 0, self.registry)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _post(self, path: str, body: dict) -> None:
+        r = httpx.post(self.url + path, json=body, timeout=10)
+        r.raise_for_status()
+
+    def set_fault(self, drop_after_bytes=0, times=1, corrupt=False, digest=None):
+        body = {"drop_after_bytes": drop_after_bytes, "times": times, "corrupt": corrupt}
+        if digest:
+            body["digest"] = digest
+        self._post("/_lab/fault", body)
+
+    def reset(self):
+        self._post("/_lab/reset", {})
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+REGISTRY_KINDS = ["fake", pytest.param("lab", marks=pytest.mark.skipif(
+    not REGISTRY_PY.exists(), reason="lab/registry/modelregistry.py not written yet"))]
+
+
+@pytest.fixture(scope="module", params=REGISTRY_KINDS)
+def registry_server(request, tmp_path_factory):
+    if request.param == "lab":
+        reg = LabRegistry(tmp_path_factory.mktemp("labregistry"))
+    else:
+        reg = FakeRegistry()
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def registry(registry_server):
+    registry_server.reset()
+    yield registry_server
+    registry_server.reset()
+
+
+@pytest.fixture
+def fake_registry():
+    reg = FakeRegistry()
+    yield reg
+    reg.close()
+
+
+# ---------------------------------------------------------------------------
+# the stand-in as a subprocess
+# ---------------------------------------------------------------------------
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OLLAMA_", "NVIDIA_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY",
+                                                                    "http_proxy", "https_proxy")}
+    env["OLLAMA_LAB_VERSION"] = VERSION
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_cli(*args: str, host: str, timeout: float = 60, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([STANDIN_PYTHON, str(OLLAMA_PY), *args], env=_clean_env(
+        OLLAMA_HOST=host, **env), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=timeout)
+
+
+class Server:
+    def __init__(self, models: Path, **env):
+        self.models = models
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [STANDIN_PYTHON, str(OLLAMA_PY), "serve"],
+            env=_clean_env(**{"OLLAMA_HOST": "127.0.0.1:0", "OLLAMA_MODELS": str(models),
+                              "OLLAMA_LAB_TOKEN_DELAY": "0.002", **env}),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._ready.wait(15) or self.port is None:
+            self.stop()
+            raise AssertionError("stand-in did not start:\n" + "".join(self.lines))
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            m = re.search(r'msg="Listening on 127\.0\.0\.1:(\d+) \(version ', line)
+            if m:
+                self.port = int(m[1])
+                self._ready.set()
+        self._ready.set()
+
+    def client(self) -> ollama.Client:
+        return ollama.Client(host=self.url, timeout=60)
+
+    def cli(self, *args: str, **env) -> subprocess.CompletedProcess:
+        return run_cli(*args, host=self.host, **env)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    servers: list[Server] = []
+
+    def start(models: Path | None = None, **env) -> Server:
+        s = Server(models or tmp_path / f"models{len(servers)}", **env)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def pull_lines(url: str, model: str, **extra) -> tuple[int, str, list[dict]]:
+    with httpx.stream("POST", url + "/api/pull", json={"model": model, **extra},
+                      timeout=60) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line.strip()]
+        return r.status_code, r.headers.get("content-type", ""), lines
+
+
+def model_digest(reg, name: str) -> str:
+    return reg.models[name]["layers"][0]["digest"]
+
+
+def blob(models: Path, digest: str) -> Path:
+    return models / "blobs" / ("sha256-" + digest.split(":", 1)[1])
+
+
+def manifest_file(models: Path, model: str, tag: str = "latest") -> Path:
+    return models / "manifests" / "registry.ollama.ai" / "library" / model / tag
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------
+
+
+def test_contract_with_official_client(registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    client = srv.client()
+    expected = registry.models["tinyllama:latest"]
+
+    progress = list(client.pull("tinyllama", stream=True))
+    assert progress[0].status == "pulling manifest"
+    assert progress[-1].status == "success"
+    statuses = [p.status for p in progress]
+    assert statuses.index("verifying sha256 digest") < statuses.index("writing manifest")
+    layer_lines = [p for p in progress if p.digest]
+    want = {x["digest"]: x["size"] for x in expected["layers"] + [expected["config"]]}
+    assert {p.digest for p in layer_lines} == set(want)
+    for p in layer_lines:
+        assert p.status == f"pulling {p.digest[7:19]}"
+        assert p.total == want[p.digest]
+        assert (p.completed or 0) <= p.total
+    for digest, size in want.items():
+        assert [p.completed for p in layer_lines if p.digest == digest][-1] == size
+    assert client.pull("all-minilm", stream=False).status == "success"
+
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == {"tinyllama:latest", "all-minilm:latest"}
+    tiny = listed["tinyllama:latest"]
+    assert tiny.digest == expected["digest"].split(":", 1)[1]
+    assert tiny.size == expected["size"]
+    assert tiny.details.family == "llama"
+    assert tiny.details.parameter_size == "1.1B"
+    assert tiny.details.quantization_level == "Q4_0"
+    assert tiny.modified_at is not None
+    manifest = manifest_file(srv.models, "tinyllama")
+    assert manifest.read_bytes() == expected["manifest"]
+
+    show = client.show("tinyllama")
+    assert show.template == "{{ .Prompt }}"
+    assert show.capabilities == ["completion"]
+    assert show.modelinfo["general.architecture"] == "llama"
+    assert show.details.format == "gguf"
+    assert "FROM " in show.modelfile and "stop" in show.parameters
+    assert client.show("all-minilm").capabilities == ["embedding"]
+
+    chunks = list(client.generate(model="tinyllama", prompt="why is the sky blue?",
+                                  stream=True))
+    assert len(chunks) > 3
+    assert all(not c.done for c in chunks[:-1]) and chunks[-1].done
+    assert chunks[-1].done_reason == "stop"
+    assert chunks[-1].eval_count == len(chunks) - 1
+    assert chunks[-1].context and chunks[-1].total_duration > 0
+    text = "".join(c.response for c in chunks)
+    assert text.startswith("lab answer to: why is the sky blue?")
+    whole = client.generate(model="tinyllama", prompt="why is the sky blue?", stream=False)
+    assert whole.response == text and whole.done
+    short = client.generate(model="tinyllama", prompt="count", options={"num_predict": 2})
+    assert short.done_reason == "length" and short.eval_count == 2
+    loaded = client.generate(model="tinyllama", prompt="")
+    assert loaded.done_reason == "load" and loaded.response == ""
+
+    messages = [{"role": "user", "content": "hello there"}]
+    chat_chunks = list(client.chat(model="tinyllama", messages=messages, stream=True))
+    assert len(chat_chunks) > 3 and chat_chunks[-1].done
+    assert all(c.message.role == "assistant" for c in chat_chunks)
+    chat = client.chat(model="tinyllama", messages=messages, stream=False)
+    assert chat.message.content == "".join(c.message.content for c in chat_chunks)
+    assert chat.message.content.startswith("lab answer to: hello there")
+    assert chat.done_reason == "stop" and chat.eval_count > 0
+
+    emb = client.embed(model="all-minilm", input=["first", "second"])
+    assert len(emb.embeddings) == 2 and all(len(v) == 384 for v in emb.embeddings)
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-5 for v in emb.embeddings)
+    assert emb.embeddings[0] != emb.embeddings[1]
+    assert client.embed(model="all-minilm", input="first").embeddings[0] == emb.embeddings[0]
+    assert len(client.embeddings(model="all-minilm", prompt="x").embedding) == 384
+    with pytest.raises(ollama.ResponseError) as exc:
+        client.generate(model="all-minilm", prompt="hi")
+    assert exc.value.status_code == 400
+
+    client.copy("tinyllama", "tinyllama:copy")
+    names = {m.model: m.digest for m in client.list().models}
+    assert names["tinyllama:copy"] == names["tinyllama:latest"]
+
+    ps = {m.model: m for m in client.ps().models}
+    assert {"tinyllama:latest", "all-minilm:latest"} <= set(ps)
+    assert ps["tinyllama:latest"].expires_at is not None
+    assert ps["tinyllama:latest"].size_vram == 0
+
+    client.delete("tinyllama:copy")
+    assert blob(srv.models, model_digest(registry, "tinyllama:latest")).exists()
+    client.delete("tinyllama")
+    assert not blob(srv.models, model_digest(registry, "tinyllama:latest")).exists()
+    assert not manifest.exists()
+    assert blob(srv.models, model_digest(registry, "all-minilm:latest")).exists()
+    for name in ("tinyllama", "tinyllama:copy"):
+        with pytest.raises(ollama.ResponseError) as exc:
+            client.generate(model=name, prompt="hi")
+        assert exc.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as exc:
+        client.delete("tinyllama")
+    assert exc.value.status_code == 404
+    assert [m.model for m in client.list().models] == ["all-minilm:latest"]
+
+
+def test_unknown_model_is_an_error_line_under_200(registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    status, ctype, lines = pull_lines(srv.url, "no-such-model")
+    assert status == 200
+    assert ctype == "application/x-ndjson"
+    assert lines[0] == {"status": "pulling manifest"}
+    assert lines[-1] == {"error": "pull model manifest: file does not exist"}
+    r = httpx.post(srv.url + "/api/pull", json={"model": "no-such-model", "stream": False})
+    assert r.status_code == 500
+    assert r.json() == {"error": "pull model manifest: file does not exist"}
+    assert not (srv.models / "manifests" / "registry.ollama.ai" / "library" /
+                "no-such-model").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_registry_is_an_error_line(start_server):
+    port = _closed_port()
+    srv = start_server(OLLAMA_LAB_REGISTRY=f"http://127.0.0.1:{port}")
+    status, _, lines = pull_lines(srv.url, "tinyllama")
+    assert status == 200
+    url = f"http://127.0.0.1:{port}/v2/library/tinyllama/manifests/latest"
+    assert lines[-1] == {"error": f'pull model manifest: Get "{url}": dial tcp '
+                                  f"127.0.0.1:{port}: connect: connection refused"}
+
+
+def test_dropped_blob_connection_is_resumed(registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    digest = model_digest(registry, "tinyllama:latest")
+    registry.set_fault(drop_after_bytes=700_000, times=2, digest=digest)
+    status, _, lines = pull_lines(srv.url, "tinyllama")
+    assert status == 200
+    assert lines[-1] == {"status": "success"}, lines[-3:]
+    path = blob(srv.models, digest)
+    assert sha256_file(path) == digest
+    assert not list((srv.models / "blobs").glob("*-partial*"))
+    assert manifest_file(srv.models, "tinyllama").exists()
+    if isinstance(registry, FakeRegistry):
+        ranges = registry.range_requests(digest)
+        assert ranges == ["bytes=0-1999999", "bytes=700000-1999999", "bytes=1400000-1999999"]
+
+
+def test_corrupt_blob_leaves_no_manifest_and_no_blob(registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    digest = model_digest(registry, "tinyllama:latest")
+    registry.set_fault(drop_after_bytes=1234, times=1, corrupt=True, digest=digest)
+    status, _, lines = pull_lines(srv.url, "tinyllama")
+    assert status == 200
+    err = lines[-1]["error"]
+    assert err.startswith(f"digest mismatch, file must be downloaded again: want {digest}, "
+                          "got sha256:")
+    assert {"status": "verifying sha256 digest"} in lines
+    assert not manifest_file(srv.models, "tinyllama").exists()
+    assert not blob(srv.models, digest).exists()
+    assert not list((srv.models / "blobs").glob("*-partial*"))
+    # the fault was single-use: pulling again succeeds and verifies
+    status, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1] == {"status": "success"}
+    assert sha256_file(blob(srv.models, digest)) == digest
+
+
+def test_pull_gives_up_after_bounded_retries(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    digest = model_digest(fake_registry, "tinyllama:latest")
+    fake_registry.set_fault(drop_after_bytes=100_000, times=-1, digest=digest)
+    t0 = time.monotonic()
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1]["error"].startswith("max retries exceeded: ")
+    assert time.monotonic() - t0 < 30
+    assert len(fake_registry.range_requests(digest)) == 6
+    assert not manifest_file(srv.models, "tinyllama").exists()
+    assert not blob(srv.models, digest).exists()
+
+
+def test_concurrent_pulls_share_blobs(registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    results: list = [None, None, None]
+
+    def pull(i, model):
+        results[i] = pull_lines(srv.url, model)
+
+    threads = [threading.Thread(target=pull, args=(i, m)) for i, m in
+               enumerate(["tinyllama", "tinyllama", "qwen2.5:0.5b"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r is not None and r[2][-1] == {"status": "success"} for r in results), results
+    for name in ("tinyllama:latest", "qwen2.5:0.5b"):
+        for layer in registry.models[name]["layers"]:
+            assert sha256_file(blob(srv.models, layer["digest"])) == layer["digest"]
+    assert not list((srv.models / "blobs").glob("*-partial*"))
+
+
+def test_http_registry_needs_insecure(fake_registry, start_server):
+    srv = start_server()
+    host = fake_registry.url.removeprefix("http://")
+    name = f"{host}/library/tinyllama"
+    _, _, lines = pull_lines(srv.url, name)
+    assert "error" in lines[-1]
+    assert f"https://{host}/v2/library/tinyllama/manifests/latest" in lines[-1]["error"]
+    _, _, lines = pull_lines(srv.url, name, insecure=True)
+    assert lines[-1] == {"status": "success"}
+    tags = httpx.get(srv.url + "/api/tags").json()["models"]
+    assert [m["name"] for m in tags] == [f"{name}:latest"]
+    assert (srv.models / "manifests" / host / "library" / "tinyllama" / "latest").exists()
+
+
+def test_cli_commands(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    r = srv.cli("pull", "tinyllama")
+    assert r.returncode == 0, r.stderr
+    assert "success" in r.stderr
+    r = srv.cli("pull", "missing")
+    assert r.returncode == 1
+    assert r.stderr.strip().endswith("Error: pull model manifest: file does not exist")
+    r = srv.cli("list")
+    assert r.returncode == 0, r.stderr
+    header, row = r.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    digest = fake_registry.models["tinyllama:latest"]["digest"]
+    assert row.split()[:4] == ["tinyllama:latest", digest[7:19], "2.0", "MB"]
+    r = srv.cli("run", "tinyllama", "say", "hi")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("lab answer to: say hi")
+    r = srv.cli("ps")
+    assert r.returncode == 0 and "tinyllama:latest" in r.stdout and "100% CPU" in r.stdout
+    r = srv.cli("rm", "tinyllama")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "deleted 'tinyllama'\n"
+    assert srv.cli("list").stdout.splitlines()[1:] == []
+    r = srv.cli("rm", "tinyllama")
+    assert r.returncode == 1 and r.stderr == "Error: model 'tinyllama' not found\n"
+
+
+def test_version_and_unreachable_server(start_server):
+    srv = start_server()
+    r = srv.cli("--version")
+    assert (r.returncode, r.stdout) == (0, f"ollama version is {VERSION}\n")
+    assert httpx.get(srv.url + "/api/version").json() == {"version": VERSION}
+    srv.stop()
+    r = run_cli("-v", host=srv.host)
+    assert r.returncode == 0
+    assert r.stdout == ("Warning: could not connect to a running Ollama instance\n"
+                        f"Warning: client version is {VERSION}\n")
+    r = run_cli("list", host=srv.host)
+    assert r.returncode == 1
+    assert r.stderr == "Error: could not connect to ollama app, is it running?\n"
+
+
+def test_unhealthy_build_never_becomes_healthy(start_server):
+    srv = start_server(OLLAMA_LAB_UNHEALTHY="1")
+    for method, path in (("GET", "/"), ("GET", "/api/version"), ("GET", "/api/tags"),
+                         ("POST", "/api/pull")):
+        r = httpx.request(method, srv.url + path, json={} if method == "POST" else None)
+        assert r.status_code == 500
+        assert r.json() == {"error": "lab: this build is deliberately unhealthy"}
+    assert httpx.head(srv.url + "/").status_code == 500
+    r = srv.cli("list")
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: ")
+    r = srv.cli("--version")
+    assert r.returncode == 0 and "could not connect to a running Ollama instance" in r.stdout
+
+
+@pytest.mark.parametrize("noprune", [None, "1"])
+def test_noprune_on_startup(tmp_path, start_server, noprune):
+    models = tmp_path / "models"
+    (models / "blobs").mkdir(parents=True)
+    stray = models / "blobs" / ("sha256-" + "ab" * 32 + "-partial")
+    stray.write_bytes(b"half a download")
+    unused = models / "blobs" / ("sha256-" + hashlib.sha256(b"orphan").hexdigest())
+    unused.write_bytes(b"orphan")
+    env = {"OLLAMA_NOPRUNE": noprune} if noprune else {}
+    srv = start_server(models, **env)
+    assert httpx.get(srv.url + "/api/tags").json() == {"models": []}
+    assert stray.exists() is bool(noprune)
+    assert unused.exists() is bool(noprune)
+
+
+def test_partial_left_by_noprune_is_resumed(fake_registry, tmp_path, start_server):
+    digest = model_digest(fake_registry, "tinyllama:latest")
+    models = tmp_path / "models"
+    (models / "blobs").mkdir(parents=True)
+    partial = models / "blobs" / ("sha256-" + digest[7:] + "-partial")
+    partial.write_bytes(fake_registry.blobs[digest][:1_500_000])
+    srv = start_server(models, OLLAMA_NOPRUNE="1", OLLAMA_LAB_REGISTRY=fake_registry.url)
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1] == {"status": "success"}
+    assert fake_registry.range_requests(digest) == ["bytes=1500000-1999999"]
+    assert sha256_file(blob(models, digest)) == digest
+
+
+def test_errors_match_upstream(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    u = srv.url
+    r = httpx.get(u + "/nope")
+    assert (r.status_code, r.text) == (404, "404 page not found")
+    r = httpx.get(u + "/api/pull")
+    assert r.status_code == 405
+    r = httpx.post(u + "/api/generate", content=b"{not json")
+    assert r.status_code == 400 and "invalid character" in r.json()["error"]
+    r = httpx.post(u + "/api/generate", content=b"")
+    assert r.json() == {"error": "missing request body"}
+    r = httpx.post(u + "/api/pull", json={"model": "bad name!"})
+    assert (r.status_code, r.json()) == (400, {"error": "invalid model name"})
+    r = httpx.post(u + "/api/generate", json={"model": "absent", "prompt": "hi"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'absent' not found"})
+    r = httpx.post(u + "/api/chat", json={"model": "absent", "messages": []})
+    assert r.status_code == 404
+    assert r.json() == {"error": 'model "absent" not found, try pulling it first'}
+    r = httpx.post(u + "/api/chat", json={"messages": []})
+    assert (r.status_code, r.json()) == (400, {"error": "model is required"})
+    r = httpx.post(u + "/api/show", json={"model": "absent"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'absent' not found"})
+    r = httpx.request("DELETE", u + "/api/delete", json={"model": "absent"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'absent' not found"})
+    r = httpx.post(u + "/api/copy", json={"source": "absent", "destination": "b"})
+    assert (r.status_code, r.json()) == (404, {"error": 'model "absent" not found'})
+    r = httpx.post(u + "/api/generate", json={"model": 7})
+    assert r.status_code == 400 and "cannot unmarshal number" in r.json()["error"]
+    assert httpx.get(u + "/").text == "Ollama is running"
+    assert httpx.head(u + "/").status_code == 200
+
+
+def test_keep_alive_unloads(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url, OLLAMA_KEEP_ALIVE="-1",
+                       NVIDIA_VISIBLE_DEVICES="0")
+    client = srv.client()
+    client.pull("tinyllama")
+    client.generate(model="tinyllama", prompt="hi")
+    (m,) = client.ps().models
+    assert m.expires_at.year > 2200  # negative keep-alive means forever
+    assert m.size_vram == m.size > 0
+    # like upstream, a model is released (and unloaded) once its response has been sent
+    client.generate(model="tinyllama", prompt="hi", keep_alive=0)
+    wait_for(lambda: client.ps().models == [], timeout=5, what="keep_alive=0 unload")
+    t0 = time.monotonic()
+    client.generate(model="tinyllama", prompt="hi", keep_alive="2s")
+    (m,) = client.ps().models
+    assert m.expires_at.timestamp() - time.time() < 2.5
+    wait_for(lambda: client.ps().models == [], timeout=10, what="2s keep-alive to expire")
+    assert time.monotonic() - t0 > 1.5
+    client.generate(model="tinyllama", prompt="")
+    r = client.generate(model="tinyllama", prompt="", keep_alive=0)
+    assert r.done_reason == "unload"
+    wait_for(lambda: client.ps().models == [], timeout=5, what="explicit unload")
+    with pytest.raises(ollama.ResponseError) as exc:
+        client.generate(model="tinyllama", prompt="hi", keep_alive="5 minutes")
+    assert exc.value.status_code == 400
+
+
+def test_parallel_limit_and_queue(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url, OLLAMA_NUM_PARALLEL="1",
+                       OLLAMA_MAX_QUEUE="1", OLLAMA_LAB_TOKEN_DELAY="0.1",
+                       OLLAMA_LAB_TOKENS="10")
+    srv.client().pull("tinyllama")
+    results: dict[str, tuple[int, dict]] = {}
+
+    def generate(key):
+        r = httpx.post(srv.url + "/api/generate", timeout=30,
+                       json={"model": "tinyllama", "prompt": key, "stream": False})
+        results[key] = (r.status_code, r.json())
+
+    with httpx.stream("POST", srv.url + "/api/generate", timeout=30,
+                      json={"model": "tinyllama", "prompt": "first"}) as first:
+        lines = first.iter_lines()
+        assert json.loads(next(lines))["done"] is False  # holds the only slot now
+        threads = [threading.Thread(target=generate, args=(k,)) for k in ("b", "c")]
+        for t in threads:
+            t.start()
+        wait_for(lambda: any(s == 503 for s, _ in results.values()), timeout=5,
+                 what="a 503 for the request beyond the queue")
+        rest = [json.loads(line) for line in lines]
+    for t in threads:
+        t.join(30)
+    assert rest[-1]["done"] is True
+    codes = sorted(s for s, _ in results.values())
+    assert codes == [200, 503]
+    busy = next(body for s, body in results.values() if s == 503)
+    assert busy == {"error": "server busy, please try again.  maximum pending requests exceeded"}

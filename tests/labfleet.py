@@ -1,0 +1,121 @@
+"""Test helpers for talking to lab hosts: a started lab, SSH, pyinfra runs.
+
+Tests see the lab the way an operator does: through `python -m lab`, SSH with the
+lab's key, HTTP to the hosts' addresses, and pyinfra's own CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+REPO = Path(__file__).resolve().parent.parent
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+
+
+def lab_cli(*args: str, name: str, check: bool = True,
+            timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "lab", "--name", name, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lab {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class LabFleet:
+    """A running lab, as `python -m lab status --json` describes it."""
+
+    name: str
+    info: dict = field(default_factory=dict)
+    _clients: dict = field(default_factory=dict)
+
+    def refresh(self) -> dict:
+        self.info = json.loads(lab_cli("status", "--json", name=self.name).stdout)
+        return self.info
+
+    @property
+    def inventory(self) -> str:
+        return self.info["inventory"]
+
+    def host(self, name: str) -> dict:
+        return next(h for h in self.info["hosts"] if h["name"] == name)
+
+    def hosts(self, role: str | None = None) -> list[dict]:
+        return [h for h in self.info["hosts"] if role is None or h["role"] == role]
+
+    def endpoint(self, *path: str) -> str:
+        value = self.info["endpoints"]
+        for key in path:
+            value = value[key]
+        return value
+
+    def ssh(self, host: str, command: str, timeout: float = 300,
+            check: bool = True) -> tuple[int, str, str]:
+        """Run COMMAND on HOST as root over SSH; return (status, stdout, stderr)."""
+        client = self._client(host)
+        try:
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            status = stdout.channel.recv_exit_status()
+            out, err = stdout.read().decode(), stderr.read().decode()
+        except (paramiko.SSHException, OSError, EOFError):
+            self._clients.pop(host, None)
+            raise
+        if check and status != 0:
+            raise AssertionError(f"{host}: `{command}` exited {status}:\n{out}\n{err}")
+        return status, out, err
+
+    def _client(self, host: str) -> paramiko.SSHClient:
+        client = self._clients.get(host)
+        if client is not None and client.get_transport() and client.get_transport().is_active():
+            return client
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(self.host(host)["address"], username="root",
+                       key_filename=self.info["ssh_key"], timeout=10,
+                       allow_agent=False, look_for_keys=False)
+        self._clients[host] = client
+        return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def forget(self, host: str) -> None:
+        client = self._clients.pop(host, None)
+        if client:
+            client.close()
+
+    def pyinfra(self, *args: str, limit: str | None = None, timeout: float = 1200,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+        cmd = [PYINFRA, "-y"]
+        if limit:
+            cmd += ["--limit", limit]
+        cmd += [self.inventory, *args]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+
+
+def poll(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Call PREDICATE until it returns a truthy value or TIMEOUT seconds pass."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last error: {last_exc})")
