@@ -97,13 +97,20 @@ class LabFleet:
             client.close()
 
     def pyinfra(self, *args: str, limit: str | None = None, timeout: float = 1200,
-                env: dict | None = None) -> subprocess.CompletedProcess:
-        cmd = [PYINFRA, "-y"]
+                inventory: str | None = None, env: dict | None = None, yes: bool = True,
+                ) -> subprocess.CompletedProcess:
+        """Run pyinfra's own CLI from the repository root, as an operator would.
+
+        pyinfra logs to stderr; the result's `output` is both streams together.
+        """
+        cmd = [PYINFRA, "-y"] if yes else [PYINFRA]
         if limit:
             cmd += ["--limit", limit]
-        cmd += [self.inventory, *args]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        cmd += [inventory or self.inventory, *args]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        proc.output = proc.stdout + proc.stderr
+        return proc
 
 
 def poll(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

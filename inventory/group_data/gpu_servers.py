@@ -1,0 +1,14 @@
+"""Defaults for every GPU (and CPU-only) Ollama server."""
+
+# Driver branch pinned for the whole fleet; Ollama needs 550 or newer.
+nvidia_driver_branch = 570
+
+# Container Toolkit packages are pinned together to this version.
+nvidia_toolkit_version = "1.17.8"
+
+# Pin images by tag; a rolling update changes this line.
+ollama_image = "ollama/ollama:0.6.8"
+nginx_image = "nginx:1.27"
+
+# Generations can run for minutes; keep models loaded for 30 minutes after use.
+ollama_keep_alive = "30m"

@@ -1,0 +1,157 @@
+"""Facts the deploy reads from a host: small classes, a command and a parser each.
+
+Every command here exits 0 whatever the host's state (pyinfra fails a host whose
+fact command exits non-zero), and says what it found in its output instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase
+
+
+def planning() -> bool:
+    """True while pyinfra plans (--dry, change detection): the host is still as it was
+    before this run, so checks of what earlier steps produce must wait for execution."""
+    return not host.state.is_executing
+
+
+GPU_FIELDS = ("index", "uuid", "name", "memory.total", "driver_version", "persistence_mode")
+
+
+def parse_gpu_csv(lines: list[str]) -> dict[str, Any]:
+    """Parse `nvidia-smi --query-gpu=GPU_FIELDS --format=csv,noheader,nounits` plus `rc=N`."""
+    rc, gpus, errors = None, [], []
+    for line in lines:
+        if line.startswith("rc="):
+            rc = int(line[3:])
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == len(GPU_FIELDS) and parts[0].isdigit():
+            index, uuid, name, memory, driver, persistence = parts
+            gpus.append({"index": int(index), "uuid": uuid, "name": name,
+                         "memory_total_mib": int(float(memory)), "driver_version": driver,
+                         "persistence_mode": persistence == "Enabled"})
+        elif line.strip():
+            errors.append(line.strip())
+    return {"installed": rc is not None, "working": rc == 0 and bool(gpus),
+            "rc": rc, "gpus": gpus, "error": " ".join(errors)}
+
+
+class NvidiaGpus(FactBase):
+    """The GPUs `nvidia-smi` sees, and whether the driver answers at all.
+
+    Returns `{"installed": bool, "working": bool, "rc": int|None, "gpus": [...],
+    "error": str}`; `gpus` items have index, uuid, name, memory_total_mib,
+    driver_version, persistence_mode.
+    """
+
+    def command(self) -> str:
+        return ("if command -v nvidia-smi >/dev/null 2>&1; then "
+                f"nvidia-smi --query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits "
+                "2>&1; echo rc=$?; fi")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_gpu_csv(output)
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"installed": False, "working": False, "rc": None, "gpus": [], "error": ""}
+
+
+class JsonFile(FactBase):
+    """A JSON file's content as a dict; None when absent; `{"__invalid__": text}` if broken."""
+
+    def command(self, path: str) -> str:
+        return f"if [ -f {path} ]; then cat {path}; else echo __absent__; fi"
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        text = "\n".join(output)
+        if text.strip() == "__absent__":
+            return None
+        if not text.strip():
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return {"__invalid__": text}
+        return value if isinstance(value, dict) else {"__invalid__": text}
+
+    @staticmethod
+    def default() -> None:
+        return None
+
+
+class ComposeContainers(FactBase):
+    """Containers of a Compose project: service -> {state, health, image, id}."""
+
+    def command(self, project: str) -> str:
+        return ("docker ps -a --filter label=com.docker.compose.project=" + project +
+                " --format '{{.ID}} {{.Label \"com.docker.compose.service\"}} {{.State}} "
+                "{{.Image}}' 2>/dev/null | while read -r id svc state image; do "
+                "health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}"
+                "{{else}}none{{end}}' $id 2>/dev/null); echo \"$id $svc $state $health $image\";"
+                " done; true")
+
+    def process(self, output: list[str]) -> dict[str, dict[str, str]]:
+        result = {}
+        for line in output:
+            parts = line.split()
+            if len(parts) == 5:
+                cid, service, state, health, image = parts
+                result[service] = {"id": cid, "state": state, "health": health, "image": image}
+        return result
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+
+class ContainerGpus(FactBase):
+    """UUIDs of the GPUs a running container sees (nvidia-smi inside it)."""
+
+    def command(self, container: str) -> str:
+        return (f"docker exec {container} nvidia-smi --query-gpu=uuid --format=csv,noheader "
+                "2>&1; echo rc=$?")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        rc = next((int(line[3:]) for line in output if line.startswith("rc=")), None)
+        lines = [line.strip() for line in output if not line.startswith("rc=") and line.strip()]
+        uuids = [line for line in lines if line.startswith("GPU-")]
+        return {"rc": rc, "uuids": uuids, "output": " ".join(lines)}
+
+
+class OllamaModels(FactBase):
+    """Models an Ollama instance lists (`/api/tags`): name -> digest; None if it won't answer."""
+
+    def command(self, port: int) -> str:
+        return (f"curl -sS --max-time 10 http://127.0.0.1:{port}/api/tags 2>/dev/null "
+                "|| echo __down__")
+
+    def process(self, output: list[str]) -> dict[str, str] | None:
+        text = "\n".join(output).strip()
+        if text.endswith("__down__"):
+            return None
+        try:
+            return {m["name"]: m["digest"] for m in json.loads(text).get("models", [])}
+        except (ValueError, AttributeError, KeyError):
+            return None
+
+
+class DockerRuntimes(FactBase):
+    """Runtimes and the default runtime Docker reports (`docker info`)."""
+
+    def command(self) -> str:
+        return ("docker info --format '{{json .Runtimes}}|{{.DefaultRuntime}}' 2>/dev/null "
+                "|| echo '{}|'")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        runtimes, _, default = "".join(output).partition("|")
+        try:
+            names = sorted(json.loads(runtimes or "{}"))
+        except ValueError:
+            names = []
+        return {"runtimes": names, "default": default.strip()}

@@ -1,0 +1,301 @@
+"""Every knob of the deploy, declared once: name, type, default, one-line meaning.
+
+Inventory data (host, group, `all`, `--data`) is validated here for every host
+before any operation runs on any host. Problems come out as `host: key: problem`
+lines; the README's knob table is generated from these declarations
+(`python -m tasks.settings --markdown`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pyinfra.api.exceptions import PyinfraError
+
+# Data keys that belong to pyinfra itself (connectors, global operation arguments).
+PYINFRA_KEY = re.compile(r"^(ssh_|_)")
+
+Topology = Literal["per_gpu", "shared", "cpu"]
+
+
+class Settings(BaseModel):
+    """The deploy's knobs for one host. Defaults are what a fleet usually starts from."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    # -- the server --------------------------------------------------------
+    gpu_count: int = Field(0, ge=0, le=16, description=(
+        "NVIDIA GPUs the server has; 0 for a CPU-only server (skips all NVIDIA work)"))
+
+    # -- Docker engine -----------------------------------------------------
+    docker_package_source: Literal["docker", "distribution"] = Field("docker", description=(
+        "`docker`: Docker's own apt repository (docker-ce); `distribution`: the OS's docker.io"))
+    docker_repo_url: str = Field("https://download.docker.com/linux", description=(
+        "base of Docker's apt repository (the OS id and suite are appended)"))
+    docker_registry_mirrors: list[str] = Field(default_factory=list, description=(
+        "registry mirrors for Docker Hub, written to daemon.json"))
+    docker_log_max_size: str = Field("50m", description=(
+        "json-file log rotation: size of one container log file"))
+    docker_log_max_file: int = Field(3, ge=1, le=100, description=(
+        "json-file log rotation: files kept per container"))
+
+    # -- NVIDIA driver -----------------------------------------------------
+    nvidia_driver_branch: int = Field(570, ge=550, le=999, description=(
+        "driver branch to install (Ollama needs 550 or newer)"))
+    nvidia_driver_repo_url: str = Field(
+        "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64",
+        description=("NVIDIA's CUDA apt repository for Debian; `{distro}` becomes e.g. "
+                     "debian12 (Ubuntu uses Canonical's packages)"))
+    nvidia_driver_gpgkey_url: str = Field("", description=(
+        "key of that repository; empty: `<repo>/3bf863cc.pub` (NVIDIA's key)"))
+    nvidia_driver_allow_reboot: bool = Field(True, description=(
+        "reboot after a new driver is installed; if false the run stops and says so"))
+    nvidia_persistence_mode: bool = Field(True, description=(
+        "keep the driver loaded between jobs (nvidia-smi -pm 1)"))
+
+    # -- NVIDIA Container Toolkit ------------------------------------------
+    nvidia_toolkit_repo_url: str = Field("https://nvidia.github.io/libnvidia-container",
+                                         description=("NVIDIA Container Toolkit repository "
+                                                      "base (mirrors, air-gapped fleets)"))
+    nvidia_toolkit_gpgkey_url: str = Field("", description=(
+        "key of that repository; empty: `<repo>/gpgkey`"))
+    nvidia_toolkit_version: str = Field("1.17.8", description=(
+        "toolkit version; its four packages are pinned together to `<version>-1`"))
+    nvidia_toolkit_default_runtime: bool = Field(False, description=(
+        "make nvidia Docker's default runtime (--set-as-default)"))
+    nvidia_toolkit_cdi: bool = Field(False, description=(
+        "enable CDI in Docker and generate /var/run/cdi/nvidia.yaml"))
+
+    # -- the Ollama stack --------------------------------------------------
+    ollama_topology: Topology | None = Field(None, description=(
+        "`per_gpu`: one instance per GPU; `shared`: one instance with all GPUs; `cpu`: no "
+        "GPU. Unset: per_gpu with GPUs, cpu without"))
+    ollama_gpus: list[int] | None = Field(None, description=(
+        "GPU indexes the stack uses (default: all of them)"))
+    ollama_image: str = Field("ollama/ollama:0.6.8", description="Ollama image, pinned by tag")
+    ollama_base_port: int = Field(11434, ge=1024, le=65000, description=(
+        "port of the first instance; instance N listens on base + N"))
+    ollama_bind_address: str = Field("127.0.0.1", description=(
+        "address Ollama ports are published on; loopback keeps them behind nginx"))
+    ollama_models: list[str] = Field(default_factory=list, description=(
+        "models every instance has (pulled when missing), e.g. `llama3.2:1b`"))
+    ollama_keep_alive: str = Field("5m", description=(
+        "OLLAMA_KEEP_ALIVE: how long a model stays loaded (-1: forever)"))
+    ollama_num_parallel: int = Field(1, ge=1, le=64, description=(
+        "OLLAMA_NUM_PARALLEL: concurrent requests per loaded model"))
+    ollama_max_loaded_models: int = Field(0, ge=0, le=64, description=(
+        "OLLAMA_MAX_LOADED_MODELS (0: Ollama's default, 3 x GPUs)"))
+    ollama_max_queue: int = Field(512, ge=1, description=(
+        "OLLAMA_MAX_QUEUE: queued requests before Ollama answers 503"))
+    ollama_environment: dict[str, str] = Field(default_factory=dict, description=(
+        "extra environment for every instance (OLLAMA_* settings not listed here)"))
+    ollama_models_path: str = Field("", description=(
+        "host directory for the model store; empty: the named volume `ollama-models`"))
+    ollama_memory_limit: str = Field("", description=(
+        "memory limit per instance (Compose syntax, e.g. 64g); empty: none"))
+    ollama_stack_dir: str = Field("/opt/ollama", description=(
+        "where the Compose project and nginx config live on the host"))
+
+    # -- nginx in front of the instances -----------------------------------
+    nginx_image: str = Field("nginx:1.27", description="nginx image, pinned by tag")
+    nginx_port: int = Field(80, ge=1, le=65535, description=(
+        "port the host's nginx listens on (the host's inference entry point)"))
+    nginx_timeout: str = Field("600s", description=(
+        "proxy read/send timeout: long generations must not be cut"))
+
+    @field_validator("docker_log_max_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[kmg]", value):
+            raise ValueError(f"{value!r} is not a size like 50m")
+        return value
+
+    @field_validator("nginx_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(ms|s|m|h)?", value):
+            raise ValueError(f"{value!r} is not an nginx time like 600s")
+        return value
+
+    @field_validator("ollama_image", "nginx_image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.\-/:]+:[\w.\-]+(@sha256:[0-9a-f]{64})?", value):
+            raise ValueError(f"{value!r} is not an image pinned by tag (name:tag)")
+        return value
+
+    @field_validator("ollama_models")
+    @classmethod
+    def _model_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[\w.\-:/]+", name) or name.count(":") > 2:
+                raise ValueError(f"{name!r} is not a model name like llama3.2:1b")
+        return value
+
+    @field_validator("ollama_environment")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key == "OLLAMA_PORT":
+                raise ValueError("OLLAMA_PORT does not exist in Ollama; the port is part of "
+                                 "OLLAMA_HOST, set from ollama_base_port")
+            if key in ("OLLAMA_HOST", "OLLAMA_MODELS"):
+                raise ValueError(f"{key} is set by the deploy (use the ollama_* knobs)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        topology = self.topology
+        if topology in ("per_gpu", "shared") and self.gpu_count == 0:
+            raise ValueError(f"ollama_topology: {topology!r} needs GPUs but gpu_count is 0")
+        for index in self.ollama_gpus or []:
+            if not 0 <= index < self.gpu_count:
+                raise ValueError(f"ollama_gpus: GPU {index} does not exist "
+                                 f"(the host has {self.gpu_count}: 0..{self.gpu_count - 1})")
+        if self.ollama_gpus is not None and len(set(self.ollama_gpus)) != len(self.ollama_gpus):
+            raise ValueError("ollama_gpus: a GPU is listed twice")
+        if self.ollama_gpus == [] and topology != "cpu":
+            raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
+        ports = [port for _, port in self.instance_ports()]
+        if self.nginx_port in ports:
+            raise ValueError(f"nginx_port: {self.nginx_port} is also an Ollama instance's port")
+        if ports[-1] > 65535:
+            raise ValueError(f"ollama_base_port: instances would need ports up to {ports[-1]}")
+        return self
+
+    # -- derived values (never stored: computed from the knobs) ------------
+    @property
+    def topology(self) -> Topology:
+        if self.ollama_topology:
+            return self.ollama_topology
+        return "per_gpu" if self.gpu_count else "cpu"
+
+    @property
+    def gpu_indexes(self) -> list[int]:
+        if self.topology == "cpu":
+            return []
+        return list(self.ollama_gpus if self.ollama_gpus is not None else range(self.gpu_count))
+
+    def instance_ports(self) -> list[tuple[int, int]]:
+        """(instance number, port) for every Ollama instance on the host."""
+        count = len(self.gpu_indexes) if self.topology == "per_gpu" else 1
+        return [(n, self.ollama_base_port + n) for n in range(count)]
+
+
+KNOBS: dict[str, Any] = Settings.model_fields
+
+
+class SettingsError(Exception):
+    """Inventory data that cannot be deployed; `problems` are `host: key: problem` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _knob_data(host_name: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    knobs, problems = {}, []
+    for key, value in data.items():
+        if key in KNOBS:
+            knobs[key] = value
+        elif not PYINFRA_KEY.match(key):
+            close = difflib.get_close_matches(key, KNOBS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{host_name}: {key}: unknown setting{hint}")
+    return knobs, problems
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    if not loc and ": " in message:  # cross-field problems name their key themselves
+        loc, message = message.split(": ", 1)
+    value = error.get("input")
+    if error["type"] not in ("value_error", "extra_forbidden") and loc and not isinstance(
+            value, dict):
+        message = f"{message} (got {value!r})"
+    return loc or "settings", message
+
+
+def settings_for(host_name: str, data: dict[str, Any]) -> Settings:
+    """Validate one host's merged data; raise SettingsError naming host and key."""
+    knobs, problems = _knob_data(host_name, data)
+    try:
+        settings = Settings(**knobs)
+    except ValidationError as exc:
+        problems += [f"{host_name}: {key}: {msg}" for key, msg in map(_describe, exc.errors())]
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def validate_fleet(hosts: dict[str, dict[str, Any]]) -> dict[str, Settings]:
+    """Validate every host's data; collect every problem of every host in one error."""
+    result, problems = {}, []
+    for name, data in hosts.items():
+        try:
+            result[name] = settings_for(name, data)
+        except SettingsError as exc:
+            problems += exc.problems
+    if problems:
+        raise SettingsError(problems)
+    return result
+
+
+class InventoryError(PyinfraError):
+    """Raised from deploy.py at prepare time: pyinfra prints it and exits 1, before any op runs."""
+
+
+_validated: dict[int, dict[str, Settings]] = {}
+
+
+def current_settings() -> Settings:
+    """The current host's settings; on first call, validate every host of the inventory."""
+    from pyinfra import host, inventory
+
+    key = id(inventory)
+    if key not in _validated:
+        try:
+            _validated[key] = validate_fleet({h.name: h.data.dict() for h in inventory})
+        except SettingsError as exc:
+            lines = "\n".join(f"    {p}" for p in exc.problems)
+            raise InventoryError(f"invalid inventory data, no host was changed:\n{lines}") from None
+    return _validated[key][host.name]
+
+
+def knob_table() -> str:
+    """The README's knob table, in declaration order."""
+    rows = ["| knob | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in KNOBS.items():
+        annotation = str(field.annotation).replace("typing.", "").replace("NoneType", "None")
+        annotation = re.sub(r"<class '(\w+)'>", r"\1", annotation)
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append(f"| `{name}` | `{annotation}` | `{default!r}` | {field.description} |")
+    return "\n".join(rows)
+
+
+def write_readme(readme: str = "README.md") -> None:
+    """Replace the table between the README's knob markers with the declarations."""
+    from pathlib import Path
+
+    path = Path(readme)
+    text = path.read_text()
+    new = re.sub(r"(<!-- knobs:start -->\n).*?(<!-- knobs:end -->)",
+                 lambda m: m.group(1) + knob_table() + "\n" + m.group(2), text, flags=re.S)
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        print(knob_table())
+    elif sys.argv[1:] == ["--write-readme"]:
+        write_readme()
+    else:
+        sys.exit("usage: python -m tasks.settings --markdown | --write-readme")

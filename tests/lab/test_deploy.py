@@ -1,0 +1,162 @@
+"""`pyinfra -y INVENTORY deploy.py` on a fresh lab fleet: converge, then change nothing.
+
+One lab (2 GPU hosts with 2 GPUs, 1 CPU host), tests in file order: what must see
+fresh hosts (--dry, bad inventories) runs before the deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import start_lab
+from tests.labfleet import lab_cli
+from tests.unit.test_settings import BAD_DATA
+
+pytestmark = pytest.mark.lab
+
+NAME = "fleetlab-deploy"
+FOREIGN_DAEMON_JSON = {"data-root": "/var/lib/docker",
+                       "default-address-pools": [{"base": "10.201.0.0/16", "size": 24}]}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    lab = None
+    try:
+        lab = start_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
+                        "--registry-port", "5053", "--model-scale", "0.25")
+        yield lab
+    finally:
+        if lab:
+            lab.close()
+        lab_cli("down", name=NAME, check=False)
+
+
+def fingerprint(fleet, host: str) -> str:
+    """What a deploy would change on a fresh host, as one comparable text."""
+    _, out, _ = fleet.ssh(host, "ls /etc/apt/sources.list.d /etc/modprobe.d 2>/dev/null; "
+                                "ls /opt /etc/docker 2>&1; command -v docker nvidia-smi; "
+                                "dpkg-query -W -f '${Package}\\n' | md5sum", check=False)
+    return out
+
+
+def test_dry_run_changes_nothing(fleet):
+    before = {h["name"]: fingerprint(fleet, h["name"]) for h in fleet.hosts()}
+    proc = fleet.pyinfra("deploy.py", "--dry", yes=False)
+    assert proc.returncode == 0, proc.output
+    assert "NVIDIA driver 570" in proc.output
+    assert {h["name"]: fingerprint(fleet, h["name"]) for h in fleet.hosts()} == before
+
+
+def _bad_inventory(fleet, tmp_path: Path, data: dict) -> Path:
+    """The lab inventory with DATA merged into gpu-1's host data."""
+    groups = runpy.run_path(fleet.inventory)
+    gpu = [(n, {**d, **data}) if n == "gpu-1" else (n, d) for n, d in groups["gpu_servers"]]
+    # next to the real one, so group_data/ applies exactly as in a real run
+    path = Path(fleet.inventory).with_name(f"lab-bad-{tmp_path.name}.py")
+    path.write_text(f"gpu_servers = {gpu!r}\nlb_servers = {groups['lb_servers']!r}\n")
+    return path
+
+
+@pytest.mark.parametrize("data, line", BAD_DATA, ids=[line.split(": ")[1] for _, line in BAD_DATA])
+def test_bad_inventory_stops_before_any_host_is_touched(fleet, tmp_path, data, line):
+    before = fingerprint(fleet, "gpu-1")
+    inventory = _bad_inventory(fleet, tmp_path, data)
+    try:
+        proc = fleet.pyinfra("deploy.py", inventory=str(inventory))
+    finally:
+        inventory.unlink()
+    assert proc.returncode != 0
+    output = proc.output
+    assert f"    {line}\n" in output, output
+    assert "invalid inventory data, no host was changed" in output
+    assert "Starting operation" not in output
+    assert fingerprint(fleet, "gpu-1") == before
+
+
+def test_first_run_converges(fleet):
+    fleet.ssh("gpu-1", f"mkdir -p /etc/docker && echo '{json.dumps(FOREIGN_DAEMON_JSON)}' "
+                       "> /etc/docker/daemon.json")
+    proc = fleet.pyinfra("deploy.py")
+    assert proc.returncode == 0, proc.output[-5000:]
+
+
+def test_streamed_generate_through_each_hosts_nginx(fleet):
+    for host in fleet.hosts():
+        url = f"http://{host['address']}/api/generate"
+        with httpx.stream("POST", url, json={"model": "tinyllama", "prompt": "hello"},
+                          timeout=60) as response:
+            assert response.status_code == 200
+            lines = [json.loads(line) for line in response.iter_lines() if line]
+        assert len(lines) > 3 and not any(line["done"] for line in lines[:-1])
+        assert lines[-1]["done"] and "".join(line["response"] for line in lines).strip()
+
+
+def test_each_instance_received_exactly_its_gpu(fleet):
+    for host in fleet.hosts("gpu"):
+        _, records, _ = fleet.ssh(host["name"], "cat /var/lib/fleetlab/gpu-assignments.jsonl")
+        for index, gpu in enumerate(host["gpus"]):
+            _, cid, _ = fleet.ssh(host["name"], f"docker inspect -f '{{{{.Id}}}}' ollama-{index}")
+            mine = [json.loads(r) for r in records.splitlines()
+                    if json.loads(r)["container_id"] == cid.strip()]
+            assert mine and mine[-1]["uuids"] == [gpu["uuid"]], (host["name"], index, mine)
+    # the CPU host's instance asked for no GPU at all
+    status, _, _ = fleet.ssh("cpu-1", "test -e /var/lib/fleetlab/gpu-assignments.jsonl",
+                             check=False)
+    assert status != 0
+
+
+def test_models_listed_by_every_instance(fleet):
+    for host in fleet.hosts():
+        ports = [11434 + i for i in range(max(1, len(host["gpus"])))]
+        for port in ports:
+            _, out, _ = fleet.ssh(host["name"], f"curl -sS http://127.0.0.1:{port}/api/tags")
+            assert [m["name"] for m in json.loads(out)["models"]] == ["tinyllama:latest"]
+
+
+def test_ollama_ports_are_private(fleet):
+    host = fleet.host("gpu-1")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{host['address']}:11434/", timeout=3)
+    assert httpx.get(f"http://{host['address']}/health", timeout=5).status_code == 200
+
+
+def test_foreign_daemon_json_keys_survive(fleet):
+    _, out, _ = fleet.ssh("gpu-1", "cat /etc/docker/daemon.json")
+    daemon = json.loads(out)
+    for key, value in FOREIGN_DAEMON_JSON.items():
+        assert daemon[key] == value
+    assert daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    assert daemon["log-opts"] == {"max-size": "50m", "max-file": "3"}
+    _, info, _ = fleet.ssh("gpu-1", "docker info --format '{{json .Runtimes}}'")
+    assert "nvidia" in json.loads(info)
+
+
+def _docker_pids(fleet) -> dict:
+    return {h["name"]: fleet.ssh(h["name"], "systemctl show -p MainPID --value docker")[1]
+            for h in fleet.hosts()}
+
+
+def test_second_run_changes_nothing_and_docker_keeps_running(fleet):
+    pids = _docker_pids(fleet)
+    proc = fleet.pyinfra("deploy.py")
+    assert proc.returncode == 0, proc.output[-3000:]
+    results = proc.output.split("--> Results:")[-1]
+    grand_total = next(line for line in results.splitlines() if "Grand total" in line).split()
+    # Grand total <ops> <success> <error> <no change>: no op succeeded with a change
+    assert grand_total[3:5] == ["-", "-"], results
+    assert _docker_pids(fleet) == pids
+
+
+def test_registry_served_each_model_once_per_host(fleet):
+    # instances of one host share a store: the model crosses the wire once per host
+    with urllib.request.urlopen(f"{fleet.endpoint('model_registry')}/_lab/stats") as response:
+        stats = json.load(response)
+    model = next(m for m in stats["models"] if m["name"].endswith("tinyllama"))
+    assert stats["blob_bytes_sent"] == model["size"] * len(fleet.hosts())

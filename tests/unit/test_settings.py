@@ -1,0 +1,92 @@
+"""Knob declarations: validation names host, key and problem; the README table matches."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import KNOBS, SettingsError, knob_table, settings_for, validate_fleet
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+# (data for host gpu-1, the one line expected). Shared with the lab test of bad inventories.
+BAD_DATA = [
+    ({"gpu_count": 2, "ollama_modles": ["tinyllama"]},
+     "gpu-1: ollama_modles: unknown setting (did you mean ollama_models?)"),
+    ({"gpu_count": "two"},
+     "gpu-1: gpu_count: Input should be a valid integer, unable to parse string as an "
+     "integer (got 'two')"),
+    ({"gpu_count": 2, "ollama_topology": "mesh"},
+     "gpu-1: ollama_topology: Input should be 'per_gpu', 'shared' or 'cpu' (got 'mesh')"),
+    ({"gpu_count": 2, "ollama_gpus": [0, 2]},
+     "gpu-1: ollama_gpus: GPU 2 does not exist (the host has 2: 0..1)"),
+    ({"gpu_count": 2, "nginx_port": 11435},
+     "gpu-1: nginx_port: 11435 is also an Ollama instance's port"),
+    ({"gpu_count": 0, "ollama_topology": "per_gpu"},
+     "gpu-1: ollama_topology: 'per_gpu' needs GPUs but gpu_count is 0"),
+    ({"gpu_count": 2, "ollama_image": "ollama/ollama"},
+     "gpu-1: ollama_image: 'ollama/ollama' is not an image pinned by tag (name:tag)"),
+    ({"gpu_count": 2, "nvidia_driver_branch": 535},
+     "gpu-1: nvidia_driver_branch: Input should be greater than or equal to 550 (got 535)"),
+    ({"gpu_count": 2, "docker_registry_mirrors": "http://mirror:5000"},
+     "gpu-1: docker_registry_mirrors: Input should be a valid list (got 'http://mirror:5000')"),
+    ({"gpu_count": 2, "ollama_environment": {"OLLAMA_PORT": "11500"}},
+     "gpu-1: ollama_environment: OLLAMA_PORT does not exist in Ollama; the port is part of "
+     "OLLAMA_HOST, set from ollama_base_port"),
+    ({"gpu_count": 2, "docker_log_max_size": "lots"},
+     "gpu-1: docker_log_max_size: 'lots' is not a size like 50m"),
+]
+
+
+@pytest.mark.parametrize("data, line", BAD_DATA, ids=[line.split(": ")[1] for _, line in BAD_DATA])
+def test_bad_data_is_one_line_naming_host_and_key(data, line):
+    with pytest.raises(SettingsError) as exc:
+        settings_for("gpu-1", data)
+    assert exc.value.problems == [line]
+
+
+def test_every_host_is_checked_and_all_problems_reported():
+    with pytest.raises(SettingsError) as exc:
+        validate_fleet({"gpu-1": {"gpu_count": 1, "ollama_gpus": [1]},
+                        "gpu-2": {"gpu_count": 2},
+                        "cpu-1": {"gpu_cont": 0}})
+    assert exc.value.problems == [
+        "gpu-1: ollama_gpus: GPU 1 does not exist (the host has 1: 0..0)",
+        "cpu-1: gpu_cont: unknown setting (did you mean gpu_count?)",
+    ]
+
+
+def test_pyinfra_connection_data_is_not_a_knob():
+    settings = settings_for("gpu-1", {"ssh_user": "root", "ssh_hostname": "10.0.0.1",
+                                      "_sudo": True, "gpu_count": 1})
+    assert settings.gpu_count == 1
+
+
+@pytest.mark.parametrize("data, topology, ports", [
+    ({"gpu_count": 4}, "per_gpu", [11434, 11435, 11436, 11437]),
+    ({"gpu_count": 4, "ollama_gpus": [1, 3]}, "per_gpu", [11434, 11435]),
+    ({"gpu_count": 4, "ollama_topology": "shared"}, "shared", [11434]),
+    ({"gpu_count": 0}, "cpu", [11434]),
+    ({"gpu_count": 2, "ollama_topology": "cpu", "ollama_base_port": 12000}, "cpu", [12000]),
+])
+def test_topology_and_ports(data, topology, ports):
+    settings = settings_for("h", data)
+    assert settings.topology == topology
+    assert [p for _, p in settings.instance_ports()] == ports
+
+
+def test_every_knob_has_a_meaning_and_a_task_prefix():
+    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_")
+    for name, field in KNOBS.items():
+        assert field.description, name
+        assert name.startswith(prefixes), name
+
+
+def test_readme_knob_table_matches_the_declarations():
+    text = README.read_text()
+    block = re.search(r"<!-- knobs:start -->\n(.*?)\n<!-- knobs:end -->", text, re.S)
+    assert block, "README.md lacks the knob table markers"
+    assert block.group(1).strip() == knob_table().strip(), (
+        "README knob table drifted: run `python -m tasks.settings --write-readme`")
