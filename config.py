@@ -8,3 +8,4 @@ early instead.
 
 # Seconds to wait for SSH to a host before counting it as unreachable.
 CONNECT_TIMEOUT = 15
+

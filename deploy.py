@@ -7,9 +7,11 @@ operation runs on any host; each step lives in its own module under tasks/.
 from pyinfra import host
 
 from tasks import docker, models, nvidia_driver, nvidia_toolkit, stack
+from tasks.report import report_failures
 from tasks.settings import current_settings
 
 settings = current_settings()  # stops the whole run on bad inventory data, hosts untouched
+report_failures()  # a failing host stops alone, named with its step
 
 if "gpu_servers" in host.groups:
     nvidia_driver.install_driver(settings)

@@ -20,6 +20,7 @@ from pyinfra.operations.util import any_changed
 
 from tasks import packages as apt_packages
 from tasks.facts import JsonFile
+from tasks.report import fail_command
 from tasks.settings import Settings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -80,7 +81,8 @@ def daemon_json(owned: dict[str, Any], path: str = DAEMON_JSON):
     """
     current = host.get_fact(JsonFile, path=path)
     if current and "__invalid__" in current:
-        raise OperationError(f"{path}: not valid JSON; fix or remove it (nothing was changed)")
+        yield fail_command(f"{path}: not valid JSON; fix or remove it (nothing was changed)")
+        return
     merged = merge_daemon_json(current, owned)
     if current == merged:
         host.noop(f"{path} already has the deploy's settings")

@@ -11,9 +11,10 @@ import json
 import shlex
 
 from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import operation
 
 from tasks.facts import OllamaModels, planning
+from tasks.report import fail_command
 from tasks.settings import Settings
 
 PULL_TIMEOUT_S = 6 * 3600
@@ -48,7 +49,8 @@ def present(settings: Settings):
     wanted = [canonical(m) for m in settings.ollama_models]
     listed = host.get_fact(OllamaModels, port=ports[0])
     if listed is None and not planning():
-        raise OperationError(f"Ollama on port {ports[0]} does not answer /api/tags")
+        yield fail_command(f"Ollama on port {ports[0]} does not answer /api/tags")
+        return
     missing = [m for m in wanted if m not in (listed or {})]
     if not missing:
         host.noop(f"{len(wanted)} models present" if wanted else "no models configured")
@@ -73,10 +75,9 @@ def listed_everywhere(settings: Settings):
         listed = host.get_fact(OllamaModels, port=port) or {}
         missing = sorted(wanted - set(listed))
         if missing:
-            raise OperationError(f"instance {n} (port {port}) does not list {missing}")
+            yield fail_command(f"instance {n} (port {port}) does not list {missing}")
+            return
     host.noop(f"every instance lists {len(wanted)} models")
-    return
-    yield  # an operation is a generator even when it only checks
 
 
 def pull_models(settings: Settings) -> None:

@@ -17,6 +17,7 @@ from pyinfra.operations import files, server
 from tasks import packages as apt_packages
 from tasks.docker import distribution
 from tasks.facts import NvidiaGpus, planning
+from tasks.report import fail_command
 from tasks.settings import Settings
 
 NOUVEAU_BLACKLIST = "blacklist nouveau\noptions nouveau modeset=0\n"
@@ -116,19 +117,18 @@ def verify_driver(gpu_count: int, branch: int, reboot_allowed: bool):
     if not gpus["working"]:
         hint = ("reboot the host, or allow nvidia_driver_allow_reboot" if not reboot_allowed
                 else "check the driver install and the kernel log")
-        raise OperationError(f"nvidia-smi does not answer (exit {gpus['rc']}: "
-                             f"{gpus['error'] or 'no output'}); {hint}")
-    if len(gpus["gpus"]) != gpu_count:
-        raise OperationError(f"gpu_count: nvidia-smi lists {len(gpus['gpus'])} GPUs, "
-                             f"the inventory says {gpu_count}")
-    if not driver_answers(gpus, branch):
+        yield fail_command(f"nvidia-smi does not answer (exit {gpus['rc']}: "
+                           f"{gpus['error'] or 'no output'}); {hint}")
+    elif len(gpus["gpus"]) != gpu_count:
+        yield fail_command(f"gpu_count: nvidia-smi lists {len(gpus['gpus'])} GPUs, "
+                           f"the inventory says {gpu_count}")
+    elif not driver_answers(gpus, branch):
         version = gpus["gpus"][0]["driver_version"]
-        raise OperationError(f"nvidia_driver_branch: driver {version} answers, not {branch}; "
-                             "remove it or pin its branch")
-    names = ", ".join(sorted({g["name"] for g in gpus["gpus"]}))
-    host.noop(f"{gpu_count} x {names} on driver {gpus['gpus'][0]['driver_version']}")
-    return
-    yield  # an operation is a generator even when it only checks
+        yield fail_command(f"nvidia_driver_branch: driver {version} answers, not {branch}; "
+                           "remove it or pin its branch")
+    else:
+        names = ", ".join(sorted({g["name"] for g in gpus["gpus"]}))
+        host.noop(f"{gpu_count} x {names} on driver {gpus['gpus'][0]['driver_version']}")
 
 
 @operation()

@@ -24,6 +24,7 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files
 
 from tasks.facts import ComposeContainers, ContainerGpus, NvidiaGpus, planning
+from tasks.report import fail_command
 from tasks.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "stack"
@@ -94,7 +95,11 @@ def rendered_files(settings: Settings):
 
     + settings: the host's validated settings
     """
-    instances = plan_instances(settings, host_gpus(settings))
+    try:
+        instances = plan_instances(settings, host_gpus(settings))
+    except OperationError as exc:
+        yield fail_command(str(exc))
+        return
     wanted = stack_files(settings, instances)
     root = settings.ollama_stack_dir
     stale = [rel for rel, text in wanted.items()
@@ -178,18 +183,21 @@ def gpus_assigned(settings: Settings):
         host.noop("GPU assignment is checked once the stack runs")
         return
 
-    instances = plan_instances(settings, host_gpus(settings))
+    try:
+        instances = plan_instances(settings, host_gpus(settings))
+    except OperationError as exc:
+        yield fail_command(str(exc))
+        return
     for instance in instances:
         if not instance.gpus:
             continue
         seen = host.get_fact(ContainerGpus, container=instance.name)
         wanted = sorted(g["uuid"] for g in instance.gpus)
         if sorted(seen["uuids"]) != wanted:
-            raise OperationError(f"{instance.name}: sees GPUs {seen['uuids'] or seen['output']}, "
-                                 f"should see {wanted}; check the NVIDIA Container Toolkit")
+            yield fail_command(f"{instance.name}: sees GPUs {seen['uuids'] or seen['output']}, "
+                               f"should see {wanted}; check the NVIDIA Container Toolkit")
+            return
     host.noop(f"{len(instances)} instances see their GPUs")
-    return
-    yield  # an operation is a generator even when it only checks
 
 
 def deploy_stack(settings: Settings) -> None:

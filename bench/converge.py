@@ -1,0 +1,450 @@
+"""Converge benchmark: how long `pyinfra -y INVENTORY deploy.py` takes on lab hosts.
+
+For each fleet size (1 host, then 3 hosts) this starts a dedicated lab, then measures:
+
+- **lab up**: wall clock of `python -m lab up` (not part of the deploy; shown for context);
+- **fresh converge**: wall clock of `pyinfra -y INVENTORY deploy.py` on the fresh hosts
+  (the lab is already up; hosts have never been deployed to);
+- **no-op re-run**: wall clock of the same command right after, which must change nothing;
+- from the no-op run's output: the operations run (the `--> Results:` table's Grand total,
+  one per operation and host), how many of them changed something, and the remote commands
+  sent to each host, facts and operations together.
+
+Sizes: `1` is one GPU host with 2 simulated GPUs; `3` is two such GPU hosts and one CPU-only
+host, so both the GPU and the CPU path of deploy.py are covered. Each size uses its own lab
+(`bench-converge-1`, `bench-converge-3`, registry ports 5071 and 5073), which is removed
+(`down`) before it is started, so the hosts are always fresh, and again afterwards, even on
+failure or Ctrl-C (unless `--keep`).
+
+How remote commands are counted: the no-op run is started with `-vv`, under which pyinfra 3
+echoes every shell command it sends, fact or operation, as one `[host] >>> COMMAND` line
+(`print_input` / `print_fact_input`, see pyinfra/connectors/ssh.py `run_shell_command`);
+those lines are counted per host, split at `--> Beginning operation run...` into commands
+sent while preparing (facts) and while executing. SFTP transfers are not echoed by pyinfra
+and so are not counted; a no-op run makes none. `-vv` only adds a few hundred lines of output
+to the timed run.
+
+Run it from anywhere (needs Docker, like the lab tests; about 2 minutes for both sizes here):
+
+    .venv/bin/python bench/converge.py                  # sizes 1 and 3
+    .venv/bin/python bench/converge.py --sizes 1        # one size only
+    .venv/bin/python bench/converge.py --sizes 3 --keep # leave the lab up to look at it
+
+The full output of every command is kept in a log directory (printed at the start).
+Timings are wall clock on this machine and include pyinfra's own start-up; other work on
+the machine (e.g. lab tests running at the same time) slows them down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+
+LAB_UP_TIMEOUT_S = 1800
+CONVERGE_TIMEOUT_S = 1800
+NOOP_TIMEOUT_S = 900
+LAB_DOWN_TIMEOUT_S = 600
+STATUS_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Size:
+    hosts: int
+    lab: str
+    up_args: tuple[str, ...]
+    describe: str
+
+
+SIZES = {
+    1: Size(1, "bench-converge-1",
+            ("--gpu-hosts", "1", "--gpus-per-host", "2", "--cpu-hosts", "0",
+             "--registry-port", "5071", "--model-scale", "0.25"),
+            "1 GPU host (2 GPUs)"),
+    3: Size(3, "bench-converge-3",
+            ("--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
+             "--registry-port", "5073", "--model-scale", "0.25"),
+            "2 GPU hosts (2 GPUs each) + 1 CPU host"),
+}
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# `[host] >>> command` or, inside a nested operation, `[host] nested >>> command`
+COMMAND_LINE = re.compile(r"^\[(?P<host>[^\]\s]+)\]\s+(?:nested\s+)?>>> ")
+# per operation and host: `[host] Success` / `[host] No changes` / `[host] Error...`
+OP_RESULT_LINE = re.compile(r"^\s*\[(?P<host>[^\]\s]+)\]\s+(?P<result>Success|No changes|Error)\b")
+EXECUTE_MARKER = "--> Beginning operation run"
+
+
+class BenchError(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    cmd: list[str]
+    rc: int | None  # None: killed at its timeout
+    seconds: float
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@dataclass
+class Totals:
+    """The `--> Results:` table's Grand total line: operation x host counts."""
+
+    ops: int
+    changed: int
+    errors: int
+    unchanged: int
+
+
+@dataclass
+class HostCounts:
+    prepare: int = 0  # commands sent before `--> Beginning operation run` (facts)
+    execute: int = 0  # commands sent while operations run (operation commands and facts)
+    ops: int = 0
+    changed: int = 0
+    distinct: set[str] = field(default_factory=set)  # the command texts, repeats counted once
+
+    @property
+    def commands(self) -> int:
+        return self.prepare + self.execute
+
+
+@dataclass
+class Result:
+    size: Size
+    hosts: list[dict] = field(default_factory=list)
+    up_s: float | None = None
+    fresh: Run | None = None
+    fresh_totals: Totals | None = None
+    noop: Run | None = None
+    noop_totals: Totals | None = None
+    per_host: dict[str, HostCounts] = field(default_factory=dict)
+    error: str | None = None
+
+
+# --- running things -------------------------------------------------------------------------
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Interrupt PROC's process group (it was started as its own session), then kill it.
+
+    SIGINT first, so that `lab up` or pyinfra can stop cleanly; after that whatever is left
+    of the group (e.g. a child that ignores SIGINT) is killed.
+    """
+    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def run(cmd: list[str], timeout: float, log: Path | None = None) -> Run:
+    """Run CMD from the repository root, stdout and stderr together, bounded by TIMEOUT.
+
+    The command gets its own session so that a timeout or Ctrl-C here stops it and
+    everything it started, and nothing else.
+    """
+    started = time.monotonic()
+    status = "interrupted"
+    rc: int | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            rc = proc.wait(timeout=timeout)
+            status = f"rc {rc}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout} s"
+        finally:
+            if proc.returncode is None:
+                _stop(proc)
+            seconds = time.monotonic() - started
+            sink.seek(0)
+            output = sink.read()
+            if log is not None:
+                log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n{output}")
+    return Run(cmd, rc, seconds, output)
+
+
+def lab_cmd(size: Size, *args: str) -> list[str]:
+    return [sys.executable, "-m", "lab", "--name", size.lab, *args]
+
+
+def lab_down(size: Size, log: Path) -> Run:
+    """`lab down`, shielded from Ctrl-C: an interrupted down would leave containers behind."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return run(lab_cmd(size, "down"), LAB_DOWN_TIMEOUT_S, log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def lab_status(size: Size) -> dict:
+    try:
+        proc = subprocess.run(lab_cmd(size, "status", "--json"), cwd=REPO, capture_output=True,
+                              text=True, timeout=STATUS_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"lab status timed out after {STATUS_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        raise BenchError(f"lab status failed (rc {proc.returncode}):\n{tail(proc.stderr)}")
+    info = json.loads(proc.stdout)
+    if not info.get("up"):
+        raise BenchError(f"lab {size.lab} is not up after `lab up`")
+    return info
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# --- reading pyinfra's output ---------------------------------------------------------------
+
+def grand_total(output: str) -> Totals:
+    """Parse `Grand total <ops> <success> <error> <no change>` ('-' meaning 0)."""
+    results = ANSI.sub("", output).split("--> Results:")
+    if len(results) < 2:
+        raise BenchError("no `--> Results:` table in pyinfra's output")
+    for line in results[-1].splitlines():
+        words = line.split()
+        if words[:2] == ["Grand", "total"] and len(words) == 6:
+            ops, changed, errors, unchanged = (0 if w == "-" else int(w) for w in words[2:])
+            return Totals(ops, changed, errors, unchanged)
+    raise BenchError("no Grand total line in pyinfra's results table")
+
+
+def per_host_counts(output: str, hosts: list[str]) -> dict[str, HostCounts]:
+    """Remote commands (`[host] >>> ...` lines under -vv) and operation results per host."""
+    counts = {h: HostCounts() for h in hosts}
+    executing = False
+    for raw in output.splitlines():
+        line = ANSI.sub("", raw)
+        if line.startswith(EXECUTE_MARKER):
+            executing = True
+            continue
+        match = COMMAND_LINE.match(line)
+        if match and match["host"] in counts:
+            c = counts[match["host"]]
+            c.distinct.add(line[match.end():])
+            if executing:
+                c.execute += 1
+            else:
+                c.prepare += 1
+            continue
+        match = OP_RESULT_LINE.match(line)
+        if match and executing and match["host"] in counts:
+            counts[match["host"]].ops += 1
+            if match["result"] == "Success":
+                counts[match["host"]].changed += 1
+    return counts
+
+
+# --- one size -------------------------------------------------------------------------------
+
+def bench_size(size: Size, logs: Path, keep: bool) -> Result:
+    result = Result(size)
+    prefix = logs / size.lab
+    say(f"[{size.lab}] {size.describe}")
+    try:
+        say(f"[{size.lab}] removing any earlier lab of this name (so the hosts are fresh)")
+        down = lab_down(size, Path(f"{prefix}-down-before.log"))
+        if not down.ok:
+            raise BenchError(f"lab down failed (rc {down.rc}):\n{tail(down.output)}")
+
+        say(f"[{size.lab}] lab up {' '.join(size.up_args)}")
+        up = run(lab_cmd(size, "up", *size.up_args), LAB_UP_TIMEOUT_S, Path(f"{prefix}-up.log"))
+        if not up.ok:
+            raise BenchError(f"lab up failed ({_why(up)}):\n{tail(up.output)}")
+        result.up_s = up.seconds
+        say(f"[{size.lab}] lab up in {up.seconds:.1f} s")
+
+        info = lab_status(size)
+        result.hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
+        inventory = info["inventory"]
+        if len(result.hosts) != size.hosts:
+            raise BenchError(f"expected {size.hosts} GPU/CPU hosts, lab has {result.hosts}")
+        not_running = [h["name"] for h in result.hosts if h["state"] != "running"]
+        if not_running:
+            raise BenchError(f"lab hosts not running: {not_running}")
+
+        deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
+        say(f"[{size.lab}] fresh converge: {' '.join(deploy[1:])}")
+        result.fresh = run(deploy, CONVERGE_TIMEOUT_S, Path(f"{prefix}-fresh.log"))
+        if not result.fresh.ok:
+            raise BenchError(f"fresh converge failed ({_why(result.fresh)}):\n"
+                             f"{tail(result.fresh.output)}")
+        result.fresh_totals = grand_total(result.fresh.output)
+        say(f"[{size.lab}] fresh converge in {result.fresh.seconds:.1f} s")
+
+        say(f"[{size.lab}] no-op re-run: {' '.join(deploy[1:])} -vv")
+        result.noop = run([*deploy, "-vv"], NOOP_TIMEOUT_S, Path(f"{prefix}-noop.log"))
+        if not result.noop.ok:
+            raise BenchError(f"no-op re-run failed ({_why(result.noop)}):\n"
+                             f"{tail(result.noop.output)}")
+        result.noop_totals = grand_total(result.noop.output)
+        result.per_host = per_host_counts(result.noop.output, [h["name"] for h in result.hosts])
+        say(f"[{size.lab}] no-op re-run in {result.noop.seconds:.1f} s")
+        _check_counts(result)
+    except BenchError as exc:
+        result.error = str(exc)
+        say(f"[{size.lab}] FAILED: {exc}")
+    finally:
+        if keep:
+            say(f"[{size.lab}] --keep: lab left up; remove it with "
+                f"`{Path(sys.executable).name} -m lab --name {size.lab} down`")
+        else:
+            say(f"[{size.lab}] lab down")
+            down = lab_down(size, Path(f"{prefix}-down.log"))
+            if not down.ok:
+                say(f"[{size.lab}] WARNING: lab down failed ({_why(down)}); run "
+                    f"`python -m lab --name {size.lab} down`:\n{tail(down.output)}")
+    return result
+
+
+def _why(proc: Run) -> str:
+    return "timed out" if proc.rc is None else f"rc {proc.rc}"
+
+
+def _check_counts(result: Result) -> None:
+    """The per-host counts must add up to pyinfra's own table, or the parsing is wrong."""
+    totals = result.noop_totals
+    assert totals is not None
+    ops = sum(c.ops for c in result.per_host.values())
+    changed = sum(c.changed for c in result.per_host.values())
+    if (ops, changed) != (totals.ops, totals.changed):
+        raise BenchError(f"per-host operation lines ({ops} ops, {changed} changed) do not match "
+                         f"the Grand total ({totals.ops} ops, {totals.changed} changed)")
+    silent = [h for h, c in result.per_host.items() if c.commands == 0]
+    if silent:
+        raise BenchError(f"no `[host] >>>` command lines for {silent}: is -vv still echoing?")
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def report(results: list[Result]) -> str:
+    header = ("hosts", "lab up", "fresh converge", "no-op re-run", "ratio", "ops (no-op)",
+              "ops/host", "changed (no-op)", "remote cmds/host (no-op)")
+    rows = []
+    for r in results:
+        fresh = r.fresh.seconds if r.fresh and r.fresh.ok else None
+        noop = r.noop.seconds if r.noop and r.noop.ok else None
+        ratio = f"{fresh / noop:.1f}x" if fresh and noop else "-"
+        if r.noop_totals and r.per_host:
+            n = len(r.per_host)
+            ops, changed = str(r.noop_totals.ops), str(r.noop_totals.changed)
+            ops_host = _spread([c.ops for c in r.per_host.values()], n)
+            cmds_host = _spread([c.commands for c in r.per_host.values()], n)
+        else:
+            ops = changed = ops_host = cmds_host = "-"
+        rows.append((str(r.size.hosts), _secs(r.up_s), _secs(fresh), _secs(noop), ratio,
+                     ops, ops_host, changed, cmds_host))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = ["converge benchmark (lab hosts; stand-in NVIDIA/Ollama)", line(header)]
+    out += [line(row) for row in rows]
+
+    out += ["", "per host, no-op run (remote commands: sent while preparing + while executing;"
+                " distinct: repeats of the same command text counted once):"]
+    for r in results:
+        out.append(f"  {r.size.hosts} host(s): {r.size.describe}, lab {r.size.lab}")
+        if r.fresh_totals:
+            t = r.fresh_totals
+            out.append(f"    fresh converge: {t.ops} ops, {t.changed} changed, "
+                       f"{t.errors} errors")
+        roles = {h["name"]: h["role"] for h in r.hosts}
+        for name, c in r.per_host.items():
+            out.append(f"    {name:<6} {roles.get(name, '?'):<4} {c.ops:>3} ops  "
+                       f"{c.changed} changed  {c.commands:>3} remote cmds "
+                       f"({c.prepare} + {c.execute}; {len(c.distinct)} distinct)")
+        if r.error:
+            out.append(f"    FAILED: {r.error.splitlines()[0]}")
+    return "\n".join(out)
+
+
+def _spread(values: list[int], n: int) -> str:
+    """'42' when every host has the same count, else 'mean (min-max)'."""
+    if min(values) == max(values):
+        return str(values[0])
+    return f"{sum(values) / n:.1f} ({min(values)}-{max(values)})"
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are whole numbers, e.g. 1,3") from None
+    unknown = [s for s in sizes if s not in SIZES]
+    if not sizes or unknown:
+        raise argparse.ArgumentTypeError(f"sizes must be among {sorted(SIZES)}, got {text!r}")
+    return sizes
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/converge.py", description=__doc__.split("\n\n")[0],
+        allow_abbrev=False)
+    parser.add_argument("--sizes", type=_sizes, default=[1, 3],
+                        help="comma-separated fleet sizes to measure, among 1,3 (default 1,3)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the labs up afterwards (for debugging); they are still "
+                             "removed and recreated at the start of the next run")
+    args = parser.parse_args(argv)
+    if not PYINFRA.exists():
+        parser.error(f"{PYINFRA} not found: run this with the project's virtualenv python "
+                     "(.venv/bin/python bench/converge.py)")
+
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends up in the same finally as Ctrl-C
+    logs = Path(tempfile.mkdtemp(prefix="bench-converge-"))
+    say(f"logs: {logs}")
+    results: list[Result] = []
+    try:
+        for n in args.sizes:
+            results.append(bench_size(SIZES[n], logs, args.keep))
+    except KeyboardInterrupt:
+        say("interrupted; labs were removed (unless --keep)")
+        if results:
+            say("\n" + report(results))
+        return 130
+    say("\n" + report(results))
+    say(f"\nlogs: {logs}")
+    return 0 if all(r.error is None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

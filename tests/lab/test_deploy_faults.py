@@ -1,0 +1,79 @@
+"""A host that disappears mid-deploy: the others converge, the run names it, a re-run heals it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import start_lab
+from tests.labfleet import PYINFRA, REPO, lab_cli, poll
+
+pytestmark = pytest.mark.lab
+
+NAME = "fleetlab-faults"
+FOREIGN = {"default-address-pools": [{"base": "10.202.0.0/16", "size": 24}]}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    lab = None
+    try:
+        lab = start_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "1", "--cpu-hosts", "1",
+                        "--registry-port", "5054", "--model-scale", "0.25")
+        yield lab
+    finally:
+        if lab:
+            lab.close()
+        lab_cli("down", name=NAME, check=False)
+
+
+def _driver_installs(fleet, host: str) -> int:
+    _, out, _ = fleet.ssh(host, "grep -c ' install cuda-drivers-570' /var/log/dpkg.log || true")
+    return int(out.strip() or 0)
+
+
+def test_host_cut_mid_deploy_fails_alone_and_reconverges(fleet):
+    fleet.ssh("gpu-2", f"mkdir -p /etc/docker && echo '{json.dumps(FOREIGN)}' "
+                       "> /etc/docker/daemon.json")
+    # A short per-command timeout so the lost host fails the run within a bound.
+    cmd = [PYINFRA, "-y", fleet.inventory, "deploy.py", "--data", "_timeout=120"]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, stdin=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        # gpu-2 is mid-deploy once its Docker engine is installed (driver done, stack not yet)
+        poll(lambda: fleet.ssh("gpu-2", "command -v dockerd", check=False)[0] == 0
+             or run.poll() is not None, timeout=300, interval=1,
+             what="gpu-2 reaching the Docker step")
+        assert run.poll() is None, run.stdout.read()
+        lab_cli("cut", "gpu-2", name=NAME)
+        fleet.forget("gpu-2")
+        output, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0, output
+    # the lost host is named, with the step it was on, in one line
+    failed = re.findall(r'^--> (\S+): failed at step "([^"]+)"', output, re.M)
+    assert [host for host, _ in failed] == ["gpu-2"], output[-4000:]
+    step_in_log = output.split("[gpu-2] Error")[0].rsplit("--> Starting operation: ", 1)[-1]
+    assert step_in_log.startswith(failed[0][1])
+    # the others converged: their stacks answer
+    lab_cli("restore", "gpu-2", name=NAME)
+    for host in ("gpu-1", "cpu-1"):
+        _, out, _ = fleet.ssh(host, "curl -sS http://127.0.0.1/api/tags")
+        assert "tinyllama:latest" in out, (host, out)
+
+    proc = fleet.pyinfra("deploy.py")
+    assert proc.returncode == 0, proc.output[-4000:]
+    for host in ("gpu-1", "gpu-2"):
+        assert _driver_installs(fleet, host) == 1, f"{host}: driver installed twice"
+    _, daemon, _ = fleet.ssh("gpu-2", "cat /etc/docker/daemon.json")
+    daemon = json.loads(daemon)
+    assert daemon["default-address-pools"] == FOREIGN["default-address-pools"]
+    assert "nvidia" in daemon["runtimes"]
+    _, out, _ = fleet.ssh("gpu-2", "curl -sS http://127.0.0.1/api/tags")
+    assert "tinyllama:latest" in out
