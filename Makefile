@@ -30,7 +30,11 @@ lint: venv
 ## A lab fleet (2 GPU hosts with 2 GPUs, 1 CPU host, 1 front door), deployed, answering a request.
 demo: venv
 	$(BIN)/python -m lab up --gpu-hosts 2 --gpus-per-host 2 --cpu-hosts 1 --lb-hosts 1
-	$(BIN)/python -m lab status
+	$(BIN)/pyinfra -y inventory/lab.py deploy.py
+	$(BIN)/python -m lab ask "Why is the sky blue?"
+	@echo
+	@echo "Next: .venv/bin/python -m lab status; .venv/bin/pyinfra -y inventory/lab.py deploy.py (changes nothing);"
+	@echo "      .venv/bin/python -m lab cut gpu-2 (then deploy again); make lab-down when done."
 
 demo-down lab-down: venv
 	$(BIN)/python -m lab down

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("host")
 
+    ask = sub.add_parser("ask", help="a streamed /api/generate through a host's nginx")
+    ask.add_argument("prompt")
+    ask.add_argument("--host", help="lab host to ask (default: the first GPU host)")
+    ask.add_argument("--model", default="tinyllama")
+    ask.add_argument("--port", type=_nonneg_int, default=80, help="the host's nginx port")
+
     image = sub.add_parser("ollama-image",
                            help="build and publish a stand-in ollama/ollama:TAG (e.g. a bad one)")
     image.add_argument("tag")
@@ -95,6 +101,38 @@ def _print_status(info: dict) -> None:
     print(f"  image registry  {ep['image_registry']['mirror']}")
     print(f"  model registry  {ep['model_registry']}")
     print(f"  apt repository  {ep['apt_repository']['base']}")
+
+
+def ask(lab: Lab, prompt: str, host: str | None, model: str, port: int) -> None:
+    """Stream a generation through HOST's nginx, printing tokens as they arrive."""
+    import http.client
+
+    hosts = lab.status()["hosts"]
+    if not hosts:
+        raise LabError(f"no lab named {lab.name} is up (run: python -m lab up)")
+    target = lab.host(host) if host else next(
+        (h for h in (lab.host(x["name"]) for x in hosts) if h.role in ("gpu", "cpu")), None)
+    if target is None:
+        raise LabError("ask: the lab has no GPU or CPU host")
+    conn = http.client.HTTPConnection(target.address, port, timeout=120)
+    try:
+        conn.request("POST", "/api/generate", json.dumps({"model": model, "prompt": prompt}),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        print(f"{target.name} ({target.address}:{port}) answers with HTTP {response.status}:")
+        chunks = 0
+        for raw in response:
+            line = json.loads(raw)
+            if "error" in line:
+                raise LabError(f"ask: {target.name}: {line['error']}")
+            print(line.get("response", ""), end="", flush=True)
+            chunks += 1
+        print(f"\n({chunks} chunks streamed)")
+    except OSError as exc:
+        raise LabError(f"ask: {target.name} at {target.address}:{port}: {exc} "
+                       "(has the deploy run? pyinfra -y inventory/lab.py deploy.py)") from exc
+    finally:
+        conn.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +171,8 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         _print_status(lab.status())
     elif args.command == "down":
         lab.down()
+    elif args.command == "ask":
+        ask(lab, args.prompt, host=args.host, model=args.model, port=args.port)
     elif args.command == "ollama-image":
         lab.publish_ollama_image(args.tag, unhealthy=args.unhealthy)
     else:
