@@ -155,3 +155,26 @@ class DockerRuntimes(FactBase):
         except ValueError:
             names = []
         return {"runtimes": names, "default": default.strip()}
+
+
+class ComposeStale(FactBase):
+    """Services of a Compose project whose container is missing or was made from an
+    older version of the Compose file (config hash differs): they need recreating."""
+
+    def command(self, root: str, project: str) -> str:
+        return (f"cd {root} 2>/dev/null && docker compose config --hash '*' 2>/dev/null "
+                "| sed 's/^/want /'; docker ps -a --filter label=com.docker.compose.project="
+                f"{project} --format 'have {{{{.Label \"com.docker.compose.service\"}}}} "
+                "{{.Label \"com.docker.compose.config-hash\"}}' 2>/dev/null; true")
+
+    def process(self, output: list[str]) -> list[str]:
+        want, have = {}, {}
+        for line in output:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] in ("want", "have"):
+                (want if parts[0] == "want" else have)[parts[1]] = parts[2]
+        return sorted(s for s, h in want.items() if have.get(s) != h)
+
+    @staticmethod
+    def default() -> list[str]:
+        return []

@@ -99,6 +99,8 @@ class Settings(BaseModel):
         "memory limit per instance (Compose syntax, e.g. 64g); empty: none"))
     ollama_stack_dir: str = Field("/opt/ollama", description=(
         "where the Compose project and nginx config live on the host"))
+    ollama_health_timeout: int = Field(300, ge=10, le=3600, description=(
+        "seconds a deploy waits for every instance to report healthy before failing the host"))
 
     # -- nginx in front of the instances -----------------------------------
     nginx_image: str = Field("nginx:1.27", description="nginx image, pinned by tag")
@@ -107,6 +109,23 @@ class Settings(BaseModel):
     nginx_timeout: str = Field("600s", description=(
         "proxy read/send timeout: long generations must not be cut"))
 
+    # -- the fleet's front door (lb_servers) --------------------------------
+    front_door_port: int = Field(80, ge=1, le=65535, description=(
+        "port the front door listens on"))
+    front_door_upstream: Literal["nginx", "instances"] = Field("nginx", description=(
+        "`nginx`: each GPU server's nginx; `instances`: its Ollama ports directly "
+        "(needs ollama_bind_address reachable from the front door)"))
+    front_door_drained: list[str] = Field(default_factory=list, description=(
+        "gpu_servers hosts taken out of the front door (maintenance; set by the roll)"))
+    front_door_drain_timeout: int = Field(120, ge=0, le=3600, description=(
+        "seconds a reload waits for requests in flight on the old config to finish"))
+    front_door_max_fails: int = Field(2, ge=0, le=100, description=(
+        "passive health: failures within fail_timeout that take an upstream out"))
+    front_door_fail_timeout: str = Field("10s", description=(
+        "passive health: how long a failed upstream stays out"))
+    front_door_dir: str = Field("/opt/ollama-front", description=(
+        "where the front door's Compose project and nginx config live"))
+
     @field_validator("docker_log_max_size")
     @classmethod
     def _size(cls, value: str) -> str:
@@ -114,7 +133,7 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not a size like 50m")
         return value
 
-    @field_validator("nginx_timeout")
+    @field_validator("nginx_timeout", "front_door_fail_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         if not re.fullmatch(r"\d+(ms|s|m|h)?", value):
@@ -236,16 +255,32 @@ def settings_for(host_name: str, data: dict[str, Any]) -> Settings:
     return settings
 
 
-def validate_fleet(hosts: dict[str, dict[str, Any]]) -> dict[str, Settings]:
-    """Validate every host's data; collect every problem of every host in one error."""
+def validate_fleet(hosts: dict[str, dict[str, Any]],
+                   gpu_servers: list[str] | None = None) -> dict[str, Settings]:
+    """Validate every host's data; collect every problem of every host in one error.
+
+    GPU_SERVERS (the hosts a front door can send to) makes the cross-host checks.
+    """
     result, problems = {}, []
     for name, data in hosts.items():
         try:
             result[name] = settings_for(name, data)
         except SettingsError as exc:
             problems += exc.problems
+    for name, settings in result.items():
+        for drained in settings.front_door_drained:
+            if gpu_servers is not None and drained not in gpu_servers:
+                problems.append(f"{name}: front_door_drained: no gpu_servers host named "
+                                f"{drained!r}")
+        if settings.front_door_upstream == "instances":
+            for gpu in gpu_servers or []:
+                if gpu in result and result[gpu].ollama_bind_address.startswith("127."):
+                    problems.append(f"{gpu}: ollama_bind_address: the front door sends to "
+                                    "instances directly (front_door_upstream 'instances'), "
+                                    "so it cannot be loopback")
+                    break
     if problems:
-        raise SettingsError(problems)
+        raise SettingsError(list(dict.fromkeys(problems)))
     return result
 
 
@@ -263,11 +298,20 @@ def current_settings() -> Settings:
     key = id(inventory)
     if key not in _validated:
         try:
-            _validated[key] = validate_fleet({h.name: h.data.dict() for h in inventory})
+            gpu_servers = [h.name for h in inventory.get_group("gpu_servers", [])]
+            _validated[key] = validate_fleet({h.name: h.data.dict() for h in inventory},
+                                             gpu_servers)
         except SettingsError as exc:
             lines = "\n".join(f"    {p}" for p in exc.problems)
             raise InventoryError(f"invalid inventory data, no host was changed:\n{lines}") from None
     return _validated[key][host.name]
+
+
+def fleet_settings() -> dict[str, Settings]:
+    """Every host's validated settings (after current_settings() ran)."""
+    from pyinfra import inventory
+
+    return _validated[id(inventory)]
 
 
 def knob_table() -> str:

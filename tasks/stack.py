@@ -23,13 +23,12 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files
 
-from tasks.facts import ComposeContainers, ContainerGpus, NvidiaGpus, planning
+from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
 from tasks.report import fail_command
 from tasks.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "stack"
 PROJECT = "ollama"
-HEALTH_WAIT_S = 300
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,8 @@ def plan_instances(settings: Settings, gpus: list[dict]) -> list[Instance]:
     return [Instance(f"{PROJECT}-0", ports[0][1], shared)]
 
 
-def render(template: str, settings: Settings, instances: list[Instance]) -> str:
+def render(template: str, settings: Settings, instances: list[Instance],
+           drained: str | None = None) -> str:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     bind = settings.ollama_bind_address
@@ -63,15 +63,23 @@ def render(template: str, settings: Settings, instances: list[Instance]) -> str:
         models_source=settings.ollama_models_path or "ollama-models",
         bind_mount_models=bool(settings.ollama_models_path),
         upstream_address="127.0.0.1" if bind in ("0.0.0.0", "::") else bind,
+        drained=drained,
     )
 
 
 def stack_files(settings: Settings, instances: list[Instance]) -> dict[str, str]:
-    """Relative path in the stack directory -> content."""
-    return {
+    """Relative path in the stack directory -> content.
+
+    With several instances, `drain/<instance>.conf` is the nginx config with that one
+    instance marked down, used while it is recreated (outside nginx's config dir)."""
+    files = {
         "compose.yaml": render("compose.yaml.j2", settings, instances),
         "nginx/ollama.conf": render("ollama.conf.j2", settings, instances),
     }
+    if len(instances) > 1:
+        for i in instances:
+            files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances, i.name)
+    return files
 
 
 def host_gpus(settings: Settings) -> list[dict]:
@@ -88,25 +96,20 @@ def host_gpus(settings: Settings) -> list[dict]:
 
 
 @operation()
-def rendered_files(settings: Settings):
+def checked_files(root: str, wanted: dict[str, str], nginx_image: str):
     """
-    Render, check and install the Compose file and nginx config; the live files change
-    only when the new ones pass `docker compose config -q` and `nginx -t`.
+    Install WANTED files under ROOT only after they pass `docker compose config -q` and
+    `nginx -t` in ROOT/.staged; the live files are untouched by a bad render.
 
-    + settings: the host's validated settings
+    + root: the Compose project directory (holds compose.yaml and nginx/)
+    + wanted: relative path -> content
+    + nginx_image: the image whose nginx checks the config
     """
-    try:
-        instances = plan_instances(settings, host_gpus(settings))
-    except OperationError as exc:
-        yield fail_command(str(exc))
-        return
-    wanted = stack_files(settings, instances)
-    root = settings.ollama_stack_dir
     stale = [rel for rel, text in wanted.items()
              if host.get_fact(Sha1File, path=f"{root}/{rel}")
              != hashlib.sha1(text.encode()).hexdigest()]
     if not stale:
-        host.noop("Compose file and nginx config are current")
+        host.noop(f"{', '.join(wanted)} current")
         return
     staged = f"{root}/.staged"
     for rel, text in wanted.items():
@@ -116,10 +119,28 @@ def rendered_files(settings: Settings):
     yield (f"docker compose --project-directory {q(staged)} -f {q(staged)}/compose.yaml "
            "config -q")
     yield (f"docker run --rm --network host -v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
-           f"{q(settings.nginx_image)} nginx -t -q")
+           f"{q(nginx_image)} nginx -t -q")
     for rel in wanted:
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"
         yield f"cp {q(staged)}/{rel} {q(root)}/{rel}.new && mv {q(root)}/{rel}.new {q(root)}/{rel}"
+
+
+@operation()
+def rendered_files(settings: Settings):
+    """
+    Render the stack's Compose file and nginx config from the GPUs nvidia-smi lists now,
+    and install them checked (see checked_files).
+
+    + settings: the host's validated settings
+    """
+    try:
+        instances = plan_instances(settings, host_gpus(settings))
+    except OperationError as exc:
+        yield fail_command(str(exc))
+        return
+    yield from checked_files._inner(root=settings.ollama_stack_dir,
+                                    wanted=stack_files(settings, instances),
+                                    nginx_image=settings.nginx_image)
 
 
 def expected_services(settings: Settings) -> list[str]:
@@ -127,32 +148,91 @@ def expected_services(settings: Settings) -> list[str]:
 
 
 @operation()
-def running(settings: Settings, files_op: OperationMeta):
+def running(root: str, project: str, services: list[str], files_op: OperationMeta,
+            nginx_container: str, drain_timeout: int):
     """
     `docker compose up -d --remove-orphans` when the files changed or a container is
     not running; reload nginx when only its config changed.
 
-    + settings: the host's validated settings
+    + root: the Compose project directory
+    + project: the Compose project name
+    + services: the services that must be running
     + files_op: the operation that installs the Compose and nginx files
+    + nginx_container: the nginx container to reload when its config changed
+    + drain_timeout: how long a reload waits for requests on the old config to finish
     """
-    containers = host.get_fact(ComposeContainers, project=PROJECT)
-    expected = expected_services(settings)
-    not_running = [s for s in expected if containers.get(s, {}).get("state") != "running"]
-    orphans = sorted(set(containers) - set(expected))
+    containers = host.get_fact(ComposeContainers, project=project)
+    not_running = [s for s in services if containers.get(s, {}).get("state") != "running"]
+    orphans = sorted(set(containers) - set(services))
     # Before execution (--dry, change detection) the files op has not run yet.
     changed = files_op.did_change() if files_op.is_complete() else files_op.will_change
     if not (changed or not_running or orphans):
-        host.noop(f"{len(expected)} containers running, files unchanged")
+        host.noop(f"{len(services)} containers running, files unchanged")
         return
-    root = shlex.quote(settings.ollama_stack_dir)
-    yield f"cd {root} && docker compose up -d --remove-orphans --quiet-pull"
+    yield f"cd {shlex.quote(root)} && docker compose up -d --remove-orphans --quiet-pull"
     if changed and not not_running:
         # nginx's config is a mounted directory: a changed file needs a reload, not a restart.
-        yield f"docker exec {PROJECT}-nginx nginx -s reload"
+        yield reload_nginx_command(nginx_container, drain_timeout)
+
+
+def wait_healthy_command(names: list[str], timeout_s: int) -> str:
+    """Poll (bounded) until every container in NAMES reports healthy; fail naming the rest."""
+    return (f"for i in $(seq {max(1, timeout_s // 2)}); do bad=''; for c in {' '.join(names)}; do "
+            "[ \"$(docker inspect -f '{{.State.Health.Status}}' $c 2>/dev/null)\" = healthy ] "
+            "|| bad=\"$bad $c\"; done; [ -z \"$bad\" ] && exit 0; sleep 2; done; "
+            f"echo \"not healthy after {timeout_s}s:$bad\" >&2; exit 1")
+
+
+def reload_nginx_command(container: str, drain_timeout: int) -> str:
+    """Reload nginx in CONTAINER, then wait (bounded) until every worker that ran before the
+    reload has exited: nginx lets old workers finish their requests first, so afterwards
+    nothing is still in flight on the old config. ([p] keeps grep from matching itself.)"""
+    workers = "grep -las '^nginx: worker [p]rocess' /proc/[0-9]*/cmdline | cut -d/ -f3"
+    return (f"old=$({workers}); docker exec {container} nginx -s reload || exit 1; "
+            f"for i in $(seq {max(1, drain_timeout) * 2}); do left=''; for p in $old; do "
+            "[ -e /proc/$p ] && left=\"$left $p\"; done; [ -z \"$left\" ] && exit 0; sleep 0.5; "
+            f"done; echo \"requests still in flight after {drain_timeout}s; going on\" >&2")
 
 
 @operation()
-def healthy(settings: Settings, timeout_s: int = HEALTH_WAIT_S):
+def stack_running(settings: Settings, files_op: OperationMeta):
+    """
+    Start what is not running; recreate what the Compose file changed, one instance at a
+    time when the others are serving (each taken out of the host's nginx, its requests
+    let finish, recreated, healthy again, put back); reload nginx for a new config.
+
+    + settings: the host's validated settings
+    + files_op: the operation that installs the Compose and nginx files
+    """
+    root = settings.ollama_stack_dir
+    q = shlex.quote
+    containers = host.get_fact(ComposeContainers, project=PROJECT)
+    services = expected_services(settings)
+    instances = [s for s in services if s != "nginx"]
+    stale = host.get_fact(ComposeStale, root=root, project=PROJECT)
+    orphans = sorted(set(containers) - set(services))
+    not_running = [s for s in services if containers.get(s, {}).get("state") != "running"]
+    changed = files_op.did_change() if files_op.is_complete() else files_op.will_change
+    if not (changed or stale or orphans or not_running):
+        host.noop(f"{len(services)} containers running and current")
+        return
+    serving = all(containers.get(n, {}).get("health") == "healthy" for n in instances) and \
+        containers.get("nginx", {}).get("state") == "running"
+    reload = reload_nginx_command(f"{PROJECT}-nginx", settings.ollama_health_timeout)
+    if serving and len(instances) > 1 and set(stale) & set(instances):
+        for name in [n for n in instances if n in stale]:
+            yield f"cp {q(root)}/drain/{name}.conf {q(root)}/nginx/ollama.conf && {reload}"
+            yield f"cd {q(root)} && docker compose up -d --no-deps --quiet-pull {name}"
+            yield wait_healthy_command([name], settings.ollama_health_timeout)
+        yield (f"cp {q(root)}/.staged/nginx/ollama.conf {q(root)}/nginx/ollama.conf "
+               f"&& {reload}")
+    yield f"cd {q(root)} && docker compose up -d --remove-orphans --quiet-pull"
+    if serving and "nginx" not in stale:
+        yield reload  # a new nginx config in its mounted directory needs a reload
+
+
+@operation()
+def healthy(settings: Settings, timeout_s: int):
     """
     Wait (bounded) until every Ollama instance reports healthy.
 
@@ -164,12 +244,7 @@ def healthy(settings: Settings, timeout_s: int = HEALTH_WAIT_S):
     if all(containers.get(n, {}).get("health") == "healthy" for n in names):
         host.noop(f"{len(names)} instances healthy")
         return
-    checks = " ".join(names)
-    rounds = timeout_s // 2
-    yield (f"for i in $(seq {rounds}); do bad=''; for c in {checks}; do "
-           "[ \"$(docker inspect -f '{{.State.Health.Status}}' $c 2>/dev/null)\" = healthy ] "
-           "|| bad=\"$bad $c\"; done; [ -z \"$bad\" ] && exit 0; sleep 2; done; "
-           f"echo \"not healthy after {timeout_s}s:$bad\" >&2; exit 1")
+    yield wait_healthy_command(names, timeout_s)
 
 
 @operation()
@@ -205,6 +280,9 @@ def deploy_stack(settings: Settings) -> None:
     files.directory(name="Stack directory", path=settings.ollama_stack_dir, mode="755")
     installed = rendered_files(name="Compose file and nginx config (checked, then live)",
                                settings=settings)
-    running(name="Stack running", settings=settings, files_op=installed)
-    healthy(name="Every Ollama instance healthy", settings=settings, _timeout=HEALTH_WAIT_S + 60)
+    stack_running(name="Stack running (changed instances recreated one at a time)",
+                  settings=settings, files_op=installed,
+                  _timeout=settings.ollama_health_timeout * (settings.gpu_count + 2) + 120)
+    healthy(name="Every Ollama instance healthy", settings=settings,
+            timeout_s=settings.ollama_health_timeout, _timeout=settings.ollama_health_timeout + 60)
     gpus_assigned(name="Each instance sees exactly its GPUs", settings=settings)

@@ -1417,6 +1417,10 @@ def _schema_value(schema, depth: int = 0):
 def plan_tokens(prompt: str, fmt, num_predict) -> tuple[list[str], str]:
     """Return (tokens, done_reason)."""
     natural = max(1, env_uint("OLLAMA_LAB_TOKENS", 16))
+    # Lab only: a prompt saying `lab:tokens=N` gets an N-token answer (long streams for tests).
+    asked = re.search(r"lab:tokens=(\d+)", prompt or "")
+    if asked:
+        natural = max(1, min(int(asked.group(1)), 100000))
     if fmt not in (None, "", "null"):
         if fmt == "json":
             text = json.dumps({"response": "lab answer to: " + prompt})

@@ -160,3 +160,25 @@ def test_registry_served_each_model_once_per_host(fleet):
         stats = json.load(response)
     model = next(m for m in stats["models"] if m["name"].endswith("tinyllama"))
     assert stats["blob_bytes_sent"] == model["size"] * len(fleet.hosts())
+
+
+def test_image_change_rolls_instances_one_at_a_time_without_failed_requests(fleet):
+    """No front door here: the host's own nginx keeps serving while instances are recreated."""
+    from lab.loadgen import LoadGenerator
+
+    host = fleet.host("gpu-1")
+    _, before, _ = fleet.ssh("gpu-1", "docker inspect -f '{{.Id}}' ollama-0 ollama-1")
+    with LoadGenerator(f"http://{host['address']}", "tinyllama", threads=3,
+                       num_predict=40) as load:
+        proc = fleet.pyinfra("deploy.py", "--data", "ollama_image=ollama/ollama:0.7.0",
+                             limit="gpu-1")
+    assert proc.returncode == 0, proc.output[-4000:]
+    stats = load.stats
+    assert stats.sent >= 10 and (stats.failed, stats.streams_cut) == (0, 0), stats.errors
+    _, after, _ = fleet.ssh("gpu-1", "docker inspect -f '{{.Id}}' ollama-0 ollama-1")
+    assert set(before.split()).isdisjoint(after.split()), "instances were not recreated"
+    for port in (11434, 11435):
+        _, out, _ = fleet.ssh("gpu-1", f"curl -sS http://127.0.0.1:{port}/api/version")
+        assert json.loads(out)["version"] == "0.7.0"
+    _, conf, _ = fleet.ssh("gpu-1", "cat /opt/ollama/nginx/ollama.conf")
+    assert " down;" not in conf

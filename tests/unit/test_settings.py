@@ -78,7 +78,7 @@ def test_topology_and_ports(data, topology, ports):
 
 
 def test_every_knob_has_a_meaning_and_a_task_prefix():
-    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_")
+    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_")
     for name, field in KNOBS.items():
         assert field.description, name
         assert name.startswith(prefixes), name

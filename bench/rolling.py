@@ -1,0 +1,657 @@
+"""Rolling update vs naive redeploy: what each costs the clients of the front door.
+
+In one process, on one lab (3 GPU hosts with 1 GPU each, 1 front door; lab `bench-rolling`,
+registry port 5075), under the same load through the front door (lab.loadgen.LoadGenerator:
+4 threads, half streamed, num_predict 40), this runs one after the other:
+
+1. **roll**: `python -m tasks.rolling_update INVENTORY --data ollama_image=ollama/ollama:0.7.0`
+   (from 0.6.8, which the first deploy installs): canary first, one host at a time, each
+   drained from the front door, updated, smoke-tested and put back;
+2. **naive**: `pyinfra -y INVENTORY deploy.py --data ollama_image=ollama/ollama:0.6.8`: back
+   to 0.6.8 on every host at once, nothing drained;
+
+and prints, side by side: requests sent and failed, streams cut, the command's wall clock,
+and how long hosts were out of service:
+
+- **out of the front door** (roll only; the naive redeploy never drains): per host, from the
+  roll's stderr, each line timestamped as it is read (Popen, line by line). The batch line
+  (`--> roll: canary: gpu-1`) names the hosts; the host is out from its `--> roll: drain: ...`
+  line until the undrain run has finished (the first line after `--> roll: ... undrain`). The
+  reloads happen somewhere inside those two pyinfra runs, so that is an upper bound; the
+  lower bound (drain run finished -> undrain run started) is printed next to it;
+- **host not answering**: for both runs, per host, the longest time the host's own nginx
+  (`http://HOST:80/api/version`, polled every 0.2 s, 1 s timeout, in a thread per host)
+  did not answer 200: from the first failed poll to the next poll that got 200 (start times);
+- **front door not answering**: the same for the front door's `/api/version` (which goes to
+  a GPU host), and the most hosts that were not answering at the same moment.
+
+Each run has 3 s of load before the command starts and 3 s after it ends (the same for both),
+so requests hit at the edges are counted.
+
+Run it (needs Docker, like the lab tests; a few minutes):
+
+    .venv/bin/python bench/rolling.py           # lab up, first deploy, roll, naive, lab down
+    .venv/bin/python bench/rolling.py --keep    # leave the lab up to look at it
+
+The lab is removed before it is started (so the hosts are fresh) and again at the end, also on
+failure or Ctrl-C (unless `--keep`). The full output of every command is kept in a log
+directory (printed at the start). Timings are wall clock on this machine; other work on it
+(e.g. lab tests running at the same time) slows them down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.loadgen import LoadStats
+
+REPO = Path(__file__).resolve().parent.parent
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+
+LAB = "bench-rolling"
+UP_ARGS = ("--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
+           "--registry-port", "5075", "--model-scale", "0.1")
+A, B = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0"
+MODEL = "tinyllama"  # inventory/group_data/all.py's ollama_models
+THREADS, NUM_PREDICT = 4, 40
+
+LAB_UP_TIMEOUT_S = 1800
+DEPLOY_TIMEOUT_S = 1800
+ROLL_TIMEOUT_S = 1800
+NAIVE_TIMEOUT_S = 1200
+LAB_DOWN_TIMEOUT_S = 600
+STATUS_TIMEOUT_S = 120
+READY_TIMEOUT_S = 120  # before a run: every host and the front door answer
+SETTLE_S = 3.0  # load before the command starts and after it ends
+POLL_INTERVAL_S = 0.2
+POLL_TIMEOUT_S = 1.0
+
+BATCH_LINE = re.compile(r"^--> roll: (?:canary|batch \d+/\d+): (?P<hosts>.+)$")
+DRAIN_LINE = re.compile(r"^--> roll: drain: ")
+UNDRAIN_LINE = re.compile(r"^--> roll: undrain: ")
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- running things -------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    cmd: list[str]
+    rc: int | None  # None: killed at its timeout
+    seconds: float
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to PROC's process group (its own session), then SIGKILL to what is left."""
+    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(cmd: list[str], timeout: float, log: Path) -> Run:
+    """Run CMD from the repository root, stdout and stderr together, bounded by TIMEOUT."""
+    started = time.monotonic()
+    status = "interrupted"
+    rc: int | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env=_env())
+        try:
+            rc = proc.wait(timeout=timeout)
+            status = f"rc {rc}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout} s"
+        finally:
+            if proc.returncode is None:
+                _stop(proc)
+            seconds = time.monotonic() - started
+            sink.seek(0)
+            output = sink.read()
+            log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n{output}")
+    return Run(cmd, rc, seconds, output)
+
+
+@dataclass
+class TimedRun(Run):
+    lines: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, stderr line)
+
+
+def run_timestamped(cmd: list[str], timeout: float, log: Path) -> TimedRun:
+    """Run CMD, reading its stderr live, line by line, each line stamped as it arrives."""
+    lines: list[tuple[float, str]] = []
+    started = time.monotonic()
+    status = "interrupted"
+    rc: int | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.PIPE, text=True, bufsize=1,
+                                errors="replace", start_new_session=True, env=_env())
+
+        def read() -> None:  # ends when the pipe closes (the process and its children exit)
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                lines.append((time.monotonic(), line.rstrip("\n")))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+            status = f"rc {rc}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout} s"
+        finally:
+            if proc.returncode is None:
+                _stop(proc)
+            seconds = time.monotonic() - started
+            reader.join(timeout=30)
+            out.seek(0)
+            stdout = out.read()
+            stderr = "\n".join(f"[{t - started:7.2f}] {line}" for t, line in list(lines))
+            log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n"
+                           f"--- stderr (seconds since start) ---\n{stderr}\n"
+                           f"--- stdout ---\n{stdout}")
+    output = "\n".join(line for _, line in lines) + ("\n" + stdout if stdout else "")
+    return TimedRun(cmd, rc, seconds, output, lines)
+
+
+def lab_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lab", "--name", LAB, *args]
+
+
+def lab_down(log: Path) -> Run:
+    """`lab down`, shielded from Ctrl-C: an interrupted down would leave containers behind."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return run(lab_cmd("down"), LAB_DOWN_TIMEOUT_S, log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def lab_status() -> dict:
+    try:
+        proc = subprocess.run(lab_cmd("status", "--json"), cwd=REPO, capture_output=True,
+                              text=True, timeout=STATUS_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"lab status timed out after {STATUS_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        raise BenchError(f"lab status failed (rc {proc.returncode}):\n{tail(proc.stderr)}")
+    info = json.loads(proc.stdout)
+    if not info.get("up"):
+        raise BenchError(f"lab {LAB} is not up after `lab up`")
+    return info
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _why(proc: Run) -> str:
+    return "timed out" if proc.rc is None else f"rc {proc.rc}"
+
+
+# --- watching hosts -------------------------------------------------------------------------
+
+def get_version(address: str, port: int = 80, timeout: float = POLL_TIMEOUT_S) -> str | None:
+    """The version a GET /api/version answers with 200, or None."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/version")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        return str(json.loads(body).get("version", "?"))
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass
+class Outages:
+    longest: float = 0.0
+    total: float = 0.0
+    count: int = 0
+    ongoing: bool = False  # still not answering at the last poll
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Poller:
+    """A thread polling ADDRESS:80/api/version every POLL_INTERVAL_S until stop() (bounded)."""
+
+    def __init__(self, name: str, address: str, max_seconds: float) -> None:
+        self.name, self.address = name, address
+        self.max_polls = int(max_seconds / POLL_INTERVAL_S) + 1
+        self.max_seconds = max_seconds
+        self.samples: list[tuple[float, bool]] = []  # (poll start, answered 200)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=POLL_TIMEOUT_S + 5)
+
+    def _poll(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.max_polls):
+            started = time.monotonic()
+            if self._stop.is_set() or started > deadline:
+                return
+            self.samples.append((started, get_version(self.address) is not None))
+            self._stop.wait(max(0.0, started + POLL_INTERVAL_S - time.monotonic()))
+
+    def outages(self) -> Outages:
+        """Periods without a 200: first failed poll -> next poll answered 200 (start times)."""
+        result = Outages()
+        down_since: float | None = None
+        samples = list(self.samples)
+        for t, ok in samples:
+            if not ok and down_since is None:
+                down_since = t
+            elif ok and down_since is not None:
+                result.intervals.append((down_since, t))
+                down_since = None
+        if down_since is not None:
+            result.intervals.append((down_since, samples[-1][0]))
+            result.ongoing = True
+        lengths = [end - start for start, end in result.intervals]
+        result.count = len(lengths)
+        result.total = sum(lengths)
+        result.longest = max(lengths, default=0.0)
+        return result
+
+
+def most_down_at_once(outages: list[Outages]) -> int:
+    events = sorted([(s, 1) for o in outages for s, _ in o.intervals]
+                    + [(e, -1) for o in outages for _, e in o.intervals],
+                    key=lambda ev: (ev[0], ev[1]))  # an end before a start at the same time
+    down = most = 0
+    for _, delta in events:
+        down += delta
+        most = max(most, down)
+    return most
+
+
+def wait_ready(hosts: list[dict], front: str) -> dict[str, str | None]:
+    """Wait (bounded) until every host's nginx and the front door answer; their versions."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        got = {h["name"]: get_version(h["address"], timeout=5) for h in hosts}
+        got["front door"] = get_version(front, timeout=5)
+        if all(got.values()) or time.monotonic() > deadline:
+            return got
+        time.sleep(1)
+
+
+# --- one measured run -----------------------------------------------------------------------
+
+@dataclass
+class Measured:
+    label: str
+    command: str
+    run: Run | None = None
+    stats: LoadStats | None = None
+    load_seconds: float = 0.0
+    hosts: dict[str, Outages] = field(default_factory=dict)
+    front: Outages | None = None
+    at_once: int = 0
+    out_of_front: dict[str, tuple[float, float]] = field(default_factory=dict)  # (low, high)
+    before: dict[str, str | None] = field(default_factory=dict)
+    after: dict[str, str | None] = field(default_factory=dict)
+    error: str | None = None
+
+
+def measured(label: str, cmd: list[str], timeout: float, log: Path, hosts: list[dict],
+             front: str, timestamped: bool) -> Measured:
+    """CMD under the load through the front door, every host's nginx and the front door polled."""
+    from lab.loadgen import LoadGenerator
+
+    result = Measured(label, " ".join([Path(cmd[0]).name, *cmd[1:]]))
+    result.before = wait_ready(hosts, front)
+    if not all(result.before.values()):
+        raise BenchError(f"{label}: not everything answers before the run: {result.before}")
+    bound = timeout + 4 * SETTLE_S + 60
+    pollers = [Poller(h["name"], h["address"], bound).start() for h in hosts]
+    front_poller = Poller("front door", front, bound).start()
+    load = LoadGenerator(f"http://{front}", MODEL, threads=THREADS, num_predict=NUM_PREDICT,
+                         max_requests=1_000_000, max_seconds=bound)
+    load_started = time.monotonic()
+    load.start()
+    try:
+        time.sleep(SETTLE_S)
+        say(f"[{label}] {result.command}")
+        result.run = (run_timestamped if timestamped else run)(cmd, timeout, log)
+        time.sleep(SETTLE_S)
+    finally:
+        result.stats = load.stop()
+        result.load_seconds = time.monotonic() - load_started
+        for p in [*pollers, front_poller]:
+            p.stop()
+    result.hosts = {p.name: p.outages() for p in pollers}
+    result.front = front_poller.outages()
+    result.at_once = most_down_at_once(list(result.hosts.values()))
+    if result.stats.sent >= load.max_requests:
+        say(f"[{label}] WARNING: the load hit its request cap; later requests were not sent")
+    say(f"[{label}] {_why(result.run)} in {result.run.seconds:.1f} s; load: "
+        f"{result.stats.summary()}")
+    if not result.run.ok:
+        result.error = f"{label} failed ({_why(result.run)}):\n{tail(result.run.output, 60)}"
+        say(f"[{label}] FAILED ({_why(result.run)}); its output:\n{tail(result.run.output, 60)}")
+    result.after = wait_ready(hosts, front)
+    return result
+
+
+def out_of_front_door(lines: list[tuple[float, str]], end: float
+                      ) -> dict[str, tuple[float, float]]:
+    """Per host, from the roll's stamped stderr: (drain done -> undrain started,
+    drain started -> undrain done). A host drained but never undrained counts until END."""
+    result: dict[str, tuple[float, float]] = {}
+    batch: list[str] = []
+    drain_start = drain_done = undrain_start = None
+    for i, (t, line) in enumerate(lines):
+        match = BATCH_LINE.match(line)
+        if match:
+            batch = [h.strip() for h in match["hosts"].split(",")]
+            drain_start = drain_done = undrain_start = None
+        elif DRAIN_LINE.match(line):
+            drain_start = t
+            drain_done = next((t2 for t2, _ in lines[i + 1:]), end)
+        elif UNDRAIN_LINE.match(line) and drain_start is not None:
+            undrain_start = t
+            undrain_done = next((t2 for t2, _ in lines[i + 1:]), end)
+            for name in batch:
+                result[name] = (undrain_start - (drain_done or drain_start),
+                                undrain_done - drain_start)
+            drain_start = None
+    if drain_start is not None:  # drained and left out (a failed roll)
+        for name in batch:
+            result[name] = (end - (drain_done or drain_start), end - drain_start)
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _ratio(naive: float | None, roll: float | None, fmt: str = "{:.2f}x") -> str:
+    if naive is None or roll is None:
+        return "-"
+    if roll == 0:
+        return "-" if naive == 0 else "n/a (roll: 0)"
+    return fmt.format(naive / roll)
+
+
+def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | None,
+           up_s: float | None) -> str:
+    def stat(m: Measured | None, what: str):
+        if m is None or m.stats is None:
+            return None
+        return getattr(m.stats, what)
+
+    def duration(m: Measured | None) -> float | None:
+        return m.run.seconds if m and m.run else None
+
+    def longest_host(m: Measured | None) -> float | None:
+        return max((o.longest for o in m.hosts.values()), default=0.0) if m and m.hosts else None
+
+    def front(m: Measured | None) -> float | None:
+        return m.front.longest if m and m.front else None
+
+    roll_out = max((hi for _, hi in roll.out_of_front.values()), default=None) if roll else None
+    roll_out_low = max((lo for lo, _ in roll.out_of_front.values()), default=None) \
+        if roll else None
+
+    def succeeded(m: Measured | None) -> int | None:
+        sent, failed = stat(m, "sent"), stat(m, "failed")
+        return None if sent is None else sent - failed
+
+    def count(v) -> str:
+        return "-" if v is None else str(v)
+
+    def pct(m: Measured | None, what: str) -> str:
+        sent, n = stat(m, "sent"), stat(m, what)
+        if sent is None or n is None:
+            return "-"
+        return f"{n} ({100 * n / sent:.1f}%)" if sent else str(n)
+
+    rows = [
+        ("", "roll (0.6.8 -> 0.7.0)", "naive (0.7.0 -> 0.6.8)", "naive/roll"),
+        ("requests sent", count(stat(roll, "sent")), count(stat(naive, "sent")), ""),
+        ("requests failed", pct(roll, "failed"), pct(naive, "failed"),
+         _ratio(stat(naive, "failed"), stat(roll, "failed"))),
+        ("requests succeeded", count(succeeded(roll)), count(succeeded(naive)), ""),
+        ("streams", count(stat(roll, "streams")), count(stat(naive, "streams")), ""),
+        ("streams cut", count(stat(roll, "streams_cut")), count(stat(naive, "streams_cut")),
+         _ratio(stat(naive, "streams_cut"), stat(roll, "streams_cut"))),
+        ("total duration (command)", _s(duration(roll)), _s(duration(naive)),
+         _ratio(duration(naive), duration(roll))),
+        ("longest out of front door",
+         f"{_s(roll_out)} (>= {_s(roll_out_low)})" if roll_out is not None else "-",
+         "0 s (never drained)" if naive else "-", ""),
+        ("longest host not answering", _s(longest_host(roll)), _s(longest_host(naive)),
+         _ratio(longest_host(naive), longest_host(roll))),
+        ("front door not answering", _s(front(roll)), _s(front(naive)),
+         _ratio(front(naive), front(roll))),
+        ("most hosts down at once", count(roll.at_once if roll and roll.hosts else None),
+         count(naive.at_once if naive and naive.hosts else None), ""),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [f"rolling update vs naive redeploy (lab {LAB}: 3 GPU hosts x 1 GPU, 1 front door; "
+           f"load {THREADS} threads, num_predict {NUM_PREDICT}, half streamed, "
+           "through the front door)"]
+    if up_s is not None:
+        out.append(f"lab up: {up_s:.1f} s")
+    if first_deploy is not None:
+        out.append(f"first deploy (pyinfra -y INVENTORY deploy.py, fresh hosts): "
+                   f"{first_deploy.seconds:.1f} s ({_why(first_deploy)})")
+    out += ["", *(line(r) for r in rows)]
+    out += ["", "notes: the load is closed-loop (each thread sends its next request as soon as "
+                "one ends, no pause), so a request the front door fails at once (502) is followed "
+                "by the next within milliseconds: `requests sent/failed` count how fast failures "
+                "come back, not how many clients a real fleet would fail (hence no ratio for "
+                "them); `front door not answering` is the time-based figure. Not-answering times "
+                f"have the poll's resolution ({POLL_INTERVAL_S} s: one failed poll reads "
+                f"{POLL_INTERVAL_S} s)."]
+
+    out += ["", "per host: out of the front door (roll: drain started -> undrain done; "
+                "in brackets drain done -> undrain started) / host's nginx not answering "
+                "(longest, total, periods):"]
+    names = sorted({*(roll.hosts if roll else {}), *(naive.hosts if naive else {})})
+    for name in names:
+        cells = [f"  {name:<6}"]
+        for m in (roll, naive):
+            if m is None or name not in m.hosts:
+                cells.append("-")
+                continue
+            o = m.hosts[name]
+            drained = m.out_of_front.get(name)
+            out_txt = (f"out {drained[1]:.1f} s [{drained[0]:.1f}]" if drained
+                       else "never drained" if m is naive else "not drained")
+            still = ", still down" if o.ongoing else ""
+            cells.append(f"{m.label}: {out_txt}, not answering {o.longest:.1f} s "
+                         f"(total {o.total:.1f} s, {o.count}x{still})")
+        out.append("  |  ".join(cells))
+
+    for m in (roll, naive):
+        if m is None:
+            continue
+        out.append("")
+        out.append(f"{m.label}: {m.command}")
+        if m.run:
+            out.append(f"  {_why(m.run)}, {m.run.seconds:.1f} s; load ran {m.load_seconds:.1f} s "
+                       f"({SETTLE_S:.0f} s before and after)")
+        out.append(f"  versions before: {_versions(m.before)}")
+        out.append(f"  versions after:  {_versions(m.after)}")
+        if m.stats and m.stats.errors:
+            distinct: dict[str, int] = {}
+            for e in m.stats.errors:
+                kind = _error_kind(e)
+                distinct[kind] = distinct.get(kind, 0) + 1
+            out.append(f"  failed requests (the first {len(m.stats.errors)} recorded, by kind):")
+            out += [f"    {n}x {e}" for e, n in distinct.items()]
+        if m.error:
+            out.append(f"  FAILED: {m.error.splitlines()[0]}")
+    return "\n".join(out)
+
+
+def _error_kind(error: str) -> str:
+    """`HTTP 502: b'<html>...<title>502 Bad Gateway</title>...nginx/1.26.3...'` -> short."""
+    title = re.search(r"<title>([^<]*)</title>", error)
+    server = re.search(r"(nginx/[0-9.]+)", error)
+    if error.startswith("HTTP ") and title:
+        origin = f" from {server[1]}" if server else ""
+        return f"HTTP {title[1]} (html page{origin})"
+    return " ".join(error.split())[:160]
+
+
+def _versions(got: dict[str, str | None]) -> str:
+    return ", ".join(f"{k} {v or 'not answering'}" for k, v in got.items()) or "-"
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def bench(logs: Path, keep: bool) -> int:
+    roll = naive = None
+    first_deploy: Run | None = None
+    up_s: float | None = None
+    failed = False
+    try:
+        say(f"[{LAB}] removing any earlier lab of this name (so the hosts are fresh)")
+        down = lab_down(logs / "down-before.log")
+        if not down.ok:
+            raise BenchError(f"lab down failed ({_why(down)}):\n{tail(down.output)}")
+
+        say(f"[{LAB}] lab up {' '.join(UP_ARGS)}")
+        up = run(lab_cmd("up", *UP_ARGS), LAB_UP_TIMEOUT_S, logs / "up.log")
+        if not up.ok:
+            raise BenchError(f"lab up failed ({_why(up)}):\n{tail(up.output)}")
+        up_s = up.seconds
+        say(f"[{LAB}] lab up in {up.seconds:.1f} s")
+
+        info = lab_status()
+        hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
+        lbs = [h for h in info["hosts"] if h["role"] not in ("gpu", "cpu")]
+        if len(hosts) != 3 or len(lbs) != 1:
+            raise BenchError(f"expected 3 GPU hosts and 1 front door, lab has {info['hosts']}")
+        not_running = [h["name"] for h in info["hosts"] if h["state"] != "running"]
+        if not_running:
+            raise BenchError(f"lab hosts not running: {not_running}")
+        inventory, front = info["inventory"], lbs[0]["address"]
+
+        deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
+        say(f"[{LAB}] first deploy: pyinfra -y {inventory} deploy.py")
+        first_deploy = run(deploy, DEPLOY_TIMEOUT_S, logs / "first-deploy.log")
+        if not first_deploy.ok:
+            raise BenchError(f"first deploy failed ({_why(first_deploy)}):\n"
+                             f"{tail(first_deploy.output)}")
+        say(f"[{LAB}] first deploy in {first_deploy.seconds:.1f} s")
+
+        roll_cmd = [sys.executable, "-m", "tasks.rolling_update", inventory,
+                    "--data", f"ollama_image={B}"]
+        roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs / "roll.log", hosts, front,
+                        timestamped=True)
+        assert isinstance(roll.run, TimedRun)
+        roll_end = roll.run.lines[-1][0] if roll.run.lines else time.monotonic()
+        roll.out_of_front = out_of_front_door(roll.run.lines, max(roll_end, time.monotonic()))
+        failed |= roll.error is not None
+
+        naive = measured("naive", [*deploy, "--data", f"ollama_image={A}"], NAIVE_TIMEOUT_S,
+                         logs / "naive.log", hosts, front, timestamped=False)
+        failed |= naive.error is not None
+    except BenchError as exc:
+        failed = True
+        say(f"[{LAB}] FAILED: {exc}")
+    except KeyboardInterrupt:
+        say("interrupted")
+        failed = True
+        raise
+    finally:
+        if keep:
+            say(f"[{LAB}] --keep: lab left up; remove it with "
+                f"`{Path(sys.executable).name} -m lab --name {LAB} down`")
+        else:
+            say(f"[{LAB}] lab down")
+            down = lab_down(logs / "down.log")
+            if not down.ok:
+                say(f"[{LAB}] WARNING: lab down failed ({_why(down)}); run "
+                    f"`python -m lab --name {LAB} down`:\n{tail(down.output)}")
+        say("\n" + report(roll, naive, first_deploy, up_s))
+        say(f"\nlogs: {logs}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/rolling.py",
+                                     description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the lab up afterwards (it is still removed and recreated "
+                             "at the start of the next run)")
+    args = parser.parse_args(argv)
+    if not PYINFRA.exists():
+        parser.error(f"{PYINFRA} not found: run this with the project's virtualenv python "
+                     "(.venv/bin/python bench/rolling.py)")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # lab.loadgen
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends up in the same finally as Ctrl-C
+    logs = Path(tempfile.mkdtemp(prefix="bench-rolling-"))
+    say(f"logs: {logs}")
+    try:
+        return bench(logs, args.keep)
+    except KeyboardInterrupt:
+        say("interrupted; the lab was removed (unless --keep)")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The fleet's front door: nginx on lb_servers in front of every gpu_servers host.
+
+Guarantees: the upstream is rendered from the inventory (a host added or removed
+is followed on the next run; drained hosts are marked `down`); the config is
+checked with `nginx -t` before it goes live and applied with a reload, never a
+restart, so streams in flight finish on the old workers; after a reload the run
+waits (bounded) until those old workers are gone, which is what a roll needs to
+know that a drained host has no requests left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pyinfra import host, inventory
+
+from tasks.settings import Settings, fleet_settings
+from tasks.stack import TEMPLATES, checked_files, running
+
+PROJECT = "ollama-front"
+FRONT_TEMPLATES = TEMPLATES.parent / "front_door"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    address: str
+    port: int
+    drained: bool
+
+
+def upstreams(settings: Settings) -> list[Upstream]:
+    """Every gpu_servers host's entry point (its nginx, or each of its instances)."""
+    fleet = fleet_settings()
+    result = []
+    for gpu in inventory.get_group("gpu_servers", []):
+        address = gpu.data.get("ssh_hostname") or gpu.name
+        gpu_settings = fleet[gpu.name]
+        drained = gpu.name in settings.front_door_drained
+        if settings.front_door_upstream == "nginx":
+            result.append(Upstream(gpu.name, address, gpu_settings.nginx_port, drained))
+        else:
+            result += [Upstream(gpu.name, address, port, drained)
+                       for _, port in gpu_settings.instance_ports()]
+    return result
+
+
+def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, str]:
+    env = Environment(loader=FileSystemLoader(FRONT_TEMPLATES), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    context = {"s": settings, "project": PROJECT, "upstreams": servers}
+    return {
+        "compose.yaml": env.get_template("compose.yaml.j2").render(**context),
+        "nginx/front.conf": env.get_template("front.conf.j2").render(**context),
+    }
+
+
+def deploy_front_door(settings: Settings) -> None:
+    """Front door files checked then live, nginx running, reloads drained."""
+    servers = upstreams(settings)
+    if not servers:
+        host.noop("no gpu_servers in the inventory: no front door")
+        return
+    installed = checked_files(name="Front door config (checked, then live)",
+                              root=settings.front_door_dir,
+                              wanted=front_door_files(settings, servers),
+                              nginx_image=settings.nginx_image)
+    running(name="Front door running (reloaded, old requests let finish)",
+            root=settings.front_door_dir, project=PROJECT, services=["nginx"],
+            files_op=installed, nginx_container=PROJECT,
+            drain_timeout=settings.front_door_drain_timeout,
+            _timeout=settings.front_door_drain_timeout + 120)

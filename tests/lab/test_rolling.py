@@ -1,0 +1,142 @@
+"""Rolling updates through the front door under load: no failed request, canary first.
+
+One lab (3 GPU hosts with 1 GPU, 1 front door), tests in file order: A -> B, a
+reload under streams, then a B that never becomes healthy (with and without
+--rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from lab.loadgen import LoadGenerator
+from tests.conftest import start_lab
+from tests.labfleet import REPO, lab_cli
+
+pytestmark = pytest.mark.lab
+
+NAME = "fleetlab-roll"
+A, B, BAD = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0", "ollama/ollama:0.7.1-bad"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    lab = None
+    try:
+        lab = start_lab(NAME, "--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
+                        "--registry-port", "5055", "--model-scale", "0.1")
+        lab_cli("ollama-image", "0.7.1-bad", "--unhealthy", name=NAME)
+        proc = lab.pyinfra("deploy.py")
+        assert proc.returncode == 0, proc.output[-4000:]
+        yield lab
+    finally:
+        if lab:
+            lab.close()
+        lab_cli("down", name=NAME, check=False)
+
+
+def front_door(fleet) -> str:
+    return f"http://{fleet.host('lb-1')['address']}"
+
+
+def roll(fleet, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasks.rolling_update", fleet.inventory, *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200,
+                          stdin=subprocess.DEVNULL)
+
+
+def versions(fleet) -> dict[str, str]:
+    result = {}
+    for host in fleet.hosts("gpu"):
+        status, out, _ = fleet.ssh(host["name"], "curl -sS -m 5 http://127.0.0.1:11434/api/version",
+                                   check=False)
+        answer = json.loads(out) if status == 0 and out else {}
+        result[host["name"]] = answer.get("version", answer.get("error", "down"))
+    return result
+
+
+def front_conf(fleet) -> str:
+    return fleet.ssh("lb-1", "cat /opt/ollama-front/nginx/front.conf")[1]
+
+
+def test_front_door_sends_to_every_gpu_host(fleet):
+    conf = front_conf(fleet)
+    for host in fleet.hosts("gpu"):
+        assert f"server {host['address']}:80 " in conf
+    assert " down;" not in conf
+    answer = httpx.post(f"{front_door(fleet)}/api/generate", timeout=60,
+                        json={"model": "tinyllama", "prompt": "hi", "stream": False}).json()
+    assert answer["done"] is True
+
+
+def test_roll_a_to_b_drops_no_request(fleet):
+    assert set(versions(fleet).values()) == {"0.6.8"}
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={B}")
+    stats = load.stats
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert stats.sent >= 20, stats.summary()
+    assert (stats.failed, stats.streams_cut) == (0, 0), stats.errors
+    assert set(versions(fleet).values()) == {"0.7.0"}
+    # canary first, then inventory order
+    order = [line.split(": ")[-1] for line in proc.stderr.splitlines()
+             if line.startswith("--> roll: canary") or line.startswith("--> roll: batch")]
+    assert order == ["gpu-1", "gpu-2", "gpu-3"]
+
+
+def test_front_door_reload_does_not_cut_streams(fleet):
+    results: list[tuple[int, bool]] = []
+
+    def stream() -> None:
+        body = {"model": "tinyllama", "prompt": "lab:tokens=150 a long answer"}
+        with httpx.stream("POST", f"{front_door(fleet)}/api/generate", json=body,
+                          timeout=120) as response:
+            lines = [json.loads(line) for line in response.iter_lines() if line]
+        results.append((len(lines), bool(lines) and lines[-1].get("done") is True))
+
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for t in threads:
+        t.start()
+    # a config change the front door must reload for, while the streams run
+    proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", "--data",
+                         "front_door_max_fails=3", limit="lb_servers")
+    for t in threads:
+        t.join(timeout=150)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert "max_fails=3" in front_conf(fleet)
+    assert "Front door running (reloaded, old requests let finish)" in proc.output
+    assert len(results) == 4 and all(done and n > 100 for n, done in results), results
+
+
+def test_unhealthy_b_with_rollback_stops_at_canary_and_restores_it(fleet):
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={BAD}", "--data", "ollama_health_timeout=20",
+                    "--rollback")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("roll stopped: gpu-1 failed at step 'apply'"), last
+    assert "untouched: gpu-2, gpu-3" in last
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    assert "--> roll: gpu-1 is back on ollama/ollama:0.7.0 and in the front door" in proc.stderr
+    assert versions(fleet) == {"gpu-1": "0.7.0", "gpu-2": "0.7.0", "gpu-3": "0.7.0"}
+    assert " down;" not in front_conf(fleet)
+
+
+def test_unhealthy_b_stops_at_canary_and_keeps_it_out(fleet):
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={BAD}", "--data", "ollama_health_timeout=20")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("roll stopped: gpu-1 failed at step 'apply'"), last
+    assert f"--limit gpu-1 --data ollama_image={B}" in last
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    got = versions(fleet)
+    assert got["gpu-2"] == got["gpu-3"] == "0.7.0" and got["gpu-1"] != "0.7.0"
+    gpu1 = fleet.host("gpu-1")["address"]
+    assert f"server {gpu1}:80 max_fails=3 fail_timeout=10s down;" in front_conf(fleet)
