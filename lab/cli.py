@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("host")
 
-    ask = sub.add_parser("ask", help="a streamed /api/generate through a host's nginx")
+    ask = sub.add_parser("ask", help="a streamed /api/generate through the front door")
     ask.add_argument("prompt")
-    ask.add_argument("--host", help="lab host to ask (default: the first GPU host)")
+    ask.add_argument("--host", help="lab host to ask (default: the front door, else the "
+                                    "first GPU host)")
     ask.add_argument("--model", default="tinyllama")
     ask.add_argument("--port", type=_nonneg_int, default=80, help="the host's nginx port")
 
@@ -110,10 +111,10 @@ def ask(lab: Lab, prompt: str, host: str | None, model: str, port: int) -> None:
     hosts = lab.status()["hosts"]
     if not hosts:
         raise LabError(f"no lab named {lab.name} is up (run: python -m lab up)")
-    target = lab.host(host) if host else next(
-        (h for h in (lab.host(x["name"]) for x in hosts) if h.role in ("gpu", "cpu")), None)
-    if target is None:
-        raise LabError("ask: the lab has no GPU or CPU host")
+    # the front door when there is one, else the first GPU (or CPU) server's nginx
+    by_role = sorted((lab.host(x["name"]) for x in hosts),
+                     key=lambda h: {"lb": 0, "gpu": 1, "cpu": 2}[h.role])
+    target = lab.host(host) if host else by_role[0]
     conn = http.client.HTTPConnection(target.address, port, timeout=120)
     try:
         conn.request("POST", "/api/generate", json.dumps({"model": model, "prompt": prompt}),

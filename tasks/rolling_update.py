@@ -53,15 +53,25 @@ class FleetHost:
     image: str
 
 
-def parse_data(items: Sequence[str]) -> dict:
-    from pyinfra_cli.util import parse_cli_arg
+def parse_cli_value(text: str):
+    """A --data value read the way pyinfra's CLI reads it: bool, int, JSON, else text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for parse in (int, json.loads):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
+
+def parse_data(items: Sequence[str]) -> dict:
     data = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"rolling_update: --data {item!r}: expected KEY=VALUE")
-        data[key] = parse_cli_arg(value)
+        data[key] = parse_cli_value(value)
     return data
 
 

@@ -188,10 +188,10 @@ def reload_nginx_command(container: str, drain_timeout: int) -> str:
     reload has exited: nginx lets old workers finish their requests first, so afterwards
     nothing is still in flight on the old config. ([p] keeps grep from matching itself.)"""
     workers = "grep -las '^nginx: worker [p]rocess' /proc/[0-9]*/cmdline | cut -d/ -f3"
-    return (f"old=$({workers}); docker exec {container} nginx -s reload || exit 1; "
+    return ("{ " + f"old=$({workers}); docker exec {container} nginx -s reload || exit 1; "
             f"for i in $(seq {max(1, drain_timeout) * 2}); do left=''; for p in $old; do "
             "[ -e /proc/$p ] && left=\"$left $p\"; done; [ -z \"$left\" ] && exit 0; sleep 0.5; "
-            f"done; echo \"requests still in flight after {drain_timeout}s; going on\" >&2")
+            f"done; echo \"requests still in flight after {drain_timeout}s; going on\" >&2; " + "}")
 
 
 @operation()
@@ -219,7 +219,8 @@ def stack_running(settings: Settings, files_op: OperationMeta):
     serving = all(containers.get(n, {}).get("health") == "healthy" for n in instances) and \
         containers.get("nginx", {}).get("state") == "running"
     reload = reload_nginx_command(f"{PROJECT}-nginx", settings.ollama_health_timeout)
-    if serving and len(instances) > 1 and set(stale) & set(instances):
+    rolling = serving and len(instances) > 1 and bool(set(stale) & set(instances))
+    if rolling:
         for name in [n for n in instances if n in stale]:
             yield f"cp {q(root)}/drain/{name}.conf {q(root)}/nginx/ollama.conf && {reload}"
             yield f"cd {q(root)} && docker compose up -d --no-deps --quiet-pull {name}"
@@ -227,7 +228,7 @@ def stack_running(settings: Settings, files_op: OperationMeta):
         yield (f"cp {q(root)}/.staged/nginx/ollama.conf {q(root)}/nginx/ollama.conf "
                f"&& {reload}")
     yield f"cd {q(root)} && docker compose up -d --remove-orphans --quiet-pull"
-    if serving and "nginx" not in stale:
+    if serving and not rolling and "nginx" not in stale:
         yield reload  # a new nginx config in its mounted directory needs a reload
 
 

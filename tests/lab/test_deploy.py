@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import start_lab
-from tests.labfleet import lab_cli
+from tests.conftest import running_lab
 from tests.unit.test_settings import BAD_DATA
 
 pytestmark = pytest.mark.lab
@@ -27,15 +26,9 @@ FOREIGN_DAEMON_JSON = {"data-root": "/var/lib/docker",
 
 @pytest.fixture(scope="module")
 def fleet():
-    lab = None
-    try:
-        lab = start_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
-                        "--registry-port", "5053", "--model-scale", "0.25")
+    with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
+                     "--registry-port", "5053", "--model-scale", "0.25") as lab:
         yield lab
-    finally:
-        if lab:
-            lab.close()
-        lab_cli("down", name=NAME, check=False)
 
 
 def fingerprint(fleet, host: str) -> str:

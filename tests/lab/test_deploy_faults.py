@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import start_lab
+from tests.conftest import running_lab
 from tests.labfleet import PYINFRA, REPO, lab_cli, poll
 
 pytestmark = pytest.mark.lab
@@ -20,15 +20,9 @@ FOREIGN = {"default-address-pools": [{"base": "10.202.0.0/16", "size": 24}]}
 
 @pytest.fixture(scope="module")
 def fleet():
-    lab = None
-    try:
-        lab = start_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "1", "--cpu-hosts", "1",
-                        "--registry-port", "5054", "--model-scale", "0.25")
+    with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "1", "--cpu-hosts", "1",
+                     "--registry-port", "5054", "--model-scale", "0.25") as lab:
         yield lab
-    finally:
-        if lab:
-            lab.close()
-        lab_cli("down", name=NAME, check=False)
 
 
 def _driver_installs(fleet, host: str) -> int:

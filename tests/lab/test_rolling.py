@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lab.loadgen import LoadGenerator
-from tests.conftest import start_lab
+from tests.conftest import running_lab
 from tests.labfleet import REPO, lab_cli
 
 pytestmark = pytest.mark.lab
@@ -27,18 +27,12 @@ A, B, BAD = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0", "ollama/ollama:0.7.1-b
 
 @pytest.fixture(scope="module")
 def fleet():
-    lab = None
-    try:
-        lab = start_lab(NAME, "--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
-                        "--registry-port", "5055", "--model-scale", "0.1")
+    with running_lab(NAME, "--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
+                     "--registry-port", "5055", "--model-scale", "0.1") as lab:
         lab_cli("ollama-image", "0.7.1-bad", "--unhealthy", name=NAME)
         proc = lab.pyinfra("deploy.py")
         assert proc.returncode == 0, proc.output[-4000:]
         yield lab
-    finally:
-        if lab:
-            lab.close()
-        lab_cli("down", name=NAME, check=False)
 
 
 def front_door(fleet) -> str:
