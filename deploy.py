@@ -6,7 +6,7 @@ operation runs on any host; each step lives in its own module under tasks/.
 
 from pyinfra import host
 
-from tasks import docker, front_door, models, nvidia_driver, nvidia_toolkit, stack
+from tasks import apps, docker, front_door, models, nvidia_driver, nvidia_toolkit, stack
 from tasks.report import report_failures
 from tasks.settings import current_settings
 
@@ -21,6 +21,7 @@ docker.restart_docker(docker_config + toolkit_config)
 if "gpu_servers" in host.groups:
     stack.deploy_stack(settings)
     models.pull_models(settings)
+    apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
 
 if "lb_servers" in host.groups:
     front_door.deploy_front_door(settings)

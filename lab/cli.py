@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ollama-tags", type=_tags, default=None,
                     help="stand-in ollama/ollama tags to publish, comma-separated")
     up.add_argument("--nginx-tags", type=_tags, default=None)
+    up.add_argument("--redis-tags", type=_tags, default=None,
+                    help="stand-in redis tags to publish (Debian's redis-server), comma-separated")
+    up.add_argument("--app-tags", type=_tags, default=None,
+                    help="stand-in application fleetlab/chat-app tags to publish, comma-separated")
 
     sub.add_parser("down", help="remove every container, network and volume of the lab")
     status = sub.add_parser("status", help="hosts and endpoints")
@@ -166,6 +170,10 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
             spec.ollama_tags = args.ollama_tags
         if args.nginx_tags:
             spec.nginx_tags = args.nginx_tags
+        if args.redis_tags:
+            spec.redis_tags = args.redis_tags
+        if args.app_tags:
+            spec.app_tags = args.app_tags
         started = time.monotonic()
         lab.up(spec)
         lab.log(f"up in {time.monotonic() - started:.1f}s")

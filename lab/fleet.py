@@ -29,6 +29,8 @@ APT_PORT = 8080
 MODEL_REGISTRY_PORT = 8081
 DEFAULT_OLLAMA_TAGS = ("0.6.8", "0.7.0")
 DEFAULT_NGINX_TAGS = ("1.27", "stable")
+DEFAULT_REDIS_TAGS = ("7",)
+DEFAULT_APP_TAGS = ("1.0",)
 SSH_WAIT_S = 90
 
 
@@ -49,6 +51,8 @@ class Spec:
     model_scale: float = 1.0
     ollama_tags: list[str] = field(default_factory=lambda: list(DEFAULT_OLLAMA_TAGS))
     nginx_tags: list[str] = field(default_factory=lambda: list(DEFAULT_NGINX_TAGS))
+    redis_tags: list[str] = field(default_factory=lambda: list(DEFAULT_REDIS_TAGS))
+    app_tags: list[str] = field(default_factory=lambda: list(DEFAULT_APP_TAGS))
 
     def validate(self) -> None:
         if self.gpu_hosts + self.cpu_hosts + self.lb_hosts == 0:
@@ -272,6 +276,14 @@ class Lab:
                                        {"nginx.conf": nginx / "nginx.conf"},
                                        (nginx / "Dockerfile").read_text(), log=self.log)
             self._push(local, f"library/nginx:{tag}", spec.registry_port)
+        # Application services beside the fleet: Debian's redis as `redis:<tag>` and the
+        # stand-in app (lab/app/chatapp.py) as `fleetlab/chat-app:<tag>`.
+        for tag in spec.redis_tags:
+            local = images.build_redis_image(tag, app_base, log=self.log)
+            self._push(local, f"library/redis:{tag}", spec.registry_port)
+        for tag in spec.app_tags:
+            local = images.build_chat_app_image(tag, app_base, log=self.log)
+            self._push(local, f"fleetlab/chat-app:{tag}", spec.registry_port)
 
     def build_ollama_image(self, tag: str, app_base: str, registry: str, port: int,
                            unhealthy: bool = False) -> None:

@@ -7,7 +7,9 @@
 - the services image: the server image plus Debian's docker-registry and nginx,
   which serves the lab's image registry, apt repository and model registry;
 - stand-ins under production names, pushed to the lab registry:
-  `ollama/ollama:<tag>` (lab/ollama/ollama.py) and `nginx:<tag>` (Debian's nginx).
+  `ollama/ollama:<tag>` (lab/ollama/ollama.py), `nginx:<tag>` (Debian's nginx),
+  `redis:<tag>` (Debian's redis-server) and `fleetlab/chat-app:<tag>`
+  (lab/app/chatapp.py, an application to run beside the fleet).
 
 Every image carries the hash of its recipe as a label; a changed recipe gives a
 new tag, so an old image is never mistaken for a current one.
@@ -173,3 +175,18 @@ def build_image(tag: str, base: str, files: dict[str, Path | bytes],
             dockerfile.format(base=base) + f"\nLABEL {HASH_LABEL}={digest}\n")
         docker("build", "-q", "-t", tag, str(ctx), env={"DOCKER_BUILDKIT": "0"}, timeout=900)
     return tag
+
+
+def build_redis_image(tag: str, base: str, log=print) -> str:
+    """The stand-in `redis:TAG` (Debian's redis-server, official layout); local tag."""
+    recipe = RECIPES / "redis"
+    return build_image(f"fleetlab/redis:{tag}", base,
+                       {"docker-entrypoint.sh": recipe / "docker-entrypoint.sh"},
+                       (recipe / "Dockerfile").read_text(), log=log)
+
+
+def build_chat_app_image(tag: str, base: str, log=print) -> str:
+    """The stand-in application `fleetlab/chat-app:TAG` (lab/app/chatapp.py); local tag."""
+    return build_image(f"fleetlab/chat-app:{tag}", base,
+                       {"chatapp.py": LAB_DIR / "app" / "chatapp.py"},
+                       (RECIPES / "chat-app" / "Dockerfile").read_text(), log=log)

@@ -20,6 +20,66 @@ from pyinfra.api.exceptions import PyinfraError
 PYINFRA_KEY = re.compile(r"^(ssh_|_)")
 
 Topology = Literal["per_gpu", "shared", "cpu"]
+IMAGE_PINNED = re.compile(r"[\w.\-/:]+:[\w.\-]+(@sha256:[0-9a-f]{64})?")
+
+
+class SecretRef(BaseModel):
+    """Where a secret comes from on the operator's machine; never from the repository."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of `file` or `env`")
+        return self
+
+
+class AppService(BaseModel):
+    """An application container beside Ollama (see the README's app stack example)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str
+    command: list[str] | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+    ports: list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+    healthcheck: list[str] | None = None
+    memory_limit: str = ""
+    cpus: float | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    uses_ollama: bool = True
+    ollama_model: str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not IMAGE_PINNED.fullmatch(value):
+            raise ValueError(f"{value!r} is not an image pinned by tag (name:tag)")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[str]) -> list[str]:
+        for port in value:
+            if not re.fullmatch(r"(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}", port):
+                raise ValueError(f"{port!r} is not HOST_PORT:CONTAINER_PORT "
+                                 "(optionally ADDRESS:HOST_PORT:CONTAINER_PORT)")
+        return value
+
+    def published(self) -> list[tuple[str, int, int]]:
+        """(address, host port, container port); loopback unless an address is given."""
+        result = []
+        for port in self.ports:
+            parts = port.split(":")
+            address = parts[0] if len(parts) == 3 else "127.0.0.1"
+            result.append((address, int(parts[-2]), int(parts[-1])))
+        return result
 
 
 class Settings(BaseModel):
@@ -109,6 +169,17 @@ class Settings(BaseModel):
     nginx_timeout: str = Field("600s", description=(
         "proxy read/send timeout: long generations must not be cut"))
 
+    # -- application services beside Ollama ---------------------------------
+    app_services: dict[str, AppService] = Field(default_factory=dict, description=(
+        "extra containers on the host's private app network (image, command, environment, "
+        "secrets, ports, volumes, healthcheck, memory_limit, cpus, depends_on, uses_ollama, "
+        "ollama_model); see the README's app stack"))
+    app_cache: bool = Field(False, description=(
+        "a Redis cache (`redis` on the app network, persistent, not published)"))
+    app_cache_image: str = Field("redis:7", description="Redis image, pinned by tag")
+    app_cache_memory: str = Field("256mb", description="Redis maxmemory")
+    app_cache_policy: str = Field("allkeys-lru", description="Redis maxmemory-policy")
+
     # -- the fleet's front door (lb_servers) --------------------------------
     front_door_port: int = Field(80, ge=1, le=65535, description=(
         "port the front door listens on"))
@@ -140,10 +211,10 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not an nginx time like 600s")
         return value
 
-    @field_validator("ollama_image", "nginx_image")
+    @field_validator("ollama_image", "nginx_image", "app_cache_image")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not re.fullmatch(r"[\w.\-/:]+:[\w.\-]+(@sha256:[0-9a-f]{64})?", value):
+        if not IMAGE_PINNED.fullmatch(value):
             raise ValueError(f"{value!r} is not an image pinned by tag (name:tag)")
         return value
 
@@ -184,6 +255,24 @@ class Settings(BaseModel):
             raise ValueError(f"nginx_port: {self.nginx_port} is also an Ollama instance's port")
         if ports[-1] > 65535:
             raise ValueError(f"ollama_base_port: instances would need ports up to {ports[-1]}")
+        taken = {p: f"Ollama instance port {p}" for p in ports}
+        taken[self.nginx_port] = f"nginx_port {self.nginx_port}"
+        names = set(self.app_services) | ({"redis"} if self.app_cache else set())
+        if self.app_cache and "redis" in self.app_services:
+            raise ValueError("app_services: redis: clashes with the app_cache service 'redis'")
+        for name, service in self.app_services.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or name.startswith("ollama-") \
+                    or name == "nginx":
+                raise ValueError(f"app_services: {name!r}: not a usable service name")
+            for _, host_port, _ in service.published():
+                if host_port in taken:
+                    raise ValueError(f"app_services: {name}: port {host_port} clashes with "
+                                     f"{taken[host_port]}")
+                taken[host_port] = f"app service {name}"
+            for dep in service.depends_on:
+                if dep not in names or dep == name:
+                    raise ValueError(f"app_services: {name}: depends on {dep!r}, which is "
+                                     "not an app service here")
         return self
 
     # -- derived values (never stored: computed from the knobs) ------------
@@ -320,6 +409,7 @@ def knob_table() -> str:
     for name, field in KNOBS.items():
         annotation = str(field.annotation).replace("typing.", "").replace("NoneType", "None")
         annotation = re.sub(r"<class '(\w+)'>", r"\1", annotation)
+        annotation = re.sub(r"\b(?:[a-z_]+\.)+([A-Z]\w*)", r"\1", annotation)  # no module paths
         default = field.default_factory() if field.default_factory else field.default
         rows.append(f"| `{name}` | `{annotation}` | `{default!r}` | {field.description} |")
     return "\n".join(rows)

@@ -96,14 +96,14 @@ def host_gpus(settings: Settings) -> list[dict]:
 
 
 @operation()
-def checked_files(root: str, wanted: dict[str, str], nginx_image: str):
+def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None):
     """
     Install WANTED files under ROOT only after they pass `docker compose config -q` and
     `nginx -t` in ROOT/.staged; the live files are untouched by a bad render.
 
     + root: the Compose project directory (holds compose.yaml and nginx/)
     + wanted: relative path -> content
-    + nginx_image: the image whose nginx checks the config
+    + nginx_image: the image whose nginx checks the config (None: no nginx config)
     """
     stale = [rel for rel, text in wanted.items()
              if host.get_fact(Sha1File, path=f"{root}/{rel}")
@@ -118,8 +118,9 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str):
     q = shlex.quote
     yield (f"docker compose --project-directory {q(staged)} -f {q(staged)}/compose.yaml "
            "config -q")
-    yield (f"docker run --rm --network host -v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
-           f"{q(nginx_image)} nginx -t -q")
+    if nginx_image:
+        yield (f"docker run --rm --network host -v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
+               f"{q(nginx_image)} nginx -t -q")
     for rel in wanted:
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"
         yield f"cp {q(staged)}/{rel} {q(root)}/{rel}.new && mv {q(root)}/{rel}.new {q(root)}/{rel}"
@@ -149,7 +150,7 @@ def expected_services(settings: Settings) -> list[str]:
 
 @operation()
 def running(root: str, project: str, services: list[str], files_op: OperationMeta,
-            nginx_container: str, drain_timeout: int):
+            nginx_container: str | None, drain_timeout: int):
     """
     `docker compose up -d --remove-orphans` when the files changed or a container is
     not running; reload nginx when only its config changed.
@@ -158,7 +159,7 @@ def running(root: str, project: str, services: list[str], files_op: OperationMet
     + project: the Compose project name
     + services: the services that must be running
     + files_op: the operation that installs the Compose and nginx files
-    + nginx_container: the nginx container to reload when its config changed
+    + nginx_container: the nginx container to reload when its config changed (or None)
     + drain_timeout: how long a reload waits for requests on the old config to finish
     """
     containers = host.get_fact(ComposeContainers, project=project)
@@ -170,7 +171,7 @@ def running(root: str, project: str, services: list[str], files_op: OperationMet
         host.noop(f"{len(services)} containers running, files unchanged")
         return
     yield f"cd {shlex.quote(root)} && docker compose up -d --remove-orphans --quiet-pull"
-    if changed and not not_running:
+    if changed and not not_running and nginx_container:
         # nginx's config is a mounted directory: a changed file needs a reload, not a restart.
         yield reload_nginx_command(nginx_container, drain_timeout)
 

@@ -32,3 +32,13 @@ def core_lab():
                      "--cpu-hosts", "1", "--registry-port", "5051",
                      "--model-scale", "0.25") as fleet:
         yield fleet
+
+
+@pytest.fixture(scope="session")
+def deploy_lab():
+    """Two GPU hosts with 2 GPUs and a CPU host, fresh at first: test_deploy.py runs first
+    (dry run and bad inventories need fresh hosts), test_deploy_apps.py builds on it."""
+    with running_lab("fleetlab-deploy", "--gpu-hosts", "2", "--gpus-per-host", "2",
+                     "--cpu-hosts", "1", "--registry-port", "5053",
+                     "--model-scale", "0.25") as fleet:
+        yield fleet

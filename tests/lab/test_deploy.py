@@ -14,21 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import running_lab
 from tests.unit.test_settings import BAD_DATA
 
 pytestmark = pytest.mark.lab
 
-NAME = "fleetlab-deploy"
 FOREIGN_DAEMON_JSON = {"data-root": "/var/lib/docker",
                        "default-address-pools": [{"base": "10.201.0.0/16", "size": 24}]}
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
-                     "--registry-port", "5053", "--model-scale", "0.25") as lab:
-        yield lab
+def fleet(deploy_lab):
+    return deploy_lab
 
 
 def fingerprint(fleet, host: str) -> str:
@@ -175,3 +171,13 @@ def test_image_change_rolls_instances_one_at_a_time_without_failed_requests(flee
         assert json.loads(out)["version"] == "0.7.0"
     _, conf, _ = fleet.ssh("gpu-1", "cat /opt/ollama/nginx/ollama.conf")
     assert " down;" not in conf
+
+
+def test_a_pull_error_line_under_http_200_fails_the_host(fleet):
+    proc = fleet.pyinfra("deploy.py", "--data", 'ollama_models=["tinyllama", "no-such-model"]',
+                         limit="cpu-1")
+    assert proc.returncode != 0
+    assert "pull no-such-model:latest:" in proc.output and "file does not exist" in proc.output
+    assert '--> cpu-1: failed at step "Configured models pulled"' in proc.output
+    _, out, _ = fleet.ssh("cpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
+    assert [m["name"] for m in json.loads(out)["models"]] == ["tinyllama:latest"]

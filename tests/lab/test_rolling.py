@@ -134,3 +134,25 @@ def test_unhealthy_b_stops_at_canary_and_keeps_it_out(fleet):
     assert got["gpu-2"] == got["gpu-3"] == "0.7.0" and got["gpu-1"] != "0.7.0"
     gpu1 = fleet.host("gpu-1")["address"]
     assert f"server {gpu1}:80 max_fails=3 fail_timeout=10s down;" in front_conf(fleet)
+
+
+def test_front_door_follows_the_inventory(fleet, tmp_path):
+    """A host removed from gpu_servers leaves the upstream on the next run (and comes back)."""
+    import runpy
+    from pathlib import Path
+
+    groups = runpy.run_path(fleet.inventory)
+    smaller = [(n, d) for n, d in groups["gpu_servers"] if n != "gpu-3"]
+    inventory = Path(fleet.inventory).with_name(f"lab-smaller-{tmp_path.name}.py")
+    inventory.write_text(f"gpu_servers = {smaller!r}\nlb_servers = {groups['lb_servers']!r}\n")
+    gpu3 = fleet.host("gpu-3")["address"]
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", limit="lb_servers",
+                             inventory=str(inventory))
+    finally:
+        inventory.unlink()
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert f"server {gpu3}:80" not in front_conf(fleet)
+    proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", limit="lb_servers")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert f"server {gpu3}:80" in front_conf(fleet)

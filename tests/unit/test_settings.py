@@ -37,6 +37,10 @@ BAD_DATA = [
      "OLLAMA_HOST, set from ollama_base_port"),
     ({"gpu_count": 2, "docker_log_max_size": "lots"},
      "gpu-1: docker_log_max_size: 'lots' is not a size like 50m"),
+    ({"gpu_count": 2, "app_services": {"web": {"image": "acme/web:1", "ports": ["11435:80"]}}},
+     "gpu-1: app_services: web: port 11435 clashes with Ollama instance port 11435"),
+    ({"gpu_count": 2, "app_services": {"web": {"image": "acme/web:1", "depends_on": ["db"]}}},
+     "gpu-1: app_services: web: depends on 'db', which is not an app service here"),
 ]
 
 
@@ -78,7 +82,7 @@ def test_topology_and_ports(data, topology, ports):
 
 
 def test_every_knob_has_a_meaning_and_a_task_prefix():
-    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_")
+    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_", "app_")
     for name, field in KNOBS.items():
         assert field.description, name
         assert name.startswith(prefixes), name

@@ -1,0 +1,137 @@
+"""Application services beside Ollama: the inventory's app_services and the Redis preset.
+
+Guarantees: they start after Ollama is healthy and its models are present (this
+step runs after both); they share a private network, reach Ollama through the
+host's nginx (OLLAMA_BASE_URL) and publish ports on loopback unless an address is
+given; secrets are read on the operator's machine and land in a mode-600 env file;
+a changed service is the only one recreated (Compose's config hash), a service
+removed from the inventory loses its container and keeps its named volumes.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from io import StringIO
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.operations import files
+
+from tasks.facts import ComposeContainers
+from tasks.settings import AppService, Settings
+from tasks.stack import TEMPLATES, checked_files, running, wait_healthy_command
+
+PROJECT = "ollama-apps"
+
+
+def apps_dir(settings: Settings) -> str:
+    return f"{settings.ollama_stack_dir}/apps"
+
+
+def read_secrets(app_name: str, app: AppService) -> str:
+    """KEY=value lines for the service's env file, read on the operator's machine."""
+    lines = []
+    for key, ref in sorted(app.secrets.items()):
+        if ref.env is not None:
+            if ref.env not in os.environ:
+                raise OperationError(f"app_services.{app_name}.secrets.{key}: environment "
+                                     f"variable {ref.env} is not set on this machine")
+            value = os.environ[ref.env]
+        else:
+            try:
+                value = open(os.path.expanduser(ref.file)).read().strip()
+            except OSError as exc:
+                raise OperationError(f"app_services.{app_name}.secrets.{key}: {ref.file}: "
+                                     f"{exc.strerror}") from None
+        if "\n" in value:
+            raise OperationError(f"app_services.{app_name}.secrets.{key}: one line expected")
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def named_volumes(settings: Settings) -> list[str]:
+    volumes = {"redis-data"} if settings.app_cache else set()
+    for app in settings.app_services.values():
+        for volume in app.volumes:
+            source = volume.split(":", 1)[0]
+            if not source.startswith(("/", ".", "~")):
+                volumes.add(source)
+    return sorted(volumes)
+
+
+def render_apps(settings: Settings) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES.parent / "apps"),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True)
+
+    def model_for(app: AppService) -> str:
+        return app.ollama_model or (settings.ollama_models[0] if settings.ollama_models else "")
+
+    def healthchecked(name: str) -> bool:
+        return name == "redis" or bool(settings.app_services[name].healthcheck)
+
+    return env.get_template("compose.yaml.j2").render(
+        s=settings, project=PROJECT, apps=sorted(settings.app_services.items()),
+        model_for=model_for, healthchecked=healthchecked, named_volumes=named_volumes(settings))
+
+
+def services(settings: Settings) -> list[str]:
+    return (["redis"] if settings.app_cache else []) + sorted(settings.app_services)
+
+
+@operation()
+def removed(root: str):
+    """
+    Remove the app project's containers when no app service is configured (volumes kept).
+
+    + root: the app project's directory
+    """
+    if not host.get_fact(ComposeContainers, project=PROJECT):
+        host.noop("no app services, none running")
+        return
+    yield f"cd {shlex.quote(root)} && docker compose down --remove-orphans"
+
+
+def deploy_apps(settings: Settings) -> None:
+    """App services checked then live, started after Ollama and its models, healthy."""
+    root = apps_dir(settings)
+    names = services(settings)
+    if not names:
+        removed(name="No app services", root=root)
+        return
+    wanted = {"compose.yaml": render_apps(settings)}
+    files.directory(name="App services directory", path=root, mode="755")
+    for name, app in settings.app_services.items():
+        if app.secrets:
+            files.put(name=f"Secrets of app service {name} (mode 600)",
+                      src=StringIO(read_secrets(name, app)), dest=f"{root}/{name}.env",
+                      mode="600")
+    installed = checked_files(name="App services Compose file (checked, then live)",
+                              root=root, wanted=wanted, nginx_image=None)
+    running(name="App services running (changed ones recreated)", root=root, project=PROJECT,
+            services=names, files_op=installed, nginx_container=None, drain_timeout=0)
+    checked = ["redis"] if settings.app_cache else []
+    checked += [n for n, a in settings.app_services.items() if a.healthcheck]
+    if checked:
+        app_healthy(name="App services healthy",
+                    containers=[f"{PROJECT}-{n}" for n in checked],
+                    timeout_s=settings.ollama_health_timeout,
+                    _timeout=settings.ollama_health_timeout + 60)
+
+
+@operation()
+def app_healthy(containers: list[str], timeout_s: int):
+    """
+    Wait (bounded) until the app containers with a healthcheck report healthy.
+
+    + containers: container names
+    + timeout_s: how long to wait
+    """
+    state = host.get_fact(ComposeContainers, project=PROJECT)
+    by_name = {f"{PROJECT}-{svc}": info for svc, info in state.items()}
+    if all(by_name.get(c, {}).get("health") == "healthy" for c in containers):
+        host.noop(f"{len(containers)} app services healthy")
+        return
+    yield wait_healthy_command(containers, timeout_s)
