@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -75,29 +74,44 @@ def parse_data(items: Sequence[str]) -> dict:
     return data
 
 
-def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
-    """GPU servers in inventory order (validated like deploy.py does) and front doors."""
-    from pyinfra.api import State
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory
+def data_args(data: dict) -> list[str]:
+    """pyinfra --data arguments for DATA."""
+    args = []
+    for key, value in data.items():
+        args += ["--data", f"{key}={json.dumps(value)}"]
+    return args
 
+
+def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
+    """GPU servers in inventory order (validated like deploy.py does) and front doors.
+
+    The inventory is read by pyinfra itself (`debug-inventory --json`), in a child
+    process: group data and --data apply exactly as in a deploy, and pyinfra's CLI
+    (which monkey-patches the standard library with gevent) stays out of this one."""
     from tasks.settings import SettingsError, validate_fleet
 
-    with ctx_state.use(State()):  # pyinfra's inventory loader expects a current state
-        inv = make_inventory(inventory, override_data=data, cwd=os.getcwd())
-    gpu = inv.get_group("gpu_servers", [])
-    lb = [h.name for h in inv.get_group("lb_servers", [])]
+    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json", *data_args(data)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     try:
-        settings = validate_fleet({h.name: h.data.dict() for h in inv}, [h.name for h in gpu])
+        hosts = json.loads(proc.stdout)
+    except ValueError:
+        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise SystemExit(f"rolling_update: {inventory}: pyinfra cannot read it: {tail}") from None
+    gpu = [h for h in hosts if "gpu_servers" in h["groups"]]
+    lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
+    try:
+        settings = validate_fleet({h["name"]: h["data"] for h in hosts},
+                                  [h["name"] for h in gpu])
     except SettingsError as exc:
         raise SystemExit("invalid inventory data, no host was changed:\n" +
                          "\n".join(f"    {p}" for p in exc.problems)) from None
-    hosts = []
+    fleet = []
     for h in gpu:
-        s = settings[h.name]
-        hosts.append(FleetHost(h.name, h.data.get("ssh_hostname") or h.name, s.nginx_port,
-                               s.ollama_models[0] if s.ollama_models else None, s.ollama_image))
-    return hosts, lb
+        s = settings[h["name"]]
+        fleet.append(FleetHost(h["name"], h["data"].get("ssh_hostname") or h["name"],
+                               s.nginx_port, s.ollama_models[0] if s.ollama_models else None,
+                               s.ollama_image))
+    return fleet, lb
 
 
 def batches(hosts: list[FleetHost], size: int) -> list[list[FleetHost]]:
@@ -118,11 +132,9 @@ class Roll:
         self.inventory_images = inventory_images or {}
 
     def pyinfra(self, limit: list[str], data: dict, step: str, host: str) -> None:
-        cmd = [PYINFRA, "-y", self.inventory, "deploy.py"]
+        cmd = [PYINFRA, "-y", self.inventory, "deploy.py", *data_args(data)]
         for name in limit:
             cmd += ["--limit", name]
-        for key, value in data.items():
-            cmd += ["--data", f"{key}={json.dumps(value)}"]
         self.log(f"--> roll: {step}: pyinfra --limit {','.join(limit)}")
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=3600)

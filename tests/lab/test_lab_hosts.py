@@ -181,12 +181,15 @@ def test_pull_through_the_stand_in_image_counts_every_byte(gpu_host_with_toolkit
     lab = gpu_host_with_toolkit
     client = ollama.Client(host=f"http://{lab.host('gpu-1')['address']}:11434", timeout=120)
     before = _registry_stats(lab)
+    model = next(m for m in before["models"] if m["name"].endswith("tinyllama"))
     lines = list(client.pull("tinyllama", stream=True))
     assert lines[-1].status == "success"
     assert any(line.completed and line.total for line in lines)
-    after = _registry_stats(lab)
-    model = next(m for m in after["models"] if m["name"].endswith("tinyllama"))
-    assert after["blob_bytes_sent"] - before["blob_bytes_sent"] == model["size"]
+    # the registry counts a write once it returned: give it a bounded moment to catch up
+    moved = poll(lambda: _registry_stats(lab)["blob_bytes_sent"] - before["blob_bytes_sent"]
+                 >= model["size"] and _registry_stats(lab)["blob_bytes_sent"]
+                 - before["blob_bytes_sent"], timeout=10, interval=0.1, what="byte counter")
+    assert moved == model["size"]
     tags = client.list()
     assert [m.model for m in tags.models] == ["tinyllama:latest"]
     assert tags.models[0].digest == model["digest"].removeprefix("sha256:")

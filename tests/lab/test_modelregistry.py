@@ -254,6 +254,17 @@ def test_range_resume_gives_identical_bytes(reg):
         assert headers["Content-Range"] == f"bytes */{total}"
 
 
+def _stats_after(reg, bytes_sent: int, timeout: float = 10) -> dict:
+    """The registry counts a write once it returned, which can be just after the client
+    has read it: poll (bounded) until the counter has caught up, then return the stats."""
+    deadline = time.monotonic() + timeout
+    stats = reg.get_json("/_lab/stats")
+    while stats["bytes_sent"] < bytes_sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = reg.get_json("/_lab/stats")
+    return stats
+
+
 def test_byte_counter_equals_bytes_read_full_and_resumed_pull(reg):
     name = "library/tinyllama"
     read = 0
@@ -266,7 +277,7 @@ def test_byte_counter_equals_bytes_read_full_and_resumed_pull(reg):
         body = reg.request("GET", _blob_path(name, desc["digest"]))[2]
         assert _sha(body) == desc["digest"]
         read += len(body)
-    stats = reg.get_json("/_lab/stats")
+    stats = _stats_after(reg, read)
     assert stats["bytes_sent"] == read
     assert stats["blob_bytes_sent"] == read - len(mbody)
     assert stats["manifest_requests"] == 1
@@ -284,7 +295,7 @@ def test_byte_counter_equals_bytes_read_full_and_resumed_pull(reg):
     assert _sha(head + tail) == layer["digest"]
     read += len(head) + len(tail)
 
-    stats = reg.get_json("/_lab/stats")
+    stats = _stats_after(reg, read)
     assert stats["bytes_sent"] == read
     assert stats["by_blob"][layer["digest"]] == 2 * layer["size"]
     assert stats["by_client"]["127.0.0.1"] == read

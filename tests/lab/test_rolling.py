@@ -8,6 +8,7 @@ reload under streams, then a B that never becomes healthy (with and without
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -133,7 +134,7 @@ def test_unhealthy_b_stops_at_canary_and_keeps_it_out(fleet):
     got = versions(fleet)
     assert got["gpu-2"] == got["gpu-3"] == "0.7.0" and got["gpu-1"] != "0.7.0"
     gpu1 = fleet.host("gpu-1")["address"]
-    assert f"server {gpu1}:80 max_fails=3 fail_timeout=10s down;" in front_conf(fleet)
+    assert re.search(rf"server {re.escape(gpu1)}:80 [^;]* down;", front_conf(fleet))
 
 
 def test_front_door_follows_the_inventory(fleet, tmp_path):
