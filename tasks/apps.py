@@ -69,12 +69,19 @@ def render_apps(settings: Settings) -> str:
     def model_for(app: AppService) -> str:
         return app.ollama_model or (settings.ollama_models[0] if settings.ollama_models else "")
 
+    def ollama_port(app: AppService) -> int:
+        """The host's nginx, or the pinned instance's own port when one is asked for."""
+        if app.ollama_instance is None:
+            return settings.nginx_port
+        return settings.instance_ports()[app.ollama_instance][1]
+
     def healthchecked(name: str) -> bool:
         return name == "redis" or bool(settings.app_services[name].healthcheck)
 
     return env.get_template("compose.yaml.j2").render(
         s=settings, project=PROJECT, apps=sorted(settings.app_services.items()),
-        model_for=model_for, healthchecked=healthchecked, named_volumes=named_volumes(settings))
+        model_for=model_for, healthchecked=healthchecked, ollama_port=ollama_port,
+        named_volumes=named_volumes(settings))
 
 
 def services(settings: Settings) -> list[str]:

@@ -41,12 +41,13 @@ def pull_command(port: int, model: str) -> str:
 @operation()
 def present(settings: Settings):
     """
-    Pull every configured model that an instance does not list (instances share one store).
+    Pull every configured model (the host's and those its app services name) that an
+    instance does not list (instances share one store).
 
     + settings: the host's validated settings
     """
     ports = [port for _, port in settings.instance_ports()]
-    wanted = [canonical(m) for m in settings.ollama_models]
+    wanted = [canonical(m) for m in settings.all_models]
     listed = host.get_fact(OllamaModels, port=ports[0])
     if listed is None and not planning():
         yield fail_command(f"Ollama on port {ports[0]} does not answer /api/tags")
@@ -70,7 +71,7 @@ def listed_everywhere(settings: Settings):
         host.noop("models are checked once they are pulled")
         return
 
-    wanted = {canonical(m) for m in settings.ollama_models}
+    wanted = {canonical(m) for m in settings.all_models}
     for n, port in settings.instance_ports():
         listed = host.get_fact(OllamaModels, port=port) or {}
         missing = sorted(wanted - set(listed))

@@ -55,6 +55,7 @@ class AppService(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     uses_ollama: bool = True
     ollama_model: str | None = None
+    ollama_instance: int | None = None
 
     @field_validator("image")
     @classmethod
@@ -273,6 +274,15 @@ class Settings(BaseModel):
                 if dep not in names or dep == name:
                     raise ValueError(f"app_services: {name}: depends on {dep!r}, which is "
                                      "not an app service here")
+            if service.ollama_instance is not None:
+                if not 0 <= service.ollama_instance < len(ports):
+                    raise ValueError(f"app_services: {name}: ollama_instance "
+                                     f"{service.ollama_instance} does not exist (the host "
+                                     f"runs {len(ports)})")
+                if self.ollama_bind_address.startswith("127."):
+                    raise ValueError(f"app_services: {name}: a pinned ollama_instance needs "
+                                     "ollama_bind_address reachable from containers (not "
+                                     "loopback)")
         return self
 
     # -- derived values (never stored: computed from the knobs) ------------
@@ -287,6 +297,12 @@ class Settings(BaseModel):
         if self.topology == "cpu":
             return []
         return list(self.ollama_gpus if self.ollama_gpus is not None else range(self.gpu_count))
+
+    @property
+    def all_models(self) -> list[str]:
+        """ollama_models plus the models app services name, each once."""
+        named = [a.ollama_model for a in self.app_services.values() if a.ollama_model]
+        return list(dict.fromkeys([*self.ollama_models, *named]))
 
     def instance_ports(self) -> list[tuple[int, int]]:
         """(instance number, port) for every Ollama instance on the host."""

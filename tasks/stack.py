@@ -4,8 +4,10 @@ Guarantees: the Compose file and nginx config are rendered from templates/stack/
 checked by their own tools (`docker compose config -q`, `nginx -t`) in a staging
 directory, and only then replace the live files, so a bad render never touches
 the running stack; `docker compose up` runs only when a file changed or a
-container is not running; the run waits (bounded) until every instance is
-healthy; each instance sees exactly the GPUs it was given.
+container is not running or out of date; while the stack serves, changed
+instances are recreated one at a time behind the host's nginx; the run waits
+(bounded) until every instance is healthy; each instance sees exactly the GPUs
+it was given.
 """
 
 from __future__ import annotations
