@@ -38,25 +38,28 @@ the machine (e.g. lab tests running at the same time) slows them down.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PYINFRA = Path(sys.executable).parent / "pyinfra"
+from labrun import (
+    PYINFRA,
+    BenchError,
+    Run,
+    lab_fresh_up,
+    lab_status,
+    lab_teardown,
+    require_running,
+    run,
+    say,
+    start,
+    tail,
+    why,
+)
 
-LAB_UP_TIMEOUT_S = 1800
 CONVERGE_TIMEOUT_S = 1800
 NOOP_TIMEOUT_S = 900
-LAB_DOWN_TIMEOUT_S = 600
-STATUS_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -84,22 +87,6 @@ COMMAND_LINE = re.compile(r"^\[(?P<host>[^\]\s]+)\]\s+(?:nested\s+)?>>> ")
 # per operation and host: `[host] Success` / `[host] No changes` / `[host] Error...`
 OP_RESULT_LINE = re.compile(r"^\s*\[(?P<host>[^\]\s]+)\]\s+(?P<result>Success|No changes|Error)\b")
 EXECUTE_MARKER = "--> Beginning operation run"
-
-
-class BenchError(Exception):
-    pass
-
-
-@dataclass
-class Run:
-    cmd: list[str]
-    rc: int | None  # None: killed at its timeout
-    seconds: float
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
 
 
 @dataclass
@@ -136,85 +123,6 @@ class Result:
     noop_totals: Totals | None = None
     per_host: dict[str, HostCounts] = field(default_factory=dict)
     error: str | None = None
-
-
-# --- running things -------------------------------------------------------------------------
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Interrupt PROC's process group (it was started as its own session), then kill it.
-
-    SIGINT first, so that `lab up` or pyinfra can stop cleanly; after that whatever is left
-    of the group (e.g. a child that ignores SIGINT) is killed.
-    """
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def run(cmd: list[str], timeout: float, log: Path | None = None) -> Run:
-    """Run CMD from the repository root, stdout and stderr together, bounded by TIMEOUT.
-
-    The command gets its own session so that a timeout or Ctrl-C here stops it and
-    everything it started, and nothing else.
-    """
-    started = time.monotonic()
-    status = "interrupted"
-    rc: int | None = None
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = f"rc {rc}"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout} s"
-        finally:
-            if proc.returncode is None:
-                _stop(proc)
-            seconds = time.monotonic() - started
-            sink.seek(0)
-            output = sink.read()
-            if log is not None:
-                log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n{output}")
-    return Run(cmd, rc, seconds, output)
-
-
-def lab_cmd(size: Size, *args: str) -> list[str]:
-    return [sys.executable, "-m", "lab", "--name", size.lab, *args]
-
-
-def lab_down(size: Size, log: Path) -> Run:
-    """`lab down`, shielded from Ctrl-C: an interrupted down would leave containers behind."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return run(lab_cmd(size, "down"), LAB_DOWN_TIMEOUT_S, log)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def lab_status(size: Size) -> dict:
-    try:
-        proc = subprocess.run(lab_cmd(size, "status", "--json"), cwd=REPO, capture_output=True,
-                              text=True, timeout=STATUS_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"lab status timed out after {STATUS_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        raise BenchError(f"lab status failed (rc {proc.returncode}):\n{tail(proc.stderr)}")
-    info = json.loads(proc.stdout)
-    if not info.get("up"):
-        raise BenchError(f"lab {size.lab} is not up after `lab up`")
-    return info
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 # --- reading pyinfra's output ---------------------------------------------------------------
@@ -265,32 +173,20 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
     prefix = logs / size.lab
     say(f"[{size.lab}] {size.describe}")
     try:
-        say(f"[{size.lab}] removing any earlier lab of this name (so the hosts are fresh)")
-        down = lab_down(size, Path(f"{prefix}-down-before.log"))
-        if not down.ok:
-            raise BenchError(f"lab down failed (rc {down.rc}):\n{tail(down.output)}")
+        result.up_s = lab_fresh_up(size.lab, size.up_args, logs, f"{size.lab}-").seconds
 
-        say(f"[{size.lab}] lab up {' '.join(size.up_args)}")
-        up = run(lab_cmd(size, "up", *size.up_args), LAB_UP_TIMEOUT_S, Path(f"{prefix}-up.log"))
-        if not up.ok:
-            raise BenchError(f"lab up failed ({_why(up)}):\n{tail(up.output)}")
-        result.up_s = up.seconds
-        say(f"[{size.lab}] lab up in {up.seconds:.1f} s")
-
-        info = lab_status(size)
+        info = lab_status(size.lab)
         result.hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
         inventory = info["inventory"]
         if len(result.hosts) != size.hosts:
             raise BenchError(f"expected {size.hosts} GPU/CPU hosts, lab has {result.hosts}")
-        not_running = [h["name"] for h in result.hosts if h["state"] != "running"]
-        if not_running:
-            raise BenchError(f"lab hosts not running: {not_running}")
+        require_running(result.hosts)
 
         deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
         say(f"[{size.lab}] fresh converge: {' '.join(deploy[1:])}")
         result.fresh = run(deploy, CONVERGE_TIMEOUT_S, Path(f"{prefix}-fresh.log"))
         if not result.fresh.ok:
-            raise BenchError(f"fresh converge failed ({_why(result.fresh)}):\n"
+            raise BenchError(f"fresh converge failed ({why(result.fresh)}):\n"
                              f"{tail(result.fresh.output)}")
         result.fresh_totals = grand_total(result.fresh.output)
         say(f"[{size.lab}] fresh converge in {result.fresh.seconds:.1f} s")
@@ -298,7 +194,7 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
         say(f"[{size.lab}] no-op re-run: {' '.join(deploy[1:])} -vv")
         result.noop = run([*deploy, "-vv"], NOOP_TIMEOUT_S, Path(f"{prefix}-noop.log"))
         if not result.noop.ok:
-            raise BenchError(f"no-op re-run failed ({_why(result.noop)}):\n"
+            raise BenchError(f"no-op re-run failed ({why(result.noop)}):\n"
                              f"{tail(result.noop.output)}")
         result.noop_totals = grand_total(result.noop.output)
         result.per_host = per_host_counts(result.noop.output, [h["name"] for h in result.hosts])
@@ -308,20 +204,8 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
         result.error = str(exc)
         say(f"[{size.lab}] FAILED: {exc}")
     finally:
-        if keep:
-            say(f"[{size.lab}] --keep: lab left up; remove it with "
-                f"`{Path(sys.executable).name} -m lab --name {size.lab} down`")
-        else:
-            say(f"[{size.lab}] lab down")
-            down = lab_down(size, Path(f"{prefix}-down.log"))
-            if not down.ok:
-                say(f"[{size.lab}] WARNING: lab down failed ({_why(down)}); run "
-                    f"`python -m lab --name {size.lab} down`:\n{tail(down.output)}")
+        lab_teardown(size.lab, Path(f"{prefix}-down.log"), keep)
     return result
-
-
-def _why(proc: Run) -> str:
-    return "timed out" if proc.rc is None else f"rc {proc.rc}"
 
 
 def _check_counts(result: Result) -> None:
@@ -339,10 +223,6 @@ def _check_counts(result: Result) -> None:
 
 
 # --- report ---------------------------------------------------------------------------------
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
 
 def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
@@ -411,10 +291,6 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/converge.py", description=__doc__.split("\n\n")[0],
@@ -425,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave the labs up afterwards (for debugging); they are still "
                              "removed and recreated at the start of the next run")
     args = parser.parse_args(argv)
-    if not PYINFRA.exists():
-        parser.error(f"{PYINFRA} not found: run this with the project's virtualenv python "
-                     "(.venv/bin/python bench/converge.py)")
-
-    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends up in the same finally as Ctrl-C
-    logs = Path(tempfile.mkdtemp(prefix="bench-converge-"))
-    say(f"logs: {logs}")
+    logs = start(parser, "bench/converge.py", "bench-converge-")
     results: list[Result] = []
     try:
         for n in args.sizes:

@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,11 +54,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from labrun import (
+    PYINFRA,
+    REPO,
+    BenchError,
+    Child,
+    Run,
+    lab_fresh_up,
+    lab_status,
+    lab_teardown,
+    require_running,
+    run,
+    say,
+    start,
+    tail,
+    why,
+)
+
 if TYPE_CHECKING:
     from lab.loadgen import LoadStats
-
-REPO = Path(__file__).resolve().parent.parent
-PYINFRA = Path(sys.executable).parent / "pyinfra"
 
 LAB = "bench-rolling"
 UP_ARGS = ("--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
@@ -69,12 +81,9 @@ A, B = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0"
 MODEL = "tinyllama"  # inventory/group_data/all.py's ollama_models
 THREADS, NUM_PREDICT = 4, 40
 
-LAB_UP_TIMEOUT_S = 1800
 DEPLOY_TIMEOUT_S = 1800
 ROLL_TIMEOUT_S = 1800
 NAIVE_TIMEOUT_S = 1200
-LAB_DOWN_TIMEOUT_S = 600
-STATUS_TIMEOUT_S = 120
 READY_TIMEOUT_S = 120  # before a run: every host and the front door answer
 SETTLE_S = 3.0  # load before the command starts and after it ends
 POLL_INTERVAL_S = 0.2
@@ -85,64 +94,7 @@ DRAIN_LINE = re.compile(r"^--> roll: drain: ")
 UNDRAIN_LINE = re.compile(r"^--> roll: undrain: ")
 
 
-class BenchError(Exception):
-    pass
-
-
 # --- running things -------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    cmd: list[str]
-    rc: int | None  # None: killed at its timeout
-    seconds: float
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT to PROC's process group (its own session), then SIGKILL to what is left."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def run(cmd: list[str], timeout: float, log: Path) -> Run:
-    """Run CMD from the repository root, stdout and stderr together, bounded by TIMEOUT."""
-    started = time.monotonic()
-    status = "interrupted"
-    rc: int | None = None
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env=_env())
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = f"rc {rc}"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout} s"
-        finally:
-            if proc.returncode is None:
-                _stop(proc)
-            seconds = time.monotonic() - started
-            sink.seek(0)
-            output = sink.read()
-            log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n{output}")
-    return Run(cmd, rc, seconds, output)
-
 
 @dataclass
 class TimedRun(Run):
@@ -152,74 +104,27 @@ class TimedRun(Run):
 def run_timestamped(cmd: list[str], timeout: float, log: Path) -> TimedRun:
     """Run CMD, reading its stderr live, line by line, each line stamped as it arrives."""
     lines: list[tuple[float, str]] = []
-    started = time.monotonic()
-    status = "interrupted"
-    rc: int | None = None
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.PIPE, text=True, bufsize=1,
-                                errors="replace", start_new_session=True, env=_env())
+        child = Child(cmd, stdout=out, stderr=subprocess.PIPE, bufsize=1, errors="replace")
 
         def read() -> None:  # ends when the pipe closes (the process and its children exit)
-            assert proc.stderr is not None
-            for line in proc.stderr:
+            assert child.proc.stderr is not None
+            for line in child.proc.stderr:
                 lines.append((time.monotonic(), line.rstrip("\n")))
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            rc = proc.wait(timeout=timeout)
-            status = f"rc {rc}"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout} s"
+            child.wait(timeout)
         finally:
-            if proc.returncode is None:
-                _stop(proc)
-            seconds = time.monotonic() - started
             reader.join(timeout=30)
             out.seek(0)
             stdout = out.read()
-            stderr = "\n".join(f"[{t - started:7.2f}] {line}" for t, line in list(lines))
-            log.write_text(f"$ {' '.join(cmd)}\n# {status}, {seconds:.1f} s\n\n"
-                           f"--- stderr (seconds since start) ---\n{stderr}\n"
-                           f"--- stdout ---\n{stdout}")
+            stderr = "\n".join(f"[{t - child.started:7.2f}] {line}" for t, line in list(lines))
+            log.write_text(f"{child.log_header()}--- stderr (seconds since start) ---\n"
+                           f"{stderr}\n--- stdout ---\n{stdout}")
     output = "\n".join(line for _, line in lines) + ("\n" + stdout if stdout else "")
-    return TimedRun(cmd, rc, seconds, output, lines)
-
-
-def lab_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lab", "--name", LAB, *args]
-
-
-def lab_down(log: Path) -> Run:
-    """`lab down`, shielded from Ctrl-C: an interrupted down would leave containers behind."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return run(lab_cmd("down"), LAB_DOWN_TIMEOUT_S, log)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def lab_status() -> dict:
-    try:
-        proc = subprocess.run(lab_cmd("status", "--json"), cwd=REPO, capture_output=True,
-                              text=True, timeout=STATUS_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"lab status timed out after {STATUS_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        raise BenchError(f"lab status failed (rc {proc.returncode}):\n{tail(proc.stderr)}")
-    info = json.loads(proc.stdout)
-    if not info.get("up"):
-        raise BenchError(f"lab {LAB} is not up after `lab up`")
-    return info
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _why(proc: Run) -> str:
-    return "timed out" if proc.rc is None else f"rc {proc.rc}"
+    return TimedRun(cmd, child.rc, child.seconds, output, lines)
 
 
 # --- watching hosts -------------------------------------------------------------------------
@@ -369,11 +274,11 @@ def measured(label: str, cmd: list[str], timeout: float, log: Path, hosts: list[
     result.at_once = most_down_at_once(list(result.hosts.values()))
     if result.stats.sent >= load.max_requests:
         say(f"[{label}] WARNING: the load hit its request cap; later requests were not sent")
-    say(f"[{label}] {_why(result.run)} in {result.run.seconds:.1f} s; load: "
+    say(f"[{label}] {why(result.run)} in {result.run.seconds:.1f} s; load: "
         f"{result.stats.summary()}")
     if not result.run.ok:
-        result.error = f"{label} failed ({_why(result.run)}):\n{tail(result.run.output, 60)}"
-        say(f"[{label}] FAILED ({_why(result.run)}); its output:\n{tail(result.run.output, 60)}")
+        result.error = f"{label} failed ({why(result.run)}):\n{tail(result.run.output, 60)}"
+        say(f"[{label}] FAILED ({why(result.run)}); its output:\n{tail(result.run.output, 60)}")
     result.after = wait_ready(hosts, front)
     return result
 
@@ -407,10 +312,6 @@ def out_of_front_door(lines: list[tuple[float, str]], end: float
 
 
 # --- report ---------------------------------------------------------------------------------
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
@@ -490,7 +391,7 @@ def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | No
         out.append(f"lab up: {up_s:.1f} s")
     if first_deploy is not None:
         out.append(f"first deploy (pyinfra -y INVENTORY deploy.py, fresh hosts): "
-                   f"{first_deploy.seconds:.1f} s ({_why(first_deploy)})")
+                   f"{first_deploy.seconds:.1f} s ({why(first_deploy)})")
     out += ["", *(line(r) for r in rows)]
     out += ["", "notes: the load is closed-loop (each thread sends its next request as soon as "
                 "one ends, no pause), so a request the front door fails at once (502) is followed "
@@ -525,7 +426,7 @@ def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | No
         out.append("")
         out.append(f"{m.label}: {m.command}")
         if m.run:
-            out.append(f"  {_why(m.run)}, {m.run.seconds:.1f} s; load ran {m.load_seconds:.1f} s "
+            out.append(f"  {why(m.run)}, {m.run.seconds:.1f} s; load ran {m.load_seconds:.1f} s "
                        f"({SETTLE_S:.0f} s before and after)")
         out.append(f"  versions before: {_versions(m.before)}")
         out.append(f"  versions after:  {_versions(m.after)}")
@@ -557,43 +458,27 @@ def _versions(got: dict[str, str | None]) -> str:
 
 # --- main -----------------------------------------------------------------------------------
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def bench(logs: Path, keep: bool) -> int:
     roll = naive = None
     first_deploy: Run | None = None
     up_s: float | None = None
     failed = False
     try:
-        say(f"[{LAB}] removing any earlier lab of this name (so the hosts are fresh)")
-        down = lab_down(logs / "down-before.log")
-        if not down.ok:
-            raise BenchError(f"lab down failed ({_why(down)}):\n{tail(down.output)}")
+        up_s = lab_fresh_up(LAB, UP_ARGS, logs).seconds
 
-        say(f"[{LAB}] lab up {' '.join(UP_ARGS)}")
-        up = run(lab_cmd("up", *UP_ARGS), LAB_UP_TIMEOUT_S, logs / "up.log")
-        if not up.ok:
-            raise BenchError(f"lab up failed ({_why(up)}):\n{tail(up.output)}")
-        up_s = up.seconds
-        say(f"[{LAB}] lab up in {up.seconds:.1f} s")
-
-        info = lab_status()
+        info = lab_status(LAB)
         hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
         lbs = [h for h in info["hosts"] if h["role"] not in ("gpu", "cpu")]
         if len(hosts) != 3 or len(lbs) != 1:
             raise BenchError(f"expected 3 GPU hosts and 1 front door, lab has {info['hosts']}")
-        not_running = [h["name"] for h in info["hosts"] if h["state"] != "running"]
-        if not_running:
-            raise BenchError(f"lab hosts not running: {not_running}")
+        require_running(info["hosts"])
         inventory, front = info["inventory"], lbs[0]["address"]
 
         deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
         say(f"[{LAB}] first deploy: pyinfra -y {inventory} deploy.py")
         first_deploy = run(deploy, DEPLOY_TIMEOUT_S, logs / "first-deploy.log")
         if not first_deploy.ok:
-            raise BenchError(f"first deploy failed ({_why(first_deploy)}):\n"
+            raise BenchError(f"first deploy failed ({why(first_deploy)}):\n"
                              f"{tail(first_deploy.output)}")
         say(f"[{LAB}] first deploy in {first_deploy.seconds:.1f} s")
 
@@ -617,15 +502,7 @@ def bench(logs: Path, keep: bool) -> int:
         failed = True
         raise
     finally:
-        if keep:
-            say(f"[{LAB}] --keep: lab left up; remove it with "
-                f"`{Path(sys.executable).name} -m lab --name {LAB} down`")
-        else:
-            say(f"[{LAB}] lab down")
-            down = lab_down(logs / "down.log")
-            if not down.ok:
-                say(f"[{LAB}] WARNING: lab down failed ({_why(down)}); run "
-                    f"`python -m lab --name {LAB} down`:\n{tail(down.output)}")
+        lab_teardown(LAB, logs / "down.log", keep)
         say("\n" + report(roll, naive, first_deploy, up_s))
         say(f"\nlogs: {logs}")
     return 1 if failed else 0
@@ -638,14 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave the lab up afterwards (it is still removed and recreated "
                              "at the start of the next run)")
     args = parser.parse_args(argv)
-    if not PYINFRA.exists():
-        parser.error(f"{PYINFRA} not found: run this with the project's virtualenv python "
-                     "(.venv/bin/python bench/rolling.py)")
+    logs = start(parser, "bench/rolling.py", "bench-rolling-")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # lab.loadgen
-    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends up in the same finally as Ctrl-C
-    logs = Path(tempfile.mkdtemp(prefix="bench-rolling-"))
-    say(f"logs: {logs}")
     try:
         return bench(logs, args.keep)
     except KeyboardInterrupt:
