@@ -21,7 +21,7 @@ from pyinfra.operations import files
 
 from tasks.facts import ComposeContainers
 from tasks.settings import AppService, Settings
-from tasks.stack import TEMPLATES, checked_files, running, wait_healthy_command
+from tasks.stack import TEMPLATES, checked_files, healthy, running
 
 PROJECT = "ollama-apps"
 
@@ -122,23 +122,8 @@ def deploy_apps(settings: Settings) -> None:
     checked = ["redis"] if settings.app_cache else []
     checked += [n for n, a in settings.app_services.items() if a.healthcheck]
     if checked:
-        app_healthy(name="App services healthy",
-                    containers=[f"{PROJECT}-{n}" for n in checked],
-                    timeout_s=settings.ollama_health_timeout,
-                    _timeout=settings.ollama_health_timeout + 60)
+        healthy(name="App services healthy", project=PROJECT,
+                containers={n: f"{PROJECT}-{n}" for n in checked},
+                timeout_s=settings.ollama_health_timeout,
+                _timeout=settings.ollama_health_timeout + 60)
 
-
-@operation()
-def app_healthy(containers: list[str], timeout_s: int):
-    """
-    Wait (bounded) until the app containers with a healthcheck report healthy.
-
-    + containers: container names
-    + timeout_s: how long to wait
-    """
-    state = host.get_fact(ComposeContainers, project=PROJECT)
-    by_name = {f"{PROJECT}-{svc}": info for svc, info in state.items()}
-    if all(by_name.get(c, {}).get("health") == "healthy" for c in containers):
-        host.noop(f"{len(containers)} app services healthy")
-        return
-    yield wait_healthy_command(containers, timeout_s)

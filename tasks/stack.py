@@ -236,19 +236,19 @@ def stack_running(settings: Settings, files_op: OperationMeta):
 
 
 @operation()
-def healthy(settings: Settings, timeout_s: int):
+def healthy(project: str, containers: dict[str, str], timeout_s: int):
     """
-    Wait (bounded) until every Ollama instance reports healthy.
+    Wait (bounded) until every listed service of a Compose project reports healthy.
 
-    + settings: the host's validated settings
+    + project: the Compose project name
+    + containers: service name -> container name, for the services with a healthcheck
     + timeout_s: how long to wait before failing the host
     """
-    containers = host.get_fact(ComposeContainers, project=PROJECT)
-    names = [s for s in expected_services(settings) if s != "nginx"]
-    if all(containers.get(n, {}).get("health") == "healthy" for n in names):
-        host.noop(f"{len(names)} instances healthy")
+    state = host.get_fact(ComposeContainers, project=project)
+    if all(state.get(service, {}).get("health") == "healthy" for service in containers):
+        host.noop(f"{len(containers)} {project} services healthy")
         return
-    yield wait_healthy_command(names, timeout_s)
+    yield wait_healthy_command(list(containers.values()), timeout_s)
 
 
 @operation()
@@ -287,6 +287,7 @@ def deploy_stack(settings: Settings) -> None:
     stack_running(name="Stack running (changed instances recreated one at a time)",
                   settings=settings, files_op=installed,
                   _timeout=settings.ollama_health_timeout * (settings.gpu_count + 2) + 120)
-    healthy(name="Every Ollama instance healthy", settings=settings,
+    instances = {n: n for n in expected_services(settings) if n != "nginx"}
+    healthy(name="Every Ollama instance healthy", project=PROJECT, containers=instances,
             timeout_s=settings.ollama_health_timeout, _timeout=settings.ollama_health_timeout + 60)
     gpus_assigned(name="Each instance sees exactly its GPUs", settings=settings)
