@@ -1,4 +1,6 @@
-"""pyinfra settings for every run from this directory (pyinfra reads ./config.py).
+"""pyinfra settings for every run from this directory (pyinfra runs ./config.py before
+the inventory; only what is set on `pyinfra.config` counts, plain module variables are
+dropped).
 
 FAIL_PERCENT stays unset on purpose: a host that fails (or disappears) is dropped
 from the run, the others go on converging, and the run exits non-zero naming it.
@@ -6,6 +8,7 @@ Set it here (not in deploy.py, where pyinfra ignores it) to stop a whole fleet
 early instead.
 """
 
-# Seconds to wait for SSH to a host before counting it as unreachable.
-CONNECT_TIMEOUT = 15
+from pyinfra import config
 
+# Seconds to wait for SSH to a host before counting it as unreachable.
+config.CONNECT_TIMEOUT = 15
