@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lab.engine import LabError
 from lab.fleet import Lab, Spec, state_root
+from lab.tls import issue
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("kill", "power a host off without warning")):
         p = sub.add_parser(name, help=text)
         p.add_argument("host")
+
+    cert = sub.add_parser("cert", help="a certificate for HOST from the lab's CA (JSON paths)")
+    cert.add_argument("host")
 
     ask = sub.add_parser("ask", help="a streamed /api/generate through the front door")
     ask.add_argument("prompt")
@@ -180,6 +184,9 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         _print_status(lab.status())
     elif args.command == "down":
         lab.down()
+    elif args.command == "cert":
+        host = lab.host(args.host)
+        print(json.dumps(issue(lab.dir, host.name, host.address)))
     elif args.command == "ask":
         ask(lab, args.prompt, host=args.host, model=args.model, port=args.port)
     elif args.command == "ollama-image":

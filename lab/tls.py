@@ -1,0 +1,48 @@
+"""The lab's certificate authority: certificates for lab hosts that clients verify.
+
+Operators bring their own certificates (nginx_tls: files); in the lab this CA plays
+the part of theirs. It lives in the lab's state directory and is made once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from lab.engine import LabError
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"openssl {args[0]}: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def ca(state_dir: Path) -> tuple[Path, Path]:
+    """(certificate, key) of the lab's CA, made on first use."""
+    directory = state_dir / "ca"
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    if not cert.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                 "-subj", "/CN=fleetlab CA", "-keyout", str(key), "-out", str(cert))
+        key.chmod(0o600)
+    return cert, key
+
+
+def issue(state_dir: Path, name: str, address: str) -> dict[str, str]:
+    """A certificate for lab host NAME at ADDRESS, signed by the lab's CA: paths of the
+    CA certificate, the host's certificate and its key."""
+    ca_cert, ca_key = ca(state_dir)
+    directory = state_dir / "ca" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr = directory / "cert.pem", directory / "key.pem", directory / "req.csr"
+    ext = directory / "ext.cnf"
+    ext.write_text(f"subjectAltName=IP:{address},DNS:{name}\n"
+                   "extendedKeyUsage=serverAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", str(key), "-out", str(csr))
+    key.chmod(0o600)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "7", "-extfile", str(ext), "-out", str(cert))
+    return {"ca": str(ca_cert), "cert": str(cert), "key": str(key)}
