@@ -6,7 +6,7 @@ operation runs on any host; each step lives in its own module under tasks/.
 
 from pyinfra import host
 
-from tasks import apps, docker, front_door, models, nvidia_driver, nvidia_toolkit, stack
+from tasks import apps, docker, front_door, metrics, models, nvidia_driver, nvidia_toolkit, stack
 from tasks.report import report_failures
 from tasks.settings import current_settings
 
@@ -22,6 +22,7 @@ if "gpu_servers" in host.groups:
     stack.deploy_stack(settings)
     models.pull_models(settings)
     apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
+    metrics.deploy_metrics(settings)  # optional GPU metrics (off by default)
 
 if "lb_servers" in host.groups:
     front_door.deploy_front_door(settings)

@@ -40,6 +40,7 @@ def inventory_data(lab: Lab, state: dict) -> dict:
         "nvidia_toolkit_gpgkey_url": apt["nvidia_container_toolkit_gpgkey"],
         "nvidia_driver_repo_url": apt["cuda"],
         "nvidia_driver_gpgkey_url": apt["cuda_gpgkey"],
+        "ollama_registry": ep["model_registry"],
     }
 
 

@@ -10,18 +10,15 @@ removed from the inventory loses its container and keeps its named volumes.
 
 from __future__ import annotations
 
-import os
-import shlex
 from io import StringIO
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import OperationError
 from pyinfra.operations import files
 
-from tasks.facts import ComposeContainers
+from tasks.gate import read_secret
 from tasks.settings import AppService, Settings
-from tasks.stack import TEMPLATES, checked_files, healthy, running
+from tasks.stack import TEMPLATES, checked_files, healthy, removed, running
 
 PROJECT = "ollama-apps"
 
@@ -34,17 +31,9 @@ def read_secrets(app_name: str, app: AppService) -> str:
     """KEY=value lines for the service's env file, read on the operator's machine."""
     lines = []
     for key, ref in sorted(app.secrets.items()):
-        if ref.env is not None:
-            if ref.env not in os.environ:
-                raise OperationError(f"app_services.{app_name}.secrets.{key}: environment "
-                                     f"variable {ref.env} is not set on this machine")
-            value = os.environ[ref.env]
-        else:
-            try:
-                value = open(os.path.expanduser(ref.file)).read().strip()
-            except OSError as exc:
-                raise OperationError(f"app_services.{app_name}.secrets.{key}: {ref.file}: "
-                                     f"{exc.strerror}") from None
+        value = read_secret(f"app_services.{app_name}.secrets.{key}", ref)
+        if ref.file is not None:
+            value = value.strip()
         if "\n" in value:
             raise OperationError(f"app_services.{app_name}.secrets.{key}: one line expected")
         lines.append(f"{key}={value}")
@@ -88,25 +77,12 @@ def services(settings: Settings) -> list[str]:
     return (["redis"] if settings.app_cache else []) + sorted(settings.app_services)
 
 
-@operation()
-def removed(root: str):
-    """
-    Remove the app project's containers when no app service is configured (volumes kept).
-
-    + root: the app project's directory
-    """
-    if not host.get_fact(ComposeContainers, project=PROJECT):
-        host.noop("no app services, none running")
-        return
-    yield f"cd {shlex.quote(root)} && docker compose down --remove-orphans"
-
-
 def deploy_apps(settings: Settings) -> None:
     """App services checked then live, started after Ollama and its models, healthy."""
     root = apps_dir(settings)
     names = services(settings)
     if not names:
-        removed(name="No app services", root=root)
+        removed(name="No app services", root=root, project=PROJECT)
         return
     wanted = {"compose.yaml": render_apps(settings)}
     files.directory(name="App services directory", path=root, mode="755")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra import host, inventory
+from pyinfra.api import OperationError, operation
 
+from tasks import gate
+from tasks.report import fail_command
 from tasks.settings import Settings, fleet_settings
-from tasks.stack import TEMPLATES, checked_files, running
+from tasks.stack import TEMPLATES, checked_files, running, templates
 
 PROJECT = "ollama-front"
 FRONT_TEMPLATES = TEMPLATES.parent / "front_door"
@@ -47,13 +49,32 @@ def upstreams(settings: Settings) -> list[Upstream]:
 
 
 def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, str]:
-    env = Environment(loader=FileSystemLoader(FRONT_TEMPLATES), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    context = {"s": settings, "project": PROJECT, "upstreams": servers}
+    env = templates(FRONT_TEMPLATES)
+    context = {"s": settings, "g": gate.context(settings), "project": PROJECT,
+               "upstreams": servers}
     return {
         "compose.yaml": env.get_template("compose.yaml.j2").render(**context),
         "nginx/front.conf": env.get_template("front.conf.j2").render(**context),
     }
+
+
+@operation()
+def front_door_config(settings: Settings, servers: list[Upstream]):
+    """
+    The front door's Compose file, nginx config and gate files (keys, TLS), checked
+    then live (see tasks.stack.checked_files).
+
+    + settings: the host's validated settings
+    + servers: the gpu_servers entry points
+    """
+    try:
+        extra, secret = gate.gate_files(settings)
+    except OperationError as exc:
+        yield fail_command(str(exc))
+        return
+    yield from checked_files._inner(root=settings.front_door_dir,
+                                    wanted=front_door_files(settings, servers) | extra,
+                                    nginx_image=settings.nginx_image, secret=tuple(secret))
 
 
 def deploy_front_door(settings: Settings) -> None:
@@ -62,10 +83,9 @@ def deploy_front_door(settings: Settings) -> None:
     if not servers:
         host.noop("no gpu_servers in the inventory: no front door")
         return
-    installed = checked_files(name="Front door config (checked, then live)",
-                              root=settings.front_door_dir,
-                              wanted=front_door_files(settings, servers),
-                              nginx_image=settings.nginx_image)
+    gate.prepare(settings, settings.front_door_dir)
+    installed = front_door_config(name="Front door config (checked, then live)",
+                                  settings=settings, servers=servers)
     running(name="Front door running (reloaded, old requests let finish)",
             root=settings.front_door_dir, project=PROJECT, services=["nginx"],
             files_op=installed, nginx_container=PROJECT,

@@ -1,29 +1,115 @@
-"""The configured models, pulled through Ollama's API when missing.
+"""The configured models: known to the registry, downloaded once per fleet, listed by
+every instance.
 
-Guarantees: a model already listed by every instance is not touched; a pull that
-streams an `{"error": ...}` line fails the host even though the HTTP status was
-200; afterwards every instance lists every configured model.
+Guarantees:
+- every model a host lacks is looked up in the registry before anything is
+  downloaded anywhere; an unknown name fails that host with one line naming it;
+- with fan-out (`ollama_fanout`, the default) a model crosses the internet once per
+  fleet: the first gpu_servers host pulls it through Ollama, the others copy its
+  blobs over the LAN from peers' nginx in doubling waves (1, 2, 4, ... receivers,
+  each wave served by every host that already holds the model); a source that fails
+  or dies is replaced by the next peer that holds the model, and by the registry
+  when none does;
+- a copied blob is written beside the store, its sha256 checked against its name,
+  then moved in; the registry's manifest is written last, so a partial model never
+  looks present; Ollama lists copied models without downloading them again;
+- a pull that streams an `{"error": ...}` line fails (and is retried, resuming, a
+  bounded number of times) even though the HTTP status was 200;
+- while a model moves the host says what it receives from where, and how far it is,
+  at most every few seconds; each host ends with a summary.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import time
+from dataclasses import dataclass
 
-from pyinfra import host
+from pyinfra import host, inventory, logger
 from pyinfra.api import operation
+from pyinfra.api.command import FunctionCommand
+from pyinfra.context import ctx_inventory
 
 from tasks.facts import OllamaModels, planning
 from tasks.report import fail_command
-from tasks.settings import Settings
+from tasks.settings import Settings, fleet_settings
 
 PULL_TIMEOUT_S = 6 * 3600
+PULL_ATTEMPTS = 3
+PROGRESS_EVERY_S = 5.0
+POLL_S = 1.0
+DEFAULT_REGISTRY = "registry.ollama.ai"
+FETCH_SCRIPT = "bin/fetch-model.sh"
+STAGE = ".fanout"  # beside the store's blobs/ and manifests/, and in the stack directory
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def canonical(name: str) -> str:
     """Ollama's display name: `:latest` added when no tag is given."""
     last = name.rsplit("/", 1)[-1]
     return name if ":" in last else f"{name}:latest"
+
+
+def manifest_path(name: str) -> str:
+    """Where Ollama keeps NAME's manifest, relative to its store (models/)."""
+    model, _, tag = canonical(name).rpartition(":")
+    parts = model.split("/")
+    if len(parts) == 1:
+        parts = [DEFAULT_REGISTRY, "library", *parts]
+    elif len(parts) == 2:
+        parts = [DEFAULT_REGISTRY, *parts]
+    return "/".join(["manifests", *parts, tag])
+
+
+def manifest_url(settings: Settings, name: str) -> str:
+    """The registry URL of NAME's manifest (ollama_registry for Ollama's own registry)."""
+    _, registry, namespace, model, tag = manifest_path(name).split("/")
+    base = settings.ollama_registry if registry == DEFAULT_REGISTRY else f"https://{registry}"
+    return f"{base}/v2/{namespace}/{model}/manifests/{tag}"
+
+
+def layers(manifest: dict) -> list[tuple[str, int]]:
+    """(sha256 hex, size) of every blob a manifest names: its config and layers."""
+    entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    return [(str(e["digest"]).removeprefix("sha256:"), int(e.get("size") or 0))
+            for e in entries if e.get("digest")]
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    address: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+def peers() -> list[Peer]:
+    """Every gpu_servers host that serves its store to the fleet, in inventory order."""
+    if not ctx_inventory.isset():  # rendering outside a deploy: no fleet
+        return []
+    fleet = fleet_settings()
+    return [Peer(h.name, h.data.get("ssh_hostname") or h.name, fleet[h.name].ollama_fanout_port)
+            for h in inventory.get_group("gpu_servers", [])
+            if h.name in fleet and fleet[h.name].ollama_fanout]
+
+
+def wave_of(position: int) -> int:
+    """Fan-out wave of the host at POSITION: 0 (the seed), 1, 2, 2, 3, 3, 3, 3, ..."""
+    return position.bit_length()
+
+
+def sources(position: int, fleet: list[Peer]) -> list[Peer]:
+    """Peers to copy from, best first: the one this wave assigns (which got the model a
+    wave earlier, so each wave doubles the sources), then every other peer."""
+    others = [p for i, p in enumerate(fleet) if i != position]
+    if position == 0:
+        return others
+    assigned = fleet[position - (1 << (wave_of(position) - 1))]
+    return [assigned, *[p for p in others if p != assigned]]
 
 
 def pull_command(port: int, model: str) -> str:
@@ -38,26 +124,203 @@ def pull_command(port: int, model: str) -> str:
             f"|| {{ echo \"pull {model}: stream ended without success\" >&2; exit 1; }}")
 
 
+def missing_models(settings: Settings) -> list[str] | None:
+    """Configured models instance 0 does not list (None: Ollama does not answer)."""
+    port = settings.instance_ports()[0][1]
+    listed = host.get_fact(OllamaModels, port=port)
+    if listed is None:
+        return None
+    return [m for m in map(canonical, settings.all_models) if m not in listed]
+
+
+def staged_manifest(settings: Settings, name: str) -> str:
+    return f"{settings.ollama_stack_dir}/{STAGE}/{manifest_path(name)}"
+
+
 @operation()
-def present(settings: Settings):
+def known_to_registry(settings: Settings):
     """
-    Pull every configured model (the host's and those its app services name) that an
-    instance does not list (instances share one store).
+    Fetch the registry's manifest of every model the host lacks, before anything is
+    downloaded anywhere; a model the registry does not know fails the host, named.
 
     + settings: the host's validated settings
     """
-    ports = [port for _, port in settings.instance_ports()]
-    wanted = [canonical(m) for m in settings.all_models]
-    listed = host.get_fact(OllamaModels, port=ports[0])
-    if listed is None and not planning():
-        yield fail_command(f"Ollama on port {ports[0]} does not answer /api/tags")
+    missing = missing_models(settings)
+    if missing is None:
+        if not planning():
+            yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
+                               "answer /api/tags")
         return
-    missing = [m for m in wanted if m not in (listed or {})]
     if not missing:
-        host.noop(f"{len(wanted)} models present" if wanted else "no models configured")
+        host.noop(f"{len(settings.all_models)} models present" if settings.all_models
+                  else "no models configured")
         return
+    q = shlex.quote
     for model in missing:
-        yield pull_command(ports[0], model)
+        url, dest = manifest_url(settings, model), staged_manifest(settings, model)
+        yield (f"mkdir -p {q(dest.rsplit('/', 1)[0])} && code=$(curl -sS -m 60 "
+               f"-H 'Accept: {MANIFEST_TYPE}' -o {q(dest)}.new -w '%{{http_code}}' {q(url)}) "
+               f"|| {{ echo 'ollama_models: {model}: the registry does not answer ({url})' >&2; "
+               "exit 1; }; [ \"$code\" = 200 ] || { rm -f "
+               f"{q(dest)}.new; echo \"ollama_models: {model}: not in the registry "
+               f"(HTTP $code from {url})\" >&2; exit 1; }}; mv {q(dest)}.new {q(dest)}")
+
+
+class Mover:
+    """Runs one transfer on the host in the background and reports its progress."""
+
+    def __init__(self, state, target, settings: Settings, model: str, blobs: list[tuple[str, int]],
+                 store: str) -> None:
+        self.state, self.host, self.settings = state, target, settings
+        self.model, self.blobs, self.store = model, blobs, store
+        self.total = sum(size for _, size in blobs)
+        self.job = f"{settings.ollama_stack_dir}/{STAGE}/job"
+
+    def sh(self, command: str, timeout: int = 60) -> tuple[bool, str]:
+        ok, output = self.host.run_shell_command(command, _timeout=timeout)
+        return ok, "\n".join(output.stdout_lines + output.stderr_lines)
+
+    def done_bytes(self) -> tuple[str | None, int]:
+        """(exit status of the job or None while it runs, bytes of the model on disk)."""
+        q = shlex.quote
+        probes = " ".join(
+            f"$(stat -c %s {q(f'{self.store}/blobs/sha256-{h}')} "
+            f"{q(f'{self.store}/blobs/sha256-{h}-partial')} "
+            f"{q(f'{self.store}/{STAGE}/sha256-{h}.partial')} 2>/dev/null | sort -n | tail -1)"
+            for h, _ in self.blobs)
+        ok, out = self.sh(f"cat {q(self.job)}.rc 2>/dev/null || echo running; "
+                          f"for n in {probes}; do echo \"${{n:-0}}\"; done")
+        lines = out.split()
+        if not ok or not lines:
+            raise ConnectionError(out or "the host does not answer")
+        status = None if lines[0] == "running" else lines[0]
+        return status, sum(min(int(n), size) for n, (_, size) in zip(lines[1:], self.blobs,
+                                                                     strict=False))
+
+    def run(self, command: str, source: str) -> tuple[bool, str]:
+        """Run COMMAND in the background until it ends (bounded); print progress."""
+        q = shlex.quote
+        started = time.monotonic()
+        job = f"( {command} ) > {self.job}.log 2>&1; echo $? > {self.job}.rc"
+        ok, out = self.sh(f"mkdir -p {q(self.job.rsplit('/', 1)[0])} && rm -f {q(self.job)}.rc "
+                          f"&& setsid sh -c {q(job)} > /dev/null 2>&1 < /dev/null &")
+        if not ok:
+            return False, out
+        last_print, last_bytes = started, -1
+        while time.monotonic() - started < PULL_TIMEOUT_S:
+            time.sleep(POLL_S)
+            status, done = self.done_bytes()
+            if status is not None:
+                _, log = self.sh(f"tail -n 3 {q(self.job)}.log")
+                return status == "0", log.strip().splitlines()[-1] if log.strip() else status
+            now = time.monotonic()
+            if now - last_print >= PROGRESS_EVERY_S and done != last_bytes:
+                percent = 100 * done / self.total if self.total else 100
+                self.host.log(f"{self.model} from {source}: {mib(done)} of {mib(self.total)} "
+                              f"({percent:.0f}%)")
+                last_print, last_bytes = now, done
+        self.sh(f"pkill -f {q(self.job)} || true")
+        return False, f"no end after {PULL_TIMEOUT_S}s"
+
+
+def mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+def store_dir(target, settings: Settings) -> str:
+    """TARGET's Ollama store (the directory holding blobs/ and manifests/)."""
+    if settings.ollama_models_path:
+        return f"{settings.ollama_models_path}/models"
+    ok, output = target.run_shell_command(
+        "docker volume inspect -f '{{.Mountpoint}}' ollama-models", _timeout=60)
+    if not ok or not output.stdout.strip():
+        raise ConnectionError(f"the volume ollama-models is missing: {output.stderr}")
+    return f"{output.stdout.strip()}/models"
+
+
+def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer],
+            position: int | None) -> bool:
+    """Get each model in WANTED from a peer that holds it, else from the registry."""
+    q = shlex.quote
+    port = settings.instance_ports()[0][1]
+    summary = []
+    try:
+        store = store_dir(host, settings)
+        for model in wanted:
+            ok, text = host.run_shell_command(f"cat {q(staged_manifest(settings, model))}",
+                                                _timeout=60)
+            manifest = json.loads(text.stdout) if ok else {}
+            blobs = layers(manifest)
+            mover = Mover(state, host, settings, model, blobs, store)
+            started, got_from = time.monotonic(), None
+            candidates = sources(position, fleet) if settings.ollama_fanout and position \
+                is not None else []
+            for peer in candidates:
+                ok, _ = mover.sh(f"curl -sf -m 5 -o /dev/null "
+                                 f"{q(f'{peer.url}/{manifest_path(model)}')}")
+                if not ok:
+                    continue  # the peer does not hold the model (or does not answer)
+                args = " ".join(f"{h}:{size}" for h, size in blobs)
+                ok, detail = mover.run(f"sh {q(settings.ollama_stack_dir + '/' + FETCH_SCRIPT)} "
+                                       f"{q(store)} {q(peer.url)} {args}", peer.name)
+                if ok:
+                    dest = f"{store}/{manifest_path(model)}"
+                    ok, detail = mover.sh(
+                        f"mkdir -p {q(dest.rsplit('/', 1)[0])} && cp "
+                        f"{q(staged_manifest(settings, model))} {q(dest)}.new && "
+                        f"mv {q(dest)}.new {q(dest)}")
+                if ok:
+                    got_from = f"{peer.name} (LAN)"
+                    break
+                host.log(f"{model} from {peer.name} failed ({detail}); trying the next source")
+            for attempt in range(1, PULL_ATTEMPTS + 1):
+                if got_from:
+                    break
+                ok, detail = mover.run(pull_command(port, model), "the registry")
+                if ok:
+                    got_from = "the registry"
+                    break
+                host.log(f"{model} from the registry, attempt {attempt} of {PULL_ATTEMPTS} "
+                           f"failed: {detail}")
+            if not got_from:
+                host.log_styled(f"{model}: not received from any peer nor the registry",
+                                  fg="red", log_func=logger.error)
+                return False
+            summary.append(f"{model} {mib(mover.total)} from {got_from} in "
+                           f"{time.monotonic() - started:.1f}s")
+    except (ConnectionError, OSError, ValueError) as exc:
+        host.log_styled(f"models: {exc}", fg="red", log_func=logger.error)
+        return False
+    host.log(f"models received: {'; '.join(summary)}")
+    return True
+
+
+@operation()
+def fanned_out(settings: Settings, wave: int):
+    """
+    Models the host lacks, received in its fan-out wave: copied from peers that hold them
+    (verified), else pulled from the registry.
+
+    + settings: the host's validated settings
+    + wave: the fan-out wave this step serves (hosts of other waves have nothing to do)
+    """
+    fleet = peers() if settings.ollama_fanout else []
+    position = next((i for i, p in enumerate(fleet) if p.name == host.name), None)
+    my_wave = wave_of(position) if position is not None else 0
+    if my_wave != wave:
+        host.noop(f"fan-out wave {my_wave}, not {wave}")
+        return
+    missing = missing_models(settings)
+    if missing is None:
+        if not planning():
+            yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
+                               "answer /api/tags")
+        return
+    if not missing:
+        host.noop(f"{len(settings.all_models)} models present" if settings.all_models
+                  else "no models configured")
+        return
+    yield FunctionCommand(receive, (settings, missing, fleet, position), {})
 
 
 @operation()
@@ -82,5 +345,10 @@ def listed_everywhere(settings: Settings):
 
 
 def pull_models(settings: Settings) -> None:
-    present(name="Configured models pulled", settings=settings, _timeout=PULL_TIMEOUT_S + 60)
+    """Registry check first (fleet-wide), then one wave after another, then the check."""
+    known_to_registry(name="Every missing model known to the registry", settings=settings)
+    waves = wave_of(max(len(inventory.get_group("gpu_servers", [])) - 1, 0)) + 1
+    for wave in range(waves):
+        fanned_out(name=f"Models received (fan-out wave {wave})", settings=settings, wave=wave,
+                   _timeout=PULL_TIMEOUT_S * (PULL_ATTEMPTS + 1) + 60)
     listed_everywhere(name="Every instance lists every model", settings=settings)

@@ -9,6 +9,7 @@ lines; the README's knob table is generated from these declarations
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import sys
 from typing import Any, Literal
@@ -131,6 +132,15 @@ class Settings(BaseModel):
     nvidia_toolkit_cdi: bool = Field(False, description=(
         "enable CDI in Docker and generate /var/run/cdi/nvidia.yaml"))
 
+    nvidia_exporter: bool = Field(False, description=(
+        "run NVIDIA's DCGM exporter (GPU metrics for Prometheus) on each GPU server"))
+    nvidia_exporter_image: str = Field(
+        "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04",
+        description="DCGM exporter image, pinned by tag")
+    nvidia_exporter_listen: str = Field("127.0.0.1:9400", description=(
+        "address:port the exporter's /metrics listens on (loopback: scrape through a tunnel "
+        "or an agent on the host)"))
+
     # -- the Ollama stack --------------------------------------------------
     ollama_topology: Topology | None = Field(None, description=(
         "`per_gpu`: one instance per GPU; `shared`: one instance with all GPUs; `cpu`: no "
@@ -160,6 +170,20 @@ class Settings(BaseModel):
         "memory limit per instance (Compose syntax, e.g. 64g); empty: none"))
     ollama_stack_dir: str = Field("/opt/ollama", description=(
         "where the Compose project and nginx config live on the host"))
+    ollama_registry: str = Field("https://registry.ollama.ai", description=(
+        "the model registry Ollama pulls from (checked for every model before any pull)"))
+    ollama_fanout: bool = Field(True, description=(
+        "models cross the internet once per fleet: one host pulls, the others copy its "
+        "verified blobs over the LAN; false: every host pulls from the registry"))
+    ollama_fanout_port: int = Field(11380, ge=1024, le=65535, description=(
+        "port the host's nginx serves its verified model store on, to fleet peers only"))
+    ollama_fanout_rate: str = Field("", description=(
+        "bandwidth per peer download (nginx limit_rate, e.g. 100m); empty: unlimited"))
+    ollama_fanout_allow: list[str] = Field(default_factory=list, description=(
+        "networks (CIDR) that may copy models, besides the gpu_servers addresses that are IPs"))
+    ollama_read_only: bool = Field(True, description=(
+        "run Ollama and nginx with a read-only root filesystem (tmpfs for /tmp); all "
+        "capabilities are dropped from Ollama either way"))
     ollama_health_timeout: int = Field(300, ge=10, le=3600, description=(
         "seconds a deploy waits for every instance to report healthy before failing the host"))
 
@@ -169,6 +193,34 @@ class Settings(BaseModel):
         "port the host's nginx listens on (the host's inference entry point)"))
     nginx_timeout: str = Field("600s", description=(
         "proxy read/send timeout: long generations must not be cut"))
+    nginx_max_body: str = Field("100m", description=(
+        "largest request body accepted (client_max_body_size); larger gets 413"))
+    nginx_status: bool = Field(False, description=(
+        "nginx request counters (stub_status) at /nginx_status, from loopback only"))
+
+    # -- the gate: TLS, API keys, limits (the host's nginx, or the front door on lb_servers)
+    nginx_tls: Literal["off", "files", "self_signed"] = Field("off", description=(
+        "`files`: certificate and key from nginx_tls_cert/nginx_tls_key; `self_signed`: a "
+        "pair generated on the host once; `off`: plain HTTP"))
+    nginx_tls_cert: str = Field("", description=(
+        "certificate chain (PEM) on the operator's machine, for nginx_tls `files`"))
+    nginx_tls_key: str = Field("", description=(
+        "private key (PEM) on the operator's machine, for nginx_tls `files`; kept mode 600"))
+    nginx_tls_port: int = Field(443, ge=1, le=65535, description="port TLS is served on")
+    nginx_http: Literal["redirect", "refuse"] = Field("redirect", description=(
+        "with TLS on, the plain HTTP port: `redirect` (308 to https) or `refuse` (closed)"))
+    nginx_api_keys: SecretRef | None = Field(None, description=(
+        "bearer keys that may use the API (a file of `[name] key` lines, or an environment "
+        "variable of keys separated by spaces), read on the operator's machine; a re-run "
+        "rotates them with a reload. Unset: no key needed"))
+    nginx_admin_keys: SecretRef | None = Field(None, description=(
+        "keys that may also pull, push, create, copy and delete models through nginx; "
+        "unset: those endpoints are refused (403) except from loopback"))
+    nginx_rate_limit: str = Field("", description=(
+        "requests per key (or per client address without keys), e.g. `10r/s`; past it "
+        "and the burst: 429. Empty: no limit"))
+    nginx_rate_burst: int = Field(20, ge=0, le=100000, description=(
+        "requests above the rate served at once before 429"))
 
     # -- application services beside Ollama ---------------------------------
     app_services: dict[str, AppService] = Field(default_factory=dict, description=(
@@ -205,6 +257,44 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not a size like 50m")
         return value
 
+    @field_validator("ollama_fanout_rate")
+    @classmethod
+    def _fanout_rate(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[1-9]\d*[km]?", value):
+            raise ValueError(f"{value!r} is not a rate like 100m (bytes per second)")
+        return value
+
+    @field_validator("ollama_fanout_allow")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network like 10.0.0.0/24") from None
+        return value
+
+    @field_validator("ollama_registry")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("nginx_max_body")
+    @classmethod
+    def _body_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[kmg]?", value):
+            raise ValueError(f"{value!r} is not a size like 100m")
+        return value
+
+    @field_validator("nginx_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[1-9]\d*r/[sm]", value):
+            raise ValueError(f"{value!r} is not a rate like 10r/s or 600r/m")
+        return value
+
     @field_validator("nginx_timeout", "front_door_fail_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
@@ -212,7 +302,14 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not an nginx time like 600s")
         return value
 
-    @field_validator("ollama_image", "nginx_image", "app_cache_image")
+    @field_validator("nvidia_exporter_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", value):
+            raise ValueError(f"{value!r} is not ADDRESS:PORT")
+        return value
+
+    @field_validator("ollama_image", "nginx_image", "app_cache_image", "nvidia_exporter_image")
     @classmethod
     def _pinned(cls, value: str) -> str:
         if not IMAGE_PINNED.fullmatch(value):
@@ -251,7 +348,19 @@ class Settings(BaseModel):
             raise ValueError("ollama_gpus: a GPU is listed twice")
         if self.ollama_gpus == [] and topology != "cpu":
             raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
+        if self.nginx_tls == "files" and not (self.nginx_tls_cert and self.nginx_tls_key):
+            raise ValueError("nginx_tls: 'files' needs nginx_tls_cert and nginx_tls_key")
+        if self.nginx_tls != "files" and (self.nginx_tls_cert or self.nginx_tls_key):
+            raise ValueError("nginx_tls_cert: set, but nginx_tls is not 'files'")
+        if self.nginx_tls != "off" and self.nginx_tls_port == self.nginx_port:
+            raise ValueError(f"nginx_tls_port: {self.nginx_tls_port} is also nginx_port")
         ports = [port for _, port in self.instance_ports()]
+        if self.nginx_tls != "off" and self.nginx_tls_port in ports:
+            raise ValueError(f"nginx_tls_port: {self.nginx_tls_port} is also an Ollama "
+                             "instance's port")
+        if self.ollama_fanout and self.ollama_fanout_port in (*ports, self.nginx_port):
+            raise ValueError(f"ollama_fanout_port: {self.ollama_fanout_port} is also nginx's or "
+                             "an Ollama instance's port")
         if self.nginx_port in ports:
             raise ValueError(f"nginx_port: {self.nginx_port} is also an Ollama instance's port")
         if ports[-1] > 65535:
@@ -360,11 +469,12 @@ def settings_for(host_name: str, data: dict[str, Any]) -> Settings:
     return settings
 
 
-def validate_fleet(hosts: dict[str, dict[str, Any]],
-                   gpu_servers: list[str] | None = None) -> dict[str, Settings]:
+def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | None = None,
+                   lb_servers: list[str] | None = None) -> dict[str, Settings]:
     """Validate every host's data; collect every problem of every host in one error.
 
-    GPU_SERVERS (the hosts a front door can send to) makes the cross-host checks.
+    GPU_SERVERS (the hosts a front door can send to) and LB_SERVERS (the front doors)
+    make the cross-host checks.
     """
     result, problems = {}, []
     for name, data in hosts.items():
@@ -377,6 +487,16 @@ def validate_fleet(hosts: dict[str, dict[str, Any]],
             if gpu_servers is not None and drained not in gpu_servers:
                 problems.append(f"{name}: front_door_drained: no gpu_servers host named "
                                 f"{drained!r}")
+        if lb_servers and name in (gpu_servers or []) and settings.nginx_tls != "off":
+            problems.append(f"{name}: nginx_tls: the front door (lb_servers) talks plain HTTP "
+                            "to gpu_servers' nginx; put TLS on the front door")
+        if settings.ollama_fanout and name in (gpu_servers or []) \
+                and len(gpu_servers or []) > 1 and not settings.ollama_fanout_allow:
+            named = [g for g in gpu_servers or [] if not _is_ip(
+                hosts.get(g, {}).get("ssh_hostname") or g)]
+            if named:
+                problems.append(f"{name}: ollama_fanout_allow: peers {named} are reached by "
+                                "name; give the fleet's networks (CIDR) that may copy models")
         if settings.front_door_upstream == "instances":
             for gpu in gpu_servers or []:
                 if gpu in result and result[gpu].ollama_bind_address.startswith("127."):
@@ -387,6 +507,14 @@ def validate_fleet(hosts: dict[str, dict[str, Any]],
     if problems:
         raise SettingsError(list(dict.fromkeys(problems)))
     return result
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 class InventoryError(PyinfraError):
@@ -404,8 +532,9 @@ def current_settings() -> Settings:
     if key not in _validated:
         try:
             gpu_servers = [h.name for h in inventory.get_group("gpu_servers", [])]
+            lb_servers = [h.name for h in inventory.get_group("lb_servers", [])]
             _validated[key] = validate_fleet({h.name: h.data.dict() for h in inventory},
-                                             gpu_servers)
+                                             gpu_servers, lb_servers)
         except SettingsError as exc:
             lines = "\n".join(f"    {p}" for p in exc.problems)
             raise InventoryError(f"invalid inventory data, no host was changed:\n{lines}") from None

@@ -25,6 +25,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files
 
+from tasks import gate, models
 from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
 from tasks.report import fail_command
 from tasks.settings import Settings
@@ -55,17 +56,25 @@ def plan_instances(settings: Settings, gpus: list[dict]) -> list[Instance]:
     return [Instance(f"{PROJECT}-0", ports[0][1], shared)]
 
 
+def templates(directory: Path) -> Environment:
+    """Templates of DIRECTORY, with the shared nginx pieces (templates/nginx) importable."""
+    return Environment(loader=FileSystemLoader([directory, TEMPLATES.parent / "nginx"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                       keep_trailing_newline=True)
+
+
 def render(template: str, settings: Settings, instances: list[Instance],
            drained: str | None = None) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     bind = settings.ollama_bind_address
-    return env.get_template(template).render(
-        s=settings, project=PROJECT, topology=settings.topology, instances=instances,
+    return templates(TEMPLATES).get_template(template).render(
+        s=settings, g=gate.context(settings, gate.front_door_addresses()), project=PROJECT,
+        topology=settings.topology, instances=instances,
         models_source=settings.ollama_models_path or "ollama-models",
         bind_mount_models=bool(settings.ollama_models_path),
         upstream_address="127.0.0.1" if bind in ("0.0.0.0", "::") else bind,
         drained=drained,
+        peers=[p.address for p in models.peers() if gate.is_ip(p.address)]
+        + settings.ollama_fanout_allow,
     )
 
 
@@ -78,10 +87,12 @@ def stack_files(settings: Settings, instances: list[Instance]) -> dict[str, str]
         "compose.yaml": render("compose.yaml.j2", settings, instances),
         "nginx/ollama.conf": render("ollama.conf.j2", settings, instances),
     }
+    if settings.ollama_fanout:
+        files[models.FETCH_SCRIPT] = (TEMPLATES / "fetch-model.sh").read_text()
     if len(instances) > 1:
         for i in instances:
             files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances, i.name)
-    return files
+    return files | gate.gate_files(settings)[0]
 
 
 def host_gpus(settings: Settings) -> list[dict]:
@@ -98,7 +109,8 @@ def host_gpus(settings: Settings) -> list[dict]:
 
 
 @operation()
-def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None):
+def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
+                  secret: tuple[str, ...] = ()):
     """
     Install WANTED files under ROOT only after they pass `docker compose config -q` and
     `nginx -t` in ROOT/.staged; the live files are untouched by a bad render.
@@ -106,6 +118,7 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None):
     + root: the Compose project directory (holds compose.yaml and nginx/)
     + wanted: relative path -> content
     + nginx_image: the image whose nginx checks the config (None: no nginx config)
+    + secret: the paths in WANTED that only root may read (keys)
     """
     stale = [rel for rel, text in wanted.items()
              if host.get_fact(Sha1File, path=f"{root}/{rel}")
@@ -116,7 +129,8 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None):
     staged = f"{root}/.staged"
     for rel, text in wanted.items():
         yield from files.directory._inner(path=str(Path(f"{staged}/{rel}").parent), mode="755")
-        yield from files.put._inner(src=StringIO(text), dest=f"{staged}/{rel}", mode="644")
+        yield from files.put._inner(src=StringIO(text), dest=f"{staged}/{rel}",
+                                    mode="600" if rel in secret else "644")
     q = shlex.quote
     yield (f"docker compose --project-directory {q(staged)} -f {q(staged)}/compose.yaml "
            "config -q")
@@ -125,7 +139,8 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None):
                f"{q(nginx_image)} nginx -t -q")
     for rel in wanted:
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"
-        yield f"cp {q(staged)}/{rel} {q(root)}/{rel}.new && mv {q(root)}/{rel}.new {q(root)}/{rel}"
+        yield (f"cp -p {q(staged)}/{rel} {q(root)}/{rel}.new "
+               f"&& mv {q(root)}/{rel}.new {q(root)}/{rel}")
 
 
 @operation()
@@ -141,9 +156,14 @@ def rendered_files(settings: Settings):
     except OperationError as exc:
         yield fail_command(str(exc))
         return
-    yield from checked_files._inner(root=settings.ollama_stack_dir,
-                                    wanted=stack_files(settings, instances),
-                                    nginx_image=settings.nginx_image)
+    try:
+        wanted = stack_files(settings, instances)
+    except OperationError as exc:
+        yield fail_command(str(exc))
+        return
+    yield from checked_files._inner(root=settings.ollama_stack_dir, wanted=wanted,
+                                    nginx_image=settings.nginx_image,
+                                    secret=tuple(gate.gate_files(settings)[1]))
 
 
 def expected_services(settings: Settings) -> list[str]:
@@ -176,6 +196,21 @@ def running(root: str, project: str, services: list[str], files_op: OperationMet
     if changed and not not_running and nginx_container:
         # nginx's config is a mounted directory: a changed file needs a reload, not a restart.
         yield reload_nginx_command(nginx_container, drain_timeout)
+
+
+@operation()
+def removed(root: str, project: str):
+    """
+    Take a Compose project's containers down when it is no longer configured (volumes and
+    files kept).
+
+    + root: the project's directory
+    + project: the Compose project name
+    """
+    if not host.get_fact(ComposeContainers, project=project):
+        host.noop(f"{project}: nothing configured, nothing running")
+        return
+    yield f"cd {shlex.quote(root)} && docker compose down --remove-orphans"
 
 
 def wait_healthy_command(names: list[str], timeout_s: int) -> str:
@@ -282,6 +317,7 @@ def gpus_assigned(settings: Settings):
 def deploy_stack(settings: Settings) -> None:
     """Lay down the files, start what is not running, wait for health, check GPUs."""
     files.directory(name="Stack directory", path=settings.ollama_stack_dir, mode="755")
+    gate.prepare(settings, settings.ollama_stack_dir)
     installed = rendered_files(name="Compose file and nginx config (checked, then live)",
                                settings=settings)
     stack_running(name="Stack running (changed instances recreated one at a time)",

@@ -12,3 +12,7 @@ nginx_image = "nginx:1.27"
 
 # Generations can run for minutes; keep models loaded for 30 minutes after use.
 ollama_keep_alive = "30m"
+
+# Models cross the internet once: one server pulls, the others copy from it over the
+# LAN. The servers are named, not numbered, here, so say which network may copy.
+ollama_fanout_allow = ["10.0.0.0/16"]

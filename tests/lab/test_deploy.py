@@ -143,12 +143,17 @@ def test_second_run_changes_nothing_and_docker_keeps_running(fleet):
     assert _docker_pids(fleet) == pids
 
 
-def test_registry_served_each_model_once_per_host(fleet):
-    # instances of one host share a store: the model crosses the wire once per host
+def test_registry_served_each_model_once_per_fleet(fleet):
+    # fan-out: one host pulled tinyllama from the registry, the others copied it
     with urllib.request.urlopen(f"{fleet.endpoint('model_registry')}/_lab/stats") as response:
         stats = json.load(response)
     model = next(m for m in stats["models"] if m["name"].endswith("tinyllama"))
-    assert stats["blob_bytes_sent"] == model["size"] * len(fleet.hosts())
+    assert stats["blob_bytes_sent"] == model["size"]
+    digests = set()
+    for host in fleet.hosts():
+        _, out, _ = fleet.ssh(host["name"], "curl -sS http://127.0.0.1:11434/api/tags")
+        digests |= {m["digest"] for m in json.loads(out)["models"]}
+    assert len(digests) == 1
 
 
 def test_image_change_rolls_instances_one_at_a_time_without_failed_requests(fleet):
@@ -173,11 +178,18 @@ def test_image_change_rolls_instances_one_at_a_time_without_failed_requests(flee
     assert " down;" not in conf
 
 
-def test_a_pull_error_line_under_http_200_fails_the_host(fleet):
-    proc = fleet.pyinfra("deploy.py", "--data", 'ollama_models=["tinyllama", "no-such-model"]',
+def test_an_unknown_model_fails_fast_naming_model_and_host(fleet):
+    def blob_bytes() -> int:
+        with urllib.request.urlopen(f"{fleet.endpoint('model_registry')}/_lab/stats") as answer:
+            return json.load(answer)["blob_bytes_sent"]
+
+    before = blob_bytes()
+    proc = fleet.pyinfra("deploy.py", "--data",
+                         'ollama_models=["tinyllama", "qwen2.5:0.5b", "no-such-model"]',
                          limit="cpu-1")
     assert proc.returncode != 0
-    assert "pull no-such-model:latest:" in proc.output and "file does not exist" in proc.output
-    assert '--> cpu-1: failed at step "Configured models pulled"' in proc.output
+    assert "ollama_models: no-such-model:latest: not in the registry (HTTP 404" in proc.output
+    assert '--> cpu-1: failed at step "Every missing model known to the registry"' in proc.output
+    assert blob_bytes() == before  # nothing was downloaded, not even the known model
     _, out, _ = fleet.ssh("cpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
     assert [m["name"] for m in json.loads(out)["models"]] == ["tinyllama:latest"]

@@ -1,0 +1,205 @@
+"""The gate: only nginx answers, TLS verified against the lab's CA, API keys (and their
+rotation by a re-run, without cutting a stream), admin endpoints, rate limit, body cap,
+least-privilege containers with rotated logs.
+
+One lab (a GPU host, a CPU host, a front door); the gate is on the front door, set
+through an inventory that adds its knobs to lb_servers, as an operator's would.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import running_lab
+from tests.labfleet import REPO, lab_cli, poll
+
+pytestmark = pytest.mark.lab
+
+NAME = "fleetlab-gate"
+ALICE, BOB, CAROL = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "carol-key-0123456789"
+ADMIN = "admin-key-0123456789abcdef"
+
+
+def write_keys(path: Path, keys: dict[str, str]) -> None:
+    path.write_text("# name key\n" + "".join(f"{name} {key}\n" for name, key in keys.items()))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    secrets = tmp_path_factory.mktemp("gate")
+    with running_lab(NAME, "--gpu-hosts", "1", "--gpus-per-host", "1", "--cpu-hosts", "1",
+                     "--lb-hosts", "1", "--registry-port", "5059",
+                     "--model-scale", "0.1") as lab:
+        tls = json.loads(lab_cli("cert", "lb-1", name=NAME).stdout)
+        write_keys(secrets / "keys", {"alice": ALICE, "bob": BOB})
+        write_keys(secrets / "admin", {"ops": ADMIN})
+        gate = {"nginx_tls": "files", "nginx_tls_cert": tls["cert"], "nginx_tls_key": tls["key"],
+                "nginx_api_keys": {"file": str(secrets / "keys")},
+                "nginx_admin_keys": {"file": str(secrets / "admin")},
+                "nginx_rate_limit": "5r/s", "nginx_rate_burst": 5, "nginx_max_body": "1m"}
+        # the operator's inventory: the lab's, with the gate's knobs on the front door
+        secure = REPO / "inventory" / f"lab-{NAME}-secure.py"
+        secure.write_text(
+            "import runpy\n"
+            f"_lab = runpy.run_path({lab.inventory!r})\n"
+            "gpu_servers = _lab['gpu_servers']\n"
+            f"lb_servers = [(n, {{**d, **{gate!r}}}) for n, d in _lab['lb_servers']]\n")
+        lab.secure_inventory = str(secure)
+        lab.secrets = secrets
+        lab.ca = tls["ca"]
+        try:
+            proc = lab.pyinfra("deploy.py", inventory=lab.secure_inventory)
+            assert proc.returncode == 0, proc.output[-4000:]
+            yield lab
+        finally:
+            secure.unlink(missing_ok=True)
+
+
+def https(fleet) -> str:
+    return f"https://{fleet.host('lb-1')['address']}"
+
+
+def client(fleet, key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=https(fleet), verify=ssl.create_default_context(cafile=fleet.ca),
+                        headers=headers, timeout=60)
+
+
+def test_only_nginx_answers_from_another_host(fleet):
+    for target, other in (("gpu-1", "cpu-1"), ("cpu-1", "lb-1")):
+        address = fleet.host(target)["address"]
+        status, _, _ = fleet.ssh(other, f"curl -sS -m 5 -o /dev/null http://{address}:11434/",
+                                 check=False)
+        assert status != 0, f"{target}'s Ollama port answers from {other}"
+        _, out, _ = fleet.ssh(other, f"curl -sS -m 5 http://{address}/health")
+        assert json.loads(out) == {"status": "ok"}
+        # on the host itself the instance answers on loopback
+        _, out, _ = fleet.ssh(target, "curl -sS -m 5 http://127.0.0.1:11434/api/version")
+        assert "version" in json.loads(out)
+
+
+def test_tls_is_verified_against_the_lab_ca_and_http_redirects(fleet):
+    with client(fleet) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+    with pytest.raises(httpx.ConnectError):  # an unknown CA is refused by the client
+        httpx.get(f"{https(fleet)}/health", timeout=10)
+    plain = httpx.post(f"http://{fleet.host('lb-1')['address']}/api/generate", timeout=10)
+    assert plain.status_code == 308
+    assert plain.headers["location"] == f"{https(fleet)}/api/generate"
+
+
+def test_no_key_or_a_wrong_key_gets_401_and_a_valid_key_streams(fleet):
+    for key in (None, "not-a-key-0123456789abcdef"):
+        with client(fleet, key) as c:
+            answer = c.post("/api/generate", json={"model": "tinyllama", "prompt": "hi"})
+            assert answer.status_code == 401, answer.text
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+            assert "error" in answer.json()
+    with client(fleet, ALICE) as c:
+        with c.stream("POST", "/api/generate",
+                      json={"model": "tinyllama", "prompt": "lab:tokens=20 hi"}) as answer:
+            assert answer.status_code == 200
+            lines = [json.loads(line) for line in answer.iter_lines() if line]
+    assert len(lines) > 10 and lines[-1]["done"] is True
+
+
+def test_admin_endpoints_need_an_admin_key(fleet):
+    body = {"model": "no-such-model:latest"}
+    with client(fleet, ALICE) as c:
+        refused = c.request("DELETE", "/api/delete", json=body)
+        assert refused.status_code == 403, refused.text
+        assert c.post("/api/pull", json=body).status_code == 403
+    with client(fleet, ADMIN) as c:
+        # let through: Ollama itself answers that the model does not exist
+        passed = c.request("DELETE", "/api/delete", json=body)
+        assert passed.status_code == 404, passed.text
+    # the model the fleet serves is still there
+    _, out, _ = fleet.ssh("gpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
+    assert "tinyllama:latest" in [m["name"] for m in json.loads(out)["models"]]
+
+
+def test_a_burst_over_the_limit_gets_429_while_others_are_served(fleet):
+    codes: list[int] = []
+
+    def burst() -> None:
+        with client(fleet, BOB) as c:
+            for _ in range(40):
+                codes.append(c.get("/api/version").status_code)
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    others: list[int] = []
+    with client(fleet, ALICE) as c:
+        while thread.is_alive() and len(others) < 200:
+            others.append(c.get("/api/version").status_code)
+            time.sleep(0.25)  # alice stays under 5 requests a second: pacing, not syncing
+    thread.join(timeout=60)
+    assert 429 in codes and 200 in codes, codes
+    assert others and set(others) == {200}, others
+    with client(fleet, BOB) as c:
+        limited = poll(lambda: (r := c.get("/api/version")).status_code == 200 and r, 10,
+                       what="bob served again once the burst is over")
+        assert limited.json()["version"]
+
+
+def test_request_body_is_capped(fleet):
+    with client(fleet, ALICE) as c:
+        answer = c.post("/api/generate", content=b"x" * (2 << 20))
+    assert answer.status_code == 413
+
+
+def test_key_rotation_by_rerun_cuts_no_stream(fleet):
+    result: dict = {}
+
+    def stream() -> None:
+        with client(fleet, ALICE) as c, c.stream(
+                "POST", "/api/generate",
+                json={"model": "tinyllama", "prompt": "lab:tokens=250 a long answer"}) as answer:
+            result["status"] = answer.status_code
+            result["lines"] = [json.loads(line) for line in answer.iter_lines() if line]
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    poll(lambda: "status" in result, 30, what="the stream started")
+    write_keys(fleet.secrets / "keys", {"bob": BOB, "carol": CAROL})  # alice's key retired
+    proc = fleet.pyinfra("deploy.py", inventory=fleet.secure_inventory, limit="lb_servers")
+    thread.join(timeout=120)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert result["status"] == 200 and result["lines"][-1]["done"] is True, result
+    assert len(result["lines"]) > 200
+    with client(fleet, ALICE) as c:
+        assert c.get("/api/version").status_code == 401
+    for key in (BOB, CAROL):
+        with client(fleet, key) as c:
+            assert c.get("/api/version").status_code == 200
+    # the keys file is root's alone, and the front door was reloaded, not restarted
+    _, mode, _ = fleet.ssh("lb-1", "stat -c %a /opt/ollama-front/nginx/api-keys.map")
+    assert mode.strip() == "600"
+    assert "Front door running (reloaded, old requests let finish)" in proc.output
+
+
+def test_containers_run_with_least_privilege_and_rotated_logs(fleet):
+    for host in fleet.hosts():
+        _, names, _ = fleet.ssh(host["name"], "docker ps --format '{{.Names}}'")
+        assert names.split(), f"{host['name']} runs no container"
+        for name in names.split():
+            _, out, _ = fleet.ssh(host["name"], f"docker inspect {name}")
+            config = json.loads(out)[0]["HostConfig"]
+            where = f"{host['name']}/{name}"
+            assert config["LogConfig"]["Type"] == "json-file", where
+            assert config["LogConfig"]["Config"].get("max-size"), where
+            assert config["LogConfig"]["Config"].get("max-file"), where
+            assert not config["Privileged"], where
+            assert "no-new-privileges:true" in (config["SecurityOpt"] or []), where
+            assert config["ReadonlyRootfs"], where
+            assert "ALL" in (config["CapDrop"] or []), where
+            if name.startswith("ollama-") and name != "ollama-front" and "nginx" not in name:
+                assert not config["CapAdd"], where
+

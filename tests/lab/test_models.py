@@ -1,0 +1,176 @@
+"""Models across the fleet: one download from the registry, copies over the LAN, verified.
+
+One lab of 4 GPU hosts and a model of 300 MiB (llama3.2:1b at the lab's full size),
+tests in file order: the fan-out, a no-op re-run, a dropped and a corrupted registry
+download, then the seed killed in the middle of the fan-out (last: it powers a host off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.conftest import running_lab
+from tests.labfleet import PYINFRA, REPO, lab_cli, poll
+
+pytestmark = pytest.mark.lab
+
+NAME = "fleetlab-models"
+MODEL = "llama3.2:1b"
+MODELS = f'ollama_models=["{MODEL}"]'
+STORE = "/var/lib/docker/volumes/ollama-models/_data/models"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with running_lab(NAME, "--gpu-hosts", "4", "--gpus-per-host", "1",
+                     "--registry-port", "5060", "--model-scale", "1") as lab:
+        registry(lab, "/_lab/reset", {})
+        lab.first = lab.pyinfra("deploy.py", "--data", MODELS)
+        assert lab.first.returncode == 0, lab.first.output[-4000:]
+        yield lab
+
+
+def registry(fleet, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{fleet.endpoint('model_registry')}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
+
+
+def manifest(fleet) -> tuple[str, dict]:
+    """(Ollama's digest of the registry's manifest, the manifest)."""
+    url = f"{fleet.endpoint('model_registry')}/v2/library/llama3.2/manifests/1b"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        raw = answer.read()
+    return hashlib.sha256(raw).hexdigest(), json.loads(raw)
+
+
+def blob_digests(fleet) -> dict[str, int]:
+    _, m = manifest(fleet)
+    return {e["digest"]: e["size"] for e in [m["config"], *m["layers"]]}
+
+
+def listed(fleet, host: str) -> dict[str, str]:
+    _, out, _ = fleet.ssh(host, "curl -sS -m 10 http://127.0.0.1:11434/api/tags")
+    return {m["name"]: m["digest"] for m in json.loads(out)["models"]}
+
+
+def assert_verified(fleet, host: str) -> None:
+    """HOST lists the model with the registry's digest, and every blob on disk checks out."""
+    digest, _ = manifest(fleet)
+    assert listed(fleet, host).get(MODEL) == digest, host
+    checks = " && ".join(f"echo '{d[7:]}  {STORE}/blobs/sha256-{d[7:]}' | sha256sum -c --quiet"
+                         for d in blob_digests(fleet))
+    fleet.ssh(host, checks)
+
+
+def forget(fleet, *hosts: str) -> None:
+    for host in hosts:
+        fleet.ssh(host, "curl -sS -m 30 -X DELETE http://127.0.0.1:11434/api/delete "
+                        f"-d '{{\"model\": \"{MODEL}\"}}'")
+        assert MODEL not in listed(fleet, host)
+
+
+def test_each_model_crosses_the_internet_once(fleet):
+    sizes = blob_digests(fleet)
+    stats = registry(fleet, "/_lab/stats")
+    assert stats["by_blob"] == sizes  # every blob served exactly once, for 4 hosts
+    for host in fleet.hosts():
+        assert_verified(fleet, host["name"])
+    output = fleet.first.output
+    assert re.search(rf"\[gpu-1\] +models received: {re.escape(MODEL)} [\d.]+ MiB from the "
+                     r"registry", output), output[-3000:]
+    for host in ("gpu-2", "gpu-3", "gpu-4"):
+        assert re.search(rf"\[{host}\] +models received: {re.escape(MODEL)} [\d.]+ MiB from "
+                         r"gpu-\d \(LAN\)", output), output[-3000:]
+    # waves: gpu-2 copies from the seed, then gpu-3 and gpu-4 from gpu-1 and gpu-2
+    assert re.search(r"\[gpu-4\] +models received: .* from gpu-2 \(LAN\)", output)
+
+
+def test_second_run_moves_nothing(fleet):
+    before = registry(fleet, "/_lab/stats")["blob_bytes_sent"]
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS)
+    assert proc.returncode == 0, proc.output[-3000:]
+    results = proc.output.split("--> Results:")[-1]
+    grand_total = next(line for line in results.splitlines() if "Grand total" in line).split()
+    assert grand_total[3:5] == ["-", "-"], results
+    assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == before
+
+
+def test_a_dropped_registry_download_resumes_to_a_verified_model(fleet):
+    forget(fleet, "gpu-4")
+    layer = max(blob_digests(fleet).items(), key=lambda item: item[1])[0]
+    registry(fleet, "/_lab/reset", {})
+    registry(fleet, "/_lab/fault", {"drop_after_bytes": 64 << 20, "times": 2, "digest": layer})
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, "--data", "ollama_fanout=false",
+                             limit="gpu-4")
+    finally:
+        registry(fleet, "/_lab/fault", {"times": 0})
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert registry(fleet, "/_lab/stats")["faults_injected"] == 2
+    assert_verified(fleet, "gpu-4")
+
+
+def test_a_corrupt_registry_download_is_never_listed(fleet):
+    forget(fleet, "gpu-4")
+    layer = max(blob_digests(fleet).items(), key=lambda item: item[1])[0]
+    registry(fleet, "/_lab/fault", {"corrupt": True, "times": -1, "digest": layer})
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, "--data", "ollama_fanout=false",
+                             limit="gpu-4")
+    finally:
+        registry(fleet, "/_lab/fault", {"times": 0})
+    assert proc.returncode != 0
+    assert f"{MODEL}: not received from any peer nor the registry" in proc.output
+    assert '--> gpu-4: failed at step "Models received (fan-out wave 0)"' in proc.output
+    assert MODEL not in listed(fleet, "gpu-4")
+    # no blob under its final name that does not match it
+    fleet.ssh("gpu-4", f"f={STORE}/blobs/sha256-{layer[7:]}; [ ! -e $f ] || "
+                       f"echo '{layer[7:]}  '$f | sha256sum -c --quiet")
+    # the next run, with the registry healthy again, converges
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-4")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert_verified(fleet, "gpu-4")
+
+
+def test_the_seed_dying_mid_fanout_leaves_every_survivor_verified(fleet):
+    survivors = ("gpu-2", "gpu-3", "gpu-4")
+    forget(fleet, *survivors)
+    # 10 MB/s per peer download: the copy from the seed takes ~30 s, time to kill it
+    cmd = [PYINFRA, "-y", fleet.inventory, "deploy.py", "--data", MODELS,
+           "--data", "ollama_fanout_rate=10m", "--data", "_timeout=60"]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, stdin=subprocess.DEVNULL)
+    try:
+        def copying() -> bool:
+            _, out, _ = fleet.ssh("gpu-2", f"stat -c %s {STORE}/.fanout/*.partial 2>/dev/null",
+                                  check=False)
+            return run.poll() is not None or any(int(n) > 20 << 20 for n in out.split())
+
+        poll(copying, timeout=300, interval=0.5, what="gpu-2 copying from the seed")
+        assert run.poll() is None, "the deploy ended before the seed could be killed"
+        lab_cli("kill", "gpu-1", name=NAME)
+        output, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    try:
+        assert run.returncode != 0  # the seed is gone, and the run says so
+        assert "llama3.2:1b from gpu-1 failed" in output, output[-4000:]
+        # progress while a model moves: host, model, source, bytes and percent
+        assert re.search(r"\[gpu-\d\] +llama3\.2:1b from gpu-\d: [\d.]+ MiB of 300\.0 MiB "
+                         r"\(\d+%\)", output), output[-4000:]
+        assert re.search(r"\[gpu-2\] +models received: llama3\.2:1b 300\.0 MiB from (the "
+                         r"registry|gpu-[34] \(LAN\))", output), output[-4000:]
+        for host in survivors:
+            assert_verified(fleet, host)
+    finally:
+        lab_cli("restore", "gpu-1", name=NAME)
