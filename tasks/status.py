@@ -1,0 +1,633 @@
+"""The fleet view: every host's GPUs, Docker, Ollama instances and nginx, in one table.
+
+    python -m tasks.status INVENTORY [--json] [--limit HOST ...] [--timeout SECONDS]
+
+The inventory is read by pyinfra itself (`debug-inventory --json`, in a child
+process) and validated like a deploy; then every host is queried in parallel with
+pyinfra's API (its SSH connector, with the host's ssh_* data, connector arguments
+such as `_sudo`, and ./config.py as pyinfra applies it), one round trip each: a
+single shell script that prints one JSON document (see `status_script`). Each host
+gets at most --timeout seconds (default 20) for the SSH connection and the script
+together. A host that cannot be connected to in that time is reported `unreachable`;
+one that connects but cannot finish the script is shown with its error; every other
+host is still shown. Nothing on any host is changed.
+
+`--limit` takes host or group names (repeatable). Run it from the repository root,
+like pyinfra (group_data/ is read from there).
+
+Exit status: 0 when every host answered and every Ollama instance is healthy
+(Docker health status `healthy`); 1 when any host was unreachable or could not
+report, or any instance is not healthy (missing, stopped, starting, unhealthy);
+2 for bad arguments or inventory (one line on stderr naming the argument).
+
+JSON (`--json`): a list, in inventory order, of one object per host.
+
+A host that could not be reached (SSH connect failed or timed out):
+
+    {"host": "gpu-2", "reachable": false, "error": "Could not connect (timed out)"}
+
+A host that answered (every key always present; null where unknown):
+
+    {"host": "gpu-1", "reachable": true,
+     "error": null,                     # or why it could not report (the rest is empty)
+     "groups": ["gpu_servers"],
+     "os": "Debian GNU/Linux 13 (trixie)",          # PRETTY_NAME of /etc/os-release
+     "driver_version": "570.172.08",                # null without a working nvidia-smi
+     "gpu_error": null,                 # nvidia-smi installed but failing: its message
+     "gpus": [{"index": 0, "uuid": "GPU-...", "name": "NVIDIA H100 80GB HBM3",
+               "memory_used_mib": 1, "memory_total_mib": 81559, "utilization_pct": 0}],
+                                        # [] on a host without nvidia-smi: "no GPU"
+     "docker_version": "26.1.5+dfsg1",  # the engine's (server) version
+     "docker_error": null,
+     "instances": [{"name": "ollama-0", "port": 11434,
+                    "state": "running",   # Docker's state; "missing" when there is no container
+                    "health": "healthy",  # Docker's health status; null without a healthcheck
+                    "healthy": true,
+                    "image": "ollama/ollama:0.6.8",
+                    "gpus": [{"index": 0, "uuid": "GPU-..."}],  # the GPUs it was given
+                    "all_gpus": false,    # given every GPU (Compose count: all)
+                    "version": "0.6.8",   # GET /api/version; null when it does not answer
+                    "models": ["tinyllama:latest"],   # GET /api/tags
+                    "loaded": [],                     # GET /api/ps
+                    "api_error": null}],
+     "nginx": {"url": "http://127.0.0.1:80/health", "ok": true, "status": 200,
+               "error": null}}        # "nginx" is null on hosts that run none
+
+Instances are the ones the inventory's settings describe (`ollama-N` on
+`ollama_base_port + N`), so one that should exist but does not shows as missing.
+"""
+
+# ruff: noqa: E402 - pyinfra's API runs on gevent, which must patch the standard library
+# before anything imports socket or threading; so only when this is the program.
+from __future__ import annotations
+
+if __name__ == "__main__":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import argparse
+import base64
+import json
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
+
+from tasks.stack import PROJECT, expected_services
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+DEFAULT_TIMEOUT_S = 20
+GPU_QUERY = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu",
+             "driver_version")
+# One JSON object per container, made by Docker itself (nothing else of it leaves the host).
+INSPECT_FORMAT = ('{"name":{{json .Name}},'
+                  '"service":{{json (index .Config.Labels "com.docker.compose.service")}},'
+                  '"state":{{json .State.Status}},'
+                  '"health":{{if .State.Health}}{{json .State.Health.Status}}{{else}}null{{end}},'
+                  '"image":{{json .Config.Image}},'
+                  '"devices":{{json .HostConfig.DeviceRequests}}}')
+
+
+class UsageError(Exception):
+    """Bad arguments or inventory: one line, exit 2."""
+
+
+# -- the plan: what to ask each host, from the inventory ----------------------
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One host to query: its pyinfra data, and the instances its settings describe."""
+
+    name: str
+    groups: tuple[str, ...]
+    data: dict[str, Any] = field(repr=False)
+    instances: tuple[tuple[str, int], ...] = ()
+    api_address: str = "127.0.0.1"
+    nginx_url: str | None = None
+
+
+def nginx_health_url(settings: Any, front_door: bool) -> str:
+    """Where the host's nginx (or the front door's) answers /health, from the host itself."""
+    if getattr(settings, "nginx_tls", "off") != "off":
+        return f"https://127.0.0.1:{settings.nginx_tls_port}/health"
+    port = settings.front_door_port if front_door else settings.nginx_port
+    return f"http://127.0.0.1:{port}/health"
+
+
+def plan_hosts(hosts: list[dict[str, Any]], settings: dict[str, Any]) -> list[HostPlan]:
+    """HOSTS as `debug-inventory --json` lists them, SETTINGS their validated settings."""
+    plans = []
+    for h in hosts:
+        s = settings[h["name"]]
+        groups = tuple(h["groups"])
+        instances: tuple[tuple[str, int], ...] = ()
+        url = None
+        if "gpu_servers" in groups:
+            names = [name for name in expected_services(s) if name != "nginx"]
+            instances = tuple(zip(names, (port for _, port in s.instance_ports()), strict=True))
+            url = nginx_health_url(s, front_door=False)
+        elif "lb_servers" in groups:
+            url = nginx_health_url(s, front_door=True)
+        bind = s.ollama_bind_address
+        address = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+        plans.append(HostPlan(h["name"], groups, h["data"], instances,
+                              f"[{address}]" if ":" in address else address, url))
+    return plans
+
+
+def select_hosts(hosts: list[dict[str, Any]], limits: Sequence[str],
+                 inventory: str) -> list[dict[str, Any]]:
+    """The HOSTS (`debug-inventory --json` items) named by LIMITS, host or group names
+    (repeated or comma-separated), in inventory order."""
+    if not limits:
+        return hosts
+    wanted: set[str] = set()
+    for limit in limits:
+        for name in (n.strip() for n in limit.split(",") if n.strip()):
+            matched = {h["name"] for h in hosts if h["name"] == name or name in h["groups"]}
+            if not matched:
+                raise UsageError(f"--limit {name}: no such host in {inventory}")
+            wanted |= matched
+    return [h for h in hosts if h["name"] in wanted]
+
+
+# -- the one round trip: a shell script that prints JSON ----------------------
+
+
+def status_script(plan: HostPlan) -> str:
+    """The script run on PLAN's host. It always exits 0 and prints one JSON object:
+    `{"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)}, ...}` with KEY os,
+    nvidia_smi (absent without nvidia-smi), docker, containers (absent without Docker),
+    version:PORT, tags:PORT, ps:PORT (absent when curl is missing), nginx. Output is
+    base64 so that nothing a command prints can break the document. Needs sh and
+    coreutils (timeout, base64, tr, cat); every command is bounded by `timeout`, and an
+    instance whose /api/version does not answer is not asked the rest."""
+    q = shlex.quote
+    lines = [
+        "b() { base64 | tr -d '\\n'; }",
+        # run KEY SECONDS COMMAND...: one `"KEY": {...}` member, bounded in time.
+        'run() { k=$1; t=$2; shift 2; o=$(timeout "$t" "$@" 2>&1); r=$?; '
+        'printf \', "%s": {"rc": %d, "out": "%s"}\' "$k" "$r" "$(printf %s "$o" | b)"; '
+        "return $r; }",
+        "printf '{\"format\": 1'",
+        "run os 5 cat /etc/os-release",
+        "if command -v nvidia-smi >/dev/null 2>&1; then run nvidia_smi 10 nvidia-smi "
+        f"--query-gpu={','.join(GPU_QUERY)} --format=csv,noheader,nounits; fi",
+        "if command -v docker >/dev/null 2>&1; then",
+        "  run docker 10 docker version --format '{{.Server.Version}}'",
+        f"  ids=$(timeout 10 docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
+        "2>/dev/null)",
+        f"  [ -z \"$ids\" ] || run containers 10 docker inspect --format {q(INSPECT_FORMAT)} $ids",
+        "fi",
+        "if command -v curl >/dev/null 2>&1; then",
+    ]
+    curl = "curl -sS -f -k --connect-timeout 2 --max-time 3"
+    for _, port in plan.instances:
+        base = f"http://{plan.api_address}:{port}/api"
+        lines.append(f"  if run version:{port} 5 {curl} {base}/version; then "
+                     f"run tags:{port} 5 {curl} {base}/tags; run ps:{port} 5 {curl} {base}/ps; "
+                     "fi")
+    if plan.nginx_url:
+        lines.append(f"  run nginx 5 {curl} -o /dev/null -w 'http_code=%{{http_code}}' "
+                     f"{q(plan.nginx_url)}")
+    lines += ["fi", "printf '}\\n'", "true"]
+    return "\n".join(lines)
+
+
+class FleetStatus(FactBase):
+    """What tasks.status reports about one host, raw (decoded, unparsed): see status_script.
+
+    Also usable by hand: `pyinfra INV fact tasks.status.FleetStatus ports=[11434]`."""
+
+    def command(self, ports: list[int] | None = None, nginx_url: str = "http://127.0.0.1/health"
+                ) -> str:
+        instances = tuple((f"{PROJECT}-{n}", p) for n, p in enumerate(ports or []))
+        return status_script(HostPlan("", (), {}, instances, nginx_url=nginx_url))
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        try:
+            return decode_report("\n".join(output))
+        except ValueError as exc:
+            raise FactProcessError(str(exc)) from None
+
+
+# -- parsing: pure functions, recorded outputs in tests/unit/fixtures/status ---
+
+
+def decode_report(text: str) -> dict[str, Any]:
+    """The script's JSON with every `out` decoded to text. Raises ValueError if broken."""
+    start = text.find('{"format"')
+    if start < 0:
+        raise ValueError(f"no report in the output: {text.strip()[-200:]!r}")
+    report = json.loads(text[start:].strip().splitlines()[0])
+    for value in report.values():
+        if isinstance(value, dict) and "out" in value:
+            value["out"] = base64.b64decode(value["out"]).decode("utf-8", "replace")
+    return report
+
+
+def parse_os_release(text: str) -> str | None:
+    """PRETTY_NAME of an /etc/os-release."""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "PRETTY_NAME":
+            return value.strip().strip("\"'") or None
+    return None
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None  # "[N/A]", "[Not Supported]"
+
+
+def parse_gpus(text: str, rc: int | None) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """`nvidia-smi --query-gpu=GPU_QUERY --format=csv,noheader,nounits` output and exit
+    status (None: no nvidia-smi) -> (gpus, driver version, error)."""
+    if rc is None:
+        return [], None, None
+    gpus, driver, other = [], None, []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == len(GPU_QUERY) and parts[0].isdigit():
+            index, uuid, name, used, total, util, driver = parts
+            gpus.append({"index": int(index), "uuid": uuid, "name": name,
+                         "memory_used_mib": _number(used), "memory_total_mib": _number(total),
+                         "utilization_pct": _number(util)})
+        elif line.strip():
+            other.append(line.strip())
+    if rc != 0 or not gpus:
+        detail = " ".join(other) or "no output"
+        return gpus, driver, f"nvidia-smi exited {rc}: {detail}" if rc else f"nvidia-smi: {detail}"
+    return gpus, driver, None
+
+
+def parse_containers(text: str) -> dict[str, dict[str, Any]]:
+    """`docker inspect --format INSPECT_FORMAT` lines -> container name -> its fields."""
+    result = {}
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("name"):
+            item["name"] = item["name"].lstrip("/")
+            result[item["name"]] = item
+    return result
+
+
+def given_gpus(devices: list[dict] | None, gpus: list[dict[str, Any]]) -> tuple[list[dict], bool]:
+    """The GPUs a container's DeviceRequests give it, as {index, uuid}; and whether it has
+    all of them (Compose `count: all`). Index is null for a UUID nvidia-smi does not list."""
+    index_of = {g["uuid"]: g["index"] for g in gpus}
+    given, everything = [], False
+    for request in devices or []:
+        if request.get("Driver") not in ("nvidia", "", None) and \
+                ["gpu"] not in (request.get("Capabilities") or []):
+            continue
+        if request.get("Count") == -1:
+            everything = True
+        for device in request.get("DeviceIDs") or []:
+            index = index_of.get(device)
+            if index is None and device.isdigit():
+                index = int(device)
+                device = next((g["uuid"] for g in gpus if g["index"] == index), device)
+            given.append({"index": index, "uuid": device})
+    return given, everything
+
+
+def _curl_error(line: str) -> str:
+    """curl's error line without its `curl: (7) ` prefix."""
+    return re.sub(r"^curl: \(\d+\) ", "", line)
+
+
+def _api(report: dict[str, Any], what: str, port: int) -> tuple[Any, str | None]:
+    """GET /api/WHAT on PORT as the script recorded it -> (parsed JSON or None, error)."""
+    entry = report.get(f"{what}:{port}")
+    if entry is None:
+        return None, None
+    if entry["rc"] != 0:
+        detail = entry["out"].strip().splitlines()
+        return None, f"/api/{what}: {_curl_error(detail[-1]) if detail else entry['rc']}"
+    try:
+        return json.loads(entry["out"]), None
+    except ValueError:
+        return None, f"/api/{what}: not JSON: {entry['out'].strip()[:80]!r}"
+
+
+def instance_view(name: str, port: int, container: dict[str, Any] | None,
+                  report: dict[str, Any], gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """One Ollama instance: its container (None: missing) and its API's answers."""
+    container = container or {}
+    given, everything = given_gpus(container.get("devices"), gpus)
+    version, error = _api(report, "version", port)
+    tags, tags_error = _api(report, "tags", port)
+    ps, ps_error = _api(report, "ps", port)
+    if f"version:{port}" not in report:
+        error = "curl is not installed on the host"
+    health = container.get("health")
+    return {
+        "name": name, "port": port,
+        "state": container.get("state", "missing"),
+        "health": health,
+        "healthy": health == "healthy",
+        "image": container.get("image"),
+        "gpus": given, "all_gpus": everything,
+        "version": version.get("version") if isinstance(version, dict) else None,
+        "models": [m.get("name") for m in (tags or {}).get("models") or []],
+        "loaded": [m.get("name") for m in (ps or {}).get("models") or []],
+        "api_error": error or tags_error or ps_error,
+    }
+
+
+def nginx_view(url: str | None, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if url is None:
+        return None
+    if entry is None:
+        return {"url": url, "ok": False, "status": None,
+                "error": "curl is not installed on the host"}
+    found = re.search(r"http_code=(\d{3})", entry["out"])
+    code = int(found.group(1)) if found and found.group(1) != "000" else None
+    errors = re.findall(r"curl: \(\d+\)[^\n]*?(?=http_code=|$)", entry["out"], re.M)
+    errors = [_curl_error(e.strip()) for e in errors]
+    ok = entry["rc"] == 0 and code == 200
+    return {"url": url, "ok": ok, "status": code,
+            "error": None if ok else (errors[-1] if errors else f"HTTP {code}")}
+
+
+def host_view(plan: HostPlan, report: dict[str, Any]) -> dict[str, Any]:
+    """A host that answered: its decoded report (see status_script) as the JSON schema."""
+    os_entry = report.get("os") or {"rc": 1, "out": ""}
+    smi = report.get("nvidia_smi")
+    gpus, driver, gpu_error = parse_gpus(smi["out"], smi["rc"]) if smi else ([], None, None)
+    docker = report.get("docker")
+    docker_version = docker_error = None
+    if docker is None:
+        docker_error = "docker is not installed"
+    elif docker["rc"] == 0 and docker["out"].strip():
+        docker_version = docker["out"].strip()
+    else:
+        docker_error = docker["out"].strip().splitlines()[-1] if docker["out"].strip() \
+            else f"docker version exited {docker['rc']}"
+    containers = parse_containers((report.get("containers") or {}).get("out", ""))
+    return {
+        "host": plan.name, "reachable": True, "error": None, "groups": list(plan.groups),
+        "os": parse_os_release(os_entry["out"]),
+        "driver_version": driver, "gpu_error": gpu_error, "gpus": gpus,
+        "docker_version": docker_version, "docker_error": docker_error,
+        "instances": [instance_view(name, port, containers.get(name), report, gpus)
+                      for name, port in plan.instances],
+        "nginx": nginx_view(plan.nginx_url, report.get("nginx")),
+    }
+
+
+def failed_view(plan: HostPlan, error: str, reachable: bool = False) -> dict[str, Any]:
+    """A host that could not report. Unreachable hosts have only host, reachable, error."""
+    if not reachable:
+        return {"host": plan.name, "reachable": False, "error": error}
+    return {"host": plan.name, "reachable": True, "error": error, "groups": list(plan.groups),
+            "os": None, "driver_version": None, "gpu_error": None, "gpus": [],
+            "docker_version": None, "docker_error": None, "instances": [], "nginx": None}
+
+
+def exit_status(views: list[dict[str, Any]]) -> int:
+    """0: every host reported and every instance is healthy; 1 otherwise."""
+    for view in views:
+        if view["error"] or not all(i["healthy"] for i in view.get("instances", [])):
+            return 1
+    return 0
+
+
+# -- the table -------------------------------------------------------------------
+
+
+def _gpu_label(instance: dict[str, Any]) -> str:
+    if instance["all_gpus"]:
+        return "gpu:all"
+    if not instance["gpus"]:
+        return "cpu"
+    return "gpu:" + ",".join(str(g["index"]) if g["index"] is not None else g["uuid"]
+                             for g in instance["gpus"])
+
+
+def _condition(instance: dict[str, Any]) -> str:
+    """healthy/unhealthy/starting while it runs; else Docker's state (a stopped container
+    keeps its last health status, which would mislead)."""
+    if instance["state"] != "running":
+        return instance["state"]
+    return instance["health"] or "running"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "-"
+
+
+def render_table(views: list[dict[str, Any]]) -> str:
+    """Fixed columns: a line per host, under it a line per GPU and per Ollama instance."""
+    width = max([4, *(len(v["host"]) for v in views)])
+    out = [f"{'HOST':<{width}}  {'OS':<32}  {'DRIVER':<12}  {'DOCKER':<14}  NGINX /health"]
+    instances = healthy = unreachable = 0
+    for v in views:
+        if not v["reachable"]:
+            unreachable += 1
+            out.append(f"{v['host']:<{width}}  unreachable: {v['error']}")
+            continue
+        if v["error"]:
+            out.append(f"{v['host']:<{width}}  error: {v['error']}")
+            continue
+        nginx = v["nginx"]
+        nginx_text = "-" if nginx is None else "ok" if nginx["ok"] else \
+            f"DOWN ({nginx['error']})"
+        docker = v["docker_version"] or f"({v['docker_error']})"
+        out.append(f"{v['host']:<{width}}  {(v['os'] or '?')[:32]:<32}  "
+                   f"{v['driver_version'] or '-':<12}  {docker:<14}  {nginx_text}")
+        pad = " " * (width + 2)
+        if v["gpu_error"]:
+            out.append(f"{pad}GPU  {v['gpu_error']}")
+        elif not v["gpus"]:
+            out.append(f"{pad}no GPU")
+        for g in v["gpus"]:
+            memory = f"{g['memory_used_mib']} / {g['memory_total_mib']} MiB"
+            util = "?" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+            out.append(f"{pad}GPU {g['index']:<3}  {g['name'][:26]:<26}  {memory:>20}  "
+                       f"{util:>4}  {g['uuid']}")
+        for i in v["instances"]:
+            instances += 1
+            healthy += i["healthy"]
+            out.append(f"{pad}{i['name']:<9} :{i['port']:<5}  {_gpu_label(i):<9}  "
+                       f"{_condition(i):<9}  {i['version'] or '-':<8}  "
+                       f"models {_names(i['models'])}  loaded {_names(i['loaded'])}"
+                       + (f"  ({i['api_error']})" if i["api_error"] else ""))
+    answered = len(views) - unreachable
+    out.append(f"{len(views)} hosts: {answered} answered, {unreachable} unreachable; "
+               f"{instances} Ollama instances: {healthy} healthy")
+    return "\n".join(out) + "\n"
+
+
+# -- I/O: the inventory, and the hosts over SSH ------------------------------------
+
+
+def read_inventory(inventory: str) -> list[dict[str, Any]]:
+    """Hosts as pyinfra reads INVENTORY (name, groups, merged data), in a child process:
+    group data applies exactly as in a deploy."""
+    if not Path(inventory).is_file():
+        raise UsageError(f"{inventory}: no such inventory file")
+    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    try:
+        hosts = json.loads(proc.stdout)
+    except ValueError:
+        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise UsageError(f"{inventory}: pyinfra cannot read it: {tail}") from None
+    return hosts
+
+
+def load_plans(inventory: str, limits: Sequence[str] = ()) -> list[HostPlan]:
+    """The hosts to query: LIMITS checked first, then every host's data validated like a
+    deploy does (cross-host checks need them all)."""
+    from tasks.settings import SettingsError, validate_fleet
+
+    hosts = read_inventory(inventory)
+    selected = select_hosts(hosts, limits, inventory)
+    gpu_servers = [h["name"] for h in hosts if "gpu_servers" in h["groups"]]
+    lb_servers = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
+    try:
+        settings = validate_fleet({h["name"]: h["data"] for h in hosts}, gpu_servers,
+                                  lb_servers)
+    except SettingsError as exc:
+        raise UsageError(f"{inventory}: invalid inventory data: "
+                         + "; ".join(exc.problems)) from None
+    return plan_hosts(selected, settings)
+
+
+def pyinfra_config(timeout: float, path: str = "config.py") -> Any:
+    """pyinfra's Config as its CLI would make it here: ./config.py run with `pyinfra.config`
+    pointing at it (global SUDO, SU_USER... apply), and the connect timeout capped at 3/4
+    of TIMEOUT so that a host that does not connect is reported with pyinfra's reason."""
+    from pyinfra.api import Config
+    from pyinfra.context import ctx_config
+
+    config = Config()
+    if Path(path).is_file():
+        try:
+            with ctx_config.use(config):
+                runpy.run_path(path)
+        except Exception as exc:  # noqa: BLE001 - whatever the user's file raises
+            raise UsageError(f"{path}: {type(exc).__name__}: {exc}") from None
+    config.CONNECT_TIMEOUT = min(config.CONNECT_TIMEOUT, max(1, int(timeout * 3 / 4)))
+    return config
+
+
+def collect(plans: list[HostPlan], timeout: float, config: Any) -> list[dict[str, Any]]:
+    """Query every host in parallel (pyinfra's SSH connector, gevent); each one bounded by
+    TIMEOUT seconds for connecting and running status_script together. CONFIG: see
+    pyinfra_config."""
+    import logging
+
+    import gevent
+    from gevent import monkey
+    from paramiko import SSHException
+    from pyinfra.api import Inventory, State, StringCommand
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+    from pyinfra.api.exceptions import ConnectError
+
+    if not monkey.is_module_patched("socket"):
+        raise RuntimeError("run as `python -m tasks.status`: gevent must patch the standard "
+                           "library before pyinfra connects")
+    logging.getLogger("pyinfra").addHandler(logging.NullHandler())  # errors are reported here
+    inventory = Inventory(([(p.name, p.data) for p in plans], {}))
+    state = State(inventory, config)
+
+    def query(plan: HostPlan) -> dict[str, Any]:
+        host = inventory.get_host(plan.name)
+        step = "connecting"
+        try:
+            with gevent.Timeout(timeout):
+                host.connect(show_errors=False, raise_exceptions=True)
+                step = "running the status script"
+                arguments, _ = pop_global_arguments(state, host, {"_timeout": timeout})
+                connector_args = {k: v for k, v in arguments.items()
+                                  if k in CONNECTOR_ARGUMENT_KEYS}
+                ok, output = host.run_shell_command(StringCommand(status_script(plan)),
+                                                    print_output=False, print_input=False,
+                                                    **connector_args)
+        except (gevent.Timeout, TimeoutError):
+            return failed_view(plan, f"no answer within {timeout:g}s ({step})",
+                               reachable=step != "connecting")
+        except ConnectError as exc:
+            return failed_view(plan, str(exc))
+        except (OSError, SSHException, EOFError) as exc:
+            return failed_view(plan, f"SSH failed while {step}: "
+                               f"{str(exc) or type(exc).__name__}", reachable=step != "connecting")
+        finally:
+            close = getattr(getattr(host.connector, "client", None), "close", None)
+            if close:
+                close()
+        try:
+            return host_view(plan, decode_report(output.stdout))
+        except (ValueError, KeyError, TypeError) as exc:
+            text = (output.stderr or output.stdout).strip().splitlines()
+            detail = text[-1] if text else str(exc)
+            return failed_view(plan, f"the status script failed{'' if ok else ' (exit != 0)'}: "
+                               f"{detail}", reachable=True)
+
+    greenlets = [state.pool.spawn(query, plan) for plan in plans]
+    gevent.joinall(greenlets)
+    return [g.get() for g in greenlets]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="python -m tasks.status", description=__doc__.split("\n\n")[0],
+                     epilog="exit status: 0 all hosts answered and every instance is healthy; "
+                            "1 a host unreachable or an instance not healthy; 2 bad arguments "
+                            "or inventory", allow_abbrev=False)
+    parser.add_argument("inventory", help="a pyinfra inventory file, e.g. inventory/prod.py")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document instead (schema: tasks/status.py)")
+    parser.add_argument("--limit", action="append", default=[], metavar="HOST",
+                        help="only these hosts or groups (repeatable)")
+    parser.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S,
+                        metavar="SECONDS", help=f"per host (default {DEFAULT_TIMEOUT_S})")
+    try:
+        args = parser.parse_args(argv)
+        plans = load_plans(args.inventory, args.limit)
+        config = pyinfra_config(args.timeout)
+    except UsageError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 2
+    views = collect(plans, args.timeout, config) if plans else []
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        sys.stdout.write(render_table(views))
+    return exit_status(views)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

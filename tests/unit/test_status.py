@@ -1,0 +1,364 @@
+"""The fleet view: recorded host outputs in, host objects and table out; bad input exits 2."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import Settings
+from tasks.status import (
+    HostPlan,
+    UsageError,
+    decode_report,
+    exit_status,
+    failed_view,
+    given_gpus,
+    host_view,
+    main,
+    parse_gpus,
+    parse_os_release,
+    plan_hosts,
+    pyinfra_config,
+    render_table,
+    select_hosts,
+    status_script,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures"
+RECORDED = FIXTURES / "status"
+
+NGINX = "http://127.0.0.1:80/health"
+TWO_GPUS = (("ollama-0", 11434), ("ollama-1", 11435))
+GPU_1 = HostPlan("gpu-1", ("gpu_servers",), {}, TWO_GPUS, nginx_url=NGINX)
+GPU_2 = HostPlan("gpu-2", ("gpu_servers",), {}, TWO_GPUS, nginx_url=NGINX)
+CPU_1 = HostPlan("cpu-1", ("gpu_servers",), {}, (("ollama-0", 11434),), nginx_url=NGINX)
+
+REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "driver_version", "gpu_error",
+                  "gpus", "docker_version", "docker_error", "instances", "nginx"}
+INSTANCE_KEYS = {"name", "port", "state", "health", "healthy", "image", "gpus", "all_gpus",
+                 "version", "models", "loaded", "api_error"}
+
+
+def recorded(name: str, plan: HostPlan) -> dict:
+    return host_view(plan, decode_report((RECORDED / f"{name}.txt").read_text()))
+
+
+def smi_fixture(path: Path) -> tuple[str, int | None]:
+    """A fixture in tests/unit/fixtures/nvidia-smi's shape: output, then `rc=N` (no line:
+    nvidia-smi is not installed)."""
+    lines = path.read_text().splitlines()
+    rc = next((int(line[3:]) for line in lines if line.startswith("rc=")), None)
+    return "\n".join(line for line in lines if not line.startswith("rc=")), rc
+
+
+def report(**entries: tuple[int, str]) -> dict:
+    """A decoded report as status_script's would be: KEY=(exit status, output)."""
+    return {"format": 1, **{k.replace("__", ":"): {"rc": rc, "out": out}
+                            for k, (rc, out) in entries.items()}}
+
+
+# -- recorded lab hosts ------------------------------------------------------------
+
+
+def test_gpu_host_every_gpu_and_instance():
+    view = recorded("gpu-host", GPU_1)
+    assert set(view) == REACHABLE_KEYS
+    assert (view["os"], view["driver_version"], view["docker_version"]) == (
+        "Debian GNU/Linux 13 (trixie)", "570.172.08", "26.1.5+dfsg1")
+    assert view["gpus"] == [
+        {"index": 0, "uuid": "GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a",
+         "name": "NVIDIA H100 80GB HBM3", "memory_used_mib": 2731, "memory_total_mib": 81559,
+         "utilization_pct": 37},
+        {"index": 1, "uuid": "GPU-4a3ee2ef-9b6d-9c85-902f-a2b980567921",
+         "name": "NVIDIA H100 80GB HBM3", "memory_used_mib": 1, "memory_total_mib": 81559,
+         "utilization_pct": 0},
+    ]
+    first, second = view["instances"]
+    assert set(first) == INSTANCE_KEYS
+    assert first == {"name": "ollama-0", "port": 11434, "state": "running",
+                     "health": "healthy", "healthy": True, "image": "ollama/ollama:0.6.8",
+                     "gpus": [{"index": 0, "uuid": "GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a"}],
+                     "all_gpus": False, "version": "0.6.8", "models": ["tinyllama:latest"],
+                     "loaded": ["tinyllama:latest"], "api_error": None}
+    assert second["gpus"] == [{"index": 1, "uuid": "GPU-4a3ee2ef-9b6d-9c85-902f-a2b980567921"}]
+    assert second["loaded"] == []
+    assert view["nginx"] == {"url": NGINX, "ok": True, "status": 200, "error": None}
+    assert exit_status([view]) == 0
+
+
+def test_cpu_host_says_no_gpu():
+    view = recorded("cpu-host", CPU_1)
+    assert (view["gpus"], view["driver_version"], view["gpu_error"]) == ([], None, None)
+    (instance,) = view["instances"]
+    assert (instance["gpus"], instance["healthy"], instance["version"]) == ([], True, "0.6.8")
+    table = render_table([view])
+    assert "\n       no GPU\n" in table
+    assert "       ollama-0  :11434  cpu        healthy    0.6.8     models tinyllama:latest" \
+        in table
+
+
+def test_stopped_instance_and_nginx_are_reported_and_fail_the_exit_status():
+    view = recorded("gpu-host-degraded", GPU_2)
+    healthy, stopped = view["instances"]
+    assert healthy["healthy"] and healthy["version"] == "0.6.8"
+    assert (stopped["state"], stopped["healthy"], stopped["version"]) == ("exited", False, None)
+    assert stopped["api_error"] == ("/api/version: Failed to connect to 127.0.0.1 port 11435 "
+                                    "after 0 ms: Could not connect to server")
+    assert view["nginx"]["ok"] is False and view["nginx"]["status"] is None
+    assert "port 80" in view["nginx"]["error"]
+    assert exit_status([view]) == 1
+    # a stopped container keeps its last health status: the table shows the state instead
+    assert "ollama-1  :11435  gpu:1      exited     -" in render_table([view])
+
+
+def test_an_expected_instance_without_container_is_missing():
+    three = HostPlan("gpu-1", ("gpu_servers",), {}, (*TWO_GPUS, ("ollama-2", 11436)),
+                     nginx_url=NGINX)
+    view = recorded("gpu-host", three)
+    missing = view["instances"][2]
+    assert (missing["state"], missing["healthy"], missing["gpus"]) == ("missing", False, [])
+    assert exit_status([view]) == 1
+
+
+# -- nvidia-smi, os-release, Docker's device requests ---------------------------------
+
+
+def test_gpus_reuse_nvidia_smi_fixture_shapes():
+    gpus, driver, error = parse_gpus(*smi_fixture(RECORDED / "nvidia-smi-A100-mig.txt"))
+    assert (driver, error) == ("570.172.08", None)
+    assert [(g["index"], g["memory_used_mib"], g["utilization_pct"]) for g in gpus] == [
+        (0, 61443, 88), (1, 37, None)]
+    assert parse_gpus(*smi_fixture(FIXTURES / "nvidia-smi" / "not-installed.txt")) == (
+        [], None, None)
+
+
+@pytest.mark.parametrize("fixture, words", [
+    ("query-driver-not-loaded.txt", "nvidia-smi exited 9: NVIDIA-SMI has failed because it "
+                                    "couldn't communicate with the NVIDIA driver."),
+    ("query-version-mismatch.txt", "nvidia-smi exited 18: Failed to initialize NVML: "
+                                   "Driver/library version mismatch"),
+])
+def test_failing_nvidia_smi_is_an_error_not_a_crash(fixture, words):
+    text, rc = smi_fixture(FIXTURES / "nvidia-smi" / fixture)
+    gpus, driver, error = parse_gpus(text, rc)
+    assert (gpus, driver) == ([], None)
+    assert error.startswith(words)
+    view = host_view(GPU_1, report(os=(0, ""), nvidia_smi=(rc, text)))
+    assert f"GPU  {error}" in render_table([view])
+
+
+@pytest.mark.parametrize("name, pretty", [
+    ("debian-12", "Debian GNU/Linux 12 (bookworm)"), ("debian-13", "Debian GNU/Linux 13 (trixie)"),
+    ("ubuntu-22.04", "Ubuntu 22.04.5 LTS"), ("ubuntu-24.04", "Ubuntu 24.04.1 LTS"),
+])
+def test_os_is_pretty_name(name, pretty):
+    assert parse_os_release((FIXTURES / "os-release" / name).read_text()) == pretty
+
+
+def test_gpus_given_by_uuid_index_or_all():
+    gpus = [{"index": 0, "uuid": "GPU-a"}, {"index": 1, "uuid": "GPU-b"}]
+    by_uuid = [{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-b"],
+                "Capabilities": [["gpu"]]}]
+    assert given_gpus(by_uuid, gpus) == ([{"index": 1, "uuid": "GPU-b"}], False)
+    by_index = [{"Driver": "", "Count": 0, "DeviceIDs": ["0"], "Capabilities": [["gpu"]]}]
+    assert given_gpus(by_index, gpus) == ([{"index": 0, "uuid": "GPU-a"}], False)
+    assert given_gpus([{"Driver": "nvidia", "Count": -1, "DeviceIDs": None,
+                        "Capabilities": [["gpu"]]}], gpus) == ([], True)
+    assert given_gpus(by_uuid, []) == ([{"index": None, "uuid": "GPU-b"}], False)
+    assert given_gpus(None, gpus) == ([], False)
+
+
+# -- the script itself, run by sh against stand-in commands -----------------------------
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+def run_script(tmp_path: Path, plan: HostPlan, stubs: dict[str, str]) -> dict:
+    """status_script under sh with only coreutils and STUBS on PATH; its decoded report."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("timeout", "base64", "tr", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, body in stubs.items():
+        _stub(bin_dir, name, body)
+    proc = subprocess.run(["/bin/sh", "-c", status_script(plan)], capture_output=True,
+                          text=True, env={"PATH": str(bin_dir)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1  # one JSON document, one line
+    return decode_report(proc.stdout)
+
+
+def test_script_on_a_bare_host_reports_what_is_missing(tmp_path):
+    raw = run_script(tmp_path, GPU_1, {})
+    assert set(raw) == {"format", "os"}
+    view = host_view(GPU_1, raw)
+    assert view["gpus"] == [] and view["docker_error"] == "docker is not installed"
+    assert [i["state"] for i in view["instances"]] == ["missing", "missing"]
+    assert view["nginx"]["error"] == "curl is not installed on the host"
+    assert "no GPU" in render_table([view])
+
+
+def test_script_output_survives_quotes_backslashes_and_exit_codes(tmp_path):
+    smi_text, smi_rc = smi_fixture(FIXTURES / "nvidia-smi" / "query-driver-not-loaded.txt")
+    raw = run_script(tmp_path, CPU_1, {
+        "nvidia-smi": f"cat <<'EOF'\n{smi_text}\nEOF\nexit {smi_rc}\n",
+        "docker": 'case "$1" in version) printf "%s\\n" \'27.3.1 "quoted" \\back\';; '
+                  'ps) echo abc123;; inspect) echo \'{"name":"/ollama-0","service":"ollama-0",'
+                  '"state":"running","health":"starting","image":"ollama/ollama:0.7.0",'
+                  '"devices":null}\';; esac\n',
+        "curl": 'for a; do url=$a; done\ncase "$url" in *version) echo \'{"version":"0.7.0"}\';;'
+                ' *tags) echo \'{"models":[{"name":"qwen2.5:0.5b"}]}\';; *ps) echo '
+                '\'{"models":[]}\';; *health) echo "curl: (7) refused" >&2; printf '
+                'http_code=000; exit 7;; esac\n',
+    })
+    assert raw["nvidia_smi"] == {"rc": 9, "out": smi_text.strip()}
+    assert raw["docker"]["out"] == '27.3.1 "quoted" \\back'
+    view = host_view(CPU_1, raw)
+    assert view["gpu_error"].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
+    (instance,) = view["instances"]
+    assert (instance["health"], instance["healthy"], instance["version"],
+            instance["models"]) == ("starting", False, "0.7.0", ["qwen2.5:0.5b"])
+    assert view["nginx"] == {"url": NGINX, "ok": False, "status": None, "error": "refused"}
+
+
+def test_report_is_found_after_login_noise_and_broken_output_is_an_error():
+    text = (RECORDED / "cpu-host.txt").read_text()
+    assert decode_report("Welcome to the host\n" + text) == decode_report(text)
+    with pytest.raises(ValueError):
+        decode_report("sudo: a password is required\n")
+
+
+# -- the table and the document ---------------------------------------------------------
+
+
+def test_table_has_fixed_columns_and_unreachable_rows():
+    views = [recorded("gpu-host", GPU_1),
+             failed_view(GPU_2, "Could not connect (timed out)"),
+             recorded("cpu-host", CPU_1)]
+    lines = render_table(views).splitlines()
+    assert lines[0].split() == ["HOST", "OS", "DRIVER", "DOCKER", "NGINX", "/health"]
+    assert lines[1].split()[:2] == ["gpu-1", "Debian"] and lines[1].endswith("ok")
+    for column in ("DRIVER", "DOCKER"):  # host lines line up under the header
+        at = lines[0].index(column)
+        assert lines[1][at - 1] == " " and lines[1][at] != " "
+    assert lines[2] == ("       GPU 0    NVIDIA H100 80GB HBM3           2731 / 81559 MiB   "
+                        "37%  GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a")
+    assert lines[4].startswith("       ollama-0  :11434  gpu:0      healthy    0.6.8     ")
+    assert lines[4].endswith("loaded tinyllama:latest")
+    assert "gpu-2  unreachable: Could not connect (timed out)" in lines
+    assert lines[-1] == "3 hosts: 2 answered, 1 unreachable; 3 Ollama instances: 3 healthy"
+    assert exit_status(views) == 1
+
+
+def test_json_document_is_stable():
+    views = [recorded("gpu-host", GPU_1), failed_view(GPU_2, "Could not connect (timed out)"),
+             failed_view(CPU_1, "no answer within 20s (running the status script)",
+                         reachable=True)]
+    document = json.loads(json.dumps(views))
+    assert document[1] == {"host": "gpu-2", "reachable": False,
+                           "error": "Could not connect (timed out)"}
+    assert set(document[2]) == REACHABLE_KEYS and document[2]["reachable"] is True
+    assert "cpu-1  error: no answer within 20s" in render_table(views)
+
+
+# -- the inventory and the command line --------------------------------------------------
+
+
+def test_plans_follow_the_settings():
+    hosts = [
+        {"name": "gpu-a", "groups": ["gpu_servers", "prod"], "data": {"gpu_count": 4}},
+        {"name": "gpu-b", "groups": ["gpu_servers"], "data": {}},
+        {"name": "lb-1", "groups": ["lb_servers"], "data": {}},
+    ]
+    settings = {"gpu-a": Settings(gpu_count=4, ollama_base_port=12000),
+                "gpu-b": Settings(gpu_count=2, ollama_topology="shared", nginx_port=8080,
+                                  ollama_bind_address="0.0.0.0"),
+                "lb-1": Settings(front_door_port=8000)}
+    a, b, lb = plan_hosts(hosts, settings)
+    assert a.instances == (("ollama-0", 12000), ("ollama-1", 12001), ("ollama-2", 12002),
+                           ("ollama-3", 12003))
+    assert (b.instances, b.nginx_url, b.api_address) == (
+        (("ollama-0", 11434),), "http://127.0.0.1:8080/health", "127.0.0.1")
+    assert (lb.instances, lb.nginx_url) == ((), "http://127.0.0.1:8000/health")
+    (v6,) = plan_hosts(hosts[1:2], {"gpu-b": Settings(gpu_count=1, ollama_bind_address="::1")})
+    assert "http://[::1]:11434/api/version" in status_script(v6)
+    assert "http://127.0.0.1:12003/api/version" in status_script(a)
+    assert [h["name"] for h in select_hosts(hosts, ["lb-1", "gpu_servers"], "inv.py")] == [
+        "gpu-a", "gpu-b", "lb-1"]
+    assert [h["name"] for h in select_hosts(hosts, ["gpu-b,lb-1"], "inv.py")] == [
+        "gpu-b", "lb-1"]
+
+
+def test_config_py_applies_as_in_pyinfra_and_connecting_leaves_time(tmp_path):
+    path = tmp_path / "config.py"
+    path.write_text("from pyinfra import config\nconfig.CONNECT_TIMEOUT = 5\n"
+                    "config.SUDO = True\n")
+    config = pyinfra_config(20, str(path))
+    assert (config.CONNECT_TIMEOUT, config.SUDO) == (5, True)
+    assert pyinfra_config(4, str(path)).CONNECT_TIMEOUT == 3
+    assert pyinfra_config(20, str(tmp_path / "none.py")).CONNECT_TIMEOUT == 10  # pyinfra's
+    path.write_text("config = undefined_name\n")
+    with pytest.raises(UsageError, match="config.py: NameError: name 'undefined_name'"):
+        pyinfra_config(20, str(path))
+
+
+@pytest.fixture
+def inventory(tmp_path) -> str:
+    """A small valid inventory (no group_data beside it: the knobs' defaults)."""
+    path = tmp_path / "fleet.py"
+    path.write_text('gpu_servers = [("gpu-1", {"gpu_count": 2}), ("cpu-1", {})]\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["INV", "--limit", "gpu-9"], "status: --limit gpu-9: no such host in INV"),
+    (["INV", "--limit", "gpu-1", "--limit", "lb_servers"],
+     "status: --limit lb_servers: no such host in INV"),
+    (["inventory/nope.py"], "status: inventory/nope.py: no such inventory file"),
+    (["INV", "--timeout", "0"], "status: argument --timeout: 0: must be more than 0"),
+    (["INV", "--timeout", "soon"], "status: argument --timeout: 'soon' is not a number of "
+                                   "seconds"),
+    (["INV", "--bogus"], "status: unrecognized arguments: --bogus"),
+    ([], "status: the following arguments are required: inventory"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, inventory, capsys):
+    args = [inventory if a == "INV" else a for a in args]
+    message = message.replace("INV", inventory)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", message + "\n")
+
+
+def test_invalid_inventory_data_exits_2_naming_host_and_key(tmp_path, capsys):
+    inventory = tmp_path / "bad.py"
+    inventory.write_text('gpu_servers = [("gpu-x", {"gpu_count": 2, "ollama_gpus": [5]})]\n')
+    assert main([str(inventory)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"status: {inventory}: invalid inventory data: gpu-x: ollama_gpus: ")
+
+
+def test_the_program_exits_2_on_bad_arguments(inventory):
+    proc = subprocess.run([sys.executable, "-m", "tasks.status", inventory, "--limit", "gpu-9"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"status: --limit gpu-9: no such host in {inventory}\n"
+
+
+def test_base64_is_what_the_script_uses():
+    # the parser decodes what `base64 | tr -d '\n'` makes, long outputs included
+    text = "x" * 5000 + "\nü\n"
+    encoded = subprocess.run("base64 | tr -d '\\n'", shell=True, input=text.encode(),
+                             capture_output=True, check=True).stdout.decode()
+    assert base64.b64decode(encoded).decode() == text
