@@ -1,0 +1,851 @@
+"""Back up a host's Ollama model store to a checked tarball; restore one onto any host.
+
+    python -m tasks.backup INVENTORY backup HOST [--to DIR | --on-host] [--data KEY=VALUE ...]
+    python -m tasks.backup INVENTORY restore HOST TARBALL [--data KEY=VALUE ...]
+
+Backup guarantees: the manifests are copied first and then only the blobs they
+reference are read, so a model pulled meanwhile is either whole in the tarball or
+absent (Ollama writes blobs before their manifest); every blob's sha256 is checked
+against its file name on the host before it goes in, and a corrupt one fails the
+backup; the tarball (`<host>-models-<UTC time>.tar`) holds `SHA256SUMS` (every file
+in it) and gets a `<tarball>.sha256` beside it. It is built on the host under
+/var/backups/ollama, then fetched (and removed there) unless --on-host keeps it.
+
+Restore guarantees: the tarball is checked on the operator's machine (its .sha256,
+every file against SHA256SUMS, every blob against its name, every manifest's blobs
+present) before any host is touched, and again on the host after the upload; it is
+extracted in a staging directory beside the store (same filesystem), then blobs are
+moved into place first and manifests last, so a half-restored model never looks
+present; identical blobs and manifests already there are kept; a restore whose
+models are all present changes nothing. Afterwards every instance must list the
+restored models with their digests. On failure the staging directory is removed.
+
+The on-host work runs in pyinfra operations (tasks/backup_deploy.py,
+tasks/restore_deploy.py), one `pyinfra --limit HOST` run in a child process: pyinfra's
+CLI monkey-patches the standard library, so it stays out of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+from pyinfra.operations import files
+
+from tasks.facts import OllamaModels, planning
+from tasks.report import fail_command
+from tasks.rolling_update import PYINFRA, data_args, parse_cli_value
+from tasks.settings import Settings, SettingsError, validate_fleet
+
+REPO = Path(__file__).resolve().parent.parent
+HOST_BACKUP_DIR = "/var/backups/ollama"
+STAGING = ".fleet-restore"  # beside models/ in the store: same filesystem, unseen by Ollama
+VOLUME = "ollama-models"
+JOB_ENV = "OLLAMA_FLEET_BACKUP_JOB"  # path of the job file the deploy files read
+ERROR_MARK = "store-error: "  # prefix of the one line an on-host failure reports
+TRANSFER_TIMEOUT_S = 6 * 3600
+SUMS = "SHA256SUMS"
+MANIFEST_MAX_BYTES = 1 << 20  # real ones are a few KB; read into memory when checked
+
+BLOB_PATH = re.compile(r"models/blobs/sha256-([0-9a-f]{64})")
+NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+-]*")
+DIGEST_IN_MANIFEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
+
+
+class BackupError(Exception):
+    """A tarball, checksum file or store that cannot be backed up or restored."""
+
+
+# -- pure helpers: names, checksum files, manifests ---------------------------------------
+
+def archive_name(host_name: str, now: datetime | None = None) -> str:
+    """`<host>-models-<UTC timestamp>.tar`, e.g. gpu-1-models-20250125T170300Z.tar."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{host_name}-models-{stamp}.tar"
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    """`sha256sum` output (`<hex>  <path>` per line) -> {path: hex}; BackupError on a bad
+    line, an unsafe path or a path listed twice."""
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-f]{64}) [ *](\S.*)", line)
+        if not match:
+            raise BackupError(f"{SUMS} line {number}: not `<sha256>  <path>`: {line[:80]!r}")
+        digest, path = match.groups()
+        if not safe_path(path):
+            raise BackupError(f"{SUMS} line {number}: {path!r} is not a path inside the store")
+        if path in sums:
+            raise BackupError(f"{SUMS} line {number}: {path} is listed twice")
+        sums[path] = digest
+    return sums
+
+
+def parse_checksum_file(text: str, what: str = "checksum file") -> str:
+    """The sha256 in a `<tarball>.sha256` (`<hex>  <name>`, as sha256sum writes it)."""
+    match = re.fullmatch(r"\s*([0-9a-fA-F]{64})(\s+\*?\S.*)?\s*", text)
+    if not match:
+        raise BackupError(f"{what}: not `<sha256>  <tarball name>`")
+    return match.group(1).lower()
+
+
+def safe_path(path: str) -> bool:
+    """Whether PATH is a file a store backup may hold: SHA256SUMS, a manifest
+    (models/manifests/<registry>/<namespace>/<model>/<tag>) or a blob."""
+    if path == SUMS or BLOB_PATH.fullmatch(path):
+        return True
+    parts = path.split("/")
+    return (len(parts) == 6 and parts[:2] == ["models", "manifests"]
+            and all(NAME_PART.fullmatch(p) and ".." not in p for p in parts[2:]))
+
+
+def safe_dir(path: str) -> bool:
+    """Whether PATH is a directory a store backup may hold (models/ and below)."""
+    parts = path.rstrip("/").split("/")
+    if parts in (["models"], ["models", "manifests"], ["models", "blobs"]):
+        return True
+    return (2 < len(parts) <= 5 and parts[:2] == ["models", "manifests"]
+            and all(NAME_PART.fullmatch(p) and ".." not in p for p in parts[2:]))
+
+
+def manifest_blobs(raw: bytes, where: str = "manifest") -> list[str]:
+    """Blob file names (`sha256-<hex>`) a manifest references: its config and layers."""
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise BackupError(f"{where}: not a manifest ({exc})") from None
+    entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    blobs = []
+    for entry in entries:
+        digest = entry.get("digest", "") if isinstance(entry, dict) else ""
+        match = DIGEST_IN_MANIFEST.fullmatch(str(digest))
+        if not match:
+            if entry:
+                raise BackupError(f"{where}: {digest!r} is not a sha256 digest")
+            continue
+        blobs.append(f"sha256-{match.group(1)}")
+    if not blobs:
+        raise BackupError(f"{where}: references no blob")
+    return list(dict.fromkeys(blobs))
+
+
+def model_name(manifest_path: str) -> str:
+    """The name Ollama lists for a manifest path (`models/manifests/registry.ollama.ai/
+    library/tinyllama/latest` -> `tinyllama:latest`): default registry and namespace
+    left out, as Ollama's /api/tags does."""
+    registry, namespace, model, tag = manifest_path.split("/")[-4:]
+    if registry == "registry.ollama.ai":
+        prefix = "" if namespace == "library" else f"{namespace}/"
+    else:
+        prefix = f"{registry}/{namespace}/"
+    return f"{prefix}{model}:{tag}"
+
+
+@dataclass
+class BackupIndex:
+    """What a checked tarball holds: its own sha256 and size, manifests (path -> sha256),
+    blobs (name -> size) and the models Ollama will list (name -> manifest digest)."""
+
+    sha256: str
+    size: int
+    manifests: dict[str, str] = field(default_factory=dict)
+    blobs: dict[str, int] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(self.blobs.values())
+
+
+class _HashingReader:
+    """A file wrapper that hashes every byte read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.hash, self.size = raw, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def read_backup(path: str | Path) -> BackupIndex:
+    """Check a backup tarball in one pass and describe it.
+
+    Raises BackupError, naming the file inside the tarball, unless: every member is a
+    regular file or directory at a store path; SHA256SUMS lists exactly the files
+    present and each file's content matches it; every blob's sha256 is its name; every
+    manifest's blobs are in the tarball. The tarball's own sha256 is in the result (the
+    caller compares it with the .sha256 file)."""
+    hashes: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    manifests_raw: dict[str, bytes] = {}
+    sums_text: str | None = None
+    with open(path, "rb") as raw:
+        reader = _HashingReader(raw)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    if member.isdir():
+                        if not safe_dir(member.name):
+                            raise BackupError(f"{member.name}: not a directory of a store")
+                        continue
+                    if not member.isfile() or not safe_path(member.name):
+                        raise BackupError(f"{member.name}: not a file of a store backup")
+                    if member.name in hashes:
+                        raise BackupError(f"{member.name}: in the tarball twice")
+                    if member.name.startswith("models/manifests/") and \
+                            member.size > MANIFEST_MAX_BYTES:
+                        raise BackupError(f"{member.name}: {member.size} bytes is too large "
+                                          "for a manifest")
+                    content = tar.extractfile(member)
+                    assert content is not None
+                    digest, keep = hashlib.sha256(), member.name == SUMS or \
+                        member.name.startswith("models/manifests/")
+                    kept = bytearray()
+                    while chunk := content.read(1 << 20):
+                        digest.update(chunk)
+                        if keep:
+                            kept += chunk
+                    hashes[member.name], sizes[member.name] = digest.hexdigest(), member.size
+                    if member.name == SUMS:
+                        sums_text = kept.decode("utf-8", "replace")
+                    elif keep:
+                        manifests_raw[member.name] = bytes(kept)
+        except (tarfile.TarError, EOFError) as exc:
+            raise BackupError(f"not a readable tar file ({exc})") from None
+        reader.drain()
+    if sums_text is None:
+        raise BackupError(f"no {SUMS} inside")
+    sums = parse_sha256sums(sums_text)
+    files_in = set(hashes) - {SUMS}
+    missing, extra = sorted(set(sums) - files_in), sorted(files_in - set(sums))
+    if missing:
+        raise BackupError(f"{missing[0]}: listed in {SUMS} but not in the tarball")
+    if extra:
+        raise BackupError(f"{extra[0]}: in the tarball but not listed in {SUMS}")
+    index = BackupIndex(sha256=reader.hash.hexdigest(), size=reader.size)
+    for name in sorted(files_in):
+        blob = BLOB_PATH.fullmatch(name)
+        if blob and sums[name] != blob.group(1):
+            raise BackupError(f"blob sha256-{blob.group(1)}: {SUMS} gives it another sha256 "
+                              "than its name")
+        if hashes[name] != sums[name]:
+            what = f"blob {name.rsplit('/', 1)[1]}" if blob else f"manifest {name}"
+            raise BackupError(f"{what}: content does not match its sha256 in {SUMS}"
+                              f"{' (its name)' if blob else ''}; tampered with or damaged")
+        if blob:
+            index.blobs[name.rsplit("/", 1)[1]] = sizes[name]
+    if not manifests_raw:
+        raise BackupError("holds no manifest (no model to restore)")
+    for name, content in sorted(manifests_raw.items()):
+        for blob in manifest_blobs(content, f"manifest {name}"):
+            if blob not in index.blobs:
+                raise BackupError(f"manifest {name}: blob {blob} is not in the tarball")
+        index.manifests[name] = hashes[name]
+        index.models[model_name(name)] = hashes[name]
+    return index
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def restore_plan(index: BackupIndex, store: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(manifests to write, blobs to bring in): what the store lacks or holds otherwise.
+    A blob already there under its name and with its size is Ollama's own notion of
+    present (blobs are named by their content); a manifest must be byte-identical."""
+    manifests = [p for p, digest in index.manifests.items()
+                 if store["manifests"].get(p) != digest]
+    blobs = [b for b, size in index.blobs.items() if store["blobs"].get(b) != size]
+    return manifests, blobs
+
+
+# -- the shell that runs on the host -----------------------------------------------------
+# POSIX sh and coreutils only (sha256sum, tar, cmp): nothing to install on the host.
+
+def backup_script(root: str, name: str, backup_dir: str = HOST_BACKUP_DIR) -> str:
+    """Write BACKUP_DIR/NAME (+ NAME.sha256) from the store mounted at ROOT.
+
+    Manifests are copied first; only the blobs they reference are read, each checked
+    against its name before it is archived. Any failure removes what it wrote and says
+    one line starting with ERROR_MARK."""
+    q = shlex.quote
+    return f"""
+root={q(root)}; dir={q(backup_dir)}; name={q(name)}
+models="$root/models"; out="$dir/$name"; stage="$dir/.staging-$name"
+fail() {{
+  echo "{ERROR_MARK}$*" >&2; cd /
+  rm -rf "$stage" "$out.partial" "$out.sha256.partial"; exit 1
+}}
+[ -d "$models/manifests" ] || fail "no model in the store ($models/manifests does not exist)"
+mkdir -p "$dir" && chmod 700 "$dir" && rm -rf "$stage" && mkdir -p "$stage/models" \\
+  || fail "$dir: cannot create the staging directory"
+# 1. manifests first, frozen: a pull finishing now writes its manifest after its blobs
+cp -a "$models/manifests" "$stage/models/manifests" || fail "cannot copy the manifests"
+find "$stage/models/manifests" -type f -name '.*' -delete  # manifests still being written
+cd "$stage" || fail "$stage: cannot enter"
+find models/manifests -type f | LC_ALL=C sort > manifests.list
+[ -s manifests.list ] || fail "no model in the store (no manifest under $models/manifests)"
+# 2. only the blobs those manifests reference
+: > blobs.list
+while IFS= read -r m; do
+  refs=$(grep -oE 'sha256[:-][0-9a-f]{{64}}' "$m" | cut -c8- | LC_ALL=C sort -u)
+  [ -n "$refs" ] || fail "manifest ${{m#models/manifests/}}: references no blob"
+  for h in $refs; do
+    [ -f "$models/blobs/sha256-$h" ] \\
+      || fail "manifest ${{m#models/manifests/}}: blob sha256-$h is missing from the store"
+    echo "sha256-$h" >> blobs.list
+  done
+done < manifests.list
+LC_ALL=C sort -u blobs.list -o blobs.list
+need=0
+while IFS= read -r b; do need=$((need + $(stat -c %s "$models/blobs/$b"))); done < blobs.list
+avail=$(df --output=avail -B1 "$dir" | tail -n 1 | tr -d ' ')
+[ "$avail" -gt "$need" ] || fail "$dir: $avail bytes free, the tarball needs $need"
+# 3. every blob checked against its name before it goes in
+while IFS= read -r m; do
+  sha256sum "$m" >> {SUMS} || fail "$m: cannot be read"
+done < manifests.list
+: > blobs.paths
+while IFS= read -r b; do
+  h=$(sha256sum < "$models/blobs/$b" | cut -c1-64)
+  [ "sha256-$h" = "$b" ] || fail "blob $b: its content hashes to sha256-$h;" \\
+    "the blob is corrupt (pull the model again, then back up)"
+  echo "$h  models/blobs/$b" >> {SUMS}
+  echo "models/blobs/$b" >> blobs.paths
+done < blobs.list
+# 4. the tarball, hashed while it is written
+: > failed
+{{ tar -cf - -C "$stage" {SUMS} models/manifests -C "$root" -T "$stage/blobs.paths" \\
+    || echo tar >> "$stage/failed"; }} \\
+  | {{ tee "$out.partial" || echo tee >> "$stage/failed"; }} | sha256sum > tar.sum
+[ ! -s failed ] || fail "$out: writing the tarball failed ($(tr '\\n' ' ' < failed))"
+sum=$(cut -c1-64 tar.sum)
+echo "$sum  $name" > "$out.sha256.partial" && mv "$out.partial" "$out" \\
+  && mv "$out.sha256.partial" "$out.sha256" || fail "$out: cannot be written"
+echo "$out: $(wc -l < manifests.list) manifests, $(wc -l < blobs.list) blobs" \\
+  "($need bytes), sha256 $sum"
+cd /; rm -rf "$stage"
+""".strip()
+
+
+def restore_script(root: str, tar_name: str, tar_sha256: str) -> str:
+    """Check ROOT/STAGING/backup.tar (uploaded from TAR_NAME) and move it into the store.
+
+    sha256 of the tarball, then SHA256SUMS (every file, blob names included), then blobs
+    into place, manifests last; identical files already there are kept. Any failure
+    removes the staging directory and says one line starting with ERROR_MARK."""
+    q = shlex.quote
+    return f"""
+root={q(root)}; name={q(tar_name)}; want={q(tar_sha256)}
+models="$root/models"; stage="$root/{STAGING}"
+fail() {{ echo "{ERROR_MARK}$*" >&2; cd /; rm -rf "$stage"; exit 1; }}
+cd "$stage" || fail "$stage: the upload is missing"
+sum=$(sha256sum backup.tar | cut -c1-64)
+[ "$sum" = "$want" ] || fail "$name: sha256 after the upload is $sum, $name.sha256 says $want"
+mkdir x && tar -xf backup.tar -C x --no-same-owner || fail "$name: cannot be extracted"
+rm -f backup.tar
+cd x || fail "$stage/x: cannot enter"
+[ -f {SUMS} ] || fail "$name: no {SUMS} inside"
+bad=$(grep ' models/blobs/' {SUMS} | while read -r h p; do
+  [ "$p" = "models/blobs/sha256-$h" ] || {{ echo "${{p#models/blobs/}}"; break; }}; done)
+[ -z "$bad" ] || fail "$name: blob $bad: {SUMS} gives it another sha256 than its name"
+if ! sha256sum -c --quiet --strict {SUMS} > ../check.out 2>&1; then
+  bad=$(sed -n 's/: FAILED.*$//p' ../check.out | head -n 1)
+  case $bad in models/blobs/*) bad="blob ${{bad#models/blobs/}}";; esac
+  fail "$name: ${{bad:-$(head -n 1 ../check.out)}}: content does not match {SUMS}"
+fi
+mkdir -p "$models/blobs" "$models/manifests" || fail "$models: cannot create"
+# blobs first: until its manifest lands, a model is not there for Ollama
+find models/blobs -type f > ../blobs.list 2>/dev/null
+moved=0; kept=0
+while IFS= read -r f; do
+  b=${{f##*/}}
+  if cmp -s "$f" "$models/blobs/$b"; then kept=$((kept + 1)); continue; fi
+  mv -f "$f" "$models/blobs/$b" || fail "blob $b: cannot be moved into $models/blobs"
+  moved=$((moved + 1))
+done < ../blobs.list
+# manifests last, each an atomic rename on the store's filesystem
+find models/manifests -type f | LC_ALL=C sort > ../manifests.list
+written=0; same=0
+while IFS= read -r f; do
+  t="$root/$f"
+  if cmp -s "$f" "$t"; then same=$((same + 1)); continue; fi
+  mkdir -p "${{t%/*}}" && mv -f "$f" "$t" || fail "${{f#models/}}: cannot be moved into place"
+  written=$((written + 1))
+done < ../manifests.list
+cd /; rm -rf "$stage"
+echo "$name: $moved blobs moved in, $kept kept (identical)," \\
+  "$written manifests written, $same unchanged"
+""".strip()
+
+
+# -- pyinfra: a fact and the operations the deploy files call ------------------------------
+
+def store_root_shell(models_path: str) -> str:
+    """Shell that sets `root` to the directory instances mount at /root/.ollama."""
+    if models_path:
+        return f"root={shlex.quote(models_path)}"
+    return ("root=$(docker volume inspect -f '{{.Mountpoint}}' " + VOLUME + " 2>/dev/null)")
+
+
+class ModelStore(FactBase):
+    """The host's Ollama model store: `root` (mounted at /root/.ollama), `avail` bytes,
+    `manifests` (path under root -> sha256), `blobs` (name -> size), `staging` (a restore's
+    leftovers exist); `error` says why there is no store."""
+
+    def command(self, models_path: str) -> str:
+        where = models_path or f"Docker volume {VOLUME}"
+        return (store_root_shell(models_path) + "; "
+                f"if [ -z \"$root\" ] || [ ! -d \"$root\" ]; then "
+                f"echo {shlex.quote(f'error {where}: not found (deploy the host first)')}; "
+                "else echo \"root $root\"; "
+                "echo \"avail $(df --output=avail -B1 \"$root\" | tail -n 1 | tr -d ' ')\"; "
+                f"[ -e \"$root/{STAGING}\" ] && echo staging; cd \"$root\" && "
+                "{ [ ! -d models/manifests ] || find models/manifests -type f ! -name '.*' "
+                "-exec sha256sum {} + | sed 's/^/manifest /'; "
+                "[ ! -d models/blobs ] || find models/blobs -maxdepth 1 -type f "
+                "-name 'sha256-*' ! -name '*-partial' -printf 'blob %f %s\\n'; }; fi; true")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        store: dict[str, Any] = self.default()
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "error":
+                store["error"] = rest
+            elif kind == "root":
+                store["root"] = rest
+            elif kind == "avail" and rest.isdigit():
+                store["avail"] = int(rest)
+            elif kind == "staging":
+                store["staging"] = True
+            elif kind == "manifest":
+                digest, _, path = rest.partition(" ")
+                store["manifests"][path.strip()] = digest
+            elif kind == "blob":
+                name, _, size = rest.partition(" ")
+                store["blobs"][name] = int(size) if size.isdigit() else -1
+        if not store["root"] and not store["error"]:
+            store["error"] = "model store not found"
+        return store
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"root": "", "error": "", "avail": 0, "staging": False,
+                "manifests": {}, "blobs": {}}
+
+
+def _store(settings: Settings) -> dict[str, Any]:
+    return host.get_fact(ModelStore, models_path=settings.ollama_models_path)
+
+
+@operation()
+def archived(settings: Settings, tarball: str, backup_dir: str = HOST_BACKUP_DIR) -> Generator:
+    """
+    Write BACKUP_DIR/TARBALL: the store's manifests, then the blobs they reference (each
+    checked against its name), with SHA256SUMS inside and TARBALL.sha256 beside it.
+
+    + settings: the host's validated settings (where the store is)
+    + tarball: the tarball's file name
+    + backup_dir: where on the host it is written
+    """
+    store = _store(settings)
+    if store["error"]:
+        yield fail_command(ERROR_MARK + store["error"])
+        return
+    yield backup_script(store["root"], tarball, backup_dir)
+
+
+@operation()
+def restored(settings: Settings, index: BackupIndex, tarball: str) -> Generator:
+    """
+    Bring the models of a checked backup tarball into the store: upload into a staging
+    directory beside it, check again, blobs into place, manifests last. Nothing happens
+    when the store already holds every manifest (identical) and blob.
+
+    + settings: the host's validated settings (where the store is)
+    + index: what the tarball holds (read_backup on the operator's machine)
+    + tarball: the tarball on the operator's machine
+    """
+    store = _store(settings)
+    if store["error"]:
+        yield fail_command(ERROR_MARK + store["error"])
+        return
+    manifests, blobs = restore_plan(index, store)
+    if not (manifests or blobs):
+        host.noop(f"{len(index.models)} models of {Path(tarball).name} present, identical")
+        return
+    need = index.size + index.blob_bytes
+    if store["avail"] < need:
+        yield fail_command(f"{ERROR_MARK}{store['root']}: {store['avail']} bytes free, the "
+                           f"restore needs {need} (tarball and its files, staged)")
+        return
+    stage = shlex.quote(f"{store['root']}/{STAGING}")
+    yield f"rm -rf {stage} && mkdir -m 700 {stage}"
+    yield from files.put._inner(src=tarball, dest=f"{store['root']}/{STAGING}/backup.tar",
+                                mode="600", add_deploy_dir=False, create_remote_dir=False)
+    yield restore_script(store["root"], Path(tarball).name, index.sha256)
+
+
+@operation()
+def listed(settings: Settings, models: dict[str, str]) -> Generator:
+    """
+    Fail unless every Ollama instance lists every model in MODELS with its digest.
+
+    + settings: the host's validated settings (the instances' ports)
+    + models: name -> manifest digest
+    """
+    if planning():
+        host.noop("the restored models are checked once they are in place")
+        return
+    for n, port in settings.instance_ports():
+        seen = host.get_fact(OllamaModels, port=port)
+        if seen is None:
+            yield fail_command(f"{ERROR_MARK}instance {n} (port {port}) does not answer "
+                               "/api/tags after the restore")
+            return
+        wrong = [m for m, digest in models.items() if seen.get(m) != digest]
+        if wrong:
+            yield fail_command(f"{ERROR_MARK}instance {n} (port {port}) does not list "
+                               f"{wrong[0]} with digest {models[wrong[0]][:12]} after the "
+                               f"restore (it lists: {', '.join(sorted(seen)) or 'nothing'})")
+            return
+    host.noop(f"every instance lists the {len(models)} restored models")
+
+
+class PathsPresent(FactBase):
+    """Which of the given paths exist on the host."""
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        return f"for p in {quoted}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line for line in output if line]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+@operation()
+def cleaned(settings: Settings, names: list[str], backup_dir: str = HOST_BACKUP_DIR) -> Generator:
+    """
+    Remove what a failed backup or restore left on the host: the named tarballs in
+    BACKUP_DIR (with their .sha256, partial files and staging) and the store's restore
+    staging directory.
+
+    + settings: the host's validated settings (where the store is)
+    + names: tarball file names in BACKUP_DIR
+    + backup_dir: where backups are written on the host
+    """
+    paths = [f"{backup_dir}/{n}{suffix}" for n in names
+             for suffix in ("", ".sha256", ".partial", ".sha256.partial")]
+    paths += [f"{backup_dir}/.staging-{n}" for n in names]
+    store = _store(settings)
+    if store["root"]:
+        paths.append(f"{store['root']}/{STAGING}")
+    left = host.get_fact(PathsPresent, paths=paths) if paths else []
+    if not left:
+        host.noop("nothing left behind")
+        return
+    yield "rm -rf " + " ".join(shlex.quote(p) for p in left)
+
+
+def back_up(settings: Settings, job: dict[str, Any]) -> None:
+    """The backup's on-host part (tasks/backup_deploy.py)."""
+    name = job["name"]
+    archived(name="Model store archived (manifests first, every blob checked)",
+             settings=settings, tarball=name, _timeout=TRANSFER_TIMEOUT_S)
+    if job.get("on_host"):
+        return
+    local = Path(job["local_dir"])
+    for suffix in ("", ".sha256"):
+        files.get(name=f"Fetched {name}{suffix}", src=f"{HOST_BACKUP_DIR}/{name}{suffix}",
+                  dest=str(local / f"{name}{suffix}.partial"), add_deploy_dir=False,
+                  create_local_dir=True, _timeout=TRANSFER_TIMEOUT_S)
+    for suffix in ("", ".sha256"):
+        files.file(name=f"Host copy of {name}{suffix} removed",
+                   path=f"{HOST_BACKUP_DIR}/{name}{suffix}", present=False)
+
+
+def restore(settings: Settings, job: dict[str, Any]) -> None:
+    """The restore's on-host part (tasks/restore_deploy.py)."""
+    index = BackupIndex(**job["index"])
+    restored(name="Backup restored (checked, blobs first, manifests last)", settings=settings,
+             index=index, tarball=job["tarball"], _timeout=TRANSFER_TIMEOUT_S)
+    listed(name="Every instance lists the restored models", settings=settings,
+           models=index.models)
+
+
+def clean(settings: Settings, job: dict[str, Any]) -> None:
+    """After a failed run: remove what it left on the host."""
+    cleaned(name="Leftovers of the failed run removed", settings=settings,
+            names=[job["name"]] if job.get("name") else [])
+
+
+def load_job() -> dict[str, Any]:
+    """The job the CLI wrote for a deploy file (JOB_ENV names the file)."""
+    from pyinfra.api.exceptions import PyinfraError
+
+    path = os.environ.get(JOB_ENV)
+    if not path:
+        raise PyinfraError(f"{JOB_ENV} is not set: run this through python -m tasks.backup")
+    return json.loads(Path(path).read_text())
+
+
+# -- the command line ----------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line and exit 2, without the usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = "python -m tasks.backup"
+    parser = _Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("inventory", metavar="INVENTORY")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    backup = sub.add_parser("backup", prog=f"{prog} INVENTORY backup",
+                            help="back HOST's model store up to a tarball")
+    backup.add_argument("host", metavar="HOST")
+    where = backup.add_mutually_exclusive_group()
+    where.add_argument("--to", default="backups", metavar="DIR",
+                       help="local directory the tarball is fetched to (default ./backups)")
+    where.add_argument("--on-host", action="store_true",
+                       help=f"keep the tarball on the host under {HOST_BACKUP_DIR}")
+    restore = sub.add_parser("restore", prog=f"{prog} INVENTORY restore",
+                             help="restore a backup tarball onto HOST")
+    restore.add_argument("host", metavar="HOST")
+    restore.add_argument("tarball", metavar="TARBALL")
+    for p in (backup, restore):
+        p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                       help="inventory data for this run, as pyinfra's --data")
+    return parser
+
+
+class CommandError(Exception):
+    """One line for the operator: `<command>: <host>: <file or key>: <problem>`."""
+
+
+@dataclass
+class Run:
+    """One backup or restore: which inventory, host and --data."""
+
+    command: str
+    inventory: str  # as the operator gave it (pyinfra gets the absolute path)
+    host: str
+    data: dict[str, Any]
+    log: Any = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+
+    @property
+    def inventory_path(self) -> str:
+        return str(Path(self.inventory).resolve())
+
+    def fail(self, message: str) -> CommandError:
+        return CommandError(f"{self.command}: {self.host}: {message}")
+
+    def check_host(self) -> None:
+        """HOST must be a gpu_servers host of the inventory, with valid data."""
+        proc = subprocess.run([PYINFRA, self.inventory_path, "debug-inventory", "--json",
+                               *data_args(self.data)], cwd=REPO, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=300)
+        try:
+            hosts = {h["name"]: h for h in json.loads(proc.stdout)}
+        except (ValueError, TypeError, KeyError):
+            tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise self.fail(f"{self.inventory}: pyinfra cannot read it: {tail}") from None
+        if self.host not in hosts:
+            known = ", ".join(sorted(hosts)) or "none"
+            raise self.fail(f"not a host of {self.inventory} (hosts: {known})")
+        if "gpu_servers" not in hosts[self.host]["groups"]:
+            raise self.fail("not a gpu_servers host: it has no Ollama model store")
+        try:
+            validate_fleet({self.host: hosts[self.host]["data"]})
+        except SettingsError as exc:
+            raise CommandError(f"{self.command}: " + "; ".join(exc.problems)) from None
+
+    def pyinfra(self, deploy: str, job: dict[str, Any]) -> subprocess.CompletedProcess:
+        """Run DEPLOY on the host with JOB; CommandError naming the host if it fails."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="backup-job-") as f:
+            json.dump(job, f)
+            f.flush()
+            cmd = [PYINFRA, "-y", self.inventory_path, deploy, "--limit", self.host,
+                   *data_args(self.data)]
+            proc = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=TRANSFER_TIMEOUT_S + 600,
+                                  env={**os.environ, JOB_ENV: f.name})
+        proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+        if proc.returncode != 0:
+            raise self.fail(failure_line(proc.output, proc.returncode,  # type: ignore[attr-defined]
+                                          self.host))
+        return proc
+
+    def clean_up(self, deploy: str, name: str | None = None) -> None:
+        """Remove what a failed run left on the host (best effort: the error stands)."""
+        try:
+            self.pyinfra(deploy, {"action": "clean", "name": name})
+        except (CommandError, subprocess.SubprocessError, OSError) as exc:
+            self.log(f"--> {self.command}: {self.host}: could not clean up: {exc}")
+
+
+def failure_line(output: str, returncode: int, host_name: str) -> str:
+    """The one line that says why a pyinfra run failed: the host's ERROR_MARK line, else
+    the last thing pyinfra said about the host, else pyinfra's own last error."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    marked = [line.split(ERROR_MARK, 1)[1].strip() for line in lines
+              if ERROR_MARK in line and "echo" not in line.split(ERROR_MARK, 1)[0]]
+    if marked:
+        return marked[-1]
+    prefix = f"[{host_name}] "
+    about = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)
+             and not line.endswith(("Connected", "Success", "No changes"))
+             and "Ready:" not in line]
+    if about:
+        return about[-1]
+    errors = [line for line in lines if "rror" in line]
+    return errors[-1] if errors else f"pyinfra exited {returncode}"
+
+
+def changed_nothing(output: str) -> bool:
+    """Whether pyinfra's results say no operation changed anything."""
+    total = next((line.split() for line in output.splitlines() if "Grand total" in line), [])
+    return len(total) >= 4 and total[3] == "-"
+
+
+def run_backup(run: Run, to: str, on_host: bool) -> str:
+    """Back the host up; return where the tarball is."""
+    name = archive_name(run.host)
+    local_dir = Path(to).resolve()
+    job = {"action": "backup", "name": name, "on_host": on_host, "local_dir": str(local_dir)}
+    run.log(f"--> backup: {run.host}: {name}")
+    partials = [local_dir / f"{name}.partial", local_dir / f"{name}.sha256.partial"]
+    try:
+        run.pyinfra("tasks/backup_deploy.py", job)
+        if on_host:
+            return f"{run.host}:{HOST_BACKUP_DIR}/{name}"
+        try:
+            want = parse_checksum_file(partials[1].read_text(), f"{name}.sha256")
+            got = file_sha256(partials[0])
+        except (BackupError, OSError) as exc:
+            raise run.fail(f"{local_dir / name}: the fetched copy cannot be checked: {exc}") \
+                from None
+        if got != want:
+            raise run.fail(f"{local_dir / name}: sha256 after the transfer is {got}, the host "
+                           f"computed {want}; run the backup again")
+    except CommandError:
+        for path in partials:
+            path.unlink(missing_ok=True)
+        if not on_host:
+            run.clean_up("tasks/backup_deploy.py", name)
+        raise
+    partials[1].rename(local_dir / f"{name}.sha256")
+    partials[0].rename(local_dir / name)
+    return str(local_dir / name)
+
+
+def check_tarball(run: Run, tarball: str) -> BackupIndex:
+    """The tarball checked on this machine (before any host is touched)."""
+    path = Path(tarball)
+    if not path.is_file():
+        raise run.fail(f"{tarball}: no such file")
+    sums_file = Path(f"{tarball}.sha256")
+    if not sums_file.is_file():
+        raise run.fail(f"{sums_file}: no such file (the tarball's checksum, written beside it "
+                       "by the backup)")
+    try:
+        want = parse_checksum_file(sums_file.read_text(errors="replace"), str(sums_file))
+        run.log(f"--> restore: {run.host}: checking {tarball}")
+        index = read_backup(path)
+    except BackupError as exc:
+        raise run.fail(f"{tarball}: {exc}; no host was changed") from None
+    if index.sha256 != want:
+        raise run.fail(f"{tarball}: sha256 is {index.sha256}, {sums_file.name} says {want}; "
+                       "the tarball is damaged or not the one backed up; no host was changed")
+    return index
+
+
+def run_restore(run: Run, tarball: str, index: BackupIndex) -> str:
+    """Restore the checked tarball onto the host; return what happened, in a line."""
+    job = {"action": "restore", "tarball": str(Path(tarball).resolve()), "index": asdict(index)}
+    run.log(f"--> restore: {run.host}: {len(index.models)} models, {len(index.blobs)} blobs")
+    try:
+        proc = run.pyinfra("tasks/restore_deploy.py", job)
+    except CommandError:
+        run.clean_up("tasks/restore_deploy.py")
+        raise
+    models = ", ".join(sorted(index.models))
+    if changed_nothing(proc.output):  # type: ignore[attr-defined]
+        return f"{run.host}: already holds {models} from {Path(tarball).name}; nothing changed"
+    return f"{run.host}: restored {models} from {Path(tarball).name}; Ollama lists them"
+
+
+def parse_data(items: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    data = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--data {item!r}: expected KEY=VALUE")
+        data[key] = parse_cli_value(value)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data = parse_data(args.data, parser)
+    if not Path(args.inventory).is_file():
+        parser.error(f"{args.inventory}: no such inventory file")
+    run = Run(args.command, args.inventory, args.host, data)
+    try:
+        if args.command == "backup":
+            run.check_host()
+            where = run_backup(run, args.to, args.on_host)
+            print(where)
+        else:
+            index = check_tarball(run, args.tarball)
+            run.check_host()
+            print(run_restore(run, args.tarball, index))
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

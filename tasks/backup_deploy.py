@@ -1,0 +1,17 @@
+"""The on-host part of `python -m tasks.backup INVENTORY backup HOST`.
+
+Run by that command (`pyinfra -y INVENTORY tasks/backup_deploy.py --limit HOST`), which
+writes the job (tarball name, where to fetch it to) to the file named by
+OLLAMA_FLEET_BACKUP_JOB. The host's data is validated like deploy.py does.
+"""
+
+from tasks import backup
+from tasks.settings import current_settings
+
+settings = current_settings()  # stops the run on bad inventory data, hosts untouched
+job = backup.load_job()
+
+if job["action"] == "clean":
+    backup.clean(settings, job)  # after a failed run: what it left on the host
+else:
+    backup.back_up(settings, job)  # archived on the host, fetched, host copy removed

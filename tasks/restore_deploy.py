@@ -1,0 +1,17 @@
+"""The on-host part of `python -m tasks.backup INVENTORY restore HOST TARBALL`.
+
+Run by that command (`pyinfra -y INVENTORY tasks/restore_deploy.py --limit HOST`) once
+it has checked the tarball; the job (tarball, what it holds) is in the file named by
+OLLAMA_FLEET_BACKUP_JOB. The host's data is validated like deploy.py does.
+"""
+
+from tasks import backup
+from tasks.settings import current_settings
+
+settings = current_settings()  # stops the run on bad inventory data, hosts untouched
+job = backup.load_job()
+
+if job["action"] == "clean":
+    backup.clean(settings, job)  # after a failed run: the restore's staging directory
+else:
+    backup.restore(settings, job)  # uploaded, checked, blobs first, manifests last; listed
