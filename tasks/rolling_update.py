@@ -50,6 +50,8 @@ class FleetHost:
     nginx_port: int
     model: str | None
     image: str
+    key: str | None = None  # an API key of the host's gate (nginx_api_keys), if it has one
+    tls_port: int | None = None  # the gate's TLS port when nginx_tls is on
 
 
 def parse_cli_value(text: str):
@@ -101,7 +103,7 @@ def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
     lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
     try:
         settings = validate_fleet({h["name"]: h["data"] for h in hosts},
-                                  [h["name"] for h in gpu])
+                                  [h["name"] for h in gpu], lb)
     except SettingsError as exc:
         raise SystemExit("invalid inventory data, no host was changed:\n" +
                          "\n".join(f"    {p}" for p in exc.problems)) from None
@@ -110,8 +112,25 @@ def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
         s = settings[h["name"]]
         fleet.append(FleetHost(h["name"], h["data"].get("ssh_hostname") or h["name"],
                                s.nginx_port, s.ollama_models[0] if s.ollama_models else None,
-                               s.ollama_image))
+                               s.ollama_image, gate_key(h["name"], s),
+                               s.nginx_tls_port if s.nginx_tls != "off" else None))
     return fleet, lb
+
+
+def gate_key(host: str, settings) -> str | None:
+    """A key the host's gate accepts, for the smoke test (read like the deploy reads it)."""
+    from pyinfra.api import OperationError
+
+    from tasks.gate import parse_keys, read_secret
+
+    ref = settings.nginx_api_keys
+    if ref is None:
+        return None
+    try:
+        return next(iter(parse_keys("nginx_api_keys", read_secret("nginx_api_keys", ref),
+                                    from_file=ref.file is not None)))
+    except OperationError as exc:
+        raise SystemExit(f"rolling_update: {host}: {exc}") from None
 
 
 def batches(hosts: list[FleetHost], size: int) -> list[list[FleetHost]]:
@@ -164,14 +183,24 @@ class Roll:
         """A streamed generate through the host's nginx; returns the version it reports."""
         import http.client
 
-        conn = http.client.HTTPConnection(h.address, h.nginx_port, timeout=SMOKE_TIMEOUT_S)
+        if h.tls_port:
+            import ssl
+
+            # liveness through the host's own gate, not its identity (it may be self-signed)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                h.address, h.tls_port, timeout=SMOKE_TIMEOUT_S,
+                context=ssl._create_unverified_context())  # noqa: S323
+        else:
+            conn = http.client.HTTPConnection(h.address, h.nginx_port, timeout=SMOKE_TIMEOUT_S)
+        auth = {"Authorization": f"Bearer {h.key}"} if h.key else {}
         try:
-            conn.request("GET", "/api/version")
+            conn.request("GET", "/api/version", headers=auth)
             version = json.loads(conn.getresponse().read())["version"]
             if h.model:
                 body = json.dumps({"model": h.model, "prompt": "rolling update smoke test",
                                    "options": {"num_predict": 8}})
-                conn.request("POST", "/api/generate", body, {"Content-Type": "application/json"})
+                conn.request("POST", "/api/generate", body,
+                             {"Content-Type": "application/json", **auth})
                 response = conn.getresponse()
                 lines = [json.loads(raw) for raw in response if raw.strip()]
                 if response.status != 200 or not lines or not lines[-1].get("done"):

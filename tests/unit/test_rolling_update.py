@@ -46,3 +46,17 @@ def test_bad_inventory_data_stops_before_anything(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["inventory/prod.py", "--data", "ollama_topology=mesh"])
     assert "ollama_topology: Input should be 'per_gpu', 'shared' or 'cpu'" in str(exc.value)
+
+
+def test_the_smoke_test_carries_a_key_the_hosts_gate_accepts(monkeypatch):
+    from tasks.rolling_update import gate_key
+    from tasks.settings import settings_for
+
+    monkeypatch.setenv("FLEET_KEYS", "first-key-0123456789, second-key-0123456789")
+    keyed = settings_for("gpu-1", {"gpu_count": 1, "nginx_api_keys": {"env": "FLEET_KEYS"}})
+    assert gate_key("gpu-1", keyed) == "first-key-0123456789"
+    assert gate_key("gpu-1", settings_for("gpu-1", {"gpu_count": 1})) is None
+    monkeypatch.delenv("FLEET_KEYS")
+    with pytest.raises(SystemExit, match="rolling_update: gpu-1: nginx_api_keys: environment "
+                                         "variable FLEET_KEYS is not set"):
+        gate_key("gpu-1", keyed)
