@@ -50,7 +50,7 @@ from pyinfra.operations import files
 from tasks.facts import OllamaModels, planning
 from tasks.report import fail_command
 from tasks.rolling_update import PYINFRA, data_args, parse_cli_value
-from tasks.settings import Settings, SettingsError, validate_fleet
+from tasks.settings import Settings, SettingsError, read_inventory, validate_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_BACKUP_DIR = "/var/backups/ollama"
@@ -682,14 +682,11 @@ class Run:
 
     def check_host(self) -> None:
         """HOST must be a gpu_servers host of the inventory, with valid data."""
-        proc = subprocess.run([PYINFRA, self.inventory_path, "debug-inventory", "--json",
-                               *data_args(self.data)], cwd=REPO, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=300)
         try:
-            hosts = {h["name"]: h for h in json.loads(proc.stdout)}
-        except (ValueError, TypeError, KeyError):
-            tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            raise self.fail(f"{self.inventory}: pyinfra cannot read it: {tail}") from None
+            hosts = {h["name"]: h for h in read_inventory(self.inventory_path,
+                                                          data_args(self.data), cwd=str(REPO))}
+        except ValueError as exc:
+            raise self.fail(str(exc).replace(self.inventory_path, self.inventory)) from None
         if self.host not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             raise self.fail(f"not a host of {self.inventory} (hosts: {known})")

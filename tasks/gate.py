@@ -19,7 +19,6 @@ naming the knob.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shlex
@@ -28,7 +27,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import File
 
-from tasks.settings import SecretRef, Settings
+from tasks.settings import SecretRef, Settings, is_ip
 
 KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -115,14 +114,6 @@ def context(settings: Settings, trusted: list[str] | None = None) -> dict:
         "api_keys": f"{CONF_D}/api-keys.map" if settings.nginx_api_keys else None,
         "admin_keys": f"{CONF_D}/admin-keys.map" if settings.nginx_admin_keys else None,
     }
-
-
-def is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def front_door_addresses() -> list[str]:

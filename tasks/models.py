@@ -133,6 +133,23 @@ def missing_models(settings: Settings) -> list[str] | None:
     return [m for m in map(canonical, settings.all_models) if m not in listed]
 
 
+def models_to_get(settings: Settings):
+    """`missing = yield from models_to_get(settings)` in an operation: the models the host
+    lacks; or None, having said why there is nothing to do (noop) or failed the host
+    (Ollama does not answer)."""
+    missing = missing_models(settings)
+    if missing is None:
+        if not planning():
+            yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
+                               "answer /api/tags")
+        return None
+    if not missing:
+        host.noop(f"{len(settings.all_models)} models present" if settings.all_models
+                  else "no models configured")
+        return None
+    return missing
+
+
 def staged_manifest(settings: Settings, name: str) -> str:
     return f"{settings.ollama_stack_dir}/{STAGE}/{manifest_path(name)}"
 
@@ -145,15 +162,8 @@ def known_to_registry(settings: Settings):
 
     + settings: the host's validated settings
     """
-    missing = missing_models(settings)
-    if missing is None:
-        if not planning():
-            yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
-                               "answer /api/tags")
-        return
+    missing = yield from models_to_get(settings)
     if not missing:
-        host.noop(f"{len(settings.all_models)} models present" if settings.all_models
-                  else "no models configured")
         return
     q = shlex.quote
     for model in missing:
@@ -310,15 +320,8 @@ def fanned_out(settings: Settings, wave: int):
     if my_wave != wave:
         host.noop(f"fan-out wave {my_wave}, not {wave}")
         return
-    missing = missing_models(settings)
-    if missing is None:
-        if not planning():
-            yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
-                               "answer /api/tags")
-        return
+    missing = yield from models_to_get(settings)
     if not missing:
-        host.noop(f"{len(settings.all_models)} models present" if settings.all_models
-                  else "no models configured")
         return
     yield FunctionCommand(receive, (settings, missing, fleet, position), {})
 

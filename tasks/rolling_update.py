@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+from tasks.settings import PYINFRA
+
 SMOKE_TIMEOUT_S = 120
 
 
@@ -90,15 +91,12 @@ def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
     The inventory is read by pyinfra itself (`debug-inventory --json`), in a child
     process: group data and --data apply exactly as in a deploy, and pyinfra's CLI
     (which monkey-patches the standard library with gevent) stays out of this one."""
-    from tasks.settings import SettingsError, validate_fleet
+    from tasks.settings import SettingsError, read_inventory, validate_fleet
 
-    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json", *data_args(data)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     try:
-        hosts = json.loads(proc.stdout)
-    except ValueError:
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise SystemExit(f"rolling_update: {inventory}: pyinfra cannot read it: {tail}") from None
+        hosts = read_inventory(inventory, data_args(data), timeout=120)
+    except ValueError as exc:
+        raise SystemExit(f"rolling_update: {exc}") from None
     gpu = [h for h in hosts if "gpu_servers" in h["groups"]]
     lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
     try:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import re
+import subprocess
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -492,7 +496,7 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
                             "to gpu_servers' nginx; put TLS on the front door")
         if settings.ollama_fanout and name in (gpu_servers or []) \
                 and len(gpu_servers or []) > 1 and not settings.ollama_fanout_allow:
-            named = [g for g in gpu_servers or [] if not _is_ip(
+            named = [g for g in gpu_servers or [] if not is_ip(
                 hosts.get(g, {}).get("ssh_hostname") or g)]
             if named:
                 problems.append(f"{name}: ollama_fanout_allow: peers {named} are reached by "
@@ -509,12 +513,38 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
     return result
 
 
-def _is_ip(address: str) -> bool:
+def is_ip(address: str) -> bool:
+    """True for an IPv4 or IPv6 address (not a name)."""
     try:
         ipaddress.ip_address(address)
     except ValueError:
         return False
     return True
+
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+def read_inventory(inventory: str, data_args: Sequence[str] = (), cwd: str | None = None,
+                   timeout: float = 300) -> list[dict[str, Any]]:
+    """INVENTORY's hosts (name, groups, merged data) as pyinfra reads them, in inventory
+    order: `pyinfra INVENTORY debug-inventory --json` in a child process, so group data
+    and --data (DATA_ARGS) apply exactly as in a deploy, and pyinfra's CLI (which
+    monkey-patches the standard library with gevent) stays out of the caller's process.
+    Raises ValueError with a one-line reason."""
+    if not Path(inventory).is_file():
+        raise ValueError(f"{inventory}: no such inventory file")
+    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json", *data_args],
+                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    try:
+        hosts = json.loads(proc.stdout)
+        if not isinstance(hosts, list):
+            raise ValueError(hosts)
+    except ValueError:
+        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise ValueError(f"{inventory}: pyinfra cannot read it: {tail}") from None
+    return hosts
 
 
 class InventoryError(PyinfraError):

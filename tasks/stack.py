@@ -28,7 +28,7 @@ from pyinfra.operations import files
 from tasks import gate, models
 from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
 from tasks.report import fail_command
-from tasks.settings import Settings
+from tasks.settings import Settings, is_ip
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "stack"
 PROJECT = "ollama"
@@ -73,7 +73,7 @@ def render(template: str, settings: Settings, instances: list[Instance],
         bind_mount_models=bool(settings.ollama_models_path),
         upstream_address="127.0.0.1" if bind in ("0.0.0.0", "::") else bind,
         drained=drained,
-        peers=[p.address for p in models.peers() if gate.is_ip(p.address)]
+        peers=[p.address for p in models.peers() if is_ip(p.address)]
         + settings.ollama_fanout_allow,
     )
 

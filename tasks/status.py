@@ -72,7 +72,6 @@ import json
 import re
 import runpy
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,7 +83,6 @@ from pyinfra.api.exceptions import FactProcessError
 
 from tasks.stack import PROJECT, expected_services
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 DEFAULT_TIMEOUT_S = 20
 GPU_QUERY = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu",
              "driver_version")
@@ -479,18 +477,13 @@ def render_table(views: list[dict[str, Any]]) -> str:
 
 
 def read_inventory(inventory: str) -> list[dict[str, Any]]:
-    """Hosts as pyinfra reads INVENTORY (name, groups, merged data), in a child process:
-    group data applies exactly as in a deploy."""
-    if not Path(inventory).is_file():
-        raise UsageError(f"{inventory}: no such inventory file")
-    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    """Hosts as pyinfra reads INVENTORY (see tasks.settings.read_inventory)."""
+    from tasks.settings import read_inventory as pyinfra_inventory
+
     try:
-        hosts = json.loads(proc.stdout)
-    except ValueError:
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise UsageError(f"{inventory}: pyinfra cannot read it: {tail}") from None
-    return hosts
+        return pyinfra_inventory(inventory, timeout=120)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_plans(inventory: str, limits: Sequence[str] = ()) -> list[HostPlan]:
