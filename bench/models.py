@@ -10,9 +10,10 @@ each fleet size N in 1, 2, 4, with the first N hosts:
 
 1. the model is deleted from every host (through Ollama's API on loopback) and the
    registry's counters are reset;
-2. `pyinfra -y INV deploy.py --limit gpu-1,..,gpu-N --data ollama_models=["llama3.2:1b"]
-   --data ollama_fanout=...` is timed (wall clock, pyinfra's start-up included; the stack
-   was converged with the same knobs beforehand, so only models move);
+2. `pyinfra -y --limit gpu-1 .. --limit gpu-N INV deploy.py --data
+   ollama_models=["llama3.2:1b"] --data ollama_fanout=...` is timed (wall clock,
+   pyinfra's start-up included; the stack was converged with the same knobs
+   beforehand, so only models move);
 3. the registry's blob byte counter gives the upstream bytes; every host must then list
    the model with the registry's digest.
 
@@ -65,11 +66,12 @@ def ssh(info: dict, host: dict, command: str) -> str:
 
 
 def deploy(info: dict, hosts: list[str], models: list[str], fanout: bool, log: Path):
-    cmd = [str(PYINFRA), "-y", "--limit", ",".join(hosts), info["inventory"], "deploy.py",
+    limits = [arg for name in hosts for arg in ("--limit", name)]
+    cmd = [str(PYINFRA), "-y", *limits, info["inventory"], "deploy.py",
            "--data", f"ollama_models={json.dumps(models)}",
            "--data", f"ollama_fanout={'true' if fanout else 'false'}"]
     proc = run(cmd, DEPLOY_TIMEOUT_S, log)
-    if not proc.ok:
+    if not proc.ok or "No host matches" in proc.output:
         raise BenchError(f"deploy failed ({labrun.why(proc)}):\n{labrun.tail(proc.output)}")
     return proc
 

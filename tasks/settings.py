@@ -213,6 +213,10 @@ class Settings(BaseModel):
     nginx_tls_port: int = Field(443, ge=1, le=65535, description="port TLS is served on")
     nginx_http: Literal["redirect", "refuse"] = Field("redirect", description=(
         "with TLS on, the plain HTTP port: `redirect` (308 to https) or `refuse` (closed)"))
+    nginx_allow: list[str] = Field(default_factory=list, description=(
+        "addresses or networks (CIDR) that may use the API besides loopback and the front "
+        "doors; empty: everyone. On gpu_servers behind a front door, the front door becomes "
+        "the only entry (/health stays open; add app services' networks if they call it)"))
     nginx_api_keys: SecretRef | None = Field(None, description=(
         "bearer keys that may use the API (a file of `[name] key` lines, or an environment "
         "variable of keys separated by spaces), read on the operator's machine; a re-run "
@@ -268,7 +272,7 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not a rate like 100m (bytes per second)")
         return value
 
-    @field_validator("ollama_fanout_allow")
+    @field_validator("ollama_fanout_allow", "nginx_allow")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:

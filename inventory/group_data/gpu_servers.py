@@ -16,3 +16,6 @@ ollama_keep_alive = "30m"
 # Models cross the internet once: one server pulls, the others copy from it over the
 # LAN. The servers are named, not numbered, here, so say which network may copy.
 ollama_fanout_allow = ["10.0.0.0/16"]
+
+# Behind a front door, let only it (it is trusted already) and loopback call the API:
+# nginx_allow = ["127.0.0.1"]

@@ -3,7 +3,8 @@ rotation by a re-run, without cutting a stream), admin endpoints, rate limit, bo
 least-privilege containers with rotated logs.
 
 One lab (a GPU host, a CPU host, a front door); the gate is on the front door, set
-through an inventory that adds its knobs to lb_servers, as an operator's would.
+through an inventory that adds its knobs to lb_servers, as an operator's would; the
+GPU servers' nginx lets only the front door (and a documentation network) call the API.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def fleet(tmp_path_factory):
         secure.write_text(
             "import runpy\n"
             f"_lab = runpy.run_path({lab.inventory!r})\n"
-            "gpu_servers = _lab['gpu_servers']\n"
+            "gpu_servers = [(n, {**d, 'nginx_allow': ['192.0.2.0/24']})"
+            " for n, d in _lab['gpu_servers']]\n"
             f"lb_servers = [(n, {{**d, **{gate!r}}}) for n, d in _lab['lb_servers']]\n")
         lab.secure_inventory = str(secure)
         lab.secrets = secrets
@@ -83,6 +85,12 @@ def test_only_nginx_answers_from_another_host(fleet):
         # on the host itself the instance answers on loopback
         _, out, _ = fleet.ssh(target, "curl -sS -m 5 http://127.0.0.1:11434/api/version")
         assert "version" in json.loads(out)
+    # the GPU servers' API answers the front door only: it is the fleet's one entry
+    gpu = fleet.host("gpu-1")["address"]
+    _, out, _ = fleet.ssh("cpu-1", f"curl -sS -m 5 -w ' %{{http_code}}' http://{gpu}/api/version")
+    assert out.endswith(" 403") and "not allowed from this address" in out, out
+    _, out, _ = fleet.ssh("lb-1", f"curl -sS -m 5 http://{gpu}/api/version")
+    assert "version" in json.loads(out)
 
 
 def test_tls_is_verified_against_the_lab_ca_and_http_redirects(fleet):

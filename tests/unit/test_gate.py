@@ -152,3 +152,14 @@ def test_containers_are_hardened_and_read_only_can_be_turned_off():
     compose = stack_files(writable, plan_instances(writable, [{"index": 0, "uuid": "GPU-0"}]))[
         "compose.yaml"]
     assert "read_only" not in compose and compose.count("cap_drop: [ALL]") == 2
+
+
+def test_an_allow_list_closes_the_api_but_not_health():
+    gpu = settings_for("gpu-1", {"gpu_count": 1, "nginx_allow": ["10.9.0.0/16"]})
+    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))[
+        "nginx/ollama.conf"]
+    api = conf.split("location / {")[1]
+    assert "allow 127.0.0.1;" in api and "allow 10.9.0.0/16;" in api and "deny all;" in api
+    assert "deny" not in conf.split("location = /health {")[1].split("}")[0]
+    with pytest.raises(SettingsError, match="nginx_allow: 'everyone' is not a network"):
+        settings_for("gpu-1", {"nginx_allow": ["everyone"]})
