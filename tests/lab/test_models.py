@@ -141,6 +141,17 @@ def test_a_corrupt_registry_download_is_never_listed(fleet):
     assert_verified(fleet, "gpu-4")
 
 
+def test_a_host_that_joins_later_gets_the_model_over_the_lan(fleet):
+    forget(fleet, "gpu-3")  # a host whose store is empty: new, or rebuilt
+    before = registry(fleet, "/_lab/stats")["blob_bytes_sent"]
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-3")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert re.search(rf"\[gpu-3\] +models received: {re.escape(MODEL)} [\d.]+ MiB from "
+                     r"gpu-\d \(LAN\)", proc.output), proc.output[-3000:]
+    assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == before
+    assert_verified(fleet, "gpu-3")
+
+
 def test_the_seed_dying_mid_fanout_leaves_every_survivor_verified(fleet):
     survivors = ("gpu-2", "gpu-3", "gpu-4")
     forget(fleet, *survivors)
