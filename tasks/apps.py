@@ -10,13 +10,18 @@ removed from the inventory loses its container and keeps its named volumes.
 
 from __future__ import annotations
 
+import ipaddress
+import shlex
 from io import StringIO
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pyinfra.api import OperationError
+from pyinfra import host
+from pyinfra.api import OperationError, operation
 from pyinfra.operations import files
 
+from tasks.facts import DockerNetwork
 from tasks.gate import read_secret
+from tasks.report import fail_command
 from tasks.settings import AppService, Settings
 from tasks.stack import TEMPLATES, checked_files, healthy, removed, running
 
@@ -77,6 +82,36 @@ def services(settings: Settings) -> list[str]:
     return (["redis"] if settings.app_cache else []) + sorted(settings.app_services)
 
 
+@operation()
+def network_ready(root: str, subnet: str):
+    """
+    The app network can be (or is) SUBNET: refuse a subnet the host already routes
+    (its LAN, another Docker network); take the project down (volumes kept) when its
+    network has another subnet, so that Compose creates it anew.
+
+    + root: the app services' Compose project directory
+    + subnet: the app_network knob
+    """
+    found = host.get_fact(DockerNetwork, network=PROJECT)
+    if found["subnets"] == [subnet]:
+        host.noop(f"app network {PROJECT} is {subnet}")
+        return
+    wanted = ipaddress.ip_network(subnet)
+    clashes = [f"{cidr} ({dev})" for cidr, dev in found["routes"]
+               if cidr not in found["subnets"] and ipaddress.ip_network(cidr).overlaps(wanted)]
+    if clashes:
+        yield fail_command(f"app_network: {subnet} overlaps {', '.join(clashes)} on this "
+                           "host; set app_network to a free private network")
+        return
+    if not found["exists"]:
+        host.noop(f"{subnet} is free for app network {PROJECT}")
+        return
+    was = ", ".join(found["subnets"]) or "unknown"
+    host.log(f"app network {PROJECT} is {was}, not {subnet}: recreating it")
+    yield (f"cd {shlex.quote(root)} && docker compose -p {PROJECT} down --remove-orphans 2>&1 "
+           f"&& (docker network rm {PROJECT} >/dev/null 2>&1 || true)")
+
+
 def deploy_apps(settings: Settings) -> None:
     """App services checked then live, started after Ollama and its models, healthy."""
     root = apps_dir(settings)
@@ -85,6 +120,7 @@ def deploy_apps(settings: Settings) -> None:
         removed(name="No app services", root=root, project=PROJECT)
         return
     wanted = {"compose.yaml": render_apps(settings)}
+    network_ready(name="App network free (app_network)", root=root, subnet=settings.app_network)
     files.directory(name="App services directory", path=root, mode="755")
     for name, app in settings.app_services.items():
         if app.secrets:

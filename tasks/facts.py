@@ -6,7 +6,10 @@ fact command exits non-zero), and says what it found in its output instead.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import struct
 from typing import Any
 
 from pyinfra import host
@@ -178,3 +181,40 @@ class ComposeStale(FactBase):
     @staticmethod
     def default() -> list[str]:
         return []
+
+
+def parse_routes(lines: list[str]) -> dict[str, Any]:
+    """Parse `DockerNetwork`'s output: the network's subnets, and the host's IPv4 routes
+    (from /proc/net/route: hex, little-endian) as CIDRs with their interface."""
+    subnets, routes = [], []
+    for line in lines:
+        parts = line.split()
+        if parts[:1] == ["subnet"] and len(parts) == 2:
+            subnets.append(parts[1])
+        elif len(parts) >= 8 and parts[0] != "Iface":
+            try:
+                dest, mask = (socket.inet_ntoa(struct.pack("<I", int(p, 16)))
+                              for p in (parts[1], parts[7]))
+                network = ipaddress.ip_network(f"{dest}/{mask}")
+            except ValueError:
+                continue
+            if network.prefixlen:  # the default route overlaps everything: not a network
+                routes.append((str(network), parts[0]))
+    return {"exists": bool(subnets) or "exists" in lines, "subnets": subnets,
+            "routes": sorted(set(routes))}
+
+
+class DockerNetwork(FactBase):
+    """A Docker network's subnets (if it exists) and the host's IPv4 routes.
+
+    Returns `{"exists": bool, "subnets": [cidr], "routes": [(cidr, interface)]}`.
+    """
+
+    def command(self, network: str) -> str:
+        return (f"if docker network inspect {network} >/dev/null 2>&1; then echo exists; "
+                f"docker network inspect {network} --format "
+                "'{{range .IPAM.Config}}subnet {{.Subnet}}{{println}}{{end}}' 2>/dev/null; fi; "
+                "cat /proc/net/route 2>/dev/null; true")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_routes(output)

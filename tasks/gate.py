@@ -105,9 +105,13 @@ def gate_files(settings: Settings) -> tuple[dict[str, str], set[str]]:
 
 def context(settings: Settings, trusted: list[str] | None = None) -> dict:
     """What the gate's template macros need besides the settings; TRUSTED are the front
-    doors' addresses, which a GPU host's nginx treats like loopback."""
+    doors' addresses, which a GPU host's nginx treats like loopback. The host's app
+    services (their network, when any calls Ollama) need no key and pass nginx_allow,
+    but not the admin endpoints."""
+    apps = any(app.uses_ollama for app in settings.app_services.values())
     return {
         "trusted": [a for a in trusted or [] if is_ip(a)],
+        "apps": settings.app_network if apps else None,
         "tls": settings.nginx_tls != "off",
         "cert": f"{CONF_D}/tls/cert.pem",
         "key": f"{CONF_D}/tls/key.pem",

@@ -216,7 +216,7 @@ class Settings(BaseModel):
     nginx_allow: list[str] = Field(default_factory=list, description=(
         "addresses or networks (CIDR) that may use the API besides loopback and the front "
         "doors; empty: everyone. On gpu_servers behind a front door, the front door becomes "
-        "the only entry (/health stays open; add app services' networks if they call it)"))
+        "the only entry (/health stays open; the host's app services stay allowed)"))
     nginx_api_keys: SecretRef | None = Field(None, description=(
         "bearer keys that may use the API (a file of `[name] key` lines, or an environment "
         "variable of keys separated by spaces), read on the operator's machine; a re-run "
@@ -235,6 +235,10 @@ class Settings(BaseModel):
         "extra containers on the host's private app network (image, command, environment, "
         "secrets, ports, volumes, healthcheck, memory_limit, cpus, depends_on, uses_ollama, "
         "ollama_model); see the README's app stack"))
+    app_network: str = Field("172.31.254.0/24", description=(
+        "subnet of the app services' private network, pinned so the host's nginx knows "
+        "them: they call Ollama without a key and past nginx_allow, but not the admin "
+        "endpoints. Must not overlap the host's networks (checked before it is created)"))
     app_cache: bool = Field(False, description=(
         "a Redis cache (`redis` on the app network, persistent, not published)"))
     app_cache_image: str = Field("redis:7", description="Redis image, pinned by tag")
@@ -280,6 +284,18 @@ class Settings(BaseModel):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"{cidr!r} is not a network like 10.0.0.0/24") from None
+        return value
+
+    @field_validator("app_network")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 network like 172.31.254.0/24 (host "
+                             "bits unset)") from None
+        if not network.is_private or network.prefixlen > 28:
+            raise ValueError(f"{value!r}: a private network of /28 or larger is expected")
         return value
 
     @field_validator("ollama_registry")

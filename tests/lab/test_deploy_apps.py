@@ -6,6 +6,7 @@ Runs on the fleet test_deploy.py converged (tests in file order).
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -21,9 +22,10 @@ def fleet(deploy_lab):
     return deploy_lab
 
 
-def deploy(fleet, apps: dict, cache: bool = True):
+def deploy(fleet, apps: dict, cache: bool = True, **knobs):
+    extra = [a for k, v in knobs.items() for a in ("--data", f"{k}={json.dumps(v)}")]
     proc = fleet.pyinfra("deploy.py", "--data", f"app_services={json.dumps(apps)}",
-                         "--data", f"app_cache={'true' if cache else 'false'}")
+                         "--data", f"app_cache={'true' if cache else 'false'}", *extra)
     assert proc.returncode == 0, proc.output[-5000:]
     return proc
 
@@ -56,9 +58,7 @@ def test_app_answers_from_its_hosts_ollama_then_from_redis(fleet):
         second = ask(fleet, name, f"why is the sky blue on {name}?")
         assert second["cached"] is True and second["answer"] == first["answer"]
         assert generate_requests(fleet, name) == before + 1
-        _, keys, _ = fleet.ssh(name, "docker exec ollama-apps-redis redis-cli --scan "
-                                     "--pattern 'chat:*'")
-        assert len(keys.split()) == 1
+        assert len(cached_answers(fleet, name)) == 1
 
 
 def test_app_and_cache_are_private_to_their_host(fleet):
@@ -80,13 +80,59 @@ def test_changing_the_apps_environment_recreates_only_the_app(fleet):
     assert json.loads(out)["env"]["APP_GREETING"] == "bye"
 
 
+def app_network(fleet, host: str) -> str:
+    _, out, _ = fleet.ssh(host, "docker network inspect ollama-apps "
+                                "--format '{{range .IPAM.Config}}{{.Subnet}}{{end}}'")
+    return out.strip()
+
+
+def test_the_gate_lets_the_hosts_apps_in_and_no_one_else(fleet, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("ops 0123456789abcdef0123\n")
+    gpu_1 = fleet.host("gpu-1")["address"]
+    assert app_network(fleet, "gpu-1") == "172.31.254.0/24"
+    try:
+        # keys and an allow list on the GPU servers, and the app network moved: Compose
+        # gets a new network, nginx trusts the new one
+        deploy(fleet, {"chat": CHAT}, nginx_api_keys={"file": str(keys)},
+               nginx_allow=["192.0.2.0/24"], app_network="172.31.253.0/24")
+        assert app_network(fleet, "gpu-1") == "172.31.253.0/24"
+        answer = ask(fleet, "gpu-1", "who may call?")  # the app passes the gate keyless
+        assert answer["cached"] is False and answer["answer"]
+        _, out, _ = fleet.ssh("gpu-2", f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' "
+                                       f"http://{gpu_1}/api/tags")
+        assert out == "401"  # the LAN without a key does not
+        delete = ("import urllib.request as u, urllib.error as e\n"
+                  "r = u.Request('http://host.docker.internal/api/delete', method='DELETE', "
+                  "data=b'{\"model\": \"tinyllama\"}')\n"
+                  "try: u.urlopen(r, timeout=10)\n"
+                  "except e.HTTPError as x: print(x.code)\n")
+        _, out, _ = fleet.ssh("gpu-1", "docker exec ollama-apps-chat python3 -c "
+                                       f"{shlex.quote(delete)}")
+        assert out.strip() == "403"  # and the app may not manage models
+        _, out, _ = fleet.ssh("gpu-1", "curl -sS -m 5 http://127.0.0.1:11434/api/tags")
+        assert "tinyllama" in out
+    finally:
+        deploy(fleet, {"chat": CHAT})
+    assert app_network(fleet, "gpu-1") == "172.31.254.0/24"
+    _, out, _ = fleet.ssh("gpu-2", f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' "
+                                   f"http://{gpu_1}/api/tags")
+    assert out == "200"
+
+
+def cached_answers(fleet, host: str) -> set[str]:
+    _, keys, _ = fleet.ssh(host, "docker exec ollama-apps-redis redis-cli --scan "
+                                 "--pattern 'chat:*'")
+    return set(keys.split())
+
+
 def test_removing_the_app_removes_its_container_and_keeps_redis_data(fleet):
+    cached = cached_answers(fleet, "gpu-1")
+    assert cached
     deploy(fleet, {})
     names = container_ids(fleet, "gpu-1")
     assert "ollama-apps-chat" not in names and "ollama-apps-redis" in names
-    _, keys, _ = fleet.ssh("gpu-1", "docker exec ollama-apps-redis redis-cli --scan "
-                                    "--pattern 'chat:*'")
-    assert len(keys.split()) == 1
+    assert cached_answers(fleet, "gpu-1") == cached
     # a second run with the same inventory changes nothing
     proc = deploy(fleet, {})
     grand_total = next(line for line in proc.output.split("--> Results:")[-1].splitlines()

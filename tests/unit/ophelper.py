@@ -49,6 +49,9 @@ class FakeHost:
     def noop(self, description: str) -> None:
         self.noops.append(description)
 
+    def log(self, message: str) -> None:
+        self.noops.append(f"log: {message}")
+
 
 def as_text(command) -> str:
     if isinstance(command, StringCommand):

@@ -32,6 +32,8 @@ def test_the_guides_app_stack():
     assert "ports" not in redis and redis["volumes"] == ["redis-data:/data"]
     assert redis["command"][-4:] == ["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]
     assert doc["volumes"] == {"redis-data": {"name": "ollama-apps-redis-data"}}
+    # pinned, so that the host's nginx can tell app services from the LAN
+    assert doc["networks"]["apps"]["ipam"] == {"config": [{"subnet": "172.31.254.0/24"}]}
 
 
 def test_a_pinned_instance_and_its_model():

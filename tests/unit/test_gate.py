@@ -163,3 +163,26 @@ def test_an_allow_list_closes_the_api_but_not_health():
     assert "deny" not in conf.split("location = /health {")[1].split("}")[0]
     with pytest.raises(SettingsError, match="nginx_allow: 'everyone' is not a network"):
         settings_for("gpu-1", {"nginx_allow": ["everyone"]})
+
+
+def test_the_hosts_app_services_need_no_key_but_no_admin_either(tmp_path):
+    (tmp_path / "keys").write_text(f"alice {KEY_A}\n")
+    data = {"gpu_count": 1, "nginx_allow": ["10.9.0.0/16"],
+            "nginx_api_keys": {"file": str(tmp_path / "keys")}}
+    bare = settings_for("gpu-1", data)
+    conf = stack_files(bare, plan_instances(bare, [{"index": 0, "uuid": "GPU-0"}]))[
+        "nginx/ollama.conf"]
+    assert "172.31.254.0/24" not in conf  # no app services: nothing more is trusted
+    gpu = settings_for("gpu-1", {**data, "app_network": "10.77.0.0/24",
+                                 "app_services": {"app": {"image": "acme/app:1"}}})
+    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))[
+        "nginx/ollama.conf"]
+    geo = conf.split("geo $api_local {")[1].split("}")[0]
+    assert "10.77.0.0/24 2;" in geo
+    assert '"~^[12]:" 0;' in conf.split("$api_unauthorized {")[1].split("}")[0]
+    assert '"~^[02]:$" 1;' in conf.split("$api_admin_refused {")[1].split("}")[0]
+    api = conf.split("location / {")[1]
+    assert "allow 10.77.0.0/24;" in api.split("deny all;")[0]
+    for bad in ("10.77.0.1/24", "8.8.8.0/24", "10.77.0.0/30", "fd00::/64"):
+        with pytest.raises(SettingsError, match="gpu-1: app_network: "):
+            settings_for("gpu-1", {"gpu_count": 1, "app_network": bad})
