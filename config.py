@@ -10,5 +10,11 @@ early instead.
 
 from pyinfra import config
 
+from tasks import connection
+
 # Seconds to wait for SSH to a host before counting it as unreachable.
 config.CONNECT_TIMEOUT = 15
+
+# A host lost mid-run (power, network) is noticed within about a minute, not when
+# TCP gives up a quarter of an hour later: see tasks/connection.py.
+connection.install()
