@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,3 +216,24 @@ def start(parser: argparse.ArgumentParser, script: str, log_prefix: str) -> Path
     logs = Path(tempfile.mkdtemp(prefix=log_prefix))
     say(f"logs: {logs}")
     return logs
+
+
+def run_on_lab(lab: str, logs: Path, keep: bool, body: Callable[[], None],
+               summary: Callable[[], str]) -> int:
+    """A benchmark's main part: BODY, then the lab's teardown and SUMMARY (what was
+    measured, even when BODY failed part way), whatever happened; the exit status."""
+    try:
+        body()
+    except BenchError as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        lab_teardown(lab, logs / "down.log", keep)
+        text = summary()
+        if text:
+            say("\n" + text)
+        say(f"\nlogs: {logs}")
+    return 0

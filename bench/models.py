@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import labrun
-from labrun import PYINFRA, BenchError, lab_fresh_up, lab_status, lab_teardown, run, say, start
+from labrun import PYINFRA, BenchError, lab_fresh_up, lab_status, run, run_on_lab, say, start
 
 LAB = "bench-models"
 SIZES = (1, 2, 4)
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--internet-rate: must be a positive number of MB/s")
     logs = start(parser, "bench/models.py", "bench-models-")
     results: list[Result] = []
-    try:
+
+    def body() -> None:
         lab_fresh_up(LAB, ("--gpu-hosts", "4", "--gpus-per-host", "1", "--registry-port",
                            "5077", "--model-scale", "1"), logs)
         info = lab_status(LAB)
@@ -133,19 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("fan-out", "every host pulls"):
             for n in SIZES:
                 results.append(measure(info, mode, n, logs))
-    except BenchError as exc:
-        say(f"FAILED: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    finally:
-        lab_teardown(LAB, logs / "down.log", args.keep)
-        if results:
-            say("\n" + report(results, args.internet_rate))
-        say(f"\nlogs: {logs}")
-    return 0
 
+    return run_on_lab(LAB, logs, args.keep, body,
+                      lambda: report(results, args.internet_rate) if results else "")
 
 if __name__ == "__main__":
     sys.exit(main())
