@@ -200,8 +200,7 @@ def parse_routes(lines: list[str]) -> dict[str, Any]:
                 continue
             if network.prefixlen:  # the default route overlaps everything: not a network
                 routes.append((str(network), parts[0]))
-    return {"exists": bool(subnets) or "exists" in lines, "subnets": subnets,
-            "routes": sorted(set(routes))}
+    return {"exists": "exists" in lines, "subnets": subnets, "routes": sorted(set(routes))}
 
 
 class DockerNetwork(FactBase):
@@ -211,9 +210,8 @@ class DockerNetwork(FactBase):
     """
 
     def command(self, network: str) -> str:
-        return (f"if docker network inspect {network} >/dev/null 2>&1; then echo exists; "
-                f"docker network inspect {network} --format "
-                "'{{range .IPAM.Config}}subnet {{.Subnet}}{{println}}{{end}}' 2>/dev/null; fi; "
+        return (f"docker network inspect {network} --format 'exists{{{{println}}}}"
+                "{{range .IPAM.Config}}subnet {{.Subnet}}{{println}}{{end}}' 2>/dev/null; "
                 "cat /proc/net/route 2>/dev/null; true")
 
     def process(self, output: list[str]) -> dict[str, Any]:

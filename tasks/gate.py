@@ -108,10 +108,14 @@ def context(settings: Settings, trusted: list[str] | None = None) -> dict:
     doors' addresses, which a GPU host's nginx treats like loopback. The host's app
     services (their network, when any calls Ollama) need no key and pass nginx_allow,
     but not the admin endpoints."""
-    apps = any(app.uses_ollama for app in settings.app_services.values())
+    trusted = [a for a in trusted or [] if is_ip(a)]
+    uses_ollama = any(app.uses_ollama for app in settings.app_services.values())
+    apps = settings.app_network if uses_ollama else None
     return {
-        "trusted": [a for a in trusted or [] if is_ip(a)],
-        "apps": settings.app_network if apps else None,
+        "trusted": trusted,
+        "apps": apps,
+        # who may call at all when nginx_allow is set (besides loopback)
+        "allowed": trusted + settings.nginx_allow + ([apps] if apps else []),
         "tls": settings.nginx_tls != "off",
         "cert": f"{CONF_D}/tls/cert.pem",
         "key": f"{CONF_D}/tls/key.pem",
