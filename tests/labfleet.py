@@ -16,6 +16,8 @@ from pathlib import Path
 
 import paramiko
 
+from tasks import connection
+
 REPO = Path(__file__).resolve().parent.parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 
@@ -83,6 +85,7 @@ class LabFleet:
         client.connect(self.host(host)["address"], username="root",
                        key_filename=self.info["ssh_key"], timeout=10,
                        allow_agent=False, look_for_keys=False)
+        connection.watch(client.get_transport().sock)  # a host gone mid-command: an error
         self._clients[host] = client
         return client
 
