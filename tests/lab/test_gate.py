@@ -93,6 +93,19 @@ def test_only_nginx_answers_from_another_host(fleet):
     assert "version" in json.loads(out)
 
 
+def test_a_request_that_names_the_fleet_by_dns_is_served(fleet):
+    """Ollama on loopback refuses a Host that is not local (403); clients use DNS names."""
+    name = {"Host": "llm.example.com"}
+    with client(fleet, ALICE) as c:  # through the front door, over TLS
+        answer = c.get("/api/tags", headers=name)
+        assert answer.status_code == 200, answer.text
+        assert "tinyllama:latest" in [m["name"] for m in answer.json()["models"]]
+    gpu = fleet.host("gpu-1")["address"]  # straight to a GPU host's nginx, from the front door
+    _, out, _ = fleet.ssh("lb-1", f"curl -sS -m 10 -w ' %{{http_code}}' "
+                                  f"-H 'Host: gpu-1.fleet.example.com' http://{gpu}/api/version")
+    assert out.endswith(" 200"), out
+
+
 def test_tls_is_verified_against_the_lab_ca_and_http_redirects(fleet):
     with client(fleet) as c:
         assert c.get("/health").json() == {"status": "ok"}
