@@ -4,7 +4,7 @@ In one process, on one lab (3 GPU hosts with 1 GPU each, 1 front door; lab `benc
 registry port 5075), under the same load through the front door (lab.loadgen.LoadGenerator:
 4 threads, half streamed, num_predict 40), this runs one after the other:
 
-1. **roll**: `python -m tasks.rolling_update INVENTORY --data ollama_image=ollama/ollama:0.7.0`
+1. **roll**: `ollama-fleet INVENTORY roll -y --data ollama_image=ollama/ollama:0.7.0`
    (from 0.6.8, which the first deploy installs): canary first, one host at a time, each
    drained from the front door, updated, smoke-tested and put back;
 2. **naive**: `pyinfra -y INVENTORY deploy.py --data ollama_image=ollama/ollama:0.6.8`: back
@@ -482,7 +482,7 @@ def bench(logs: Path, keep: bool) -> int:
                              f"{tail(first_deploy.output)}")
         say(f"[{LAB}] first deploy in {first_deploy.seconds:.1f} s")
 
-        roll_cmd = [sys.executable, "-m", "tasks.rolling_update", inventory,
+        roll_cmd = [sys.executable, "-m", "fleetctl", inventory, "roll", "-y",
                     "--data", f"ollama_image={B}"]
         roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs / "roll.log", hosts, front,
                         timestamped=True)

@@ -1,7 +1,7 @@
 """Roll a change through the fleet with no failed request: canary first, in inventory order.
 
-    python -m tasks.rolling_update inventory/prod.py [--batch-size N] [--rollback]
-        [--data ollama_image=ollama/ollama:0.7.0 ...] [--limit HOST ...]
+    ollama-fleet INVENTORY roll [--batch-size N|P%] [--rollback] [--data KEY=VALUE ...]
+        [--limit HOST|GROUP|GLOB ...] [--dry] [-y]
 
 The change is whatever `deploy.py` would do now (edit the inventory, or pass
 `--data`); the roll applies it with the same tasks, one batch at a time (the
@@ -19,21 +19,21 @@ the step and how to roll it back (`--rollback` does that at once: the previous
 image is applied again, smoke-tested and put back).
 
 pyinfra's --serial does not follow inventory order, so each step is its own
-pyinfra run with --limit.
+pyinfra run with --limit (fleetctl.runner), its output streamed as it happens.
 """
 
 from __future__ import annotations
 
-import argparse
+import http.client
 import json
+import ssl
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from tasks.settings import PYINFRA
+from fleetctl.inventory import Fleet, FleetHost, UsageError, data_args
+from fleetctl.runner import PYINFRA, Log, log_stderr, run_pyinfra
+from tasks.paths import project_root
 
 SMOKE_TIMEOUT_S = 120
 
@@ -45,7 +45,7 @@ class RollError(Exception):
 
 
 @dataclass
-class FleetHost:
+class RollHost:
     name: str
     address: str
     nginx_port: int
@@ -55,64 +55,16 @@ class FleetHost:
     tls_port: int | None = None  # the gate's TLS port when nginx_tls is on
 
 
-def parse_cli_value(text: str):
-    """A --data value read the way pyinfra's CLI reads it: bool, int, JSON, else text."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for parse in (int, json.loads):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_data(items: Sequence[str]) -> dict:
-    data = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"rolling_update: --data {item!r}: expected KEY=VALUE")
-        data[key] = parse_cli_value(value)
-    return data
-
-
-def data_args(data: dict) -> list[str]:
-    """pyinfra --data arguments for DATA."""
-    args = []
-    for key, value in data.items():
-        args += ["--data", f"{key}={json.dumps(value)}"]
-    return args
-
-
-def load_fleet(inventory: str, data: dict) -> tuple[list[FleetHost], list[str]]:
-    """GPU servers in inventory order (validated like deploy.py does) and front doors.
-
-    The inventory is read by pyinfra itself (`debug-inventory --json`), in a child
-    process: group data and --data apply exactly as in a deploy, and pyinfra's CLI
-    (which monkey-patches the standard library with gevent) stays out of this one."""
-    from tasks.settings import SettingsError, read_inventory, validate_fleet
-
-    try:
-        hosts = read_inventory(inventory, data_args(data), timeout=120)
-    except ValueError as exc:
-        raise SystemExit(f"rolling_update: {exc}") from None
-    gpu = [h for h in hosts if "gpu_servers" in h["groups"]]
-    lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
-    try:
-        settings = validate_fleet({h["name"]: h["data"] for h in hosts},
-                                  [h["name"] for h in gpu], lb)
-    except SettingsError as exc:
-        raise SystemExit("invalid inventory data, no host was changed:\n" +
-                         "\n".join(f"    {p}" for p in exc.problems)) from None
-    fleet = []
-    for h in gpu:
-        s = settings[h["name"]]
-        fleet.append(FleetHost(h["name"], h["data"].get("ssh_hostname") or h["name"],
-                               s.nginx_port, s.ollama_models[0] if s.ollama_models else None,
-                               s.ollama_image, gate_key(h["name"], s),
+def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
+    """What the roll needs of each gpu_servers host, in inventory order."""
+    rolled = []
+    for h in hosts:
+        s = h.settings
+        rolled.append(RollHost(h.name, h.address, s.nginx_port,
+                               s.ollama_models[0] if s.ollama_models else None,
+                               s.ollama_image, gate_key(h.name, s),
                                s.nginx_tls_port if s.nginx_tls != "off" else None))
-    return fleet, lb
+    return rolled
 
 
 def gate_key(host: str, settings) -> str | None:
@@ -128,10 +80,28 @@ def gate_key(host: str, settings) -> str | None:
         return next(iter(parse_keys("nginx_api_keys", read_secret("nginx_api_keys", ref),
                                     from_file=ref.file is not None)))
     except OperationError as exc:
-        raise SystemExit(f"rolling_update: {host}: {exc}") from None
+        raise UsageError(f"{host}: {exc}") from None
 
 
-def batches(hosts: list[FleetHost], size: int) -> list[list[FleetHost]]:
+def batch_size(text: str, hosts: int) -> int:
+    """`--batch-size`: a number of hosts, or a percentage of the hosts after the canary
+    (rounded up, at least 1)."""
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return max(1, -(-int(percent * max(hosts - 1, 1)) // 100))
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--batch-size {text}: a number of hosts (1 or more) or a "
+                         "percentage (1%-100%)") from None
+    if size < 1:
+        raise UsageError(f"--batch-size {text}: must be 1 or more")
+    return size
+
+
+def batches(hosts: list[RollHost], size: int) -> list[list[RollHost]]:
     """The canary alone first, then batches of SIZE, in inventory order."""
     if not hosts:
         return []
@@ -140,50 +110,44 @@ def batches(hosts: list[FleetHost], size: int) -> list[list[FleetHost]]:
 
 
 class Roll:
-    def __init__(self, inventory: str, data: dict, log=print,
+    """One roll of FLEET's change (its --data) over some of its gpu_servers."""
+
+    def __init__(self, fleet: Fleet, log: Log = log_stderr,
                  inventory_images: dict[str, str] | None = None) -> None:
-        self.inventory = inventory
-        self.data = data
+        self.fleet = fleet
+        self.data = fleet.data
+        self.lb = [h.name for h in fleet.front_doors]
         self.log = log
         # what the inventory says without this roll's --data: the fallback "previous" image
         self.inventory_images = inventory_images or {}
 
     def pyinfra(self, limit: list[str], data: dict, step: str, host: str) -> None:
-        cmd = [PYINFRA, "-y", self.inventory, "deploy.py", *data_args(data)]
-        for name in limit:
-            cmd += ["--limit", name]
         self.log(f"--> roll: {step}: pyinfra --limit {','.join(limit)}")
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=3600)
-        if proc.returncode != 0:
-            failed = [line for line in proc.stderr.splitlines() if "failed at step" in line
-                      or "Error" in line or "error" in line]
-            sys.stderr.write(proc.stderr[-6000:])
-            raise RollError(host, step, failed[-1].strip() if failed else
-                            f"pyinfra exited {proc.returncode}")
+        result = run_pyinfra(self.fleet, "deploy.py", limit, data, log=self.log)
+        if not result.ok:
+            raise RollError(host, step, result.failure(host))
 
-    def front_door(self, lb: list[str], drained: list[str], step: str, host: str) -> None:
-        if lb:
-            self.pyinfra(lb, {**self.data, "front_door_drained": drained}, step, host)
+    def front_door(self, drained: list[str], step: str, host: str) -> None:
+        if self.lb:
+            self.pyinfra(self.lb, {**self.data, "front_door_drained": drained}, step, host)
 
     def running_image(self, host: str) -> str | None:
-        cmd = [PYINFRA, self.inventory, "--limit", host, "fact",
-               "tasks.facts.ComposeContainers", "project=ollama", "--json"]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=120)
-        try:  # {"<fact> (<args>)": {"<host>": {"<service>": {...}}}}
+        cmd = [PYINFRA, self.fleet.path, "--limit", host, "fact",
+               "tasks.facts.ComposeContainers", "project=ollama", "--json",
+               *data_args(self.data)]
+        try:
+            proc = subprocess.run(cmd, cwd=project_root(), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=120)
+            # {"<fact> (<args>)": {"<host>": {"<service>": {...}}}}
             by_host = next(iter(json.loads(proc.stdout).values()))
             return by_host[host]["ollama-0"]["image"]
-        except (ValueError, StopIteration, AttributeError, KeyError, TypeError):
+        except (subprocess.SubprocessError, ValueError, StopIteration, AttributeError,
+                KeyError, TypeError):
             return None
 
-    def smoke(self, h: FleetHost) -> str:
+    def smoke(self, h: RollHost) -> str:
         """A streamed generate through the host's nginx; returns the version it reports."""
-        import http.client
-
         if h.tls_port:
-            import ssl
-
             # liveness through the host's own gate, not its identity (it may be self-signed)
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 h.address, h.tls_port, timeout=SMOKE_TIMEOUT_S,
@@ -210,13 +174,35 @@ class Roll:
         finally:
             conn.close()
 
-    def run(self, hosts: list[FleetHost], lb: list[str], batch_size: int,
-            rollback: bool) -> int:
-        if not lb:
-            self.log("--> roll: no lb_servers: requests sent to a host while it updates can fail")
+    def plan(self, hosts: list[RollHost], size: int) -> list[str]:
+        """The roll in lines: batches, hosts, and the image each host gets."""
+        plan = batches(hosts, size)
+        lines = [f"roll of {len(hosts)} gpu_servers host{'s' if len(hosts) != 1 else ''} "
+                 f"in {len(plan)} batch{'es' if len(plan) != 1 else ''} "
+                 f"(front door: {', '.join(self.lb) or 'none'}); --data: "
+                 f"{json.dumps(self.data) if self.data else 'none'}"]
+        for number, batch in enumerate(plan, 1):
+            label = "canary" if number == 1 else f"batch {number}/{len(plan)}"
+            lines.append(f"  {label}: " + ", ".join(f"{h.name} ({h.image})" for h in batch))
+        if not self.lb:
+            lines.append("  no lb_servers: requests sent to a host while it updates can fail")
+        return lines
+
+    def dry(self, hosts: list[RollHost]) -> int:
+        """What the apply step would change on every host of the roll, changing nothing."""
+        self.log("--> roll: dry run: what deploy.py would change (pyinfra --dry); "
+                 "nothing is drained or changed")
+        result = run_pyinfra(self.fleet, "deploy.py", [h.name for h in hosts], self.data,
+                             log=self.log, dry=True)
+        if not result.ok:
+            self.log(f"--> roll: dry run failed: {result.failure(hosts[0].name)}")
+            return 1
+        return 0
+
+    def run(self, hosts: list[RollHost], size: int, rollback: bool) -> int:
         started = time.monotonic()
         done: list[str] = []
-        plan = batches(hosts, batch_size)
+        plan = batches(hosts, size)
         for number, batch in enumerate(plan, 1):
             names = [h.name for h in batch]
             label = "canary" if number == 1 else f"batch {number}/{len(plan)}"
@@ -225,20 +211,20 @@ class Roll:
                         for h in batch}
             current = names[0]
             try:
-                self.front_door(lb, names, "drain", current)
+                self.front_door(names, "drain", current)
                 self.pyinfra(names, self.data, "apply", current)
                 for h in batch:
                     current = h.name
                     version = self.smoke(h)
                     self.log(f"--> roll: {h.name}: healthy, answers, version {version}")
-                self.front_door(lb, [], "undrain", current)
+                self.front_door([], "undrain", current)
             except RollError as exc:
-                return self.stopped(exc, done, hosts, lb, previous, rollback)
+                return self.stopped(exc, done, hosts, previous, rollback)
             done += names
         self.log(f"--> roll: done: {len(done)} hosts in {time.monotonic() - started:.0f}s")
         return 0
 
-    def stopped(self, exc: RollError, done: list[str], hosts: list[FleetHost], lb: list[str],
+    def stopped(self, exc: RollError, done: list[str], hosts: list[RollHost],
                 previous: dict[str, str | None], rollback: bool) -> int:
         untouched = [h.name for h in hosts if h.name not in done and h.name != exc.host]
         image = previous.get(exc.host)
@@ -249,46 +235,12 @@ class Roll:
                 self.pyinfra([exc.host], {**self.data, "ollama_image": image}, "rollback",
                              exc.host)
                 self.smoke(next(h for h in hosts if h.name == exc.host))
-                self.front_door(lb, [], "undrain after rollback", exc.host)
+                self.front_door([], "undrain after rollback", exc.host)
                 self.log(f"--> roll: {exc.host} is back on {image} and in the front door")
             except RollError as again:
                 self.log(f"--> roll: rollback failed too: {again}")
-        print(f"roll stopped: {where}. {exc.host} stays out of the front door; "
-              f"untouched: {', '.join(untouched) or 'none'}; done: {', '.join(done) or 'none'}. "
-              f"Roll back: pyinfra -y {self.inventory} deploy.py --limit {exc.host} "
-              f"--data ollama_image={image}", file=sys.stderr)
+        self.log(f"roll stopped: {where}. {exc.host} stays out of the front door; "
+                 f"untouched: {', '.join(untouched) or 'none'}; done: "
+                 f"{', '.join(done) or 'none'}. Roll back: pyinfra -y {self.fleet.inventory} "
+                 f"deploy.py --limit {exc.host} --data ollama_image={image}")
         return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.rolling_update",
-                                     description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("inventory")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="hosts per batch after the canary (default 1)")
-    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                        help="inventory data for this roll, as pyinfra's --data")
-    parser.add_argument("--limit", action="append", default=[], metavar="HOST",
-                        help="roll only these gpu_servers hosts (inventory order kept)")
-    parser.add_argument("--rollback", action="store_true",
-                        help="on failure, apply the failed host's previous image again")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: must be 1 or more")
-    if not Path(args.inventory).is_file():
-        parser.error(f"{args.inventory}: no such inventory file")
-    data = parse_data(args.data)
-    hosts, lb = load_fleet(args.inventory, data)
-    inventory_images = {h.name: h.image for h in load_fleet(args.inventory, {})[0]}
-    if args.limit:
-        unknown = sorted(set(args.limit) - {h.name for h in hosts})
-        if unknown:
-            parser.error(f"--limit {', '.join(unknown)}: not in gpu_servers")
-        hosts = [h for h in hosts if h.name in args.limit]
-    roll = Roll(args.inventory, data, log=lambda m: print(m, file=sys.stderr, flush=True),
-                inventory_images=inventory_images)
-    return roll.run(hosts, lb, args.batch_size, args.rollback)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """The fleet view: every host's GPUs, Docker, Ollama instances and nginx, in one table.
 
-    python -m tasks.status INVENTORY [--json] [--limit HOST ...] [--timeout SECONDS]
+    ollama-fleet INVENTORY status [--json] [--limit HOST|GROUP|GLOB ...] [--timeout SECONDS]
 
-The inventory is read by pyinfra itself (`debug-inventory --json`, in a child
-process) and validated like a deploy; then every host is queried in parallel with
+The inventory is read and validated once (fleetctl.inventory); then every host is
+queried in parallel with
 pyinfra's API (its SSH connector, with the host's ssh_* data, connector arguments
 such as `_sudo`, and ./config.py as pyinfra applies it), one round trip each: a
 single shell script that prints one JSON document (see `status_script`). Each host
@@ -12,8 +12,7 @@ together. A host that cannot be connected to in that time is reported `unreachab
 one that connects but cannot finish the script is shown with its error; every other
 host is still shown. Nothing on any host is changed.
 
-`--limit` takes host or group names (repeatable). Run it from the repository root,
-like pyinfra (group_data/ is read from there).
+`--limit` takes host or group names and globs (repeatable, or comma-separated).
 
 Exit status: 0 when every host answered and every Ollama instance is healthy
 (Docker health status `healthy`); 1 when any host was unreachable or could not
@@ -57,23 +56,13 @@ Instances are the ones the inventory's settings describe (`ollama-N` on
 `ollama_base_port + N`), so one that should exist but does not shows as missing.
 """
 
-# ruff: noqa: E402 - pyinfra's API runs on gevent, which must patch the standard library
-# before anything imports socket or threading; so only when this is the program.
 from __future__ import annotations
 
-if __name__ == "__main__":
-    from gevent import monkey
-
-    monkey.patch_all()
-
-import argparse
 import base64
 import json
 import re
 import runpy
 import shlex
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +70,8 @@ from typing import Any
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
+from fleetctl.inventory import FleetHost, UsageError
+from tasks.paths import project_root
 from tasks.stack import PROJECT, expected_services
 
 DEFAULT_TIMEOUT_S = 20
@@ -93,10 +84,6 @@ INSPECT_FORMAT = ('{"name":{{json .Name}},'
                   '"health":{{if .State.Health}}{{json .State.Health.Status}}{{else}}null{{end}},'
                   '"image":{{json .Config.Image}},'
                   '"devices":{{json .HostConfig.DeviceRequests}}}')
-
-
-class UsageError(Exception):
-    """Bad arguments or inventory: one line, exit 2."""
 
 
 # -- the plan: what to ask each host, from the inventory ----------------------
@@ -122,41 +109,24 @@ def nginx_health_url(settings: Any, front_door: bool) -> str:
     return f"http://127.0.0.1:{port}/health"
 
 
-def plan_hosts(hosts: list[dict[str, Any]], settings: dict[str, Any]) -> list[HostPlan]:
-    """HOSTS as `debug-inventory --json` lists them, SETTINGS their validated settings."""
+def plan_hosts(hosts: list[FleetHost]) -> list[HostPlan]:
+    """What to ask each of HOSTS, from its validated settings."""
     plans = []
     for h in hosts:
-        s = settings[h["name"]]
-        groups = tuple(h["groups"])
+        s = h.settings
         instances: tuple[tuple[str, int], ...] = ()
         url = None
-        if "gpu_servers" in groups:
+        if h.gpu_server:
             names = [name for name in expected_services(s) if name != "nginx"]
             instances = tuple(zip(names, (port for _, port in s.instance_ports()), strict=True))
             url = nginx_health_url(s, front_door=False)
-        elif "lb_servers" in groups:
+        elif h.front_door:
             url = nginx_health_url(s, front_door=True)
         bind = s.ollama_bind_address
         address = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
-        plans.append(HostPlan(h["name"], groups, h["data"], instances,
+        plans.append(HostPlan(h.name, h.groups, h.data, instances,
                               f"[{address}]" if ":" in address else address, url))
     return plans
-
-
-def select_hosts(hosts: list[dict[str, Any]], limits: Sequence[str],
-                 inventory: str) -> list[dict[str, Any]]:
-    """The HOSTS (`debug-inventory --json` items) named by LIMITS, host or group names
-    (repeated or comma-separated), in inventory order."""
-    if not limits:
-        return hosts
-    wanted: set[str] = set()
-    for limit in limits:
-        for name in (n.strip() for n in limit.split(",") if n.strip()):
-            matched = {h["name"] for h in hosts if h["name"] == name or name in h["groups"]}
-            if not matched:
-                raise UsageError(f"--limit {name}: no such host in {inventory}")
-            wanted |= matched
-    return [h for h in hosts if h["name"] in wanted]
 
 
 # -- the one round trip: a shell script that prints JSON ----------------------
@@ -203,9 +173,9 @@ def status_script(plan: HostPlan) -> str:
 
 
 class FleetStatus(FactBase):
-    """What tasks.status reports about one host, raw (decoded, unparsed): see status_script.
+    """What the fleet view reports about one host, raw (decoded, unparsed): see status_script.
 
-    Also usable by hand: `pyinfra INV fact tasks.status.FleetStatus ports=[11434]`."""
+    Also usable by hand: `pyinfra INV fact fleetctl.status.FleetStatus ports=[11434]`."""
 
     def command(self, ports: list[int] | None = None, nginx_url: str = "http://127.0.0.1/health"
                 ) -> str:
@@ -476,41 +446,14 @@ def render_table(views: list[dict[str, Any]]) -> str:
 # -- I/O: the inventory, and the hosts over SSH ------------------------------------
 
 
-def read_inventory(inventory: str) -> list[dict[str, Any]]:
-    """Hosts as pyinfra reads INVENTORY (see tasks.settings.read_inventory)."""
-    from tasks.settings import read_inventory as pyinfra_inventory
-
-    try:
-        return pyinfra_inventory(inventory, timeout=120)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def load_plans(inventory: str, limits: Sequence[str] = ()) -> list[HostPlan]:
-    """The hosts to query: LIMITS checked first, then every host's data validated like a
-    deploy does (cross-host checks need them all)."""
-    from tasks.settings import SettingsError, validate_fleet
-
-    hosts = read_inventory(inventory)
-    selected = select_hosts(hosts, limits, inventory)
-    gpu_servers = [h["name"] for h in hosts if "gpu_servers" in h["groups"]]
-    lb_servers = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
-    try:
-        settings = validate_fleet({h["name"]: h["data"] for h in hosts}, gpu_servers,
-                                  lb_servers)
-    except SettingsError as exc:
-        raise UsageError(f"{inventory}: invalid inventory data: "
-                         + "; ".join(exc.problems)) from None
-    return plan_hosts(selected, settings)
-
-
-def pyinfra_config(timeout: float, path: str = "config.py") -> Any:
+def pyinfra_config(timeout: float, path: str | None = None) -> Any:
     """pyinfra's Config as its CLI would make it here: ./config.py run with `pyinfra.config`
     pointing at it (global SUDO, SU_USER... apply), and the connect timeout capped at 3/4
     of TIMEOUT so that a host that does not connect is reported with pyinfra's reason."""
     from pyinfra.api import Config
     from pyinfra.context import ctx_config
 
+    path = path or str(project_root() / "config.py")
     config = Config()
     if Path(path).is_file():
         try:
@@ -536,8 +479,8 @@ def collect(plans: list[HostPlan], timeout: float, config: Any) -> list[dict[str
     from pyinfra.api.exceptions import ConnectError
 
     if not monkey.is_module_patched("socket"):
-        raise RuntimeError("run as `python -m tasks.status`: gevent must patch the standard "
-                           "library before pyinfra connects")
+        raise RuntimeError("run as `ollama-fleet` (python -m fleetctl): gevent must patch the "
+                           "standard library before pyinfra connects")
     logging.getLogger("pyinfra").addHandler(logging.NullHandler())  # errors are reported here
     inventory = Inventory(([(p.name, p.data) for p in plans], {}))
     state = State(inventory, config)
@@ -578,49 +521,3 @@ def collect(plans: list[HostPlan], timeout: float, config: Any) -> list[dict[str
     greenlets = [state.pool.spawn(query, plan) for plan in plans]
     gevent.joinall(greenlets)
     return [g.get() for g in greenlets]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m tasks.status", description=__doc__.split("\n\n")[0],
-                     epilog="exit status: 0 all hosts answered and every instance is healthy; "
-                            "1 a host unreachable or an instance not healthy; 2 bad arguments "
-                            "or inventory", allow_abbrev=False)
-    parser.add_argument("inventory", help="a pyinfra inventory file, e.g. inventory/prod.py")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document instead (schema: tasks/status.py)")
-    parser.add_argument("--limit", action="append", default=[], metavar="HOST",
-                        help="only these hosts or groups (repeatable)")
-    parser.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S,
-                        metavar="SECONDS", help=f"per host (default {DEFAULT_TIMEOUT_S})")
-    try:
-        args = parser.parse_args(argv)
-        plans = load_plans(args.inventory, args.limit)
-        config = pyinfra_config(args.timeout)
-    except UsageError as exc:
-        print(f"status: {exc}", file=sys.stderr)
-        return 2
-    views = collect(plans, args.timeout, config) if plans else []
-    if args.json:
-        print(json.dumps(views, indent=2))
-    else:
-        sys.stdout.write(render_table(views))
-    return exit_status(views)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

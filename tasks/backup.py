@@ -1,7 +1,7 @@
 """Back up a host's Ollama model store to a checked tarball; restore one onto any host.
 
-    python -m tasks.backup INVENTORY backup HOST [--to DIR | --on-host] [--data KEY=VALUE ...]
-    python -m tasks.backup INVENTORY restore HOST TARBALL [--data KEY=VALUE ...]
+    ollama-fleet INVENTORY backup HOST [--to DIR | --on-host] [--data KEY=VALUE ...]
+    ollama-fleet INVENTORY restore HOST TARBALL [--data KEY=VALUE ...] [-y]
 
 Backup guarantees: the manifests are copied first and then only the blobs they
 reference are read, so a model pulled meanwhile is either whole in the tarball or
@@ -20,26 +20,22 @@ present; identical blobs and manifests already there are kept; a restore whose
 models are all present changes nothing. Afterwards every instance must list the
 restored models with their digests. On failure the staging directory is removed.
 
-The on-host work runs in pyinfra operations (tasks/backup_deploy.py,
-tasks/restore_deploy.py), one `pyinfra --limit HOST` run in a child process: pyinfra's
-CLI monkey-patches the standard library, so it stays out of this process.
+This module holds the backup format (its parsers and checks) and the on-host work,
+pyinfra operations run by tasks/backup_deploy.py and tasks/restore_deploy.py; the
+commands that drive them are fleetctl/backup.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 import tarfile
-import tempfile
-from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,16 +44,13 @@ from pyinfra.api import FactBase, operation
 from pyinfra.operations import files
 
 from tasks.facts import OllamaModels, planning
-from tasks.report import fail_command
-from tasks.rolling_update import PYINFRA, data_args, parse_cli_value
-from tasks.settings import Settings, SettingsError, read_inventory, validate_fleet
+from tasks.report import ERROR_MARK, fail_command
+from tasks.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
 HOST_BACKUP_DIR = "/var/backups/ollama"
 STAGING = ".fleet-restore"  # beside models/ in the store: same filesystem, unseen by Ollama
 VOLUME = "ollama-models"
 JOB_ENV = "OLLAMA_FLEET_BACKUP_JOB"  # path of the job file the deploy files read
-ERROR_MARK = "store-error: "  # prefix of the one line an on-host failure reports
 TRANSFER_TIMEOUT_S = 6 * 3600
 SUMS = "SHA256SUMS"
 MANIFEST_MAX_BYTES = 1 << 20  # real ones are a few KB; read into memory when checked
@@ -75,7 +68,7 @@ class BackupError(Exception):
 
 def archive_name(host_name: str, now: datetime | None = None) -> str:
     """`<host>-models-<UTC timestamp>.tar`, e.g. gpu-1-models-20250125T170300Z.tar."""
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{host_name}-models-{stamp}.tar"
 
 
@@ -619,230 +612,6 @@ def load_job() -> dict[str, Any]:
 
     path = os.environ.get(JOB_ENV)
     if not path:
-        raise PyinfraError(f"{JOB_ENV} is not set: run this through python -m tasks.backup")
+        raise PyinfraError(f"{JOB_ENV} is not set: run this through "
+                           "`ollama-fleet INVENTORY backup|restore`")
     return json.loads(Path(path).read_text())
-
-
-# -- the command line ----------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line and exit 2, without the usage dump."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    prog = "python -m tasks.backup"
-    parser = _Parser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("inventory", metavar="INVENTORY")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    backup = sub.add_parser("backup", prog=f"{prog} INVENTORY backup",
-                            help="back HOST's model store up to a tarball")
-    backup.add_argument("host", metavar="HOST")
-    where = backup.add_mutually_exclusive_group()
-    where.add_argument("--to", default="backups", metavar="DIR",
-                       help="local directory the tarball is fetched to (default ./backups)")
-    where.add_argument("--on-host", action="store_true",
-                       help=f"keep the tarball on the host under {HOST_BACKUP_DIR}")
-    restore = sub.add_parser("restore", prog=f"{prog} INVENTORY restore",
-                             help="restore a backup tarball onto HOST")
-    restore.add_argument("host", metavar="HOST")
-    restore.add_argument("tarball", metavar="TARBALL")
-    for p in (backup, restore):
-        p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                       help="inventory data for this run, as pyinfra's --data")
-    return parser
-
-
-class CommandError(Exception):
-    """One line for the operator: `<command>: <host>: <file or key>: <problem>`."""
-
-
-@dataclass
-class Run:
-    """One backup or restore: which inventory, host and --data."""
-
-    command: str
-    inventory: str  # as the operator gave it (pyinfra gets the absolute path)
-    host: str
-    data: dict[str, Any]
-    log: Any = field(default=lambda message: print(message, file=sys.stderr, flush=True))
-
-    @property
-    def inventory_path(self) -> str:
-        return str(Path(self.inventory).resolve())
-
-    def fail(self, message: str) -> CommandError:
-        return CommandError(f"{self.command}: {self.host}: {message}")
-
-    def check_host(self) -> None:
-        """HOST must be a gpu_servers host of the inventory, with valid data."""
-        try:
-            hosts = {h["name"]: h for h in read_inventory(self.inventory_path,
-                                                          data_args(self.data), cwd=str(REPO))}
-        except ValueError as exc:
-            raise self.fail(str(exc).replace(self.inventory_path, self.inventory)) from None
-        if self.host not in hosts:
-            known = ", ".join(sorted(hosts)) or "none"
-            raise self.fail(f"not a host of {self.inventory} (hosts: {known})")
-        if "gpu_servers" not in hosts[self.host]["groups"]:
-            raise self.fail("not a gpu_servers host: it has no Ollama model store")
-        try:
-            validate_fleet({self.host: hosts[self.host]["data"]})
-        except SettingsError as exc:
-            raise CommandError(f"{self.command}: " + "; ".join(exc.problems)) from None
-
-    def pyinfra(self, deploy: str, job: dict[str, Any]) -> subprocess.CompletedProcess:
-        """Run DEPLOY on the host with JOB; CommandError naming the host if it fails."""
-        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="backup-job-") as f:
-            json.dump(job, f)
-            f.flush()
-            cmd = [PYINFRA, "-y", self.inventory_path, deploy, "--limit", self.host,
-                   *data_args(self.data)]
-            proc = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=TRANSFER_TIMEOUT_S + 600,
-                                  env={**os.environ, JOB_ENV: f.name})
-        proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
-        if proc.returncode != 0:
-            raise self.fail(failure_line(proc.output, proc.returncode,  # type: ignore[attr-defined]
-                                          self.host))
-        return proc
-
-    def clean_up(self, deploy: str, name: str | None = None) -> None:
-        """Remove what a failed run left on the host (best effort: the error stands)."""
-        try:
-            self.pyinfra(deploy, {"action": "clean", "name": name})
-        except (CommandError, subprocess.SubprocessError, OSError) as exc:
-            self.log(f"--> {self.command}: {self.host}: could not clean up: {exc}")
-
-
-def failure_line(output: str, returncode: int, host_name: str) -> str:
-    """The one line that says why a pyinfra run failed: the host's ERROR_MARK line, else
-    the last thing pyinfra said about the host, else pyinfra's own last error."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    marked = [line.split(ERROR_MARK, 1)[1].strip() for line in lines
-              if ERROR_MARK in line and "echo" not in line.split(ERROR_MARK, 1)[0]]
-    if marked:
-        return marked[-1]
-    prefix = f"[{host_name}] "
-    about = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)
-             and not line.endswith(("Connected", "Success", "No changes"))
-             and "Ready:" not in line]
-    if about:
-        return about[-1]
-    errors = [line for line in lines if "rror" in line]
-    return errors[-1] if errors else f"pyinfra exited {returncode}"
-
-
-def changed_nothing(output: str) -> bool:
-    """Whether pyinfra's results say no operation changed anything."""
-    total = next((line.split() for line in output.splitlines() if "Grand total" in line), [])
-    return len(total) >= 4 and total[3] == "-"
-
-
-def run_backup(run: Run, to: str, on_host: bool) -> str:
-    """Back the host up; return where the tarball is."""
-    name = archive_name(run.host)
-    local_dir = Path(to).resolve()
-    job = {"action": "backup", "name": name, "on_host": on_host, "local_dir": str(local_dir)}
-    run.log(f"--> backup: {run.host}: {name}")
-    partials = [local_dir / f"{name}.partial", local_dir / f"{name}.sha256.partial"]
-    try:
-        run.pyinfra("tasks/backup_deploy.py", job)
-        if on_host:
-            return f"{run.host}:{HOST_BACKUP_DIR}/{name}"
-        try:
-            want = parse_checksum_file(partials[1].read_text(), f"{name}.sha256")
-            got = file_sha256(partials[0])
-        except (BackupError, OSError) as exc:
-            raise run.fail(f"{local_dir / name}: the fetched copy cannot be checked: {exc}") \
-                from None
-        if got != want:
-            raise run.fail(f"{local_dir / name}: sha256 after the transfer is {got}, the host "
-                           f"computed {want}; run the backup again")
-    except CommandError:
-        for path in partials:
-            path.unlink(missing_ok=True)
-        if not on_host:
-            run.clean_up("tasks/backup_deploy.py", name)
-        raise
-    partials[1].rename(local_dir / f"{name}.sha256")
-    partials[0].rename(local_dir / name)
-    return str(local_dir / name)
-
-
-def check_tarball(run: Run, tarball: str) -> BackupIndex:
-    """The tarball checked on this machine (before any host is touched)."""
-    path = Path(tarball)
-    if not path.is_file():
-        raise run.fail(f"{tarball}: no such file")
-    sums_file = Path(f"{tarball}.sha256")
-    if not sums_file.is_file():
-        raise run.fail(f"{sums_file}: no such file (the tarball's checksum, written beside it "
-                       "by the backup)")
-    try:
-        want = parse_checksum_file(sums_file.read_text(errors="replace"), str(sums_file))
-        run.log(f"--> restore: {run.host}: checking {tarball}")
-        index = read_backup(path)
-    except BackupError as exc:
-        raise run.fail(f"{tarball}: {exc}; no host was changed") from None
-    if index.sha256 != want:
-        raise run.fail(f"{tarball}: sha256 is {index.sha256}, {sums_file.name} says {want}; "
-                       "the tarball is damaged or not the one backed up; no host was changed")
-    return index
-
-
-def run_restore(run: Run, tarball: str, index: BackupIndex) -> str:
-    """Restore the checked tarball onto the host; return what happened, in a line."""
-    job = {"action": "restore", "tarball": str(Path(tarball).resolve()), "index": asdict(index)}
-    run.log(f"--> restore: {run.host}: {len(index.models)} models, {len(index.blobs)} blobs")
-    try:
-        proc = run.pyinfra("tasks/restore_deploy.py", job)
-    except CommandError:
-        run.clean_up("tasks/restore_deploy.py")
-        raise
-    models = ", ".join(sorted(index.models))
-    if changed_nothing(proc.output):  # type: ignore[attr-defined]
-        return f"{run.host}: already holds {models} from {Path(tarball).name}; nothing changed"
-    return f"{run.host}: restored {models} from {Path(tarball).name}; Ollama lists them"
-
-
-def parse_data(items: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    data = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--data {item!r}: expected KEY=VALUE")
-        data[key] = parse_cli_value(value)
-    return data
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    data = parse_data(args.data, parser)
-    if not Path(args.inventory).is_file():
-        parser.error(f"{args.inventory}: no such inventory file")
-    run = Run(args.command, args.inventory, args.host, data)
-    try:
-        if args.command == "backup":
-            run.check_host()
-            where = run_backup(run, args.to, args.on_host)
-            print(where)
-        else:
-            index = check_tarball(run, args.tarball)
-            run.check_host()
-            print(run_restore(run, args.tarball, index))
-    except CommandError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,10 @@ from pyinfra.api.state import BaseStateCallback
 
 logger = logging.getLogger("pyinfra")
 
+# Starts the one line a failing on-host script or check says about why it failed; the
+# operator commands (fleetctl.runner.failure_line) look for it in pyinfra's output.
+ERROR_MARK = "store-error: "
+
 
 def fail_command(message: str) -> str:
     """A command that fails the host with MESSAGE as its error output."""

@@ -25,12 +25,12 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files
 
-from tasks import gate, models
+from tasks import gate, models, paths
 from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
 from tasks.report import fail_command
 from tasks.settings import Settings, is_ip
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "stack"
+TEMPLATES = paths.TEMPLATES / "stack"
 PROJECT = "ollama"
 
 

@@ -47,7 +47,9 @@ def fleet():
 
 
 def backup_cli(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.backup", fleet.inventory, *args],
+    """`ollama-fleet INV backup|restore ...`; a restore is confirmed with -y."""
+    yes = ["-y"] if args[0] == "restore" else []
+    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, *args, *yes],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
                           stdin=subprocess.DEVNULL)
 
@@ -140,7 +142,7 @@ def test_tampered_tarball_is_refused_and_the_host_untouched(fleet, tarball, tmp_
     before = store_state(fleet, "gpu-2")
     copy = tampered_copy(tarball, tmp_path, recompute_sha256)
     proc = backup_cli(fleet, "restore", "gpu-2", str(copy))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # refused as a bad argument: no host was touched
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"restore: gpu-2: {copy}: "), proc.stderr
     assert line.endswith("no host was changed"), line

@@ -41,7 +41,7 @@ def front_door(fleet) -> str:
 
 
 def roll(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.rolling_update", fleet.inventory, *args],
+    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "roll", "-y", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=1200,
                           stdin=subprocess.DEVNULL)
 
@@ -83,6 +83,57 @@ def test_roll_a_to_b_drops_no_request(fleet):
     order = [line.split(": ")[-1] for line in proc.stderr.splitlines()
              if line.startswith("--> roll: canary") or line.startswith("--> roll: batch")]
     assert order == ["gpu-1", "gpu-2", "gpu-3"]
+
+
+FINGERPRINT = ("docker ps -aq | sort | xargs -r docker inspect -f "
+               "'{{.Name}} {{.Config.Image}} {{.State.Status}} {{.State.StartedAt}}'; "
+               "find /opt /etc/docker /etc/nginx -type f -print0 2>/dev/null | sort -z | "
+               "xargs -0r md5sum")
+
+
+def fingerprints(fleet) -> dict[str, str]:
+    """Every host's containers (started when, from what) and configuration files."""
+    return {h["name"]: fleet.ssh(h["name"], FINGERPRINT)[1] for h in fleet.hosts()}
+
+
+def test_a_dry_roll_and_a_declined_roll_change_nothing_on_any_host(fleet):
+    before = fingerprints(fleet)
+    proc = roll(fleet, "--dry", "--data", f"ollama_image={A}", "--batch-size", "50%")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "  canary: gpu-1 (ollama/ollama:0.6.8)" in proc.stderr
+    assert "  batch 2/2: gpu-2 (ollama/ollama:0.6.8), gpu-3 (ollama/ollama:0.6.8)" in proc.stderr
+    for host in ("gpu-1", "gpu-2", "gpu-3"):  # pyinfra's own plan of what would change
+        assert f"    [{host}] " in proc.stderr, proc.stderr[-3000:]
+    declined = subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "roll",
+                               "--data", f"ollama_image={A}"], input="no\n", cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert declined.returncode == 1, declined.stderr
+    assert "Roll 3 serving hosts? [y/N]" in declined.stdout
+    assert fingerprints(fleet) == before
+    assert set(versions(fleet).values()) == {"0.7.0"}
+
+
+def test_roll_output_is_streamed_and_limit_takes_a_glob(fleet):
+    cmd = [sys.executable, "-m", "fleetctl", fleet.inventory, "roll", "-y",
+           "--limit", "gpu-[23]", "--data", f"ollama_image={B}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[str, bool]] = []  # (line, the roll still running when it arrived)
+    watchdog = threading.Timer(900, proc.kill)  # bounded, whatever the roll does
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            lines.append((line.rstrip("\n"), proc.poll() is None))
+        assert proc.wait(timeout=900) == 0, "\n".join(text for text, _ in lines)[-4000:]
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    pyinfra_lines = [running for text, running in lines if text.startswith("    [gpu-2]")]
+    assert pyinfra_lines and all(pyinfra_lines), "pyinfra's output came only at the end"
+    order = [text.split(": ")[-1] for text, _ in lines
+             if text.startswith(("--> roll: canary", "--> roll: batch"))]
+    assert order == ["gpu-2", "gpu-3"]
 
 
 def test_front_door_reload_does_not_cut_streams(fleet):

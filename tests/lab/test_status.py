@@ -1,4 +1,4 @@
-"""`python -m tasks.status` against a deployed lab fleet: what it prints is what the hosts
+"""`ollama-fleet INV status` against a deployed lab fleet: what it prints is what the hosts
 say; a host cut off the network is marked unreachable and the others are still shown.
 
 Runs after test_deploy.py on the same lab (2 GPU hosts x 2 GPUs, 1 CPU host); alone, it
@@ -46,7 +46,7 @@ def fleet(deploy_lab):
 
 
 def status(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.status", fleet.inventory, *args],
+    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "status", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=180,
                           stdin=subprocess.DEVNULL)
 

@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import tarfile
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,6 @@ from tasks.backup import (
     ModelStore,
     archive_name,
     backup_script,
-    changed_nothing,
-    failure_line,
-    main,
     manifest_blobs,
     model_name,
     parse_checksum_file,
@@ -98,7 +95,7 @@ def make_tar(path: Path, files: dict[str, bytes], sums: str | None = None,
 # -- names, checksum files, manifests -----------------------------------------------------
 
 def test_archive_name_is_host_and_utc_time():
-    assert archive_name("gpu-1", datetime(2025, 1, 25, 17, 3, 0, tzinfo=UTC)) == \
+    assert archive_name("gpu-1", datetime(2025, 1, 25, 17, 3, 0, tzinfo=timezone.utc)) == \
         "gpu-1-models-20250125T170300Z.tar"
     cet = timezone(timedelta(hours=1))
     assert archive_name("gpu-a1.example.net", datetime(2025, 1, 1, 0, 30, tzinfo=cet)) == \
@@ -391,100 +388,6 @@ def test_model_store_fact_is_parsed():
     assert missing["error"].startswith("Docker volume ollama-models: not found")
     assert "docker volume inspect" in fact.command("")
     assert "'/srv/my models'" in fact.command("/srv/my models")
-
-
-def test_the_hosts_own_error_line_is_the_failure():
-    output = ("--> Starting operation: Backup restored\n"
-              f"    [gpu-2] {ERROR_MARK}b.tar: blob sha256-ab: content does not match\n"
-              "    [gpu-2] Error: executed 3 commands\n--> pyinfra error: No hosts remaining!\n")
-    assert failure_line(output, 1, "gpu-2") == "b.tar: blob sha256-ab: content does not match"
-    output = "    [gpu-2] Connected\n    [gpu-2] Could not connect (timed out)\n"
-    assert failure_line(output, 1, "gpu-2") == "Could not connect (timed out)"
-    assert failure_line("--> pyinfra error: No hosts remaining!\n", 1, "gpu-2") == \
-        "--> pyinfra error: No hosts remaining!"
-    assert failure_line("", 3, "gpu-2") == "pyinfra exited 3"
-
-
-def test_results_with_no_change_are_recognised():
-    assert changed_nothing("    Grand total   2   -   -   2\n")
-    assert not changed_nothing("    Grand total   2   1   -   1\n")
-    assert not changed_nothing("no results")
-
-
-# -- the command line -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("args, message", [
-    (["inv.py"], "the following arguments are required: command"),
-    (["inv.py", "backup"], "the following arguments are required: HOST"),
-    (["inv.py", "restore", "gpu-2"], "the following arguments are required: TARBALL"),
-    (["inv.py", "backup", "gpu-1", "--to", "d", "--on-host"],
-     "argument --on-host: not allowed with argument --to"),
-    (["inv.py", "backup", "gpu-1", "--data", "ollama_models"],
-     "--data 'ollama_models': expected KEY=VALUE"),
-    (["inv.py", "copy", "gpu-1"], "invalid choice: 'copy'"),
-    (["nope/inv.py", "backup", "gpu-1"], "nope/inv.py: no such inventory file"),
-])
-def test_bad_arguments_are_one_line(args, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "inv.py").write_text("gpu_servers = []\n")
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-
-
-@pytest.fixture
-def inventory(tmp_path) -> Path:
-    path = tmp_path / "fleet.py"
-    path.write_text("gpu_servers = [('gpu-1', {'gpu_count': 1}), ('gpu-2', {'gpu_count': 1})]\n"
-                    "lb_servers = [('lb-1', {})]\n")
-    return path
-
-
-def run_main(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err[-1] if err else ""
-
-
-def test_restore_checks_the_tarball_before_any_host(tmp_path, inventory, capsys):
-    code, line = run_main(capsys, str(inventory), "restore", "gpu-2", str(tmp_path / "no.tar"))
-    assert (code, line) == (1, f"restore: gpu-2: {tmp_path / 'no.tar'}: no such file")
-
-    proc, tarball = back_up(tmp_path, make_store(tmp_path / "store"))
-    sums = tarball.with_name(tarball.name + ".sha256")
-    sums.rename(tmp_path / "aside")
-    code, line = run_main(capsys, str(inventory), "restore", "gpu-2", str(tarball))
-    assert code == 1 and line.startswith(f"restore: gpu-2: {sums}: no such file")
-
-    sums.write_text(f"{'0' * 64}  {tarball.name}\n")
-    code, line = run_main(capsys, str(inventory), "restore", "gpu-2", str(tarball))
-    assert code == 1 and line == (
-        f"restore: gpu-2: {tarball}: sha256 is {sha(tarball.read_bytes())}, {sums.name} says "
-        f"{'0' * 64}; the tarball is damaged or not the one backed up; no host was changed")
-
-    flip_byte_in(tarball, f"models/blobs/sha256-{sha(WEIGHTS)}")
-    sums.write_text(f"{sha(tarball.read_bytes())}  {tarball.name}\n")
-    code, line = run_main(capsys, str(inventory), "restore", "gpu-2", str(tarball))
-    assert code == 1 and line.startswith(f"restore: gpu-2: {tarball}: blob sha256-{sha(WEIGHTS)}")
-    assert line.endswith("tampered with or damaged; no host was changed")
-
-
-@pytest.mark.parametrize("host, problem", [
-    ("gpu-9", "backup: gpu-9: not a host of {inv} (hosts: gpu-1, gpu-2, lb-1)"),
-    ("lb-1", "backup: lb-1: not a gpu_servers host: it has no Ollama model store"),
-])
-def test_hosts_that_have_no_store_are_refused(inventory, capsys, host, problem):
-    code, line = run_main(capsys, str(inventory), "backup", host)
-    assert (code, line) == (1, problem.format(inv=inventory))
-
-
-def test_bad_host_data_is_named(inventory, capsys):
-    code, line = run_main(capsys, str(inventory), "backup", "gpu-1", "--data",
-                          "ollama_topology=mesh")
-    assert code == 1
-    assert line.startswith("backup: gpu-1: ollama_topology: Input should be 'per_gpu'")
 
 
 # -- the operations: facts in, commands out --------------------------------------------------

@@ -6,29 +6,26 @@ import base64
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tasks.settings import Settings
-from tasks.status import (
+from fleetctl.inventory import FleetHost, UsageError
+from fleetctl.status import (
     HostPlan,
-    UsageError,
     decode_report,
     exit_status,
     failed_view,
     given_gpus,
     host_view,
-    main,
     parse_gpus,
     parse_os_release,
     plan_hosts,
     pyinfra_config,
     render_table,
-    select_hosts,
     status_script,
 )
+from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -277,27 +274,23 @@ def test_json_document_is_stable():
 
 def test_plans_follow_the_settings():
     hosts = [
-        {"name": "gpu-a", "groups": ["gpu_servers", "prod"], "data": {"gpu_count": 4}},
-        {"name": "gpu-b", "groups": ["gpu_servers"], "data": {}},
-        {"name": "lb-1", "groups": ["lb_servers"], "data": {}},
+        FleetHost("gpu-a", ("gpu_servers", "prod"), {"gpu_count": 4},
+                  Settings(gpu_count=4, ollama_base_port=12000)),
+        FleetHost("gpu-b", ("gpu_servers",), {}, Settings(
+            gpu_count=2, ollama_topology="shared", nginx_port=8080,
+            ollama_bind_address="0.0.0.0")),
+        FleetHost("lb-1", ("lb_servers",), {}, Settings(front_door_port=8000)),
     ]
-    settings = {"gpu-a": Settings(gpu_count=4, ollama_base_port=12000),
-                "gpu-b": Settings(gpu_count=2, ollama_topology="shared", nginx_port=8080,
-                                  ollama_bind_address="0.0.0.0"),
-                "lb-1": Settings(front_door_port=8000)}
-    a, b, lb = plan_hosts(hosts, settings)
+    a, b, lb = plan_hosts(hosts)
     assert a.instances == (("ollama-0", 12000), ("ollama-1", 12001), ("ollama-2", 12002),
                            ("ollama-3", 12003))
     assert (b.instances, b.nginx_url, b.api_address) == (
         (("ollama-0", 11434),), "http://127.0.0.1:8080/health", "127.0.0.1")
     assert (lb.instances, lb.nginx_url) == ((), "http://127.0.0.1:8000/health")
-    (v6,) = plan_hosts(hosts[1:2], {"gpu-b": Settings(gpu_count=1, ollama_bind_address="::1")})
+    (v6,) = plan_hosts([FleetHost("gpu-b", ("gpu_servers",), {},
+                                  Settings(gpu_count=1, ollama_bind_address="::1"))])
     assert "http://[::1]:11434/api/version" in status_script(v6)
     assert "http://127.0.0.1:12003/api/version" in status_script(a)
-    assert [h["name"] for h in select_hosts(hosts, ["lb-1", "gpu_servers"], "inv.py")] == [
-        "gpu-a", "gpu-b", "lb-1"]
-    assert [h["name"] for h in select_hosts(hosts, ["gpu-b,lb-1"], "inv.py")] == [
-        "gpu-b", "lb-1"]
 
 
 def test_config_py_applies_as_in_pyinfra_and_connecting_leaves_time(tmp_path):
@@ -311,49 +304,6 @@ def test_config_py_applies_as_in_pyinfra_and_connecting_leaves_time(tmp_path):
     path.write_text("config = undefined_name\n")
     with pytest.raises(UsageError, match="config.py: NameError: name 'undefined_name'"):
         pyinfra_config(20, str(path))
-
-
-@pytest.fixture
-def inventory(tmp_path) -> str:
-    """A small valid inventory (no group_data beside it: the knobs' defaults)."""
-    path = tmp_path / "fleet.py"
-    path.write_text('gpu_servers = [("gpu-1", {"gpu_count": 2}), ("cpu-1", {})]\n')
-    return str(path)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["INV", "--limit", "gpu-9"], "status: --limit gpu-9: no such host in INV"),
-    (["INV", "--limit", "gpu-1", "--limit", "lb_servers"],
-     "status: --limit lb_servers: no such host in INV"),
-    (["inventory/nope.py"], "status: inventory/nope.py: no such inventory file"),
-    (["INV", "--timeout", "0"], "status: argument --timeout: 0: must be more than 0"),
-    (["INV", "--timeout", "soon"], "status: argument --timeout: 'soon' is not a number of "
-                                   "seconds"),
-    (["INV", "--bogus"], "status: unrecognized arguments: --bogus"),
-    ([], "status: the following arguments are required: inventory"),
-])
-def test_bad_arguments_exit_2_with_one_line(args, message, inventory, capsys):
-    args = [inventory if a == "INV" else a for a in args]
-    message = message.replace("INV", inventory)
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", message + "\n")
-
-
-def test_invalid_inventory_data_exits_2_naming_host_and_key(tmp_path, capsys):
-    inventory = tmp_path / "bad.py"
-    inventory.write_text('gpu_servers = [("gpu-x", {"gpu_count": 2, "ollama_gpus": [5]})]\n')
-    assert main([str(inventory)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert err.startswith(f"status: {inventory}: invalid inventory data: gpu-x: ollama_gpus: ")
-
-
-def test_the_program_exits_2_on_bad_arguments(inventory):
-    proc = subprocess.run([sys.executable, "-m", "tasks.status", inventory, "--limit", "gpu-9"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == f"status: --limit gpu-9: no such host in {inventory}\n"
 
 
 def test_base64_is_what_the_script_uses():

@@ -1,0 +1,268 @@
+"""`ollama-fleet`: the operator's commands for a fleet that `pyinfra INVENTORY deploy.py`
+built, with pyinfra's manners: the inventory first, `--limit` by host, group or glob,
+`--data KEY=VALUE`, a question before a serving fleet is changed unless `-y`, `--dry`
+to see the plan and change nothing.
+
+Exit status, for every command: 0 done; 1 a host failed (or the question was answered
+no, or not at all): one line on stderr names the host and what to do; 2 bad arguments
+or inventory: one line on stderr names the argument or the host and key, and no host
+was touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
+
+from fleetctl import inventory
+from fleetctl.inventory import Fleet, UsageError
+from fleetctl.runner import log_stderr, run_pyinfra
+
+PROG = "ollama-fleet"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line (exit 2), without the usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].replace("\n", " "),
+                     epilog="exit status: 0 done; 1 a host failed (or the question was "
+                            "declined); 2 bad arguments or inventory, no host touched",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("inventory", metavar="INVENTORY",
+                        help="a pyinfra inventory file, e.g. inventory/prod.py")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+
+    data = _Parser(add_help=False)
+    data.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                      help="inventory data for this run, as pyinfra's --data (repeatable)")
+    limit = _Parser(add_help=False)
+    limit.add_argument("--limit", action="append", default=[], metavar="PATTERN",
+                       help="only these hosts: a host or group name, or a glob such as "
+                            "'gpu-*' (repeatable, or comma-separated)")
+    changes = _Parser(add_help=False)
+    changes.add_argument("-y", "--yes", action="store_true",
+                         help="do not ask before changing the fleet")
+    changes.add_argument("--dry", action="store_true",
+                         help="print the plan and what would change; change nothing")
+
+    roll = sub.add_parser("roll", parents=[data, limit, changes],
+                          help="roll the inventory's change through gpu_servers, canary first",
+                          description="Apply what deploy.py would apply now (edit the "
+                          "inventory, or pass --data), canary first, one batch at a time, "
+                          "each batch out of the front door while it changes.")
+    roll.add_argument("--batch-size", default="1", metavar="N|P%",
+                      help="hosts per batch after the canary, or a percentage of them "
+                           "(default 1)")
+    roll.add_argument("--rollback", action="store_true",
+                      help="on failure, apply the failed host's previous image again")
+
+    status = sub.add_parser("status", parents=[data, limit],
+                            help="every host's GPUs, Docker, Ollama instances and nginx",
+                            description="The fleet view; exit 1 when a host is unreachable "
+                            "or an instance is not healthy.")
+    status.add_argument("--json", action="store_true",
+                        help="one JSON document instead of a table (schema: fleetctl/status.py)")
+    status.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS",
+                        help="per host, connecting included (default 20)")
+
+    backup = sub.add_parser("backup", parents=[data],
+                            help="back HOST's model store up to a checked tarball")
+    backup.add_argument("host", metavar="HOST")
+    where = backup.add_mutually_exclusive_group()
+    where.add_argument("--to", default="backups", metavar="DIR",
+                       help="local directory the tarball is fetched to (default ./backups)")
+    where.add_argument("--on-host", action="store_true",
+                       help="keep the tarball on the host under /var/backups/ollama")
+
+    restore = sub.add_parser("restore", parents=[data],
+                             help="restore a backup tarball onto HOST")
+    restore.add_argument("host", metavar="HOST")
+    restore.add_argument("tarball", metavar="TARBALL")
+    restore.add_argument("-y", "--yes", action="store_true",
+                         help="do not ask before changing the host")
+
+    drain = sub.add_parser("drain", parents=[data, changes],
+                           help="take gpu_servers hosts out of the front door",
+                           description="The front door (lb_servers) stops sending to HOSTS "
+                           "and waits for their requests to finish. They stay out until "
+                           "`undrain` or the next deploy of the front door; to keep a host "
+                           "out, name it in front_door_drained in the inventory.")
+    drain.add_argument("hosts", nargs="+", metavar="PATTERN",
+                       help="gpu_servers hosts: names, groups or globs")
+    sub.add_parser("undrain", parents=[data, changes],
+                   help="put every host back into the front door (but those the "
+                        "inventory's front_door_drained names)")
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ollama-fleet")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def confirm(question: str, yes: bool, ask: Callable[[str], str] = input) -> bool:
+    """Whether to go ahead: -y, else the operator's y/yes. No answer (stdin closed, as in
+    a script) is a no."""
+    if yes:
+        return True
+    try:
+        answer = ask(f"{question} [y/N] ")
+    except EOFError:
+        log_stderr("\nno answer (stdin is closed): pass -y to go ahead without asking")
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def declined(command: str) -> int:
+    log_stderr(f"{command}: not confirmed; nothing was changed")
+    return EXIT_FAILED
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def cmd_roll(fleet: Fleet, args: argparse.Namespace) -> int:
+    from fleetctl.roll import Roll, batch_size, roll_hosts
+
+    selected = fleet.select(args.limit, among=fleet.gpu_servers, what="gpu_servers host")
+    hosts = roll_hosts(selected)
+    if not hosts:
+        raise UsageError(f"{fleet.inventory}: no gpu_servers host to roll")
+    size = batch_size(args.batch_size, len(hosts))
+    images = {h.name: h.settings.ollama_image
+              for h in inventory.load(fleet.inventory).gpu_servers} if fleet.data else {}
+    roll = Roll(fleet, inventory_images=images)
+    for line in roll.plan(hosts, size):
+        log_stderr(line)
+    if args.dry:
+        return roll.dry(hosts)
+    if not confirm(f"Roll {len(hosts)} serving host{'s' if len(hosts) != 1 else ''}?",
+                   args.yes):
+        return declined("roll")
+    return roll.run(hosts, size, args.rollback)
+
+
+def cmd_status(fleet: Fleet, args: argparse.Namespace) -> int:
+    from fleetctl.status import collect, exit_status, plan_hosts, pyinfra_config, render_table
+
+    plans = plan_hosts(fleet.select(args.limit))
+    config = pyinfra_config(args.timeout)
+    views = collect(plans, args.timeout, config) if plans else []
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        sys.stdout.write(render_table(views))
+    return exit_status(views)
+
+
+def cmd_backup(fleet: Fleet, args: argparse.Namespace) -> int:
+    from fleetctl.backup import Run, run_backup
+
+    run = Run("backup", fleet, args.host)
+    run.check_host()
+    print(run_backup(run, args.to, args.on_host))
+    return EXIT_OK
+
+
+def cmd_restore(fleet: Fleet, args: argparse.Namespace) -> int:
+    from fleetctl.backup import Run, check_tarball, run_restore
+
+    run = Run("restore", fleet, args.host)
+    run.check_host()
+    index = check_tarball("restore", args.host, args.tarball)
+    log_stderr(f"restore {args.tarball} onto {args.host}: {', '.join(sorted(index.models))}")
+    if not confirm(f"Restore onto {args.host}?", args.yes):
+        return declined("restore")
+    print(run_restore(run, args.tarball, index))
+    return EXIT_OK
+
+
+def front_door_run(fleet: Fleet, drained: list[str], args: argparse.Namespace,
+                   what: str) -> int:
+    """deploy.py on the front doors with FRONT_DOOR_DRAINED set to DRAINED."""
+    lb = [h.name for h in fleet.front_doors]
+    if not lb:
+        raise UsageError(f"{fleet.inventory}: no lb_servers host: there is no front door "
+                         f"to {args.command} from")
+    log_stderr(f"{args.command}: front door {', '.join(lb)}: {what}")
+    if not args.dry and not confirm(f"Change the front door ({', '.join(lb)})?", args.yes):
+        return declined(args.command)
+    result = run_pyinfra(fleet, "deploy.py", lb, {**fleet.data, "front_door_drained": drained},
+                         dry=args.dry)
+    if not result.ok:
+        log_stderr(f"{args.command}: {result.failure(lb[0])}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_drain(fleet: Fleet, args: argparse.Namespace) -> int:
+    kept = list(fleet.front_doors[0].settings.front_door_drained) if fleet.front_doors else []
+    named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
+                                          what="gpu_servers host", option="drain")]
+    drained = kept + [name for name in named if name not in kept]
+    return front_door_run(fleet, drained, args, f"out: {', '.join(drained)}")
+
+
+def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
+    kept = list(fleet.front_doors[0].settings.front_door_drained) if fleet.front_doors else []
+    return front_door_run(fleet, kept, args, "every gpu_servers host in"
+                          + (f" but {', '.join(kept)} (front_door_drained)" if kept else ""))
+
+
+COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], int]] = {
+    "roll": cmd_roll, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,
+    "drain": cmd_drain, "undrain": cmd_undrain,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (see the module's docstring)."""
+    from fleetctl.backup import CommandError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse's own errors are named after the command too, when one was given
+    command = next((a for a in argv[1:2] if a in COMMANDS), PROG)
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        fleet = inventory.load(args.inventory, inventory.parse_data(args.data))
+        return COMMANDS[command](fleet, args)
+    except UsageError as exc:
+        message = str(exc)
+        prefix = f"{command}: "
+        print(message if message.startswith(prefix) else prefix + message, file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130

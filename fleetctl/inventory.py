@@ -1,0 +1,171 @@
+"""The fleet as every operator command sees it: read once, validated once, selected.
+
+The inventory is read by pyinfra itself (`debug-inventory --json`, in a child process):
+group data and `--data` apply exactly as in a deploy, and pyinfra's CLI (which
+monkey-patches the standard library with gevent) stays out of this process. Every
+host's data is then validated like deploy.py does, so a bad inventory stops a
+command before it touches any host.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from tasks.paths import project_root
+from tasks.settings import Settings, SettingsError, validate_fleet
+
+READ_TIMEOUT_S = 300
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))  # the one beside this Python
+
+
+class UsageError(Exception):
+    """Bad arguments or inventory: one line for the operator, exit 2, no host touched."""
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    """One inventory host: its groups, its pyinfra data and its validated settings."""
+
+    name: str
+    groups: tuple[str, ...]
+    data: dict[str, Any] = field(repr=False)
+    settings: Settings = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        """Where the operator's machine reaches it (what pyinfra connects to)."""
+        return self.data.get("ssh_hostname") or self.name
+
+    @property
+    def gpu_server(self) -> bool:
+        return "gpu_servers" in self.groups
+
+    @property
+    def front_door(self) -> bool:
+        return "lb_servers" in self.groups
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """INVENTORY's hosts in inventory order, with the --data they were read with."""
+
+    inventory: str  # as the operator named it, for messages
+    path: str  # absolute, for pyinfra
+    hosts: tuple[FleetHost, ...]
+    data: dict[str, Any]
+
+    @property
+    def gpu_servers(self) -> list[FleetHost]:
+        return [h for h in self.hosts if h.gpu_server]
+
+    @property
+    def front_doors(self) -> list[FleetHost]:
+        return [h for h in self.hosts if h.front_door]
+
+    def host(self, name: str) -> FleetHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        known = ", ".join(h.name for h in self.hosts) or "none"
+        raise UsageError(f"{name}: not a host of {self.inventory} (hosts: {known})")
+
+    def select(self, limits: Sequence[str], among: Sequence[FleetHost] | None = None,
+               what: str = "host or group", option: str = "--limit") -> list[FleetHost]:
+        """The hosts (of AMONG, default all) that LIMITS name, in inventory order.
+
+        As pyinfra's --limit: each pattern is a group name, else a glob over host names
+        (`gpu-*`); patterns repeat or are comma-separated. Unlike pyinfra, a pattern that
+        matches nothing is an error, not a warning: a roll must not quietly do less."""
+        pool = list(self.hosts if among is None else among)  # AMONG: of WHAT, for errors
+        if not limits:
+            return pool
+        wanted: set[str] = set()
+        for limit in limits:
+            for pattern in (p.strip() for p in limit.split(",")):
+                if not pattern:
+                    continue
+                matched = {h.name for h in pool
+                           if pattern in h.groups or fnmatchcase(h.name, pattern)}
+                if not matched:
+                    raise UsageError(f"{option} {pattern}: matches no {what} of "
+                                     f"{self.inventory}")
+                wanted |= matched
+        return [h for h in pool if h.name in wanted]
+
+
+def parse_value(text: str) -> Any:
+    """A --data value read the way pyinfra's CLI reads it: bool, int, JSON, else text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for parse in (int, json.loads):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_data(items: Sequence[str]) -> dict[str, Any]:
+    """`--data KEY=VALUE` arguments as a dict."""
+    data = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--data {item!r}: expected KEY=VALUE")
+        data[key] = parse_value(value)
+    return data
+
+
+def data_args(data: dict[str, Any]) -> list[str]:
+    """pyinfra --data arguments for DATA (values as JSON, which pyinfra reads back)."""
+    args = []
+    for key, value in data.items():
+        args += ["--data", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def read_inventory(inventory: str, data: dict[str, Any] | None = None,
+                   timeout: float = READ_TIMEOUT_S) -> list[dict[str, Any]]:
+    """INVENTORY's hosts (name, groups, merged data) as pyinfra reads them, in order.
+    Raises UsageError with a one-line reason."""
+    path = Path(inventory)
+    if not path.is_file():
+        raise UsageError(f"{inventory}: no such inventory file")
+    try:
+        proc = subprocess.run([PYINFRA, str(path.resolve()), "debug-inventory", "--json",
+                               *data_args(data or {})],
+                              cwd=project_root(), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"{inventory}: pyinfra did not read it within {timeout:g}s") from None
+    try:
+        hosts = json.loads(proc.stdout)
+        if not isinstance(hosts, list):
+            raise ValueError(hosts)
+    except ValueError:
+        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise UsageError(f"{inventory}: pyinfra cannot read it: {tail}") from None
+    return hosts
+
+
+def load(inventory: str, data: dict[str, Any] | None = None) -> Fleet:
+    """The fleet of INVENTORY with DATA (--data) applied, every host validated."""
+    data = data or {}
+    hosts = read_inventory(inventory, data)
+    gpu = [h["name"] for h in hosts if "gpu_servers" in h["groups"]]
+    lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
+    try:
+        settings = validate_fleet({h["name"]: h["data"] for h in hosts}, gpu, lb)
+    except SettingsError as exc:
+        raise UsageError(f"{inventory}: invalid inventory data, no host was changed: "
+                         + "; ".join(exc.problems)) from None
+    return Fleet(inventory, str(Path(inventory).resolve()),
+                 tuple(FleetHost(h["name"], tuple(h["groups"]), h["data"], settings[h["name"]])
+                       for h in hosts), data)

@@ -1,0 +1,121 @@
+"""The one way an operator command runs pyinfra: a child `pyinfra` process, streamed.
+
+Every command that changes hosts runs a deploy file (deploy.py, or one of tasks/'s
+own) with pyinfra's CLI, `--limit`ed to the hosts of this step, from the project's
+root (so config.py and group_data/ apply as in `pyinfra INV deploy.py`). pyinfra
+monkey-patches the standard library with gevent, so it stays in its own process.
+Its output is shown as it happens, each line indented under the step that ran it,
+and kept so that a failure can be named in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleetctl.inventory import PYINFRA, Fleet, data_args
+from tasks.paths import project_root
+from tasks.report import ERROR_MARK
+
+DEFAULT_TIMEOUT_S = 3600
+
+Log = Callable[[str], None]
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Result:
+    """How a pyinfra run ended: its exit status and everything it printed."""
+
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def failure(self, host: str) -> str:
+        return failure_line(self.output, self.returncode, host)
+
+    @property
+    def changed_nothing(self) -> bool:
+        """Whether pyinfra's results say no operation changed anything."""
+        total = next((line.split() for line in self.output.splitlines()
+                      if "Grand total" in line), [])
+        return len(total) >= 4 and total[3] == "-"
+
+
+def failure_line(output: str, returncode: int, host_name: str) -> str:
+    """The one line that says why a pyinfra run failed: the host's ERROR_MARK line, else
+    our report's "failed at step" line, else the last thing pyinfra said about the host,
+    else pyinfra's own last error."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    marked = [line.split(ERROR_MARK, 1)[1].strip() for line in lines
+              if ERROR_MARK in line and "echo" not in line.split(ERROR_MARK, 1)[0]]
+    if marked:
+        return marked[-1]
+    stopped = [line for line in lines if "failed at step" in line]
+    if stopped:
+        return stopped[-1]
+    prefix = f"[{host_name}] "
+    about = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)
+             and not line.endswith(("Connected", "Success", "No changes"))
+             and "Ready:" not in line]
+    if about:
+        return about[-1]
+    errors = [line for line in lines if "rror" in line]
+    return errors[-1] if errors else f"pyinfra exited {returncode}"
+
+
+def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str, Any],
+                log: Log = log_stderr, dry: bool = False, job: dict[str, Any] | None = None,
+                job_env: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Result:
+    """`pyinfra -y INVENTORY DEPLOY --limit ... --data ...`, its output streamed to LOG
+    line by line, indented. DEPLOY is relative to the project root. JOB, if given, is
+    written to a temporary JSON file whose path the child finds in JOB_ENV."""
+    cmd = [PYINFRA, "-y", fleet.path, deploy, *data_args(data)]
+    for name in limit:
+        cmd += ["--limit", name]
+    if dry:
+        cmd.append("--dry")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYINFRA_PROGRESS": "off"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fleet-job-") as f:
+        if job is not None and job_env:
+            json.dump(job, f)
+            f.flush()
+            env[job_env] = f.name
+        return _stream(cmd, env, log, timeout)
+
+
+def _stream(cmd: list[str], env: dict[str, str], log: Log, timeout: float) -> Result:
+    lines: list[str] = []
+    proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    watchdog = threading.Timer(timeout, proc.kill)  # a child that hangs silently ends too
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip():
+                log(f"    {line.rstrip()}")
+        returncode = proc.wait()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if returncode < 0:
+        lines.append(f"pyinfra did not finish within {timeout:g}s (killed)\n")
+    return Result(returncode, "".join(lines))

@@ -1,0 +1,63 @@
+"""fleetctl.runner: pyinfra's output streamed as it comes, and a failure named in one line."""
+
+from __future__ import annotations
+
+import sys
+
+from fleetctl.inventory import Fleet
+from fleetctl.runner import Result, _stream, failure_line
+from tasks.report import ERROR_MARK
+
+
+def test_the_hosts_own_error_line_is_the_failure():
+    output = ("--> Starting operation: Backup restored\n"
+              f"    [gpu-2] {ERROR_MARK}b.tar: blob sha256-ab: content does not match\n"
+              "    [gpu-2] Error: executed 3 commands\n--> pyinfra error: No hosts remaining!\n")
+    assert failure_line(output, 1, "gpu-2") == "b.tar: blob sha256-ab: content does not match"
+    output = "    [gpu-2] Connected\n    [gpu-2] Could not connect (timed out)\n"
+    assert failure_line(output, 1, "gpu-2") == "Could not connect (timed out)"
+    output = ("    [gpu-2] Error: executed 1 commands\n"
+              "--> gpu-2 failed at step 'Ollama healthy': ollama-0 not healthy\n")
+    assert failure_line(output, 1, "gpu-2") == \
+        "--> gpu-2 failed at step 'Ollama healthy': ollama-0 not healthy"
+    assert failure_line("--> pyinfra error: No hosts remaining!\n", 1, "gpu-2") == \
+        "--> pyinfra error: No hosts remaining!"
+    assert failure_line("", 3, "gpu-2") == "pyinfra exited 3"
+
+
+def test_results_with_no_change_are_recognised():
+    assert Result(0, "    Grand total   2   -   -   2\n").changed_nothing
+    assert not Result(0, "    Grand total   2   1   -   1\n").changed_nothing
+    assert not Result(0, "no results").changed_nothing
+
+
+def test_output_is_shown_line_by_line_while_the_child_runs(tmp_path):
+    """Each line reaches the log before the child has finished (it waits for a file that
+    only the log callback creates)."""
+    flag = tmp_path / "seen"
+    child = ("import pathlib, sys, time\n"
+             "print('first', flush=True)\n"
+             f"flag = pathlib.Path({str(flag)!r})\n"
+             "deadline = time.monotonic() + 20\n"
+             "while not flag.exists() and time.monotonic() < deadline:\n"
+             "    time.sleep(0.05)\n"
+             "print('streamed' if flag.exists() else 'buffered', flush=True)\n")
+    seen: list[str] = []
+
+    def log(line: str) -> None:
+        seen.append(line)
+        flag.touch()
+
+    result = _stream([sys.executable, "-c", child], {}, log, timeout=60)
+    assert result.ok and seen == ["    first", "    streamed"], seen
+
+
+def test_a_silent_hung_child_is_killed_at_the_timeout():
+    result = _stream([sys.executable, "-c", "import time; time.sleep(60)"], {}, print,
+                     timeout=1)
+    assert not result.ok and "did not finish within 1s" in result.output
+
+
+def test_fleet_is_plain_data():
+    fleet = Fleet("inv.py", "/abs/inv.py", (), {})
+    assert fleet.gpu_servers == [] and fleet.front_doors == []
