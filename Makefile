@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test test-unit test-lab lint demo demo-down lab-down clean
+.PHONY: machine have-shellcheck venv test test-unit test-lab lint demo demo-down lab-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,22 +13,33 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-## Everything: lint, unit tests, then the lab tests against real lab hosts (needs a Docker engine).
-test: venv lint
+## This machine ready for the lab (Debian or Ubuntu): installs with apt what is missing
+## (docker.io, debootstrap, dpkg-dev, gnupg, openssh-client, shellcheck, ...) and starts
+## the Docker engine when none answers. Quick, and installs nothing, when all is there.
+machine:
+	@PYTHON=$(PYTHON) lab/setup-machine.sh
+
+have-shellcheck:
+	@command -v shellcheck >/dev/null || lab/setup-machine.sh --lint
+
+## Everything: lint, unit tests, then the lab tests against real lab hosts (on a Docker engine).
+test: machine venv lint
 	$(BIN)/pytest -q tests
 
 ## The quick inner loop: no Docker needed.
 test-unit: venv
-	$(BIN)/pytest -q -m "not lab" tests
+	$(BIN)/pytest -q -m "not lab and not install" tests
 
-test-lab: venv
+test-lab: machine venv
 	$(BIN)/pytest -q -m lab tests
 
-lint: venv
+## ruff, and shellcheck on every shell script of the templates and the lab: no Docker needed.
+lint: venv have-shellcheck
 	$(BIN)/ruff check .
+	find templates lab -name '*.sh' -exec shellcheck {} +
 
 ## A lab fleet (2 GPU hosts with 2 GPUs, 1 CPU host, 1 front door), deployed, answering a request.
-demo: venv
+demo: machine venv
 	$(BIN)/python -m lab up --gpu-hosts 2 --gpus-per-host 2 --cpu-hosts 1 --lb-hosts 1
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
 	$(BIN)/python -m lab ask "Why is the sky blue?"

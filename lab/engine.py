@@ -22,7 +22,7 @@ def docker(*args: str, input: bytes | None = None, check: bool = True,
         proc = subprocess.run(["docker", *args], input=input, capture_output=True,
                               timeout=timeout, env=full_env)
     except FileNotFoundError as exc:
-        raise LabError("docker: command not found (apt-get install docker.io)") from exc
+        raise LabError("docker: command not found (`make machine` installs docker.io)") from exc
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"docker {args[0]}: no answer within {timeout:.0f}s") from exc
     if check and proc.returncode != 0:
@@ -40,8 +40,8 @@ def require_engine() -> None:
     """Fail with one clear line when no Docker engine answers."""
     proc = docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise LabError("no Docker engine answers (start dockerd, or run .ci/run which installs "
-                       "and starts one)")
+        raise LabError("no Docker engine answers (start dockerd, or run `make machine`, which "
+                       "installs and starts one)")
 
 
 def image_exists(ref: str) -> bool:

@@ -18,6 +18,7 @@ new tag, so an old image is never mistaken for a current one.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -45,8 +46,9 @@ class Debootstrap:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(repr((SUITE, self.name, self.packages, sorted(self.files.items()),
-                       self.customize, self.config)).encode())
+        # the mirror too: it is the one the hosts' apt uses, so another one is another image
+        h.update(repr((SUITE, debian_mirror(), self.name, self.packages,
+                       sorted(self.files.items()), self.customize, self.config)).encode())
         for src in [*self.files, *([self.customize] if self.customize else [])]:
             h.update((RECIPES / src).read_bytes())
         return h.hexdigest()[:12]
@@ -80,24 +82,84 @@ APP_BASE = Debootstrap(
 )
 
 
-def debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses (never written into the code)."""
-    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
-    for path in sources:
-        for block in path.read_text().split("\n\n"):
-            fields = dict(re.findall(r"^(\w[\w-]*):\s*(.+)$", block, re.M))
-            if "debian-security" in fields.get("URIs", ""):
+MIRROR_ENV = "FLEETLAB_DEBIAN_MIRROR"
+DEFAULT_DEBIAN_MIRROR = "http://debian-mirror.invalid/debian"
+
+
+def os_release_field(os_release: str, key: str) -> str:
+    """KEY's value in os-release(5) text ('' when absent), quotes removed."""
+    m = re.search(rf"^{key}=(.*)$", os_release, re.M)
+    return m.group(1).strip().strip("'\"") if m else ""
+
+
+def _apt_entries(sources: str) -> list[tuple[str, list[str], list[str]]]:
+    """(URI, suites, components) of each binary entry in apt sources text: one-line
+    sources.list entries and deb822 .sources paragraphs, in the order given."""
+    entries = []
+    for block in re.split(r"\n\s*\n", sources):
+        fields = dict(re.findall(r"^([A-Za-z][\w-]*):[ \t]*(.*)$", block, re.M))
+        if "URIs" in fields:
+            if "deb" not in fields.get("Types", "deb").split() \
+                    or fields.get("Enabled", "yes").strip().lower() == "no":
                 continue
-            if fields.get("URIs") and "deb" in fields.get("Types", "deb").split():
-                return fields["URIs"].split()[0].rstrip("/")
-    legacy = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
-    for path in legacy:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
-                if m and "security" not in m.group(1):
-                    return m.group(1).rstrip("/")
-    raise LabError("no Debian mirror found in /etc/apt/sources.list(.d); debootstrap needs one")
+            suites, components = fields.get("Suites", "").split(), \
+                fields.get("Components", "").split()
+            entries += [(uri, suites, components) for uri in fields["URIs"].split()]
+            continue
+        for line in block.splitlines():
+            m = re.match(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)(.*)$", line)
+            if m:
+                entries.append((m.group(1), [m.group(2)], m.group(3).split("#")[0].split()))
+    return entries
+
+
+def choose_debian_mirror(os_release: str, apt_sources: str, override: str | None = None) -> str:
+    """The Debian mirror debootstrap and the lab hosts' apt use.
+
+    OVERRIDE ($FLEETLAB_DEBIAN_MIRROR) when set; on a Debian machine (os-release ID)
+    the mirror its own apt uses (APT_SOURCES: its sources.list and .sources text), so
+    nothing is written into the code; on any other machine (Ubuntu: its mirror has no
+    Debian) Debian's own redirector.
+    """
+    if override and override.strip():
+        return override.strip().rstrip("/")
+    if os_release_field(os_release, "ID") != "debian":
+        return DEFAULT_DEBIAN_MIRROR
+    codename = os_release_field(os_release, "VERSION_CODENAME")
+    candidates = [(uri.rstrip("/"), suites) for uri, suites, components in
+                  _apt_entries(apt_sources)
+                  if "main" in components and "security" not in uri
+                  and re.match(r"^(https?://|file:/)", uri)]
+    for uri, suites in candidates:  # an entry for this release first: not a third party's
+        if codename and any(s.split("-")[0] == codename for s in suites):
+            return uri
+    if candidates:
+        return candidates[0][0]
+    raise LabError(f"no Debian mirror found in /etc/apt/sources.list(.d); debootstrap needs one "
+                   f"(or set {MIRROR_ENV})")
+
+
+def read_apt_sources(etc: Path = Path("/etc/apt")) -> str:
+    """This machine's apt sources, in apt's order: sources.list, then sources.list.d; a
+    `mirror+file:PATH` URI (Debian's cloud images) as the first mirror PATH lists."""
+    parts = [etc / "sources.list", *sorted(
+        p for p in (etc / "sources.list.d").glob("*") if p.suffix in (".list", ".sources"))]
+    text = "\n\n".join(p.read_text(errors="replace") for p in parts if p.is_file())
+
+    def first_mirror(m: re.Match) -> str:
+        path = Path(m.group(1))
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        return next((line.split()[0] for line in lines
+                     if line.strip() and not line.lstrip().startswith("#")), m.group(0))
+
+    return re.sub(r"mirror\+file:(?://)?(/[^\s\]]+)", first_mirror, text)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror of this machine: see choose_debian_mirror (read at run time)."""
+    os_release = next((p.read_text() for p in (Path("/etc/os-release"),
+                                               Path("/usr/lib/os-release")) if p.is_file()), "")
+    return choose_debian_mirror(os_release, read_apt_sources(), os.environ.get(MIRROR_ENV))
 
 
 def ensure_debootstrap_image(recipe: Debootstrap, log=print) -> str:
@@ -106,7 +168,7 @@ def ensure_debootstrap_image(recipe: Debootstrap, log=print) -> str:
     if image_exists(tag):
         return tag
     if shutil.which("debootstrap") is None:
-        raise LabError("debootstrap: command not found (apt-get install debootstrap)")
+        raise LabError("debootstrap: command not found (`make machine` installs it)")
     mirror = debian_mirror()
     log(f"building {tag} with debootstrap (once per recipe, about a minute)")
     with tempfile.TemporaryDirectory(prefix=f"fleetlab-{recipe.name}-") as tmp:
@@ -116,7 +178,7 @@ def ensure_debootstrap_image(recipe: Debootstrap, log=print) -> str:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise LabError(f"debootstrap {SUITE} failed: {' / '.join(tail)}")
+            raise LabError(f"debootstrap {SUITE} from {mirror} failed: {' / '.join(tail)}")
         for src, dest in recipe.files.items():
             target = root / dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def release_file(repo: Path, origin: str, label: str, description: str) -> str:
     for name in ("Packages", "Packages.gz"):
         data = (repo / name).read_bytes()
         files[name] = (_hashes(data), len(data))
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     lines = [f"Origin: {origin}", f"Label: {label}", f"Date: {_rfc2822(now)}",
              f"Description: {description}"]
     for title, algo in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256"),

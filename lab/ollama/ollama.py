@@ -312,11 +312,11 @@ def go_time(ts_ns: int, utc: bool = False) -> str:
     sec, frac_ns = divmod(ts_ns, 1_000_000_000)
     try:
         if utc:
-            dt = datetime.datetime.fromtimestamp(sec, tz=datetime.UTC)
+            dt = datetime.datetime.fromtimestamp(sec, tz=datetime.timezone.utc)
         else:
             dt = datetime.datetime.fromtimestamp(sec).astimezone()
     except (OverflowError, OSError, ValueError):
-        dt = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+        dt = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
     frac = f".{frac_ns:09d}".rstrip("0") if frac_ns else ""
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + _tz_suffix(dt)
 

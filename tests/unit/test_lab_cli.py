@@ -30,5 +30,5 @@ def test_no_docker_engine_is_one_line():
                    env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "lab: error: no Docker engine answers (start dockerd, or run .ci/run which installs "
-        "and starts one)"]
+        "lab: error: no Docker engine answers (start dockerd, or run `make machine`, which "
+        "installs and starts one)"]

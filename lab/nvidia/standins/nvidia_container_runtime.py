@@ -23,7 +23,7 @@ RUNC_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbi
 
 
 def log(entry):
-    entry = {"time": datetime.datetime.now(datetime.UTC).isoformat(), **entry}
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), **entry}
     try:
         path = host_path(LOG_FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -164,7 +164,7 @@ def prestart(stdin):
     chosen = resolve(requested, gpus)
 
     record = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "container_id": state.get("id", ""),
         "requested": requested,
         "indexes": [int(g["index"]) for g in chosen],
