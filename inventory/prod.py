@@ -11,8 +11,11 @@ gpu_servers = [
     ("gpu-a1.example.net", {"gpu_count": 4}),
     # Two L40S, one instance holding both (large models that span GPUs).
     ("gpu-a2.example.net", {"gpu_count": 2, "ollama_topology": "shared"}),
-    # A CPU-only server still serves small models; it gets no NVIDIA software.
-    ("cpu-b1.example.net", {"gpu_count": 0, "ollama_models": ["qwen2.5:0.5b"]}),
+    # A CPU-only server serves the fleet's small models too; it gets no NVIDIA software.
+    # Behind one front door every host serves the same models (group_data/all.py): the
+    # front door sends any request to any host, and the deploy refuses a fleet where a
+    # host lacks a model the others serve.
+    ("cpu-b1.example.net", {"gpu_count": 0}),
 ]
 
 # The fleet's front door (nginx in front of every gpu_servers host).

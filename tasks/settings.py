@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import json
 import re
-import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -528,9 +525,27 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
                                     "instances directly (front_door_upstream 'instances'), "
                                     "so it cannot be loopback")
                     break
+    problems += _front_door_models(result, gpu_servers or [], lb_servers or [])
     if problems:
         raise SettingsError(list(dict.fromkeys(problems)))
     return result
+
+
+def _front_door_models(settings: dict[str, Settings], gpu_servers: list[str],
+                       lb_servers: list[str]) -> list[str]:
+    """The front door balances every request over every gpu_servers host, whatever model
+    it names: hosts behind it that serve different models answer a share of requests
+    with 404."""
+    behind = [name for name in gpu_servers if name in settings]
+    if not lb_servers or len(behind) < 2:
+        return []
+    first = behind[0]
+    want = sorted(settings[first].ollama_models)
+    return [f"{name}: ollama_models: {sorted(settings[name].ollama_models)} differs from "
+            f"{first}'s {want}; the front door ({', '.join(lb_servers)}) sends any request "
+            "to any gpu_servers host, so a model some hosts lack gets 404 from them: give "
+            "every host behind it the same ollama_models"
+            for name in behind[1:] if sorted(settings[name].ollama_models) != want]
 
 
 def is_ip(address: str) -> bool:
@@ -540,31 +555,6 @@ def is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-
-
-def read_inventory(inventory: str, data_args: Sequence[str] = (), cwd: str | None = None,
-                   timeout: float = 300) -> list[dict[str, Any]]:
-    """INVENTORY's hosts (name, groups, merged data) as pyinfra reads them, in inventory
-    order: `pyinfra INVENTORY debug-inventory --json` in a child process, so group data
-    and --data (DATA_ARGS) apply exactly as in a deploy, and pyinfra's CLI (which
-    monkey-patches the standard library with gevent) stays out of the caller's process.
-    Raises ValueError with a one-line reason."""
-    if not Path(inventory).is_file():
-        raise ValueError(f"{inventory}: no such inventory file")
-    proc = subprocess.run([PYINFRA, inventory, "debug-inventory", "--json", *data_args],
-                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout)
-    try:
-        hosts = json.loads(proc.stdout)
-        if not isinstance(hosts, list):
-            raise ValueError(hosts)
-    except ValueError:
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise ValueError(f"{inventory}: pyinfra cannot read it: {tail}") from None
-    return hosts
 
 
 class InventoryError(PyinfraError):
@@ -612,7 +602,6 @@ def knob_table() -> str:
 
 def write_readme(readme: str = "README.md") -> None:
     """Replace the table between the README's knob markers with the declarations."""
-    from pathlib import Path
 
     path = Path(readme)
     text = path.read_text()

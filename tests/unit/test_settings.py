@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tasks.settings import KNOBS, SettingsError, knob_table, settings_for, validate_fleet
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
 # (data for host gpu-1, the one line expected). Shared with the lab test of bad inventories.
 BAD_DATA = [
@@ -60,6 +65,34 @@ def test_every_host_is_checked_and_all_problems_reported():
         "gpu-1: ollama_gpus: GPU 1 does not exist (the host has 1: 0..0)",
         "cpu-1: gpu_cont: unknown setting (did you mean gpu_count?)",
     ]
+
+
+def test_hosts_behind_a_front_door_must_serve_the_same_models():
+    hosts = {"gpu-1": {"gpu_count": 1, "ollama_models": ["tinyllama", "qwen2.5:0.5b"],
+                       "ssh_hostname": "10.0.0.1"},
+             "cpu-1": {"ollama_models": ["qwen2.5:0.5b"], "ssh_hostname": "10.0.0.2"},
+             "lb-1": {}}
+    with pytest.raises(SettingsError) as exc:
+        validate_fleet(hosts, ["gpu-1", "cpu-1"], ["lb-1"])
+    assert exc.value.problems == [
+        "cpu-1: ollama_models: ['qwen2.5:0.5b'] differs from gpu-1's ['qwen2.5:0.5b', "
+        "'tinyllama']; the front door (lb-1) sends any request to any gpu_servers host, so "
+        "a model some hosts lack gets 404 from them: give every host behind it the same "
+        "ollama_models"]
+    validate_fleet(hosts, ["gpu-1", "cpu-1"], [])  # no front door: each host on its own
+    hosts["cpu-1"]["ollama_models"] = ["qwen2.5:0.5b", "tinyllama"]  # order does not matter
+    validate_fleet(hosts, ["gpu-1", "cpu-1"], ["lb-1"])
+
+
+def test_the_example_inventory_is_a_fleet_that_works_as_written():
+    proc = subprocess.run([PYINFRA, "inventory/prod.py", "debug-inventory", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    hosts = json.loads(proc.stdout)
+    settings = validate_fleet({h["name"]: h["data"] for h in hosts},
+                              [h["name"] for h in hosts if "gpu_servers" in h["groups"]],
+                              [h["name"] for h in hosts if "lb_servers" in h["groups"]])
+    gpu = [h["name"] for h in hosts if "gpu_servers" in h["groups"]]
+    assert [settings[name].topology for name in gpu] == ["per_gpu", "shared", "cpu"]
 
 
 def test_pyinfra_connection_data_is_not_a_knob():
