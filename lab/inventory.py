@@ -34,6 +34,7 @@ def inventory_data(lab: Lab, state: dict) -> dict:
         "ssh_key": str(lab.key_path),
         "ssh_strict_host_key_checking": "off",
         "ssh_known_hosts_file": "/dev/null",
+        "fleet_insecure_http": True,  # the lab's mirrors: plain http on its own network
         "docker_package_source": "distribution",
         "docker_registry_mirrors": [ep["image_registry"]["mirror"]],
         "nvidia_toolkit_repo_url": apt["nvidia_container_toolkit"],

@@ -12,17 +12,118 @@ import difflib
 import ipaddress
 import re
 import sys
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pyinfra.api.exceptions import PyinfraError
 
 # Data keys that belong to pyinfra itself (connectors, global operation arguments).
 PYINFRA_KEY = re.compile(r"^(ssh_|_)")
 
 Topology = Literal["per_gpu", "shared", "cpu"]
-IMAGE_PINNED = re.compile(r"[\w.\-/:]+:[\w.\-]+(@sha256:[0-9a-f]{64})?")
+
+
+# -- value grammars: what a knob's text may be, checked before it reaches a shell, a
+# Compose file or an nginx config. ASCII only everywhere (no look-alikes, no controls).
+
+def _pattern(regex: str, what: str, empty: bool = False) -> AfterValidator:
+    """Text that REGEX matches whole (or, with EMPTY, nothing at all)."""
+    compiled = re.compile(regex, re.ASCII)
+
+    def check(value: str) -> str:
+        if not (empty and value == "") and not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _text(value: str) -> str:
+    """Printable ASCII, no newline: anything else in a knob is a mistake or an attack."""
+    if not re.fullmatch(r"[ -~]*", value, re.ASCII):
+        raise ValueError(f"{value!r} has characters other than printable ASCII")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address like 127.0.0.1 or ::1") from None
+    return value
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network like 10.0.0.0/24") from None
+    return value
+
+
+def _abs_path(value: str) -> str:
+    if not re.fullmatch(r"(/[A-Za-z0-9_.@+-]+)+/?", value, re.ASCII) or \
+            any(part in (".", "..") for part in value.split("/")):
+        raise ValueError(f"{value!r} is not an absolute path (letters, digits, _ . @ + -; no "
+                         "'..')")
+    return value
+
+
+def _model_name(value: str) -> str:
+    from tasks.modelname import parse
+
+    parse(value)  # ValueError naming the bad part
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Address = Annotated[str, AfterValidator(_address)]
+Network = Annotated[str, AfterValidator(_network)]
+AbsPath = Annotated[str, AfterValidator(_abs_path)]
+AbsPathOrEmpty = Annotated[str, AfterValidator(lambda v: v and _abs_path(v))]
+ModelRef = Annotated[str, AfterValidator(_model_name)]
+# http(s)://host[:port][/path]; the scheme is checked against fleet_insecure_http.
+_URL = (r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%+/{}-]*)?",
+        "an http(s) URL (host, optional port and path; no spaces, quotes or shell characters)")
+Url = Annotated[str, _pattern(*_URL), AfterValidator(lambda url: url.rstrip("/"))]
+UrlOrEmpty = Annotated[str, _pattern(*_URL, empty=True), AfterValidator(lambda u: u.rstrip("/"))]
+Size = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g")]
+SizeOrEmpty = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g",
+                                      empty=True)]
+EnvName = Annotated[str, _pattern(r"[A-Za-z_][A-Za-z0-9_]{0,127}",
+                                  "an environment variable name (letters, digits, _)")]
+ImageRef = Annotated[str, _pattern(
+    r"[a-z0-9][a-z0-9._-]*(:\d{1,5})?(/[a-z0-9][a-z0-9._-]*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    r"(@sha256:[0-9a-f]{64})?", "an image pinned by tag (name:tag)")]
+ServiceName = Annotated[str, _pattern(r"[a-z0-9][a-z0-9_-]{0,62}", "a service name")]
+# Go's time.ParseDuration (e.g. 5m, 1h30m, -1s) or a number of seconds (-1: forever).
+GoDuration = Annotated[str, _pattern(r"-?(\d+(\.\d+)?(ns|us|ms|s|m|h))+|-?\d+",
+                                     "a duration like 5m, 1h30m or -1")]
+Version = Annotated[str, _pattern(r"\d{1,4}(\.\d{1,4}){1,3}(~rc\.\d{1,3})?",
+                                  "a version like 1.17.8")]
+NginxSize = Annotated[str, _pattern(r"\d{1,9}[kmg]?", "a size like 100m")]
+NginxRate = Annotated[str, _pattern(r"|[1-9]\d{0,6}r/[sm]", "a rate like 10r/s or 600r/m")]
+RedisSize = Annotated[str, _pattern(r"[1-9]\d{0,12}(b|kb|mb|gb|k|m|g)?", "a Redis size like 256mb")]
+RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
+                      "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
+NginxTime = Annotated[str, _pattern(r"\d{1,9}(ms|s|m|h)?", "an nginx time like 600s")]
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class SecretRef(BaseModel):
@@ -30,8 +131,8 @@ class SecretRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    file: str | None = None
-    env: str | None = None
+    file: Text | None = None
+    env: EnvName | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -45,34 +146,40 @@ class AppService(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str
-    command: list[str] | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
-    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+    image: ImageRef
+    command: list[Text] | None = None
+    environment: dict[EnvName, Text] = Field(default_factory=dict)
+    secrets: dict[EnvName, SecretRef] = Field(default_factory=dict)
     ports: list[str] = Field(default_factory=list)
-    volumes: list[str] = Field(default_factory=list)
-    healthcheck: list[str] | None = None
-    memory_limit: str = ""
-    cpus: float | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    volumes: list[Annotated[str, _pattern(
+        r"([A-Za-z0-9][A-Za-z0-9_.-]*|(/[A-Za-z0-9_.@+-]+)+):(/[A-Za-z0-9_.@+-]+)+(:ro|:rw)?",
+        "a volume like NAME:/path or /host/path:/path[:ro]")]] = Field(default_factory=list)
+    healthcheck: list[Text] | None = None
+    memory_limit: SizeOrEmpty = ""
+    cpus: float | None = Field(None, gt=0, le=1024)
+    depends_on: list[ServiceName] = Field(default_factory=list)
     uses_ollama: bool = True
-    ollama_model: str | None = None
+    ollama_model: ModelRef | None = None
     ollama_instance: int | None = None
-
-    @field_validator("image")
-    @classmethod
-    def _pinned(cls, value: str) -> str:
-        if not IMAGE_PINNED.fullmatch(value):
-            raise ValueError(f"{value!r} is not an image pinned by tag (name:tag)")
-        return value
 
     @field_validator("ports")
     @classmethod
     def _ports(cls, value: list[str]) -> list[str]:
         for port in value:
-            if not re.fullmatch(r"(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}", port):
+            parts = port.split(":")
+            if not re.fullmatch(r"(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}", port, re.ASCII) \
+                    or not all(0 < int(p) < 65536 for p in parts[-2:]) \
+                    or (len(parts) == 3 and not _is_ipv4(parts[0])):
                 raise ValueError(f"{port!r} is not HOST_PORT:CONTAINER_PORT "
                                  "(optionally ADDRESS:HOST_PORT:CONTAINER_PORT)")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        for volume in value:
+            if any(part in (".", "..") for part in re.split(r"[/:]", volume)):
+                raise ValueError(f"{volume!r}: no '.' or '..' in volume paths")
         return value
 
     def published(self) -> list[tuple[str, int, int]]:
@@ -94,14 +201,19 @@ class Settings(BaseModel):
     gpu_count: int = Field(0, ge=0, le=16, description=(
         "NVIDIA GPUs the server has; 0 for a CPU-only server (skips all NVIDIA work)"))
 
+    fleet_insecure_http: bool = Field(False, description=(
+        "allow plain `http://` in the repository, registry and mirror URLs (a mirror on a "
+        "trusted LAN); apt still checks signatures and models their sha256. Default: "
+        "https only"))
+
     # -- Docker engine -----------------------------------------------------
     docker_package_source: Literal["docker", "distribution"] = Field("docker", description=(
         "`docker`: Docker's own apt repository (docker-ce); `distribution`: the OS's docker.io"))
-    docker_repo_url: str = Field("https://download.docker.com/linux", description=(
+    docker_repo_url: Url = Field("https://download.docker.com/linux", description=(
         "base of Docker's apt repository (the OS id and suite are appended)"))
-    docker_registry_mirrors: list[str] = Field(default_factory=list, description=(
+    docker_registry_mirrors: list[Url] = Field(default_factory=list, description=(
         "registry mirrors for Docker Hub, written to daemon.json"))
-    docker_log_max_size: str = Field("50m", description=(
+    docker_log_max_size: Size = Field("50m", description=(
         "json-file log rotation: size of one container log file"))
     docker_log_max_file: int = Field(3, ge=1, le=100, description=(
         "json-file log rotation: files kept per container"))
@@ -109,11 +221,11 @@ class Settings(BaseModel):
     # -- NVIDIA driver -----------------------------------------------------
     nvidia_driver_branch: int = Field(570, ge=550, le=999, description=(
         "driver branch to install (Ollama needs 550 or newer)"))
-    nvidia_driver_repo_url: str = Field(
+    nvidia_driver_repo_url: Url = Field(
         "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64",
         description=("NVIDIA's CUDA apt repository for Debian; `{distro}` becomes e.g. "
                      "debian12 (Ubuntu uses Canonical's packages)"))
-    nvidia_driver_gpgkey_url: str = Field("", description=(
+    nvidia_driver_gpgkey_url: UrlOrEmpty = Field("", description=(
         "key of that repository; empty: `<repo>/3bf863cc.pub` (NVIDIA's key)"))
     nvidia_driver_allow_reboot: bool = Field(True, description=(
         "reboot after a new driver is installed; if false the run stops and says so"))
@@ -121,12 +233,12 @@ class Settings(BaseModel):
         "keep the driver loaded between jobs (nvidia-smi -pm 1)"))
 
     # -- NVIDIA Container Toolkit ------------------------------------------
-    nvidia_toolkit_repo_url: str = Field("https://nvidia.github.io/libnvidia-container",
+    nvidia_toolkit_repo_url: Url = Field("https://nvidia.github.io/libnvidia-container",
                                          description=("NVIDIA Container Toolkit repository "
                                                       "base (mirrors, air-gapped fleets)"))
-    nvidia_toolkit_gpgkey_url: str = Field("", description=(
+    nvidia_toolkit_gpgkey_url: UrlOrEmpty = Field("", description=(
         "key of that repository; empty: `<repo>/gpgkey`"))
-    nvidia_toolkit_version: str = Field("1.17.8", description=(
+    nvidia_toolkit_version: Version = Field("1.17.8", description=(
         "toolkit version; its four packages are pinned together to `<version>-1`"))
     nvidia_toolkit_default_runtime: bool = Field(False, description=(
         "make nvidia Docker's default runtime (--set-as-default)"))
@@ -135,10 +247,10 @@ class Settings(BaseModel):
 
     nvidia_exporter: bool = Field(False, description=(
         "run NVIDIA's DCGM exporter (GPU metrics for Prometheus) on each GPU server"))
-    nvidia_exporter_image: str = Field(
+    nvidia_exporter_image: ImageRef = Field(
         "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04",
         description="DCGM exporter image, pinned by tag")
-    nvidia_exporter_listen: str = Field("127.0.0.1:9400", description=(
+    nvidia_exporter_listen: Text = Field("127.0.0.1:9400", description=(
         "address:port the exporter's /metrics listens on (loopback: scrape through a tunnel "
         "or an agent on the host)"))
 
@@ -148,14 +260,14 @@ class Settings(BaseModel):
         "GPU. Unset: per_gpu with GPUs, cpu without"))
     ollama_gpus: list[int] | None = Field(None, description=(
         "GPU indexes the stack uses (default: all of them)"))
-    ollama_image: str = Field("ollama/ollama:0.6.8", description="Ollama image, pinned by tag")
+    ollama_image: ImageRef = Field("ollama/ollama:0.6.8", description="Ollama image, pinned by tag")
     ollama_base_port: int = Field(11434, ge=1024, le=65000, description=(
         "port of the first instance; instance N listens on base + N"))
-    ollama_bind_address: str = Field("127.0.0.1", description=(
+    ollama_bind_address: Address = Field("127.0.0.1", description=(
         "address Ollama ports are published on; loopback keeps them behind nginx"))
-    ollama_models: list[str] = Field(default_factory=list, description=(
+    ollama_models: list[ModelRef] = Field(default_factory=list, description=(
         "models every instance has (pulled when missing), e.g. `llama3.2:1b`"))
-    ollama_keep_alive: str = Field("5m", description=(
+    ollama_keep_alive: GoDuration = Field("5m", description=(
         "OLLAMA_KEEP_ALIVE: how long a model stays loaded (-1: forever)"))
     ollama_num_parallel: int = Field(1, ge=1, le=64, description=(
         "OLLAMA_NUM_PARALLEL: concurrent requests per loaded model"))
@@ -163,24 +275,24 @@ class Settings(BaseModel):
         "OLLAMA_MAX_LOADED_MODELS (0: Ollama's default, 3 x GPUs)"))
     ollama_max_queue: int = Field(512, ge=1, description=(
         "OLLAMA_MAX_QUEUE: queued requests before Ollama answers 503"))
-    ollama_environment: dict[str, str] = Field(default_factory=dict, description=(
+    ollama_environment: dict[EnvName, Text] = Field(default_factory=dict, description=(
         "extra environment for every instance (OLLAMA_* settings not listed here)"))
-    ollama_models_path: str = Field("", description=(
+    ollama_models_path: AbsPathOrEmpty = Field("", description=(
         "host directory for the model store; empty: the named volume `ollama-models`"))
-    ollama_memory_limit: str = Field("", description=(
+    ollama_memory_limit: SizeOrEmpty = Field("", description=(
         "memory limit per instance (Compose syntax, e.g. 64g); empty: none"))
-    ollama_stack_dir: str = Field("/opt/ollama", description=(
+    ollama_stack_dir: AbsPath = Field("/opt/ollama", description=(
         "where the Compose project and nginx config live on the host"))
-    ollama_registry: str = Field("https://registry.ollama.ai", description=(
+    ollama_registry: Url = Field("https://registry.ollama.ai", description=(
         "the model registry Ollama pulls from (checked for every model before any pull)"))
     ollama_fanout: bool = Field(True, description=(
         "models cross the internet once per fleet: one host pulls, the others copy its "
         "verified blobs over the LAN; false: every host pulls from the registry"))
     ollama_fanout_port: int = Field(11380, ge=1024, le=65535, description=(
         "port the host's nginx serves its verified model store on, to fleet peers only"))
-    ollama_fanout_rate: str = Field("", description=(
+    ollama_fanout_rate: Text = Field("", description=(
         "bandwidth per peer download (nginx limit_rate, e.g. 100m); empty: unlimited"))
-    ollama_fanout_allow: list[str] = Field(default_factory=list, description=(
+    ollama_fanout_allow: list[Network] = Field(default_factory=list, description=(
         "networks (CIDR) that may copy models, besides the gpu_servers addresses that are IPs"))
     ollama_read_only: bool = Field(True, description=(
         "run Ollama and nginx with a read-only root filesystem (tmpfs for /tmp); all "
@@ -189,12 +301,12 @@ class Settings(BaseModel):
         "seconds a deploy waits for every instance to report healthy before failing the host"))
 
     # -- nginx in front of the instances -----------------------------------
-    nginx_image: str = Field("nginx:1.27", description="nginx image, pinned by tag")
+    nginx_image: ImageRef = Field("nginx:1.27", description="nginx image, pinned by tag")
     nginx_port: int = Field(80, ge=1, le=65535, description=(
         "port the host's nginx listens on (the host's inference entry point)"))
-    nginx_timeout: str = Field("600s", description=(
+    nginx_timeout: NginxTime = Field("600s", description=(
         "proxy read/send timeout: long generations must not be cut"))
-    nginx_max_body: str = Field("100m", description=(
+    nginx_max_body: NginxSize = Field("100m", description=(
         "largest request body accepted (client_max_body_size); larger gets 413"))
     nginx_status: bool = Field(False, description=(
         "nginx request counters (stub_status) at /nginx_status, from loopback only"))
@@ -203,14 +315,14 @@ class Settings(BaseModel):
     nginx_tls: Literal["off", "files", "self_signed"] = Field("off", description=(
         "`files`: certificate and key from nginx_tls_cert/nginx_tls_key; `self_signed`: a "
         "pair generated on the host once; `off`: plain HTTP"))
-    nginx_tls_cert: str = Field("", description=(
+    nginx_tls_cert: Text = Field("", description=(
         "certificate chain (PEM) on the operator's machine, for nginx_tls `files`"))
-    nginx_tls_key: str = Field("", description=(
+    nginx_tls_key: Text = Field("", description=(
         "private key (PEM) on the operator's machine, for nginx_tls `files`; kept mode 600"))
     nginx_tls_port: int = Field(443, ge=1, le=65535, description="port TLS is served on")
     nginx_http: Literal["redirect", "refuse"] = Field("redirect", description=(
         "with TLS on, the plain HTTP port: `redirect` (308 to https) or `refuse` (closed)"))
-    nginx_allow: list[str] = Field(default_factory=list, description=(
+    nginx_allow: list[Network] = Field(default_factory=list, description=(
         "addresses or networks (CIDR) that may use the API besides loopback and the front "
         "doors; empty: everyone. On gpu_servers behind a front door, the front door becomes "
         "the only entry (/health stays open; the host's app services stay allowed)"))
@@ -221,26 +333,26 @@ class Settings(BaseModel):
     nginx_admin_keys: SecretRef | None = Field(None, description=(
         "keys that may also pull, push, create, copy and delete models through nginx; "
         "unset: those endpoints are refused (403) except from loopback"))
-    nginx_rate_limit: str = Field("", description=(
+    nginx_rate_limit: NginxRate = Field("", description=(
         "requests per key (or per client address without keys), e.g. `10r/s`; past it "
         "and the burst: 429. Empty: no limit"))
     nginx_rate_burst: int = Field(20, ge=0, le=100000, description=(
         "requests above the rate served at once before 429"))
 
     # -- application services beside Ollama ---------------------------------
-    app_services: dict[str, AppService] = Field(default_factory=dict, description=(
+    app_services: dict[ServiceName, AppService] = Field(default_factory=dict, description=(
         "extra containers on the host's private app network (image, command, environment, "
         "secrets, ports, volumes, healthcheck, memory_limit, cpus, depends_on, uses_ollama, "
         "ollama_model); see the README's app stack"))
-    app_network: str = Field("172.31.254.0/24", description=(
+    app_network: Text = Field("172.31.254.0/24", description=(
         "subnet of the app services' private network, pinned so the host's nginx knows "
         "them: they call Ollama without a key and past nginx_allow, but not the admin "
         "endpoints. Must not overlap the host's networks (checked before it is created)"))
     app_cache: bool = Field(False, description=(
         "a Redis cache (`redis` on the app network, persistent, not published)"))
-    app_cache_image: str = Field("redis:7", description="Redis image, pinned by tag")
-    app_cache_memory: str = Field("256mb", description="Redis maxmemory")
-    app_cache_policy: str = Field("allkeys-lru", description="Redis maxmemory-policy")
+    app_cache_image: ImageRef = Field("redis:7", description="Redis image, pinned by tag")
+    app_cache_memory: RedisSize = Field("256mb", description="Redis maxmemory")
+    app_cache_policy: RedisPolicy = Field("allkeys-lru", description="Redis maxmemory-policy")
 
     # -- the fleet's front door (lb_servers) --------------------------------
     front_door_port: int = Field(80, ge=1, le=65535, description=(
@@ -248,39 +360,22 @@ class Settings(BaseModel):
     front_door_upstream: Literal["nginx", "instances"] = Field("nginx", description=(
         "`nginx`: each GPU server's nginx; `instances`: its Ollama ports directly "
         "(needs ollama_bind_address reachable from the front door)"))
-    front_door_drained: list[str] = Field(default_factory=list, description=(
+    front_door_drained: list[Text] = Field(default_factory=list, description=(
         "gpu_servers hosts taken out of the front door (maintenance; set by the roll)"))
     front_door_drain_timeout: int = Field(120, ge=0, le=3600, description=(
         "seconds a reload waits for requests in flight on the old config to finish"))
     front_door_max_fails: int = Field(2, ge=0, le=100, description=(
         "passive health: failures within fail_timeout that take an upstream out"))
-    front_door_fail_timeout: str = Field("10s", description=(
+    front_door_fail_timeout: NginxTime = Field("10s", description=(
         "passive health: how long a failed upstream stays out"))
-    front_door_dir: str = Field("/opt/ollama-front", description=(
+    front_door_dir: AbsPath = Field("/opt/ollama-front", description=(
         "where the front door's Compose project and nginx config live"))
-
-    @field_validator("docker_log_max_size")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+[kmg]", value):
-            raise ValueError(f"{value!r} is not a size like 50m")
-        return value
 
     @field_validator("ollama_fanout_rate")
     @classmethod
     def _fanout_rate(cls, value: str) -> str:
         if value and not re.fullmatch(r"[1-9]\d*[km]?", value):
             raise ValueError(f"{value!r} is not a rate like 100m (bytes per second)")
-        return value
-
-    @field_validator("ollama_fanout_allow", "nginx_allow")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not a network like 10.0.0.0/24") from None
         return value
 
     @field_validator("app_network")
@@ -295,54 +390,17 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r}: a private network of /28 or larger is expected")
         return value
 
-    @field_validator("ollama_registry")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
-
-    @field_validator("nginx_max_body")
-    @classmethod
-    def _body_size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+[kmg]?", value):
-            raise ValueError(f"{value!r} is not a size like 100m")
-        return value
-
-    @field_validator("nginx_rate_limit")
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[1-9]\d*r/[sm]", value):
-            raise ValueError(f"{value!r} is not a rate like 10r/s or 600r/m")
-        return value
-
-    @field_validator("nginx_timeout", "front_door_fail_timeout")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+(ms|s|m|h)?", value):
-            raise ValueError(f"{value!r} is not an nginx time like 600s")
-        return value
-
     @field_validator("nvidia_exporter_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        if not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", value):
-            raise ValueError(f"{value!r} is not ADDRESS:PORT")
-        return value
-
-    @field_validator("ollama_image", "nginx_image", "app_cache_image", "nvidia_exporter_image")
-    @classmethod
-    def _pinned(cls, value: str) -> str:
-        if not IMAGE_PINNED.fullmatch(value):
-            raise ValueError(f"{value!r} is not an image pinned by tag (name:tag)")
-        return value
-
-    @field_validator("ollama_models")
-    @classmethod
-    def _model_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[\w.\-:/]+", name) or name.count(":") > 2:
-                raise ValueError(f"{name!r} is not a model name like llama3.2:1b")
+        address, _, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+            if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{value!r} is not ADDRESS:PORT (an IP address; [v6]:port)") \
+                from None
         return value
 
     @field_validator("ollama_environment")
@@ -358,6 +416,23 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        urls = {"docker_repo_url": [self.docker_repo_url],
+                "docker_registry_mirrors": self.docker_registry_mirrors,
+                "nvidia_driver_repo_url": [self.nvidia_driver_repo_url],
+                "nvidia_driver_gpgkey_url": [self.nvidia_driver_gpgkey_url],
+                "nvidia_toolkit_repo_url": [self.nvidia_toolkit_repo_url],
+                "nvidia_toolkit_gpgkey_url": [self.nvidia_toolkit_gpgkey_url],
+                "ollama_registry": [self.ollama_registry]}
+        for key, values in urls.items():
+            for url in filter(None, values):
+                if url.startswith("http://") and not self.fleet_insecure_http:
+                    raise ValueError(f"{key}: {url!r} is plain http; use https, or set "
+                                     "fleet_insecure_http: true for a mirror on a trusted network")
+                braces = url.replace("{distro}", "") if key == "nvidia_driver_repo_url" else url
+                if "{" in braces or "}" in braces:
+                    raise ValueError(f"{key}: {url!r}: no braces in a URL"
+                                     + (" but {distro}" if key == "nvidia_driver_repo_url"
+                                        else ""))
         topology = self.topology
         if topology in ("per_gpu", "shared") and self.gpu_count == 0:
             raise ValueError(f"ollama_topology: {topology!r} needs GPUs but gpu_count is 0")
@@ -464,7 +539,8 @@ def _knob_data(host_name: str, data: dict[str, Any]) -> tuple[dict[str, Any], li
 
 
 def _describe(error: dict) -> tuple[str, str]:
-    loc = ".".join(str(p) for p in error["loc"])
+    # list positions and pydantic's "[key]" marker say nothing to an operator: the key does
+    loc = ".".join(str(p) for p in error["loc"] if not isinstance(p, int) and p != "[key]")
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown setting"
@@ -588,15 +664,27 @@ def fleet_settings() -> dict[str, Settings]:
     return _validated[id(inventory)]
 
 
+def _type_name(annotation: Any) -> str:
+    """ANNOTATION as the README shows it: the value grammars (Annotated) as their base type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else annotation.__name__
+
+
 def knob_table() -> str:
     """The README's knob table, in declaration order."""
     rows = ["| knob | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, field in KNOBS.items():
-        annotation = str(field.annotation).replace("typing.", "").replace("NoneType", "None")
-        annotation = re.sub(r"<class '(\w+)'>", r"\1", annotation)
-        annotation = re.sub(r"\b(?:[a-z_]+\.)+([A-Z]\w*)", r"\1", annotation)  # no module paths
         default = field.default_factory() if field.default_factory else field.default
-        rows.append(f"| `{name}` | `{annotation}` | `{default!r}` | {field.description} |")
+        kind = _type_name(field.annotation).replace("|", "\\|")  # a pipe splits a table cell
+        rows.append(f"| `{name}` | `{kind}` | `{default!r}` | {field.description} |")
     return "\n".join(rows)
 
 

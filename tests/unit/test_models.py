@@ -44,7 +44,8 @@ def test_names_map_to_ollamas_store_and_the_registry(name, path, url):
 
 
 def test_a_mirror_of_the_registry_is_used_for_its_models():
-    settings = settings_for("gpu-1", {"ollama_registry": "http://10.0.0.9:8081/"})
+    settings = settings_for("gpu-1", {"ollama_registry": "http://10.0.0.9:8081/",
+                                      "fleet_insecure_http": True})
     assert manifest_url(settings, "tinyllama") == (
         "http://10.0.0.9:8081/v2/library/tinyllama/manifests/latest")
 

@@ -41,7 +41,7 @@ BAD_DATA = [
      "gpu-1: ollama_environment: OLLAMA_PORT does not exist in Ollama; the port is part of "
      "OLLAMA_HOST, set from ollama_base_port"),
     ({"gpu_count": 2, "docker_log_max_size": "lots"},
-     "gpu-1: docker_log_max_size: 'lots' is not a size like 50m"),
+     "gpu-1: docker_log_max_size: 'lots' is not a size like 512m or 64g"),
     ({"gpu_count": 2, "app_services": {"web": {"image": "acme/web:1", "ports": ["11435:80"]}}},
      "gpu-1: app_services: web: port 11435 clashes with Ollama instance port 11435"),
     ({"gpu_count": 2, "app_services": {"web": {"image": "acme/web:1", "depends_on": ["db"]}}},
@@ -115,7 +115,8 @@ def test_topology_and_ports(data, topology, ports):
 
 
 def test_every_knob_has_a_meaning_and_a_task_prefix():
-    prefixes = ("gpu_count", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_", "app_")
+    prefixes = ("gpu_count", "fleet_", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_",
+                "app_")
     for name, field in KNOBS.items():
         assert field.description, name
         assert name.startswith(prefixes), name
