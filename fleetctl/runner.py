@@ -83,11 +83,11 @@ def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str,
     """`pyinfra -y INVENTORY DEPLOY --limit ... --data ...`, its output streamed to LOG
     line by line, indented. DEPLOY is relative to the project root. JOB, if given, is
     written to a temporary JSON file whose path the child finds in JOB_ENV."""
-    cmd = [PYINFRA, "-y", fleet.path, deploy, *data_args(data)]
+    # --dry without -y: pyinfra then prints the changes it detected (with -y it skips them)
+    # and exits before it would ask
+    cmd = [PYINFRA, *(["--dry"] if dry else ["-y"]), fleet.path, deploy, *data_args(data)]
     for name in limit:
         cmd += ["--limit", name]
-    if dry:
-        cmd.append("--dry")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYINFRA_PROGRESS": "off"}
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fleet-job-") as f:
         if job is not None and job_env:
