@@ -130,7 +130,9 @@ def test_roll_output_is_streamed_and_limit_takes_a_glob(fleet):
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-    pyinfra_lines = [running for text, running in lines if text.startswith("    [gpu-2]")]
+    # the child pyinfra's own lines, indented under the roll's: `    <pyinfra's line>`
+    pyinfra_lines = [running for text, running in lines
+                     if text.startswith("    ") and text.lstrip().startswith("[gpu-2] ")]
     assert pyinfra_lines and all(pyinfra_lines), "pyinfra's output came only at the end"
     order = [text.split(": ")[-1] for text, _ in lines
              if text.startswith(("--> roll: canary", "--> roll: batch"))]
