@@ -14,7 +14,7 @@ import ipaddress
 import shlex
 from io import StringIO
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+import yaml
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.operations import files
@@ -23,7 +23,7 @@ from tasks.facts import DockerNetwork
 from tasks.gate import read_secret
 from tasks.report import fail_command
 from tasks.settings import AppService, Settings
-from tasks.stack import TEMPLATES, checked_files, healthy, removed, running
+from tasks.stack import checked_files, healthy, removed, running
 
 PROJECT = "ollama-apps"
 
@@ -55,27 +55,98 @@ def named_volumes(settings: Settings) -> list[str]:
     return sorted(volumes)
 
 
+HEADER = ("# Written by the deploy from the inventory's app_services (tasks/apps.py); edits here\n"
+          "# are overwritten. Application services beside Ollama, on a private network; Ollama\n"
+          "# is reached through the host's nginx, the same entry point as every other client.\n")
+
+
+def literal(value: str) -> str:
+    """VALUE as Compose must see it to keep it: `$` starts an interpolation there."""
+    return value.replace("$", "$$")
+
+
+def compose_apps(settings: Settings) -> dict:
+    """The app stack's Compose file, as data: every inventory value a plain string
+    (Compose interpolation escaped), never text pasted into YAML."""
+    logging = {"driver": "json-file", "options": {"max-size": settings.docker_log_max_size,
+                                                  "max-file": str(settings.docker_log_max_file)}}
+    hardening = {"logging": logging, "security_opt": ["no-new-privileges:true"]}
+    services: dict[str, dict] = {}
+    if settings.app_cache:
+        services["redis"] = {
+            "image": settings.app_cache_image, "container_name": f"{PROJECT}-redis",
+            "command": ["redis-server", "--appendonly", "yes", "--maxmemory",
+                        settings.app_cache_memory, "--maxmemory-policy",
+                        settings.app_cache_policy],
+            "restart": "unless-stopped", "networks": ["apps"], "volumes": ["redis-data:/data"],
+            "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "10s",
+                            "timeout": "3s", "retries": 3, "start_period": "10s",
+                            "start_interval": "1s"},
+            **hardening}
+    for name, app in sorted(settings.app_services.items()):
+        services[name] = _service(settings, name, app, hardening)
+    doc: dict = {
+        "name": PROJECT,
+        "networks": {"apps": {"name": PROJECT,
+                              "ipam": {"config": [{"subnet": settings.app_network}]}}},
+        "services": services,
+    }
+    volumes = named_volumes(settings)
+    if volumes:
+        doc["volumes"] = {v: {"name": f"{PROJECT}-{v}"} for v in volumes}
+    return doc
+
+
+def _service(settings: Settings, name: str, app: AppService, hardening: dict) -> dict:
+    service: dict = {"image": app.image, "container_name": f"{PROJECT}-{name}",
+                     "restart": "unless-stopped", "networks": ["apps"]}
+    if app.command:
+        service["command"] = [literal(word) for word in app.command]
+    environment: dict[str, str] = {}
+    if app.uses_ollama:
+        port = settings.nginx_port if app.ollama_instance is None else \
+            settings.instance_ports()[app.ollama_instance][1]
+        environment["OLLAMA_BASE_URL"] = f"http://host.docker.internal:{port}"
+        model = app.ollama_model or (settings.ollama_models[0] if settings.ollama_models
+                                     else "")
+        if model:
+            environment["OLLAMA_MODEL"] = model
+    if settings.app_cache and "REDIS_URL" not in app.environment:
+        environment["REDIS_URL"] = "redis://redis:6379/0"
+    environment.update({key: literal(value) for key, value in sorted(app.environment.items())})
+    service["environment"] = environment
+    if app.secrets:
+        service["env_file"] = [f"./{name}.env"]
+    if app.uses_ollama:
+        service["extra_hosts"] = ["host.docker.internal:host-gateway"]
+    if app.ports:
+        service["ports"] = [f"{address}:{host_port}:{container_port}"
+                            for address, host_port, container_port in app.published()]
+    if app.volumes:
+        service["volumes"] = list(app.volumes)
+    if app.healthcheck:
+        service["healthcheck"] = {"test": [literal(word) for word in app.healthcheck],
+                                  "interval": "10s", "timeout": "5s", "retries": 3,
+                                  "start_period": "30s", "start_interval": "1s"}
+    if app.depends_on:
+        service["depends_on"] = {
+            dep: {"condition": "service_healthy" if dep == "redis" or
+                  settings.app_services[dep].healthcheck else "service_started"}
+            for dep in app.depends_on}
+    if app.memory_limit or app.cpus:
+        limits: dict[str, str] = {}
+        if app.memory_limit:
+            limits["memory"] = app.memory_limit
+        if app.cpus:
+            limits["cpus"] = str(app.cpus)
+        service["deploy"] = {"resources": {"limits": limits}}
+    return {**service, **hardening}
+
+
 def render_apps(settings: Settings) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES.parent / "apps"),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                      keep_trailing_newline=True)
-
-    def model_for(app: AppService) -> str:
-        return app.ollama_model or (settings.ollama_models[0] if settings.ollama_models else "")
-
-    def ollama_port(app: AppService) -> int:
-        """The host's nginx, or the pinned instance's own port when one is asked for."""
-        if app.ollama_instance is None:
-            return settings.nginx_port
-        return settings.instance_ports()[app.ollama_instance][1]
-
-    def healthchecked(name: str) -> bool:
-        return name == "redis" or bool(settings.app_services[name].healthcheck)
-
-    return env.get_template("compose.yaml.j2").render(
-        s=settings, project=PROJECT, apps=sorted(settings.app_services.items()),
-        model_for=model_for, healthchecked=healthchecked, ollama_port=ollama_port,
-        named_volumes=named_volumes(settings))
+    """The Compose file's text: the data, dumped (key order kept), under a header."""
+    return HEADER + yaml.safe_dump(compose_apps(settings), sort_keys=False,
+                                   default_flow_style=False, width=1000)
 
 
 def services(settings: Settings) -> list[str]:

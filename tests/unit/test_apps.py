@@ -59,3 +59,15 @@ def test_bad_app_services(service, line):
     with pytest.raises(SettingsError) as exc:
         settings_for("gpu-1", {"gpu_count": 2, "app_services": {"batch": service}})
     assert exc.value.problems == [line]
+
+
+def test_inventory_values_reach_the_container_as_written():
+    """`$` starts an interpolation in Compose; values are data, never YAML text."""
+    doc = compose({"gpu_count": 1, "app_services": {"web": {
+        "image": "acme/web:1", "environment": {"PRICE": "$5", "QUOTE": "it's \"x\": y #z"},
+        "command": ["sh", "-c", "echo $HOME"], "healthcheck": ["CMD-SHELL", "test $$ -gt 0"]}}})
+    web = doc["services"]["web"]
+    assert web["environment"]["PRICE"] == "$$5"  # Compose turns $$ back into $
+    assert web["environment"]["QUOTE"] == "it's \"x\": y #z"
+    assert web["command"] == ["sh", "-c", "echo $$HOME"]
+    assert web["healthcheck"]["test"] == ["CMD-SHELL", "test $$$$ -gt 0"]
