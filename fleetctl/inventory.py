@@ -18,6 +18,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from tasks.addresses import host_address
 from tasks.paths import project_root
 from tasks.settings import Settings, SettingsError, validate_fleet
 
@@ -41,7 +42,7 @@ class FleetHost:
     @property
     def address(self) -> str:
         """Where the operator's machine reaches it (what pyinfra connects to)."""
-        return self.data.get("ssh_hostname") or self.name
+        return host_address(self.name, self.data)
 
     @property
     def gpu_server(self) -> bool:

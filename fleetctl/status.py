@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import runpy
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,10 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from fleetctl.inventory import FleetHost, UsageError
+from tasks.addresses import local_address, url_host
+from tasks.facts import parse_gpu_csv
 from tasks.paths import project_root
+from tasks.scripts import script_command
 from tasks.stack import PROJECT, expected_services
 
 DEFAULT_TIMEOUT_S = 20
@@ -122,10 +125,8 @@ def plan_hosts(hosts: list[FleetHost]) -> list[HostPlan]:
             url = nginx_health_url(s, front_door=False)
         elif h.front_door:
             url = nginx_health_url(s, front_door=True)
-        bind = s.ollama_bind_address
-        address = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
         plans.append(HostPlan(h.name, h.groups, h.data, instances,
-                              f"[{address}]" if ":" in address else address, url))
+                              url_host(local_address(s.ollama_bind_address)), url))
     return plans
 
 
@@ -133,43 +134,16 @@ def plan_hosts(hosts: list[FleetHost]) -> list[HostPlan]:
 
 
 def status_script(plan: HostPlan) -> str:
-    """The script run on PLAN's host. It always exits 0 and prints one JSON object:
-    `{"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)}, ...}` with KEY os,
-    nvidia_smi (absent without nvidia-smi), docker, containers (absent without Docker),
-    version:PORT, tags:PORT, ps:PORT (absent when curl is missing), nginx. Output is
-    base64 so that nothing a command prints can break the document. Needs sh and
+    """The command run on PLAN's host (templates/status/status.sh). It always exits 0 and
+    prints one JSON object: `{"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)},
+    ...}` with KEY os, nvidia_smi (absent without nvidia-smi), docker, containers (absent
+    without Docker), version:PORT, tags:PORT, ps:PORT (absent when curl is missing), nginx.
+    Output is base64 so that nothing a command prints can break the document. Needs sh and
     coreutils (timeout, base64, tr, cat); every command is bounded by `timeout`, and an
     instance whose /api/version does not answer is not asked the rest."""
-    q = shlex.quote
-    lines = [
-        "b() { base64 | tr -d '\\n'; }",
-        # run KEY SECONDS COMMAND...: one `"KEY": {...}` member, bounded in time.
-        'run() { k=$1; t=$2; shift 2; o=$(timeout "$t" "$@" 2>&1); r=$?; '
-        'printf \', "%s": {"rc": %d, "out": "%s"}\' "$k" "$r" "$(printf %s "$o" | b)"; '
-        "return $r; }",
-        "printf '{\"format\": 1'",
-        "run os 5 cat /etc/os-release",
-        "if command -v nvidia-smi >/dev/null 2>&1; then run nvidia_smi 10 nvidia-smi "
-        f"--query-gpu={','.join(GPU_QUERY)} --format=csv,noheader,nounits; fi",
-        "if command -v docker >/dev/null 2>&1; then",
-        "  run docker 10 docker version --format '{{.Server.Version}}'",
-        f"  ids=$(timeout 10 docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
-        "2>/dev/null)",
-        f"  [ -z \"$ids\" ] || run containers 10 docker inspect --format {q(INSPECT_FORMAT)} $ids",
-        "fi",
-        "if command -v curl >/dev/null 2>&1; then",
-    ]
-    curl = "curl -sS -f -k --connect-timeout 2 --max-time 3"
-    for _, port in plan.instances:
-        base = f"http://{plan.api_address}:{port}/api"
-        lines.append(f"  if run version:{port} 5 {curl} {base}/version; then "
-                     f"run tags:{port} 5 {curl} {base}/tags; run ps:{port} 5 {curl} {base}/ps; "
-                     "fi")
-    if plan.nginx_url:
-        lines.append(f"  run nginx 5 {curl} -o /dev/null -w 'http_code=%{{http_code}}' "
-                     f"{q(plan.nginx_url)}")
-    lines += ["fi", "printf '}\\n'", "true"]
-    return "\n".join(lines)
+    return script_command("status/status.sh", PROJECT, ",".join(GPU_QUERY), INSPECT_FORMAT,
+                          plan.api_address, plan.nginx_url or "",
+                          *(port for _, port in plan.instances))
 
 
 class FleetStatus(FactBase):
@@ -213,28 +187,14 @@ def parse_os_release(text: str) -> str | None:
     return None
 
 
-def _number(text: str) -> int | None:
-    try:
-        return int(float(text))
-    except ValueError:
-        return None  # "[N/A]", "[Not Supported]"
-
-
 def parse_gpus(text: str, rc: int | None) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """`nvidia-smi --query-gpu=GPU_QUERY --format=csv,noheader,nounits` output and exit
     status (None: no nvidia-smi) -> (gpus, driver version, error)."""
     if rc is None:
         return [], None, None
-    gpus, driver, other = [], None, []
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == len(GPU_QUERY) and parts[0].isdigit():
-            index, uuid, name, used, total, util, driver = parts
-            gpus.append({"index": int(index), "uuid": uuid, "name": name,
-                         "memory_used_mib": _number(used), "memory_total_mib": _number(total),
-                         "utilization_pct": _number(util)})
-        elif line.strip():
-            other.append(line.strip())
+    rows, other = parse_gpu_csv(text.splitlines(), GPU_QUERY)
+    driver = rows[-1]["driver_version"] if rows else None
+    gpus = [{k: v for k, v in row.items() if k != "driver_version"} for row in rows]
     if rc != 0 or not gpus:
         detail = " ".join(other) or "no output"
         return gpus, driver, f"nvidia-smi exited {rc}: {detail}" if rc else f"nvidia-smi: {detail}"
@@ -492,7 +452,9 @@ def collect(plans: list[HostPlan], timeout: float, config: Any) -> list[dict[str
             with gevent.Timeout(timeout):
                 host.connect(show_errors=False, raise_exceptions=True)
                 step = "running the status script"
-                arguments, _ = pop_global_arguments(state, host, {"_timeout": timeout})
+                # pyinfra's _timeout is whole seconds (a float fails its type check)
+                arguments, _ = pop_global_arguments(state, host,
+                                                    {"_timeout": math.ceil(timeout)})
                 connector_args = {k: v for k, v in arguments.items()
                                   if k in CONNECTOR_ARGUMENT_KEYS}
                 ok, output = host.run_shell_command(StringCommand(status_script(plan)),

@@ -44,7 +44,9 @@ from pyinfra.api import FactBase, operation
 from pyinfra.operations import files
 
 from tasks.facts import OllamaModels, planning
+from tasks.models import ManifestError, manifest_layers
 from tasks.report import ERROR_MARK, fail_command
+from tasks.scripts import script_command
 from tasks.settings import Settings
 
 HOST_BACKUP_DIR = "/var/backups/ollama"
@@ -57,7 +59,6 @@ MANIFEST_MAX_BYTES = 1 << 20  # real ones are a few KB; read into memory when ch
 
 BLOB_PATH = re.compile(r"models/blobs/sha256-([0-9a-f]{64})")
 NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+-]*")
-DIGEST_IN_MANIFEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 
 
 class BackupError(Exception):
@@ -119,26 +120,12 @@ def safe_dir(path: str) -> bool:
 
 
 def manifest_blobs(raw: bytes, where: str = "manifest") -> list[str]:
-    """Blob file names (`sha256-<hex>`) a manifest references: its config and layers."""
+    """Blob file names (`sha256-<hex>`) a manifest references: its config and layers
+    (tasks.models.manifest_layers reads it)."""
     try:
-        manifest = json.loads(raw)
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise BackupError(f"{where}: not a manifest ({exc})") from None
-    entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
-    blobs = []
-    for entry in entries:
-        digest = entry.get("digest", "") if isinstance(entry, dict) else ""
-        match = DIGEST_IN_MANIFEST.fullmatch(str(digest))
-        if not match:
-            if entry:
-                raise BackupError(f"{where}: {digest!r} is not a sha256 digest")
-            continue
-        blobs.append(f"sha256-{match.group(1)}")
-    if not blobs:
-        raise BackupError(f"{where}: references no blob")
-    return list(dict.fromkeys(blobs))
+        return [f"sha256-{hex_}" for hex_, _ in manifest_layers(raw)]
+    except ManifestError as exc:
+        raise BackupError(f"{where}: {exc}") from None
 
 
 def model_name(manifest_path: str) -> str:
@@ -283,72 +270,16 @@ def restore_plan(index: BackupIndex, store: dict[str, Any]) -> tuple[list[str], 
 
 
 # -- the shell that runs on the host -----------------------------------------------------
-# POSIX sh and coreutils only (sha256sum, tar, cmp): nothing to install on the host.
+# templates/backup/*.sh: POSIX sh and coreutils only (sha256sum, tar, cmp), nothing to
+# install on the host; every value is an argument (tasks.scripts).
 
 def backup_script(root: str, name: str, backup_dir: str = HOST_BACKUP_DIR) -> str:
     """Write BACKUP_DIR/NAME (+ NAME.sha256) from the store mounted at ROOT.
 
     Manifests are copied first; only the blobs they reference are read, each checked
     against its name before it is archived. Any failure removes what it wrote and says
-    one line starting with ERROR_MARK."""
-    q = shlex.quote
-    return f"""
-root={q(root)}; dir={q(backup_dir)}; name={q(name)}
-models="$root/models"; out="$dir/$name"; stage="$dir/.staging-$name"
-fail() {{
-  echo "{ERROR_MARK}$*" >&2; cd /
-  rm -rf "$stage" "$out.partial" "$out.sha256.partial"; exit 1
-}}
-[ -d "$models/manifests" ] || fail "no model in the store ($models/manifests does not exist)"
-mkdir -p "$dir" && chmod 700 "$dir" && rm -rf "$stage" && mkdir -p "$stage/models" \\
-  || fail "$dir: cannot create the staging directory"
-# 1. manifests first, frozen: a pull finishing now writes its manifest after its blobs
-cp -a "$models/manifests" "$stage/models/manifests" || fail "cannot copy the manifests"
-find "$stage/models/manifests" -type f -name '.*' -delete  # manifests still being written
-cd "$stage" || fail "$stage: cannot enter"
-find models/manifests -type f | LC_ALL=C sort > manifests.list
-[ -s manifests.list ] || fail "no model in the store (no manifest under $models/manifests)"
-# 2. only the blobs those manifests reference
-: > blobs.list
-while IFS= read -r m; do
-  refs=$(grep -oE 'sha256[:-][0-9a-f]{{64}}' "$m" | cut -c8- | LC_ALL=C sort -u)
-  [ -n "$refs" ] || fail "manifest ${{m#models/manifests/}}: references no blob"
-  for h in $refs; do
-    [ -f "$models/blobs/sha256-$h" ] \\
-      || fail "manifest ${{m#models/manifests/}}: blob sha256-$h is missing from the store"
-    echo "sha256-$h" >> blobs.list
-  done
-done < manifests.list
-LC_ALL=C sort -u blobs.list -o blobs.list
-need=0
-while IFS= read -r b; do need=$((need + $(stat -c %s "$models/blobs/$b"))); done < blobs.list
-avail=$(df --output=avail -B1 "$dir" | tail -n 1 | tr -d ' ')
-[ "$avail" -gt "$need" ] || fail "$dir: $avail bytes free, the tarball needs $need"
-# 3. every blob checked against its name before it goes in
-while IFS= read -r m; do
-  sha256sum "$m" >> {SUMS} || fail "$m: cannot be read"
-done < manifests.list
-: > blobs.paths
-while IFS= read -r b; do
-  h=$(sha256sum < "$models/blobs/$b" | cut -c1-64)
-  [ "sha256-$h" = "$b" ] || fail "blob $b: its content hashes to sha256-$h;" \\
-    "the blob is corrupt (pull the model again, then back up)"
-  echo "$h  models/blobs/$b" >> {SUMS}
-  echo "models/blobs/$b" >> blobs.paths
-done < blobs.list
-# 4. the tarball, hashed while it is written
-: > failed
-{{ tar -cf - -C "$stage" {SUMS} models/manifests -C "$root" -T "$stage/blobs.paths" \\
-    || echo tar >> "$stage/failed"; }} \\
-  | {{ tee "$out.partial" || echo tee >> "$stage/failed"; }} | sha256sum > tar.sum
-[ ! -s failed ] || fail "$out: writing the tarball failed ($(tr '\\n' ' ' < failed))"
-sum=$(cut -c1-64 tar.sum)
-echo "$sum  $name" > "$out.sha256.partial" && mv "$out.partial" "$out" \\
-  && mv "$out.sha256.partial" "$out.sha256" || fail "$out: cannot be written"
-echo "$out: $(wc -l < manifests.list) manifests, $(wc -l < blobs.list) blobs" \\
-  "($need bytes), sha256 $sum"
-cd /; rm -rf "$stage"
-""".strip()
+    one line starting with ERROR_MARK (templates/backup/backup.sh)."""
+    return script_command("backup/backup.sh", root, name, backup_dir)
 
 
 def restore_script(root: str, tar_name: str, tar_sha256: str) -> str:
@@ -356,60 +287,12 @@ def restore_script(root: str, tar_name: str, tar_sha256: str) -> str:
 
     sha256 of the tarball, then SHA256SUMS (every file, blob names included), then blobs
     into place, manifests last; identical files already there are kept. Any failure
-    removes the staging directory and says one line starting with ERROR_MARK."""
-    q = shlex.quote
-    return f"""
-root={q(root)}; name={q(tar_name)}; want={q(tar_sha256)}
-models="$root/models"; stage="$root/{STAGING}"
-fail() {{ echo "{ERROR_MARK}$*" >&2; cd /; rm -rf "$stage"; exit 1; }}
-cd "$stage" || fail "$stage: the upload is missing"
-sum=$(sha256sum backup.tar | cut -c1-64)
-[ "$sum" = "$want" ] || fail "$name: sha256 after the upload is $sum, $name.sha256 says $want"
-mkdir x && tar -xf backup.tar -C x --no-same-owner || fail "$name: cannot be extracted"
-rm -f backup.tar
-cd x || fail "$stage/x: cannot enter"
-[ -f {SUMS} ] || fail "$name: no {SUMS} inside"
-bad=$(grep ' models/blobs/' {SUMS} | while read -r h p; do
-  [ "$p" = "models/blobs/sha256-$h" ] || {{ echo "${{p#models/blobs/}}"; break; }}; done)
-[ -z "$bad" ] || fail "$name: blob $bad: {SUMS} gives it another sha256 than its name"
-if ! sha256sum -c --quiet --strict {SUMS} > ../check.out 2>&1; then
-  bad=$(sed -n 's/: FAILED.*$//p' ../check.out | head -n 1)
-  case $bad in models/blobs/*) bad="blob ${{bad#models/blobs/}}";; esac
-  fail "$name: ${{bad:-$(head -n 1 ../check.out)}}: content does not match {SUMS}"
-fi
-mkdir -p "$models/blobs" "$models/manifests" || fail "$models: cannot create"
-# blobs first: until its manifest lands, a model is not there for Ollama
-find models/blobs -type f > ../blobs.list 2>/dev/null
-moved=0; kept=0
-while IFS= read -r f; do
-  b=${{f##*/}}
-  if cmp -s "$f" "$models/blobs/$b"; then kept=$((kept + 1)); continue; fi
-  mv -f "$f" "$models/blobs/$b" || fail "blob $b: cannot be moved into $models/blobs"
-  moved=$((moved + 1))
-done < ../blobs.list
-# manifests last, each an atomic rename on the store's filesystem
-find models/manifests -type f | LC_ALL=C sort > ../manifests.list
-written=0; same=0
-while IFS= read -r f; do
-  t="$root/$f"
-  if cmp -s "$f" "$t"; then same=$((same + 1)); continue; fi
-  mkdir -p "${{t%/*}}" && mv -f "$f" "$t" || fail "${{f#models/}}: cannot be moved into place"
-  written=$((written + 1))
-done < ../manifests.list
-cd /; rm -rf "$stage"
-echo "$name: $moved blobs moved in, $kept kept (identical)," \\
-  "$written manifests written, $same unchanged"
-""".strip()
+    removes the staging directory and says one line starting with ERROR_MARK
+    (templates/backup/restore.sh)."""
+    return script_command("backup/restore.sh", root, f"{root}/{STAGING}", tar_name, tar_sha256)
 
 
 # -- pyinfra: a fact and the operations the deploy files call ------------------------------
-
-def store_root_shell(models_path: str) -> str:
-    """Shell that sets `root` to the directory instances mount at /root/.ollama."""
-    if models_path:
-        return f"root={shlex.quote(models_path)}"
-    return ("root=$(docker volume inspect -f '{{.Mountpoint}}' " + VOLUME + " 2>/dev/null)")
-
 
 class ModelStore(FactBase):
     """The host's Ollama model store: `root` (mounted at /root/.ollama), `avail` bytes,
@@ -417,17 +300,7 @@ class ModelStore(FactBase):
     leftovers exist); `error` says why there is no store."""
 
     def command(self, models_path: str) -> str:
-        where = models_path or f"Docker volume {VOLUME}"
-        return (store_root_shell(models_path) + "; "
-                f"if [ -z \"$root\" ] || [ ! -d \"$root\" ]; then "
-                f"echo {shlex.quote(f'error {where}: not found (deploy the host first)')}; "
-                "else echo \"root $root\"; "
-                "echo \"avail $(df --output=avail -B1 \"$root\" | tail -n 1 | tr -d ' ')\"; "
-                f"[ -e \"$root/{STAGING}\" ] && echo staging; cd \"$root\" && "
-                "{ [ ! -d models/manifests ] || find models/manifests -type f ! -name '.*' "
-                "-exec sha256sum {} + | sed 's/^/manifest /'; "
-                "[ ! -d models/blobs ] || find models/blobs -maxdepth 1 -type f "
-                "-name 'sha256-*' ! -name '*-partial' -printf 'blob %f %s\\n'; }; fi; true")
+        return script_command("backup/model-store.sh", models_path, VOLUME, STAGING)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         store: dict[str, Any] = self.default()
@@ -539,8 +412,7 @@ class PathsPresent(FactBase):
     """Which of the given paths exist on the host."""
 
     def command(self, paths: list[str]) -> str:
-        quoted = " ".join(shlex.quote(p) for p in paths)
-        return f"for p in {quoted}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
+        return script_command("backup/paths-present.sh", *paths)
 
     def process(self, output: list[str]) -> list[str]:
         return [line for line in output if line]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 import socket
 import struct
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FactBase
+
+from tasks.scripts import script_command
 
 
 def planning() -> bool:
@@ -25,23 +29,59 @@ def planning() -> bool:
 GPU_FIELDS = ("index", "uuid", "name", "memory.total", "driver_version", "persistence_mode")
 
 
-def parse_gpu_csv(lines: list[str]) -> dict[str, Any]:
-    """Parse `nvidia-smi --query-gpu=GPU_FIELDS --format=csv,noheader,nounits` plus `rc=N`."""
-    rc, gpus, errors = None, [], []
+def _number(text: str) -> int | None:
+    """A number nvidia-smi printed without its unit; None for `[N/A]`, `[Not Supported]`."""
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def _uuid(text: str) -> str:
+    if not text.startswith("GPU-"):
+        raise ValueError(f"not a GPU UUID: {text!r}")
+    return text
+
+
+# What each `nvidia-smi --query-gpu` field this project asks for becomes in a GPU's dict:
+# (key, value from the field's csv,nounits text; ValueError: the line is not a GPU's).
+GPU_COLUMNS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "index": ("index", int),
+    "uuid": ("uuid", _uuid),
+    "name": ("name", str),
+    "memory.used": ("memory_used_mib", _number),
+    "memory.total": ("memory_total_mib", _number),
+    "utilization.gpu": ("utilization_pct", _number),
+    "driver_version": ("driver_version", str),
+    "persistence_mode": ("persistence_mode", lambda text: text == "Enabled"),
+}
+
+
+def parse_gpu_csv(lines: Iterable[str], fields: Sequence[str] = GPU_FIELDS
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """`nvidia-smi --query-gpu=FIELDS --format=csv,noheader,nounits` output -> (a dict per
+    GPU, keyed as GPU_COLUMNS says; every other non-empty line, stripped: what nvidia-smi
+    said instead, an error). The one reader of that output, for facts and the fleet view."""
+    columns = [GPU_COLUMNS[f] for f in fields]
+    gpus, other = [], []
     for line in lines:
-        if line.startswith("rc="):
-            rc = int(line[3:])
-            continue
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == len(GPU_FIELDS) and parts[0].isdigit():
-            index, uuid, name, memory, driver, persistence = parts
-            gpus.append({"index": int(index), "uuid": uuid, "name": name,
-                         "memory_total_mib": int(float(memory)), "driver_version": driver,
-                         "persistence_mode": persistence == "Enabled"})
-        elif line.strip():
-            errors.append(line.strip())
-    return {"installed": rc is not None, "working": rc == 0 and bool(gpus),
-            "rc": rc, "gpus": gpus, "error": " ".join(errors)}
+        try:
+            if len(parts) != len(columns):
+                raise ValueError("not a GPU's line")
+            gpus.append({key: convert(part) for (key, convert), part in zip(columns, parts,
+                                                                          strict=True)})
+        except ValueError:
+            if line.strip():
+                other.append(line.strip())
+    return gpus, other
+
+
+def exit_status(lines: list[str]) -> tuple[int | None, list[str]]:
+    """A fact's output that ends with `rc=N` (the status of the command it ran) -> (N, the
+    other lines); None when no such line (the command was not there to run)."""
+    rc = next((int(line[3:]) for line in lines if line.startswith("rc=")), None)
+    return rc, [line for line in lines if not line.startswith("rc=")]
 
 
 class NvidiaGpus(FactBase):
@@ -53,12 +93,13 @@ class NvidiaGpus(FactBase):
     """
 
     def command(self) -> str:
-        return ("if command -v nvidia-smi >/dev/null 2>&1; then "
-                f"nvidia-smi --query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits "
-                "2>&1; echo rc=$?; fi")
+        return script_command("facts/nvidia-gpus.sh", ",".join(GPU_FIELDS))
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return parse_gpu_csv(output)
+        rc, lines = exit_status(output)
+        gpus, errors = parse_gpu_csv(lines)
+        return {"installed": rc is not None, "working": rc == 0 and bool(gpus),
+                "rc": rc, "gpus": gpus, "error": " ".join(errors)}
 
     @staticmethod
     def default() -> dict[str, Any]:
@@ -69,7 +110,7 @@ class JsonFile(FactBase):
     """A JSON file's content as a dict; None when absent; `{"__invalid__": text}` if broken."""
 
     def command(self, path: str) -> str:
-        return f"if [ -f {path} ]; then cat {path}; else echo __absent__; fi"
+        return script_command("facts/json-file.sh", path)
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
         text = "\n".join(output)
@@ -92,12 +133,7 @@ class ComposeContainers(FactBase):
     """Containers of a Compose project: service -> {state, health, image, id}."""
 
     def command(self, project: str) -> str:
-        return ("docker ps -a --filter label=com.docker.compose.project=" + project +
-                " --format '{{.ID}} {{.Label \"com.docker.compose.service\"}} {{.State}} "
-                "{{.Image}}' 2>/dev/null | while read -r id svc state image; do "
-                "health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}"
-                "{{else}}none{{end}}' $id 2>/dev/null); echo \"$id $svc $state $health $image\";"
-                " done; true")
+        return script_command("facts/compose-containers.sh", project)
 
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:
         result = {}
@@ -117,14 +153,14 @@ class ContainerGpus(FactBase):
     """UUIDs of the GPUs a running container sees (nvidia-smi inside it)."""
 
     def command(self, container: str) -> str:
-        return (f"docker exec {container} nvidia-smi --query-gpu=uuid --format=csv,noheader "
-                "2>&1; echo rc=$?")
+        return (f"docker exec {shlex.quote(container)} nvidia-smi --query-gpu=uuid "
+                "--format=csv,noheader,nounits 2>&1; echo rc=$?")
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        rc = next((int(line[3:]) for line in output if line.startswith("rc=")), None)
-        lines = [line.strip() for line in output if not line.startswith("rc=") and line.strip()]
-        uuids = [line for line in lines if line.startswith("GPU-")]
-        return {"rc": rc, "uuids": uuids, "output": " ".join(lines)}
+        rc, lines = exit_status(output)
+        gpus, _ = parse_gpu_csv(lines, ("uuid",))
+        return {"rc": rc, "uuids": [g["uuid"] for g in gpus],
+                "output": " ".join(line.strip() for line in lines if line.strip())}
 
 
 class OllamaModels(FactBase):
@@ -165,10 +201,7 @@ class ComposeStale(FactBase):
     older version of the Compose file (config hash differs): they need recreating."""
 
     def command(self, root: str, project: str) -> str:
-        return (f"cd {root} 2>/dev/null && docker compose config --hash '*' 2>/dev/null "
-                "| sed 's/^/want /'; docker ps -a --filter label=com.docker.compose.project="
-                f"{project} --format 'have {{{{.Label \"com.docker.compose.service\"}}}} "
-                "{{.Label \"com.docker.compose.config-hash\"}}' 2>/dev/null; true")
+        return script_command("facts/compose-stale.sh", root, project)
 
     def process(self, output: list[str]) -> list[str]:
         want, have = {}, {}
@@ -210,9 +243,7 @@ class DockerNetwork(FactBase):
     """
 
     def command(self, network: str) -> str:
-        return (f"docker network inspect {network} --format 'exists{{{{println}}}}"
-                "{{range .IPAM.Config}}subnet {{.Subnet}}{{println}}{{end}}' 2>/dev/null; "
-                "cat /proc/net/route 2>/dev/null; true")
+        return script_command("facts/docker-network.sh", network)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         return parse_routes(output)

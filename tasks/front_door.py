@@ -16,6 +16,7 @@ from pyinfra import host, inventory
 from pyinfra.api import OperationError, operation
 
 from tasks import gate
+from tasks.addresses import host_address, url_host
 from tasks.report import fail_command
 from tasks.settings import Settings, fleet_settings
 from tasks.stack import TEMPLATES, checked_files, running, templates
@@ -31,13 +32,18 @@ class Upstream:
     port: int
     drained: bool
 
+    @property
+    def endpoint(self) -> str:
+        """`address:port` for nginx's `server` line."""
+        return f"{url_host(self.address)}:{self.port}"
+
 
 def upstreams(settings: Settings) -> list[Upstream]:
     """Every gpu_servers host's entry point (its nginx, or each of its instances)."""
     fleet = fleet_settings()
     result = []
     for gpu in inventory.get_group("gpu_servers", []):
-        address = gpu.data.get("ssh_hostname") or gpu.name
+        address = host_address(gpu.name, gpu.data)
         gpu_settings = fleet[gpu.name]
         drained = gpu.name in settings.front_door_drained
         if settings.front_door_upstream == "nginx":

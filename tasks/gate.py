@@ -27,6 +27,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import File
 
+from tasks.addresses import host_address
 from tasks.settings import SecretRef, Settings, is_ip
 
 KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
@@ -131,7 +132,7 @@ def front_door_addresses() -> list[str]:
 
     if not ctx_inventory.isset():  # rendering outside a deploy: no fleet
         return []
-    return [lb.data.get("ssh_hostname") or lb.name for lb in inventory.get_group("lb_servers", [])]
+    return [host_address(lb.name, lb.data) for lb in inventory.get_group("lb_servers", [])]
 
 
 @operation()

@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.context import ctx_inventory
 
+from tasks.addresses import host_address, url_host
 from tasks.facts import OllamaModels, planning
 from tasks.report import fail_command
+from tasks.scripts import script_command
 from tasks.settings import Settings, fleet_settings
 
 PULL_TIMEOUT_S = 6 * 3600
@@ -69,11 +72,43 @@ def manifest_url(settings: Settings, name: str) -> str:
     return f"{base}/v2/{namespace}/{model}/manifests/{tag}"
 
 
-def layers(manifest: dict) -> list[tuple[str, int]]:
-    """(sha256 hex, size) of every blob a manifest names: its config and layers."""
-    entries = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
-    return [(str(e["digest"]).removeprefix("sha256:"), int(e.get("size") or 0))
-            for e in entries if e.get("digest")]
+DIGEST = re.compile(r"sha256:([0-9a-f]{64})", re.ASCII)
+
+
+class ManifestError(ValueError):
+    """A manifest that is not one: not a JSON object, or a blob named otherwise than by
+    its sha256."""
+
+
+def manifest_layers(raw: bytes | str) -> list[tuple[str, int]]:
+    """(sha256 hex, size) of every blob a manifest references, each once: its config, then
+    its layers. A digest must be `sha256:<64 lowercase hex>` (what comes from a registry or
+    a backup reaches file names and hosts' commands: nothing else passes), a size a whole
+    number (none: 0). ManifestError says what is wrong."""
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise ManifestError(f"not a manifest ({exc})") from None
+    listed = manifest.get("layers") or []
+    if not isinstance(listed, list):
+        raise ManifestError("not a manifest (its layers are not a list)")
+    blobs: dict[str, int] = {}
+    for entry in [manifest.get("config") or {}, *listed]:
+        if not entry:
+            continue
+        digest = entry.get("digest", "") if isinstance(entry, dict) else ""
+        match = DIGEST.fullmatch(str(digest))
+        if not match:
+            raise ManifestError(f"{digest!r} is not a sha256 digest")
+        size = entry.get("size") or 0
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ManifestError(f"{digest}: size {size!r} is not a number of bytes")
+        blobs.setdefault(match.group(1), size)
+    if not blobs:
+        raise ManifestError("references no blob")
+    return list(blobs.items())
 
 
 @dataclass(frozen=True)
@@ -84,7 +119,7 @@ class Peer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        return f"http://{url_host(self.address)}:{self.port}"
 
 
 def peers() -> list[Peer]:
@@ -92,7 +127,7 @@ def peers() -> list[Peer]:
     if not ctx_inventory.isset():  # rendering outside a deploy: no fleet
         return []
     fleet = fleet_settings()
-    return [Peer(h.name, h.data.get("ssh_hostname") or h.name, fleet[h.name].ollama_fanout_port)
+    return [Peer(h.name, host_address(h.name, h.data), fleet[h.name].ollama_fanout_port)
             for h in inventory.get_group("gpu_servers", [])
             if h.name in fleet and fleet[h.name].ollama_fanout]
 
@@ -113,15 +148,10 @@ def sources(position: int, fleet: list[Peer]) -> list[Peer]:
 
 
 def pull_command(port: int, model: str) -> str:
-    """POST /api/pull and fail on an error line or a stream that does not end in success."""
-    body = shlex.quote(json.dumps({"model": model}))
-    return (f"out=$(curl -sS -N --max-time {PULL_TIMEOUT_S} -X POST "
-            f"http://127.0.0.1:{port}/api/pull -d {body}) "
-            f"|| {{ echo \"pull {model}: $out\" >&2; exit 1; }}; "
-            "err=$(printf '%s\\n' \"$out\" | grep '\"error\"' | tail -n 1); "
-            f"if [ -n \"$err\" ]; then echo \"pull {model}: $err\" >&2; exit 1; fi; "
-            "printf '%s\\n' \"$out\" | tail -n 1 | grep -q '\"success\"' "
-            f"|| {{ echo \"pull {model}: stream ended without success\" >&2; exit 1; }}")
+    """POST /api/pull and fail on an error line or a stream that does not end in success
+    (templates/models/pull.sh)."""
+    return script_command("models/pull.sh", port, model, json.dumps({"model": model}),
+                          PULL_TIMEOUT_S)
 
 
 def missing_models(settings: Settings) -> list[str] | None:
@@ -165,15 +195,9 @@ def known_to_registry(settings: Settings):
     missing = yield from models_to_get(settings)
     if not missing:
         return
-    q = shlex.quote
     for model in missing:
-        url, dest = manifest_url(settings, model), staged_manifest(settings, model)
-        yield (f"mkdir -p {q(dest.rsplit('/', 1)[0])} && code=$(curl -sS -m 60 "
-               f"-H 'Accept: {MANIFEST_TYPE}' -o {q(dest)}.new -w '%{{http_code}}' {q(url)}) "
-               f"|| {{ echo 'ollama_models: {model}: the registry does not answer ({url})' >&2; "
-               "exit 1; }; [ \"$code\" = 200 ] || { rm -f "
-               f"{q(dest)}.new; echo \"ollama_models: {model}: not in the registry "
-               f"(HTTP $code from {url})\" >&2; exit 1; }}; mv {q(dest)}.new {q(dest)}")
+        yield script_command("models/registry-manifest.sh", staged_manifest(settings, model),
+                             manifest_url(settings, model), model, MANIFEST_TYPE)
 
 
 class Mover:
@@ -192,14 +216,8 @@ class Mover:
 
     def done_bytes(self) -> tuple[str | None, int]:
         """(exit status of the job or None while it runs, bytes of the model on disk)."""
-        q = shlex.quote
-        probes = " ".join(
-            f"$(stat -c %s {q(f'{self.store}/blobs/sha256-{h}')} "
-            f"{q(f'{self.store}/blobs/sha256-{h}-partial')} "
-            f"{q(f'{self.store}/{STAGE}/sha256-{h}.partial')} 2>/dev/null | sort -n | tail -1)"
-            for h, _ in self.blobs)
-        ok, out = self.sh(f"cat {q(self.job)}.rc 2>/dev/null || echo running; "
-                          f"for n in {probes}; do echo \"${{n:-0}}\"; done")
+        ok, out = self.sh(script_command("models/job-progress.sh", self.job, self.store,
+                                         *(h for h, _ in self.blobs)))
         lines = out.split()
         if not ok or not lines:
             raise ConnectionError(out or "the host does not answer")
@@ -211,9 +229,7 @@ class Mover:
         """Run COMMAND in the background until it ends (bounded); print progress."""
         q = shlex.quote
         started = time.monotonic()
-        job = f"( {command} ) > {self.job}.log 2>&1; echo $? > {self.job}.rc"
-        ok, out = self.sh(f"mkdir -p {q(self.job.rsplit('/', 1)[0])} && rm -f {q(self.job)}.rc "
-                          f"&& setsid sh -c {q(job)} > /dev/null 2>&1 < /dev/null &")
+        ok, out = self.sh(script_command("models/start-job.sh", self.job, command))
         if not ok:
             return False, out
         last_print, last_bytes = started, -1
@@ -259,20 +275,22 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
         for model in wanted:
             ok, text = host.run_shell_command(f"cat {q(staged_manifest(settings, model))}",
                                                 _timeout=60)
-            manifest = json.loads(text.stdout) if ok else {}
-            blobs = layers(manifest)
+            try:  # unreadable (not staged): no copy from peers, the registry pull below
+                blobs = manifest_layers(text.stdout) if ok else []
+            except ManifestError as exc:
+                raise ValueError(f"{model}: the registry's manifest: {exc}") from None
             mover = Mover(state, host, settings, model, blobs, store)
             started, got_from = time.monotonic(), None
             candidates = sources(position, fleet) if settings.ollama_fanout and position \
-                is not None else []
+                is not None and blobs else []
             for peer in candidates:
                 ok, _ = mover.sh(f"curl -sf -m 5 -o /dev/null "
                                  f"{q(f'{peer.url}/{manifest_path(model)}')}")
                 if not ok:
                     continue  # the peer does not hold the model (or does not answer)
-                args = " ".join(f"{h}:{size}" for h, size in blobs)
-                ok, detail = mover.run(f"sh {q(settings.ollama_stack_dir + '/' + FETCH_SCRIPT)} "
-                                       f"{q(store)} {q(peer.url)} {args}", peer.name)
+                fetch = ["sh", f"{settings.ollama_stack_dir}/{FETCH_SCRIPT}", store, peer.url,
+                         *(f"{h}:{size}" for h, size in blobs)]
+                ok, detail = mover.run(shlex.join(fetch), peer.name)
                 if ok:
                     dest = f"{store}/{manifest_path(model)}"
                     ok, detail = mover.sh(

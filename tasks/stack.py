@@ -26,8 +26,10 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files
 
 from tasks import gate, models, paths
+from tasks.addresses import local_address, url_host
 from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
 from tasks.report import fail_command
+from tasks.scripts import script_command, script_text
 from tasks.settings import Settings, is_ip
 
 TEMPLATES = paths.TEMPLATES / "stack"
@@ -65,13 +67,12 @@ def templates(directory: Path) -> Environment:
 
 def render(template: str, settings: Settings, instances: list[Instance],
            drained: str | None = None) -> str:
-    bind = settings.ollama_bind_address
     return templates(TEMPLATES).get_template(template).render(
         s=settings, g=gate.context(settings, gate.front_door_addresses()), project=PROJECT,
         topology=settings.topology, instances=instances,
         models_source=settings.ollama_models_path or "ollama-models",
         bind_mount_models=bool(settings.ollama_models_path),
-        upstream_address="127.0.0.1" if bind in ("0.0.0.0", "::") else bind,
+        upstream_address=url_host(local_address(settings.ollama_bind_address)),
         drained=drained,
         peers=[p.address for p in models.peers() if is_ip(p.address)]
         + settings.ollama_fanout_allow,
@@ -88,7 +89,7 @@ def stack_files(settings: Settings, instances: list[Instance]) -> dict[str, str]
         "nginx/ollama.conf": render("ollama.conf.j2", settings, instances),
     }
     if settings.ollama_fanout:
-        files[models.FETCH_SCRIPT] = (TEMPLATES / "fetch-model.sh").read_text()
+        files[models.FETCH_SCRIPT] = script_text("stack/fetch-model.sh")
     if len(instances) > 1:
         for i in instances:
             files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances, i.name)
@@ -214,22 +215,16 @@ def removed(root: str, project: str):
 
 
 def wait_healthy_command(names: list[str], timeout_s: int) -> str:
-    """Poll (bounded) until every container in NAMES reports healthy; fail naming the rest."""
-    return (f"for i in $(seq {max(1, timeout_s // 2)}); do bad=''; for c in {' '.join(names)}; do "
-            "[ \"$(docker inspect -f '{{.State.Health.Status}}' $c 2>/dev/null)\" = healthy ] "
-            "|| bad=\"$bad $c\"; done; [ -z \"$bad\" ] && exit 0; sleep 2; done; "
-            f"echo \"not healthy after {timeout_s}s:$bad\" >&2; exit 1")
+    """Poll (bounded) until every container in NAMES reports healthy; fail naming the rest
+    (templates/stack/wait-healthy.sh)."""
+    return script_command("stack/wait-healthy.sh", timeout_s, *names)
 
 
 def reload_nginx_command(container: str, drain_timeout: int) -> str:
     """Reload nginx in CONTAINER, then wait (bounded) until every worker that ran before the
     reload has exited: nginx lets old workers finish their requests first, so afterwards
-    nothing is still in flight on the old config. ([p] keeps grep from matching itself.)"""
-    workers = "grep -las '^nginx: worker [p]rocess' /proc/[0-9]*/cmdline | cut -d/ -f3"
-    return ("{ " + f"old=$({workers}); docker exec {container} nginx -s reload || exit 1; "
-            f"for i in $(seq {max(1, drain_timeout) * 2}); do left=''; for p in $old; do "
-            "[ -e /proc/$p ] && left=\"$left $p\"; done; [ -z \"$left\" ] && exit 0; sleep 0.5; "
-            f"done; echo \"requests still in flight after {drain_timeout}s; going on\" >&2; " + "}")
+    nothing is still in flight on the old config (templates/stack/reload-nginx.sh)."""
+    return script_command("stack/reload-nginx.sh", container, drain_timeout)
 
 
 @operation()
@@ -260,11 +255,12 @@ def stack_running(settings: Settings, files_op: OperationMeta):
     rolling = serving and len(instances) > 1 and bool(set(stale) & set(instances))
     if rolling:
         for name in [n for n in instances if n in stale]:
-            yield f"cp {q(root)}/drain/{name}.conf {q(root)}/nginx/ollama.conf && {reload}"
+            yield f"cp {q(root)}/drain/{name}.conf {q(root)}/nginx/ollama.conf"
+            yield reload
             yield f"cd {q(root)} && docker compose up -d --no-deps --quiet-pull {name}"
             yield wait_healthy_command([name], settings.ollama_health_timeout)
-        yield (f"cp {q(root)}/.staged/nginx/ollama.conf {q(root)}/nginx/ollama.conf "
-               f"&& {reload}")
+        yield f"cp {q(root)}/.staged/nginx/ollama.conf {q(root)}/nginx/ollama.conf"
+        yield reload
     yield f"cd {q(root)} && docker compose up -d --remove-orphans --quiet-pull"
     if serving and not rolling and "nginx" not in stale:
         yield reload  # a new nginx config in its mounted directory needs a reload

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import subprocess
 import tarfile
 from datetime import datetime, timedelta, timezone
@@ -35,6 +36,7 @@ from tasks.backup import (
 from tasks.report import fail_command
 from tasks.settings import settings_for
 from tests.unit.ophelper import run_op
+from tests.unit.stubs import BASE_TOOLS, run_with_stubs
 
 MANIFESTS = "models/manifests/registry.ollama.ai/library"
 
@@ -388,6 +390,31 @@ def test_model_store_fact_is_parsed():
     assert missing["error"].startswith("Docker volume ollama-models: not found")
     assert "docker volume inspect" in fact.command("")
     assert "'/srv/my models'" in fact.command("/srv/my models")
+
+
+def test_model_store_fact_run_on_a_store_and_on_a_host_without_one(tmp_path):
+    extra = {"models/blobs/sha256-" + sha(b"half") + "-partial": b"ha",  # a pull going on
+             f"{MANIFESTS}/tinyllama/.latest.tmp-7": b"{"}  # a manifest being written
+    store = make_store(tmp_path / "my store's", {**STORE, **extra})
+    (store / STAGING).mkdir()
+    proc = run_with_stubs(ModelStore().command(str(store)), tmp_path,
+                          tools=(*BASE_TOOLS, "df", "find", "sha256sum"))
+    assert proc.returncode == 0, proc.stderr
+    found = ModelStore().process(proc.stdout.splitlines())
+    assert (found["root"], found["error"], found["staging"]) == (str(store), "", True)
+    assert found["avail"] > 0
+    assert found["manifests"] == {k: sha(v) for k, v in STORE.items() if "manifests" in k}
+    assert found["blobs"] == {k.rsplit("/", 1)[1]: len(v) for k, v in STORE.items()
+                              if "blobs" in k}
+    volume = 'echo "$*" > "$0.args"; echo ' + shlex.quote(str(tmp_path / "gone")) + "\n"
+    proc = run_with_stubs(ModelStore().command(""), tmp_path, {"docker": volume})
+    assert ModelStore().process(proc.stdout.splitlines())["error"] == (
+        "Docker volume ollama-models: not found (deploy the host first)")
+    assert (tmp_path / "stub-bin" / "docker.args").read_text() == \
+        "volume inspect -f {{.Mountpoint}} ollama-models\n"
+    proc = run_with_stubs(ModelStore().command(str(tmp_path / "none")), tmp_path)
+    assert ModelStore().process(proc.stdout.splitlines())["error"] == (
+        f"{tmp_path / 'none'}: not found (deploy the host first)")
 
 
 # -- the operations: facts in, commands out --------------------------------------------------

@@ -1,10 +1,24 @@
-"""Fact parsers on recorded output (the GPU ones are in test_distributions.py)."""
+"""Fact parsers on recorded output (more GPU ones in test_distributions.py), and the facts'
+commands run here against stand-ins."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.facts import parse_routes
+import pytest
+
+from tasks.facts import (
+    GPU_FIELDS,
+    ComposeContainers,
+    ComposeStale,
+    ContainerGpus,
+    DockerNetwork,
+    JsonFile,
+    NvidiaGpus,
+    parse_gpu_csv,
+    parse_routes,
+)
+from tests.unit.stubs import run_with_stubs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -22,3 +36,103 @@ def test_no_network_no_routes():
     assert parse_routes([]) == {"exists": False, "subnets": [], "routes": []}
     found = parse_routes(["Iface\tDestination\tGateway", "garbage line here 1 2 3 4 5 6"])
     assert found == {"exists": False, "subnets": [], "routes": []}
+
+
+# -- the facts' scripts, run here against stand-ins (templates/facts) ----------------------
+
+SMI = FIXTURES / "nvidia-smi"
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in SMI.glob("*.txt")))
+def test_nvidia_gpus_runs_nvidia_smi_as_the_fixtures_record_it(tmp_path, fixture):
+    """The script's output, processed, is what the recorded `output + rc=N` gives."""
+    recorded = (SMI / fixture).read_text().splitlines()
+    rc = next((line[3:] for line in recorded if line.startswith("rc=")), None)
+    stubs = {}
+    if rc is not None:  # not-installed.txt: no nvidia-smi on the host
+        output = "\n".join(line for line in recorded if not line.startswith("rc="))
+        stubs["nvidia-smi"] = (f'[ "$1" = --query-gpu={",".join(GPU_FIELDS)} ] || exit 99\n'
+                               f"cat <<'EOF'\n{output}\nEOF\nexit {rc}\n")
+    proc = run_with_stubs(NvidiaGpus().command(), tmp_path, stubs)
+    assert proc.returncode == 0, proc.stderr
+    fact = NvidiaGpus().process(proc.stdout.splitlines())
+    assert fact == NvidiaGpus().process(recorded)
+    assert fact["installed"] is (rc is not None)
+
+
+def test_gpu_lines_are_read_by_the_fields_asked_for():
+    gpus, other = parse_gpu_csv(["0, GPU-a, NVIDIA A100, 61443, 81920, [N/A], 570.1",
+                                 "Unable to determine the device handle for GPU1: Unknown",
+                                 "x, GPU-b, NVIDIA A100, 1, 2, 3, 570.1"],
+                                ("index", "uuid", "name", "memory.used", "memory.total",
+                                 "utilization.gpu", "driver_version"))
+    assert gpus == [{"index": 0, "uuid": "GPU-a", "name": "NVIDIA A100",
+                     "memory_used_mib": 61443, "memory_total_mib": 81920,
+                     "utilization_pct": None, "driver_version": "570.1"}]
+    assert other == ["Unable to determine the device handle for GPU1: Unknown",
+                     "x, GPU-b, NVIDIA A100, 1, 2, 3, 570.1"]
+
+
+def test_container_gpus_are_uuid_lines_and_the_rest_is_said():
+    seen = ContainerGpus().process(["GPU-a", "GPU-b", "rc=0"])
+    assert seen == {"rc": 0, "uuids": ["GPU-a", "GPU-b"], "output": "GPU-a GPU-b"}
+    broken = ContainerGpus().process(["Failed to initialize NVML: Unknown Error", "rc=255"])
+    assert broken == {"rc": 255, "uuids": [],
+                      "output": "Failed to initialize NVML: Unknown Error"}
+    assert "'it'\"'\"'s'" in ContainerGpus().command("it's")
+
+
+def test_json_file_reads_any_path_and_says_absent(tmp_path):
+    odd = tmp_path / "it's $HOME `x`.json"
+    odd.write_text('{"a": 1}\n')
+    read = run_with_stubs(JsonFile().command(str(odd)), tmp_path)
+    assert JsonFile().process(read.stdout.splitlines()) == {"a": 1}
+    absent = run_with_stubs(JsonFile().command(str(tmp_path / "none.json")), tmp_path)
+    assert (absent.returncode, JsonFile().process(absent.stdout.splitlines())) == (0, None)
+
+
+DOCKER = r"""case "$1 $2" in
+"ps -a")
+    [ "$4" = label=com.docker.compose.project=ollama ] || exit 0
+    case "$6" in
+    have*) printf 'have ollama-0 h0\nhave nginx old\n';;
+    *) printf 'c0 ollama-0 running ollama/ollama:0.6.8\nc1 nginx exited nginx:1.27\n';;
+    esac;;
+"inspect -f") case "$4" in c0) echo healthy;; *) echo none;; esac;;
+"compose config") printf 'ollama-0 h0\nnginx new\nollama-1 h1\n';;
+"network inspect")
+    [ "$3" = ollama-apps ] || exit 1
+    printf 'exists\nsubnet 172.31.254.0/24\n';;
+esac
+"""
+
+
+def test_compose_containers_with_their_health(tmp_path):
+    proc = run_with_stubs(ComposeContainers().command("ollama"), tmp_path, {"docker": DOCKER})
+    assert proc.returncode == 0, proc.stderr
+    assert ComposeContainers().process(proc.stdout.splitlines()) == {
+        "ollama-0": {"id": "c0", "state": "running", "health": "healthy",
+                     "image": "ollama/ollama:0.6.8"},
+        "nginx": {"id": "c1", "state": "exited", "health": "none", "image": "nginx:1.27"}}
+    bare = run_with_stubs(ComposeContainers().command("ollama"), tmp_path / "bare-host")
+    assert (bare.returncode, bare.stdout) == (0, "")
+
+
+def test_compose_stale_is_what_the_file_wants_and_no_container_has(tmp_path):
+    (tmp_path / "stack").mkdir()
+    proc = run_with_stubs(ComposeStale().command(str(tmp_path / "stack"), "ollama"), tmp_path,
+                          {"docker": DOCKER})
+    assert proc.returncode == 0, proc.stderr
+    assert ComposeStale().process(proc.stdout.splitlines()) == ["nginx", "ollama-1"]
+    gone = run_with_stubs(ComposeStale().command(str(tmp_path / "none"), "ollama"), tmp_path,
+                          {"docker": DOCKER})
+    assert (gone.returncode, ComposeStale().process(gone.stdout.splitlines())) == (0, [])
+
+
+def test_docker_network_and_the_hosts_routes(tmp_path):
+    proc = run_with_stubs(DockerNetwork().command("ollama-apps"), tmp_path, {"docker": DOCKER})
+    assert proc.returncode == 0, proc.stderr
+    found = DockerNetwork().process(proc.stdout.splitlines())
+    assert found["exists"] and found["subnets"] == ["172.31.254.0/24"]
+    other = run_with_stubs(DockerNetwork().command("other"), tmp_path, {"docker": DOCKER})
+    assert DockerNetwork().process(other.stdout.splitlines())["exists"] is False

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import time
+
 import pytest
 import yaml
 
 from tasks import models
 from tasks.metrics import render_metrics
-from tasks.models import Peer, layers, manifest_path, manifest_url, sources, wave_of
+from tasks.models import (
+    ManifestError,
+    Peer,
+    manifest_layers,
+    manifest_path,
+    manifest_url,
+    sources,
+    wave_of,
+)
+from tasks.scripts import script_command
 from tasks.settings import settings_for
+from tests.unit.stubs import run_with_stubs
 
 
 def test_waves_double_the_receivers():
@@ -50,11 +65,47 @@ def test_a_mirror_of_the_registry_is_used_for_its_models():
         "http://10.0.0.9:8081/v2/library/tinyllama/manifests/latest")
 
 
-def test_layers_are_the_config_and_every_layer():
+def test_layers_are_the_config_and_every_layer_once():
     manifest = {"config": {"digest": "sha256:" + "c" * 64, "size": 10},
                 "layers": [{"digest": "sha256:" + "a" * 64, "size": 300},
-                           {"digest": "sha256:" + "b" * 64, "size": 5}]}
-    assert layers(manifest) == [("c" * 64, 10), ("a" * 64, 300), ("b" * 64, 5)]
+                           {"digest": "sha256:" + "b" * 64, "size": 5},
+                           {"digest": "sha256:" + "a" * 64, "size": 300}]}
+    assert manifest_layers(json.dumps(manifest)) == [("c" * 64, 10), ("a" * 64, 300),
+                                                     ("b" * 64, 5)]
+
+
+@pytest.mark.parametrize("layer, problem", [
+    ({"digest": "sha256:" + "A" * 64}, "is not a sha256 digest"),
+    ({"digest": "sha256-" + "a" * 64}, "is not a sha256 digest"),
+    ({"digest": "sha256:" + "a" * 63}, "is not a sha256 digest"),
+    ({"digest": "sha256:../../../../etc/passwd"}, "is not a sha256 digest"),
+    ({"digest": "sha256:" + "a" * 64 + "$(reboot)"}, "is not a sha256 digest"),
+    ({"digest": "sha256:" + "a" * 64 + "\n"}, "is not a sha256 digest"),
+    ({"size": 5}, "'' is not a sha256 digest"),
+    ({"digest": "sha256:" + "a" * 64, "size": "5 ; rm -rf /"}, "is not a number of bytes"),
+    ({"digest": "sha256:" + "a" * 64, "size": -1}, "is not a number of bytes"),
+])
+def test_a_registrys_manifest_names_blobs_by_sha256_or_is_refused(layer, problem):
+    # what a registry answers reaches file names and the hosts' fan-out commands
+    manifest = {"config": {"digest": "sha256:" + "c" * 64, "size": 10}, "layers": [layer]}
+    with pytest.raises(ManifestError, match=re.escape(problem)):
+        manifest_layers(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ("{not json", "not a manifest"), ("[]", "not a manifest (not a JSON object)"),
+    ('{"layers": "abc"}', "not a manifest (its layers are not a list)"),
+    ('{"layers": []}', "references no blob"),
+])
+def test_what_is_not_a_manifest_is_refused(raw, problem):
+    with pytest.raises(ManifestError, match=re.escape(problem)):
+        manifest_layers(raw)
+
+
+def test_peers_at_ipv6_addresses_are_bracketed_in_urls():
+    assert Peer("gpu-1", "fd00::1", 11380).url == "http://[fd00::1]:11380"
+    assert Peer("gpu-1", "10.0.0.1", 11380).url == "http://10.0.0.1:11380"
+    assert Peer("gpu-1", "gpu-1.lan", 11380).url == "http://gpu-1.lan:11380"
 
 
 def test_fanout_server_is_rendered_for_peers_only_and_rate_capped():
@@ -83,3 +134,81 @@ def test_the_gpu_exporter_renders_with_every_gpu_and_only_sys_admin():
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     assert service["logging"]["options"]["max-size"] == "50m"
+
+
+# -- the scripts a transfer runs on the host, run here against stand-ins (templates/models)
+
+def test_a_pull_succeeds_only_on_a_stream_that_ends_in_success(tmp_path):
+    curl = 'echo "$*" > "$0.args"\nprintf "%s\\n" "$STREAM"\nexit "${CURL_RC:-0}"\n'
+    command = models.pull_command(11435, "qwen2.5:0.5b")
+    for stream, curl_rc, rc, said in [
+        ('{"status":"pulling"}\n{"status":"success"}', 0, 0, ""),
+        ('{"status":"pulling"}\n{"error":"max retries exceeded"}', 0, 1,
+         'pull qwen2.5:0.5b: {"error":"max retries exceeded"}\n'),
+        ('{"status":"pulling"}', 0, 1, "pull qwen2.5:0.5b: stream ended without success\n"),
+        ("curl: (7) refused", 7, 1, "pull qwen2.5:0.5b: curl: (7) refused\n"),
+    ]:
+        proc = run_with_stubs(f"STREAM={shlex.quote(stream)} CURL_RC={curl_rc} {command}",
+                              tmp_path, {"curl": curl})
+        assert (proc.returncode, proc.stderr) == (rc, said), stream
+    args = (tmp_path / "stub-bin" / "curl.args").read_text().split()
+    assert args == ["-sS", "-N", "--max-time", str(models.PULL_TIMEOUT_S), "-X", "POST",
+                    "http://127.0.0.1:11435/api/pull", "-d", '{"model":', '"qwen2.5:0.5b"}']
+
+
+REGISTRY_CURL = r"""for a; do url=$a; done
+while [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done
+case "$url" in
+*/library/tinyllama/manifests/latest) echo '{"layers": []}' > "$out"; printf 200;;
+*/down/*) echo "curl: (7) Failed to connect" >&2; exit 7;;
+*) echo '{"errors": []}' > "$out"; printf 404;;
+esac
+"""
+
+
+def test_the_registrys_manifest_is_staged_whole_or_the_model_is_named(tmp_path):
+    settings = settings_for("gpu-1", {"ollama_stack_dir": str(tmp_path / "stack")})
+    dest = models.staged_manifest(settings, "tinyllama")
+
+    def fetch(model: str, url: str):
+        return run_with_stubs(script_command("models/registry-manifest.sh", dest, url, model,
+                                             models.MANIFEST_TYPE), tmp_path,
+                              {"curl": REGISTRY_CURL})
+
+    proc = fetch("tinyllama", models.manifest_url(settings, "tinyllama"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "stack" / ".fanout").is_dir()
+    assert open(dest).read() == '{"layers": []}\n'
+    (tmp_path / "stack" / ".fanout").joinpath("x").touch()
+    proc = fetch("no-such-model", "https://registry.ollama.ai/v2/library/nope/manifests/latest")
+    assert proc.returncode == 1
+    assert proc.stderr == ("ollama_models: no-such-model: not in the registry (HTTP 404 from "
+                           "https://registry.ollama.ai/v2/library/nope/manifests/latest)\n")
+    proc = fetch("it's", "https://registry.example/down/manifests/latest")
+    assert proc.returncode == 1
+    assert proc.stderr.endswith("ollama_models: it's: the registry does not answer "
+                                "(https://registry.example/down/manifests/latest)\n")
+    assert not any(p.name.endswith(".new") for p in (tmp_path / "stack").rglob("*"))
+
+
+def test_a_background_job_ends_with_its_status_and_its_bytes_are_counted(tmp_path):
+    store, job = tmp_path / "store", tmp_path / "stack" / ".fanout" / "job"
+    done, partial, staged, none = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    (store / "blobs").mkdir(parents=True)
+    (store / ".fanout").mkdir()
+    (store / "blobs" / f"sha256-{done}").write_bytes(b"x" * 10)
+    (store / "blobs" / f"sha256-{partial}-partial").write_bytes(b"x" * 3)
+    (store / ".fanout" / f"sha256-{staged}.partial").write_bytes(b"x" * 7)
+    progress = script_command("models/job-progress.sh", job, store, done, partial, staged, none)
+    before = run_with_stubs(progress, tmp_path)
+    assert before.stdout.split() == ["running", "10", "3", "7", "0"]
+    work = "echo working; echo trouble >&2; exit 3"
+    started = run_with_stubs(script_command("models/start-job.sh", job, work), tmp_path)
+    assert started.returncode == 0, started.stderr
+    for _ in range(100):
+        if job.with_name("job.rc").exists():
+            break
+        time.sleep(0.05)
+    after = run_with_stubs(progress, tmp_path)
+    assert after.stdout.split() == ["3", "10", "3", "7", "0"]
+    assert job.with_name("job.log").read_text() == "working\ntrouble\n"

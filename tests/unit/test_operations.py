@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.report import fail_command
+from tasks.scripts import script_command
 from tasks.settings import Settings
 from tests.unit.ophelper import load_cases, run_op
 
@@ -31,6 +32,14 @@ def _args(raw: dict) -> dict:
     return args
 
 
+def _command(expected: str | dict) -> str:
+    """A command as a case writes it: the text, or `{"script": "<task>/<name>.sh", "args":
+    [...]}` for a script of templates/ run with those arguments (tasks.scripts)."""
+    if isinstance(expected, dict):
+        return script_command(expected["script"], *expected.get("args", []))
+    return expected
+
+
 @pytest.mark.parametrize("name, case", load_cases(), ids=[n for n, _ in load_cases()])
 def test_operation_case(name, case):
     commands, noops = run_op(case["op"], _args(case["args"]), case["facts"])
@@ -39,12 +48,12 @@ def test_operation_case(name, case):
         return
     if case.get("commands_match") == "uploads":
         uploads = [c for c in commands if c.startswith("upload ")]
-        assert uploads == case["commands"]
+        assert uploads == [_command(c) for c in case["commands"]]
     elif "commands_contain" in case:
         for fragment in case["commands_contain"]:
             assert any(fragment in c for c in commands), (fragment, commands)
         assert len(commands) == case["commands_count"]
     else:
-        assert commands == case["commands"]
+        assert commands == [_command(c) for c in case["commands"]]
     if "noop" in case:
         assert noops == [case["noop"]]

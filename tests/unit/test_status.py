@@ -289,8 +289,17 @@ def test_plans_follow_the_settings():
     assert (lb.instances, lb.nginx_url) == ((), "http://127.0.0.1:8000/health")
     (v6,) = plan_hosts([FleetHost("gpu-b", ("gpu_servers",), {},
                                   Settings(gpu_count=1, ollama_bind_address="::1"))])
-    assert "http://[::1]:11434/api/version" in status_script(v6)
-    assert "http://127.0.0.1:12003/api/version" in status_script(a)
+    assert (v6.api_address, a.api_address) == ("[::1]", "127.0.0.1")
+
+
+def test_script_asks_each_instance_at_its_address_and_nginx_at_its_url(tmp_path):
+    plan = HostPlan("gpu-b", ("gpu_servers",), {}, (("ollama-0", 11434), ("ollama-1", 12003)),
+                    api_address="[::1]", nginx_url="https://127.0.0.1:8443/health")
+    raw = run_script(tmp_path, plan, {"curl": 'for a; do url=$a; done\necho "$url"\n'})
+    asked = {key: entry["out"] for key, entry in raw.items() if key != "format"}
+    assert asked == {"os": asked["os"], "nginx": "https://127.0.0.1:8443/health", **{
+        f"{what}:{port}": f"http://[::1]:{port}/api/{what}"
+        for port in (11434, 12003) for what in ("version", "tags", "ps")}}
 
 
 def test_config_py_applies_as_in_pyinfra_and_connecting_leaves_time(tmp_path):
