@@ -7,16 +7,20 @@ operation runs on any host; each step lives in its own module under tasks/.
 from pyinfra import host
 
 from tasks import apps, docker, front_door, metrics, models, nvidia_driver, nvidia_toolkit, stack
+from tasks.distributions import distribution
 from tasks.report import report_failures
 from tasks.settings import current_settings
 
 settings = current_settings()  # stops the whole run on bad inventory data, hosts untouched
 report_failures()  # a failing host stops alone, named with its step
 
-nvidia_driver.install_driver(settings)  # GPU servers only; may reboot into the new driver
-docker_config = docker.install_docker(settings)
-toolkit_config = nvidia_toolkit.install_container_toolkit(settings)  # GPU servers only
-docker.restart_docker(docker_config + toolkit_config)
+dist = distribution()  # the host's row of tasks/distributions.py; another OS stops the run
+nvidia_driver.install_driver(settings, dist)  # GPU servers only; may reboot into the new driver
+docker.install_docker(settings, dist)
+toolkit_changes = nvidia_toolkit.install_container_toolkit(settings, dist)  # GPU servers only
+# daemon.json's one writer: Docker's keys merged, nvidia-ctk's runtime on the staged copy
+daemon_config = docker.configure_daemon(settings)
+docker.restart_docker([daemon_config, *toolkit_changes])
 
 if "gpu_servers" in host.groups:
     stack.deploy_stack(settings)

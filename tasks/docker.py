@@ -1,8 +1,12 @@
-"""Docker engine with Compose v2, and /etc/docker/daemon.json merged, never overwritten.
+"""Docker engine with Compose v2, and /etc/docker/daemon.json: its one writer, merged.
 
 Guarantees: the engine comes from Docker's apt repository (deb822, signed-by) or
-from the distribution; daemon.json keeps every key the deploy does not own; Docker
-restarts once per run, and only when daemon.json or its runtime changed.
+from the distribution; daemon.json is written by `daemon_json` alone, with Docker's own
+keys merged in (every key the deploy does not own is kept) and, on GPU servers, the
+nvidia runtime registered by NVIDIA's `nvidia-ctk runtime configure` on the staged copy;
+the new file is checked by `dockerd --validate` and replaces the live one in one
+rename, the previous kept as daemon.json.previous; Docker restarts once per run, and
+only when daemon.json or its runtime changed.
 """
 
 from __future__ import annotations
@@ -14,47 +18,39 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks import distributions, nvidia_toolkit
 from tasks import packages as apt_packages
 from tasks.facts import JsonFile
+from tasks.nvidia_toolkit import runtime_configure_flags
+from tasks.probe import fact
 from tasks.report import fail_command
+from tasks.scripts import script_command
 from tasks.settings import Settings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
+# Maps other tools add their own entries to (runsc's runtime, other features): the deploy
+# owns its entries in them, not the whole map.
+SHARED_MAPS = ("runtimes", "features")
 
 
-def distribution() -> tuple[str, int, str]:
-    """(id, major version, codename) of the host's OS, e.g. ("debian", 13, "trixie")."""
-    dist = host.get_fact(LinuxDistribution)
-    release = dist.get("release_meta") or {}
-    ident = (release.get("ID") or dist.get("name") or "").lower()
-    major = dist.get("major") or 0
-    codename = release.get("VERSION_CODENAME") or ""
-    return ident, int(major), codename
+def engine_packages(dist: distributions.Distribution, settings: Settings) -> list[str]:
+    """Docker engine and Compose v2, from Docker's repository or the OS's own archive."""
+    if settings.docker_package_source == "docker":
+        return list(distributions.repository(dist, distributions.DOCKER, settings).packages)
+    packages = distributions.archive_packages(dist, distributions.DOCKER, settings)
+    if packages is None:
+        raise OperationError(f"docker_package_source: {dist.name} has no Compose v2 package; "
+                             "use docker_package_source 'docker'")
+    return packages
 
 
-def distribution_packages(os_id: str, major: int) -> list[str]:
-    """Docker engine and Compose v2 from the OS's own archive."""
-    if os_id == "ubuntu":
-        return ["docker.io", "docker-compose-v2"]
-    if os_id == "debian" and major >= 13:
-        # trixie splits the client out of docker.io (and only recommends it)
-        return ["docker.io", "docker-cli", "docker-compose"]
-    raise OperationError(f"docker_package_source: {os_id} {major} has no Compose v2 package; "
-                         "use docker_package_source 'docker'")
+def owned_daemon_settings(settings: Settings, *contributions: dict[str, Any]) -> dict[str, Any]:
+    """The daemon.json keys this deploy owns: Docker's, then those other tasks CONTRIBUTE.
 
-
-def docker_repo_sources(settings: Settings, os_id: str, codename: str) -> str:
-    """deb822 sources for Docker's repository, as Docker documents it."""
-    return (f"Types: deb\nURIs: {settings.docker_repo_url}/{os_id}\nSuites: {codename}\n"
-            "Components: stable\nSigned-By: /etc/apt/keyrings/docker.asc\n")
-
-
-def owned_daemon_settings(settings: Settings) -> dict[str, Any]:
-    """The daemon.json keys this deploy owns; every other key is left as found."""
+    Every other key is left as found. A key two tasks claim is a bug, refused here."""
     owned: dict[str, Any] = {
         "log-driver": "json-file",
         "log-opts": {"max-size": settings.docker_log_max_size,
@@ -62,58 +58,78 @@ def owned_daemon_settings(settings: Settings) -> dict[str, Any]:
     }
     if settings.docker_registry_mirrors:
         owned["registry-mirrors"] = list(settings.docker_registry_mirrors)
+    for contribution in contributions:
+        for key, value in contribution.items():
+            if key in SHARED_MAPS:
+                entries = owned.setdefault(key, {})
+                if not entries.keys().isdisjoint(value):
+                    raise ValueError(f"daemon.json: an entry of {key!r} is claimed twice")
+                entries.update(value)
+            elif key in owned:
+                raise ValueError(f"daemon.json: {key!r} is claimed twice")
+            else:
+                owned[key] = value
     return owned
 
 
 def merge_daemon_json(current: dict[str, Any] | None, owned: dict[str, Any]) -> dict[str, Any]:
+    """CURRENT with OWNED keys set; in the shared maps only the deploy's own entries."""
     merged = dict(current or {})
-    merged.update(owned)
+    for key, value in owned.items():
+        if key in SHARED_MAPS and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     return merged
 
 
 @operation()
-def daemon_json(owned: dict[str, Any], path: str = DAEMON_JSON):
+def daemon_json(owned: dict[str, Any], nvidia_runtime: dict[str, bool] | None = None,
+                path: str = DAEMON_JSON):
     """
-    Merge OWNED keys into Docker's daemon.json, keeping every other key.
+    Merge OWNED keys into Docker's daemon.json, keeping every other key; register the
+    nvidia runtime with nvidia-ctk while it is missing.
+
+    The file's only writer in the deploy. The new file is staged beside the live one,
+    completed by `nvidia-ctk runtime configure --config=<staged>` when the runtime is
+    missing, validated by `dockerd --validate`, then renamed over the live file.
 
     + owned: the keys and values this deploy owns
+    + nvidia_runtime: `{"default_runtime": bool, "cdi": bool}` on GPU servers, else None
     + path: daemon.json's path
     """
-    current = host.get_fact(JsonFile, path=path)
+    current = fact(JsonFile, path=path)
     if current and "__invalid__" in current:
         yield fail_command(f"{path}: not valid JSON; fix or remove it (nothing was changed)")
         return
     merged = merge_daemon_json(current, owned)
-    if current == merged:
+    flags = runtime_configure_flags(merged, **nvidia_runtime) if nvidia_runtime else []
+    if current == merged and not flags:
         host.noop(f"{path} already has the deploy's settings")
         return
-    yield from files.directory._inner(path="/etc/docker", mode="755")
+    staged = f"{path}.staged"
     text = json.dumps(merged, indent=4, sort_keys=True) + "\n"
-    yield from files.put._inner(src=StringIO(text), dest=path, mode="644")
+    yield from files.put._inner(src=StringIO(text), dest=staged, mode="644")
+    yield script_command("docker/daemon-json.sh", staged, path, *flags)
 
 
-def install_docker(settings: Settings) -> list[OperationMeta]:
-    """Install the engine and Compose v2; return the operations that need a Docker restart."""
-    os_id, major, codename = distribution()
+def install_docker(settings: Settings, dist: distributions.Distribution) -> None:
+    """Install the engine and Compose v2, running and enabled."""
     if settings.docker_package_source == "docker":
-        files.directory(name="Keyring directory for Docker's repository",
-                        path="/etc/apt/keyrings", mode="755")
-        files.download(name="Docker's repository key",
-                             src=f"{settings.docker_repo_url}/{os_id}/gpg",
-                             dest="/etc/apt/keyrings/docker.asc", mode="644")
-        files.put(name="Docker's apt repository (deb822)",
-                            src=StringIO(docker_repo_sources(settings, os_id, codename)),
-                            dest="/etc/apt/sources.list.d/docker.sources", mode="644")
-        packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin",
-                    "docker-compose-plugin"]
-    else:
-        packages = distribution_packages(os_id, major)
-    apt_packages.installed(name="Docker engine and Compose v2", packages=packages)
+        repo = distributions.repository(dist, distributions.DOCKER, settings)
+        apt_packages.repository(name="Docker's apt repository (deb822)",
+                                **repo.repository_args())
+    apt_packages.installed(name="Docker engine and Compose v2",
+                           packages=engine_packages(dist, settings))
     systemd.service(name="Docker running and enabled", service="docker", running=True,
                     enabled=True)
-    config = daemon_json(name="daemon.json: log rotation and registry mirrors (merged)",
-                         owned=owned_daemon_settings(settings))
-    return [config]
+
+
+def configure_daemon(settings: Settings) -> OperationMeta:
+    """Write daemon.json once: Docker's keys merged, the nvidia runtime on GPU servers."""
+    return daemon_json(name="daemon.json: log rotation, registry mirrors, nvidia runtime",
+                       owned=owned_daemon_settings(settings),
+                       nvidia_runtime=nvidia_toolkit.runtime_wanted(settings))
 
 
 def restart_docker(changes: list[OperationMeta]) -> None:

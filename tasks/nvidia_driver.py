@@ -11,28 +11,25 @@ from __future__ import annotations
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import operation
 from pyinfra.operations import files, server
 
+from tasks import distributions
 from tasks import packages as apt_packages
-from tasks.docker import distribution
 from tasks.facts import NvidiaGpus, planning
 from tasks.report import fail_command
 from tasks.settings import Settings
 
 NOUVEAU_BLACKLIST = "blacklist nouveau\noptions nouveau modeset=0\n"
-CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 
 
-def driver_packages(os_id: str, branch: int) -> list[str]:
-    """Ubuntu: Canonical's server packages of the branch; Debian: NVIDIA's CUDA repository."""
-    if os_id == "ubuntu":
-        return [f"nvidia-headless-{branch}-server", f"nvidia-utils-{branch}-server"]
-    return [f"cuda-drivers-{branch}"]
-
-
-def cuda_repo_url(settings: Settings, os_id: str, major: int) -> str:
-    return settings.nvidia_driver_repo_url.replace("{distro}", f"{os_id}{major}")
+def driver_packages(dist: distributions.Distribution, settings: Settings) -> list[str]:
+    """The branch's packages: from NVIDIA's CUDA repository where the table has one (Debian),
+    else from the distribution's archive (Ubuntu: Canonical's server packages)."""
+    cuda = distributions.repository(dist, distributions.CUDA, settings)
+    if cuda is not None:
+        return list(cuda.packages)
+    return distributions.archive_packages(dist, distributions.NVIDIA_DRIVER, settings)
 
 
 def driver_answers(gpus: dict, branch: int) -> bool:
@@ -41,24 +38,17 @@ def driver_answers(gpus: dict, branch: int) -> bool:
         g["driver_version"].split(".")[0] == str(branch) for g in gpus["gpus"])
 
 
-def install_driver(settings: Settings) -> None:
+def install_driver(settings: Settings, dist: distributions.Distribution) -> None:
     """Install, reboot into and verify the driver (GPU hosts only)."""
     if settings.gpu_count == 0:
         return
-    os_id, major, _ = distribution()
-    if os_id not in ("ubuntu", "debian"):
-        raise OperationError(f"{host.name}: {os_id} {major} is not supported (Ubuntu or Debian)")
     files.put(name="Blacklist nouveau", src=StringIO(NOUVEAU_BLACKLIST),
               dest="/etc/modprobe.d/blacklist-nouveau.conf", mode="644")
-    if os_id == "debian":
-        repo = cuda_repo_url(settings, os_id, major)
-        key_url = settings.nvidia_driver_gpgkey_url or f"{repo}/3bf863cc.pub"
-        repo_key(name="NVIDIA CUDA repository key", url=key_url, keyring=CUDA_KEYRING)
-        files.put(name="NVIDIA CUDA apt repository",
-                  src=StringIO(f"deb [signed-by={CUDA_KEYRING}] {repo}/ /\n"),
-                  dest="/etc/apt/sources.list.d/cuda.list", mode="644")
+    cuda = distributions.repository(dist, distributions.CUDA, settings)
+    if cuda is not None:
+        apt_packages.repository(name="NVIDIA CUDA apt repository", **cuda.repository_args())
     install = driver(name=f"NVIDIA driver {settings.nvidia_driver_branch}",
-                     packages=driver_packages(os_id, settings.nvidia_driver_branch),
+                     packages=driver_packages(dist, settings),
                      branch=settings.nvidia_driver_branch)
     if settings.nvidia_driver_allow_reboot:
         server.reboot(name="Reboot into the new driver", delay=5, interval=2,
@@ -67,23 +57,6 @@ def install_driver(settings: Settings) -> None:
                   branch=settings.nvidia_driver_branch,
                   reboot_allowed=settings.nvidia_driver_allow_reboot)
     persistence_mode(name="GPU persistence mode", enabled=settings.nvidia_persistence_mode)
-
-
-@operation()
-def repo_key(url: str, keyring: str):
-    """
-    Install an apt repository's (ASCII-armored) key as a dearmored keyring, once.
-
-    + url: where the key is published
-    + keyring: the keyring file apt's signed-by names
-    """
-    from pyinfra.facts.files import File
-
-    if host.get_fact(File, path=keyring):
-        host.noop(f"{keyring} present")
-        return
-    yield (f"curl -fsSL --retry 3 {url} | gpg --batch --yes --dearmor -o {keyring}.tmp "
-           f"&& chmod 644 {keyring}.tmp && mv {keyring}.tmp {keyring}")
 
 
 @operation()

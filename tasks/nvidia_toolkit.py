@@ -1,41 +1,41 @@
 """NVIDIA Container Toolkit from its documented repository, wired into Docker.
 
-Guarantees: the four toolkit packages at one pinned version; stale
-nvidia-docker sources removed; `nvidia-ctk runtime configure --runtime=docker`
-run only while Docker's daemon.json lacks the nvidia runtime (or the wanted
-default-runtime/CDI setting), so Docker restarts only when something changed.
+Guarantees: the four toolkit packages at one pinned version; stale nvidia-docker
+sources removed; the nvidia runtime (and the wanted default-runtime/CDI setting)
+registered in Docker's daemon.json by NVIDIA's own `nvidia-ctk runtime configure
+--runtime=docker`, only while it is missing, so Docker restarts only then. nvidia-ctk
+never edits the live file: `tasks.docker.daemon_json`, the file's one writer, runs it on
+the staged copy (`runtime_configure_flags` says with which flags, or not at all).
 """
 
 from __future__ import annotations
 
-from io import StringIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
+from tasks import distributions
 from tasks import packages as apt_packages
-from tasks.docker import DAEMON_JSON
-from tasks.facts import JsonFile
-from tasks.nvidia_driver import repo_key
 from tasks.settings import Settings
 
-KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
-            "libnvidia-container-tools", "libnvidia-container1")
+
+def runtime_wanted(settings: Settings) -> dict[str, bool] | None:
+    """How the nvidia runtime should be registered with Docker (None without GPUs)."""
+    if settings.gpu_count == 0:
+        return None
+    return {"default_runtime": settings.nvidia_toolkit_default_runtime,
+            "cdi": settings.nvidia_toolkit_cdi}
 
 
-def toolkit_packages(version: str) -> list[str]:
-    return [f"{name}={version}-1" for name in PACKAGES]
+def runtime_configure_flags(daemon: dict[str, Any] | None, default_runtime: bool,
+                            cdi: bool) -> list[str]:
+    """nvidia-ctk flags that bring DAEMON (daemon.json) in line; [] when it already is.
 
-
-def toolkit_sources(settings: Settings) -> str:
-    return (f"deb [signed-by={KEYRING}] {settings.nvidia_toolkit_repo_url}/stable/deb/$(ARCH) /\n")
-
-
-def runtime_configure_flags(daemon: dict | None, default_runtime: bool, cdi: bool) -> list[str]:
-    """nvidia-ctk flags needed to bring DAEMON (daemon.json) in line; [] when it already is."""
+    What `nvidia-ctk runtime configure` writes (FIELD.md): `runtimes.nvidia` with path
+    nvidia-container-runtime; `default-runtime: nvidia` with --set-as-default;
+    `features.cdi: true` with --cdi.enabled."""
     daemon = daemon or {}
     runtime = (daemon.get("runtimes") or {}).get("nvidia") or {}
     missing = runtime.get("path") != "nvidia-container-runtime"
@@ -53,40 +53,18 @@ def runtime_configure_flags(daemon: dict | None, default_runtime: bool, cdi: boo
     return flags
 
 
-@operation()
-def runtime_configured(default_runtime: bool, cdi: bool):
-    """
-    Register the nvidia runtime in daemon.json with nvidia-ctk, only when it is missing.
-
-    + default_runtime: also make it Docker's default runtime
-    + cdi: also enable CDI in Docker
-    """
-    flags = runtime_configure_flags(host.get_fact(JsonFile, path=DAEMON_JSON), default_runtime,
-                                    cdi)
-    if not flags:
-        host.noop("nvidia runtime already registered in daemon.json")
-        return
-    yield f"nvidia-ctk runtime configure {' '.join(flags)}"
-
-
-def install_container_toolkit(settings: Settings) -> list[OperationMeta]:
-    """Install the toolkit and register it with Docker; return ops that need a Docker restart."""
+def install_container_toolkit(settings: Settings,
+                              dist: distributions.Distribution) -> list[OperationMeta]:
+    """Install the toolkit; return the operations that need a Docker restart."""
     if settings.gpu_count == 0:
         return []
-    files.file(name="No stale nvidia-docker sources",
-               path="/etc/apt/sources.list.d/nvidia-docker.list", present=False)
-    key_url = settings.nvidia_toolkit_gpgkey_url or f"{settings.nvidia_toolkit_repo_url}/gpgkey"
-    repo_key(name="NVIDIA Container Toolkit repository key", url=key_url, keyring=KEYRING)
-    files.put(name="NVIDIA Container Toolkit apt repository",
-              src=StringIO(toolkit_sources(settings)),
-              dest="/etc/apt/sources.list.d/nvidia-container-toolkit.list", mode="644")
+    repo = distributions.repository(dist, distributions.TOOLKIT, settings)
+    apt_packages.repository(name="NVIDIA Container Toolkit apt repository",
+                            **repo.repository_args())
     packages = apt_packages.installed(
         name=f"NVIDIA Container Toolkit {settings.nvidia_toolkit_version}",
-        packages=toolkit_packages(settings.nvidia_toolkit_version))
-    runtime = runtime_configured(name="nvidia runtime registered with Docker",
-                                 default_runtime=settings.nvidia_toolkit_default_runtime,
-                                 cdi=settings.nvidia_toolkit_cdi)
-    changes = [packages, runtime]
+        packages=list(repo.packages))
+    changes = [packages]
     if settings.nvidia_toolkit_cdi:
         changes.append(cdi_spec(name="CDI specification of the GPUs"))
     return changes

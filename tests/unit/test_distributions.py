@@ -3,6 +3,7 @@ output in, package names, repositories and parsed GPUs out."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,13 @@ from pyinfra.api import OperationError
 from pyinfra.context import ctx_host
 from pyinfra.facts.server import LinuxDistribution
 
-from tasks.docker import distribution, distribution_packages, docker_repo_sources
+from tasks import distributions
+from tasks.distributions import CUDA, DISTRIBUTIONS, DOCKER, TOOLKIT, distribution, os_release
+from tasks.docker import engine_packages, owned_daemon_settings
 from tasks.facts import NvidiaGpus
-from tasks.nvidia_driver import cuda_repo_url, driver_answers, driver_packages
-from tasks.nvidia_toolkit import toolkit_packages, toolkit_sources
+from tasks.nvidia_driver import driver_answers, driver_packages
+from tasks.nvidia_toolkit import runtime_configure_flags, runtime_wanted
+from tasks.packages import sources_entry
 from tasks.settings import Settings
 from tests.unit.ophelper import FakeHost
 
@@ -25,6 +29,15 @@ def os_facts(name: str) -> dict:
     return {"server.LinuxDistribution": LinuxDistribution().process(lines)}
 
 
+def table(os_id: str, major: int) -> distributions.Distribution:
+    return DISTRIBUTIONS[(os_id, major)]
+
+
+def sources(repo: distributions.VendorRepository) -> str:
+    return sources_entry(repo.sources_file, repo.url, repo.suite, list(repo.components),
+                         repo.keyring)
+
+
 @pytest.mark.parametrize("release, expected", [
     ("ubuntu-22.04", ("ubuntu", 22, "jammy")),
     ("ubuntu-24.04", ("ubuntu", 24, "noble")),
@@ -33,7 +46,29 @@ def os_facts(name: str) -> dict:
 ])
 def test_distribution_from_os_release(release, expected):
     with ctx_host.use(FakeHost(facts=os_facts(release))):
-        assert distribution() == expected
+        assert os_release() == expected
+        assert distribution() is table(*expected[:2])
+    assert table(*expected[:2]).codename == expected[2]
+
+
+def test_an_os_outside_the_table_stops_the_run_naming_the_host():
+    facts = {"server.LinuxDistribution": {"name": "Ubuntu", "major": 20,
+                                          "release_meta": {"ID": "ubuntu"}}}
+    with ctx_host.use(FakeHost(facts=facts)), pytest.raises(
+            OperationError, match=r"gpu-1: ubuntu 20 is not supported \(Debian 12/13, Ubuntu"):
+        distribution()
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS.values(), ids=lambda d: d.name)
+def test_every_table_names_formats_apt_reads(dist):
+    """Keyring and sources file extensions say their format to apt, and to the operation."""
+    assert DOCKER in dist.repositories and TOOLKIT in dist.repositories
+    assert (CUDA in dist.repositories) != (distributions.NVIDIA_DRIVER in dist.archive)
+    for repo in dist.repositories.values():
+        assert repo.keyring.endswith((".asc", ".gpg"))
+        assert repo.sources_file.startswith("/etc/apt/sources.list.d/")
+        assert repo.sources_file.endswith((".sources", ".list"))
+        assert repo.packages
 
 
 @pytest.mark.parametrize("os_id, major, packages", [
@@ -42,20 +77,30 @@ def test_distribution_from_os_release(release, expected):
     ("debian", 13, ["docker.io", "docker-cli", "docker-compose"]),
 ])
 def test_distribution_docker_packages_bring_compose_v2(os_id, major, packages):
-    assert distribution_packages(os_id, major) == packages
+    settings = Settings(docker_package_source="distribution")
+    assert engine_packages(table(os_id, major), settings) == packages
 
 
 def test_debian_12_has_no_compose_v2_package():
     with pytest.raises(OperationError, match="docker_package_source: debian 12 has no Compose v2"):
-        distribution_packages("debian", 12)
+        engine_packages(table("debian", 12), Settings(docker_package_source="distribution"))
 
 
-@pytest.mark.parametrize("os_id, codename", [("ubuntu", "noble"), ("debian", "bookworm")])
-def test_docker_repository_is_deb822_with_signed_by(os_id, codename):
-    sources = docker_repo_sources(Settings(), os_id, codename)
-    assert sources == (f"Types: deb\nURIs: https://download.docker.com/linux/{os_id}\n"
-                       f"Suites: {codename}\nComponents: stable\n"
-                       "Signed-By: /etc/apt/keyrings/docker.asc\n")
+@pytest.mark.parametrize("os_id, major, codename", [
+    ("ubuntu", 22, "jammy"), ("ubuntu", 24, "noble"),
+    ("debian", 12, "bookworm"), ("debian", 13, "trixie"),
+])
+def test_docker_repository_is_deb822_with_signed_by(os_id, major, codename):
+    repo = distributions.repository(table(os_id, major), DOCKER, Settings())
+    assert sources(repo) == (f"Types: deb\nURIs: https://download.docker.com/linux/{os_id}\n"
+                             f"Suites: {codename}\nComponents: stable\n"
+                             "Signed-By: /etc/apt/keyrings/docker.asc\n")
+    assert repo.key_url == f"https://download.docker.com/linux/{os_id}/gpg"
+    assert (repo.keyring, repo.sources_file) == ("/etc/apt/keyrings/docker.asc",
+                                                 "/etc/apt/sources.list.d/docker.sources")
+    assert engine_packages(table(os_id, major), Settings()) == [
+        "docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin",
+        "docker-compose-plugin"]
 
 
 @pytest.mark.parametrize("os_id, major, packages, repo", [
@@ -67,19 +112,67 @@ def test_docker_repository_is_deb822_with_signed_by(os_id, codename):
      "https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64"),
 ])
 def test_driver_packages_by_distribution(os_id, major, packages, repo):
-    assert driver_packages(os_id, 570) == packages
-    if repo:
-        assert cuda_repo_url(Settings(), os_id, major) == repo
+    settings = Settings(nvidia_driver_branch=570)
+    assert driver_packages(table(os_id, major), settings) == packages
+    cuda = distributions.repository(table(os_id, major), CUDA, settings)
+    if repo is None:
+        assert cuda is None
+        return
+    keyring = "/usr/share/keyrings/cuda-archive-keyring.gpg"
+    assert sources(cuda) == f"deb [signed-by={keyring}] {repo}/ /\n"
+    assert cuda.key_url == f"{repo}/3bf863cc.pub"  # debian13: known wrong, see the table
+    assert (cuda.keyring, cuda.sources_file) == (keyring, "/etc/apt/sources.list.d/cuda.list")
 
 
-def test_toolkit_packages_pinned_together_from_the_documented_repository():
+def test_key_url_knobs_replace_the_tables_key():
+    settings = Settings(nvidia_driver_repo_url="https://127.0.0.1:8443/cuda/{distro}",
+                        nvidia_driver_gpgkey_url="https://127.0.0.1:8443/cuda/key.pub",
+                        nvidia_toolkit_gpgkey_url="https://127.0.0.1:8443/tk/key")
+    cuda = distributions.repository(table("debian", 13), CUDA, settings)
+    assert (cuda.url, cuda.key_url) == ("https://127.0.0.1:8443/cuda/debian13/",
+                                        "https://127.0.0.1:8443/cuda/key.pub")
+    toolkit = distributions.repository(table("debian", 13), TOOLKIT, settings)
+    assert toolkit.key_url == "https://127.0.0.1:8443/tk/key"
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS.values(), ids=lambda d: d.name)
+def test_toolkit_packages_pinned_together_from_the_documented_repository(dist):
     settings = Settings(nvidia_toolkit_version="1.17.8")
-    assert toolkit_packages(settings.nvidia_toolkit_version) == [
+    repo = distributions.repository(dist, TOOLKIT, settings)
+    assert list(repo.packages) == [
         "nvidia-container-toolkit=1.17.8-1", "nvidia-container-toolkit-base=1.17.8-1",
         "libnvidia-container-tools=1.17.8-1", "libnvidia-container1=1.17.8-1"]
-    assert toolkit_sources(settings) == (
+    assert sources(repo) == (
         "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
         "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n")
+    assert repo.key_url == "https://nvidia.github.io/libnvidia-container/gpgkey"
+    assert repo.stale_sources == ("/etc/apt/sources.list.d/nvidia-docker.list",)
+
+
+def test_the_toolkit_runtime_is_registered_by_nvidia_ctk_only_while_missing():
+    wanted = {"default_runtime": True, "cdi": True}
+    assert runtime_wanted(Settings(gpu_count=2, nvidia_toolkit_default_runtime=True,
+                                   nvidia_toolkit_cdi=True)) == wanted
+    assert runtime_wanted(Settings()) is None  # a CPU host: no NVIDIA software
+    assert runtime_configure_flags({}, **wanted) == [
+        "--runtime=docker", "--set-as-default", "--cdi.enabled"]
+    # what `nvidia-ctk runtime configure --runtime=docker --set-as-default --cdi.enabled`
+    # writes (FIELD.md): then nothing is left to do
+    registered = {"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
+                  "default-runtime": "nvidia", "features": {"cdi": True}}
+    assert runtime_configure_flags(registered, **wanted) == []
+    assert runtime_configure_flags(registered, default_runtime=False, cdi=False) == []
+    assert runtime_configure_flags({**registered, "default-runtime": "runc"}, **wanted) == [
+        "--runtime=docker", "--set-as-default", "--cdi.enabled"]
+
+
+def test_a_daemon_json_key_claimed_twice_is_refused():
+    settings = Settings(gpu_count=1)
+    with pytest.raises(ValueError, match="'log-driver' is claimed twice"):
+        owned_daemon_settings(settings, {"log-driver": "journald"})
+    runtime = {"runtimes": {"runsc": {"path": "/usr/local/bin/runsc"}}}
+    with pytest.raises(ValueError, match="an entry of 'runtimes' is claimed twice"):
+        owned_daemon_settings(settings, runtime, runtime)
 
 
 def parse(name: str) -> dict:
@@ -111,3 +204,15 @@ def test_nvidia_smi_states(name, rc, working):
 def test_nvidia_smi_not_installed():
     gpus = parse("not-installed.txt")
     assert gpus == {"installed": False, "working": False, "rc": None, "gpus": [], "error": ""}
+
+
+def test_daemon_json_is_written_by_tasks_docker_alone():
+    """One owner per file on the host: no other task names the file or runs nvidia-ctk's
+    runtime configuration, which rewrites it."""
+    root = Path(__file__).parents[2]
+    sources = [*(root / "tasks").glob("*.py"), *(root / "templates").rglob("*.*")]
+    writers = sorted(p.relative_to(root).as_posix() for p in sources
+                     if "/etc/docker/daemon.json" in p.read_text()
+                     or re.search(r"[\"']nvidia-ctk runtime", p.read_text()))
+    # tasks/docker.py writes it, through its script: nvidia-ctk on the staged copy
+    assert writers == ["tasks/docker.py", "templates/docker/daemon-json.sh"]
