@@ -10,7 +10,7 @@ early instead.
 
 from pyinfra import config
 
-from tasks import connection
+from tasks import connection, probe
 
 # Seconds to wait for SSH to a host before counting it as unreachable.
 config.CONNECT_TIMEOUT = 15
@@ -18,3 +18,7 @@ config.CONNECT_TIMEOUT = 15
 # A host lost mid-run (power, network) is noticed within about a minute, not when
 # TCP gives up a quarter of an hour later: see tasks/connection.py.
 connection.install()
+
+# Facts the deploy prefetched in one round trip are answered without asking again
+# (tasks/probe.py); every other fact is pyinfra's as always.
+probe.install()

@@ -6,13 +6,24 @@ operation runs on any host; each step lives in its own module under tasks/.
 
 from pyinfra import host
 
-from tasks import apps, docker, front_door, metrics, models, nvidia_driver, nvidia_toolkit, stack
+from tasks import (
+    apps,
+    docker,
+    front_door,
+    metrics,
+    models,
+    nvidia_driver,
+    nvidia_toolkit,
+    probe,
+    stack,
+)
 from tasks.distributions import distribution
 from tasks.report import report_failures
 from tasks.settings import current_settings
 
 settings = current_settings()  # stops the whole run on bad inventory data, hosts untouched
 report_failures()  # a failing host stops alone, named with its step
+probe.prefetch_remembered()  # what the last run read of this host, asked in one round trip
 
 dist = distribution()  # the host's row of tasks/distributions.py; another OS stops the run
 nvidia_driver.install_driver(settings, dist)  # GPU servers only; may reboot into the new driver

@@ -1,18 +1,23 @@
 """Converge benchmark: how long `pyinfra -y INVENTORY deploy.py` takes on lab hosts.
 
-For each fleet size (1 host, then 3 hosts) this starts a dedicated lab, then measures:
+For each fleet size (1 host, then 8 hosts) this starts a dedicated lab, then measures:
 
 - **lab up**: wall clock of `python -m lab up` (not part of the deploy; shown for context);
+- **floor**: `pyinfra -y INVENTORY exec -- true`, one connection and one command per host:
+  what any pyinfra run of this fleet costs at least (median of 3);
 - **fresh converge**: wall clock of `pyinfra -y INVENTORY deploy.py` on the fresh hosts
   (the lab is already up; hosts have never been deployed to);
-- **no-op re-run**: wall clock of the same command right after, which must change nothing;
+- **no-op re-run**: wall clock of the same command right after, which must change nothing
+  (median of 3; one more run under `-vv` gives the counts below);
 - from the no-op run's output: the operations run (the `--> Results:` table's Grand total,
   one per operation and host), how many of them changed something, and the remote commands
   sent to each host, facts and operations together.
 
 Sizes: `1` is one GPU host with 2 simulated GPUs; `3` is two such GPU hosts and one CPU-only
-host, so both the GPU and the CPU path of deploy.py are covered. Each size uses its own lab
-(`bench-converge-1`, `bench-converge-3`, registry ports 5071 and 5073), which is removed
+host, so both the GPU and the CPU path of deploy.py are covered; `8` is seven GPU hosts with
+one GPU and a CPU host. The report gives the no-op re-run as a ratio of the floor, and each
+size's no-op as a ratio of one host's. Each size uses its own lab (`bench-converge-N`,
+registry port 5070 + N), which is removed
 (`down`) before it is started, so the hosts are always fresh, and again afterwards, even on
 failure or Ctrl-C (unless `--keep`).
 
@@ -24,9 +29,9 @@ sent while preparing (facts) and while executing. SFTP transfers are not echoed 
 and so are not counted; a no-op run makes none. `-vv` only adds a few hundred lines of output
 to the timed run.
 
-Run it from anywhere (needs Docker, like the lab tests; about 2 minutes for both sizes here):
+Run it from anywhere (needs Docker, like the lab tests; several minutes for 8 hosts here):
 
-    .venv/bin/python bench/converge.py                  # sizes 1 and 3
+    .venv/bin/python bench/converge.py                  # sizes 1 and 8
     .venv/bin/python bench/converge.py --sizes 1        # one size only
     .venv/bin/python bench/converge.py --sizes 3 --keep # leave the lab up to look at it
 
@@ -79,7 +84,12 @@ SIZES = {
             ("--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
              "--registry-port", "5073", "--model-scale", "0.25"),
             "2 GPU hosts (2 GPUs each) + 1 CPU host"),
+    8: Size(8, "bench-converge-8",
+            ("--gpu-hosts", "7", "--gpus-per-host", "1", "--cpu-hosts", "1",
+             "--registry-port", "5078", "--model-scale", "0.1"),
+            "7 GPU hosts (1 GPU each) + 1 CPU host"),
 }
+REPEATS = 3
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # `[host] >>> command` or, inside a nested operation, `[host] nested >>> command`
@@ -120,6 +130,8 @@ class Result:
     fresh: Run | None = None
     fresh_totals: Totals | None = None
     noop: Run | None = None
+    noop_s: float | None = None  # median of REPEATS no-op runs
+    floor_s: float | None = None  # median of REPEATS `exec -- true`
     noop_totals: Totals | None = None
     per_host: dict[str, HostCounts] = field(default_factory=dict)
     error: str | None = None
@@ -198,14 +210,30 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
                              f"{tail(result.noop.output)}")
         result.noop_totals = grand_total(result.noop.output)
         result.per_host = per_host_counts(result.noop.output, [h["name"] for h in result.hosts])
-        say(f"[{size.lab}] no-op re-run in {result.noop.seconds:.1f} s")
         _check_counts(result)
+        result.noop_s = median(deploy, NOOP_TIMEOUT_S, prefix, "noop")  # plain, not -vv
+        say(f"[{size.lab}] no-op re-run in {result.noop_s:.2f} s (median of {REPEATS})")
+        floor = [str(PYINFRA), "-y", inventory, "exec", "--", "true"]
+        result.floor_s = median(floor, NOOP_TIMEOUT_S, prefix, "floor")
+        say(f"[{size.lab}] floor ({' '.join(floor[1:])}) in {result.floor_s:.2f} s")
     except BenchError as exc:
         result.error = str(exc)
         say(f"[{size.lab}] FAILED: {exc}")
     finally:
         lab_teardown(size.lab, Path(f"{prefix}-down.log"), keep)
     return result
+
+
+def median(cmd: list[str], timeout: float, prefix: Path, what: str,
+           first: float | None = None) -> float:
+    """The median wall clock of REPEATS runs of CMD (FIRST: one already measured)."""
+    times = [first] if first is not None else []
+    while len(times) < REPEATS:
+        done = run(cmd, timeout, Path(f"{prefix}-{what}-{len(times)}.log"))
+        if not done.ok:
+            raise BenchError(f"{what} failed ({why(done)}):\n{tail(done.output)}")
+        times.append(done.seconds)
+    return sorted(times)[len(times) // 2]
 
 
 def _check_counts(result: Result) -> None:
@@ -228,14 +256,21 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+def _secs2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def report(results: list[Result]) -> str:
-    header = ("hosts", "lab up", "fresh converge", "no-op re-run", "ratio", "ops (no-op)",
-              "ops/host", "changed (no-op)", "remote cmds/host (no-op)")
+    header = ("hosts", "lab up", "fresh converge", "floor", "no-op re-run", "no-op/floor",
+              "no-op/1 host", "ops (no-op)", "ops/host", "changed (no-op)",
+              "remote cmds/host (no-op)")
+    one = next((r.noop_s for r in results if r.size.hosts == 1 and r.noop_s), None)
     rows = []
     for r in results:
         fresh = r.fresh.seconds if r.fresh and r.fresh.ok else None
-        noop = r.noop.seconds if r.noop and r.noop.ok else None
-        ratio = f"{fresh / noop:.1f}x" if fresh and noop else "-"
+        noop, floor = r.noop_s, r.floor_s
+        ratio = f"{noop / floor:.2f}x" if noop and floor else "-"
+        scale = f"{noop / one:.2f}x" if noop and one else "-"
         if r.noop_totals and r.per_host:
             n = len(r.per_host)
             ops, changed = str(r.noop_totals.ops), str(r.noop_totals.changed)
@@ -243,8 +278,8 @@ def report(results: list[Result]) -> str:
             cmds_host = _spread([c.commands for c in r.per_host.values()], n)
         else:
             ops = changed = ops_host = cmds_host = "-"
-        rows.append((str(r.size.hosts), _secs(r.up_s), _secs(fresh), _secs(noop), ratio,
-                     ops, ops_host, changed, cmds_host))
+        rows.append((str(r.size.hosts), _secs(r.up_s), _secs(fresh), _secs2(floor),
+                     _secs2(noop), ratio, scale, ops, ops_host, changed, cmds_host))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells) -> str:
@@ -295,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/converge.py", description=__doc__.split("\n\n")[0],
         allow_abbrev=False)
-    parser.add_argument("--sizes", type=_sizes, default=[1, 3],
-                        help="comma-separated fleet sizes to measure, among 1,3 (default 1,3)")
+    parser.add_argument("--sizes", type=_sizes, default=[1, 8],
+                        help="comma-separated fleet sizes to measure, among 1,3,8 (default 1,8)")
     parser.add_argument("--keep", action="store_true",
                         help="leave the labs up afterwards (for debugging); they are still "
                              "removed and recreated at the start of the next run")

@@ -1,45 +1,71 @@
 """Many facts, one round trip: the deploy's facts read together, once per host.
 
 pyinfra 3 runs every `host.get_fact` as its own remote command, and a no-op deploy of a
-GPU host asked about forty: most of a no-op run was waiting on them. `prefetch(host,
-wanted)` runs the commands of all the WANTED facts (each pyinfra fact class with its
-arguments) in one shell program, splits the output and processes each part with the
-fact's own `process()`, exactly as pyinfra would have; `fact(cls, **kwargs)` then answers
-from what was prefetched and falls back to `host.get_fact` for anything else.
+GPU host asked about forty: most of a no-op run was waiting on them. `prefetch(wanted)`
+runs the commands of all the WANTED facts (each pyinfra fact class with its arguments)
+in one shell program, splits the output and processes each part with the fact's own
+`process()`, exactly as pyinfra would have. `install()` (config.py) makes
+`Host.get_fact` answer from what was prefetched, for our tasks and pyinfra's own
+operations (files.put, systemd.service) alike, and ask the host for anything else.
+
+Which facts: the ones the deploy asked of this host on its last run from this machine,
+remembered under ~/.cache/ollama-fleet/facts/ (`prefetch_remembered`): no second list of
+what every step and every pyinfra operation reads to keep in step with the code. A
+first run, or a step that reads something new, asks pyinfra as always, and the next run
+has it. A forgotten or stale list costs speed, never correctness.
 
 What stays pyinfra's:
-- a fact whose command exits non-zero is not cached: `fact()` asks pyinfra, which fails
-  the host or returns the default as it always does;
+- prefetched facts are the host's state before the run; they answer only until the
+  first command of an operation runs on that host (pyinfra 3 reads facts while the
+  operations run, after earlier ones changed things): from then on every fact is asked
+  of the host again. A no-op run, which changes nothing, asks almost nothing twice;
+- a fact whose command exits non-zero is not cached: pyinfra is asked, and fails the
+  host or returns the default as it always does;
 - a fact whose `requires_command` is missing on the host gets its `default()`, as in
-  pyinfra's prepare stage;
-- only the prepare stage answers from the cache (facts are the state before the run
-  there anyway); at execute time `fact()` always asks the host.
+  pyinfra's prepare stage.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import importlib
+import inspect
+import json
+import os
 import secrets
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, StringCommand
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_state
 
 from tasks.scripts import script_command
 
 Wanted = tuple[type[FactBase], dict[str, Any]]
+TRACE_ENV = "FLEET_FACT_TRACE"  # a file: every fact asked of a host while preparing, a line each
 
 _cache: dict[tuple[int, str], dict[tuple, Any]] = {}  # (state, host) -> fact key -> value
+_asked: dict[str, dict[str, tuple[str, dict]]] = {}  # memory file -> signature -> fact
+CACHE_ENV = "OLLAMA_FLEET_CACHE"  # where fact lists are remembered (default ~/.cache/...)
 
 
 def _key(cls: type[FactBase], kwargs: dict[str, Any]) -> tuple:
-    return (cls, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    """The fact as pyinfra identifies it: its class and its command's arguments, defaults
+    filled in (global arguments such as _sudo are not the fact's)."""
+    plain = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    try:
+        called = inspect.getcallargs(cls().command, **plain)
+    except TypeError:
+        called = plain
+    called.pop("self", None)
+    return (cls, tuple(sorted((k, repr(v)) for k, v in called.items())))
 
 
 def _host_cache(host: Any) -> dict[tuple, Any]:
-    return _cache.setdefault((id(ctx_state.get()), host.name), {})
+    return _cache.setdefault((id(host.state), host.name), {})
 
 
 def _command(fact: FactBase, kwargs: dict[str, Any]) -> tuple[str, str | None]:
@@ -118,11 +144,166 @@ def prefetch(wanted: Iterable[Wanted], host: Any = None) -> int:
 
 
 def fact(cls: type[FactBase], **kwargs: Any) -> Any:
-    """The current host's fact CLS(KWARGS): prefetched if it was, else `host.get_fact`."""
-    state = ctx_state.get()
-    if state is not None and getattr(state, "current_stage", None) != StateStage.Execute:
-        cache = _host_cache(current_host)
-        key = _key(cls, kwargs)
-        if key in cache:
-            return cache[key]
+    """The current host's fact CLS(KWARGS) (prefetched if it was, once `install()`ed)."""
     return current_host.get_fact(cls, **kwargs)
+
+
+def _cached(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    state = getattr(host, "state", None)
+    if args or not isinstance(cls, type) or state is None:
+        return False, None
+    cache = _cache.get((id(state), host.name))
+    key = _key(cls, kwargs) if cache else None
+    if cache and key in cache:
+        return True, cache[key]
+    return False, None
+
+
+def install() -> None:
+    """Make `Host.get_fact` answer from the prefetched facts while the deploy prepares."""
+    from pyinfra.api.host import Host
+
+    original = Host.get_fact
+    if getattr(original, "fleet_probe", False):
+        return
+
+    trace = os.environ.get(TRACE_ENV)
+
+    def get_fact(self: Any, name_or_cls: Any, *args: Any, **kwargs: Any) -> Any:
+        _remember(self, name_or_cls, args, kwargs)
+        hit, value = _cached(self, name_or_cls, args, kwargs)
+        if hit:
+            return value
+        if trace:
+            with open(trace, "a") as f:  # a fact asked of the host: prefetch it next time?
+                f.write(f"{self.name}\t{getattr(name_or_cls, '__module__', '')}."
+                        f"{getattr(name_or_cls, '__name__', name_or_cls)}\t{kwargs!r}\n")
+        return original(self, name_or_cls, *args, **kwargs)
+
+    get_fact.fleet_probe = True  # type: ignore[attr-defined]
+    Host.get_fact = get_fact  # type: ignore[method-assign]
+
+    # An operation's command may change what any fact says: the host's prefetched facts
+    # are dropped before it runs (fact commands do not go through `execute`).
+    from pyinfra.api import command as commands
+
+    for cls in (commands.StringCommand, commands.FileUploadCommand,
+                commands.FileDownloadCommand, commands.FunctionCommand,
+                commands.RsyncCommand):
+        cls.execute = _forgetting(cls.execute)  # type: ignore[method-assign]
+
+
+def forget(host: Any) -> None:
+    """Drop HOST's prefetched facts: from now on pyinfra asks the host."""
+    _cache.pop((id(host.state), host.name), None)
+
+
+def _forgetting(execute: Any) -> Any:
+    def run(self: Any, state: Any, host: Any, connector_arguments: Any) -> Any:
+        forget(host)
+        return execute(self, state, host, connector_arguments)
+
+    return run
+
+
+# -- which facts: the ones asked on the last run, remembered on this machine --------------
+
+
+def memory_file(host: Any) -> Path:
+    """Where HOST's fact list is remembered: per host (name and address: one machine may
+    deploy several fleets whose hosts share names) and per run of which files (the
+    inventory and deploy file on pyinfra's command line: a backup reads other facts)."""
+    base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ollama-fleet")
+    address = host.data.get("ssh_hostname") or host.name
+    files = sorted(str(Path(a).resolve()) for a in sys.argv[1:] if a.endswith(".py"))
+    digest = hashlib.sha1("|".join([host.name, str(address), *files]).encode()).hexdigest()
+    return base / "facts" / f"{digest[:20]}.json"
+
+
+def _signature(cls: Any, kwargs: dict[str, Any]) -> tuple[str, dict] | None:
+    plain = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    try:
+        json.dumps(plain)
+    except TypeError:
+        return None  # arguments that are not plain data are not remembered
+    return f"{cls.__module__}.{cls.__qualname__}", plain
+
+
+def _remember(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+    if args or not isinstance(cls, type) or cls is FactBatch or not hasattr(host, "data"):
+        return
+    signature = _signature(cls, kwargs)
+    if signature is None:
+        return
+    path = str(memory_file(host))
+    if path not in _asked:
+        _asked[path] = {}
+        if not _asked_written:
+            atexit.register(_write_asked)
+            _asked_written.append(True)
+    _asked[path][json.dumps(signature, sort_keys=True)] = signature
+
+
+_asked_written: list[bool] = []
+
+
+def _write_asked() -> None:
+    """At the end of the run: each host's facts asked, for the next run to prefetch."""
+    for path, asked in _asked.items():
+        try:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(sorted(asked.values(), key=json.dumps), indent=1) + "\n"
+            if not target.exists() or target.read_text() != text:
+                tmp = target.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.replace(target)
+        except OSError:
+            pass  # a cache: the next run is slower, not wrong
+
+
+def remembered(host: Any) -> list[Wanted]:
+    """The facts the last run asked of HOST (from this machine), as prefetch wants them."""
+    try:
+        listed = json.loads(memory_file(host).read_text())
+    except (OSError, ValueError):
+        return []
+    wanted: list[Wanted] = []
+    for item in listed:
+        try:
+            name, kwargs = item
+            module, _, cls_name = name.rpartition(".")
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ValueError, TypeError, ImportError, AttributeError):
+            continue  # a fact that no longer exists: forgotten
+        if isinstance(cls, type) and issubclass(cls, FactBase) and isinstance(kwargs, dict):
+            wanted.append((cls, kwargs))
+    return wanted
+
+
+_fleet_prefetched: dict[int, list] = {}  # state -> the prefetch greenlets of the run
+
+
+def prefetch_remembered() -> None:
+    """Once per run, for every host of the run at once (in parallel, as pyinfra runs
+    operations): prefetch the facts the last run asked of it."""
+    import gevent
+    from pyinfra.context import ctx_host
+
+    state = current_host.state
+    if id(state) in _fleet_prefetched:  # begun for another host: wait until it is done
+        gevent.joinall(_fleet_prefetched[id(state)])
+        return
+    _fleet_prefetched[id(state)] = []
+
+    def one(host: Any) -> None:
+        wanted = remembered(host)
+        if wanted:
+            with ctx_host.use(host):
+                prefetch(wanted, host)
+
+    hosts = list(state.inventory.iter_activated_hosts()) or [current_host]
+    # gevent.spawn, not pyinfra's pool: the pool is busy running deploy.py for the hosts,
+    # and a spawn that waited for a slot would let them past an empty list here
+    _fleet_prefetched[id(state)] = [gevent.spawn(one, host) for host in hosts]
+    gevent.joinall(_fleet_prefetched[id(state)])

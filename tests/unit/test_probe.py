@@ -46,3 +46,50 @@ def test_quotes_and_dollars_in_fact_commands_stay_theirs(tmp_path):
 
 def test_a_batch_of_none_is_harmless():
     assert split_batch(run(batch_program([], MARK)), MARK, 0) == []
+
+
+def test_a_fact_is_known_by_its_arguments_defaults_filled_global_ones_dropped():
+    from pyinfra.facts.systemd import SystemdStatus
+
+    from tasks.probe import _key
+
+    assert _key(File, {"path": "/x"}) == _key(File, {"path": "/x", "_sudo": True})
+    assert _key(File, {"path": "/x"}) != _key(File, {"path": "/y"})
+    assert _key(SystemdStatus, {"services": ["docker.service"]}) == _key(
+        SystemdStatus, {"user_mode": False, "machine": None, "user_name": None,
+                        "services": ["docker.service"]})
+
+
+class _Host:
+    def __init__(self, name: str, address: str) -> None:
+        self.name, self.data, self.state = name, {"ssh_hostname": address}, object()
+
+
+def test_remembered_facts_come_back_as_the_facts_asked(tmp_path, monkeypatch):
+    from tasks import probe
+
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(probe, "_asked", {})
+    host = _Host("gpu-1", "10.0.0.1")
+    probe._remember(host, File, (), {"path": "/etc/x", "_sudo": True})
+    probe._remember(host, Sha1File, (), {"path": "/etc/x"})
+    probe._remember(host, File, (), {"path": "/etc/x"})  # asked twice: remembered once
+    probe._write_asked()
+    assert probe.remembered(host) == [(File, {"path": "/etc/x"}), (Sha1File, {"path": "/etc/x"})]
+    # hosts that share a name in two fleets do not share a memory
+    assert probe.memory_file(_Host("gpu-1", "10.9.9.9")) != probe.memory_file(host)
+    probe.memory_file(host).write_text('[["no.such.Fact", {}], "junk", ' + \
+                                       '["pyinfra.facts.files.File", {"path": "/y"}]]')
+    assert probe.remembered(host) == [(File, {"path": "/y"})]  # the rest forgotten
+
+
+def test_an_operation_command_drops_the_hosts_prefetched_facts():
+    from tasks import probe
+
+    host = _Host("gpu-1", "10.0.0.1")
+    probe._host_cache(host)[probe._key(File, {"path": "/x"})] = {"size": 1}
+    assert probe._cached(host, File, (), {"path": "/x"}) == (True, {"size": 1})
+    ran = []
+    execute = probe._forgetting(lambda self, state, h, args: ran.append(h))
+    execute(None, host.state, host, {})
+    assert ran == [host] and probe._cached(host, File, (), {"path": "/x"}) == (False, None)
