@@ -101,67 +101,51 @@ UBUNTU_DOCKER = ("docker.io", "docker-compose-v2")
 
 # -- one table per distribution ----------------------------------------------------------
 
-DEBIAN_12 = Distribution(
-    os_id="debian", major=12, codename="bookworm",
-    repositories={
-        DOCKER: VendorRepository(
-            url="{docker_repo_url}/debian", suite="bookworm", components=("stable",),
-            key_url="{docker_repo_url}/debian/gpg", keyring=DOCKER_KEYRING,
-            sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
-        CUDA: VendorRepository(
-            url="{nvidia_driver_repo_url}/", suite="/",
-            key_url="{nvidia_driver_repo_url}/3bf863cc.pub", keyring=CUDA_KEYRING,
-            sources_file=CUDA_SOURCES, packages=("cuda-drivers-{branch}",)),
-        TOOLKIT: TOOLKIT_REPOSITORY,
-    },
-    # bookworm's archive has no Compose v2 package: Docker comes from Docker's repository
-    archive={},
-)
+def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]]) -> Distribution:
+    """Debian MAJOR: Docker's repository for its CODENAME, NVIDIA's CUDA and toolkit ones."""
+    return Distribution(
+        os_id="debian", major=major, codename=codename,
+        repositories={
+            DOCKER: VendorRepository(
+                url="{docker_repo_url}/debian", suite=codename, components=("stable",),
+                key_url="{docker_repo_url}/debian/gpg", keyring=DOCKER_KEYRING,
+                sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
+            # Known wrong for debian13, kept as the deploy has it until the driver issue
+            # fixes it (FIELD.md, "Production facts", NVIDIA): that repository is signed
+            # with 8793F200.pub, not 3bf863cc.pub, and carries 590 and later only, whose
+            # meta-packages have no branch in their names (no cuda-drivers-<branch>).
+            CUDA: VendorRepository(
+                url="{nvidia_driver_repo_url}/", suite="/",
+                key_url="{nvidia_driver_repo_url}/3bf863cc.pub", keyring=CUDA_KEYRING,
+                sources_file=CUDA_SOURCES, packages=("cuda-drivers-{branch}",)),
+            TOOLKIT: TOOLKIT_REPOSITORY,
+        },
+        archive=archive,
+    )
 
-DEBIAN_13 = Distribution(
-    os_id="debian", major=13, codename="trixie",
-    repositories={
-        DOCKER: VendorRepository(
-            url="{docker_repo_url}/debian", suite="trixie", components=("stable",),
-            key_url="{docker_repo_url}/debian/gpg", keyring=DOCKER_KEYRING,
-            sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
-        # Known wrong for debian13, kept as the deploy has it until the driver issue fixes
-        # it (FIELD.md, "Production facts", NVIDIA): the repository is signed with
-        # 8793F200.pub, not 3bf863cc.pub, and carries 590 and later only, whose
-        # meta-packages have no branch in their names (no cuda-drivers-<branch>).
-        CUDA: VendorRepository(
-            url="{nvidia_driver_repo_url}/", suite="/",
-            key_url="{nvidia_driver_repo_url}/3bf863cc.pub", keyring=CUDA_KEYRING,
-            sources_file=CUDA_SOURCES, packages=("cuda-drivers-{branch}",)),
-        TOOLKIT: TOOLKIT_REPOSITORY,
-    },
-    # trixie splits the client out of docker.io (and only recommends it)
-    archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")},
-)
 
-UBUNTU_22_04 = Distribution(
-    os_id="ubuntu", major=22, codename="jammy",
-    repositories={
-        DOCKER: VendorRepository(
-            url="{docker_repo_url}/ubuntu", suite="jammy", components=("stable",),
-            key_url="{docker_repo_url}/ubuntu/gpg", keyring=DOCKER_KEYRING,
-            sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
-        TOOLKIT: TOOLKIT_REPOSITORY,
-    },
-    archive={DOCKER: UBUNTU_DOCKER, NVIDIA_DRIVER: UBUNTU_DRIVER},
-)
+# bookworm's archive has no Compose v2 package: Docker comes from Docker's repository
+DEBIAN_12 = _debian(12, "bookworm", archive={})
+# trixie splits the client out of docker.io (and only recommends it)
+DEBIAN_13 = _debian(13, "trixie", archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")})
 
-UBUNTU_24_04 = Distribution(
-    os_id="ubuntu", major=24, codename="noble",
-    repositories={
-        DOCKER: VendorRepository(
-            url="{docker_repo_url}/ubuntu", suite="noble", components=("stable",),
-            key_url="{docker_repo_url}/ubuntu/gpg", keyring=DOCKER_KEYRING,
-            sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
-        TOOLKIT: TOOLKIT_REPOSITORY,
-    },
-    archive={DOCKER: UBUNTU_DOCKER, NVIDIA_DRIVER: UBUNTU_DRIVER},
-)
+def _ubuntu(major: int, codename: str) -> Distribution:
+    """Ubuntu MAJOR: Docker's repository for its CODENAME; the driver from the archive."""
+    return Distribution(
+        os_id="ubuntu", major=major, codename=codename,
+        repositories={
+            DOCKER: VendorRepository(
+                url="{docker_repo_url}/ubuntu", suite=codename, components=("stable",),
+                key_url="{docker_repo_url}/ubuntu/gpg", keyring=DOCKER_KEYRING,
+                sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
+            TOOLKIT: TOOLKIT_REPOSITORY,
+        },
+        archive={DOCKER: UBUNTU_DOCKER, NVIDIA_DRIVER: UBUNTU_DRIVER},
+    )
+
+
+UBUNTU_22_04 = _ubuntu(22, "jammy")
+UBUNTU_24_04 = _ubuntu(24, "noble")
 
 DISTRIBUTIONS = {(d.os_id, d.major): d for d in (DEBIAN_12, DEBIAN_13, UBUNTU_22_04,
                                                  UBUNTU_24_04)}

@@ -118,14 +118,6 @@ RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-rando
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 NginxTime = Annotated[str, _pattern(r"\d{1,9}(ms|s|m|h)?", "an nginx time like 600s")]
 
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
 class SecretRef(BaseModel):
     """Where a secret comes from on the operator's machine; never from the repository."""
 
@@ -169,7 +161,7 @@ class AppService(BaseModel):
             parts = port.split(":")
             if not re.fullmatch(r"(\d{1,3}(\.\d{1,3}){3}:)?\d{1,5}:\d{1,5}", port, re.ASCII) \
                     or not all(0 < int(p) < 65536 for p in parts[-2:]) \
-                    or (len(parts) == 3 and not _is_ipv4(parts[0])):
+                    or (len(parts) == 3 and not is_ip(parts[0])):
                 raise ValueError(f"{port!r} is not HOST_PORT:CONTAINER_PORT "
                                  "(optionally ADDRESS:HOST_PORT:CONTAINER_PORT)")
         return value
