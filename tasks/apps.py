@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from io import StringIO
 
 import yaml
 from pyinfra import host
@@ -23,7 +22,7 @@ from tasks.facts import DockerNetwork
 from tasks.gate import read_secret
 from tasks.report import fail_command
 from tasks.settings import AppService, Settings
-from tasks.stack import checked_files, healthy, removed, running
+from tasks.stack import checked_files, healthy, removed, running, secret_file
 
 PROJECT = "ollama-apps"
 
@@ -195,9 +194,8 @@ def deploy_apps(settings: Settings) -> None:
     files.directory(name="App services directory", path=root, mode="755")
     for name, app in settings.app_services.items():
         if app.secrets:
-            files.put(name=f"Secrets of app service {name} (mode 600)",
-                      src=StringIO(read_secrets(name, app)), dest=f"{root}/{name}.env",
-                      mode="600")
+            secret_file(name=f"Secrets of app service {name} (mode 600, not shown)",
+                        dest=f"{root}/{name}.env", content=read_secrets(name, app))
     installed = checked_files(name="App services Compose file (checked, then live)",
                               root=root, wanted=wanted, nginx_image=None)
     running(name="App services running (changed ones recreated)", root=root, project=PROJECT,

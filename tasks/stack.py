@@ -13,6 +13,7 @@ it was given.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 from io import StringIO
@@ -21,8 +22,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra import host
 from pyinfra.api import OperationError, operation
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.files import Sha1File
+from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import files
 
 from tasks import gate, models, paths
@@ -128,10 +130,13 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
         host.noop(f"{', '.join(wanted)} current")
         return
     staged = f"{root}/.staged"
+    yield from files.directory._inner(path=staged, mode="700")  # only root sees what is staged
     for rel, text in wanted.items():
         yield from files.directory._inner(path=str(Path(f"{staged}/{rel}").parent), mode="755")
-        yield from files.put._inner(src=StringIO(text), dest=f"{staged}/{rel}",
-                                    mode="600" if rel in secret else "644")
+        if rel in secret:
+            yield from secret_file._inner(dest=f"{staged}/{rel}", content=text)
+        else:
+            yield from files.put._inner(src=StringIO(text), dest=f"{staged}/{rel}", mode="644")
     q = shlex.quote
     yield (f"docker compose --project-directory {q(staged)} -f {q(staged)}/compose.yaml "
            "config -q")
@@ -142,6 +147,29 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"
         yield (f"cp -p {q(staged)}/{rel} {q(root)}/{rel}.new "
                f"&& mv {q(root)}/{rel}.new {q(root)}/{rel}")
+
+
+@operation()
+def secret_file(dest: str, content: str):
+    """
+    A file only root may read, written without ever showing its content (not even with
+    `--diff`) and never readable by others while it is written: uploaded into a mode-700
+    directory beside it, made mode 600, then renamed into place.
+
+    + dest: the file's path (its directory must exist)
+    + content: the file's text
+    """
+    info = host.get_fact(File, path=dest)
+    if info and info.get("mode") == 600 and \
+            host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest():
+        host.noop(f"{dest} current (content not shown)")
+        return
+    stage = f"{posixpath.dirname(dest)}/.secret-staging"
+    staged = f"{stage}/{posixpath.basename(dest)}"
+    q = shlex.quote
+    yield f"install -d -m 700 {q(stage)}"
+    yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=f"{staged}.upload")
+    yield f"chmod 600 {q(staged)} && mv {q(staged)} {q(dest)} && rmdir {q(stage)}"
 
 
 @operation()
