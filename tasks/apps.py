@@ -18,11 +18,11 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.operations import files
 
+from tasks.compose import checked_files, healthy, removed, running, secret_file
 from tasks.facts import DockerNetwork
 from tasks.gate import read_secret
 from tasks.report import fail_command
 from tasks.settings import AppService, Settings
-from tasks.stack import checked_files, healthy, removed, running, secret_file
 
 PROJECT = "ollama-apps"
 

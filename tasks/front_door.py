@@ -17,12 +17,13 @@ from pyinfra.api import OperationError, operation
 
 from tasks import gate
 from tasks.addresses import host_address, url_host
+from tasks.compose import checked_files, running, templates
+from tasks.paths import TEMPLATES
 from tasks.report import fail_command
 from tasks.settings import Settings, fleet_settings
-from tasks.stack import TEMPLATES, checked_files, running, templates
 
 PROJECT = "ollama-front"
-FRONT_TEMPLATES = TEMPLATES.parent / "front_door"
+FRONT_TEMPLATES = TEMPLATES / "front_door"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, s
 def front_door_config(settings: Settings, servers: list[Upstream]):
     """
     The front door's Compose file, nginx config and gate files (keys, TLS), checked
-    then live (see tasks.stack.checked_files).
+    then live (see tasks.compose.checked_files).
 
     + settings: the host's validated settings
     + servers: the gpu_servers entry points

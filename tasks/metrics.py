@@ -7,8 +7,9 @@ it on or off never touches Ollama. Turned off, its containers are taken down.
 
 from __future__ import annotations
 
+from tasks.compose import checked_files, removed, running, templates
+from tasks.paths import TEMPLATES
 from tasks.settings import Settings
-from tasks.stack import TEMPLATES, checked_files, removed, running, templates
 
 PROJECT = "ollama-metrics"
 
@@ -18,7 +19,7 @@ def metrics_dir(settings: Settings) -> str:
 
 
 def render_metrics(settings: Settings) -> str:
-    return templates(TEMPLATES.parent / "metrics").get_template("compose.yaml.j2").render(
+    return templates(TEMPLATES / "metrics").get_template("compose.yaml.j2").render(
         s=settings, project=PROJECT)
 
 

@@ -8,9 +8,9 @@ import shlex
 
 import pytest
 
+from tasks.compose import reload_nginx_command, wait_healthy_command
 from tasks.paths import TEMPLATES
 from tasks.scripts import interpreter, script_command, script_text
-from tasks.stack import reload_nginx_command, wait_healthy_command
 from tests.unit.stubs import run_with_stubs
 
 SCRIPTS = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.sh"))
