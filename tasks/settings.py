@@ -259,14 +259,17 @@ class Settings(BaseModel):
         "address Ollama ports are published on; loopback keeps them behind nginx"))
     ollama_models: list[ModelRef] = Field(default_factory=list, description=(
         "models every instance has (pulled when missing), e.g. `llama3.2:1b`"))
-    ollama_keep_alive: GoDuration = Field("5m", description=(
-        "OLLAMA_KEEP_ALIVE: how long a model stays loaded (-1: forever)"))
-    ollama_num_parallel: int = Field(1, ge=1, le=64, description=(
-        "OLLAMA_NUM_PARALLEL: concurrent requests per loaded model"))
+    ollama_keep_alive: GoDuration | None = Field(None, description=(
+        "OLLAMA_KEEP_ALIVE: how long a model stays loaded (-1: forever); unset: Ollama's own "
+        "default (5m)"))
+    ollama_num_parallel: int | None = Field(None, ge=1, le=64, description=(
+        "OLLAMA_NUM_PARALLEL: concurrent requests per loaded model; unset: Ollama's own "
+        "default, which depends on its version and the GPU's memory"))
     ollama_max_loaded_models: int = Field(0, ge=0, le=64, description=(
         "OLLAMA_MAX_LOADED_MODELS (0: Ollama's default, 3 x GPUs)"))
-    ollama_max_queue: int = Field(512, ge=1, description=(
-        "OLLAMA_MAX_QUEUE: queued requests before Ollama answers 503"))
+    ollama_max_queue: int | None = Field(None, ge=1, le=1_000_000, description=(
+        "OLLAMA_MAX_QUEUE: queued requests before Ollama answers 503; unset: Ollama's own "
+        "default (512)"))
     ollama_environment: dict[EnvName, Text] = Field(default_factory=dict, description=(
         "extra environment for every instance (OLLAMA_* settings not listed here)"))
     ollama_models_path: AbsPathOrEmpty = Field("", description=(

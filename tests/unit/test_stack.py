@@ -1,0 +1,41 @@
+"""The Ollama stack's Compose file as the deploy renders it (checked by `docker compose
+config -q` and run on hosts by the lab tests): what Ollama reads from its environment."""
+
+from __future__ import annotations
+
+import yaml
+
+from tasks.settings import settings_for
+from tasks.stack import plan_instances, stack_files
+
+GPUS = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]
+
+
+def environment(data: dict, instance: str = "ollama-0") -> dict:
+    settings = settings_for("gpu-1", {"gpu_count": 2, **data})
+    compose = yaml.safe_load(stack_files(settings, plan_instances(settings, GPUS))
+                             ["compose.yaml"])
+    return compose["services"][instance]["environment"]
+
+
+def test_ollamas_own_defaults_unless_the_operator_sets_a_value():
+    env = environment({})
+    assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
+    for unset in ("OLLAMA_NUM_PARALLEL", "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_QUEUE"):
+        assert unset not in env, unset
+    env = environment({"ollama_num_parallel": 4, "ollama_keep_alive": "-1",
+                       "ollama_max_queue": 64})
+    assert (env["OLLAMA_NUM_PARALLEL"], env["OLLAMA_KEEP_ALIVE"], env["OLLAMA_MAX_QUEUE"]) == (
+        "4", "-1", "64")
+
+
+def test_an_ipv6_bind_address_gets_brackets_ollama_can_parse():
+    assert environment({"ollama_bind_address": "::"}, "ollama-1")["OLLAMA_HOST"] == "[::]:11435"
+    assert environment({"ollama_bind_address": "::1"})["OLLAMA_HOST"] == "[::1]:11434"
+
+
+def test_extra_environment_reaches_ollama_as_written():
+    env = environment({"ollama_environment": {"HTTPS_PROXY": "http://p:3128",
+                                              "ODD": "a \"quoted\" $VALUE: # not a comment"}})
+    assert env["HTTPS_PROXY"] == "http://p:3128"
+    assert env["ODD"] == "a \"quoted\" $$VALUE: # not a comment"  # Compose reads $$ as $
