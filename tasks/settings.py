@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,10 +94,18 @@ AbsPath = Annotated[str, AfterValidator(_abs_path)]
 AbsPathOrEmpty = Annotated[str, AfterValidator(lambda v: v and _abs_path(v))]
 ModelRef = Annotated[str, AfterValidator(_model_name)]
 # http(s)://host[:port][/path]; the scheme is checked against fleet_insecure_http.
-_URL = (r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%+/{}-]*)?",
+_URL = (r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%+/-]*)?",
         "an http(s) URL (host, optional port and path; no spaces, quotes or shell characters)")
 Url = Annotated[str, _pattern(*_URL), AfterValidator(lambda url: url.rstrip("/"))]
 UrlOrEmpty = Annotated[str, _pattern(*_URL, empty=True), AfterValidator(lambda u: u.rstrip("/"))]
+# A URL with `{distro}` in it, which the deploy fills in (e.g. debian12)
+UrlTemplate = Annotated[str, _pattern(
+    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/([A-Za-z0-9._~%+-]|\{distro\})*)*",
+    "an http(s) URL (no spaces, quotes or shell characters; {distro} the only braces)"),
+    AfterValidator(lambda url: url.rstrip("/"))]
+URL_KNOBS = ("docker_repo_url", "docker_registry_mirrors", "nvidia_driver_repo_url",
+             "nvidia_driver_gpgkey_url", "nvidia_toolkit_repo_url", "nvidia_toolkit_gpgkey_url",
+             "ollama_registry")
 Size = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g")]
 SizeOrEmpty = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g",
                                       empty=True)]
@@ -213,7 +222,7 @@ class Settings(BaseModel):
     # -- NVIDIA driver -----------------------------------------------------
     nvidia_driver_branch: int = Field(570, ge=550, le=999, description=(
         "driver branch to install (Ollama needs 550 or newer)"))
-    nvidia_driver_repo_url: Url = Field(
+    nvidia_driver_repo_url: UrlTemplate = Field(
         "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64",
         description=("NVIDIA's CUDA apt repository for Debian; `{distro}` becomes e.g. "
                      "debian12 (Ubuntu uses Canonical's packages)"))
@@ -366,6 +375,17 @@ class Settings(BaseModel):
     front_door_dir: AbsPath = Field("/opt/ollama-front", description=(
         "where the front door's Compose project and nginx config live"))
 
+    @field_validator(*URL_KNOBS)
+    @classmethod
+    def _https(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        """Plain http only where the operator said so (fleet_insecure_http, declared
+        before every URL knob, so its value is known here)."""
+        for url in [value] if isinstance(value, str) else value:
+            if url.startswith("http://") and not info.data.get("fleet_insecure_http"):
+                raise ValueError(f"{url!r} is plain http; use https, or set "
+                                 "fleet_insecure_http: true for a mirror on a trusted network")
+        return value
+
     @field_validator("ollama_fanout_rate")
     @classmethod
     def _fanout_rate(cls, value: str) -> str:
@@ -411,23 +431,6 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        urls = {"docker_repo_url": [self.docker_repo_url],
-                "docker_registry_mirrors": self.docker_registry_mirrors,
-                "nvidia_driver_repo_url": [self.nvidia_driver_repo_url],
-                "nvidia_driver_gpgkey_url": [self.nvidia_driver_gpgkey_url],
-                "nvidia_toolkit_repo_url": [self.nvidia_toolkit_repo_url],
-                "nvidia_toolkit_gpgkey_url": [self.nvidia_toolkit_gpgkey_url],
-                "ollama_registry": [self.ollama_registry]}
-        for key, values in urls.items():
-            for url in filter(None, values):
-                if url.startswith("http://") and not self.fleet_insecure_http:
-                    raise ValueError(f"{key}: {url!r} is plain http; use https, or set "
-                                     "fleet_insecure_http: true for a mirror on a trusted network")
-                braces = url.replace("{distro}", "") if key == "nvidia_driver_repo_url" else url
-                if "{" in braces or "}" in braces:
-                    raise ValueError(f"{key}: {url!r}: no braces in a URL"
-                                     + (" but {distro}" if key == "nvidia_driver_repo_url"
-                                        else ""))
         topology = self.topology
         if topology in ("per_gpu", "shared") and self.gpu_count == 0:
             raise ValueError(f"ollama_topology: {topology!r} needs GPUs but gpu_count is 0")

@@ -126,3 +126,20 @@ def test_ordinary_values_still_pass(key, value):
 def test_plain_http_is_for_operators_who_say_so():
     settings_for("gpu-1", {"ollama_registry": "http://10.0.0.9:8081",
                            "fleet_insecure_http": True})
+
+
+def test_many_hostile_values_at_once_are_each_named():
+    """As the lab test sends them: several on one host at a time. A check that only runs
+    once a host's other values are valid would hide some of them."""
+    from tasks.settings import validate_fleet
+    from tests.lab.test_hostile_inventory import rounds
+
+    hosts = ["gpu-1", "gpu-2", "cpu-1"]
+    for run in rounds(hosts):
+        data = {h: {"gpu_count": 0 if h == "cpu-1" else 1, **run.get(h, {})} for h in hosts}
+        with pytest.raises(SettingsError) as exc:
+            validate_fleet(data, hosts, [])
+        for host, keys in run.items():
+            for key in keys:
+                assert any(p.startswith(f"{host}: {key}") for p in exc.value.problems), (
+                    host, key, exc.value.problems)
