@@ -83,7 +83,7 @@ APP_BASE = Debootstrap(
 
 
 MIRROR_ENV = "FLEETLAB_DEBIAN_MIRROR"
-DEFAULT_DEBIAN_MIRROR = "http://debian-mirror.invalid/debian"
+DEBIAN_SUITES = ("bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable")
 
 
 def os_release_field(os_release: str, key: str) -> str:
@@ -114,29 +114,32 @@ def _apt_entries(sources: str) -> list[tuple[str, list[str], list[str]]]:
 
 
 def choose_debian_mirror(os_release: str, apt_sources: str, override: str | None = None) -> str:
-    """The Debian mirror debootstrap and the lab hosts' apt use.
+    """The Debian mirror debootstrap and the lab hosts' apt use, read at run time.
 
-    OVERRIDE ($FLEETLAB_DEBIAN_MIRROR) when set; on a Debian machine (os-release ID)
-    the mirror its own apt uses (APT_SOURCES: its sources.list and .sources text), so
-    nothing is written into the code; on any other machine (Ubuntu: its mirror has no
-    Debian) Debian's own redirector.
+    OVERRIDE ($FLEETLAB_DEBIAN_MIRROR) when set; else the mirror this machine's own apt
+    uses for Debian (APT_SOURCES: its sources.list and .sources text): on a Debian
+    machine its release's main archive; on another (Ubuntu) any Debian suite it has. No
+    mirror is written into the code: an Ubuntu machine without a Debian source is told to
+    set the knob.
     """
     if override and override.strip():
         return override.strip().rstrip("/")
-    if os_release_field(os_release, "ID") != "debian":
-        return DEFAULT_DEBIAN_MIRROR
-    codename = os_release_field(os_release, "VERSION_CODENAME")
+    debian = os_release_field(os_release, "ID") == "debian"
+    codename = os_release_field(os_release, "VERSION_CODENAME") if debian else ""
     candidates = [(uri.rstrip("/"), suites) for uri, suites, components in
                   _apt_entries(apt_sources)
                   if "main" in components and "security" not in uri
-                  and re.match(r"^(https?://|file:/)", uri)]
+                  and re.match(r"^(https?://|file:/)", uri)
+                  and (debian or any(s.split("-")[0] in DEBIAN_SUITES for s in suites))]
     for uri, suites in candidates:  # an entry for this release first: not a third party's
         if codename and any(s.split("-")[0] == codename for s in suites):
             return uri
     if candidates:
         return candidates[0][0]
-    raise LabError(f"no Debian mirror found in /etc/apt/sources.list(.d); debootstrap needs one "
-                   f"(or set {MIRROR_ENV})")
+    where = "this machine's apt sources" if debian else \
+        f"this {os_release_field(os_release, 'ID') or 'unknown'} machine's apt sources"
+    raise LabError(f"{MIRROR_ENV}: no Debian mirror in {where}; set {MIRROR_ENV} to a Debian "
+                   "mirror's URL (the lab's hosts are Debian 13, built with debootstrap)")
 
 
 def read_apt_sources(etc: Path = Path("/etc/apt")) -> str:

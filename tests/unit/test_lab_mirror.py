@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab.engine import LabError
-from lab.images import DEFAULT_DEBIAN_MIRROR, choose_debian_mirror, read_apt_sources
+from lab.images import choose_debian_mirror, read_apt_sources
 
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_CODENAME=bookworm\n'
 UBUNTU_24 = ('NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n'
@@ -52,11 +52,17 @@ def test_third_party_repositories_are_not_the_mirror():
     assert choose_debian_mirror(DEBIAN_12, sources) == "http://mirror.example/debian"
 
 
-def test_ubuntu_machine_gets_debians_mirror():
+def test_an_ubuntu_machine_needs_a_debian_source_or_the_knob():
     ubuntu_sources = "deb http://archive.ubuntu.com/ubuntu noble main restricted universe\n"
-    assert choose_debian_mirror(UBUNTU_24, ubuntu_sources) == DEFAULT_DEBIAN_MIRROR
-    assert DEFAULT_DEBIAN_MIRROR == "http://debian-mirror.invalid/debian"
-    assert choose_debian_mirror("", "") == DEFAULT_DEBIAN_MIRROR  # no os-release at all
+    with pytest.raises(LabError, match="FLEETLAB_DEBIAN_MIRROR: no Debian mirror in this "
+                                       "ubuntu machine's apt sources"):
+        choose_debian_mirror(UBUNTU_24, ubuntu_sources)
+    with pytest.raises(LabError):
+        choose_debian_mirror("", "")  # no os-release at all, no source
+    mixed = ubuntu_sources + "deb http://mirror.example/debian trixie main\n"
+    assert choose_debian_mirror(UBUNTU_24, mixed) == "http://mirror.example/debian"
+    assert choose_debian_mirror(UBUNTU_24, ubuntu_sources, "http://m.example/debian/") == \
+        "http://m.example/debian"
 
 
 @pytest.mark.parametrize("os_release", [DEBIAN_12, UBUNTU_24])
@@ -67,7 +73,7 @@ def test_the_knob_overrides_both(os_release):
 
 
 def test_debian_machine_without_a_mirror_says_so():
-    with pytest.raises(LabError, match="no Debian mirror found.*FLEETLAB_DEBIAN_MIRROR"):
+    with pytest.raises(LabError, match="no Debian mirror in this machine.s apt sources; set "):
         choose_debian_mirror(DEBIAN_12, "deb http://security.example/debian-security "
                                         "bookworm-security main\n")
 
