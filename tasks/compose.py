@@ -78,8 +78,9 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
 def secret_file(dest: str, content: str):
     """
     A file only root may read, written without ever showing its content (not even with
-    `--diff`) and never readable by others while it is written: uploaded into a mode-700
-    directory beside it, made mode 600, then renamed into place.
+    `--diff`) and never readable by others while it is written: uploaded into a fresh
+    mode-700 directory beside it (owned by the SSH user, who uploads even under _sudo),
+    made root's and mode 600, then renamed into place (templates/compose/secret-file.sh).
 
     + dest: the file's path (its directory must exist)
     + content: the file's text
@@ -91,10 +92,9 @@ def secret_file(dest: str, content: str):
         return
     stage = f"{posixpath.dirname(dest)}/.secret-staging"
     staged = f"{stage}/{posixpath.basename(dest)}"
-    q = shlex.quote
-    yield f"install -d -m 700 {q(stage)}"
+    yield script_command("compose/secret-file.sh", "stage", stage)
     yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=f"{staged}.upload")
-    yield f"chmod 600 {q(staged)} && mv {q(staged)} {q(dest)} && rmdir {q(stage)}"
+    yield script_command("compose/secret-file.sh", "place", stage, staged, dest)
 
 
 @operation()

@@ -127,9 +127,13 @@ def install_docker(settings: Settings, dist: distributions.Distribution) -> None
 
 def configure_daemon(settings: Settings) -> OperationMeta:
     """Write daemon.json once: Docker's keys merged, the nvidia runtime on GPU servers."""
+    runtime = nvidia_toolkit.runtime_wanted(settings)
+    # CDI is one key of `features`, which other tools share: merged here, entry by entry;
+    # nvidia-ctk's --cdi.enabled would replace the whole map
+    cdi = {"features": {"cdi": True}} if runtime and runtime["cdi"] else {}
     return daemon_json(name="daemon.json: log rotation, registry mirrors, nvidia runtime",
-                       owned=owned_daemon_settings(settings),
-                       nvidia_runtime=nvidia_toolkit.runtime_wanted(settings))
+                       owned=owned_daemon_settings(settings, cdi),
+                       nvidia_runtime={**runtime, "cdi": False} if runtime else None)
 
 
 def restart_docker(changes: list[OperationMeta]) -> None:

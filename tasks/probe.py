@@ -19,6 +19,12 @@ What stays pyinfra's:
   first command of an operation runs on that host (pyinfra 3 reads facts while the
   operations run, after earlier ones changed things): from then on every fact is asked
   of the host again. A no-op run, which changes nothing, asks almost nothing twice;
+- they answer for at most MAX_AGE_S after they were read: a long run (model pulls,
+  reboots of other hosts) sees a host that changed by itself as it is now;
+- a fact asked as another user or with another environment than the host's own
+  (_sudo_user, _su_user, _env...) is asked of the host;
+- a remembered list names only facts of REMEMBERABLE classes: the file is on the
+  operator's machine and must not be a way to run commands on every host;
 - a fact whose command exits non-zero is not cached: pyinfra is asked, and fails the
   host or returns the default as it always does;
 - a fact whose `requires_command` is missing on the host gets its `default()`, as in
@@ -35,6 +41,7 @@ import json
 import os
 import secrets
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,19 @@ Wanted = tuple[type[FactBase], dict[str, Any]]
 TRACE_ENV = "FLEET_FACT_TRACE"  # a file: every fact asked of a host while preparing, a line each
 
 _cache: dict[tuple[int, str], dict[tuple, Any]] = {}  # (state, host) -> fact key -> value
+_taken: dict[tuple[int, str], float] = {}  # (state, host) -> when its facts were prefetched
+MAX_AGE_S = 60.0  # older prefetched facts are asked again: a long run sees the host as it is
+# Global arguments that change what a fact's command sees; a fact asked with other values
+# of them than the host's own is asked of the host.
+WHO = ("_sudo", "_sudo_user", "_su_user", "_doas", "_doas_user", "_env", "_chdir",
+       "_shell_executable")
+# The only facts a remembered list may name: ours, and pyinfra's that take paths
+# (quoted by pyinfra) or nothing. A list is a file on the operator's machine; it must not
+# be a way to run a command on every host.
+REMEMBERABLE = ("tasks.", "pyinfra.facts.files.File", "pyinfra.facts.files.Sha1File",
+                "pyinfra.facts.files.Directory", "pyinfra.facts.files.Link",
+                "pyinfra.facts.deb.DebPackages", "pyinfra.facts.server.LinuxDistribution",
+                "pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled")
 _asked: dict[str, dict[str, tuple[str, dict]]] = {}  # memory file -> signature -> fact
 CACHE_ENV = "OLLAMA_FLEET_CACHE"  # where fact lists are remembered (default ~/.cache/...)
 
@@ -128,6 +148,7 @@ def prefetch(wanted: Iterable[Wanted], host: Any = None) -> int:
     host = host or current_host
     cache = _host_cache(host)
     todo = [(cls, kwargs) for cls, kwargs in wanted if _key(cls, kwargs) not in cache]
+    _taken.setdefault((id(host.state), host.name), time.monotonic())
     if not todo:
         return len(cache)
     facts = [(cls(), kwargs) for cls, kwargs in todo]
@@ -150,13 +171,31 @@ def fact(cls: type[FactBase], **kwargs: Any) -> Any:
 
 def _cached(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[bool, Any]:
     state = getattr(host, "state", None)
-    if args or not isinstance(cls, type) or state is None:
+    if args or not _plain_fact(cls) or state is None:
         return False, None
     cache = _cache.get((id(state), host.name))
-    key = _key(cls, kwargs) if cache else None
-    if cache and key in cache:
+    if not cache:
+        return False, None
+    if time.monotonic() - _taken.get((id(state), host.name), 0.0) > MAX_AGE_S:
+        forget(host)
+        return False, None
+    current = getattr(host, "current_op_global_arguments", None) or {}
+    data = getattr(host, "data", None)
+    for name in WHO:
+        if name in kwargs or name in current:
+            own = data.get(name) if data is not None else None
+            if kwargs.get(name, current.get(name)) not in (own, None, False, {}):
+                return False, None  # asked as someone else, or elsewhere: not what we read
+    key = _key(cls, kwargs)
+    if key in cache:
         return True, cache[key]
     return False, None
+
+
+def _plain_fact(cls: Any) -> bool:
+    """A FactBase with a command of its own (not a ShortFactBase, which pyinfra derives)."""
+    return isinstance(cls, type) and issubclass(cls, FactBase) and \
+        callable(getattr(cls, "command", None))
 
 
 def install() -> None:
@@ -196,6 +235,7 @@ def install() -> None:
 def forget(host: Any) -> None:
     """Drop HOST's prefetched facts: from now on pyinfra asks the host."""
     _cache.pop((id(host.state), host.name), None)
+    _taken.pop((id(host.state), host.name), None)
 
 
 def _forgetting(execute: Any) -> Any:
@@ -230,7 +270,9 @@ def _signature(cls: Any, kwargs: dict[str, Any]) -> tuple[str, dict] | None:
 
 
 def _remember(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-    if args or not isinstance(cls, type) or cls is FactBatch or not hasattr(host, "data"):
+    if args or not _plain_fact(cls) or cls is FactBatch or not hasattr(host, "data"):
+        return
+    if not f"{cls.__module__}.{cls.__qualname__}".startswith(REMEMBERABLE):
         return
     signature = _signature(cls, kwargs)
     if signature is None:
@@ -252,10 +294,10 @@ def _write_asked() -> None:
     for path, asked in _asked.items():
         try:
             target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             text = json.dumps(sorted(asked.values(), key=json.dumps), indent=1) + "\n"
             if not target.exists() or target.read_text() != text:
-                tmp = target.with_suffix(".tmp")
+                tmp = target.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(text)
                 tmp.replace(target)
         except OSError:
@@ -272,6 +314,8 @@ def remembered(host: Any) -> list[Wanted]:
     for item in listed:
         try:
             name, kwargs = item
+            if not str(name).startswith(REMEMBERABLE):
+                continue  # not a fact this deploy remembers: never run it
             module, _, cls_name = name.rpartition(".")
             cls = getattr(importlib.import_module(module), cls_name)
         except (ValueError, TypeError, ImportError, AttributeError):

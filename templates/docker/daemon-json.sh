@@ -21,7 +21,11 @@ if [ $# -gt 0 ]; then
     out=$(nvidia-ctk runtime configure --config="$staged" "$@" 2>&1) ||
         fail "nvidia-ctk runtime configure $* failed: $out"
 fi
-out=$(dockerd --validate --config-file="$staged" 2>&1) || fail "dockerd --validate: $out"
+# Docker 23 and later can check a configuration without starting; an older engine
+# cannot, and its restart is then the check (the previous file stays beside it)
+if dockerd --help 2>/dev/null | grep -q -- '--validate'; then
+    out=$(dockerd --validate --config-file="$staged" 2>&1) || fail "dockerd --validate: $out"
+fi
 if [ -f "$live" ]; then
     cp -p "$live" "$live.previous"
 fi

@@ -45,7 +45,10 @@ def test_every_hostile_value_is_refused_and_no_host_is_touched(deploy_lab, tmp_p
     plan = rounds(names)
     assert sum(len(keys) for run in plan for keys in run.values()) == len(HOSTILE)
     for number, run in enumerate(plan):
-        gpu = [(n, {**d, **run.get(n, {})}) for n, d in groups["gpu_servers"]]
+        # the lab's own data allows plain http (its mirrors); the corpus's http value must
+        # meet a host that does not
+        gpu = [(n, {**d, "fleet_insecure_http": False, **run[n]} if n in run else d)
+               for n, d in groups["gpu_servers"]]
         inventory = Path(fleet.inventory).with_name(f"lab-hostile-{tmp_path.name}-{number}.py")
         inventory.write_text(f"gpu_servers = {gpu!r}\nlb_servers = {groups['lb_servers']!r}\n")
         try:

@@ -83,13 +83,61 @@ def test_remembered_facts_come_back_as_the_facts_asked(tmp_path, monkeypatch):
     assert probe.remembered(host) == [(File, {"path": "/y"})]  # the rest forgotten
 
 
+def _prefetched(host, cls, kwargs, value):
+    from tasks import probe
+
+    probe._host_cache(host)[probe._key(cls, kwargs)] = value
+    probe._taken[(id(host.state), host.name)] = probe.time.monotonic()
+
+
 def test_an_operation_command_drops_the_hosts_prefetched_facts():
     from tasks import probe
 
     host = _Host("gpu-1", "10.0.0.1")
-    probe._host_cache(host)[probe._key(File, {"path": "/x"})] = {"size": 1}
+    _prefetched(host, File, {"path": "/x"}, {"size": 1})
     assert probe._cached(host, File, (), {"path": "/x"}) == (True, {"size": 1})
     ran = []
     execute = probe._forgetting(lambda self, state, h, args: ran.append(h))
     execute(None, host.state, host, {})
     assert ran == [host] and probe._cached(host, File, (), {"path": "/x"}) == (False, None)
+
+
+def test_prefetched_facts_age_out_and_answer_only_as_the_host_itself(monkeypatch):
+    from tasks import probe
+
+    host = _Host("gpu-2", "10.0.0.2")
+    _prefetched(host, File, {"path": "/x"}, {"size": 1})
+    # asked as another user than the one the batch ran as: the host is asked
+    assert probe._cached(host, File, (), {"path": "/x", "_sudo_user": "ollama"}) == (
+        False, None)
+    assert probe._cached(host, File, (), {"path": "/x", "_sudo": False})[0]
+    later = probe.time.monotonic() + probe.MAX_AGE_S + 1
+    monkeypatch.setattr(probe.time, "monotonic", lambda: later)
+    assert probe._cached(host, File, (), {"path": "/x"}) == (False, None)
+
+
+def test_a_remembered_list_cannot_name_a_command(tmp_path, monkeypatch):
+    from pyinfra.facts.server import Command
+
+    from tasks import probe
+
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(probe, "_asked", {})
+    host = _Host("gpu-3", "10.0.0.3")
+    probe._remember(host, Command, (), {"command": "id"})  # never remembered
+    probe._write_asked()
+    assert probe.remembered(host) == []
+    probe.memory_file(host).parent.mkdir(parents=True, exist_ok=True)
+    probe.memory_file(host).write_text('[["pyinfra.facts.server.Command", '
+                                       '{"command": "touch /tmp/pwned"}]]')
+    assert probe.remembered(host) == []  # a planted one is not run either
+
+
+def test_a_short_fact_is_left_to_pyinfra():
+    from pyinfra.facts.docker import DockerContainerEnvs
+
+    from tasks import probe
+
+    host = _Host("gpu-4", "10.0.0.4")
+    _prefetched(host, File, {"path": "/x"}, {})
+    assert probe._cached(host, DockerContainerEnvs, (), {}) == (False, None)
