@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -137,6 +138,17 @@ def test_admin_endpoints_need_an_admin_key(fleet):
         refused = c.request("DELETE", "/api/delete", json=body)
         assert refused.status_code == 403, refused.text
         assert c.post("/api/pull", json=body).status_code == 403
+        # not on the inference list: newer Ollama's account endpoints, case variants, tricks
+        for path in ("/api/me", "/api/signout", "/api/user/keys", "/API/pull",
+                     "/api/generate/../pull", "/api/tags/x"):
+            assert c.post(path, json=body).status_code == 403, path
+        assert c.get("/api/tags").status_code == 200  # and inference still is
+        assert c.get("/").status_code == 200
+    with httpx.Client(base_url=https(fleet), verify=ssl.create_default_context(
+            cafile=fleet.ca), timeout=30) as anonymous:
+        answer = anonymous.get("/health")
+        assert "server" not in answer.headers or answer.headers["server"] == "nginx"
+        assert answer.headers["strict-transport-security"].startswith("max-age=")
     with client(fleet, ADMIN) as c:
         # let through: Ollama itself answers that the model does not exist
         passed = c.request("DELETE", "/api/delete", json=body)
@@ -168,6 +180,20 @@ def test_a_burst_over_the_limit_gets_429_while_others_are_served(fleet):
         limited = poll(lambda: (r := c.get("/api/version")).status_code == 200 and r, 10,
                        what="bob served again once the burst is over")
         assert limited.json()["version"]
+
+
+def test_tls_offers_forward_secret_suites_only(fleet):
+    target = f"{fleet.host('lb-1')['address']}:443"
+
+    def handshake(cipher: str) -> int:
+        return subprocess.run(["openssl", "s_client", "-connect", target, "-tls1_2",
+                               "-cipher", cipher, "-CAfile", fleet.ca],
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=30).returncode
+
+    assert handshake("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") == 0
+    for static_rsa in ("AES128-GCM-SHA256", "AES256-SHA", "AES128-SHA256"):
+        assert handshake(static_rsa) != 0, static_rsa
 
 
 def test_request_body_is_capped(fleet):

@@ -117,8 +117,9 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
         assert "include /etc/nginx/conf.d/api-keys.map;" in conf
         assert "limit_req_zone $api_rate_key zone=api:10m rate=5r/s;" in conf
         assert "client_max_body_size 1m;" in conf
-        assert "location ~ ^/api/(pull|push|create|copy|delete|blobs)(/|$)" in conf
-        assert conf.count("if ($api_unauthorized)") == 2  # the API and the admin location
+        assert "location ~ ^/(api/(generate|chat|embed|embeddings|tags|show|ps|version)|" in conf
+        assert "server_tokens off;" in conf
+        assert conf.count("if ($api_unauthorized)") == 3  # inference, `/`, and the admin gate
         health = conf.split("location = /health {")[1].split("}")[0]
         assert "return 200" in health and "api_" not in health
     assert "nginx/api-keys.map" in host  # installed beside the config it guards
