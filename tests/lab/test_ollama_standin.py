@@ -624,6 +624,15 @@ def test_cli_commands(fake_registry, start_server):
     assert r.returncode == 1 and r.stderr == "Error: model 'tinyllama' not found\n"
 
 
+def test_a_loopback_listener_refuses_a_host_name_that_is_not_local(start_server):
+    """server/routes.go allowedHostsMiddleware: why the proxies send Host: localhost."""
+    srv = start_server()
+    for name, code in (("llm.example.com", 403), ("localhost", 200), ("127.0.0.1", 200),
+                       ("gpu-1.internal", 200), ("10.1.2.3", 200)):
+        answer = httpx.get(srv.url + "/api/version", headers={"Host": name}, timeout=10)
+        assert answer.status_code == code, name
+
+
 def test_version_and_unreachable_server(start_server):
     srv = start_server()
     r = srv.cli("--version")
