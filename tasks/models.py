@@ -32,6 +32,7 @@ from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.context import ctx_inventory
 
+from tasks import modelname
 from tasks.addresses import host_address, url_host
 from tasks.facts import OllamaModels, planning
 from tasks.report import fail_command
@@ -49,20 +50,14 @@ MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def canonical(name: str) -> str:
-    """Ollama's display name: `:latest` added when no tag is given."""
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+    """NAME as Ollama lists it (tasks.modelname): `library/x`, `registry.ollama.ai/library/x`
+    and `x:latest` are all `x:latest`."""
+    return modelname.canonical(name)
 
 
 def manifest_path(name: str) -> str:
     """Where Ollama keeps NAME's manifest, relative to its store (models/)."""
-    model, _, tag = canonical(name).rpartition(":")
-    parts = model.split("/")
-    if len(parts) == 1:
-        parts = [DEFAULT_REGISTRY, "library", *parts]
-    elif len(parts) == 2:
-        parts = [DEFAULT_REGISTRY, *parts]
-    return "/".join(["manifests", *parts, tag])
+    return f"manifests/{modelname.parse(name).manifest_path}"
 
 
 def manifest_url(settings: Settings, name: str) -> str:

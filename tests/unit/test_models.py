@@ -15,6 +15,7 @@ from tasks.metrics import render_metrics
 from tasks.models import (
     ManifestError,
     Peer,
+    canonical,
     manifest_layers,
     manifest_path,
     manifest_url,
@@ -52,9 +53,14 @@ def test_each_wave_is_served_by_a_host_of_an_earlier_wave_then_every_other_peer(
      "https://registry.ollama.ai/v2/acme/coder/manifests/7b"),
     ("hf.co/org/model:q4", "manifests/hf.co/org/model/q4",
      "https://hf.co/v2/org/model/manifests/q4"),
+    ("registry.ollama.ai/library/tinyllama",
+     "manifests/registry.ollama.ai/library/tinyllama/latest",
+     "https://registry.ollama.ai/v2/library/tinyllama/manifests/latest"),
 ])
 def test_names_map_to_ollamas_store_and_the_registry(name, path, url):
     assert manifest_path(name) == path
+    assert canonical(name) in ("tinyllama:latest", "llama3.2:1b", "acme/coder:7b",
+                               "hf.co/org/model:q4")  # one spelling, as Ollama lists it
     assert manifest_url(settings_for("gpu-1", {}), name) == url
 
 
