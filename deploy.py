@@ -36,6 +36,7 @@ docker.restart_docker([daemon_config, *toolkit_changes])
 if "gpu_servers" in host.groups:
     stack.deploy_stack(settings)
     models.pull_models(settings)
+    models.warm_models(settings)  # loaded before the host serves again: no user pays the load
     apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
     metrics.deploy_metrics(settings)  # optional GPU metrics (off by default)
 

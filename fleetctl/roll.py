@@ -7,11 +7,16 @@ The change is whatever `deploy.py` would do now (edit the inventory, or pass
 `--data`); the roll applies it with the same tasks, one batch at a time (the
 first batch is always the single first host, the canary). For each batch:
 
-1. drain: the front door (lb_servers) marks the batch `down` and reloads; the run
+1. pull: every image the batch's stack will run is downloaded (tasks/pull_deploy.py)
+   while the batch still serves; a failed pull stops the roll before any drain;
+2. drain: the front door (lb_servers) marks the batch `down` and reloads; the run
    waits until the front door's old workers finished their requests;
-2. apply: `deploy.py` on the batch, which waits until every instance is healthy;
-3. smoke: a streamed generate with the host's first model through its nginx;
-4. undrain: the front door takes the batch back.
+3. apply: `deploy.py` on the batch, which waits until every instance is healthy and
+   stops at once, with the evidence, on an instance that is unhealthy, exited or
+   restarting in a loop;
+4. smoke: a streamed generate with the host's first model through its nginx, and the
+   version it reports must be the image tag's when the tag is a version;
+5. undrain: the front door takes the batch back.
 
 The first failure stops the roll: the failed host stays out of the front door,
 later hosts are untouched, the exit code is 1 and the last line names the host,
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import subprocess
 import time
@@ -36,6 +42,30 @@ from fleetctl.runner import PYINFRA, Log, log_stderr, run_pyinfra
 from tasks.paths import project_root
 
 SMOKE_TIMEOUT_S = 120
+PULL_DEPLOY = "tasks/pull_deploy.py"
+VERSION_TAG = re.compile(r"v?(\d+\.\d+\.\d+(?:-rc\d+)?)")
+
+
+def tag_version(image: str) -> str | None:
+    """The Ollama version an image's tag names (`ollama/ollama:0.7.0` -> 0.7.0, also
+    `v0.7.0`, `0.7.0-rc1`, `0.7.0-rocm`), or None for a tag that names none (`latest`)."""
+    name = image.split("@", 1)[0]
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+    match = VERSION_TAG.match(tag)
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """What the smoke test saw of a host."""
+
+    version: str
+    model: str | None
+    load_s: float | None  # the model's load_duration in the smoke request
+
+    def __str__(self) -> str:
+        loaded = f", {self.model} loaded in {self.load_s:.2f} s" if self.model else ""
+        return f"version {self.version}{loaded}"
 
 
 class RollError(Exception):
@@ -60,8 +90,8 @@ def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
     rolled = []
     for h in hosts:
         s = h.settings
-        rolled.append(RollHost(h.name, h.address, s.nginx_port,
-                               s.ollama_models[0] if s.ollama_models else None,
+        model = (s.ollama_warm_models or s.ollama_models or [None])[0]  # a warm one first
+        rolled.append(RollHost(h.name, h.address, s.nginx_port, model,
                                s.ollama_image, gate_key(h.name, s),
                                s.nginx_tls_port if s.nginx_tls != "off" else None))
     return rolled
@@ -112,6 +142,10 @@ def batches(hosts: list[RollHost], size: int) -> list[list[RollHost]]:
 class Roll:
     """One roll of FLEET's change (its --data) over some of its gpu_servers."""
 
+    # Download each batch's images before it is drained (off only in bench/rolling.py, to
+    # measure what it saves).
+    pull_ahead = True
+
     def __init__(self, fleet: Fleet, log: Log = log_stderr,
                  inventory_images: dict[str, str] | None = None) -> None:
         self.fleet = fleet
@@ -121,10 +155,13 @@ class Roll:
         # what the inventory says without this roll's --data: the fallback "previous" image
         self.inventory_images = inventory_images or {}
 
-    def pyinfra(self, limit: list[str], data: dict, step: str, host: str) -> None:
-        self.log(f"--> roll: {step}: pyinfra --limit {','.join(limit)}")
-        result = run_pyinfra(self.fleet, "deploy.py", limit, data, log=self.log)
+    def pyinfra(self, limit: list[str], data: dict, step: str, host: str,
+                deploy: str = "deploy.py") -> None:
+        self.log(f"--> roll: {step}: pyinfra {deploy} --limit {','.join(limit)}")
+        result = run_pyinfra(self.fleet, deploy, limit, data, log=self.log)
         if not result.ok:
+            # in a batch, the host that failed (the first, if several did)
+            host = next((h for h in result.failed_hosts() if h in limit), host)
             raise RollError(host, step, result.failure(host))
 
     def front_door(self, drained: list[str], step: str, host: str) -> None:
@@ -145,8 +182,9 @@ class Roll:
                 KeyError, TypeError):
             return None
 
-    def smoke(self, h: RollHost) -> str:
-        """A streamed generate through the host's nginx; returns the version it reports."""
+    def smoke(self, h: RollHost) -> Smoke:
+        """A streamed generate through the host's nginx: the version it reports, and how
+        long the model took to load (Ollama's load_duration; about 0 when it was warm)."""
         if h.tls_port:
             # liveness through the host's own gate, not its identity (it may be self-signed)
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -168,7 +206,12 @@ class Roll:
                 if response.status != 200 or not lines or not lines[-1].get("done"):
                     raise RollError(h.name, "smoke", f"generate with {h.model}: HTTP "
                                     f"{response.status} {lines[-1] if lines else 'no answer'}")
-            return version
+                load_s = lines[-1].get("load_duration", 0) / 1e9
+            expected = tag_version(h.image)
+            if expected and version.lstrip("v") != expected:
+                raise RollError(h.name, "smoke", f"answers version {version}, but its image "
+                                f"{h.image} is {expected}")
+            return Smoke(version, h.model, load_s if h.model else None)
         except (OSError, ValueError, KeyError) as exc:
             raise RollError(h.name, "smoke", f"{h.address}:{h.nginx_port}: {exc}") from exc
         finally:
@@ -211,12 +254,13 @@ class Roll:
                         for h in batch}
             current = names[0]
             try:
+                if self.pull_ahead:
+                    self.pyinfra(names, self.data, "pull", current, deploy=PULL_DEPLOY)
                 self.front_door(names, "drain", current)
                 self.pyinfra(names, self.data, "apply", current)
                 for h in batch:
                     current = h.name
-                    version = self.smoke(h)
-                    self.log(f"--> roll: {h.name}: healthy, answers, version {version}")
+                    self.log(f"--> roll: {h.name}: healthy, answers, {self.smoke(h)}")
                 self.front_door([], "undrain", current)
             except RollError as exc:
                 return self.stopped(exc, done, hosts, previous, rollback)
@@ -239,8 +283,13 @@ class Roll:
                 self.log(f"--> roll: {exc.host} is back on {image} and in the front door")
             except RollError as again:
                 self.log(f"--> roll: rollback failed too: {again}")
+        if exc.step == "pull":  # before the drain: the batch still serves, unchanged
+            self.log(f"roll stopped: {where}. Nothing of this batch was drained or changed; "
+                     f"untouched: {', '.join([exc.host, *untouched])}; done: "
+                     f"{', '.join(done) or 'none'}. Fix the image, then roll again.")
+            return 1
         self.log(f"roll stopped: {where}. {exc.host} stays out of the front door; "
                  f"untouched: {', '.join(untouched) or 'none'}; done: "
-                 f"{', '.join(done) or 'none'}. Roll back: pyinfra -y {self.fleet.inventory} "
-                 f"deploy.py --limit {exc.host} --data ollama_image={image}")
+                 f"{', '.join(done) or 'none'}. Roll back: ollama-fleet {self.fleet.inventory} "
+                 f"roll -y --limit {exc.host} --data ollama_image={image}")
         return 1

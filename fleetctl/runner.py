@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,10 @@ class Result:
     def failure(self, host: str) -> str:
         return failure_line(self.output, self.returncode, host)
 
+    def failed_hosts(self) -> list[str]:
+        """The hosts our report (tasks.report) says failed, in the order they failed."""
+        return [m.group(1) for m in FAILED_AT.finditer(self.output)]
+
     @property
     def changed_nothing(self) -> bool:
         """Whether pyinfra's results say no operation changed anything."""
@@ -55,24 +60,30 @@ class Result:
         return len(total) >= 4 and total[3] == "-"
 
 
+FAILED_AT = re.compile(r"^--> (\S+): failed at step ", re.M)
+# what pyinfra says of a host that is not why it failed
+PYINFRA_NOISE = re.compile(r"^(Connected|Success|No changes|Ready: .*|"
+                           r"Error( \(ignored[^)]*\))?: executed \d+ commands)$")
+
+
 def failure_line(output: str, returncode: int, host_name: str) -> str:
     """The one line that says why a pyinfra run failed: the host's ERROR_MARK line, else
-    our report's "failed at step" line, else the last thing pyinfra said about the host,
-    else pyinfra's own last error."""
+    the last thing the host said that is not pyinfra's bookkeeping (a failed command's
+    error output: our scripts say why in one line), else our report's "failed at step"
+    line, else pyinfra's own last error."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     marked = [line.split(ERROR_MARK, 1)[1].strip() for line in lines
               if ERROR_MARK in line and "echo" not in line.split(ERROR_MARK, 1)[0]]
     if marked:
         return marked[-1]
+    prefix = f"[{host_name}] "
+    about = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)
+             and not PYINFRA_NOISE.match(line.removeprefix(prefix))]
+    if about:
+        return about[-1]
     stopped = [line for line in lines if "failed at step" in line]
     if stopped:
         return stopped[-1]
-    prefix = f"[{host_name}] "
-    about = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)
-             and not line.endswith(("Connected", "Success", "No changes"))
-             and "Ready:" not in line]
-    if about:
-        return about[-1]
     errors = [line for line in lines if "rror" in line]
     return errors[-1] if errors else f"pyinfra exited {returncode}"
 

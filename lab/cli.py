@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from lab.engine import LabError
-from lab.fleet import Lab, Spec, state_root
+from lab.fleet import FAULTS, Lab, Spec, state_root
 from lab.tls import issue
 
 
@@ -93,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("ollama-image",
                            help="build and publish a stand-in ollama/ollama:TAG (e.g. a bad one)")
     image.add_argument("tag")
-    image.add_argument("--unhealthy", action="store_true",
-                       help="a build that starts but never becomes healthy")
+    image.add_argument("--fault", choices=sorted(FAULTS),
+                       help="a broken release: " + "; ".join(
+                           f"{name}: {what}" for name, what in sorted(FAULTS.items())))
+    image.add_argument("--pad-mb", type=_nonneg_int, default=0,
+                       help="add a layer of that many MiB (a real image's size: its "
+                            "download takes time)")
     return parser
 
 
@@ -190,7 +194,7 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
     elif args.command == "ask":
         ask(lab, args.prompt, host=args.host, model=args.model, port=args.port)
     elif args.command == "ollama-image":
-        lab.publish_ollama_image(args.tag, unhealthy=args.unhealthy)
+        lab.publish_ollama_image(args.tag, fault=args.fault, pad_mb=args.pad_mb)
     else:
         getattr(lab, args.command)(args.host)
     return 0

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,18 @@ ROLE_LIMITS = {"gpu": 89, "cpu": 99, "lb": 50}
 REGISTRY_PORT = 5000  # inside the services container
 APT_PORT = 8080
 MODEL_REGISTRY_PORT = 8081
+# Broken stand-in releases (`python -m lab ollama-image TAG --fault NAME`): what each does,
+# and the recipe step that makes it so (lab/ollama/ollama.py reads these files).
+FAULTS = {
+    "unhealthy": "listens, answers every request with HTTP 500, never healthy",
+    "exits": "exits with status 1 before it listens (a fatal start error)",
+    "crashes": "binds its port, then panics in GPU discovery 2 s later (exit status 2)",
+}
+FAULT_FILES = {
+    "unhealthy": "touch /usr/lib/ollama/lab-unhealthy",
+    "exits": "touch /usr/lib/ollama/lab-exit-at-start",
+    "crashes": "echo 2 > /usr/lib/ollama/lab-crash-after",
+}
 DEFAULT_OLLAMA_TAGS = ("0.6.8", "0.7.0")
 DEFAULT_NGINX_TAGS = ("1.27", "stable")
 DEFAULT_REDIS_TAGS = ("7",)
@@ -286,19 +299,25 @@ class Lab:
             self._push(local, f"fleetlab/chat-app:{tag}", spec.registry_port)
 
     def build_ollama_image(self, tag: str, app_base: str, registry: str, port: int,
-                           unhealthy: bool = False) -> None:
-        """Build the stand-in `ollama/ollama:TAG` and push it to the lab registry."""
+                           fault: str | None = None, pad_mb: int = 0) -> None:
+        """Build the stand-in `ollama/ollama:TAG` and push it to the lab registry; FAULT
+        (a key of FAULTS) makes it a broken release; PAD_MB adds a layer of that many MiB
+        of incompressible bytes (the real image is GBs of CUDA libraries: its download
+        takes time)."""
         recipe = images.RECIPES / "ollama/Dockerfile"
         version = tag.split("-")[0].lstrip("v")
+        files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py"}
+        if pad_mb:
+            files["lab-padding"] = random.Random(tag).randbytes(pad_mb << 20)
         dockerfile = recipe.read_text().replace("{version}", version).replace(
             "{registry}", registry).replace(
-            "{unhealthy}", "&& touch /usr/lib/ollama/lab-unhealthy" if unhealthy else "")
-        local = images.build_image(f"fleetlab/ollama:{tag}", app_base,
-                                   {"ollama.py": REPO / "lab/ollama/ollama.py"}, dockerfile,
+            "{fault}", f"&& {FAULT_FILES[fault]}" if fault else "").replace(
+            "{padding}", "COPY lab-padding /usr/lib/ollama/lab-padding" if pad_mb else "")
+        local = images.build_image(f"fleetlab/ollama:{tag}", app_base, files, dockerfile,
                                    log=self.log)
         self._push(local, f"ollama/ollama:{tag}", port)
 
-    def publish_ollama_image(self, tag: str, unhealthy: bool = False) -> None:
+    def publish_ollama_image(self, tag: str, fault: str | None = None, pad_mb: int = 0) -> None:
         """Publish one more stand-in Ollama tag to a running lab (e.g. a broken release)."""
         state = self.load()
         if state is None:
@@ -306,7 +325,7 @@ class Lab:
         app_base = images.ensure_debootstrap_image(images.APP_BASE, log=self.log)
         registry = f"http://{state['services_ip']}:{MODEL_REGISTRY_PORT}"
         self.build_ollama_image(tag, app_base, registry, state["spec"]["registry_port"],
-                                unhealthy=unhealthy)
+                                fault=fault, pad_mb=pad_mb)
 
     def _push(self, local: str, remote: str, port: int) -> None:
         target = f"127.0.0.1:{port}/{remote}"

@@ -25,7 +25,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import files
 
 from tasks import paths
-from tasks.facts import ComposeContainers
+from tasks.facts import ComposeContainers, DockerImages
 from tasks.scripts import script_command
 
 
@@ -138,6 +138,27 @@ def removed(root: str, project: str):
         host.noop(f"{project}: nothing configured, nothing running")
         return
     yield f"cd {shlex.quote(root)} && docker compose down --remove-orphans"
+
+
+PULL_TIMEOUT_S = 1800  # one image's download: a real Ollama image is several GB
+
+
+@operation()
+def images_pulled(images: tuple[str, ...]):
+    """
+    Download the images a project will run before anything is stopped or drained, so that
+    `up` finds them present; fail naming the image and Docker's reason
+    (templates/compose/pull-images.sh).
+
+    + images: the image references, as the Compose file names them
+    """
+    wanted = tuple(dict.fromkeys(images))
+    present = set(host.get_fact(DockerImages, images=wanted))
+    missing = [image for image in wanted if image not in present]
+    if not missing:
+        host.noop(f"{', '.join(wanted)} present")
+        return
+    yield script_command("compose/pull-images.sh", PULL_TIMEOUT_S, *missing)
 
 
 def wait_healthy_command(names: list[str], timeout_s: int) -> str:

@@ -163,6 +163,9 @@ class ContainerGpus(FactBase):
                 "output": " ".join(line.strip() for line in lines if line.strip())}
 
 
+FOREVER_YEAR = 2200  # an /api/ps expiry at or after this: loaded with keep_alive -1
+
+
 class OllamaModels(FactBase):
     """Models an Ollama instance lists (`/api/tags`): name -> digest; None if it won't answer."""
 
@@ -180,6 +183,26 @@ class OllamaModels(FactBase):
             return None
 
 
+class KeptLoaded(FactBase):
+    """Models an Ollama instance keeps loaded for good (`/api/ps`, keep_alive -1: Ollama
+    reports an expiry some 292 years away); None if it won't answer."""
+
+    def command(self, address: str, port: int) -> str:
+        return (f"curl -sS --max-time 10 http://{address}:{port}/api/ps 2>/dev/null "
+                "|| echo __down__")
+
+    def process(self, output: list[str]) -> list[str] | None:
+        text = "\n".join(output).strip()
+        if text.endswith("__down__"):
+            return None
+        try:
+            models = json.loads(text).get("models") or []
+            return sorted(m["name"] for m in models
+                          if int(str(m.get("expires_at", ""))[:4] or 0) >= FOREVER_YEAR)
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return None
+
+
 class DockerRuntimes(FactBase):
     """Runtimes and the default runtime Docker reports (`docker info`)."""
 
@@ -194,6 +217,20 @@ class DockerRuntimes(FactBase):
         except ValueError:
             names = []
         return {"runtimes": names, "default": default.strip()}
+
+
+class DockerImages(FactBase):
+    """Which of the given images are in the host's Docker image store."""
+
+    def command(self, images: tuple[str, ...]) -> str:
+        return script_command("facts/docker-images.sh", *images)
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
 
 
 class ComposeStale(FactBase):

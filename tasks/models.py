@@ -33,8 +33,8 @@ from pyinfra.api.command import FunctionCommand
 from pyinfra.context import ctx_inventory
 
 from tasks import modelname
-from tasks.addresses import host_address, url_host
-from tasks.facts import OllamaModels, planning
+from tasks.addresses import host_address, local_address, url_host
+from tasks.facts import KeptLoaded, OllamaModels, planning
 from tasks.report import fail_command
 from tasks.scripts import script_command
 from tasks.settings import Settings, fleet_settings
@@ -358,6 +358,43 @@ def listed_everywhere(settings: Settings):
             yield fail_command(f"instance {n} (port {port}) does not list {missing}")
             return
     host.noop(f"every instance lists {len(wanted)} models")
+
+
+WARM_TIMEOUT_S = 600  # one model's load: a large model from disk into GPU memory
+
+
+@operation()
+def kept_warm(settings: Settings):
+    """
+    Load every model of ollama_warm_models on every instance for good (keep_alive -1),
+    where it is not loaded so already: after a start or a recreate, before the host
+    serves again, so no user request pays the load (templates/models/warm.sh).
+
+    + settings: the host's validated settings
+    """
+    wanted = [canonical(m) for m in settings.ollama_warm_models]
+    if planning():
+        host.noop("warm models are checked once the stack runs")
+        return
+    address = url_host(local_address(settings.ollama_bind_address))
+    warming = False
+    for _, port in settings.instance_ports():
+        loaded = host.get_fact(KeptLoaded, address=address, port=port)
+        cold = [m for m in wanted if m not in (loaded or [])]
+        if cold:
+            warming = True
+            yield script_command("models/warm.sh", f"http://{address}:{port}", WARM_TIMEOUT_S,
+                                 *cold)
+    if not warming:
+        host.noop(f"every instance keeps {', '.join(wanted)} loaded")
+
+
+def warm_models(settings: Settings) -> None:
+    """The warm models loaded on every instance (nothing when none are configured)."""
+    if settings.ollama_warm_models:
+        kept_warm(name="Warm models loaded on every instance", settings=settings,
+                  _timeout=WARM_TIMEOUT_S * len(settings.ollama_warm_models)
+                  * len(settings.instance_ports()) + 60)
 
 
 def pull_models(settings: Settings) -> None:

@@ -268,6 +268,9 @@ class Settings(BaseModel):
         "address Ollama ports are published on; loopback keeps them behind nginx"))
     ollama_models: list[ModelRef] = Field(default_factory=list, description=(
         "models every instance has (pulled when missing), e.g. `llama3.2:1b`"))
+    ollama_warm_models: list[ModelRef] = Field(default_factory=list, description=(
+        "models kept loaded on every instance (keep_alive -1), loaded after every start "
+        "and recreate before the host serves again; each one of ollama_models"))
     ollama_keep_alive: GoDuration | None = Field(None, description=(
         "OLLAMA_KEEP_ALIVE: how long a model stays loaded (-1: forever); unset: Ollama's own "
         "default (5m)"))
@@ -302,7 +305,11 @@ class Settings(BaseModel):
         "run Ollama and nginx with a read-only root filesystem (tmpfs for /tmp); all "
         "capabilities are dropped from Ollama either way"))
     ollama_health_timeout: int = Field(300, ge=10, le=3600, description=(
-        "seconds a deploy waits for every instance to report healthy before failing the host"))
+        "seconds a deploy waits for every instance to report healthy before failing the "
+        "host (the bound for a slow start; unhealthy, exited or looping is called at once)"))
+    ollama_health_start_period: int = Field(30, ge=5, le=600, description=(
+        "seconds Docker gives a new instance before failed healthchecks count (then 3 "
+        "failures 10 s apart make it unhealthy and fail the deploy)"))
 
     # -- nginx in front of the instances -----------------------------------
     nginx_image: ImageRef = Field("nginx:1.27", description="nginx image, pinned by tag")
@@ -442,6 +449,13 @@ class Settings(BaseModel):
             raise ValueError("ollama_gpus: a GPU is listed twice")
         if self.ollama_gpus == [] and topology != "cpu":
             raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
+        from tasks.modelname import canonical
+
+        known = {canonical(m) for m in self.all_models}
+        for model in self.ollama_warm_models:
+            if canonical(model) not in known:
+                raise ValueError(f"ollama_warm_models: {model!r} is not in ollama_models "
+                                 "(only a model the host has can be kept loaded)")
         if self.nginx_tls == "files" and not (self.nginx_tls_cert and self.nginx_tls_key):
             raise ValueError("nginx_tls: 'files' needs nginx_tls_cert and nginx_tls_key")
         if self.nginx_tls != "files" and (self.nginx_tls_cert or self.nginx_tls_key):

@@ -25,6 +25,7 @@ from tasks.addresses import local_address, url_host
 from tasks.compose import (
     checked_files,
     healthy,
+    images_pulled,
     reload_nginx_command,
     templates,
     wait_healthy_command,
@@ -127,6 +128,17 @@ def rendered_files(settings: Settings):
                                     secret=tuple(gate.gate_files(settings)[1]))
 
 
+def stack_images(settings: Settings) -> tuple[str, ...]:
+    """The images the stack's Compose file runs."""
+    return (settings.ollama_image, settings.nginx_image)
+
+
+def pull_images(settings: Settings) -> None:
+    """Every image the stack needs downloaded while the running stack still serves."""
+    images_pulled(name="Stack images present (pulled before anything is recreated)",
+                  images=stack_images(settings))
+
+
 def expected_services(settings: Settings) -> list[str]:
     return [f"{PROJECT}-{n}" for n, _ in settings.instance_ports()] + ["nginx"]
 
@@ -199,9 +211,11 @@ def gpus_assigned(settings: Settings):
 
 
 def deploy_stack(settings: Settings) -> None:
-    """Lay down the files, start what is not running, wait for health, check GPUs."""
+    """Download the images, lay down the files, start what is not running, wait for health,
+    check GPUs."""
     files.directory(name="Stack directory", path=settings.ollama_stack_dir, mode="755")
     gate.prepare(settings, settings.ollama_stack_dir)
+    pull_images(settings)
     installed = rendered_files(name="Compose file and nginx config (checked, then live)",
                                settings=settings)
     stack_running(name="Stack running (changed instances recreated one at a time)",

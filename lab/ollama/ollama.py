@@ -44,9 +44,18 @@ Lab-only settings (set by the lab's image recipe, never by deploy files):
                               the server listens but answers every request with HTTP 500
                               {"error":"lab: this build is deliberately unhealthy"}, so
                               ``ollama list`` fails and the instance never becomes healthy
+    /usr/lib/ollama/lab-exit-at-start   (file) ``serve`` fails before it listens, as a
+                              fatal start error does: ``Error: ...`` on stderr, exit 1
+    /usr/lib/ollama/lab-crash-after     (file holding seconds) ``serve`` binds its port,
+                              then panics that many seconds later in GPU discovery, before
+                              it answers anything, as a Go program does: a ``panic: ...``
+                              line, a goroutine trace, exit status 2
     OLLAMA_LAB_REGISTRY       base URL (e.g. http://10.20.0.2:8081) used instead of
                               https://registry.ollama.ai for names on the default host
     OLLAMA_LAB_TOKEN_DELAY    seconds before each generated token (default 0.02)
+    OLLAMA_LAB_LOAD_SECONDS   seconds a model takes to load when it is not loaded yet
+                              (default 0.3; reported in load_duration, as Ollama reports
+                              its load); one load at a time, as Ollama's scheduler does
     OLLAMA_LAB_TOKENS         tokens per reply when options.num_predict is not given (16)
 
 Store layout is upstream's: ``manifests/<host>/<namespace>/<model>/<tag>`` holds
@@ -1270,6 +1279,7 @@ class Scheduler:
                     if r is not None:
                         break
                     if len(self.runners) < self.max_loaded:
+                        time.sleep(env_float("OLLAMA_LAB_LOAD_SECONDS", 0.3))  # the load
                         r = Runner(info, self.num_parallel)
                         self.runners[key] = r
                         log("INFO", "sched.go:788", "loaded lab runner",
@@ -2324,6 +2334,25 @@ def _reaper(sched: Scheduler, stop: threading.Event) -> None:
         sched.reap()
 
 
+def _lab_crash_after() -> float | None:
+    try:
+        with open(os.path.join(LAB_DIR, "lab-crash-after")) as f:
+            return float(f.read().strip() or "3")
+    except (OSError, ValueError):
+        return None
+
+
+def _crash(after_s: float) -> None:
+    """A Go panic: the message, a goroutine trace on stderr, exit status 2, no cleanup."""
+    time.sleep(after_s)
+    sys.stderr.write(f"panic: lab: this build crashes in GPU discovery {after_s:g}s after "
+                     "start\n\n"
+                     "goroutine 1 [running]:\nmain.main()\n"
+                     "\t/go/src/github.com/ollama/ollama/main.go:12 +0x1d\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
 def serve() -> int:
     global STATE
     scheme, host, port_s = parse_ollama_host()
@@ -2337,6 +2366,10 @@ def serve() -> int:
     env_map["OLLAMA_MODELS"] = st.store.root
     log("INFO", "routes.go:1205", "server config",
         env="map[" + " ".join(f"{k}:{v}" for k, v in env_map.items()) + "]")
+    if os.path.exists(os.path.join(LAB_DIR, "lab-exit-at-start")):
+        sys.stderr.write("Error: lab: this build exits at start (a deliberately broken "
+                         "release)\n")
+        return 1
     try:
         st.store.ensure_dirs()
     except OSError as e:
@@ -2362,6 +2395,9 @@ def serve() -> int:
         log("WARN", "routes.go:1259", "lab: this build is deliberately unhealthy; every request "
             "will fail with HTTP 500")
     log("INFO", "gpu.go:217", "looking for compatible GPUs")
+    crash_after = _lab_crash_after()
+    if crash_after is not None:
+        _crash(crash_after)  # as a panic in GPU discovery: bound, never answering
     if _nvidia_visible():
         log("INFO", "types.go:130", "inference compute", id="GPU-lab-0", library="cuda",
             variant="v12", compute="8.9", driver="12.4", name="Lab stand-in GPU",

@@ -1,8 +1,10 @@
 """Rolling updates through the front door under load: no failed request, canary first.
 
-One lab (3 GPU hosts with 1 GPU, 1 front door), tests in file order: A -> B, a
-reload under streams, then a B that never becomes healthy (with and without
---rollback).
+One lab (4 GPU hosts with 1 GPU, 1 front door), tests in file order: A -> B in batches
+of 2, a reload under streams, a release whose image does not exist (stopped before any
+drain), then broken releases called by their evidence long before the health timeout:
+one that never becomes healthy (with and without --rollback), one whose container exits
+at start, one that panics in a restart loop.
 """
 
 from __future__ import annotations
@@ -24,13 +26,20 @@ pytestmark = pytest.mark.lab
 
 NAME = "fleetlab-roll"
 A, B, BAD = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0", "ollama/ollama:0.7.1-bad"
+EXITS, CRASHES = "ollama/ollama:0.7.2-exits", "ollama/ollama:0.7.3-crashes"
+GPU_HOSTS = ["gpu-1", "gpu-2", "gpu-3", "gpu-4"]
+# Broken releases are called by Docker's own evidence, not by the health timeout (300 s):
+# a short start period makes `unhealthy` come in about 35 s instead of 60 s.
+FAST_HEALTH = ("--data", "ollama_health_start_period=5")
 
 
 @pytest.fixture(scope="module")
 def fleet():
-    with running_lab(NAME, "--gpu-hosts", "3", "--gpus-per-host", "1", "--lb-hosts", "1",
+    with running_lab(NAME, "--gpu-hosts", "4", "--gpus-per-host", "1", "--lb-hosts", "1",
                      "--registry-port", "5055", "--model-scale", "0.1") as lab:
-        lab_cli("ollama-image", "0.7.1-bad", "--unhealthy", name=NAME)
+        lab_cli("ollama-image", "0.7.1-bad", "--fault", "unhealthy", name=NAME)
+        lab_cli("ollama-image", "0.7.2-exits", "--fault", "exits", name=NAME)
+        lab_cli("ollama-image", "0.7.3-crashes", "--fault", "crashes", name=NAME)
         proc = lab.pyinfra("deploy.py")
         assert proc.returncode == 0, proc.output[-4000:]
         yield lab
@@ -70,19 +79,23 @@ def test_front_door_sends_to_every_gpu_host(fleet):
     assert answer["done"] is True
 
 
-def test_roll_a_to_b_drops_no_request(fleet):
+def test_roll_a_to_b_in_batches_of_2_drops_no_request(fleet):
     assert set(versions(fleet).values()) == {"0.6.8"}
     with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
-        proc = roll(fleet, "--data", f"ollama_image={B}")
+        proc = roll(fleet, "--data", f"ollama_image={B}", "--batch-size", "2")
     stats = load.stats
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert stats.sent >= 20, stats.summary()
     assert (stats.failed, stats.streams_cut) == (0, 0), stats.errors
     assert set(versions(fleet).values()) == {"0.7.0"}
-    # canary first, then inventory order
+    # the canary alone, then 2, then the 1 left, in inventory order
     order = [line.split(": ")[-1] for line in proc.stderr.splitlines()
              if line.startswith("--> roll: canary") or line.startswith("--> roll: batch")]
-    assert order == ["gpu-1", "gpu-2", "gpu-3"]
+    assert order == ["gpu-1", "gpu-2, gpu-3", "gpu-4"]
+    # each batch's image is downloaded before it is drained from the front door
+    steps = [line.split(": ")[1] for line in proc.stderr.splitlines()
+             if line.startswith("--> roll: ") and "pyinfra" in line]
+    assert steps == ["pull", "drain", "apply", "undrain"] * 3, steps
 
 
 FINGERPRINT = ("docker ps -aq | sort | xargs -r docker inspect -f "
@@ -101,15 +114,16 @@ def test_a_dry_roll_and_a_declined_roll_change_nothing_on_any_host(fleet):
     proc = roll(fleet, "--dry", "--data", f"ollama_image={A}", "--batch-size", "100%")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "  canary: gpu-1 (ollama/ollama:0.6.8)" in proc.stderr
-    assert "  batch 2/2: gpu-2 (ollama/ollama:0.6.8), gpu-3 (ollama/ollama:0.6.8)" in proc.stderr
+    assert ("  batch 2/2: gpu-2 (ollama/ollama:0.6.8), gpu-3 (ollama/ollama:0.6.8), "
+            "gpu-4 (ollama/ollama:0.6.8)") in proc.stderr
     # pyinfra's own plan: the operations that would change, and on which hosts
     assert "--> Detected changes:" in proc.stderr, proc.stderr[-3000:]
-    assert "3 (gpu-1, gpu-2, gpu-3)" in proc.stderr, proc.stderr[-3000:]
+    assert "4 (gpu-1, gpu-2, gpu-3, gpu-4)" in proc.stderr, proc.stderr[-3000:]
     declined = subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "roll",
                                "--data", f"ollama_image={A}"], input="no\n", cwd=REPO,
                               capture_output=True, text=True, timeout=300)
     assert declined.returncode == 1, declined.stderr
-    assert "Roll 3 serving hosts? [y/N]" in declined.stdout
+    assert "Roll 4 serving hosts? [y/N]" in declined.stdout
     assert fingerprints(fleet) == before
     assert set(versions(fleet).values()) == {"0.7.0"}
 
@@ -163,32 +177,84 @@ def test_front_door_reload_does_not_cut_streams(fleet):
     assert len(results) == 4 and all(done and n > 100 for n, done in results), results
 
 
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_release_that_does_not_exist_stops_the_roll_before_any_drain(fleet):
+    before = fingerprints(fleet)
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=2, num_predict=20) as load:
+        proc = roll(fleet, "--data", "ollama_image=ollama/ollama:0.9.9")
+    assert proc.returncode == 1
+    last = last_line(proc)
+    # Docker's own answer (the lab's mirror lacks the tag, and Docker Hub is out of reach)
+    assert last.startswith("roll stopped: gpu-1 failed at step 'pull': ollama/ollama:0.9.9: "
+                           "pull failed: Error response from daemon: "), last
+    assert "Nothing of this batch was drained or changed; untouched: gpu-1, gpu-2, gpu-3, " \
+        "gpu-4; done: none." in last
+    assert "--> roll: drain" not in proc.stderr
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    assert fingerprints(fleet) == before  # no file, no container changed on any host
+
+
 def test_unhealthy_b_with_rollback_stops_at_canary_and_restores_it(fleet):
     with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
-        proc = roll(fleet, "--data", f"ollama_image={BAD}", "--data", "ollama_health_timeout=20",
-                    "--rollback")
+        proc = roll(fleet, "--data", f"ollama_image={BAD}", *FAST_HEALTH, "--rollback")
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("roll stopped: gpu-1 failed at step 'apply'"), last
-    assert "untouched: gpu-2, gpu-3" in last
+    last = last_line(proc)
+    # called by Docker's healthcheck with the last probe's output, not by the timeout
+    assert last.startswith("roll stopped: gpu-1 failed at step 'apply': ollama-0: unhealthy: "
+                           '"Error: '), last
+    assert "untouched: gpu-2, gpu-3, gpu-4" in last
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
     assert "--> roll: gpu-1 is back on ollama/ollama:0.7.0 and in the front door" in proc.stderr
-    assert versions(fleet) == {"gpu-1": "0.7.0", "gpu-2": "0.7.0", "gpu-3": "0.7.0"}
+    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, "0.7.0")
+    assert " down;" not in front_conf(fleet)
+
+
+def stopped_at_canary(fleet, release: str, evidence: str) -> str:
+    """Roll RELEASE under load: it must stop at the canary with EVIDENCE, keep the canary
+    out of the front door, drop nothing and leave the others untouched; returns the
+    roll-back command the last line prints."""
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={release}", *FAST_HEALTH)
+    assert proc.returncode == 1
+    last = last_line(proc)
+    assert re.match(rf"roll stopped: gpu-1 failed at step 'apply': {evidence}", last), last
+    assert f"--limit gpu-1 --data ollama_image={B}" in last
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    got = versions(fleet)
+    assert got["gpu-2"] == got["gpu-3"] == got["gpu-4"] == "0.7.0" and got["gpu-1"] != "0.7.0"
+    gpu1 = fleet.host("gpu-1")["address"]
+    assert re.search(rf"server {re.escape(gpu1)}:80 [^;]* down;", front_conf(fleet))
+    return last.split("Roll back: ", 1)[1]
+
+
+def roll_back(fleet, command: str) -> None:
+    """Run the roll-back command a stopped roll printed, as the operator would."""
+    words = command.split()
+    assert words[:2] == ["ollama-fleet", fleet.inventory], command
+    proc = roll(fleet, *[w for w in words[2:] if w not in ("roll", "-y")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, "0.7.0")
     assert " down;" not in front_conf(fleet)
 
 
 def test_unhealthy_b_stops_at_canary_and_keeps_it_out(fleet):
-    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
-        proc = roll(fleet, "--data", f"ollama_image={BAD}", "--data", "ollama_health_timeout=20")
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("roll stopped: gpu-1 failed at step 'apply'"), last
-    assert f"--limit gpu-1 --data ollama_image={B}" in last
-    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
-    got = versions(fleet)
-    assert got["gpu-2"] == got["gpu-3"] == "0.7.0" and got["gpu-1"] != "0.7.0"
-    gpu1 = fleet.host("gpu-1")["address"]
-    assert re.search(rf"server {re.escape(gpu1)}:80 [^;]* down;", front_conf(fleet))
+    command = stopped_at_canary(fleet, BAD, 'ollama-0: unhealthy: "Error: ')
+    roll_back(fleet, command)
+
+
+def test_a_release_that_exits_at_start_is_called_by_its_exit(fleet):
+    command = stopped_at_canary(fleet, EXITS, r"ollama-0: restarting in a loop \(\d+ restarts"
+                                r"(, last exit code 1)?\): Error: lab: this build exits at start")
+    roll_back(fleet, command)
+
+
+def test_a_release_that_panics_in_a_loop_is_called_with_the_panic(fleet):
+    command = stopped_at_canary(fleet, CRASHES, r"ollama-0: restarting in a loop \(\d+ restarts"
+                                r"(, last exit code 2)?\): panic: lab: this build crashes")
+    roll_back(fleet, command)
 
 
 def test_front_door_follows_the_inventory(fleet, tmp_path):
@@ -211,3 +277,33 @@ def test_front_door_follows_the_inventory(fleet, tmp_path):
     proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", limit="lb_servers")
     assert proc.returncode == 0, proc.output[-3000:]
     assert f"server {gpu3}:80" in front_conf(fleet)
+
+
+LOAD_S = 0.3  # the stand-in's model load (OLLAMA_LAB_LOAD_SECONDS): reported in load_duration
+
+
+def smoke_loads(proc: subprocess.CompletedProcess) -> dict[str, float]:
+    """Per host, the load_duration of the roll's smoke request (the first after its apply)."""
+    return {m[1]: float(m[2]) for m in re.finditer(
+        r"^--> roll: (\S+): healthy, answers, version \S+, tinyllama loaded in ([0-9.]+) s$",
+        proc.stderr, re.M)}
+
+
+def test_a_roll_with_warm_models_sends_no_user_to_a_cold_instance(fleet):
+    # without warm models, the first request after a recreate pays the model load
+    proc = roll(fleet, "--limit", "gpu-1", "--data", f"ollama_image={A}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert smoke_loads(proc)["gpu-1"] >= LOAD_S, proc.stderr[-2000:]
+
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={A}",
+                    "--data", 'ollama_warm_models=["tinyllama"]')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    # every host's instances loaded the model before the front door took it back
+    loads = smoke_loads(proc)
+    assert set(loads) == set(GPU_HOSTS) and all(s < LOAD_S for s in loads.values()), loads
+    for name in GPU_HOSTS:
+        out = fleet.ssh(name, "curl -sS -m 5 http://127.0.0.1:11434/api/ps")[1]
+        kept = {m["name"]: m["expires_at"] for m in json.loads(out)["models"]}
+        assert kept.get("tinyllama:latest", "")[:4] >= "2200", (name, kept)

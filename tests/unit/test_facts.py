@@ -3,6 +3,7 @@ commands run here against stand-ins."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tasks.facts import (
     ContainerGpus,
     DockerNetwork,
     JsonFile,
+    KeptLoaded,
     NvidiaGpus,
     parse_gpu_csv,
     parse_routes,
@@ -136,3 +138,14 @@ def test_docker_network_and_the_hosts_routes(tmp_path):
     assert found["exists"] and found["subnets"] == ["172.31.254.0/24"]
     other = run_with_stubs(DockerNetwork().command("other"), tmp_path, {"docker": DOCKER})
     assert DockerNetwork().process(other.stdout.splitlines())["exists"] is False
+
+
+def test_kept_loaded_lists_only_models_loaded_for_good():
+    ps = {"models": [
+        {"name": "tinyllama:latest", "expires_at": "2318-03-14T05:33:12.000Z"},
+        {"name": "qwen2.5:0.5b", "expires_at": "2026-11-30T03:10:00.123456789Z"},
+    ]}
+    assert KeptLoaded().process([json.dumps(ps)]) == ["tinyllama:latest"]
+    assert KeptLoaded().process(['{"models":[]}']) == []
+    assert KeptLoaded().process(["curl: (7) Failed to connect", "__down__"]) is None
+    assert KeptLoaded().process(["<html>502</html>"]) is None

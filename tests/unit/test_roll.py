@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from fleetctl.inventory import UsageError
-from fleetctl.roll import RollHost, batch_size, batches, gate_key
+from fleetctl.inventory import Fleet, FleetHost, UsageError
+from fleetctl.roll import (
+    Roll,
+    RollError,
+    RollHost,
+    Smoke,
+    batch_size,
+    batches,
+    gate_key,
+    tag_version,
+)
 from tasks.settings import settings_for
 
 
@@ -48,3 +57,110 @@ def test_the_smoke_test_carries_a_key_the_hosts_gate_accepts(monkeypatch):
     with pytest.raises(UsageError, match="gpu-1: nginx_api_keys: environment "
                                          "variable FLEET_KEYS is not set"):
         gate_key("gpu-1", keyed)
+
+
+# -- the steps of each batch ---------------------------------------------------------------
+
+class RecordedRoll(Roll):
+    """A roll whose pyinfra runs and smoke tests are recorded; FAIL = (step, host) fails."""
+
+    def __init__(self, fail: tuple[str, str] | None = None) -> None:
+        lb = FleetHost("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
+        super().__init__(Fleet("inv.py", "/inv.py", (lb,), {}), log=lambda line: None)
+        self.steps: list[str] = []
+        self.fail = fail
+
+    def pyinfra(self, limit, data, step, host, deploy="deploy.py"):
+        self.steps.append(f"{step} {','.join(limit)}" + (
+            f" drained={','.join(data['front_door_drained']) or '-'}"
+            if "front_door_drained" in data else "") + f" ({deploy})")
+        if self.fail == (step, host):
+            raise RollError(host, step, "boom")
+
+    def running_image(self, host):
+        return "ollama/ollama:0.6.8"
+
+    def smoke(self, h):
+        self.steps.append(f"smoke {h.name}")
+        return Smoke("0.7.0", None, None)
+
+
+def test_each_batch_pulls_while_serving_then_drains_applies_smokes_undrains():
+    roll = RecordedRoll()
+    assert roll.run(hosts(4), 2, rollback=False) == 0
+    assert roll.steps == [
+        "pull gpu-1 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
+        "apply gpu-1 (deploy.py)", "smoke gpu-1", "undrain lb-1 drained=- (deploy.py)",
+        "pull gpu-2,gpu-3 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-2,gpu-3 (deploy.py)",
+        "apply gpu-2,gpu-3 (deploy.py)", "smoke gpu-2", "smoke gpu-3",
+        "undrain lb-1 drained=- (deploy.py)",
+        "pull gpu-4 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-4 (deploy.py)",
+        "apply gpu-4 (deploy.py)", "smoke gpu-4", "undrain lb-1 drained=- (deploy.py)"]
+
+
+def test_a_failed_pull_stops_the_roll_before_any_drain():
+    lines: list[str] = []
+    roll = RecordedRoll(fail=("pull", "gpu-2"))
+    roll.log = lines.append
+    assert roll.run(hosts(3), 1, rollback=False) == 1
+    assert roll.steps[-2:] == ["undrain lb-1 drained=- (deploy.py)",
+                               "pull gpu-2 (tasks/pull_deploy.py)"]
+    assert lines[-1] == ("roll stopped: gpu-2 failed at step 'pull': boom. Nothing of this "
+                         "batch was drained or changed; untouched: gpu-2, gpu-3; done: gpu-1. "
+                         "Fix the image, then roll again.")
+
+
+@pytest.mark.parametrize("image, version", [
+    ("ollama/ollama:0.7.0", "0.7.0"), ("ollama/ollama:v0.7.0", "0.7.0"),
+    ("ollama/ollama:0.7.0-rocm", "0.7.0"), ("ollama/ollama:0.7.0-rc1", "0.7.0-rc1"),
+    ("registry.example.com:5000/ollama/ollama:0.12.3", "0.12.3"),
+    ("ollama/ollama:0.7.0@sha256:" + "a" * 64, "0.7.0"),
+    ("ollama/ollama:latest", None), ("ollama/ollama", None), ("registry:5000/ollama", None),
+    ("ollama/ollama:rocm", None),
+])
+def test_the_version_an_image_tag_names(image, version):
+    assert tag_version(image) == version
+
+
+def test_the_smoke_test_refuses_a_version_other_than_the_tags_and_reports_the_load():
+    import http.server
+    import json
+    import threading
+
+    class Ollama(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            body = json.dumps({"version": "0.6.8"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = (b'{"response":"hi","done":false}\n'
+                    b'{"response":"","done":true,"load_duration":1500000000}\n')
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ollama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        roll = Roll(Fleet("inv.py", "/inv.py", (), {}), log=lambda line: None)
+        old = RollHost("gpu-1", "127.0.0.1", port, None, "ollama/ollama:0.6.8")
+        assert roll.smoke(old) == Smoke("0.6.8", None, None)
+        new = RollHost("gpu-1", "127.0.0.1", port, None, "ollama/ollama:0.7.0")
+        with pytest.raises(RollError, match="gpu-1: smoke: answers version 0.6.8, but its "
+                                            "image ollama/ollama:0.7.0 is 0.7.0"):
+            roll.smoke(new)
+        # the model's load time, as Ollama reports it, goes into the roll's line
+        smoked = roll.smoke(RollHost("gpu-1", "127.0.0.1", port, "tinyllama", "ollama/ollama"))
+        assert str(smoked) == "version 0.6.8, tinyllama loaded in 1.50 s"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -20,6 +20,13 @@ def test_the_hosts_own_error_line_is_the_failure():
               "--> gpu-2 failed at step 'Ollama healthy': ollama-0 not healthy\n")
     assert failure_line(output, 1, "gpu-2") == \
         "--> gpu-2 failed at step 'Ollama healthy': ollama-0 not healthy"
+    # a failed command's own error line, not pyinfra's bookkeeping around it
+    output = ("    [gpu-2] Success\n    [gpu-2] ollama-0: unhealthy: \"Error: 500\\n\"\n"
+              "    [gpu-2] Error: executed 2 commands\n"
+              "--> gpu-2: failed at step \"Every Ollama instance healthy\"; the other hosts "
+              "carry on.\n--> pyinfra error: No hosts remaining!\n")
+    assert failure_line(output, 1, "gpu-2") == 'ollama-0: unhealthy: "Error: 500\\n"'
+    assert Result(1, output).failed_hosts() == ["gpu-2"]
     assert failure_line("--> pyinfra error: No hosts remaining!\n", 1, "gpu-2") == \
         "--> pyinfra error: No hosts remaining!"
     assert failure_line("", 3, "gpu-2") == "pyinfra exited 3"

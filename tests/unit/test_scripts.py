@@ -53,25 +53,95 @@ def test_a_script_without_its_interpreter_line_is_refused():
 
 # -- the stack's scripts ----------------------------------------------------------------
 
-DOCKER_HEALTH = ('case "$*" in *ollama-1*) echo "${HEALTH_1:-healthy}";; *) echo healthy;; '
-                 'esac\n')
+# `docker` as wait-healthy.sh asks it: each container's state comes from a file
+# stub-bin/state/<name> ("<status> <restarts> <exit code> <health>"); a container whose
+# file has a second line moves to it (and the next) one inspect of its state at a time.
+DOCKER_STATE = r'''d="${0%/*}/state"
+case "$1" in
+inspect)
+    f="$d/$4"
+    [ -f "$f" ] || exit 1
+    case "$3" in
+    *RestartCount*)
+        head -n 1 "$f"
+        rest=$(tail -n +2 "$f")
+        [ -z "$rest" ] || printf '%s\n' "$rest" > "$f"
+        ;;
+    *Health.Log*) printf '"probe 1"\n"Error: something went wrong\\n"\n\n' ;;  # docker adds \n
+    esac ;;
+logs) printf 'level=INFO msg=starting\r\npanic: boom\r\n\r\ngoroutine 1 [running]:\r\n'
+      printf '\tmain.go:12 +0x1d\r\n' ;;
+esac
+exit 0
+'''
+
+
+def wait_healthy(tmp_path, states: dict[str, str], timeout: int = 30):
+    (tmp_path / "stub-bin" / "state").mkdir(parents=True, exist_ok=True)
+    for name, lines in states.items():
+        (tmp_path / "stub-bin" / "state" / name).write_text(lines)
+    names = list(states)
+    return run_with_stubs(wait_healthy_command(names, timeout), tmp_path,
+                          {"docker": DOCKER_STATE, "sleep": 'echo slept >> "$0.log"\n'})
+
+
+def slept(tmp_path) -> int:
+    log = tmp_path / "stub-bin" / "sleep.log"
+    return log.read_text().count("slept") if log.exists() else 0
 
 
 def test_wait_healthy_is_done_when_every_container_is_healthy(tmp_path):
-    proc = run_with_stubs(wait_healthy_command(["ollama-0", "ollama-1"], 30), tmp_path,
-                          {"docker": DOCKER_HEALTH, "sleep": "exit 0\n"})
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 healthy\n",
+                                   "ollama-1": "running 0 0 starting\nrunning 0 0 starting\n"
+                                   "running 0 0 healthy\n"})
     assert (proc.returncode, proc.stderr) == (0, "")
+    assert slept(tmp_path) == 1
 
 
 def test_wait_healthy_names_the_containers_that_are_not_in_time(tmp_path):
-    stubs = {"docker": "HEALTH_1=starting\n" + DOCKER_HEALTH,
-             "sleep": 'echo slept >> "$0.log"\n'}
-    proc = run_with_stubs(wait_healthy_command(["ollama-0", "ollama-1"], 7), tmp_path, stubs)
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 healthy\n",
+                                   "ollama-1": "running 0 0 starting\n"}, timeout=7)
     assert proc.returncode == 1
     assert proc.stderr == "not healthy after 7s: ollama-1\n"
-    assert (tmp_path / "stub-bin" / "sleep.log").read_text().count("slept") == 3  # 7 // 2
-    proc = run_with_stubs(wait_healthy_command(["ollama-1"], 0), tmp_path, stubs)
+    assert slept(tmp_path) == 3  # 7 // 2
+    proc = wait_healthy(tmp_path, {"ollama-1": "running 0 0 starting\n"}, timeout=0)
     assert (proc.returncode, proc.stderr) == (1, "not healthy after 0s: ollama-1\n")
+
+
+def test_wait_healthy_calls_unhealthy_at_once_with_the_last_probe(tmp_path):
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 starting\n",
+                                   "ollama-1": "running 0 0 unhealthy\n"}, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == 'ollama-1: unhealthy: "Error: something went wrong\\n"\n'
+    assert slept(tmp_path) == 0
+
+
+def test_wait_healthy_calls_an_exited_container_with_its_code_and_last_log_line(tmp_path):
+    proc = wait_healthy(tmp_path, {"ollama-0": "exited 0 1 starting\n"}, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == "ollama-0: exited with code 1: panic: boom\n"
+
+
+def test_wait_healthy_calls_a_restart_loop_counted_from_when_the_wait_began(tmp_path):
+    # 5 restarts before the wait (long ago): no loop; then 2 more while waiting: a loop
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 5 0 starting\nrunning 5 0 starting\n"
+                                   "restarting 6 2 starting\nrestarting 7 2 starting\n"},
+                        timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == ("ollama-0: restarting in a loop (2 restarts, last exit code 2): "
+                           "panic: boom\n")
+    assert slept(tmp_path) == 2
+
+
+def test_wait_healthy_a_healthy_container_that_restarted_is_healthy(tmp_path):
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 starting\nrunning 3 0 healthy\n"})
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_wait_healthy_names_a_missing_container(tmp_path):
+    proc = run_with_stubs(wait_healthy_command(["ollama-3"], 30), tmp_path,
+                          {"docker": DOCKER_STATE, "sleep": "exit 0\n"})
+    assert (proc.returncode, proc.stderr) == (1, "ollama-3: no such container\n")
 
 
 def test_reload_nginx_reloads_in_the_container_and_fails_with_it(tmp_path):
@@ -86,3 +156,79 @@ def test_reload_nginx_reloads_in_the_container_and_fails_with_it(tmp_path):
     proc = run_with_stubs(reload_nginx_command("other-nginx", 30), tmp_path,
                           {"docker": docker, "sleep": "exit 0\n"})
     assert proc.returncode == 1
+
+
+# `docker` as pull-images.sh asks it: a pull of a tag ending in `-missing` fails as the
+# registry's "manifest unknown" does; others land in stub-bin/images.
+DOCKER_PULL = r'''d="${0%/*}"
+case "$1" in
+pull)
+    case "$3" in
+    *-missing) printf 'Error response from daemon: manifest for %s not found: manifest ' "$3"
+               printf 'unknown: manifest unknown\n'; exit 1 ;;
+    *-lost) exit 0 ;;
+    esac
+    echo "$3" >> "$d/images"; echo "docker.io/$3" ;;
+image) grep -qx "$5" "$d/images" 2>/dev/null ;;
+esac
+'''
+
+
+def test_pull_images_pulls_each_and_checks_it_is_there(tmp_path):
+    proc = run_with_stubs(script_command("compose/pull-images.sh", 60, "ollama/ollama:0.7.0",
+                                         "nginx:1.27"), tmp_path, {"docker": DOCKER_PULL})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert (tmp_path / "stub-bin" / "images").read_text() == "ollama/ollama:0.7.0\nnginx:1.27\n"
+
+
+def test_pull_images_names_the_image_and_dockers_reason(tmp_path):
+    proc = run_with_stubs(script_command("compose/pull-images.sh", 60, "ollama/ollama:9-missing",
+                                         "nginx:1.27"), tmp_path, {"docker": DOCKER_PULL})
+    assert proc.returncode == 1
+    assert proc.stderr == ("ollama/ollama:9-missing: pull failed: Error response from daemon: "
+                           "manifest for ollama/ollama:9-missing not found: manifest unknown: "
+                           "manifest unknown\n")
+    assert not (tmp_path / "stub-bin" / "images").exists()  # stopped at the first
+    proc = run_with_stubs(script_command("compose/pull-images.sh", 60, "ollama/ollama:9-lost"),
+                          tmp_path, {"docker": DOCKER_PULL})
+    assert (proc.returncode, proc.stderr) == (1, "ollama/ollama:9-lost: pull failed: not in "
+                                                 "the image store after docker pull\n")
+
+
+# `curl` as warm.sh asks it: a generate for `broken:latest` fails as Ollama does when a model
+# cannot be loaded; /api/ps lists what the log says was loaded.
+CURL_OLLAMA = r'''d="${0%/*}"
+for last; do :; done
+case "$last" in
+*/api/generate)
+    case "$*" in
+    *'"model":"broken:latest"'*) printf '{"error":"llama runner process has terminated"}'
+                                 exit 0 ;;
+    esac
+    echo "$*" >> "$d/loads"
+    printf '{"model":"x","response":"","done":true,"done_reason":"load"}' ;;
+*/api/ps)
+    printf '{"models":['
+    grep -o '"model":"[^"]*"' "$d/loads" | sed 's/"model"/{"name"/; s/$/}/' | tr '\n' ',' \
+        | sed 's/,$//'
+    printf ']}' ;;
+esac
+'''
+
+
+def test_warm_loads_each_model_for_good_and_checks_ps(tmp_path):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11435", 600,
+                                         "tinyllama:latest", "qwen2.5:0.5b"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    loads = (tmp_path / "stub-bin" / "loads").read_text()
+    assert '-d {"model":"tinyllama:latest","keep_alive":-1} ' in loads
+    assert '-d {"model":"qwen2.5:0.5b","keep_alive":-1} ' in loads
+
+
+def test_warm_names_the_model_ollama_could_not_load(tmp_path):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+                                         "broken:latest"), tmp_path, {"curl": CURL_OLLAMA})
+    assert proc.returncode == 1
+    assert proc.stderr == ("http://127.0.0.1:11434: broken:latest: not loaded: "
+                           '{"error":"llama runner process has terminated"}\n')

@@ -1,0 +1,19 @@
+"""The roll's first step for a batch: `pyinfra -y INVENTORY tasks/pull_deploy.py --limit ...`.
+
+Run by `ollama-fleet INVENTORY roll` while the batch still serves, before it is drained
+from the front door: every image the stack will run is downloaded (and checked present),
+so the time a host is out of the front door holds no download. A pull that fails stops
+the roll with no host drained. The host's data is validated like deploy.py does.
+"""
+
+from pyinfra import host
+
+from tasks import stack
+from tasks.report import report_failures
+from tasks.settings import current_settings
+
+settings = current_settings()  # stops the run on bad inventory data, hosts untouched
+report_failures()
+
+if "gpu_servers" in host.groups:
+    stack.pull_images(settings)

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Sent by tasks/models.py (kept_warm) through tasks.scripts.script_command; not installed on
+# the host. POSIX sh and curl.
+#
+# warm.sh URL TIMEOUT_S MODEL...
+# Load each MODEL on the Ollama instance at URL (http://ADDRESS:PORT) for good: a generate
+# with no prompt and keep_alive -1 (Ollama loads the model and answers `done_reason`
+# `load`), each bounded by TIMEOUT_S seconds; then check /api/ps lists every MODEL.
+# MODEL is a name the deploy validated (letters, digits, `._-:/`), so it goes into the
+# JSON body as it is.
+# Exit: 0 every MODEL loaded; 1 at the first that is not: stderr says which and Ollama's
+# answer in one line, `URL: MODEL: not loaded: <answer>`.
+url=$1
+timeout_s=$2
+shift 2
+for model in "$@"; do
+    answer=$(curl -sS --max-time "$timeout_s" -H 'Content-Type: application/json' \
+        -d "{\"model\":\"$model\",\"keep_alive\":-1}" "$url/api/generate" 2>&1)
+    case $answer in
+    *'"done":true'*) ;;
+    *)
+        printf '%s: %s: not loaded: %s\n' "$url" "$model" "$(printf '%s' "$answer" | tr '\n' ' ')" >&2
+        exit 1
+        ;;
+    esac
+done
+ps=$(curl -sS --max-time 10 "$url/api/ps" 2>&1)
+for model in "$@"; do
+    case $ps in
+    *"\"name\":\"$model\""*) ;;
+    *)
+        printf '%s: %s: not loaded: /api/ps does not list it after the load\n' "$url" "$model" >&2
+        exit 1
+        ;;
+    esac
+done
+exit 0
