@@ -35,7 +35,7 @@ import re
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleetctl.inventory import Fleet, FleetHost, UsageError, data_args
 from fleetctl.runner import PYINFRA, Log, log_stderr, run_pyinfra
@@ -278,7 +278,8 @@ class Roll:
             try:
                 self.pyinfra([exc.host], {**self.data, "ollama_image": image}, "rollback",
                              exc.host)
-                self.smoke(next(h for h in hosts if h.name == exc.host))
+                back = next(h for h in hosts if h.name == exc.host)
+                self.smoke(replace(back, image=image))  # the version it runs now
                 self.front_door([], "undrain after rollback", exc.host)
                 self.log(f"--> roll: {exc.host} is back on {image} and in the front door")
             except RollError as again:

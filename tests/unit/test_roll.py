@@ -78,10 +78,10 @@ class RecordedRoll(Roll):
             raise RollError(host, step, "boom")
 
     def running_image(self, host):
-        return "ollama/ollama:0.6.8"
+        return "ollama/ollama:0.6.5"  # what runs before the roll (hosts() roll to 0.6.8)
 
     def smoke(self, h):
-        self.steps.append(f"smoke {h.name}")
+        self.steps.append(f"smoke {h.name}" + (f" ({h.image})" if self.fail else ""))
         return Smoke("0.7.0", None, None)
 
 
@@ -108,6 +108,16 @@ def test_a_failed_pull_stops_the_roll_before_any_drain():
     assert lines[-1] == ("roll stopped: gpu-2 failed at step 'pull': boom. Nothing of this "
                          "batch was drained or changed; untouched: gpu-2, gpu-3; done: gpu-1. "
                          "Fix the image, then roll again.")
+
+
+def test_a_rollback_smoke_tests_the_previous_image_and_puts_the_host_back():
+    roll = RecordedRoll(fail=("apply", "gpu-1"))
+    assert roll.run(hosts(3), 1, rollback=True) == 1
+    assert roll.steps == [
+        "pull gpu-1 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
+        "apply gpu-1 (deploy.py)", "rollback gpu-1 (deploy.py)",
+        "smoke gpu-1 (ollama/ollama:0.6.5)",  # the image it runs again, not the failed one
+        "undrain after rollback lb-1 drained=- (deploy.py)"]
 
 
 @pytest.mark.parametrize("image, version", [
