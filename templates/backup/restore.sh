@@ -8,7 +8,8 @@
 # filesystem. The tarball's sha256 must be SHA256 and every file in it must match
 # SHA256SUMS (blobs: their name too) before anything moves; then blobs go into place,
 # manifests last, so a half-restored model never looks present; identical files already
-# there are kept. Says on success one line:
+# there are kept. Only regular files and directories are taken, with the store's modes
+# (0644/0755: no set-uid, set-gid or sticky bit). Says on success one line:
 # `NAME: N blobs moved in, N kept (identical), N manifests written, N unchanged`.
 # Exit: 0 restored (STAGE removed); 1 failed: STAGE is removed and stderr holds one line
 # that starts with `store-error: ` (tasks.report.ERROR_MARK) and says why.
@@ -21,8 +22,15 @@ fail() { echo "store-error: $*" >&2; cd /; rm -rf "$stage"; exit 1; }
 cd "$stage" || fail "$stage: the upload is missing"
 sum=$(sha256sum backup.tar | cut -c1-64)
 [ "$sum" = "$want" ] || fail "$name: sha256 after the upload is $sum, $name.sha256 says $want"
-{ mkdir x && tar -xf backup.tar -C x --no-same-owner; } || fail "$name: cannot be extracted"
+{ mkdir x && tar -xf backup.tar -C x --no-same-owner --no-same-permissions; } \
+  || fail "$name: cannot be extracted"
 rm -f backup.tar
+# a store holds plain files and directories: no link, device or fifo comes in, and every
+# mode is the store's own (no set-uid, set-gid or sticky bit, nothing writable by others)
+odd=$(find x ! -type f ! -type d | head -n 1)
+[ -z "$odd" ] || fail "$name: ${odd#x/}: not a regular file or directory"
+{ find x -type d -exec chmod 755 {} + && find x -type f -exec chmod 644 {} +; } \
+  || fail "$name: modes cannot be set"
 cd x || fail "$stage/x: cannot enter"
 [ -f SHA256SUMS ] || fail "$name: no SHA256SUMS inside"
 bad=$(grep ' models/blobs/' SHA256SUMS | while read -r h p; do

@@ -363,6 +363,36 @@ def test_restore_refuses_damage_and_leaves_the_store_as_it_was(tmp_path, damage,
     assert listing(target) == before and not (target / STAGING).exists()
 
 
+def test_restore_takes_no_special_bits_and_no_links(tmp_path):
+    tarball = make_tar(tmp_path / "b.tar", GOOD)
+    with tarfile.open(tarball) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+    with tarfile.open(tarball, "w") as tar:  # the same files, set-uid and writable by all
+        for info, content in members:
+            info.mode = 0o6777 if info.name.startswith("models/") else 0o644
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+    target = make_store(tmp_path / "target")
+    staged(target, tarball)
+    proc = sh(restore_script(str(target), tarball.name, sha(tarball.read_bytes())))
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.relative_to(target).as_posix(): p.stat().st_mode & 0o7777
+             for p in (target / "models").rglob("*")}
+    assert {oct(m) for m in modes.values()} == {"0o644", "0o755"}, modes
+    assert all(m == (0o755 if (target / p).is_dir() else 0o644) for p, m in modes.items())
+
+    link = tarfile.TarInfo("models/blobs/evil")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+    tarball = make_tar(tmp_path / "l.tar", GOOD, extra=[link])
+    target = make_store(tmp_path / "target2")
+    before = listing(target)
+    staged(target, tarball)
+    proc = sh(restore_script(str(target), tarball.name, sha(tarball.read_bytes())))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"{ERROR_MARK}l.tar: models/blobs/evil: not a regular "
+                                   "file or directory")
+    assert listing(target) == before and not (target / STAGING).exists()
+
+
 # -- what a restore has to do, facts, pyinfra's output ---------------------------------------
 
 def test_restore_plan_is_what_the_store_lacks():
