@@ -239,7 +239,7 @@ def median(cmd: list[str], timeout: float, prefix: Path, what: str,
 def _check_counts(result: Result) -> None:
     """The per-host counts must add up to pyinfra's own table, or the parsing is wrong."""
     totals = result.noop_totals
-    assert totals is not None
+    assert totals is not None  # noqa: S101 (type narrowing)
     ops = sum(c.ops for c in result.per_host.values())
     changed = sum(c.changed for c in result.per_host.values())
     if (ops, changed) != (totals.ops, totals.changed):

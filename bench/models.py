@@ -50,9 +50,10 @@ class Result:
 
 def registry(info: dict, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{info['endpoints']['model_registry']}{path}", data=data,
-                                     method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    request = urllib.request.Request(  # noqa: S310 (the lab's http URL)
+        f"{info['endpoints']['model_registry']}{path}", data=data,
+        method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (the lab's http URL)
         return json.load(answer)
 
 

@@ -308,7 +308,7 @@ class Lab:
         version = tag.split("-")[0].lstrip("v")
         files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py"}
         if pad_mb:
-            files["lab-padding"] = random.Random(tag).randbytes(pad_mb << 20)
+            files["lab-padding"] = random.Random(tag).randbytes(pad_mb << 20)  # noqa: S311 (padding, no secret)
         dockerfile = recipe.read_text().replace("{version}", version).replace(
             "{registry}", registry).replace(
             "{fault}", f"&& {FAULT_FILES[fault]}" if fault else "").replace(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-WILDCARDS = ("0.0.0.0", "::")
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 (names them, binds nothing)
 
 
 def host_address(name: str, data: Any) -> str:

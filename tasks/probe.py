@@ -256,7 +256,7 @@ def memory_file(host: Any) -> Path:
     base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ollama-fleet")
     address = host.data.get("ssh_hostname") or host.name
     files = sorted(str(Path(a).resolve()) for a in sys.argv[1:] if a.endswith(".py"))
-    digest = hashlib.sha1("|".join([host.name, str(address), *files]).encode()).hexdigest()
+    digest = hashlib.sha256("|".join([host.name, str(address), *files]).encode()).hexdigest()
     return base / "facts" / f"{digest[:20]}.json"
 
 

@@ -218,7 +218,7 @@ def build_deb(pkg: Package, out_dir: Path) -> Path:
             dest.write_bytes(data)
             dest.chmod(mode)
         for dirpath, dirnames, filenames in os.walk(root):
-            os.chmod(dirpath, 0o755)
+            os.chmod(dirpath, 0o755)  # noqa: S103 (a package's directory)
             for name in filenames + dirnames:
                 os.utime(os.path.join(dirpath, name), (MTIME, MTIME), follow_symlinks=False)
             os.utime(dirpath, (MTIME, MTIME))

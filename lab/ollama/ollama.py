@@ -1919,7 +1919,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, path: str, body: bytes) -> None:
         st = STATE
-        assert st is not None
+        assert st is not None  # noqa: S101 (type narrowing)
         if st.unhealthy():
             self.send_error_json(500, UNHEALTHY_MSG)
             return

@@ -123,7 +123,7 @@ def main(argv):
         sys.stderr.write("nvidia-container-runtime: error: failed to find a low-level "
                          f"runtime ({', '.join(RUNC_CANDIDATES)}) in PATH\n")
         return 1
-    os.execv(runc, [os.path.basename(runc), *argv])
+    os.execv(runc, [os.path.basename(runc), *argv])  # noqa: S606 (runc, as upstream execs it)
     return 1
 
 
