@@ -6,7 +6,8 @@
 # Wait until every CONTAINER's Docker health status is `healthy`, asking every 2 s for
 # about TIMEOUT_S seconds (at least once). The wait ends early at the first sign that a
 # container cannot turn healthy, with its evidence:
-#   unhealthy      Docker's own healthcheck gave up (after its start period and retries):
+#   unhealthy      Docker's own healthcheck gave up (after its start period and retries)
+#                  on the running container:
 #                  `CONTAINER: unhealthy: <the last probe's output>`
 #   exited, dead   `CONTAINER: exited with code N: <its last error line, else last line>`
 #   a restart loop restarted twice or more since the wait began and not healthy:
@@ -61,16 +62,18 @@ EOF
             exit 1
             ;;
         esac
-        if [ "$health" = unhealthy ]; then
-            probe=$(docker inspect -f '{{range .State.Health.Log}}{{printf "%q" .Output}}{{"\n"}}{{end}}' "$c" 2>/dev/null | grep -v '^$' | tail -n 1)
-            printf '%s: unhealthy: %s\n' "$c" "${probe:-no probe output}" >&2
-            exit 1
-        fi
         if [ "$((restarts - base))" -ge 2 ]; then
             exit_code=''
             [ "$status" = restarting ] && exit_code=", last exit code $code"
             printf '%s: restarting in a loop (%s restarts%s): %s\n' "$c" "$((restarts - base))" \
                 "$exit_code" "$(last_log "$c")" >&2
+            exit 1
+        fi
+        # Docker also says `unhealthy` of a container that stopped (its probes end): only a
+        # running container's `unhealthy` is its healthcheck's verdict
+        if [ "$health" = unhealthy ] && [ "$status" = running ]; then
+            probe=$(docker inspect -f '{{range .State.Health.Log}}{{printf "%q" .Output}}{{"\n"}}{{end}}' "$c" 2>/dev/null | grep -v '^$' | tail -n 1)
+            printf '%s: unhealthy: %s\n' "$c" "${probe:-no probe output}" >&2
             exit 1
         fi
         bad="$bad $c"

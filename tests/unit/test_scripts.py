@@ -133,6 +133,16 @@ def test_wait_healthy_calls_a_restart_loop_counted_from_when_the_wait_began(tmp_
     assert slept(tmp_path) == 2
 
 
+def test_wait_healthy_a_stopped_containers_unhealthy_is_no_verdict_its_loop_is(tmp_path):
+    # Docker marks a container that stops `unhealthy` (its probes end, none logged)
+    proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 starting\nrestarting 1 1 unhealthy\n"
+                                   "running 1 0 starting\nrestarting 2 1 unhealthy\n"},
+                        timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == ("ollama-0: restarting in a loop (2 restarts, last exit code 1): "
+                           "panic: boom\n")
+
+
 def test_wait_healthy_a_healthy_container_that_restarted_is_healthy(tmp_path):
     proc = wait_healthy(tmp_path, {"ollama-0": "running 0 0 starting\nrunning 3 0 healthy\n"})
     assert (proc.returncode, proc.stderr) == (0, "")
