@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hosts per batch after the canary, or a percentage of them "
                            "(default 1)")
     roll.add_argument("--rollback", action="store_true",
-                      help="on failure, apply the failed host's previous image again")
+                      help="on failure, apply the failed batch's previous image again")
+    roll.add_argument("--step-timeout", type=_seconds, default=3600.0, metavar="SECONDS",
+                      help="bound of each step's pyinfra run (pull, drain, apply; default "
+                           "3600): past it the roll stops with the batch out of the front "
+                           "door")
 
     status = sub.add_parser("status", parents=[data, limit],
                             help="every host's GPUs, Docker, Ollama instances and nginx",
@@ -159,7 +163,7 @@ def cmd_roll(fleet: Fleet, args: argparse.Namespace) -> int:
     size = batch_size(args.batch_size, len(hosts))
     images = {h.name: h.settings.ollama_image
               for h in inventory.load(fleet.inventory).gpu_servers} if fleet.data else {}
-    roll = Roll(fleet, inventory_images=images)
+    roll = Roll(fleet, inventory_images=images, step_timeout=args.step_timeout)
     for line in roll.plan(hosts, size):
         log_stderr(line)
     if args.dry:

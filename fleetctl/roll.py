@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, replace
 
 from fleetctl.inventory import Fleet, FleetHost, UsageError, data_args
-from fleetctl.runner import PYINFRA, Log, log_stderr, run_pyinfra
+from fleetctl.runner import DEFAULT_TIMEOUT_S, PYINFRA, Log, log_stderr, run_pyinfra
 from tasks.paths import project_root
 
 SMOKE_TIMEOUT_S = 120
@@ -147,8 +147,10 @@ class Roll:
     pull_ahead = True
 
     def __init__(self, fleet: Fleet, log: Log = log_stderr,
-                 inventory_images: dict[str, str] | None = None) -> None:
+                 inventory_images: dict[str, str] | None = None,
+                 step_timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.fleet = fleet
+        self.step_timeout = step_timeout  # each pyinfra run of the roll (pull, drain, apply)
         self.data = fleet.data
         self.lb = [h.name for h in fleet.front_doors]
         self.log = log
@@ -158,7 +160,8 @@ class Roll:
     def pyinfra(self, limit: list[str], data: dict, step: str, host: str,
                 deploy: str = "deploy.py") -> None:
         self.log(f"--> roll: {step}: pyinfra {deploy} --limit {','.join(limit)}")
-        result = run_pyinfra(self.fleet, deploy, limit, data, log=self.log)
+        result = run_pyinfra(self.fleet, deploy, limit, data, log=self.log,
+                             timeout=self.step_timeout)
         if not result.ok:
             # in a batch, the host that failed (the first, if several did)
             host = next((h for h in result.failed_hosts() if h in limit), host)
@@ -263,34 +266,55 @@ class Roll:
                     self.log(f"--> roll: {h.name}: healthy, answers, {self.smoke(h)}")
                 self.front_door([], "undrain", current)
             except RollError as exc:
-                return self.stopped(exc, done, hosts, previous, rollback)
+                return self.stopped(exc, batch, done, hosts, previous, rollback)
             done += names
         self.log(f"--> roll: done: {len(done)} hosts in {time.monotonic() - started:.0f}s")
         return 0
 
-    def stopped(self, exc: RollError, done: list[str], hosts: list[RollHost],
-                previous: dict[str, str | None], rollback: bool) -> int:
-        untouched = [h.name for h in hosts if h.name not in done and h.name != exc.host]
-        image = previous.get(exc.host)
+    def roll_back(self, batch: list[RollHost], previous: dict[str, str | None]) -> bool:
+        """The batch on its previous images again, smoke-tested, back in the front door;
+        False (the batch left out) when a host has no known previous image or fails."""
+        if not all(previous.get(h.name) for h in batch):
+            self.log("--> roll: no previous image known for "
+                     f"{', '.join(h.name for h in batch if not previous.get(h.name))}")
+            return False
+        try:
+            for image in dict.fromkeys(previous[h.name] for h in batch):
+                group = [h for h in batch if previous[h.name] == image]
+                names = [h.name for h in group]
+                self.log(f"--> roll: rolling {', '.join(names)} back to {image}")
+                self.pyinfra(names, {**self.data, "ollama_image": image}, "rollback", names[0])
+                for h in group:
+                    self.smoke(replace(h, image=image))  # the version it runs now
+            self.front_door([], "undrain after rollback", batch[0].name)
+        except RollError as again:
+            self.log(f"--> roll: rollback failed too: {again}")
+            return False
+        for h in batch:
+            self.log(f"--> roll: {h.name} is back on {previous[h.name]} and in the front door")
+        return True
+
+    def stopped(self, exc: RollError, batch: list[RollHost], done: list[str],
+                hosts: list[RollHost], previous: dict[str, str | None], rollback: bool) -> int:
+        names = [h.name for h in batch]
+        untouched = [h.name for h in hosts if h.name not in done and h.name not in names]
         where = f"{exc.host} failed at step {exc.step!r}: {exc.detail}"
-        if rollback and image:
-            self.log(f"--> roll: rolling {exc.host} back to {image}")
-            try:
-                self.pyinfra([exc.host], {**self.data, "ollama_image": image}, "rollback",
-                             exc.host)
-                back = next(h for h in hosts if h.name == exc.host)
-                self.smoke(replace(back, image=image))  # the version it runs now
-                self.front_door([], "undrain after rollback", exc.host)
-                self.log(f"--> roll: {exc.host} is back on {image} and in the front door")
-            except RollError as again:
-                self.log(f"--> roll: rollback failed too: {again}")
+        rest = f"untouched: {', '.join(untouched) or 'none'}; done: {', '.join(done) or 'none'}"
         if exc.step == "pull":  # before the drain: the batch still serves, unchanged
             self.log(f"roll stopped: {where}. Nothing of this batch was drained or changed; "
-                     f"untouched: {', '.join([exc.host, *untouched])}; done: "
+                     f"untouched: {', '.join([*names, *untouched])}; done: "
                      f"{', '.join(done) or 'none'}. Fix the image, then roll again.")
             return 1
-        self.log(f"roll stopped: {where}. {exc.host} stays out of the front door; "
-                 f"untouched: {', '.join(untouched) or 'none'}; done: "
-                 f"{', '.join(done) or 'none'}. Roll back: ollama-fleet {self.fleet.inventory} "
-                 f"roll -y --limit {exc.host} --data ollama_image={image}")
+        if rollback and self.roll_back(batch, previous):
+            self.log(f"roll stopped: {where}. Rolled back, in the front door again: "
+                     f"{', '.join(names)}; {rest}.")
+            return 1
+        out = f"{', '.join(names)} {'stays' if len(names) == 1 else 'stay'}"
+        hints = []
+        for image in dict.fromkeys(previous.get(n) for n in names):
+            limits = " ".join(f"--limit {n}" for n in names if previous.get(n) == image)
+            hints.append(f"ollama-fleet {self.fleet.inventory} roll -y {limits} "
+                         f"--data ollama_image={image}")
+        self.log(f"roll stopped: {where}. {out} out of the front door; {rest}. "
+                 f"Roll back: {'; '.join(hints)}")
         return 1

@@ -46,6 +46,8 @@ class Result:
         return self.returncode == 0
 
     def failure(self, host: str) -> str:
+        if self.returncode < 0:  # killed by the watchdog: that is the news, not its last line
+            return self.output.rstrip().splitlines()[-1]
         return failure_line(self.output, self.returncode, host)
 
     def failed_hosts(self) -> list[str]:
@@ -116,7 +118,7 @@ def _stream(cmd: list[str], env: dict[str, str], log: Log, timeout: float) -> Re
     watchdog = threading.Timer(timeout, proc.kill)  # a child that hangs silently ends too
     watchdog.start()
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None  # noqa: S101 (stdout=PIPE: never None)
         for line in proc.stdout:
             lines.append(line)
             if line.strip():
@@ -128,5 +130,6 @@ def _stream(cmd: list[str], env: dict[str, str], log: Log, timeout: float) -> Re
             proc.kill()
             proc.wait()
     if returncode < 0:
-        lines.append(f"pyinfra did not finish within {timeout:g}s (killed)\n")
+        lines.append(f"pyinfra did not finish within {timeout:g}s (killed; what it was "
+                     "doing on the hosts may still run there until its own bound)\n")
     return Result(returncode, "".join(lines))

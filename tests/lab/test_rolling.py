@@ -257,6 +257,22 @@ def test_a_release_that_panics_in_a_loop_is_called_with_the_panic(fleet):
     roll_back(fleet, command)
 
 
+def test_an_apply_past_the_step_timeout_stops_the_roll_with_the_canary_out(fleet):
+    # a release that is neither healthy nor called (its start period outlasts the step)
+    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
+        proc = roll(fleet, "--data", f"ollama_image={BAD}", "--step-timeout", "40",
+                    "--data", "ollama_health_start_period=600")
+    assert proc.returncode == 1
+    last = last_line(proc)
+    assert last.startswith("roll stopped: gpu-1 failed at step 'apply': pyinfra did not finish "
+                           "within 40s (killed"), last
+    assert "gpu-1 stays out of the front door; untouched: gpu-2, gpu-3, gpu-4" in last, last
+    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+    gpu1 = fleet.host("gpu-1")["address"]
+    assert re.search(rf"server {re.escape(gpu1)}:80 [^;]* down;", front_conf(fleet))
+    roll_back(fleet, last.split("Roll back: ", 1)[1])
+
+
 def test_front_door_follows_the_inventory(fleet, tmp_path):
     """A host removed from gpu_servers leaves the upstream on the next run (and comes back)."""
     import runpy

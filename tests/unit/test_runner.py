@@ -60,9 +60,11 @@ def test_output_is_shown_line_by_line_while_the_child_runs(tmp_path):
 
 
 def test_a_silent_hung_child_is_killed_at_the_timeout():
-    result = _stream([sys.executable, "-c", "import time; time.sleep(60)"], {}, print,
-                     timeout=1)
+    child = "print('[gpu-1] Success', flush=True); import time; time.sleep(60)"
+    result = _stream([sys.executable, "-c", child], {}, print, timeout=1)
     assert not result.ok and "did not finish within 1s" in result.output
+    # the timeout is the failure, not the last thing the host said
+    assert result.failure("gpu-1").startswith("pyinfra did not finish within 1s (killed")
 
 
 def test_fleet_is_plain_data():
