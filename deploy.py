@@ -1,7 +1,9 @@
 """A fresh GPU server to a serving Ollama stack: `pyinfra -y INVENTORY deploy.py`.
 
 The order of work, top to bottom. Every host's data is validated before any
-operation runs on any host; each step lives in its own module under tasks/.
+operation runs on any host, and the fleet (hosts, groups, addresses) is built there,
+once, and handed to the steps that need other hosts; each step lives in its own
+module under tasks/.
 """
 
 from pyinfra import host
@@ -18,10 +20,11 @@ from tasks import (
     stack,
 )
 from tasks.distributions import distribution
+from tasks.fleet import current_fleet, current_settings
 from tasks.report import report_failures
-from tasks.settings import current_settings
 
-settings = current_settings()  # stops the whole run on bad inventory data, hosts untouched
+# the first call validates every host: bad inventory data stops the whole run, hosts untouched
+settings, fleet = current_settings(), current_fleet()
 report_failures()  # a failing host stops alone, named with its step
 probe.prefetch_remembered()  # what the last run read of this host, asked in one round trip
 
@@ -34,11 +37,11 @@ daemon_config = docker.configure_daemon(settings)
 docker.restart_docker([daemon_config, *toolkit_changes])
 
 if "gpu_servers" in host.groups:
-    stack.deploy_stack(settings)
-    models.pull_models(settings)
+    stack.deploy_stack(settings, fleet)  # its nginx trusts the front doors, serves the peers
+    models.pull_models(settings, fleet)  # fan-out waves over the fleet's gpu_servers
     models.warm_models(settings)  # loaded before the host serves again: no user pays the load
     apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
     metrics.deploy_metrics(settings)  # optional GPU metrics (off by default)
 
 if "lb_servers" in host.groups:
-    front_door.deploy_front_door(settings)
+    front_door.deploy_front_door(settings, fleet)  # upstreams: the fleet's gpu_servers

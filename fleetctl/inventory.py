@@ -13,14 +13,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from tasks.addresses import host_address
+from tasks.fleet import Member, build
 from tasks.paths import project_root
-from tasks.settings import Settings, SettingsError, validate_fleet
+from tasks.settings import SettingsError
 
 READ_TIMEOUT_S = 300
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))  # the one beside this Python
@@ -30,27 +30,9 @@ class UsageError(Exception):
     """Bad arguments or inventory: one line for the operator, exit 2, no host touched."""
 
 
-@dataclass(frozen=True)
-class FleetHost:
-    """One inventory host: its groups, its pyinfra data and its validated settings."""
-
-    name: str
-    groups: tuple[str, ...]
-    data: dict[str, Any] = field(repr=False)
-    settings: Settings = field(repr=False)
-
-    @property
-    def address(self) -> str:
-        """Where the operator's machine reaches it (what pyinfra connects to)."""
-        return host_address(self.name, self.data)
-
-    @property
-    def gpu_server(self) -> bool:
-        return "gpu_servers" in self.groups
-
-    @property
-    def front_door(self) -> bool:
-        return "lb_servers" in self.groups
+# One inventory host: the deploy's own member type (name, groups, data, validated settings;
+# its address, gpu_server, front_door), so both sides describe a host the same way.
+FleetHost = Member
 
 
 @dataclass(frozen=True)
@@ -160,13 +142,9 @@ def load(inventory: str, data: dict[str, Any] | None = None) -> Fleet:
     """The fleet of INVENTORY with DATA (--data) applied, every host validated."""
     data = data or {}
     hosts = read_inventory(inventory, data)
-    gpu = [h["name"] for h in hosts if "gpu_servers" in h["groups"]]
-    lb = [h["name"] for h in hosts if "lb_servers" in h["groups"]]
     try:
-        settings = validate_fleet({h["name"]: h["data"] for h in hosts}, gpu, lb)
+        members = build((h["name"], h["groups"], h["data"]) for h in hosts).members
     except SettingsError as exc:
         raise UsageError(f"{inventory}: invalid inventory data, no host was changed: "
                          + "; ".join(exc.problems)) from None
-    return Fleet(inventory, str(Path(inventory).resolve()),
-                 tuple(FleetHost(h["name"], tuple(h["groups"]), h["data"], settings[h["name"]])
-                       for h in hosts), data)
+    return Fleet(inventory, str(Path(inventory).resolve()), members, data)

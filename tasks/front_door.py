@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import OperationError, operation
 
 from tasks import gate
-from tasks.addresses import host_address, url_host
+from tasks.addresses import url_host
 from tasks.compose import checked_files, running, templates
+from tasks.fleet import Fleet
 from tasks.paths import TEMPLATES
 from tasks.report import fail_command
-from tasks.settings import Settings, fleet_settings
+from tasks.settings import Settings
 
 PROJECT = "ollama-front"
 FRONT_TEMPLATES = TEMPLATES / "front_door"
@@ -39,19 +40,17 @@ class Upstream:
         return f"{url_host(self.address)}:{self.port}"
 
 
-def upstreams(settings: Settings) -> list[Upstream]:
-    """Every gpu_servers host's entry point (its nginx, or each of its instances)."""
-    fleet = fleet_settings()
+def upstreams(settings: Settings, fleet: Fleet) -> list[Upstream]:
+    """Every gpu_servers host's entry point (its nginx, or each of its instances), in
+    inventory order."""
     result = []
-    for gpu in inventory.get_group("gpu_servers", []):
-        address = host_address(gpu.name, gpu.data)
-        gpu_settings = fleet[gpu.name]
+    for gpu in fleet.gpu_servers:
         drained = gpu.name in settings.front_door_drained
         if settings.front_door_upstream == "nginx":
-            result.append(Upstream(gpu.name, address, gpu_settings.nginx_port, drained))
+            result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained))
         else:
-            result += [Upstream(gpu.name, address, port, drained)
-                       for _, port in gpu_settings.instance_ports()]
+            result += [Upstream(gpu.name, gpu.address, port, drained)
+                       for _, port in gpu.settings.instance_ports()]
     return result
 
 
@@ -84,9 +83,10 @@ def front_door_config(settings: Settings, servers: list[Upstream]):
                                     nginx_image=settings.nginx_image, secret=tuple(secret))
 
 
-def deploy_front_door(settings: Settings) -> None:
-    """Front door files checked then live, nginx running, reloads drained."""
-    servers = upstreams(settings)
+def deploy_front_door(settings: Settings, fleet: Fleet) -> None:
+    """Front door files checked then live, nginx running, reloads drained; the upstreams
+    are FLEET's gpu_servers."""
+    servers = upstreams(settings, fleet)
     if not servers:
         host.noop("no gpu_servers in the inventory: no front door")
         return

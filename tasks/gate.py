@@ -27,7 +27,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import File
 
-from tasks.addresses import host_address
+from tasks.fleet import Fleet
 from tasks.settings import SecretRef, Settings, is_ip
 
 KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
@@ -125,14 +125,9 @@ def context(settings: Settings, trusted: list[str] | None = None) -> dict:
     }
 
 
-def front_door_addresses() -> list[str]:
-    """The lb_servers' addresses (as the inventory reaches them)."""
-    from pyinfra import inventory
-    from pyinfra.context import ctx_inventory
-
-    if not ctx_inventory.isset():  # rendering outside a deploy: no fleet
-        return []
-    return [host_address(lb.name, lb.data) for lb in inventory.get_group("lb_servers", [])]
+def front_door_addresses(fleet: Fleet) -> list[str]:
+    """The addresses of FLEET's lb_servers (as the inventory reaches them)."""
+    return [lb.address for lb in fleet.lb_servers]
 
 
 @operation()

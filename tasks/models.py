@@ -27,17 +27,17 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from pyinfra import host, inventory, logger
+from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
-from pyinfra.context import ctx_inventory
 
 from tasks import modelname
-from tasks.addresses import host_address, local_address, url_host
+from tasks.addresses import local_address, url_host
 from tasks.facts import KeptLoaded, OllamaModels, planning
+from tasks.fleet import Fleet
 from tasks.report import fail_command
 from tasks.scripts import script_command
-from tasks.settings import Settings, fleet_settings
+from tasks.settings import Settings
 
 PULL_TIMEOUT_S = 6 * 3600
 PULL_ATTEMPTS = 3
@@ -117,14 +117,11 @@ class Peer:
         return f"http://{url_host(self.address)}:{self.port}"
 
 
-def peers() -> list[Peer]:
-    """Every gpu_servers host that serves its store to the fleet, in inventory order."""
-    if not ctx_inventory.isset():  # rendering outside a deploy: no fleet
-        return []
-    fleet = fleet_settings()
-    return [Peer(h.name, host_address(h.name, h.data), fleet[h.name].ollama_fanout_port)
-            for h in inventory.get_group("gpu_servers", [])
-            if h.name in fleet and fleet[h.name].ollama_fanout]
+def peers(fleet: Fleet) -> list[Peer]:
+    """Every gpu_servers host of FLEET that serves its store to the fleet, in inventory
+    order."""
+    return [Peer(m.name, m.address, m.settings.ollama_fanout_port)
+            for m in fleet.gpu_servers if m.settings.ollama_fanout]
 
 
 def wave_of(position: int) -> int:
@@ -319,16 +316,17 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
 
 
 @operation()
-def fanned_out(settings: Settings, wave: int):
+def fanned_out(settings: Settings, fleet: Fleet, wave: int):
     """
     Models the host lacks, received in its fan-out wave: copied from peers that hold them
     (verified), else pulled from the registry.
 
     + settings: the host's validated settings
+    + fleet: the fleet (its gpu_servers are the peers, in inventory order)
     + wave: the fan-out wave this step serves (hosts of other waves have nothing to do)
     """
-    fleet = peers() if settings.ollama_fanout else []
-    position = next((i for i, p in enumerate(fleet) if p.name == host.name), None)
+    fanout = peers(fleet) if settings.ollama_fanout else []
+    position = next((i for i, p in enumerate(fanout) if p.name == host.name), None)
     my_wave = wave_of(position) if position is not None else 0
     if my_wave != wave:
         host.noop(f"fan-out wave {my_wave}, not {wave}")
@@ -336,7 +334,7 @@ def fanned_out(settings: Settings, wave: int):
     missing = yield from models_to_get(settings)
     if not missing:
         return
-    yield FunctionCommand(receive, (settings, missing, fleet, position), {})
+    yield FunctionCommand(receive, (settings, missing, fanout, position), {})
 
 
 @operation()
@@ -397,11 +395,12 @@ def warm_models(settings: Settings) -> None:
                   * len(settings.instance_ports()) + 60)
 
 
-def pull_models(settings: Settings) -> None:
-    """Registry check first (fleet-wide), then one wave after another, then the check."""
+def pull_models(settings: Settings, fleet: Fleet) -> None:
+    """Registry check first (fleet-wide), then one wave after another (as many as FLEET's
+    gpu_servers need), then the check."""
     known_to_registry(name="Every missing model known to the registry", settings=settings)
-    waves = wave_of(max(len(inventory.get_group("gpu_servers", [])) - 1, 0)) + 1
+    waves = wave_of(max(len(fleet.gpu_servers) - 1, 0)) + 1
     for wave in range(waves):
-        fanned_out(name=f"Models received (fan-out wave {wave})", settings=settings, wave=wave,
-                   _timeout=PULL_TIMEOUT_S * (PULL_ATTEMPTS + 1) + 60)
+        fanned_out(name=f"Models received (fan-out wave {wave})", settings=settings,
+                   fleet=fleet, wave=wave, _timeout=PULL_TIMEOUT_S * (PULL_ATTEMPTS + 1) + 60)
     listed_everywhere(name="Every instance lists every model", settings=settings)

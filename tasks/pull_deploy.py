@@ -9,8 +9,8 @@ the roll with no host drained. The host's data is validated like deploy.py does.
 from pyinfra import host
 
 from tasks import stack
+from tasks.fleet import current_settings
 from tasks.report import report_failures
-from tasks.settings import current_settings
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
 report_failures()

@@ -6,7 +6,7 @@ OLLAMA_FLEET_BACKUP_JOB. The host's data is validated like deploy.py does.
 """
 
 from tasks import backup
-from tasks.settings import current_settings
+from tasks.fleet import current_settings
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
 job = backup.load_job()

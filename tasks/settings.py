@@ -26,7 +26,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pyinfra.api.exceptions import PyinfraError
 
 # Data keys that belong to pyinfra itself (connectors, global operation arguments).
 PYINFRA_KEY = re.compile(r"^(ssh_|_)")
@@ -643,37 +642,6 @@ def is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class InventoryError(PyinfraError):
-    """Raised from deploy.py at prepare time: pyinfra prints it and exits 1, before any op runs."""
-
-
-_validated: dict[int, dict[str, Settings]] = {}
-
-
-def current_settings() -> Settings:
-    """The current host's settings; on first call, validate every host of the inventory."""
-    from pyinfra import host, inventory
-
-    key = id(inventory)
-    if key not in _validated:
-        try:
-            gpu_servers = [h.name for h in inventory.get_group("gpu_servers", [])]
-            lb_servers = [h.name for h in inventory.get_group("lb_servers", [])]
-            _validated[key] = validate_fleet({h.name: h.data.dict() for h in inventory},
-                                             gpu_servers, lb_servers)
-        except SettingsError as exc:
-            lines = "\n".join(f"    {p}" for p in exc.problems)
-            raise InventoryError(f"invalid inventory data, no host was changed:\n{lines}") from None
-    return _validated[key][host.name]
-
-
-def fleet_settings() -> dict[str, Settings]:
-    """Every host's validated settings (after current_settings() ran)."""
-    from pyinfra import inventory
-
-    return _validated[id(inventory)]
 
 
 def _type_name(annotation: Any) -> str:

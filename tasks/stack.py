@@ -31,6 +31,7 @@ from tasks.compose import (
     wait_healthy_command,
 )
 from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
+from tasks.fleet import Fleet
 from tasks.report import fail_command
 from tasks.scripts import script_text
 from tasks.settings import Settings, is_ip
@@ -61,34 +62,37 @@ def plan_instances(settings: Settings, gpus: list[dict]) -> list[Instance]:
     return [Instance(f"{PROJECT}-0", ports[0][1], shared)]
 
 
-def render(template: str, settings: Settings, instances: list[Instance],
+def render(template: str, settings: Settings, instances: list[Instance], fleet: Fleet,
            drained: str | None = None) -> str:
+    """TEMPLATE for this host; FLEET gives the front doors its nginx trusts and the peers
+    its fan-out server lets copy models."""
     return templates(TEMPLATES).get_template(template).render(
-        s=settings, g=gate.context(settings, gate.front_door_addresses()), project=PROJECT,
+        s=settings, g=gate.context(settings, gate.front_door_addresses(fleet)), project=PROJECT,
         topology=settings.topology, instances=instances,
         models_source=settings.ollama_models_path or "ollama-models",
         bind_mount_models=bool(settings.ollama_models_path),
         upstream_address=url_host(local_address(settings.ollama_bind_address)),
         drained=drained,
-        peers=[p.address for p in models.peers() if is_ip(p.address)]
+        peers=[p.address for p in models.peers(fleet) if is_ip(p.address)]
         + settings.ollama_fanout_allow,
     )
 
 
-def stack_files(settings: Settings, instances: list[Instance]) -> dict[str, str]:
+def stack_files(settings: Settings, instances: list[Instance], fleet: Fleet) -> dict[str, str]:
     """Relative path in the stack directory -> content.
 
     With several instances, `drain/<instance>.conf` is the nginx config with that one
     instance marked down, used while it is recreated (outside nginx's config dir)."""
     files = {
-        "compose.yaml": render("compose.yaml.j2", settings, instances),
-        "nginx/ollama.conf": render("ollama.conf.j2", settings, instances),
+        "compose.yaml": render("compose.yaml.j2", settings, instances, fleet),
+        "nginx/ollama.conf": render("ollama.conf.j2", settings, instances, fleet),
     }
     if settings.ollama_fanout:
         files[models.FETCH_SCRIPT] = script_text("stack/fetch-model.sh")
     if len(instances) > 1:
         for i in instances:
-            files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances, i.name)
+            files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances,
+                                                   fleet, i.name)
     return files | gate.gate_files(settings)[0]
 
 
@@ -106,12 +110,13 @@ def host_gpus(settings: Settings) -> list[dict]:
 
 
 @operation()
-def rendered_files(settings: Settings):
+def rendered_files(settings: Settings, fleet: Fleet):
     """
     Render the stack's Compose file and nginx config from the GPUs nvidia-smi lists now,
     and install them checked (see checked_files).
 
     + settings: the host's validated settings
+    + fleet: the fleet (front doors and fan-out peers)
     """
     try:
         instances = plan_instances(settings, host_gpus(settings))
@@ -119,7 +124,7 @@ def rendered_files(settings: Settings):
         yield fail_command(str(exc))
         return
     try:
-        wanted = stack_files(settings, instances)
+        wanted = stack_files(settings, instances, fleet)
     except OperationError as exc:
         yield fail_command(str(exc))
         return
@@ -210,14 +215,14 @@ def gpus_assigned(settings: Settings):
     host.noop(f"{len(instances)} instances see their GPUs")
 
 
-def deploy_stack(settings: Settings) -> None:
+def deploy_stack(settings: Settings, fleet: Fleet) -> None:
     """Download the images, lay down the files, start what is not running, wait for health,
     check GPUs."""
     files.directory(name="Stack directory", path=settings.ollama_stack_dir, mode="755")
     gate.prepare(settings, settings.ollama_stack_dir)
     pull_images(settings)
     installed = rendered_files(name="Compose file and nginx config (checked, then live)",
-                               settings=settings)
+                               settings=settings, fleet=fleet)
     stack_running(name="Stack running (changed instances recreated one at a time)",
                   settings=settings, files_op=installed,
                   _timeout=settings.ollama_health_timeout * (settings.gpu_count + 2) + 120)

@@ -4,6 +4,7 @@ operator's commands, IPv6 addresses bracketed wherever a port follows."""
 from __future__ import annotations
 
 from tasks.addresses import host_address, local_address, url_host
+from tasks.fleet import Fleet
 from tasks.front_door import Upstream, front_door_files
 from tasks.settings import settings_for
 from tasks.stack import plan_instances, stack_files
@@ -32,5 +33,5 @@ def test_nginx_server_lines_bracket_ipv6_upstreams():
     assert "server [fd00::1]:80 max_fails=" in conf
     assert "server 10.0.0.2:80 max_fails=" in conf and " down;  # gpu-2 (drained)" in conf
     gpu = settings_for("gpu-1", {"gpu_count": 1, "ollama_bind_address": "::1"})
-    host = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))
+    host = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())
     assert "server [::1]:11434 max_fails=3" in host["nginx/ollama.conf"]

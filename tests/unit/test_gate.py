@@ -7,6 +7,7 @@ import pytest
 from pyinfra.api import OperationError
 
 from tasks import gate
+from tasks.fleet import Fleet
 from tasks.front_door import Upstream, front_door_files
 from tasks.settings import SecretRef, SettingsError, settings_for, validate_fleet
 from tasks.stack import plan_instances, stack_files
@@ -112,7 +113,7 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
     front = front_door_files(settings_for("lb-1", data), [Upstream("gpu-1", "10.0.0.1", 80,
                                                                    False)])["nginx/front.conf"]
     gpu = settings_for("gpu-1", {"gpu_count": 1, **data})
-    host = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))
+    host = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())
     for conf in (front, host["nginx/ollama.conf"]):
         assert "include /etc/nginx/conf.d/api-keys.map;" in conf
         assert "limit_req_zone $api_rate_key zone=api:10m rate=5r/s;" in conf
@@ -145,19 +146,19 @@ def test_tls_listens_on_its_port_and_plain_http_redirects_or_is_closed():
 
 def test_containers_are_hardened_and_read_only_can_be_turned_off():
     gpu = settings_for("gpu-1", {"gpu_count": 1})
-    compose = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))[
+    compose = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())[
         "compose.yaml"]
     assert compose.count("cap_drop: [ALL]") == 2 and compose.count("read_only: true") == 2
     assert "cap_add: [CHOWN, SETUID, SETGID, NET_BIND_SERVICE, DAC_OVERRIDE]" in compose
     writable = settings_for("gpu-1", {"gpu_count": 1, "ollama_read_only": False})
-    compose = stack_files(writable, plan_instances(writable, [{"index": 0, "uuid": "GPU-0"}]))[
-        "compose.yaml"]
+    compose = stack_files(writable, plan_instances(writable, [{"index": 0, "uuid": "GPU-0"}]),
+                          Fleet())["compose.yaml"]
     assert "read_only" not in compose and compose.count("cap_drop: [ALL]") == 2
 
 
 def test_an_allow_list_closes_the_api_but_not_health():
     gpu = settings_for("gpu-1", {"gpu_count": 1, "nginx_allow": ["10.9.0.0/16"]})
-    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))[
+    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())[
         "nginx/ollama.conf"]
     api = conf.split("location / {")[1]
     assert "allow 127.0.0.1;" in api and "allow 10.9.0.0/16;" in api and "deny all;" in api
@@ -171,12 +172,12 @@ def test_the_hosts_app_services_need_no_key_but_no_admin_either(tmp_path):
     data = {"gpu_count": 1, "nginx_allow": ["10.9.0.0/16"],
             "nginx_api_keys": {"file": str(tmp_path / "keys")}}
     bare = settings_for("gpu-1", data)
-    conf = stack_files(bare, plan_instances(bare, [{"index": 0, "uuid": "GPU-0"}]))[
+    conf = stack_files(bare, plan_instances(bare, [{"index": 0, "uuid": "GPU-0"}]), Fleet())[
         "nginx/ollama.conf"]
     assert "172.31.254.0/24" not in conf  # no app services: nothing more is trusted
     gpu = settings_for("gpu-1", {**data, "app_network": "10.77.0.0/24",
                                  "app_services": {"app": {"image": "acme/app:1"}}})
-    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))[
+    conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())[
         "nginx/ollama.conf"]
     geo = conf.split("geo $api_local {")[1].split("}")[0]
     assert "10.77.0.0/24 2;" in geo

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tasks import models
+from tasks.fleet import Fleet
 from tasks.metrics import render_metrics
 from tasks.models import (
     ManifestError,
@@ -119,7 +120,7 @@ def test_fanout_server_is_rendered_for_peers_only_and_rate_capped():
 
     gpu = settings_for("gpu-1", {"gpu_count": 1, "ollama_fanout_rate": "20m",
                                  "ollama_fanout_allow": ["10.1.0.0/16"]})
-    files = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]))
+    files = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())
     conf = files["nginx/ollama.conf"]
     fanout = conf.split("listen 11380;")[1]
     assert "allow 10.1.0.0/16;" in fanout and "deny all;" in fanout
@@ -127,7 +128,7 @@ def test_fanout_server_is_rendered_for_peers_only_and_rate_capped():
     assert "ollama-models:/srv/ollama:ro" in files["compose.yaml"]
     assert files[models.FETCH_SCRIPT].startswith("#!/bin/sh")
     off = settings_for("gpu-1", {"gpu_count": 1, "ollama_fanout": False})
-    files = stack_files(off, plan_instances(off, [{"index": 0, "uuid": "GPU-0"}]))
+    files = stack_files(off, plan_instances(off, [{"index": 0, "uuid": "GPU-0"}]), Fleet())
     assert "11380" not in files["nginx/ollama.conf"] and models.FETCH_SCRIPT not in files
 
 

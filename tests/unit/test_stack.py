@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import yaml
 
+from tasks.fleet import Fleet
 from tasks.settings import settings_for
 from tasks.stack import plan_instances, stack_files
 
@@ -13,7 +14,7 @@ GPUS = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]
 
 def environment(data: dict, instance: str = "ollama-0") -> dict:
     settings = settings_for("gpu-1", {"gpu_count": 2, **data})
-    compose = yaml.safe_load(stack_files(settings, plan_instances(settings, GPUS))
+    compose = yaml.safe_load(stack_files(settings, plan_instances(settings, GPUS), Fleet())
                              ["compose.yaml"])
     return compose["services"][instance]["environment"]
 

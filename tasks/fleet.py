@@ -1,0 +1,106 @@
+"""The fleet: every inventory host with its groups, address and validated settings.
+
+Built once, where the inventory is validated, and handed to the steps that need other
+hosts (peers, front doors, upstreams), so no step reads pyinfra's global inventory for
+who is in the fleet. The deploy builds it from pyinfra's inventory (`current_fleet`);
+the operator's commands from `pyinfra debug-inventory --json` (fleetctl/inventory.py);
+both with `build`, so a host is validated and described the same way on either side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api.exceptions import PyinfraError
+
+from tasks.addresses import host_address
+from tasks.settings import Settings, SettingsError, validate_fleet
+
+GPU_SERVERS = "gpu_servers"
+LB_SERVERS = "lb_servers"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One inventory host: its groups, its pyinfra data and its validated settings."""
+
+    name: str
+    groups: tuple[str, ...]
+    data: dict[str, Any] = field(repr=False)
+    settings: Settings = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        """Where the fleet reaches it (what pyinfra connects to; tasks.addresses)."""
+        return host_address(self.name, self.data)
+
+    @property
+    def gpu_server(self) -> bool:
+        return GPU_SERVERS in self.groups
+
+    @property
+    def front_door(self) -> bool:
+        return LB_SERVERS in self.groups
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Every host of the inventory, in inventory order. Empty: rendering outside a deploy."""
+
+    members: tuple[Member, ...] = ()
+
+    @property
+    def gpu_servers(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.gpu_server)
+
+    @property
+    def lb_servers(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.front_door)
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"{name}: not a host of the fleet")
+
+
+def build(hosts: Iterable[tuple[str, Sequence[str], Mapping[str, Any]]]) -> Fleet:
+    """The fleet of HOSTS (name, groups, merged data; in inventory order), every host's data
+    validated with the cross-host checks; SettingsError lists every problem."""
+    rows = [(name, tuple(groups), dict(data)) for name, groups, data in hosts]
+    gpu = [name for name, groups, _ in rows if GPU_SERVERS in groups]
+    lb = [name for name, groups, _ in rows if LB_SERVERS in groups]
+    settings = validate_fleet({name: data for name, _, data in rows}, gpu, lb)
+    return Fleet(tuple(Member(name, groups, data, settings[name]) for name, groups, data in rows))
+
+
+class InventoryError(PyinfraError):
+    """Raised from deploy.py at prepare time: pyinfra prints it and exits 1, before any op runs."""
+
+
+_current: tuple[object, Fleet] | None = None  # (pyinfra's inventory, its fleet)
+
+
+def current_fleet() -> Fleet:
+    """The fleet of pyinfra's inventory; built and validated on the first call of a run."""
+    global _current
+    from pyinfra.context import ctx_inventory
+
+    inventory = ctx_inventory.get()
+    if _current is None or _current[0] is not inventory:
+        try:
+            fleet = build((h.name, h.groups, h.data.dict()) for h in inventory)
+        except SettingsError as exc:
+            lines = "\n".join(f"    {p}" for p in exc.problems)
+            raise InventoryError(f"invalid inventory data, no host was changed:\n{lines}") from None
+        _current = (inventory, fleet)
+    return _current[1]
+
+
+def current_settings() -> Settings:
+    """The current host's settings; the first call validates every host of the inventory."""
+    from pyinfra import host
+
+    return current_fleet().member(host.name).settings
