@@ -126,6 +126,14 @@ RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-rando
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 NginxTime = Annotated[str, _pattern(r"\d{1,9}(ms|s|m|h)?", "an nginx time like 600s")]
 
+
+def nginx_seconds(value: str) -> int:
+    """An NginxTime in whole seconds, rounded up (`600s`, `10m`, `1h`, `500ms`, `600`)."""
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
+    if unit == "ms":
+        return -(-int(number) // 1000)
+    return int(number) * {"s": 1, "m": 60, "h": 3600}[unit or "s"]
+
 class SecretRef(BaseModel):
     """Where a secret comes from on the operator's machine; never from the repository."""
 
@@ -372,8 +380,9 @@ class Settings(BaseModel):
         "(needs ollama_bind_address reachable from the front door)"))
     front_door_drained: list[Text] = Field(default_factory=list, description=(
         "gpu_servers hosts taken out of the front door (maintenance; set by the roll)"))
-    front_door_drain_timeout: int = Field(120, ge=0, le=3600, description=(
-        "seconds a reload waits for requests in flight on the old config to finish"))
+    front_door_drain_timeout: int = Field(600, ge=0, le=3600, description=(
+        "seconds a reload waits for requests in flight on the old config to finish; at "
+        "least nginx_timeout, the longest a request may wait for its answer"))
     front_door_max_fails: int = Field(2, ge=0, le=100, description=(
         "passive health: failures within fail_timeout that take an upstream out"))
     front_door_fail_timeout: NginxTime = Field("10s", description=(
@@ -455,6 +464,11 @@ class Settings(BaseModel):
             if canonical(model) not in known:
                 raise ValueError(f"ollama_warm_models: {model!r} is not in ollama_models "
                                  "(only a model the host has can be kept loaded)")
+        longest = nginx_seconds(self.nginx_timeout)
+        if self.front_door_drain_timeout < longest:
+            raise ValueError(f"front_door_drain_timeout: {self.front_door_drain_timeout} s is "
+                             f"shorter than nginx_timeout ({self.nginx_timeout}): a request "
+                             "still in flight on a drained host would be cut")
         if self.nginx_tls == "files" and not (self.nginx_tls_cert and self.nginx_tls_key):
             raise ValueError("nginx_tls: 'files' needs nginx_tls_cert and nginx_tls_key")
         if self.nginx_tls != "files" and (self.nginx_tls_cert or self.nginx_tls_key):

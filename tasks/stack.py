@@ -34,7 +34,7 @@ from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGp
 from tasks.fleet import Fleet
 from tasks.report import fail_command
 from tasks.scripts import script_text
-from tasks.settings import Settings, is_ip
+from tasks.settings import Settings, is_ip, nginx_seconds
 
 TEMPLATES = paths.TEMPLATES / "stack"
 PROJECT = "ollama"
@@ -172,7 +172,10 @@ def stack_running(settings: Settings, files_op: OperationMeta):
         return
     serving = all(containers.get(n, {}).get("health") == "healthy" for n in instances) and \
         containers.get("nginx", {}).get("state") == "running"
-    reload = reload_nginx_command(f"{PROJECT}-nginx", settings.ollama_health_timeout)
+    # an instance taken out waits for its longest request (nginx_timeout), at least as
+    # long as it would wait for health
+    reload = reload_nginx_command(f"{PROJECT}-nginx", max(
+        settings.ollama_health_timeout, nginx_seconds(settings.nginx_timeout)))
     rolling = serving and len(instances) > 1 and bool(set(stale) & set(instances))
     if rolling:
         for name in [n for n in instances if n in stale]:
@@ -225,7 +228,8 @@ def deploy_stack(settings: Settings, fleet: Fleet) -> None:
                                settings=settings, fleet=fleet)
     stack_running(name="Stack running (changed instances recreated one at a time)",
                   settings=settings, files_op=installed,
-                  _timeout=settings.ollama_health_timeout * (settings.gpu_count + 2) + 120)
+                  _timeout=(settings.ollama_health_timeout + nginx_seconds(settings.nginx_timeout))
+                  * (settings.gpu_count + 2) + 120)
     instances = {n: n for n in expected_services(settings) if n != "nginx"}
     healthy(name="Every Ollama instance healthy", project=PROJECT, containers=instances,
             timeout_s=settings.ollama_health_timeout, _timeout=settings.ollama_health_timeout + 60)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import KNOBS, SettingsError, knob_table, settings_for, validate_fleet
+from tasks.settings import (
+    KNOBS,
+    SettingsError,
+    knob_table,
+    nginx_seconds,
+    settings_for,
+    validate_fleet,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -128,3 +135,21 @@ def test_readme_knob_table_matches_the_declarations():
     assert block, "README.md lacks the knob table markers"
     assert block.group(1).strip() == knob_table().strip(), (
         "README knob table drifted: run `python -m tasks.settings --write-readme`")
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("600s", 600), ("10m", 600), ("1h", 3600), ("600", 600), ("500ms", 1), ("1001ms", 2),
+    ("0", 0),
+])
+def test_nginx_times_in_seconds(value, seconds):
+    assert nginx_seconds(value) == seconds
+
+
+def test_the_front_door_waits_for_the_longest_request_before_it_goes_on():
+    assert settings_for("lb-1", {}).front_door_drain_timeout == 600
+    settings_for("lb-1", {"nginx_timeout": "2m", "front_door_drain_timeout": 120})
+    with pytest.raises(SettingsError) as caught:
+        settings_for("lb-1", {"front_door_drain_timeout": 120})
+    assert caught.value.problems == [
+        "lb-1: front_door_drain_timeout: 120 s is shorter than nginx_timeout (600s): a request "
+        "still in flight on a drained host would be cut"]
