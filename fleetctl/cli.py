@@ -114,14 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     drain = sub.add_parser("drain", parents=[data, changes],
                            help="take gpu_servers hosts out of the front door",
                            description="The front door (lb_servers) stops sending to HOSTS "
-                           "and waits for their requests to finish. They stay out until "
-                           "`undrain` or the next deploy of the front door; to keep a host "
-                           "out, name it in front_door_drained in the inventory.")
+                           "and waits for their requests to finish. They stay out, also "
+                           "through later deploys (the front door keeps them in a file), "
+                           "until `undrain`; to keep a host out for good, name it in "
+                           "front_door_drained in the inventory.")
     drain.add_argument("hosts", nargs="+", metavar="PATTERN",
                        help="gpu_servers hosts: names, groups or globs")
-    sub.add_parser("undrain", parents=[data, changes],
-                   help="put every host back into the front door (but those the "
-                        "inventory's front_door_drained names)")
+    undrain = sub.add_parser("undrain", parents=[data, changes],
+                             help="put hosts held out (a drain, a stopped roll) back into the "
+                                  "front door (not those the inventory's front_door_drained "
+                                  "names)")
+    undrain.add_argument("hosts", nargs="*", metavar="PATTERN",
+                         help="gpu_servers hosts: names, groups or globs (default: all)")
     return parser
 
 
@@ -209,9 +213,9 @@ def cmd_restore(fleet: Fleet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def front_door_run(fleet: Fleet, drained: list[str], args: argparse.Namespace,
+def front_door_run(fleet: Fleet, out: list[str], args: argparse.Namespace,
                    what: str) -> int:
-    """deploy.py on the front doors with FRONT_DOOR_DRAINED set to DRAINED."""
+    """deploy.py on the front doors, holding OUT out (front_door_out; kept on them)."""
     lb = [h.name for h in fleet.front_doors]
     if not lb:
         raise UsageError(f"{fleet.inventory}: no lb_servers host: there is no front door "
@@ -219,7 +223,7 @@ def front_door_run(fleet: Fleet, drained: list[str], args: argparse.Namespace,
     log_stderr(f"{args.command}: front door {', '.join(lb)}: {what}")
     if not args.dry and not confirm(f"Change the front door ({', '.join(lb)})?", args.yes):
         return declined(args.command)
-    result = run_pyinfra(fleet, "deploy.py", lb, {**fleet.data, "front_door_drained": drained},
+    result = run_pyinfra(fleet, "deploy.py", lb, {**fleet.data, "front_door_out": out},
                          dry=args.dry)
     if not result.ok:
         log_stderr(f"{args.command}: {result.failure(lb[0])}")
@@ -227,17 +231,32 @@ def front_door_run(fleet: Fleet, drained: list[str], args: argparse.Namespace,
     return EXIT_OK
 
 
+def held_now(fleet: Fleet) -> list[str]:
+    """What the front doors hold out now (a roll's stopped batch, an earlier `drain`)."""
+    from fleetctl.backup import CommandError
+    from fleetctl.runner import held_out
+
+    out = held_out(fleet, fleet.data) if fleet.front_doors else []
+    if out is None:
+        raise CommandError(f"{', '.join(h.name for h in fleet.front_doors)}: cannot read "
+                           "which hosts the front door holds out; is it reachable?")
+    return out
+
+
 def cmd_drain(fleet: Fleet, args: argparse.Namespace) -> int:
-    kept = list(fleet.front_doors[0].settings.front_door_drained) if fleet.front_doors else []
     named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
                                           what="gpu_servers host", option="drain")]
-    drained = kept + [name for name in named if name not in kept]
-    return front_door_run(fleet, drained, args, f"out: {', '.join(drained)}")
+    out = list(dict.fromkeys([*held_now(fleet), *named]))
+    return front_door_run(fleet, out, args, f"out: {', '.join(out)}")
 
 
 def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
     kept = list(fleet.front_doors[0].settings.front_door_drained) if fleet.front_doors else []
-    return front_door_run(fleet, kept, args, "every gpu_servers host in"
+    named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
+                                          what="gpu_servers host", option="undrain")]
+    out = [h for h in held_now(fleet) if h not in named] if args.hosts else []
+    back = "every gpu_servers host" if not args.hosts else ", ".join(named)
+    return front_door_run(fleet, out, args, f"{back} in"
                           + (f" but {', '.join(kept)} (front_door_drained)" if kept else ""))
 
 

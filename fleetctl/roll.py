@@ -33,13 +33,19 @@ import http.client
 import json
 import re
 import ssl
-import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from fleetctl.inventory import Fleet, FleetHost, UsageError, data_args
-from fleetctl.runner import DEFAULT_TIMEOUT_S, PYINFRA, Log, log_stderr, run_pyinfra
-from tasks.paths import project_root
+from fleetctl.inventory import Fleet, FleetHost, UsageError
+from fleetctl.runner import (
+    DEFAULT_TIMEOUT_S,
+    Log,
+    held_out,
+    log_stderr,
+    read_fact,
+    run_pyinfra,
+)
 
 SMOKE_TIMEOUT_S = 120
 PULL_DEPLOY = "tasks/pull_deploy.py"
@@ -151,6 +157,7 @@ class Roll:
                  step_timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.fleet = fleet
         self.step_timeout = step_timeout  # each pyinfra run of the roll (pull, drain, apply)
+        self.out: list[str] | None = None  # what the front doors hold out (read when needed)
         self.data = fleet.data
         self.lb = [h.name for h in fleet.front_doors]
         self.log = log
@@ -167,22 +174,31 @@ class Roll:
             host = next((h for h in result.failed_hosts() if h in limit), host)
             raise RollError(host, step, result.failure(host))
 
-    def front_door(self, drained: list[str], step: str, host: str) -> None:
-        if self.lb:
-            self.pyinfra(self.lb, {**self.data, "front_door_drained": drained}, step, host)
+    def front_door(self, step: str, host: str, out: Sequence[str] = (),
+                   back: Sequence[str] = ()) -> None:
+        """Hold OUT out of the front door too, or take BACK in; the front doors keep what
+        they hold (tasks.front_door.HELD_OUT), so a plain deploy cannot undo it."""
+        if not self.lb:
+            return
+        if self.out is None:
+            self.out = self.read_held_out()
+        self.out = [n for n in dict.fromkeys([*self.out, *out]) if n not in back]
+        self.pyinfra(self.lb, {**self.data, "front_door_out": self.out}, step, host)
+
+    def read_held_out(self) -> list[str]:
+        """What the front doors hold out now (another roll's stopped batch, a `drain`)."""
+        out = held_out(self.fleet, self.data)
+        if out is None:
+            raise RollError(self.lb[0], "drain", "cannot read which hosts the front door "
+                            "holds out; is it reachable?")
+        return out
 
     def running_image(self, host: str) -> str | None:
-        cmd = [PYINFRA, self.fleet.path, "--limit", host, "fact",
-               "tasks.facts.ComposeContainers", "project=ollama", "--json",
-               *data_args(self.data)]
+        by_host = read_fact(self.fleet, [host], "tasks.facts.ComposeContainers",
+                            ["project=ollama"], self.data)
         try:
-            proc = subprocess.run(cmd, cwd=project_root(), stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, timeout=120)
-            # {"<fact> (<args>)": {"<host>": {"<service>": {...}}}}
-            by_host = next(iter(json.loads(proc.stdout).values()))
-            return by_host[host]["ollama-0"]["image"]
-        except (subprocess.SubprocessError, ValueError, StopIteration, AttributeError,
-                KeyError, TypeError):
+            return by_host[host]["ollama-0"]["image"]  # type: ignore[index]
+        except (KeyError, TypeError):
             return None
 
     def smoke(self, h: RollHost) -> Smoke:
@@ -259,12 +275,12 @@ class Roll:
             try:
                 if self.pull_ahead:
                     self.pyinfra(names, self.data, "pull", current, deploy=PULL_DEPLOY)
-                self.front_door(names, "drain", current)
+                self.front_door("drain", current, out=names)
                 self.pyinfra(names, self.data, "apply", current)
                 for h in batch:
                     current = h.name
                     self.log(f"--> roll: {h.name}: healthy, answers, {self.smoke(h)}")
-                self.front_door([], "undrain", current)
+                self.front_door("undrain", current, back=names)
             except RollError as exc:
                 return self.stopped(exc, batch, done, hosts, previous, rollback)
             done += names
@@ -286,7 +302,7 @@ class Roll:
                 self.pyinfra(names, {**self.data, "ollama_image": image}, "rollback", names[0])
                 for h in group:
                     self.smoke(replace(h, image=image))  # the version it runs now
-            self.front_door([], "undrain after rollback", batch[0].name)
+            self.front_door("undrain after rollback", batch[0].name, back=[h.name for h in batch])
         except RollError as again:
             self.log(f"--> roll: rollback failed too: {again}")
             return False

@@ -133,3 +133,34 @@ def _stream(cmd: list[str], env: dict[str, str], log: Log, timeout: float) -> Re
         lines.append(f"pyinfra did not finish within {timeout:g}s (killed; what it was "
                      "doing on the hosts may still run there until its own bound)\n")
     return Result(returncode, "".join(lines))
+
+
+def read_fact(fleet: Fleet, hosts: Sequence[str], fact: str, args: Sequence[str],
+              data: dict[str, Any], timeout: float = 120) -> dict[str, Any] | None:
+    """`pyinfra INVENTORY --limit HOSTS fact FACT ARGS --json`: host -> the fact's value, or
+    None when it could not be read (unreachable, pyinfra failed)."""
+    cmd = [PYINFRA, fleet.path, *(a for h in hosts for a in ("--limit", h)), "fact", fact,
+           *args, "--json", *data_args(data)]
+    try:
+        proc = subprocess.run(cmd, cwd=project_root(), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+        # {"<fact> (<args>)": {"<host>": <value>}}
+        by_host = next(iter(json.loads(proc.stdout).values()))
+    except (subprocess.SubprocessError, ValueError, StopIteration):
+        return None
+    return by_host if isinstance(by_host, dict) else None
+
+
+def held_out(fleet: Fleet, data: dict[str, Any]) -> list[str] | None:
+    """The hosts the front doors hold out for ollama-fleet (tasks.front_door.HELD_OUT), all
+    front doors together, in inventory order; None when a front door cannot be read."""
+    from tasks.front_door import HELD_OUT
+
+    out: set[str] = set()
+    for lb in fleet.front_doors:
+        got = read_fact(fleet, [lb.name], "tasks.facts.Lines",
+                        [f"path={lb.settings.front_door_dir}/{HELD_OUT}"], data)
+        if got is None or not isinstance(got.get(lb.name), list):
+            return None
+        out |= set(got[lb.name])
+    return [h.name for h in fleet.gpu_servers if h.name in out]

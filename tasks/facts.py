@@ -163,6 +163,20 @@ class ContainerGpus(FactBase):
                 "output": " ".join(line.strip() for line in lines if line.strip())}
 
 
+class Lines(FactBase):
+    """A text file's non-empty lines ([] when it is not there)."""
+
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
 FOREVER_YEAR = 2200  # an /api/ps expiry at or after this: loaded with keep_alive -1
 
 

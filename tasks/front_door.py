@@ -1,7 +1,9 @@
 """The fleet's front door: nginx on lb_servers in front of every gpu_servers host.
 
 Guarantees: the upstream is rendered from the inventory (a host added or removed
-is followed on the next run; drained hosts are marked `down`); the config is
+is followed on the next run; drained hosts are marked `down`: those the inventory
+names and those `ollama-fleet` holds out, which the front door keeps in a file so a
+plain deploy during a roll cannot put them back); the config is
 checked with `nginx -t` before it goes live and applied with a reload, never a
 restart, so streams in flight finish on the old workers; after a reload the run
 waits (bounded) until those old workers are gone, which is what a roll needs to
@@ -18,6 +20,7 @@ from pyinfra.api import OperationError, operation
 from tasks import gate
 from tasks.addresses import url_host
 from tasks.compose import checked_files, running, templates
+from tasks.facts import Lines
 from tasks.fleet import Fleet
 from tasks.paths import TEMPLATES
 from tasks.report import fail_command
@@ -40,12 +43,24 @@ class Upstream:
         return f"{url_host(self.address)}:{self.port}"
 
 
-def upstreams(settings: Settings, fleet: Fleet) -> list[Upstream]:
+HELD_OUT = "held-out"  # in FRONT_DIR: the hosts ollama-fleet holds out, one per line
+
+
+def held_out(settings: Settings) -> list[str]:
+    """The hosts `ollama-fleet` (roll, drain, undrain) holds out of the front door: what
+    this run says (front_door_out), else what the front door kept from the last one."""
+    if settings.front_door_out is not None:
+        return list(settings.front_door_out)
+    return host.get_fact(Lines, path=f"{settings.front_door_dir}/{HELD_OUT}")
+
+
+def upstreams(settings: Settings, fleet: Fleet, out: list[str] | None = None) -> list[Upstream]:
     """Every gpu_servers host's entry point (its nginx, or each of its instances), in
-    inventory order."""
+    inventory order; `down` when the inventory (front_door_drained) or the operator's
+    commands (OUT) hold it out."""
     result = []
     for gpu in fleet.gpu_servers:
-        drained = gpu.name in settings.front_door_drained
+        drained = gpu.name in settings.front_door_drained or gpu.name in (out or [])
         if settings.front_door_upstream == "nginx":
             result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained))
         else:
@@ -65,13 +80,14 @@ def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, s
 
 
 @operation()
-def front_door_config(settings: Settings, servers: list[Upstream]):
+def front_door_config(settings: Settings, servers: list[Upstream], out: list[str]):
     """
-    The front door's Compose file, nginx config and gate files (keys, TLS), checked
-    then live (see tasks.compose.checked_files).
+    The front door's Compose file, nginx config, the hosts held out and gate files (keys,
+    TLS), checked then live (see tasks.compose.checked_files).
 
     + settings: the host's validated settings
     + servers: the gpu_servers entry points
+    + out: the hosts ollama-fleet holds out (kept in FRONT_DIR/held-out)
     """
     try:
         extra, secret = gate.gate_files(settings)
@@ -79,20 +95,22 @@ def front_door_config(settings: Settings, servers: list[Upstream]):
         yield fail_command(str(exc))
         return
     yield from checked_files._inner(root=settings.front_door_dir,
-                                    wanted=front_door_files(settings, servers) | extra,
+                                    wanted=front_door_files(settings, servers) | extra
+                                    | {HELD_OUT: "".join(f"{name}\n" for name in out)},
                                     nginx_image=settings.nginx_image, secret=tuple(secret))
 
 
 def deploy_front_door(settings: Settings, fleet: Fleet) -> None:
     """Front door files checked then live, nginx running, reloads drained; the upstreams
     are FLEET's gpu_servers."""
-    servers = upstreams(settings, fleet)
+    out = held_out(settings)  # a plain deploy keeps what a roll or `drain` holds out
+    servers = upstreams(settings, fleet, out)
     if not servers:
         host.noop("no gpu_servers in the inventory: no front door")
         return
     gate.prepare(settings, settings.front_door_dir)
     installed = front_door_config(name="Front door config (checked, then live)",
-                                  settings=settings, servers=servers)
+                                  settings=settings, servers=servers, out=out)
     running(name="Front door running (reloaded, old requests let finish)",
             root=settings.front_door_dir, project=PROJECT, services=["nginx"],
             files_op=installed, nginx_container=PROJECT,

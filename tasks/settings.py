@@ -379,7 +379,11 @@ class Settings(BaseModel):
         "`nginx`: each GPU server's nginx; `instances`: its Ollama ports directly "
         "(needs ollama_bind_address reachable from the front door)"))
     front_door_drained: list[Text] = Field(default_factory=list, description=(
-        "gpu_servers hosts taken out of the front door (maintenance; set by the roll)"))
+        "gpu_servers hosts kept out of the front door by the inventory (maintenance)"))
+    front_door_out: list[Text] | None = Field(None, description=(
+        "set by `ollama-fleet` roll, drain and undrain (--data), not in inventories: the "
+        "hosts they hold out of the front door, kept on it (FRONT_DIR/held-out) so that a "
+        "plain deploy keeps them out; unset: what the front door holds now"))
     front_door_drain_timeout: int = Field(600, ge=0, le=3600, description=(
         "seconds a reload waits for requests in flight on the old config to finish; at "
         "least nginx_timeout, the longest a request may wait for its answer"))
@@ -605,10 +609,10 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
         except SettingsError as exc:
             problems += exc.problems
     for name, settings in result.items():
-        for drained in settings.front_door_drained:
-            if gpu_servers is not None and drained not in gpu_servers:
-                problems.append(f"{name}: front_door_drained: no gpu_servers host named "
-                                f"{drained!r}")
+        for key in ("front_door_drained", "front_door_out"):
+            for drained in getattr(settings, key) or []:
+                if gpu_servers is not None and drained not in gpu_servers:
+                    problems.append(f"{name}: {key}: no gpu_servers host named {drained!r}")
         if lb_servers and name in (gpu_servers or []) and settings.nginx_tls != "off":
             problems.append(f"{name}: nginx_tls: the front door (lb_servers) talks plain HTTP "
                             "to gpu_servers' nginx; put TLS on the front door")

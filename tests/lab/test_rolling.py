@@ -273,6 +273,27 @@ def test_an_apply_past_the_step_timeout_stops_the_roll_with_the_canary_out(fleet
     roll_back(fleet, last.split("Roll back: ", 1)[1])
 
 
+def fleetctl(fleet, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, *args, "-y"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_plain_deploy_keeps_what_ollama_fleet_holds_out(fleet):
+    gpu2 = re.escape(fleet.host("gpu-2")["address"])
+    proc = fleetctl(fleet, "drain", "gpu-2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(rf"server {gpu2}:80 [^;]* down;", front_conf(fleet))
+    # a deploy that knows nothing of the drain (another operator's, during a roll)
+    proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", limit="lb_servers")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert re.search(rf"server {gpu2}:80 [^;]* down;", front_conf(fleet))
+    assert fleet.ssh("lb-1", "cat /opt/ollama-front/held-out")[1].split() == ["gpu-2"]
+    proc = fleetctl(fleet, "undrain", "gpu-2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert " down;" not in front_conf(fleet)
+
+
 def test_front_door_follows_the_inventory(fleet, tmp_path):
     """A host removed from gpu_servers leaves the upstream on the next run (and comes back)."""
     import runpy

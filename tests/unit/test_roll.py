@@ -64,16 +64,20 @@ def test_the_smoke_test_carries_a_key_the_hosts_gate_accepts(monkeypatch):
 class RecordedRoll(Roll):
     """A roll whose pyinfra runs and smoke tests are recorded; FAIL = (step, host) fails."""
 
-    def __init__(self, fail: tuple[str, str] | None = None) -> None:
+    def __init__(self, fail: tuple[str, str] | None = None, held: tuple[str, ...] = ()) -> None:
         lb = FleetHost("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
         super().__init__(Fleet("inv.py", "/inv.py", (lb,), {}), log=lambda line: None)
         self.steps: list[str] = []
         self.fail = fail
+        self.held = list(held)  # what the front door holds out before the roll
+
+    def read_held_out(self):
+        return self.held
 
     def pyinfra(self, limit, data, step, host, deploy="deploy.py"):
         self.steps.append(f"{step} {','.join(limit)}" + (
-            f" drained={','.join(data['front_door_drained']) or '-'}"
-            if "front_door_drained" in data else "") + f" ({deploy})")
+            f" drained={','.join(data['front_door_out']) or '-'}"
+            if "front_door_out" in data else "") + f" ({deploy})")
         if self.fail == (step, host):
             raise RollError(host, step, "boom")
 
@@ -96,6 +100,14 @@ def test_each_batch_pulls_while_serving_then_drains_applies_smokes_undrains():
         "undrain lb-1 drained=- (deploy.py)",
         "pull gpu-4 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-4 (deploy.py)",
         "apply gpu-4 (deploy.py)", "smoke gpu-4", "undrain lb-1 drained=- (deploy.py)"]
+
+
+def test_what_the_front_door_holds_out_stays_out_through_the_roll():
+    roll = RecordedRoll(held=("gpu-9",))  # another host drained by hand, or a stopped roll's
+    assert roll.run(hosts(2), 1, rollback=False) == 0
+    assert [s for s in roll.steps if "drained=" in s] == [
+        "drain lb-1 drained=gpu-9,gpu-1 (deploy.py)", "undrain lb-1 drained=gpu-9 (deploy.py)",
+        "drain lb-1 drained=gpu-9,gpu-2 (deploy.py)", "undrain lb-1 drained=gpu-9 (deploy.py)"]
 
 
 def test_a_failed_pull_stops_the_roll_before_any_drain():

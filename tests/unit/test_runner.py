@@ -70,3 +70,29 @@ def test_a_silent_hung_child_is_killed_at_the_timeout():
 def test_fleet_is_plain_data():
     fleet = Fleet("inv.py", "/abs/inv.py", (), {})
     assert fleet.gpu_servers == [] and fleet.front_doors == []
+
+
+def test_what_the_front_doors_hold_out_is_read_from_each_of_them(monkeypatch):
+    from fleetctl import runner
+    from tasks.fleet import Member
+    from tasks.settings import settings_for
+
+    def member(name, group):
+        return Member(name, (group,), {}, settings_for(name, {}))
+
+    fleet = Fleet("inv.py", "/inv.py", (member("gpu-1", "gpu_servers"),
+                                         member("gpu-2", "gpu_servers"),
+                                         member("lb-1", "lb_servers"),
+                                         member("lb-2", "lb_servers")), {})
+    asked = []
+
+    def read_fact(fleet, hosts, fact, args, data, timeout=120):
+        asked.append((hosts, fact, args))
+        return {"lb-1": ["gpu-2"], "lb-2": ["gpu-1", "gpu-2"]}.get(hosts[0]) and \
+            {hosts[0]: {"lb-1": ["gpu-2"], "lb-2": ["gpu-1", "gpu-2"]}[hosts[0]]}
+
+    monkeypatch.setattr(runner, "read_fact", read_fact)
+    assert runner.held_out(fleet, {}) == ["gpu-1", "gpu-2"]  # the union, inventory order
+    assert asked[0] == (["lb-1"], "tasks.facts.Lines", ["path=/opt/ollama-front/held-out"])
+    monkeypatch.setattr(runner, "read_fact", lambda *a, **k: None)
+    assert runner.held_out(fleet, {}) is None  # unreadable: the caller must not guess
