@@ -43,6 +43,7 @@ PULL_TIMEOUT_S = 6 * 3600
 PULL_ATTEMPTS = 3
 PROGRESS_EVERY_S = 5.0
 POLL_S = 1.0
+FREE_MARGIN_MIB = 1024  # left free on the store's filesystem after a model arrives
 DEFAULT_REGISTRY = "registry.ollama.ai"
 FETCH_SCRIPT = "bin/fetch-model.sh"
 STAGE = ".fanout"  # beside the store's blobs/ and manifests/, and in the stack directory
@@ -272,6 +273,12 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
             except ManifestError as exc:
                 raise ValueError(f"{model}: the registry's manifest: {exc}") from None
             mover = Mover(state, host, settings, model, blobs, store)
+            if blobs:  # room for what is missing, before any byte of it is downloaded
+                ok, detail = mover.sh(script_command(
+                    "models/free-space.sh", store, model, FREE_MARGIN_MIB,
+                    *(f"{h}:{size}" for h, size in blobs)))
+                if not ok:
+                    raise ValueError(detail.strip() or f"{model}: free space unknown")
             started, got_from = time.monotonic(), None
             candidates = sources(position, fleet) if settings.ollama_fanout and position \
                 is not None and blobs else []

@@ -11,7 +11,7 @@ import pytest
 from tasks.compose import reload_nginx_command, wait_healthy_command
 from tasks.paths import TEMPLATES
 from tasks.scripts import interpreter, script_command, script_text
-from tests.unit.stubs import run_with_stubs
+from tests.unit.stubs import BASE_TOOLS, run_with_stubs
 
 SCRIPTS = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.sh"))
 
@@ -242,3 +242,31 @@ def test_warm_names_the_model_ollama_could_not_load(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == ("http://127.0.0.1:11434: broken:latest: not loaded: "
                            '{"error":"llama runner process has terminated"}\n')
+
+
+# -- room for a model ---------------------------------------------------------------------
+
+def free_space(tmp_path, free_kib: int, *layers: str):
+    store = tmp_path / "store"
+    (store / "blobs").mkdir(parents=True, exist_ok=True)
+    (store / ".fanout").mkdir(exist_ok=True)
+    df = ("echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+          f"echo \"/dev/x 99999999 1 {free_kib} 1% /\"\n")
+    return run_with_stubs(script_command("models/free-space.sh", store, "llama3:8b", 1024,
+                                         *layers), tmp_path, {"df": df},
+                          tools=(*BASE_TOOLS, "awk"))
+
+
+def test_free_space_counts_only_what_the_store_lacks(tmp_path):
+    (tmp_path / "store/blobs").mkdir(parents=True)
+    (tmp_path / "store/blobs/sha256-aa").write_bytes(b"x" * 10)  # there, whole
+    (tmp_path / "store/.fanout").mkdir()
+    (tmp_path / "store/.fanout/sha256-bb.partial").write_bytes(b"x" * (1 << 20))  # 1 MiB in
+    big = 3 << 30  # 3 GiB
+    # 3 GiB - 1 MiB more + 1 GiB to spare = 4095 MiB: 4096 MiB free is room enough
+    proc = free_space(tmp_path, 4096 * 1024, "aa:10", f"bb:{big}")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = free_space(tmp_path, 4000 * 1024, "aa:10", f"bb:{big}")
+    assert proc.returncode == 1
+    assert proc.stderr == (f"llama3:8b: needs 3071 MiB more in {tmp_path}/store (with 1024 "
+                           "MiB to spare), 4000 MiB free\n")
