@@ -55,6 +55,8 @@ def owned_daemon_settings(settings: Settings, *contributions: dict[str, Any]) ->
         "log-driver": "json-file",
         "log-opts": {"max-size": settings.docker_log_max_size,
                      "max-file": str(settings.docker_log_max_file)},
+        # a dockerd restart (a changed daemon.json) leaves the stack serving
+        "live-restore": settings.docker_live_restore,
     }
     if settings.docker_registry_mirrors:
         owned["registry-mirrors"] = list(settings.docker_registry_mirrors)

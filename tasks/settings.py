@@ -225,6 +225,9 @@ class Settings(BaseModel):
         "json-file log rotation: size of one container log file"))
     docker_log_max_file: int = Field(3, ge=1, le=100, description=(
         "json-file log rotation: files kept per container"))
+    docker_live_restore: bool = Field(True, description=(
+        "daemon.json live-restore: containers (Ollama, nginx) keep serving while dockerd "
+        "restarts, as when a deploy changes daemon.json; off only for Swarm mode"))
 
     # -- NVIDIA driver -----------------------------------------------------
     nvidia_driver_branch: int = Field(570, ge=550, le=999, description=(

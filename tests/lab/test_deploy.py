@@ -125,6 +125,9 @@ def test_foreign_daemon_json_keys_survive(fleet):
     assert daemon["log-opts"] == {"max-size": "50m", "max-file": "3"}
     _, info, _ = fleet.ssh("gpu-1", "docker info --format '{{json .Runtimes}}'")
     assert "nvidia" in json.loads(info)
+    # the engine runs with live-restore: a dockerd restart leaves the stack serving
+    _, live, _ = fleet.ssh("gpu-1", "docker info --format '{{.LiveRestoreEnabled}}'")
+    assert live.strip() == "true"
 
 
 def _docker_pids(fleet) -> dict:

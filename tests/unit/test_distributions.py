@@ -166,6 +166,11 @@ def test_the_toolkit_runtime_is_registered_by_nvidia_ctk_only_while_missing():
         "--runtime=docker", "--set-as-default", "--cdi.enabled"]
 
 
+def test_the_engine_keeps_containers_running_through_its_restarts():
+    assert owned_daemon_settings(Settings(gpu_count=1))["live-restore"] is True
+    assert owned_daemon_settings(Settings(docker_live_restore=False))["live-restore"] is False
+
+
 def test_a_daemon_json_key_claimed_twice_is_refused():
     settings = Settings(gpu_count=1)
     with pytest.raises(ValueError, match="'log-driver' is claimed twice"):
