@@ -1248,7 +1248,7 @@ class Runner:
         self.info = info
         self.sem = threading.Semaphore(max(1, num_parallel))
         self.refs = 0
-        self.session_ns = 0
+        self.session_ns: int | None = None  # set by the request that loads it
         self.expires_ns: int | None = None
         self.unload_requested = False
         self.loaded_ns = time.time_ns()
@@ -1265,7 +1265,8 @@ class Scheduler:
         self.pending = 0
 
     def acquire(self, info: ModelInfo, keep_alive_ns: int | None) -> Runner:
-        session = self.default_keep_alive if keep_alive_ns is None else keep_alive_ns
+        # A request without keep_alive leaves a loaded model's duration as it is; a load
+        # without one takes OLLAMA_KEEP_ALIVE (server/sched.go: useLoadedRunner, load).
         key = info.runner_key()
         with self.cond:
             if self.pending >= self.max_queue:
@@ -1292,7 +1293,10 @@ class Scheduler:
                         continue
                     self.cond.wait(0.25)
                 r.refs += 1
-                r.session_ns = session
+                if keep_alive_ns is not None:
+                    r.session_ns = keep_alive_ns
+                elif r.session_ns is None:  # loaded by this request
+                    r.session_ns = self.default_keep_alive
                 r.unload_requested = False
             r.sem.acquire()
             return r

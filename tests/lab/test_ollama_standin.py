@@ -750,6 +750,27 @@ def test_keep_alive_unloads(fake_registry, start_server):
     assert exc.value.status_code == 400
 
 
+def test_a_request_without_keep_alive_keeps_a_loaded_models_duration(fake_registry,
+                                                                       start_server):
+    # upstream server/sched.go useLoadedRunner: only a request that names keep_alive
+    # changes how long a loaded model stays; a load without one takes OLLAMA_KEEP_ALIVE
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url, OLLAMA_KEEP_ALIVE="5m")
+    client = srv.client()
+    client.pull("tinyllama")
+    client.generate(model="tinyllama", prompt="")  # loaded with the default, 5m
+    (m,) = client.ps().models
+    assert m.expires_at.timestamp() - time.time() < 301
+    client.generate(model="tinyllama", prompt="", keep_alive=-1)  # a warm-up: for good
+    client.generate(model="tinyllama", prompt="hi")  # a user request, no keep_alive
+    (m,) = client.ps().models
+    assert m.expires_at.year > 2200
+    first = client.generate(model="tinyllama", prompt="hi")
+    assert first.load_duration < 0.3e9  # already loaded: no load time
+    client.generate(model="tinyllama", prompt="hi", keep_alive="1m")  # one that names it
+    (m,) = client.ps().models
+    assert m.expires_at.timestamp() - time.time() < 61
+
+
 def test_parallel_limit_and_queue(fake_registry, start_server):
     srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url, OLLAMA_NUM_PARALLEL="1",
                        OLLAMA_MAX_QUEUE="1", OLLAMA_LAB_TOKEN_DELAY="0.1",
