@@ -359,6 +359,9 @@ class Settings(BaseModel):
         "and the burst: 429. Empty: no limit"))
     nginx_rate_burst: int = Field(20, ge=0, le=100000, description=(
         "requests above the rate served at once before 429"))
+    nginx_conn_limit: int = Field(0, ge=0, le=100000, description=(
+        "requests at once per API key (per address without one); over it: 429; 0: no "
+        "limit"))
 
     # -- application services beside Ollama ---------------------------------
     app_services: dict[ServiceName, AppService] = Field(default_factory=dict, description=(

@@ -10,6 +10,7 @@ GPU servers' nginx lets only the front door (and a documentation network) call t
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -254,3 +255,30 @@ def test_containers_run_with_least_privilege_and_rotated_logs(fleet):
             if name.startswith("ollama-") and name != "ollama-front" and "nginx" not in name:
                 assert not config["CapAdd"], where
 
+
+
+def test_guessing_keys_gets_429s_and_a_slow_client_is_closed(fleet):
+    """Last in the module: it spends this machine's allowance of wrong keys."""
+    codes: list[int] = []
+    with client(fleet, "guess-0123456789abcdef") as c:
+        for n in range(60):  # a burst of wrong keys from one address
+            codes.append(c.get("/api/version", headers={
+                "Authorization": f"Bearer guess-{n:04d}-0123456789abcdef"}).status_code)
+    assert set(codes) == {401, 429} and codes[:5] == [401] * 5, codes
+    assert codes.count(429) >= 40, codes  # 1 a second and a burst of 10 get through
+    with client(fleet, ALICE) as c:  # a valid key is not slowed by someone else's guesses
+        assert c.get("/api/version").status_code == 200
+    # a client that never finishes its request headers is closed, not waited for
+    address = fleet.host("lb-1")["address"]
+    with socket.create_connection((address, 443), timeout=30) as raw:
+        tls = ssl.create_default_context(cafile=fleet.ca).wrap_socket(raw,
+                                                                      server_hostname=address)
+        tls.sendall(b"GET /api/version HTTP/1.1\r\nHost: " + address.encode() + b"\r\n")
+        started = time.monotonic()
+        closed = b""
+        try:
+            closed = tls.recv(1024)  # nginx closes (or answers 408) after client_header_timeout
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        assert not closed or b" 408 " in closed.split(b"\r\n")[0], closed
+        assert time.monotonic() - started < 25

@@ -120,7 +120,14 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
         assert "client_max_body_size 1m;" in conf
         assert "location ~ ^/(api/(generate|chat|embed|embeddings|tags|show|ps|version)|" in conf
         assert "server_tokens off;" in conf
-        assert conf.count("if ($api_unauthorized)") == 3  # inference, `/`, and the admin gate
+        # the verdicts come from the access phase, after the limits: inference and `/`
+        # ask /__gate, the admin catch-all /__gate_admin; wrong keys count per address
+        assert conf.count("auth_request /__gate;") == 2
+        assert conf.count("auth_request /__gate_admin;") == 1
+        assert conf.count("limit_req zone=guess burst=10 nodelay;") == 2
+        assert conf.count("limit_req zone=admin_guess burst=10 nodelay;") == 1
+        assert conf.count("if ($api_unauthorized)") == 2  # in /__gate and /__gate_admin
+        assert "client_header_timeout 10s;" in conf and "client_body_timeout 30s;" in conf
         health = conf.split("location = /health {")[1].split("}")[0]
         assert "return 200" in health and "api_" not in health
     assert "nginx/api-keys.map" in host  # installed beside the config it guards
@@ -129,8 +136,18 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
 def test_without_keys_there_is_no_key_check_but_admin_endpoints_stay_closed():
     conf = front_door_files(settings_for("lb-1", {}), [Upstream("gpu-1", "10.0.0.1", 80,
                                                                 False)])["nginx/front.conf"]
-    assert "$api_unauthorized" not in conf and "limit_req" not in conf
-    assert "if ($api_admin_refused)" in conf and "listen 80;" in conf
+    assert "$api_unauthorized" not in conf and "zone=guess" not in conf
+    assert "auth_request /__gate;" not in conf and "limit_conn" not in conf.replace(
+        "limit_conn_status", "")
+    assert "auth_request /__gate_admin;" in conf and "if ($api_admin_refused)" in conf
+    assert "listen 80;" in conf
+
+
+def test_requests_at_once_per_key_are_limited_when_asked():
+    conf = front_door_files(settings_for("lb-1", {"nginx_conn_limit": 8}),
+                            [Upstream("gpu-1", "10.0.0.1", 80, False)])["nginx/front.conf"]
+    assert "limit_conn_zone $api_conn_key zone=conn:10m;" in conf
+    assert conf.count("limit_conn conn 8;") == 3  # inference, `/`, admin
 
 
 def test_tls_listens_on_its_port_and_plain_http_redirects_or_is_closed():
