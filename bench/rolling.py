@@ -28,6 +28,25 @@ and how long hosts were out of service:
 Each run has 3 s of load before the command starts and 3 s after it ends (the same for both),
 so requests hit at the edges are counted.
 
+Then, on the same lab, **where a roll's time goes** (issue: pull before drain, fail fast):
+
+3. **before / after pulling ahead**: two rolls to releases whose image carries a 256 MiB
+   layer of incompressible bytes (`python -m lab ollama-image TAG --pad-mb 256`: a real
+   Ollama image is GBs, so its download takes time), the first with the roll's pull step
+   switched off (`Roll.pull_ahead = False`: the download happens inside `apply`, after
+   the drain, as before), the second as shipped (pulled while the batch still serves).
+   Per roll: the longest time a host was out of the front door, and the split of that
+   host's batch into its steps, from the roll's stamped stderr: pull (still serving),
+   drain, apply (up to the health wait), health (the wait for healthy), rest (the rest of
+   deploy.py and the smoke test), warm (loading `ollama_warm_models`, tinyllama here),
+   undrain;
+4. **broken releases**: a roll (`--rollback`, default health knobs) to each of the lab's
+   broken releases (never healthy, exits at start, panics in a loop): the time from the
+   canary's `--> roll: canary` line to the line that calls it (`rolling gpu-1 back`), next
+   to `ollama_health_timeout` (300 s), the bound the deploy waited for before.
+
+`--phases-only` runs 3 and 4 without the roll-vs-naive comparison.
+
 Run it (needs Docker, like the lab tests; a few minutes):
 
     .venv/bin/python bench/rolling.py           # lab up, first deploy, roll, naive, lab down
@@ -60,6 +79,7 @@ from labrun import (
     BenchError,
     Child,
     Run,
+    lab_cmd,
     lab_fresh_up,
     lab_status,
     lab_teardown,
@@ -89,6 +109,18 @@ SETTLE_S = 3.0  # load before the command starts and after it ends
 POLL_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 1.0
 
+BIG_MB = 256  # the padded releases' extra layer
+BIG_BEFORE, BIG_AFTER = "ollama/ollama:0.8.0", "ollama/ollama:0.8.1"
+BROKEN = {"never healthy": ("0.7.1-bad", "unhealthy"), "exits at start": ("0.7.2-exits", "exits"),
+          "panics in a loop": ("0.7.3-crashes", "crashes")}
+HEALTH_TIMEOUT_S = 300  # ollama_health_timeout's default: what a broken canary cost before
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STEP_LINE = re.compile(r"^--> roll: (?P<step>pull|drain|apply|undrain): ")
+HEALTH_OP = re.compile(r"--> Starting operation: Every Ollama instance healthy")
+NEXT_OP = re.compile(r"--> Starting operation: ")
+WARM_OP = re.compile(r"--> Starting operation: Warm models loaded")
+SMOKED = re.compile(r"^--> roll: (?P<host>\S+): healthy, answers")
+CALLED = re.compile(r"^(--> roll: rolling \S+ back to |roll stopped: )")
 BATCH_LINE = re.compile(r"^--> roll: (?:canary|batch \d+/\d+): (?P<hosts>.+)$")
 DRAIN_LINE = re.compile(r"^--> roll: drain: ")
 UNDRAIN_LINE = re.compile(r"^--> roll: undrain: ")
@@ -108,7 +140,7 @@ def run_timestamped(cmd: list[str], timeout: float, log: Path) -> TimedRun:
         child = Child(cmd, stdout=out, stderr=subprocess.PIPE, bufsize=1, errors="replace")
 
         def read() -> None:  # ends when the pipe closes (the process and its children exit)
-            assert child.proc.stderr is not None
+            assert child.proc.stderr is not None  # noqa: S101 (stderr=PIPE)
             for line in child.proc.stderr:
                 lines.append((time.monotonic(), line.rstrip("\n")))
 
@@ -311,6 +343,167 @@ def out_of_front_door(lines: list[tuple[float, str]], end: float
     return result
 
 
+# --- where a roll's time goes ---------------------------------------------------------------
+
+STEPS = ("pull", "drain", "apply", "health", "rest", "warm", "undrain")
+
+
+def step_split(lines: list[tuple[float, str]], end: float) -> dict[str, dict[str, float]]:
+    """Per host, from a roll's stamped stderr: seconds in each of STEPS of its batch.
+
+    pull/drain/apply/undrain start at the roll's `--> roll: STEP:` lines; apply ends where
+    deploy.py's health wait starts (`Every Ollama instance healthy`), health where the
+    operation after it starts, rest (the rest of deploy.py and the smoke test) at the
+    batch's last `healthy, answers` line; undrain ends at the next roll line."""
+    result: dict[str, dict[str, float]] = {}
+    batch: list[str] = []
+    marks: dict[str, float] = {}
+
+    def close(at: float) -> None:
+        m = marks
+        if "warm" in m and "warm_end" not in m and "smoked" in m:
+            m["warm_end"] = m["smoked"]  # the last operation of deploy.py: up to the smoke
+        spans = {"pull": ("pull", "drain"), "drain": ("drain", "apply"),
+                 "apply": ("apply", "health"), "health": ("health", "rest"),
+                 "rest": ("rest", "smoked"), "warm": ("warm", "warm_end"),
+                 "undrain": ("undrain", "end")}
+        times = {**m, "end": at}
+        for step, (a, b) in spans.items():
+            if a in times and b in times:
+                seconds = times[b] - times[a]
+                if step == "rest" and "warm" in m and "warm_end" in m:
+                    seconds -= m["warm_end"] - m["warm"]  # the warm-up is its own column
+                for name in batch:
+                    result.setdefault(name, {})[step] = seconds
+
+    for t, raw in lines:
+        line = ANSI.sub("", raw).strip()
+        batch_match, step = BATCH_LINE.match(line), STEP_LINE.match(line)
+        if batch_match or line.startswith(("--> roll: done", "roll stopped")):
+            if batch:
+                close(t)
+            batch = [h.strip() for h in batch_match["hosts"].split(",")] if batch_match else []
+            marks = {}
+        elif step:
+            marks[step["step"]] = t
+        elif HEALTH_OP.search(line) and "apply" in marks:
+            marks["health"] = t
+        elif "health" in marks and "rest" not in marks and NEXT_OP.search(line):
+            marks["rest"] = t
+            if WARM_OP.search(line):
+                marks["warm"] = t
+        elif WARM_OP.search(line):
+            marks["warm"] = t
+        elif "warm" in marks and "warm_end" not in marks and NEXT_OP.search(line):
+            marks["warm_end"] = t
+        elif SMOKED.match(line):
+            marks["smoked"] = t
+    if batch:
+        close(end)
+    return result
+
+
+def out_of_service(split: dict[str, float]) -> float:
+    return sum(split.get(step, 0.0) for step in STEPS if step != "pull")
+
+
+def called_after(lines: list[tuple[float, str]]) -> float | None:
+    """Seconds from the canary's line to the line that calls the release broken."""
+    start = next((t for t, line in lines if line.startswith("--> roll: canary")), None)
+    called = next((t for t, line in lines if CALLED.match(line)), None)
+    return None if start is None or called is None else called - start
+
+
+def roll_command(inventory: str, *args: str, pull_ahead: bool = True) -> list[str]:
+    if pull_ahead:
+        return [sys.executable, "-m", "fleetctl", inventory, "roll", "-y", *args]
+    program = ("from gevent import monkey; monkey.patch_all(); import sys; "
+               "import fleetctl.roll; fleetctl.roll.Roll.pull_ahead = False; "
+               "from fleetctl.cli import main; sys.exit(main())")
+    return [sys.executable, "-c", program, inventory, "roll", "-y", *args]
+
+
+@dataclass
+class Phases:
+    splits: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # label ->
+    seconds: dict[str, float] = field(default_factory=dict)  # label -> the roll's wall clock
+    failed: dict[str, int] = field(default_factory=dict)  # label -> requests failed
+    called: dict[str, float | None] = field(default_factory=dict)  # broken kind -> seconds
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+def phases(inventory: str, front: str, logs: Path) -> Phases:
+    """Rolls 3 and 4 of the module's docstring."""
+    from lab.loadgen import LoadGenerator
+
+    result = Phases()
+    for image in (BIG_BEFORE, BIG_AFTER):
+        tag = image.split(":")[1]
+        say(f"[{LAB}] publishing {image} with a {BIG_MB} MiB layer")
+        published = run(lab_cmd(LAB, "ollama-image", tag, "--pad-mb", str(BIG_MB)), 900,
+                        logs / f"publish-{tag}.log")
+        if not published.ok:
+            raise BenchError(f"publishing {image} failed:\n{tail(published.output)}")
+    for tag, fault in BROKEN.values():
+        published = run(lab_cmd(LAB, "ollama-image", tag, "--fault", fault), 900,
+                        logs / f"publish-{tag}.log")
+        if not published.ok:
+            raise BenchError(f"publishing {tag} failed:\n{tail(published.output)}")
+    for label, image, ahead in (("before (pull after drain)", BIG_BEFORE, False),
+                                ("after (pull ahead)", BIG_AFTER, True)):
+        say(f"[{LAB}] roll to {image}: {label}")
+        with LoadGenerator(f"http://{front}", MODEL, threads=THREADS,
+                           num_predict=NUM_PREDICT) as load:
+            timed = run_timestamped(roll_command(inventory, "--data", f"ollama_image={image}",
+                                                 "--data", f'ollama_warm_models=["{MODEL}"]',
+                                                 pull_ahead=ahead),
+                                    ROLL_TIMEOUT_S, logs / f"roll-{image.split(':')[1]}.log")
+        if not timed.ok:
+            raise BenchError(f"roll to {image} failed ({why(timed)}):\n{tail(timed.output)}")
+        end = timed.lines[-1][0] if timed.lines else time.monotonic()
+        result.splits[label] = step_split(timed.lines, end)
+        result.seconds[label] = timed.seconds
+        result.failed[label] = load.stats.failed + load.stats.streams_cut
+    for kind, (tag, _) in BROKEN.items():
+        say(f"[{LAB}] roll to ollama/ollama:{tag} ({kind}), --rollback")
+        timed = run_timestamped(roll_command(inventory, "--rollback", "--data",
+                                             f"ollama_image=ollama/ollama:{tag}"),
+                                ROLL_TIMEOUT_S, logs / f"roll-{tag}.log")
+        result.called[kind] = called_after(timed.lines)
+        stopped = [line for _, line in timed.lines if line.startswith("roll stopped: ")]
+        result.evidence[kind] = stopped[-1].split(". ")[0] if stopped else why(timed)
+    return result
+
+
+def phases_report(p: Phases) -> str:
+    out = [f"where a roll's time goes (3 hosts, one at a time; releases with a {BIG_MB} MiB "
+           "layer; load through the front door):", ""]
+    rows = [("", *STEPS, "out of front door", "roll", "failed requests")]
+    longest: dict[str, float] = {}
+    for label, split in p.splits.items():
+        if not split:
+            continue
+        host = max(split, key=lambda h: out_of_service(split[h]))
+        longest[label] = out_of_service(split[host])
+        rows.append((f"{label}, {host}",
+                     *(f"{split[host][s]:.1f}" if s in split[host] else "-" for s in STEPS),
+                     f"{longest[label]:.1f} s", f"{p.seconds[label]:.0f} s",
+                     str(p.failed[label])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+    if len(longest) == 2:
+        before, after = longest.values()
+        out.append(f"longest out of the front door, before/after: {before / after:.2f}x"
+                   if after else "")
+    out += ["", f"broken release called (canary's start -> called; before: the deploy waited "
+                f"for ollama_health_timeout, {HEALTH_TIMEOUT_S} s):"]
+    for kind, seconds in p.called.items():
+        ratio = f", {HEALTH_TIMEOUT_S / seconds:.1f}x sooner" if seconds else ""
+        out.append(f"  {kind:<17} {_s(seconds)}{ratio}: {p.evidence.get(kind, '')}")
+    return "\n".join(out)
+
+
 # --- report ---------------------------------------------------------------------------------
 
 def _s(value: float | None) -> str:
@@ -458,8 +651,9 @@ def _versions(got: dict[str, str | None]) -> str:
 
 # --- main -----------------------------------------------------------------------------------
 
-def bench(logs: Path, keep: bool) -> int:
+def bench(logs: Path, keep: bool, phases_only: bool = False) -> int:
     roll = naive = None
+    split: Phases | None = None
     first_deploy: Run | None = None
     up_s: float | None = None
     failed = False
@@ -482,11 +676,14 @@ def bench(logs: Path, keep: bool) -> int:
                              f"{tail(first_deploy.output)}")
         say(f"[{LAB}] first deploy in {first_deploy.seconds:.1f} s")
 
+        if phases_only:
+            split = phases(inventory, front, logs)
+            return 0
         roll_cmd = [sys.executable, "-m", "fleetctl", inventory, "roll", "-y",
                     "--data", f"ollama_image={B}"]
         roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs / "roll.log", hosts, front,
                         timestamped=True)
-        assert isinstance(roll.run, TimedRun)
+        assert isinstance(roll.run, TimedRun)  # noqa: S101 (type narrowing)
         roll_end = roll.run.lines[-1][0] if roll.run.lines else time.monotonic()
         roll.out_of_front = out_of_front_door(roll.run.lines, max(roll_end, time.monotonic()))
         failed |= roll.error is not None
@@ -494,6 +691,7 @@ def bench(logs: Path, keep: bool) -> int:
         naive = measured("naive", [*deploy, "--data", f"ollama_image={A}"], NAIVE_TIMEOUT_S,
                          logs / "naive.log", hosts, front, timestamped=False)
         failed |= naive.error is not None
+        split = phases(inventory, front, logs)
     except BenchError as exc:
         failed = True
         say(f"[{LAB}] FAILED: {exc}")
@@ -503,7 +701,10 @@ def bench(logs: Path, keep: bool) -> int:
         raise
     finally:
         lab_teardown(LAB, logs / "down.log", keep)
-        say("\n" + report(roll, naive, first_deploy, up_s))
+        if not phases_only:
+            say("\n" + report(roll, naive, first_deploy, up_s))
+        if split is not None:
+            say("\n" + phases_report(split))
         say(f"\nlogs: {logs}")
     return 1 if failed else 0
 
@@ -514,12 +715,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab up afterwards (it is still removed and recreated "
                              "at the start of the next run)")
+    parser.add_argument("--phases-only", action="store_true",
+                        help="only where a roll's time goes (pull ahead, broken releases)")
     args = parser.parse_args(argv)
     logs = start(parser, "bench/rolling.py", "bench-rolling-")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # lab.loadgen
     try:
-        return bench(logs, args.keep)
+        return bench(logs, args.keep, args.phases_only)
     except KeyboardInterrupt:
         say("interrupted; the lab was removed (unless --keep)")
         return 130
