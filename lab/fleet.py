@@ -308,7 +308,8 @@ class Lab:
         version = tag.split("-")[0].lstrip("v")
         files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py"}
         if pad_mb:
-            files["lab-padding"] = random.Random(tag).randbytes(pad_mb << 20)  # noqa: S311 (padding, no secret)
+            rng = random.Random(tag)  # noqa: S311 (padding, no secret)
+            files["lab-padding"] = b"".join(rng.randbytes(1 << 20) for _ in range(pad_mb))
         dockerfile = recipe.read_text().replace("{version}", version).replace(
             "{registry}", registry).replace(
             "{fault}", f"&& {FAULT_FILES[fault]}" if fault else "").replace(
