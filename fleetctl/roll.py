@@ -157,7 +157,7 @@ class Roll:
                  step_timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.fleet = fleet
         self.step_timeout = step_timeout  # each pyinfra run of the roll (pull, drain, apply)
-        self.out: list[str] | None = None  # what the front doors hold out (read when needed)
+        self.out: list[str] = []  # what the front doors hold out, as this roll last wrote it
         self.data = fleet.data
         self.lb = [h.name for h in fleet.front_doors]
         self.log = log
@@ -180,9 +180,8 @@ class Roll:
         they hold (tasks.front_door.HELD_OUT), so a plain deploy cannot undo it."""
         if not self.lb:
             return
-        if self.out is None:
-            self.out = self.read_held_out()
-        self.out = [n for n in dict.fromkeys([*self.out, *out]) if n not in back]
+        # read again each time: another operator's drain or undrain since is kept
+        self.out = [n for n in dict.fromkeys([*self.read_held_out(), *out]) if n not in back]
         self.pyinfra(self.lb, {**self.data, "front_door_out": self.out}, step, host)
 
     def read_held_out(self) -> list[str]:

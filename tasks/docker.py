@@ -23,7 +23,7 @@ from pyinfra.operations.util import any_changed
 
 from tasks import distributions, nvidia_toolkit
 from tasks import packages as apt_packages
-from tasks.facts import JsonFile
+from tasks.facts import DockerSwarmState, JsonFile
 from tasks.nvidia_toolkit import runtime_configure_flags
 from tasks.probe import fact
 from tasks.report import fail_command
@@ -100,6 +100,11 @@ def daemon_json(owned: dict[str, Any], nvidia_runtime: dict[str, bool] | None = 
     + nvidia_runtime: `{"default_runtime": bool, "cdi": bool}` on GPU servers, else None
     + path: daemon.json's path
     """
+    if owned.get("live-restore") and host.get_fact(DockerSwarmState) == "active":
+        yield fail_command("docker_live_restore: this host is a Swarm node, and Docker "
+                           "refuses to start with live-restore in Swarm mode; set "
+                           "docker_live_restore: false for it (nothing was changed)")
+        return
     current = fact(JsonFile, path=path)
     if current and "__invalid__" in current:
         yield fail_command(f"{path}: not valid JSON; fix or remove it (nothing was changed)")
@@ -139,6 +144,12 @@ def configure_daemon(settings: Settings) -> OperationMeta:
 
 
 def restart_docker(changes: list[OperationMeta]) -> None:
-    """One restart for everything that changed Docker's configuration, and only then."""
+    """One restart for everything that changed Docker's configuration, and only then.
+
+    A reload first: the running daemon takes the reloadable keys, live-restore among them,
+    so the restart that follows leaves the containers running even the first time
+    live-restore is turned on (without it, stopping dockerd stops every container)."""
+    systemd.service(name="Reload Docker (live-restore before the restart)", service="docker",
+                    reloaded=True, _if=any_changed(*changes))
     systemd.service(name="Restart Docker for its new configuration", service="docker",
                     restarted=True, _if=any_changed(*changes))

@@ -164,10 +164,11 @@ class ContainerGpus(FactBase):
 
 
 class Lines(FactBase):
-    """A text file's non-empty lines ([] when it is not there)."""
+    """A text file's non-empty lines ([] when it is not there; a file that is there but
+    cannot be read fails the fact, and so the host: it is not taken for empty)."""
 
     def command(self, path: str) -> str:
-        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+        return f"test ! -e {shlex.quote(path)} || cat {shlex.quote(path)}"
 
     def process(self, output: list[str]) -> list[str]:
         return [line.strip() for line in output if line.strip()]
@@ -215,6 +216,16 @@ class KeptLoaded(FactBase):
                           if int(str(m.get("expires_at", ""))[:4] or 0) >= FOREVER_YEAR)
         except (ValueError, AttributeError, KeyError, TypeError):
             return None
+
+
+class DockerSwarmState(FactBase):
+    """The engine's Swarm state (`inactive`, `active`, ...; `none` without Docker)."""
+
+    def command(self) -> str:
+        return "docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo none"
+
+    def process(self, output: list[str]) -> str:
+        return "".join(output).strip() or "none"
 
 
 class DockerRuntimes(FactBase):

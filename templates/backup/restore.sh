@@ -22,12 +22,14 @@ fail() { echo "store-error: $*" >&2; cd /; rm -rf "$stage"; exit 1; }
 cd "$stage" || fail "$stage: the upload is missing"
 sum=$(sha256sum backup.tar | cut -c1-64)
 [ "$sum" = "$want" ] || fail "$name: sha256 after the upload is $sum, $name.sha256 says $want"
-{ mkdir x && tar -xf backup.tar -C x --no-same-owner --no-same-permissions; } \
-  || fail "$name: cannot be extracted"
+mkdir x || fail "$stage/x: cannot be made"
+why=$(tar -xf backup.tar -C x --no-same-owner --no-same-permissions 2>&1) \
+  || fail "$name: cannot be extracted: $(printf '%s\n' "$why" | head -n 1)"
 rm -f backup.tar
 # a store holds plain files and directories: no link, device or fifo comes in, and every
 # mode is the store's own (no set-uid, set-gid or sticky bit, nothing writable by others)
-odd=$(find x ! -type f ! -type d | head -n 1)
+# (a hard link is a regular file with another name: it could point outside x, so none)
+odd=$(find x \( ! -type f ! -type d \) -o \( -type f -links +1 \) | head -n 1)
 [ -z "$odd" ] || fail "$name: ${odd#x/}: not a regular file or directory"
 { find x -type d -exec chmod 755 {} + && find x -type f -exec chmod 644 {} +; } \
   || fail "$name: modes cannot be set"

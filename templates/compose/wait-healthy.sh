@@ -22,11 +22,11 @@ tries=$((timeout_s / 2))
 [ "$tries" -ge 1 ] || tries=1
 
 state() {  # <status> <restart count> <exit code> <health>, or nothing without the container
-    docker inspect -f '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$1" 2>/dev/null
+    docker inspect --type container -f '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$1" 2>/dev/null
 }
 
 last_log() {  # its last error line (a Go panic, `Error: ...`, level=ERROR), else its last line
-    logs=$(docker logs --tail 20 "$1" 2>&1 | tr -d '\r')
+    logs=$(docker logs --tail 300 "$1" 2>&1 | tr -d '\r')  # a Go panic's trace is long
     line=$(printf '%s\n' "$logs" | grep -E '^(panic|Error|fatal error):|level=ERROR' | tail -n 1)
     [ -n "$line" ] || line=$(printf '%s\n' "$logs" | grep -v '^[[:space:]]*$' | tail -n 1)
     printf '%s\n' "$line"
@@ -72,7 +72,7 @@ EOF
         # Docker also says `unhealthy` of a container that stopped (its probes end): only a
         # running container's `unhealthy` is its healthcheck's verdict
         if [ "$health" = unhealthy ] && [ "$status" = running ]; then
-            probe=$(docker inspect -f '{{range .State.Health.Log}}{{printf "%q" .Output}}{{"\n"}}{{end}}' "$c" 2>/dev/null | grep -v '^$' | tail -n 1)
+            probe=$(docker inspect --type container -f '{{range .State.Health.Log}}{{printf "%q" .Output}}{{"\n"}}{{end}}' "$c" 2>/dev/null | grep -v '^$' | tail -n 1)
             printf '%s: unhealthy: %s\n' "$c" "${probe:-no probe output}" >&2
             exit 1
         fi

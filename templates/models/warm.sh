@@ -5,7 +5,9 @@
 # warm.sh URL TIMEOUT_S MODEL...
 # Load each MODEL on the Ollama instance at URL (http://ADDRESS:PORT) for good: a generate
 # with no prompt and keep_alive -1 (Ollama loads the model and answers `done_reason`
-# `load`), each bounded by TIMEOUT_S seconds; then check /api/ps lists every MODEL.
+# `load`; an embedding-only model, which Ollama refuses to generate with, is loaded by
+# one /api/embed instead), each bounded by TIMEOUT_S seconds; then check /api/ps lists
+# every MODEL.
 # MODEL is a name the deploy validated (letters, digits, `._-:/`), so it goes into the
 # JSON body as it is.
 # Exit: 0 every MODEL loaded; 1 at the first that is not: stderr says which and Ollama's
@@ -17,7 +19,14 @@ for model in "$@"; do
     answer=$(curl -sS --max-time "$timeout_s" -H 'Content-Type: application/json' \
         -d "{\"model\":\"$model\",\"keep_alive\":-1}" "$url/api/generate" 2>&1)
     case $answer in
-    *'"done":true'*) ;;
+    *'does not support generate'*)  # an embedding model: loaded by one embedding
+        answer=$(curl -sS --max-time "$timeout_s" -H 'Content-Type: application/json' \
+            -d "{\"model\":\"$model\",\"input\":\"warm-up\",\"keep_alive\":-1}" \
+            "$url/api/embed" 2>&1)
+        ;;
+    esac
+    case $answer in
+    *'"done":true'* | *'"embeddings":[['*) ;;
     *)
         printf '%s: %s: not loaded: %s\n' "$url" "$model" "$(printf '%s' "$answer" | tr '\n' ' ')" >&2
         exit 1

@@ -380,17 +380,26 @@ def test_restore_takes_no_special_bits_and_no_links(tmp_path):
     assert {oct(m) for m in modes.values()} == {"0o644", "0o755"}, modes
     assert all(m == (0o755 if (target / p).is_dir() else 0o644) for p, m in modes.items())
 
-    link = tarfile.TarInfo("models/blobs/evil")
-    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
-    tarball = make_tar(tmp_path / "l.tar", GOOD, extra=[link])
-    target = make_store(tmp_path / "target2")
-    before = listing(target)
-    staged(target, tarball)
-    proc = sh(restore_script(str(target), tarball.name, sha(tarball.read_bytes())))
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"{ERROR_MARK}l.tar: models/blobs/evil: not a regular "
-                                   "file or directory")
-    assert listing(target) == before and not (target / STAGING).exists()
+    outside = tmp_path / "outside"  # a file of the host's, beside the store
+    outside.write_bytes(b"root's")
+    outside.chmod(0o600)
+    for kind, target_name in ((tarfile.SYMTYPE, "/etc/shadow"),
+                              (tarfile.LNKTYPE, "SHA256SUMS"),  # a second name of a file
+                              (tarfile.LNKTYPE, f"../../../{outside.name}")):
+        link = tarfile.TarInfo("models/blobs/evil")
+        link.type, link.linkname = kind, target_name
+        tarball = make_tar(tmp_path / "l.tar", GOOD, extra=[link])
+        target = make_store(tmp_path / f"target-{kind.decode()}{target_name[0]}")
+        before = listing(target)
+        staged(target, tarball)
+        proc = sh(restore_script(str(target), tarball.name, sha(tarball.read_bytes())))
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"{ERROR_MARK}l.tar: models/blobs/evil: not a regular " \
+            "file or directory" or proc.stderr.startswith(  # or tar refuses it first
+                f"{ERROR_MARK}l.tar: cannot be extracted: tar: "), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert listing(target) == before and not (target / STAGING).exists()
+        assert outside.stat().st_mode & 0o777 == 0o600  # its mode untouched
 
 
 # -- what a restore has to do, facts, pyinfra's output ---------------------------------------

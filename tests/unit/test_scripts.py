@@ -59,9 +59,10 @@ def test_a_script_without_its_interpreter_line_is_refused():
 DOCKER_STATE = r'''d="${0%/*}/state"
 case "$1" in
 inspect)
-    f="$d/$4"
+    for last; do :; done
+    f="$d/$last"
     [ -f "$f" ] || exit 1
-    case "$3" in
+    case "$*" in
     *RestartCount*)
         head -n 1 "$f"
         rest=$(tail -n +2 "$f")
@@ -214,9 +215,14 @@ case "$last" in
     case "$*" in
     *'"model":"broken:latest"'*) printf '{"error":"llama runner process has terminated"}'
                                  exit 0 ;;
+    *'"model":"all-minilm:latest"'*)
+        printf '{"error":"\\"all-minilm:latest\\" does not support generate"}'; exit 0 ;;
     esac
     echo "$*" >> "$d/loads"
     printf '{"model":"x","response":"","done":true,"done_reason":"load"}' ;;
+*/api/embed)
+    echo "$*" >> "$d/loads"
+    printf '{"model":"all-minilm:latest","embeddings":[[0.1,0.2]]}' ;;
 */api/ps)
     printf '{"models":['
     grep -o '"model":"[^"]*"' "$d/loads" | sed 's/"model"/{"name"/; s/$/}/' | tr '\n' ',' \
@@ -234,6 +240,15 @@ def test_warm_loads_each_model_for_good_and_checks_ps(tmp_path):
     loads = (tmp_path / "stub-bin" / "loads").read_text()
     assert '-d {"model":"tinyllama:latest","keep_alive":-1} ' in loads
     assert '-d {"model":"qwen2.5:0.5b","keep_alive":-1} ' in loads
+
+
+def test_warm_loads_an_embedding_model_with_one_embedding(tmp_path):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+                                         "all-minilm:latest"), tmp_path, {"curl": CURL_OLLAMA})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    loads = (tmp_path / "stub-bin" / "loads").read_text()
+    assert '"model":"all-minilm:latest","input":"warm-up","keep_alive":-1' in loads
+    assert loads.strip().endswith("/api/embed")
 
 
 def test_warm_names_the_model_ollama_could_not_load(tmp_path):
