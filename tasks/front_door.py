@@ -55,17 +55,13 @@ def held_out(settings: Settings) -> list[str]:
 
 
 def upstreams(settings: Settings, fleet: Fleet, out: list[str] | None = None) -> list[Upstream]:
-    """Every gpu_servers host's entry point (its nginx, or each of its instances), in
+    """Every gpu_servers host's entry point (its nginx, never its Ollama ports), in
     inventory order; `down` when the inventory (front_door_drained) or the operator's
     commands (OUT) hold it out."""
     result = []
     for gpu in fleet.gpu_servers:
         drained = gpu.name in settings.front_door_drained or gpu.name in (out or [])
-        if settings.front_door_upstream == "nginx":
-            result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained))
-        else:
-            result += [Upstream(gpu.name, gpu.address, port, drained)
-                       for _, port in gpu.settings.instance_ports()]
+        result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained))
     return result
 
 

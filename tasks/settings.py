@@ -382,8 +382,9 @@ class Settings(BaseModel):
     front_door_port: int = Field(80, ge=1, le=65535, description=(
         "port the front door listens on"))
     front_door_upstream: Literal["nginx", "instances"] = Field("nginx", description=(
-        "`nginx`: each GPU server's nginx; `instances`: its Ollama ports directly "
-        "(needs ollama_bind_address reachable from the front door)"))
+        "`nginx`: each GPU server's nginx (its gate: keys, admin endpoints, limits). "
+        "`instances` (Ollama's ports directly) is refused: it would open them, admin "
+        "endpoints included, to the network with nothing in front"))
     front_door_drained: list[Text] = Field(default_factory=list, description=(
         "gpu_servers hosts kept out of the front door by the inventory (maintenance)"))
     front_door_out: list[Text] | None = Field(None, description=(
@@ -474,6 +475,11 @@ class Settings(BaseModel):
             if canonical(model) not in known:
                 raise ValueError(f"ollama_warm_models: {model!r} is not in ollama_models "
                                  "(only a model the host has can be kept loaded)")
+        if self.front_door_upstream == "instances":
+            raise ValueError("front_door_upstream: 'instances' would open every GPU host's "
+                             "Ollama ports, admin endpoints included, to the network with "
+                             "nothing in front (the deploy has no firewall to keep them to "
+                             "the front doors); use 'nginx', whose gate the front door passes")
         longest = nginx_seconds(self.nginx_timeout)
         if self.front_door_drain_timeout < longest:
             raise ValueError(f"front_door_drain_timeout: {self.front_door_drain_timeout} s is "
@@ -629,13 +635,6 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
             if named:
                 problems.append(f"{name}: ollama_fanout_allow: peers {named} are reached by "
                                 "name; give the fleet's networks (CIDR) that may copy models")
-        if settings.front_door_upstream == "instances":
-            for gpu in gpu_servers or []:
-                if gpu in result and result[gpu].ollama_bind_address.startswith("127."):
-                    problems.append(f"{gpu}: ollama_bind_address: the front door sends to "
-                                    "instances directly (front_door_upstream 'instances'), "
-                                    "so it cannot be loopback")
-                    break
     problems += _front_door_models(result, gpu_servers or [], lb_servers or [])
     if problems:
         raise SettingsError(list(dict.fromkeys(problems)))

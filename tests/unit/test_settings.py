@@ -153,3 +153,13 @@ def test_the_front_door_waits_for_the_longest_request_before_it_goes_on():
     assert caught.value.problems == [
         "lb-1: front_door_drain_timeout: 120 s is shorter than nginx_timeout (600s): a request "
         "still in flight on a drained host would be cut"]
+
+
+def test_the_front_door_never_sends_past_the_hosts_gate():
+    with pytest.raises(SettingsError) as caught:
+        settings_for("lb-1", {"front_door_upstream": "instances"})
+    assert caught.value.problems == [
+        "lb-1: front_door_upstream: 'instances' would open every GPU host's Ollama ports, "
+        "admin endpoints included, to the network with nothing in front (the deploy has no "
+        "firewall to keep them to the front doors); use 'nginx', whose gate the front door "
+        "passes"]
