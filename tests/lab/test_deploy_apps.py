@@ -101,7 +101,7 @@ def test_the_gate_lets_the_hosts_apps_in_and_no_one_else(fleet, tmp_path):
         assert answer["cached"] is False and answer["answer"]
         _, out, _ = fleet.ssh("gpu-2", f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' "
                                        f"http://{gpu_1}/api/tags")
-        assert out == "401"  # the LAN without a key does not
+        assert out == "403"  # the LAN does not: not on nginx_allow, refused before the key
         delete = ("import urllib.request as u, urllib.error as e\n"
                   "r = u.Request('http://host.docker.internal/api/delete', method='DELETE', "
                   "data=b'{\"model\": \"tinyllama\"}')\n"
