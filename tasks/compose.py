@@ -152,7 +152,7 @@ def images_pulled(images: tuple[str, ...]):
 
     + images: the image references, as the Compose file names them
     """
-    wanted = tuple(dict.fromkeys(images))
+    wanted = list(dict.fromkeys(images))  # a list: as a remembered fact reads back (probe)
     present = set(host.get_fact(DockerImages, images=wanted))
     missing = [image for image in wanted if image not in present]
     if not missing:

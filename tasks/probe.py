@@ -181,10 +181,14 @@ def _cached(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[b
         return False, None
     current = getattr(host, "current_op_global_arguments", None) or {}
     data = getattr(host, "data", None)
+    # what the batch ran with: the host's own values, else pyinfra's defaults (every
+    # operation carries them, the shell `sh` among them)
+    default_shell = getattr(getattr(state, "config", None), "SHELL", None) or "sh"
     for name in WHO:
         if name in kwargs or name in current:
             own = data.get(name) if data is not None else None
-            if kwargs.get(name, current.get(name)) not in (own, None, False, {}):
+            default = default_shell if name == "_shell_executable" else None
+            if kwargs.get(name, current.get(name)) not in (own, default, None, False, {}):
                 return False, None  # asked as someone else, or elsewhere: not what we read
     key = _key(cls, kwargs)
     if key in cache:

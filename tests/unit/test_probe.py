@@ -111,6 +111,14 @@ def test_prefetched_facts_age_out_and_answer_only_as_the_host_itself(monkeypatch
     assert probe._cached(host, File, (), {"path": "/x", "_sudo_user": "ollama"}) == (
         False, None)
     assert probe._cached(host, File, (), {"path": "/x", "_sudo": False})[0]
+    # inside an operation pyinfra passes its defaults along (the shell among them): still
+    # the host as the batch read it; another shell is not
+    host.current_op_global_arguments = {"_sudo": False, "_sudo_user": None, "_env": {},
+                                        "_chdir": None, "_shell_executable": "sh"}
+    assert probe._cached(host, File, (), {"path": "/x"}) == (True, {"size": 1})
+    host.current_op_global_arguments["_shell_executable"] = "bash"
+    assert probe._cached(host, File, (), {"path": "/x"}) == (False, None)
+    del host.current_op_global_arguments
     later = probe.time.monotonic() + probe.MAX_AGE_S + 1
     monkeypatch.setattr(probe.time, "monotonic", lambda: later)
     assert probe._cached(host, File, (), {"path": "/x"}) == (False, None)
