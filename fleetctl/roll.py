@@ -157,7 +157,6 @@ class Roll:
                  step_timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.fleet = fleet
         self.step_timeout = step_timeout  # each pyinfra run of the roll (pull, drain, apply)
-        self.out: list[str] = []  # what the front doors hold out, as this roll last wrote it
         self.data = fleet.data
         self.lb = [h.name for h in fleet.front_doors]
         self.log = log
@@ -181,8 +180,8 @@ class Roll:
         if not self.lb:
             return
         # read again each time: another operator's drain or undrain since is kept
-        self.out = [n for n in dict.fromkeys([*self.read_held_out(), *out]) if n not in back]
-        self.pyinfra(self.lb, {**self.data, "front_door_out": self.out}, step, host)
+        held = [n for n in dict.fromkeys([*self.read_held_out(), *out]) if n not in back]
+        self.pyinfra(self.lb, {**self.data, "front_door_out": held}, step, host)
 
     def read_held_out(self) -> list[str]:
         """What the front doors hold out now (another roll's stopped batch, a `drain`)."""

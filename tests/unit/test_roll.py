@@ -66,7 +66,8 @@ class RecordedRoll(Roll):
 
     def __init__(self, fail: tuple[str, str] | None = None, held: tuple[str, ...] = ()) -> None:
         lb = FleetHost("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
-        super().__init__(Fleet("inv.py", "/inv.py", (lb,), {}), log=lambda line: None)
+        self.lines: list[str] = []  # what the roll logged
+        super().__init__(Fleet("inv.py", "/inv.py", (lb,), {}), log=self.lines.append)
         self.steps: list[str] = []
         self.fail = fail
         self.held = list(held)  # what the front door holds out before the roll
@@ -111,40 +112,34 @@ def test_what_the_front_door_holds_out_stays_out_through_the_roll():
 
 
 def test_a_failed_pull_stops_the_roll_before_any_drain():
-    lines: list[str] = []
     roll = RecordedRoll(fail=("pull", "gpu-2"))
-    roll.log = lines.append
     assert roll.run(hosts(3), 1, rollback=False) == 1
     assert roll.steps[-2:] == ["undrain lb-1 drained=- (deploy.py)",
                                "pull gpu-2 (tasks/pull_deploy.py)"]
-    assert lines[-1] == ("roll stopped: gpu-2 failed at step 'pull': boom. Nothing of this "
+    assert roll.lines[-1] == ("roll stopped: gpu-2 failed at step 'pull': boom. Nothing of this "
                          "batch was drained or changed; untouched: gpu-2, gpu-3; done: gpu-1. "
                          "Fix the image, then roll again.")
 
 
 def test_a_failed_batch_stays_out_whole_and_is_named_with_its_roll_back():
-    lines: list[str] = []
     roll = RecordedRoll(fail=("apply", "gpu-2"))
-    roll.log = lines.append
     assert roll.run(hosts(4), 2, rollback=False) == 1
     assert roll.steps[-1] == "apply gpu-2,gpu-3 (deploy.py)"  # no undrain after it
-    assert lines[-1] == (
+    assert roll.lines[-1] == (
         "roll stopped: gpu-2 failed at step 'apply': boom. gpu-2, gpu-3 stay out of the front "
         "door; untouched: gpu-4; done: gpu-1. Roll back: ollama-fleet inv.py roll -y "
         "--limit gpu-2 --limit gpu-3 --data ollama_image=ollama/ollama:0.6.5")
 
 
 def test_a_rollback_smoke_tests_the_previous_image_and_puts_the_host_back():
-    lines: list[str] = []
     roll = RecordedRoll(fail=("apply", "gpu-1"))
-    roll.log = lines.append
     assert roll.run(hosts(3), 1, rollback=True) == 1
     assert roll.steps == [
         "pull gpu-1 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
         "apply gpu-1 (deploy.py)", "rollback gpu-1 (deploy.py)",
         "smoke gpu-1 (ollama/ollama:0.6.5)",  # the image it runs again, not the failed one
         "undrain after rollback lb-1 drained=- (deploy.py)"]
-    assert lines[-1] == ("roll stopped: gpu-1 failed at step 'apply': boom. Rolled back, in "
+    assert roll.lines[-1] == ("roll stopped: gpu-1 failed at step 'apply': boom. Rolled back, in "
                          "the front door again: gpu-1; untouched: gpu-2, gpu-3; done: none.")
 
 
