@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import ollama
+import openai
 import pytest
 
 pytestmark = pytest.mark.lab
@@ -800,3 +801,196 @@ def test_parallel_limit_and_queue(fake_registry, start_server):
     assert codes == [200, 503]
     busy = next(body for s, body in results.values() if s == 503)
     assert busy == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+
+
+# ---------------------------------------------------------------------------
+# OpenAI compatibility (upstream openai/openai.go), through the official client
+# ---------------------------------------------------------------------------
+
+
+def openai_client(srv: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="ollama",
+                         timeout=60, max_retries=0)
+
+
+def test_openai_chat_with_official_client(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    oai = openai_client(srv)
+    messages = [{"role": "user", "content": "hello there"}]
+
+    chat = oai.chat.completions.create(model="tinyllama", messages=messages)
+    assert chat.object == "chat.completion"
+    assert re.fullmatch(r"chatcmpl-\d{1,3}", chat.id)
+    assert chat.model == "tinyllama" and chat.system_fingerprint == "fp_ollama"
+    assert abs(chat.created - time.time()) < 60
+    (choice,) = chat.choices
+    assert choice.index == 0 and choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    # the native handler answered: same words as /api/chat gives for the same messages
+    native = srv.client().chat(model="tinyllama", messages=messages, stream=False)
+    assert choice.message.content == native.message.content
+    assert choice.message.content.startswith("lab answer to: hello there")
+    assert chat.usage.prompt_tokens == native.prompt_eval_count
+    assert chat.usage.completion_tokens == native.eval_count > 0
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+    # loaded by the same scheduler as native requests, with the default keep-alive
+    assert [m.model for m in srv.client().ps().models] == ["tinyllama:latest"]
+
+    short = oai.chat.completions.create(model="tinyllama", messages=messages, max_tokens=2,
+                                        temperature=0.2, seed=7, stop=["never"])
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage.completion_tokens == 2
+    assert short.choices[0].message.content == "lab answer"
+
+    formatted = oai.chat.completions.create(model="tinyllama", messages=messages,
+                                            response_format={"type": "json_object"})
+    assert json.loads(formatted.choices[0].message.content) == {
+        "response": "lab answer to: hello there"}
+
+    stream = oai.chat.completions.create(model="tinyllama", messages=messages, stream=True)
+    chunks = list(stream)
+    assert len(chunks) > 3
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert all(c.choices[0].delta.role == "assistant" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+        choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+
+    stream = oai.chat.completions.create(model="tinyllama", messages=messages, stream=True,
+                                         max_tokens=3, stream_options={"include_usage": True})
+    chunks = list(stream)
+    *content, usage = chunks
+    assert content[-1].choices[0].finish_reason == "length"
+    assert usage.choices == [] and usage.usage.completion_tokens == 3
+    assert usage.usage.total_tokens == usage.usage.prompt_tokens + 3
+
+
+def test_openai_stream_is_server_sent_events(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    body = {"model": "tinyllama", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream"
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert chunks[-1]["choices"] == [{"index": 0, "finish_reason": "stop",
+                                      "delta": {"role": "assistant", "content": ""}}]
+    assert set(chunks[0]) == {"id", "object", "created", "model", "system_fingerprint",
+                              "choices"}
+
+
+def test_openai_completions_embeddings_and_models(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    native = srv.client()
+    native.pull("tinyllama")
+    native.pull("all-minilm")
+    oai = openai_client(srv)
+
+    done = oai.completions.create(model="tinyllama", prompt="why is the sky blue?")
+    assert done.object == "text_completion" and re.fullmatch(r"cmpl-\d{1,3}", done.id)
+    assert done.model == "tinyllama" and done.system_fingerprint == "fp_ollama"
+    expected = native.generate(model="tinyllama", prompt="why is the sky blue?")
+    assert done.choices[0].text == expected.response
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage.completion_tokens == expected.eval_count
+    short = oai.completions.create(model="tinyllama", prompt="count", max_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+    chunks = list(oai.completions.create(model="tinyllama", prompt="why is the sky blue?",
+                                         stream=True, stream_options={"include_usage": True}))
+    *pieces, usage = chunks
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in pieces) == expected.response
+    assert pieces[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage.total_tokens == 0 for c in pieces)  # upstream: zero usage until the end
+    assert usage.choices == [] and usage.usage.completion_tokens == expected.eval_count
+
+    one = oai.embeddings.create(model="all-minilm", input="first")
+    assert one.object == "list" and one.model == "all-minilm"
+    (item,) = one.data
+    assert item.object == "embedding" and item.index == 0 and len(item.embedding) == 384
+    assert item.embedding == native.embed(model="all-minilm", input="first").embeddings[0]
+    assert one.usage.prompt_tokens == one.usage.total_tokens > 0
+    two = oai.embeddings.create(model="all-minilm", input=["first", "second"])
+    assert [d.index for d in two.data] == [0, 1]
+    assert two.data[0].embedding == item.embedding != two.data[1].embedding
+    assert all(abs(math.sqrt(sum(x * x for x in d.embedding)) - 1) < 1e-5 for d in two.data)
+
+    listed = {m.id: m for m in oai.models.list()}
+    assert set(listed) == {"tinyllama:latest", "all-minilm:latest"}
+    assert all(m.object == "model" and m.owned_by == "library" for m in listed.values())
+    model = oai.models.retrieve("tinyllama")
+    assert (model.id, model.object, model.owned_by) == ("tinyllama", "model", "library")
+    assert model.created == listed["tinyllama:latest"].created
+
+
+def test_openai_errors_have_openai_shape(fake_registry, start_server):
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    oai = openai_client(srv)
+    user = [{"role": "user", "content": "hi"}]
+
+    def error(exc) -> dict:
+        body = exc.value.response.json()
+        assert set(body) == {"error"} and body["error"]["param"] is None
+        assert body["error"]["code"] is None
+        return body["error"]
+
+    # a native handler's error keeps its status and text; before 0.18 upstream's
+    # BaseWriter.writeError typed every one of them "api_error"
+    with pytest.raises(openai.NotFoundError) as exc:
+        oai.chat.completions.create(model="absent", messages=user)
+    assert error(exc) == {"message": 'model "absent" not found, try pulling it first',
+                          "type": "api_error", "param": None, "code": None}
+    with pytest.raises(openai.NotFoundError) as exc:
+        oai.completions.create(model="absent", prompt="hi")
+    assert error(exc)["message"] == "model 'absent' not found"
+    with pytest.raises(openai.NotFoundError) as exc:
+        oai.embeddings.create(model="absent", input="hi")
+    assert error(exc)["message"] == 'model "absent" not found, try pulling it first'
+    with pytest.raises(openai.NotFoundError) as exc:
+        oai.models.retrieve("absent")
+    assert error(exc)["message"] == "model 'absent' not found"
+    r = httpx.get(srv.url + "/v1/models/library%2Ftinyllama", timeout=10)
+    assert (r.status_code, r.text) == (404, "404 page not found")  # gin's :model holds no "/"
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.chat.completions.create(model="", messages=user)
+    assert error(exc)["message"] == "model is required"
+
+    # the middleware's own refusals are invalid_request_error
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.chat.completions.create(model="tinyllama", messages=[])
+    assert error(exc) == {"message": "[] is too short - 'messages'",
+                          "type": "invalid_request_error", "param": None, "code": None}
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.embeddings.create(model="tinyllama", input=[])
+    assert error(exc)["message"] == "invalid input"
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.completions.create(model="tinyllama", prompt="hi", extra_body={"stop": [1]})
+    assert error(exc)["message"] == "invalid type for 'stop' field: float64"
+    r = httpx.post(srv.url + "/v1/chat/completions", content=b"{not json", timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["message"].startswith("invalid character")
+    r = httpx.post(srv.url + "/v1/chat/completions", timeout=10,
+                   json={"model": "tinyllama", "messages": [{"role": "user"}]})
+    assert (r.status_code, r.json()["error"]["message"]) == (
+        400, "invalid message content type: <nil>")
+
+
+def test_openai_errors_are_typed_by_status_from_0_18(start_server):
+    srv = start_server(OLLAMA_LAB_VERSION="0.18.0")
+    oai = openai_client(srv)
+    with pytest.raises(openai.NotFoundError) as exc:
+        oai.chat.completions.create(model="absent", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.response.json()["error"]["type"] == "not_found_error"
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.chat.completions.create(model="", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.response.json()["error"]["type"] == "invalid_request_error"
