@@ -2168,6 +2168,10 @@ class _ClientGone(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Go's net package sets TCP_NODELAY on every TCP connection (net/tcpsock_posix.go,
+    # newTCPConn -> setNoDelay): an answer's header and body segments go out at once,
+    # never held for the peer's delayed ACK (a 40 ms stall per answer with Nagle on).
+    disable_nagle_algorithm = True
     server_version = "ollama"
     sys_version = ""
 

@@ -390,6 +390,7 @@ class _Dropped(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as Go's servers (TCP_NODELAY): no delayed-ACK stalls
     server_version = "fleetlab-modelregistry/1"
     timeout = 300  # idle keep-alive / stalled-client socket timeout
     registry: Registry  # set on the subclass by make_server
