@@ -14,8 +14,10 @@ first batch is always the single first host, the canary). For each batch:
 3. apply: `deploy.py` on the batch, which waits until every instance is healthy and
    stops at once, with the evidence, on an instance that is unhealthy, exited or
    restarting in a loop;
-4. smoke: a streamed generate with the host's first model through its nginx, and the
-   version it reports must be the image tag's when the tag is a version;
+4. smoke: a streamed generate with the host's first model through its nginx, asked on
+   the host itself (over SSH, from loopback, where the gate needs no key and nginx_allow
+   may keep the operator's machine out), and the version it reports must be the image
+   tag's when the tag is a version;
 5. undrain: the front door takes the batch back.
 
 The first failure stops the roll: the failed host stays out of the front door,
@@ -29,10 +31,8 @@ pyinfra run with --limit (fleetctl.runner), its output streamed as it happens.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +47,7 @@ from fleetctl.runner import (
     run_pyinfra,
 )
 
-SMOKE_TIMEOUT_S = 120
+SMOKE_TIMEOUT_S = 210  # the pyinfra run: SSH, then smoke.sh (curl bounded at 30 s + 120 s)
 PULL_DEPLOY = "tasks/pull_deploy.py"
 VERSION_TAG = re.compile(r"v?(\d+\.\d+\.\d+(?:-rc\d+)?)")
 
@@ -83,12 +83,9 @@ class RollError(Exception):
 @dataclass
 class RollHost:
     name: str
-    address: str
-    nginx_port: int
+    url: str  # the host's own nginx, from the host: http(s)://127.0.0.1:PORT
     model: str | None
     image: str
-    key: str | None = None  # an API key of the host's gate (nginx_api_keys), if it has one
-    tls_port: int | None = None  # the gate's TLS port when nginx_tls is on
 
 
 def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
@@ -97,26 +94,37 @@ def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
     for h in hosts:
         s = h.settings
         model = (s.ollama_warm_models or s.ollama_models or [None])[0]  # a warm one first
-        rolled.append(RollHost(h.name, h.address, s.nginx_port, model,
-                               s.ollama_image, gate_key(h.name, s),
-                               s.nginx_tls_port if s.nginx_tls != "off" else None))
+        url = (f"https://127.0.0.1:{s.nginx_tls_port}" if s.nginx_tls != "off"
+               else f"http://127.0.0.1:{s.nginx_port}")
+        rolled.append(RollHost(h.name, url, model, s.ollama_image))
     return rolled
 
 
-def gate_key(host: str, settings) -> str | None:
-    """A key the host's gate accepts, for the smoke test (read like the deploy reads it)."""
-    from pyinfra.api import OperationError
-
-    from tasks.gate import parse_keys, read_secret
-
-    ref = settings.nginx_api_keys
-    if ref is None:
-        return None
+def smoke_result(h: RollHost, answer: dict[str, str] | None) -> Smoke:
+    """What the smoke test's answer (tasks.facts.SmokeAnswer, None: the host could not be
+    asked) says of H: its version, which must be the image tag's, and the model's load
+    time (Ollama's load_duration); RollError naming what is wrong."""
+    if answer is None:
+        raise RollError(h.name, "smoke", "could not ask the host over SSH")
+    if "error" in answer:
+        raise RollError(h.name, "smoke", f"{h.url}: {answer['error']}")
     try:
-        return next(iter(parse_keys("nginx_api_keys", read_secret("nginx_api_keys", ref),
-                                    from_file=ref.file is not None)))
-    except OperationError as exc:
-        raise UsageError(f"{host}: {exc}") from None
+        version = json.loads(answer["version"])["version"]
+        load_s = None
+        if h.model:
+            last = json.loads(answer.get("generate") or "{}")
+            if answer.get("status") != "200" or not last.get("done"):
+                raise RollError(h.name, "smoke", f"generate with {h.model}: HTTP "
+                                f"{answer.get('status', '?')} {last or 'no answer'}")
+            load_s = last.get("load_duration", 0) / 1e9
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RollError(h.name, "smoke", f"{h.url}: unexpected answer {answer}: {exc}") \
+            from exc
+    expected = tag_version(h.image)
+    if expected and version.lstrip("v") != expected:
+        raise RollError(h.name, "smoke", f"answers version {version}, but its image "
+                        f"{h.image} is {expected}")
+    return Smoke(version, h.model, load_s)
 
 
 def batch_size(text: str, hosts: int) -> int:
@@ -200,39 +208,12 @@ class Roll:
             return None
 
     def smoke(self, h: RollHost) -> Smoke:
-        """A streamed generate through the host's nginx: the version it reports, and how
-        long the model took to load (Ollama's load_duration; about 0 when it was warm)."""
-        if h.tls_port:
-            # liveness through the host's own gate, not its identity (it may be self-signed)
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                h.address, h.tls_port, timeout=SMOKE_TIMEOUT_S,
-                context=ssl._create_unverified_context())  # noqa: S323
-        else:
-            conn = http.client.HTTPConnection(h.address, h.nginx_port, timeout=SMOKE_TIMEOUT_S)
-        auth = {"Authorization": f"Bearer {h.key}"} if h.key else {}
-        try:
-            conn.request("GET", "/api/version", headers=auth)
-            version = json.loads(conn.getresponse().read())["version"]
-            if h.model:
-                body = json.dumps({"model": h.model, "prompt": "rolling update smoke test",
-                                   "options": {"num_predict": 8}})
-                conn.request("POST", "/api/generate", body,
-                             {"Content-Type": "application/json", **auth})
-                response = conn.getresponse()
-                lines = [json.loads(raw) for raw in response if raw.strip()]
-                if response.status != 200 or not lines or not lines[-1].get("done"):
-                    raise RollError(h.name, "smoke", f"generate with {h.model}: HTTP "
-                                    f"{response.status} {lines[-1] if lines else 'no answer'}")
-                load_s = lines[-1].get("load_duration", 0) / 1e9
-            expected = tag_version(h.image)
-            if expected and version.lstrip("v") != expected:
-                raise RollError(h.name, "smoke", f"answers version {version}, but its image "
-                                f"{h.image} is {expected}")
-            return Smoke(version, h.model, load_s if h.model else None)
-        except (OSError, ValueError, KeyError) as exc:
-            raise RollError(h.name, "smoke", f"{h.address}:{h.nginx_port}: {exc}") from exc
-        finally:
-            conn.close()
+        """A streamed generate through the host's nginx, asked on the host (see
+        smoke_result): the version it reports, and how long the model took to load."""
+        answer = read_fact(self.fleet, [h.name], "tasks.facts.SmokeAnswer",
+                           [f"url={h.url}", f"model={h.model or ''}"], self.data,
+                           timeout=SMOKE_TIMEOUT_S)
+        return smoke_result(h, answer.get(h.name) if answer else None)
 
     def plan(self, hosts: list[RollHost], size: int) -> list[str]:
         """The roll in lines: batches, hosts, and the image each host gets."""

@@ -43,7 +43,8 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
     Install WANTED files under ROOT only after they pass `docker compose config -q` and
     `nginx -t` in ROOT/.staged; the live files are untouched by a bad render.
 
-    + root: the Compose project directory (holds compose.yaml and nginx/)
+    + root: the Compose project directory (holds compose.yaml, nginx/ (conf.d) and,
+      where the project has its own, nginx.conf)
     + wanted: relative path -> content
     + nginx_image: the image whose nginx checks the config (None: no nginx config)
     + secret: the paths in WANTED that only root may read (keys)
@@ -66,7 +67,9 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
     yield (f"docker compose --project-directory {q(staged)} -f {q(staged)}/compose.yaml "
            "config -q")
     if nginx_image:
-        yield (f"docker run --rm --network host -v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
+        main = (f"-v {q(staged)}/nginx.conf:/etc/nginx/nginx.conf:ro "
+                if "nginx.conf" in wanted else "")
+        yield (f"docker run --rm --network host {main}-v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
                f"{q(nginx_image)} nginx -t -q")
     for rel in wanted:
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"

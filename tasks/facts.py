@@ -218,6 +218,23 @@ class KeptLoaded(FactBase):
             return None
 
 
+class SmokeAnswer(FactBase):
+    """What the host's own nginx answers a client, asked from the host (loopback needs no
+    key and passes nginx_allow): `version` (/api/version's JSON), and with a model
+    `generate` (the last line of a streamed generate) and `status`; or `error`."""
+
+    def command(self, url: str, model: str = "") -> str:
+        return script_command("facts/smoke.sh", url, model)
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        answer: dict[str, str] = {}
+        for line in output:
+            key, sep, value = line.partition("=")
+            if sep and key in ("version", "generate", "status", "error"):
+                answer[key] = value
+        return answer
+
+
 class DockerSwarmState(FactBase):
     """The engine's Swarm state (`inactive`, `active`, ...; `none` without Docker)."""
 

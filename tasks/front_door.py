@@ -1,6 +1,13 @@
 """The fleet's front door: nginx on lb_servers in front of every gpu_servers host.
 
-Guarantees: the upstream is rendered from the inventory (a host added or removed
+Requests go by model: nginx's JavaScript module (njs, in the official nginx image;
+templates/front_door/fleet.js) reads the model a request names and a map rendered from
+the inventory picks the upstream of the hosts that serve it, balanced by outstanding
+requests and weighted by each host's Ollama instances; a model no host serves gets a
+404 from the front door itself. `/api/tags`, `/api/ps` and `/v1/models` answer the union
+of the hosts in rotation; admin calls go to one host only when the operator names it.
+
+Guarantees: the upstreams are rendered from the inventory (a host added or removed
 is followed on the next run; drained hosts are marked `down`: those the inventory
 names and those `ollama-fleet` holds out, which the front door keeps in a file so a
 plain deploy during a roll cannot put them back); the config is
@@ -12,6 +19,8 @@ know that a drained host has no requests left.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 from pyinfra import host
@@ -22,6 +31,7 @@ from tasks.addresses import url_host
 from tasks.compose import checked_files, running, templates
 from tasks.facts import Lines
 from tasks.fleet import Fleet
+from tasks.modelname import canonical, parse, spellings_pattern
 from tasks.paths import TEMPLATES
 from tasks.report import fail_command
 from tasks.settings import Settings
@@ -36,11 +46,47 @@ class Upstream:
     address: str
     port: int
     drained: bool
+    weight: int = 1  # its Ollama instances: least_conn weighs outstanding requests by it
+    models: tuple[str, ...] = ()  # what the inventory gives it, as Ollama lists them
 
     @property
     def endpoint(self) -> str:
         """`address:port` for nginx's `server` line."""
         return f"{url_host(self.address)}:{self.port}"
+
+    @property
+    def nameable(self) -> bool:
+        """Whether an operator can name it in X-Fleet-Host (nginx map keys: plain names)."""
+        return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]*", self.host) is not None
+
+
+@dataclass(frozen=True)
+class Route:
+    """The hosts that serve some models: one nginx upstream (NAME), one map line per model
+    (PATTERNS: every spelling Ollama reads as that model, tasks.modelname)."""
+
+    name: str
+    models: tuple[str, ...]
+    servers: tuple[Upstream, ...]
+
+    @property
+    def patterns(self) -> list[tuple[str, str]]:
+        return [(model, spellings_pattern(model)) for model in self.models]
+
+
+def routes(servers: list[Upstream]) -> list[Route]:
+    """One route per set of hosts that serve the same models, in inventory order."""
+    by_hosts: dict[tuple[str, ...], list[str]] = {}
+    seen: dict[str, str] = {}  # a model's key -> the spelling listed
+    for server in servers:
+        for model in server.models:
+            seen.setdefault(parse(model).key, model)
+    for key, model in seen.items():
+        hosts = tuple(s.host for s in servers if any(parse(m).key == key for m in s.models))
+        by_hosts.setdefault(hosts, []).append(model)
+    return [Route(f"fleet_route_{n}", tuple(models),
+                  tuple(s for s in servers if s.host in hosts))
+            for n, (hosts, models) in enumerate(by_hosts.items())]
 
 
 HELD_OUT = "held-out"  # in FRONT_DIR: the hosts ollama-fleet holds out, one per line
@@ -61,17 +107,24 @@ def upstreams(settings: Settings, fleet: Fleet, out: list[str] | None = None) ->
     result = []
     for gpu in fleet.gpu_servers:
         drained = gpu.name in settings.front_door_drained or gpu.name in (out or [])
-        result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained))
+        result.append(Upstream(gpu.name, gpu.address, gpu.settings.nginx_port, drained,
+                               weight=len(gpu.settings.instance_ports()),
+                               models=tuple(canonical(m) for m in gpu.settings.all_models)))
     return result
 
 
 def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, str]:
     env = templates(FRONT_TEMPLATES)
+    main = (FRONT_TEMPLATES / "nginx.conf").read_text()
     context = {"s": settings, "g": gate.context(settings), "project": PROJECT,
-               "upstreams": servers}
+               "upstreams": servers, "routes": routes(servers),
+               "alone": [(f"fleet_host_{n}", u) for n, u in enumerate(servers)],
+               "nginx_conf_sha256": hashlib.sha256(main.encode()).hexdigest()}
     return {
         "compose.yaml": env.get_template("compose.yaml.j2").render(**context),
+        "nginx.conf": main,
         "nginx/front.conf": env.get_template("front.conf.j2").render(**context),
+        "nginx/fleet.js": (FRONT_TEMPLATES / "fleet.js").read_text(),
     }
 
 

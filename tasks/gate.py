@@ -106,17 +106,21 @@ def gate_files(settings: Settings) -> tuple[dict[str, str], set[str]]:
 
 def context(settings: Settings, trusted: list[str] | None = None) -> dict:
     """What the gate's template macros need besides the settings; TRUSTED are the front
-    doors' addresses, which a GPU host's nginx treats like loopback. The host's app
-    services (their network, when any calls Ollama) need no key and pass nginx_allow,
+    doors' addresses, which a GPU host's nginx treats like loopback, and the only callers
+    besides loopback and the app services unless nginx_allow says otherwise. The host's
+    app services (their network, when any calls Ollama) need no key and pass nginx_allow,
     but not the admin endpoints."""
     trusted = [a for a in trusted or [] if is_ip(a)]
     uses_ollama = any(app.uses_ollama for app in settings.app_services.values())
     apps = settings.app_network if uses_ollama else None
+    allow = settings.nginx_allow
     return {
         "trusted": trusted,
         "apps": apps,
-        # who may call at all when nginx_allow is set (besides loopback)
-        "allowed": trusted + settings.nginx_allow + ([apps] if apps else []),
+        # Whether the API is limited to loopback and `allowed`: nginx_allow set and not
+        # empty, or unset behind a front door (tasks.settings refuses one reached by name).
+        "restricted": bool(allow) or (allow is None and bool(trusted)),
+        "allowed": trusted + (allow or []) + ([apps] if apps else []),
         "tls": settings.nginx_tls != "off",
         "cert": f"{CONF_D}/tls/cert.pem",
         "key": f"{CONF_D}/tls/key.pem",

@@ -89,3 +89,20 @@ def parse(text: str) -> ModelName:
 def canonical(text: str) -> str:
     """The one spelling the deploy uses for TEXT: as Ollama lists it."""
     return parse(text).shortest
+
+
+def spellings_pattern(text: str) -> str:
+    """A regular expression (PCRE, to be matched case-insensitively: nginx's `~*`) that
+    matches exactly the names Ollama reads as the model TEXT: the defaults left out or
+    spelt out, a `scheme://` before the host, any case. The front door's map from a
+    request's model to the hosts that serve it is built from these."""
+    name = parse(text)
+    esc = re.escape
+    tag = f"(:{esc(name.tag)})?" if name.tag.lower() == DEFAULT_TAG else f":{esc(name.tag)}"
+    host = f"([^/]*://)?{esc(name.host)}/"
+    model = f"{esc(name.model)}{tag}"
+    if name.host.lower() != DEFAULT_HOST:
+        return f"^{host}{esc(name.namespace)}/{model}$"
+    if name.namespace.lower() != DEFAULT_NAMESPACE:
+        return f"^({host})?{esc(name.namespace)}/{model}$"
+    return f"^(({host})?{esc(name.namespace)}/)?{model}$"

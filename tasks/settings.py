@@ -343,10 +343,11 @@ class Settings(BaseModel):
     nginx_tls_port: int = Field(443, ge=1, le=65535, description="port TLS is served on")
     nginx_http: Literal["redirect", "refuse"] = Field("redirect", description=(
         "with TLS on, the plain HTTP port: `redirect` (308 to https) or `refuse` (closed)"))
-    nginx_allow: list[Network] = Field(default_factory=list, description=(
-        "addresses or networks (CIDR) that may use the API besides loopback and the front "
-        "doors; empty: everyone. On gpu_servers behind a front door, the front door becomes "
-        "the only entry (/health stays open; the host's app services stay allowed)"))
+    nginx_allow: list[Network] | None = Field(None, description=(
+        "addresses or networks (CIDR) that may use the API besides loopback, the front "
+        "doors and the host's app services (/health stays open to all); `[]`: everyone. "
+        "Unset: on gpu_servers behind a front door, only those (the front door is the "
+        "fleet's one entry); elsewhere everyone"))
     nginx_api_keys: SecretRef | None = Field(None, description=(
         "bearer keys that may use the API (a file of `[name] key` lines, or an environment "
         "variable of keys separated by spaces), read on the operator's machine; a re-run "
@@ -381,6 +382,9 @@ class Settings(BaseModel):
     # -- the fleet's front door (lb_servers) --------------------------------
     front_door_port: int = Field(80, ge=1, le=65535, description=(
         "port the front door listens on"))
+    front_door_lists_port: int = Field(11390, ge=1024, le=65535, description=(
+        "loopback-only port on which the front door asks itself for one host's lists "
+        "(/api/tags, /api/ps, /v1/models), which it merges into the fleet's"))
     front_door_upstream: Literal["nginx", "instances"] = Field("nginx", description=(
         "`nginx`: each GPU server's nginx (its gate: keys, admin endpoints, limits). "
         "`instances` (Ollama's ports directly) is refused: it would open them, admin "
@@ -500,6 +504,9 @@ class Settings(BaseModel):
                              "an Ollama instance's port")
         if self.nginx_port in ports:
             raise ValueError(f"nginx_port: {self.nginx_port} is also an Ollama instance's port")
+        if self.front_door_lists_port in (self.front_door_port, self.nginx_tls_port):
+            raise ValueError(f"front_door_lists_port: {self.front_door_lists_port} is also the "
+                             "front door's own port")
         if ports[-1] > 65535:
             raise ValueError(f"ollama_base_port: instances would need ports up to {ports[-1]}")
         taken = {p: f"Ollama instance port {p}" for p in ports}
@@ -628,6 +635,13 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
         if lb_servers and name in (gpu_servers or []) and settings.nginx_tls != "off":
             problems.append(f"{name}: nginx_tls: the front door (lb_servers) talks plain HTTP "
                             "to gpu_servers' nginx; put TLS on the front door")
+        if lb_servers and name in (gpu_servers or []) and settings.nginx_allow is None:
+            named = [lb for lb in lb_servers if not is_ip(
+                hosts.get(lb, {}).get("ssh_hostname") or lb)]
+            if named:
+                problems.append(f"{name}: nginx_allow: the front doors {named} are reached by "
+                                "name and nginx allows addresses; give their addresses or "
+                                "networks (CIDR) that may call this host's API")
         if settings.ollama_fanout and name in (gpu_servers or []) \
                 and len(gpu_servers or []) > 1 and not settings.ollama_fanout_allow:
             named = [g for g in gpu_servers or [] if not is_ip(
@@ -635,27 +649,9 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
             if named:
                 problems.append(f"{name}: ollama_fanout_allow: peers {named} are reached by "
                                 "name; give the fleet's networks (CIDR) that may copy models")
-    problems += _front_door_models(result, gpu_servers or [], lb_servers or [])
     if problems:
         raise SettingsError(list(dict.fromkeys(problems)))
     return result
-
-
-def _front_door_models(settings: dict[str, Settings], gpu_servers: list[str],
-                       lb_servers: list[str]) -> list[str]:
-    """The front door balances every request over every gpu_servers host, whatever model
-    it names: hosts behind it that serve different models answer a share of requests
-    with 404."""
-    behind = [name for name in gpu_servers if name in settings]
-    if not lb_servers or len(behind) < 2:
-        return []
-    first = behind[0]
-    want = sorted(settings[first].ollama_models)
-    return [f"{name}: ollama_models: {sorted(settings[name].ollama_models)} differs from "
-            f"{first}'s {want}; the front door ({', '.join(lb_servers)}) sends any request "
-            "to any gpu_servers host, so a model some hosts lack gets 404 from them: give "
-            "every host behind it the same ollama_models"
-            for name in behind[1:] if sorted(settings[name].ollama_models) != want]
 
 
 def is_ip(address: str) -> bool:

@@ -17,5 +17,6 @@ ollama_keep_alive = "30m"
 # LAN. The servers are named, not numbered, here, so say which network may copy.
 ollama_fanout_allow = ["10.0.0.0/16"]
 
-# Behind a front door, let only it (it is trusted already) and loopback call the API:
-# nginx_allow = ["127.0.0.1"]
+# Behind a front door only it, loopback and the host's app services may call the API;
+# widen it with addresses or networks ([] lets everyone in):
+# nginx_allow = ["10.0.1.0/24"]

@@ -4,7 +4,8 @@ least-privilege containers with rotated logs.
 
 One lab (a GPU host, a CPU host, a front door); the gate is on the front door, set
 through an inventory that adds its knobs to lb_servers, as an operator's would; the
-GPU servers' nginx lets only the front door (and a documentation network) call the API.
+GPU servers have no knob of the gate set: behind a front door their nginx lets only it
+(and loopback) call the API by default.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def fleet(tmp_path_factory):
         secure.write_text(
             "import runpy\n"
             f"_lab = runpy.run_path({lab.inventory!r})\n"
-            "gpu_servers = [(n, {**d, 'nginx_allow': ['192.0.2.0/24']})"
-            " for n, d in _lab['gpu_servers']]\n"
+            "gpu_servers = _lab['gpu_servers']\n"
             f"lb_servers = [(n, {{**d, **{gate!r}}}) for n, d in _lab['lb_servers']]\n")
         lab.secure_inventory = str(secure)
         lab.secrets = secrets
@@ -87,7 +87,7 @@ def test_only_nginx_answers_from_another_host(fleet):
         # on the host itself the instance answers on loopback
         _, out, _ = fleet.ssh(target, "curl -sS -m 5 http://127.0.0.1:11434/api/version")
         assert "version" in json.loads(out)
-    # the GPU servers' API answers the front door only: it is the fleet's one entry
+    # the GPU servers' API answers the front door only, by default: the fleet's one entry
     gpu = fleet.host("gpu-1")["address"]
     _, out, _ = fleet.ssh("cpu-1", f"curl -sS -m 5 -w ' %{{http_code}}' http://{gpu}/api/version")
     assert out.endswith(" 403") and "not allowed from this address" in out, out
@@ -152,9 +152,15 @@ def test_admin_endpoints_need_an_admin_key(fleet):
         assert "server" not in answer.headers or answer.headers["server"] == "nginx"
         assert answer.headers["strict-transport-security"].startswith("max-age=")
     with client(fleet, ADMIN) as c:
-        # let through: Ollama itself answers that the model does not exist
-        passed = c.request("DELETE", "/api/delete", json=body)
-        assert passed.status_code == 404, passed.text
+        # past the gate, the front door keeps models the inventory's: an admin call goes
+        # to no host unless it names one
+        unnamed = c.request("DELETE", "/api/delete", json=body)
+        assert unnamed.status_code == 403, unnamed.text
+        assert unnamed.json()["error"].startswith("models are managed by the inventory")
+        # named: let through to that host, whose Ollama answers the model does not exist
+        passed = c.request("DELETE", "/api/delete", json=body,
+                           headers={"X-Fleet-Host": "gpu-1"})
+        assert passed.status_code == 404 and "not found" in passed.json()["error"], passed.text
     # the model the fleet serves is still there
     _, out, _ = fleet.ssh("gpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
     assert "tinyllama:latest" in [m["name"] for m in json.loads(out)["models"]]

@@ -1,14 +1,19 @@
 """inventory/prod.py as written, on a lab fleet of its shape: a per-GPU host, a host with
-one instance holding both its GPUs, a CPU host and a front door. Each prod host's data
-is kept; only what points at the lab changes (addresses, the lab's mirrors, the GPU
-count the lab host has, the network fan-out may copy over)."""
+one instance holding both its GPUs, a CPU host and a front door; the GPU hosts serve
+other models than the CPU host, and the front door routes each request by its model.
+Each prod host's data is kept; only what points at the lab changes (addresses, the
+lab's mirrors, the GPU count the lab host has, the network fan-out may copy over).
+
+Clients are the official `ollama` and `openai` Python clients, as applications use them."""
 
 from __future__ import annotations
 
 import json
 import runpy
+from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import ollama
+import openai
 import pytest
 
 from lab.loadgen import LoadGenerator
@@ -71,18 +76,121 @@ def test_each_host_runs_the_topology_prod_gives_it(fleet):
                                                         fleet.host("gpu-2")["gpus"])
 
 
+def front(fleet) -> str:
+    return f"http://{fleet.host('lb-1')['address']}"
+
+
+def host_models(fleet, host: str) -> list[str]:
+    """What HOST's own nginx lists, asked from the front door (its one trusted caller)."""
+    address = fleet.host(host)["address"]
+    _, out, _ = fleet.ssh("lb-1", f"curl -sS -m 10 http://{address}/api/tags")
+    return sorted(m["name"] for m in json.loads(out)["models"])
+
+
+GPU_MODELS = ["all-minilm:latest", "llama3.2:1b"]
+CPU_MODELS = ["all-minilm:latest", "tinyllama:latest"]
+
+
+def test_each_host_serves_the_models_prod_gives_it(fleet):
+    assert [host_models(fleet, h) for h in ("gpu-1", "gpu-2", "cpu-1")] == \
+        [GPU_MODELS, GPU_MODELS, CPU_MODELS]
+
+
+def test_the_front_door_lists_the_fleets_models_and_what_is_loaded(fleet):
+    client = ollama.Client(host=front(fleet), timeout=30)
+    assert sorted(m.model for m in client.list().models) == \
+        ["all-minilm:latest", "llama3.2:1b", "tinyllama:latest"]
+    ids = [m.id for m in openai.OpenAI(base_url=f"{front(fleet)}/v1", api_key="unused",
+                                       timeout=30).models.list()]
+    assert sorted(ids) == ["all-minilm:latest", "llama3.2:1b", "tinyllama:latest"]
+    # prod keeps llama3.2:1b warm on the GPU hosts: loaded on every instance, kept
+    assert "llama3.2:1b" in [m.model for m in client.ps().models]
+    for host in ("gpu-1", "gpu-2"):
+        for n in range(len(instances(fleet, host))):  # ollama_base_port + n
+            port = 11434 + n
+            out = fleet.ssh(host, f"curl -sS -m 5 http://127.0.0.1:{port}/api/ps")[1]
+            kept = {m["name"]: m["expires_at"] for m in json.loads(out)["models"]}
+            assert kept.get("llama3.2:1b", "")[:4] >= "2200", (host, port, kept)
+
+
+def _mixed_calls(base: str):
+    """One of each kind of request applications send, for both model sets."""
+    native = ollama.Client(host=base, timeout=60)
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60, max_retries=0)
+
+    def native_stream(model):
+        parts = list(native.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                                 stream=True, options={"num_predict": 6}))
+        assert parts and parts[-1].done, parts
+
+    def oai_stream(model):
+        chunks = list(oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+            stream=True))
+        assert chunks and chunks[-1].choices[0].finish_reason, chunks[-1:]
+
+    return [
+        lambda: native.generate(model="llama3.2:1b", prompt="hi", options={"num_predict": 4}),
+        lambda: native.generate(model="tinyllama", prompt="hi", options={"num_predict": 4}),
+        lambda: native_stream("llama3.2:1b"),
+        lambda: native_stream("tinyllama:latest"),
+        lambda: native.embed(model="all-minilm", input=["a", "b"]),
+        lambda: oai.chat.completions.create(model="llama3.2:1b", max_tokens=4,
+                                            messages=[{"role": "user", "content": "hi"}]),
+        lambda: oai_stream("tinyllama"),
+        lambda: oai.completions.create(model="tinyllama", prompt="hi", max_tokens=4),
+        lambda: oai.embeddings.create(model="all-minilm", input="hi"),
+    ]
+
+
+def test_a_mixed_load_through_the_front_door_gets_no_404_and_no_failure(fleet):
+    calls = _mixed_calls(front(fleet)) * 6
+    failures = []
+
+    def call(fn):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
+            failures.append(repr(exc))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(call, calls, timeout=300))
+    assert failures == [], failures[:5]
+
+
+def test_a_model_nobody_serves_gets_one_clear_404_from_the_front_door(fleet):
+    with pytest.raises(ollama.ResponseError) as native:
+        ollama.Client(host=front(fleet), timeout=30).generate(model="nothere:7b", prompt="hi")
+    assert native.value.status_code == 404
+    assert native.value.error == 'model "nothere:7b" not found: no host of this fleet serves it'
+    with pytest.raises(openai.NotFoundError) as oai:
+        openai.OpenAI(base_url=f"{front(fleet)}/v1", api_key="unused", timeout=30,
+                      max_retries=0).chat.completions.create(
+            model="nothere:7b", messages=[{"role": "user", "content": "hi"}])
+    assert "no host of this fleet serves it" in str(oai.value)
+
+
+def test_admin_calls_through_the_front_door_go_only_to_a_named_host(fleet):
+    # from the front door's own loopback, where the gate lets admin calls in without a key
+    _, out, _ = fleet.ssh("lb-1", "curl -sS -m 10 -o /dev/stderr -w '%{http_code}' -X DELETE "
+                          "http://127.0.0.1/api/delete -d '{\"model\":\"tinyllama\"}'")
+    assert out == "403"
+    _, out, err = fleet.ssh("lb-1", "curl -sS -m 10 -w '%{http_code}' -X POST "
+                            "http://127.0.0.1/api/copy -H 'X-Fleet-Host: cpu-1' "
+                            "-d '{\"source\":\"tinyllama\",\"destination\":\"spare\"}'")
+    assert out.endswith("200"), (out, err)
+    try:
+        assert "spare:latest" in host_models(fleet, "cpu-1")
+        assert "spare:latest" not in host_models(fleet, "gpu-1")
+    finally:
+        fleet.ssh("lb-1", "curl -sS -m 10 -X DELETE http://127.0.0.1/api/delete "
+                          "-H 'X-Fleet-Host: cpu-1' -d '{\"model\":\"spare\"}'")
+    assert host_models(fleet, "cpu-1") == CPU_MODELS
+
+
 def test_every_request_through_the_front_door_is_answered(fleet):
-    front = f"http://{fleet.host('lb-1')['address']}"
-    tags = httpx.get(f"{front}/api/tags", timeout=30).json()
-    model = tags["models"][0]["name"]
-    with LoadGenerator(front, model, threads=3, num_predict=8, max_requests=60,
-                       max_seconds=120) as load:
+    with LoadGenerator(front(fleet), "llama3.2:1b", threads=3, num_predict=8,
+                       max_requests=60, max_seconds=120) as load:
         poll(lambda: load.stats.sent >= 60, timeout=130, what="60 requests sent")
     assert load.stats.sent >= 60, load.stats.summary()
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
-    for host in ("gpu-1", "gpu-2", "cpu-1"):  # and each host has what the others serve
-        address = fleet.host(host)["address"]
-        _, out, _ = fleet.ssh("lb-1", f"curl -sS -m 10 http://{address}/api/tags")
-        assert sorted(m["name"] for m in json.loads(out)["models"]) == \
-            sorted(m["name"] for m in tags["models"])
-

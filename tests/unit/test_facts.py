@@ -3,7 +3,10 @@ commands run here against stand-ins."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from tasks.facts import (
     JsonFile,
     KeptLoaded,
     NvidiaGpus,
+    SmokeAnswer,
     parse_gpu_csv,
     parse_routes,
 )
@@ -149,3 +153,50 @@ def test_kept_loaded_lists_only_models_loaded_for_good():
     assert KeptLoaded().process(['{"models":[]}']) == []
     assert KeptLoaded().process(["curl: (7) Failed to connect", "__down__"]) is None
     assert KeptLoaded().process(["<html>502</html>"]) is None
+
+
+class _Nginx(http.server.BaseHTTPRequestHandler):
+    """A host's nginx in front of Ollama, as the smoke test sees it."""
+
+    def do_GET(self):  # noqa: N802 (the standard library's name)
+        self._answer(200, b'{"version":"0.6.8"}')
+
+    def do_POST(self):  # noqa: N802
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if request["model"] != "tinyllama":
+            self._answer(404, b'{"error":"model \'%s\' not found"}' % request["model"].encode())
+            return
+        self._answer(200, b'{"response":"hi","done":false}\n'
+                          b'{"response":"","done":true,"load_duration":1500000000}\n')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_smoke_answer_is_what_the_hosts_nginx_says_to_a_client():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Nginx)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def ask(url: str, model: str = "") -> dict:
+        out = subprocess.run(["sh", "-c", SmokeAnswer().command(url, model)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return SmokeAnswer().process(out.splitlines())
+
+    try:
+        assert ask(url) == {"version": '{"version":"0.6.8"}'}
+        assert ask(url, "tinyllama") == {
+            "version": '{"version":"0.6.8"}', "status": "200",
+            "generate": '{"response":"","done":true,"load_duration":1500000000}'}
+        missing = ask(url, "nothere")
+        assert missing["status"] == "404" and "not found" in missing["generate"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ask(url)["error"].startswith("curl: (7)")  # nothing listens any more

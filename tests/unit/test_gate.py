@@ -7,7 +7,7 @@ import pytest
 from pyinfra.api import OperationError
 
 from tasks import gate
-from tasks.fleet import Fleet
+from tasks.fleet import Fleet, build
 from tasks.front_door import Upstream, front_door_files
 from tasks.settings import SecretRef, SettingsError, settings_for, validate_fleet
 from tasks.stack import plan_instances, stack_files
@@ -43,8 +43,8 @@ def test_bad_gate_data_is_one_line(data, line):
 
 def test_tls_on_gpu_servers_behind_a_front_door_is_refused():
     with pytest.raises(SettingsError) as exc:
-        validate_fleet({"gpu-1": {"gpu_count": 1, "nginx_tls": "self_signed"}, "lb-1": {}},
-                       ["gpu-1"], ["lb-1"])
+        validate_fleet({"gpu-1": {"gpu_count": 1, "nginx_tls": "self_signed"},
+                        "lb-1": {"ssh_hostname": "10.0.0.9"}}, ["gpu-1"], ["lb-1"])
     assert exc.value.problems == ["gpu-1: nginx_tls: the front door (lb_servers) talks plain "
                                   "HTTP to gpu_servers' nginx; put TLS on the front door"]
 
@@ -182,6 +182,25 @@ def test_an_allow_list_closes_the_api_but_not_health():
     assert "deny" not in conf.split("location = /health {")[1].split("}")[0]
     with pytest.raises(SettingsError, match="nginx_allow: 'everyone' is not a network"):
         settings_for("gpu-1", {"nginx_allow": ["everyone"]})
+
+
+def test_behind_a_front_door_only_it_may_call_unless_the_operator_widens_it():
+    fleet = build([("gpu-1", ["gpu_servers"], {"gpu_count": 1, "ssh_hostname": "10.0.0.1"}),
+                   ("lb-1", ["lb_servers"], {"ssh_hostname": "10.0.0.9"})])
+
+    def api(data: dict, fleet: Fleet = fleet) -> str:
+        gpu = settings_for("gpu-1", {"gpu_count": 1, **data})
+        conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), fleet)[
+            "nginx/ollama.conf"]
+        return conf.split("location / {")[1].split("}")[0]
+
+    closed = api({})
+    assert "allow 127.0.0.1;" in closed and "allow 10.0.0.9;" in closed \
+        and "deny all;" in closed
+    assert "deny all;" not in api({"nginx_allow": []})  # everyone, said on purpose
+    wider = api({"nginx_allow": ["10.9.0.0/16"]})
+    assert "allow 10.0.0.9;" in wider and "allow 10.9.0.0/16;" in wider
+    assert "deny all;" not in api({}, Fleet())  # no front door: everyone, as before
 
 
 def test_the_hosts_app_services_need_no_key_but_no_admin_either(tmp_path):

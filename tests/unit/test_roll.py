@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fleetctl.inventory import Fleet, FleetHost, UsageError
@@ -12,14 +14,16 @@ from fleetctl.roll import (
     Smoke,
     batch_size,
     batches,
-    gate_key,
+    roll_hosts,
+    smoke_result,
     tag_version,
 )
+from tasks.fleet import build
 from tasks.settings import settings_for
 
 
 def hosts(n: int) -> list[RollHost]:
-    return [RollHost(f"gpu-{i}", f"10.0.0.{i}", 80, "tinyllama", "ollama/ollama:0.6.8")
+    return [RollHost(f"gpu-{i}", "http://127.0.0.1:80", "tinyllama", "ollama/ollama:0.6.8")
             for i in range(1, n + 1)]
 
 
@@ -48,15 +52,15 @@ def test_a_bad_batch_size_is_refused(text):
         batch_size(text, 10)
 
 
-def test_the_smoke_test_carries_a_key_the_hosts_gate_accepts(monkeypatch):
-    monkeypatch.setenv("FLEET_KEYS", "first-key-0123456789, second-key-0123456789")
-    keyed = settings_for("gpu-1", {"gpu_count": 1, "nginx_api_keys": {"env": "FLEET_KEYS"}})
-    assert gate_key("gpu-1", keyed) == "first-key-0123456789"
-    assert gate_key("gpu-1", settings_for("gpu-1", {"gpu_count": 1})) is None
-    monkeypatch.delenv("FLEET_KEYS")
-    with pytest.raises(UsageError, match="gpu-1: nginx_api_keys: environment "
-                                         "variable FLEET_KEYS is not set"):
-        gate_key("gpu-1", keyed)
+def test_the_smoke_test_asks_each_host_its_own_nginx_from_loopback():
+    fleet = build([("gpu-1", ["gpu_servers"], {"gpu_count": 1, "ssh_hostname": "10.0.0.1",
+                                               "ollama_models": ["tinyllama"]}),
+                   ("gpu-2", ["gpu_servers"], {"gpu_count": 1, "ssh_hostname": "10.0.0.2",
+                                               "nginx_tls": "self_signed",
+                                               "nginx_tls_port": 8443})])
+    assert roll_hosts(list(fleet.gpu_servers)) == [
+        RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama:0.6.8"),
+        RollHost("gpu-2", "https://127.0.0.1:8443", None, "ollama/ollama:0.6.8")]
 
 
 # -- the steps of each batch ---------------------------------------------------------------
@@ -156,44 +160,30 @@ def test_the_version_an_image_tag_names(image, version):
 
 
 def test_the_smoke_test_refuses_a_version_other_than_the_tags_and_reports_the_load():
-    import http.server
-    import json
-    import threading
+    version = {"version": '{"version":"0.6.8"}'}
+    old = RollHost("gpu-1", "http://127.0.0.1:80", None, "ollama/ollama:0.6.8")
+    assert smoke_result(old, version) == Smoke("0.6.8", None, None)
+    new = RollHost("gpu-1", "http://127.0.0.1:80", None, "ollama/ollama:0.7.0")
+    with pytest.raises(RollError, match="gpu-1: smoke: answers version 0.6.8, but its "
+                                        "image ollama/ollama:0.7.0 is 0.7.0"):
+        smoke_result(new, version)
+    # the model's load time, as Ollama reports it, goes into the roll's line
+    model = RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama")
+    smoked = smoke_result(model, {**version, "status": "200", "generate":
+                                  '{"response":"","done":true,"load_duration":1500000000}'})
+    assert str(smoked) == "version 0.6.8, tinyllama loaded in 1.50 s"
 
-    class Ollama(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the standard library's name)
-            body = json.dumps({"version": "0.6.8"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = (b'{"response":"hi","done":false}\n'
-                    b'{"response":"","done":true,"load_duration":1500000000}\n')
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ollama)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        roll = Roll(Fleet("inv.py", "/inv.py", (), {}), log=lambda line: None)
-        old = RollHost("gpu-1", "127.0.0.1", port, None, "ollama/ollama:0.6.8")
-        assert roll.smoke(old) == Smoke("0.6.8", None, None)
-        new = RollHost("gpu-1", "127.0.0.1", port, None, "ollama/ollama:0.7.0")
-        with pytest.raises(RollError, match="gpu-1: smoke: answers version 0.6.8, but its "
-                                            "image ollama/ollama:0.7.0 is 0.7.0"):
-            roll.smoke(new)
-        # the model's load time, as Ollama reports it, goes into the roll's line
-        smoked = roll.smoke(RollHost("gpu-1", "127.0.0.1", port, "tinyllama", "ollama/ollama"))
-        assert str(smoked) == "version 0.6.8, tinyllama loaded in 1.50 s"
-    finally:
-        server.shutdown()
-        server.server_close()
+@pytest.mark.parametrize("answer, problem", [
+    (None, "could not ask the host over SSH"),
+    ({"error": "curl: (7) Failed to connect to 127.0.0.1 port 80"},
+     "http://127.0.0.1:80: curl: (7) Failed to connect"),
+    ({"version": '{"version":"0.6.8"}', "status": "404",
+      "generate": '{"error":"model \'tinyllama\' not found"}'},
+     "generate with tinyllama: HTTP 404"),
+    ({"version": "<html>502</html>"}, "unexpected answer"),
+])
+def test_a_smoke_test_that_gets_no_good_answer_names_what_it_got(answer, problem):
+    with pytest.raises(RollError, match=re.escape(problem)):
+        smoke_result(RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama"),
+                     answer)

@@ -74,21 +74,27 @@ def test_every_host_is_checked_and_all_problems_reported():
     ]
 
 
-def test_hosts_behind_a_front_door_must_serve_the_same_models():
+def test_hosts_behind_a_front_door_may_serve_different_models():
+    """The front door routes by model (tasks/front_door.py), so a mixed fleet is valid."""
     hosts = {"gpu-1": {"gpu_count": 1, "ollama_models": ["tinyllama", "qwen2.5:0.5b"],
                        "ssh_hostname": "10.0.0.1"},
              "cpu-1": {"ollama_models": ["qwen2.5:0.5b"], "ssh_hostname": "10.0.0.2"},
-             "lb-1": {}}
-    with pytest.raises(SettingsError) as exc:
-        validate_fleet(hosts, ["gpu-1", "cpu-1"], ["lb-1"])
-    assert exc.value.problems == [
-        "cpu-1: ollama_models: ['qwen2.5:0.5b'] differs from gpu-1's ['qwen2.5:0.5b', "
-        "'tinyllama']; the front door (lb-1) sends any request to any gpu_servers host, so "
-        "a model some hosts lack gets 404 from them: give every host behind it the same "
-        "ollama_models"]
-    validate_fleet(hosts, ["gpu-1", "cpu-1"], [])  # no front door: each host on its own
-    hosts["cpu-1"]["ollama_models"] = ["qwen2.5:0.5b", "tinyllama"]  # order does not matter
+             "lb-1": {"ssh_hostname": "10.0.0.9"}}
     validate_fleet(hosts, ["gpu-1", "cpu-1"], ["lb-1"])
+
+
+def test_gpu_servers_behind_a_front_door_reached_by_name_need_nginx_allow():
+    """Unset nginx_allow behind a front door lets only the front doors in; nginx allows
+    addresses, so a front door known by name needs its address said."""
+    hosts = {"gpu-1": {"gpu_count": 1, "ssh_hostname": "10.0.0.1"}, "lb-1": {}}
+    with pytest.raises(SettingsError) as exc:
+        validate_fleet(hosts, ["gpu-1"], ["lb-1"])
+    assert exc.value.problems == [
+        "gpu-1: nginx_allow: the front doors ['lb-1'] are reached by name and nginx allows "
+        "addresses; give their addresses or networks (CIDR) that may call this host's API"]
+    for allow in (["10.0.0.9"], []):  # its address, or everyone: the operator's choice
+        validate_fleet({**hosts, "gpu-1": {**hosts["gpu-1"], "nginx_allow": allow}},
+                       ["gpu-1"], ["lb-1"])
 
 
 def test_the_example_inventory_is_a_fleet_that_works_as_written():
