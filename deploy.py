@@ -12,6 +12,7 @@ from tasks import (
     apps,
     docker,
     front_door,
+    lock,
     metrics,
     models,
     nvidia_driver,
@@ -26,6 +27,7 @@ from tasks.report import report_failures
 # the first call validates every host: bad inventory data stops the whole run, hosts untouched
 settings, fleet = current_settings(), current_fleet()
 report_failures()  # a failing host stops alone, named with its step
+lock.take("deploy.py")  # one run at a time per host: a second one stops here, nothing changed
 probe.prefetch_remembered()  # what the last run read of this host, asked in one round trip
 
 dist = distribution()  # the host's row of tasks/distributions.py; another OS stops the run

@@ -5,10 +5,11 @@ writes the job (tarball name, where to fetch it to) to the file named by
 OLLAMA_FLEET_BACKUP_JOB. The host's data is validated like deploy.py does.
 """
 
-from tasks import backup
+from tasks import backup, lock
 from tasks.fleet import current_settings
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
+lock.take("ollama-fleet backup")  # one run at a time per host (tasks/lock.py)
 job = backup.load_job()
 
 if job["action"] == "clean":

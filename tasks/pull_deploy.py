@@ -8,12 +8,13 @@ the roll with no host drained. The host's data is validated like deploy.py does.
 
 from pyinfra import host
 
-from tasks import stack
+from tasks import lock, stack
 from tasks.fleet import current_settings
 from tasks.report import report_failures
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
 report_failures()
+lock.take("ollama-fleet roll (pull)")  # one run at a time per host (tasks/lock.py)
 
 if "gpu_servers" in host.groups:
     stack.pull_images(settings)

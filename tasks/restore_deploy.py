@@ -5,10 +5,11 @@ it has checked the tarball; the job (tarball, what it holds) is in the file name
 OLLAMA_FLEET_BACKUP_JOB. The host's data is validated like deploy.py does.
 """
 
-from tasks import backup
+from tasks import backup, lock
 from tasks.fleet import current_settings
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
+lock.take("ollama-fleet restore")  # one run at a time per host (tasks/lock.py)
 job = backup.load_job()
 
 if job["action"] == "clean":

@@ -72,3 +72,57 @@ def test_host_cut_mid_deploy_fails_alone_and_reconverges(fleet):
     assert "nvidia" in daemon["runtimes"]
     _, out, _ = fleet.ssh("gpu-2", "curl -sS http://127.0.0.1/api/tags")
     assert "tinyllama:latest" in out
+
+
+STATE = "sha1sum /opt/ollama/compose.yaml /opt/ollama/nginx/ollama.conf; docker ps -q --no-trunc"
+
+
+def test_a_second_run_on_a_host_stops_at_once_naming_the_first(fleet):
+    fleet.ssh("gpu-1", "touch /tmp/hold-lock")
+    first = subprocess.Popen([PYINFRA, "-y", "--limit", "gpu-1", fleet.inventory,
+                              "tests/lab/deploys/hold_lock.py"], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
+    try:
+        # (an earlier run's holder lets go within a second of its run's end)
+        poll(lambda: "a test's long run" in fleet.ssh(
+            "gpu-1", "cat /run/lock/ollama-fleet.lock.owner", check=False)[1], timeout=120,
+            what="the first run holding gpu-1")
+        before = fleet.ssh("gpu-1", STATE)[1]
+        second = fleet.pyinfra("deploy.py", limit="gpu-1")
+        assert second.returncode == 1, second.output[-3000:]
+        said = [line for line in second.output.splitlines() if "another run holds" in line]
+        assert said and "gpu-1: another run holds this host (" in said[0] \
+            and "a test's long run" in said[0], second.output[-3000:]
+        assert "--> Beginning operation run" not in second.output  # stopped before any op
+        assert fleet.ssh("gpu-1", STATE)[1] == before
+        first.kill()  # the first run dies: its lock goes with its connection
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+        fleet.ssh("gpu-1", "rm -f /tmp/hold-lock")
+    third = fleet.pyinfra("deploy.py", limit="gpu-1")
+    assert third.returncode == 0, third.output[-3000:]
+
+
+def test_a_daemon_json_docker_refuses_never_reaches_a_restart(fleet):
+    """dockerd --validate checks the staged file; a failure leaves Docker as it runs."""
+    bad = ("python3 -c \"import json; p = '/etc/docker/daemon.json'; d = json.load(open(p)); "
+           "d['no-such-directive'] = True; json.dump(d, open(p, 'w'))\"")
+    fleet.ssh("cpu-1", bad)
+    pid = fleet.ssh("cpu-1", "systemctl show -p MainPID --value docker")[1].strip()
+    written = fleet.ssh("cpu-1", "cat /etc/docker/daemon.json")[1]
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", "docker_log_max_size=20m", limit="cpu-1")
+        assert proc.returncode != 0, proc.output[-3000:]
+        assert "dockerd --validate" in proc.output and "the live file is unchanged" in \
+            proc.output, proc.output[-3000:]
+        assert fleet.ssh("cpu-1", "systemctl show -p MainPID --value docker")[1].strip() == pid
+        assert fleet.ssh("cpu-1", "cat /etc/docker/daemon.json")[1] == written
+    finally:
+        fleet.ssh("cpu-1", bad.replace("d['no-such-directive'] = True",
+                                       "d.pop('no-such-directive', None)"))
+    proc = fleet.pyinfra("deploy.py", limit="cpu-1")
+    assert proc.returncode == 0, proc.output[-3000:]

@@ -1,0 +1,84 @@
+"""One run at a time on a host: the run lock every changing command takes first.
+
+`take(what)` is called from a deploy file (deploy.py, and the deploy files `ollama-fleet`
+runs: pull, backup, restore) while pyinfra prepares, before any operation runs. On each
+host it starts, over the run's own SSH connection, a holder that keeps an flock on
+LOCK_PATH until that connection is gone (templates/lock/hold.sh): the lock lasts exactly
+as long as the run, is let go when the run ends however it ends (done, failed, killed,
+its machine or network lost), and a reboot clears it (/run is a tmpfs). A second run on
+the same host stops there, before anything changed, naming who holds it. It is asked
+like a fact (not an operation): it changes nothing the run reports or the facts read.
+A host not reached over SSH (pyinfra's @local, @docker) runs without the lock, said so.
+
+A run that is gone while the host has not noticed its connection is gone (a network cut:
+sshd learns of a dead client only when it next sends) still holds the lock. When that
+run was started from this machine and its process is no more, the next run from here
+ends the old holder and takes the lock; a run from elsewhere is named and waited for. A
+reboot (the driver step) ends the holder too: the rest of that run goes without it.
+
+What it does not do: `ollama-fleet roll` is several pyinfra runs one after the other;
+between two of them the host is free, so a plain deploy can run then (what the roll
+holds out of the front door is kept on the front door, so such a deploy keeps it out).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+import time
+
+from pyinfra import host, logger
+from pyinfra.api.exceptions import PyinfraError
+
+from tasks.scripts import script_command
+
+LOCK_PATH = "/run/lock/ollama-fleet.lock"
+
+
+class HostBusy(PyinfraError):
+    """Another run holds the host: pyinfra prints this and exits 1, nothing changed."""
+
+
+def owner(what: str) -> str:
+    """Who takes the lock, as another run will be told: user@machine, pid, what, since."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}: {what} since {since}"
+
+
+def _gone_from_here(owner_line: str) -> str | None:
+    """The holder's pid when OWNER_LINE names a run from this machine that is no more."""
+    found = re.search(r"@(\S+) pid (\d+): .* \(holder (\d+), connection \d+\)$", owner_line)
+    if not found or found[1] != socket.gethostname() or int(found[2]) == os.getpid():
+        return None
+    try:
+        os.kill(int(found[2]), 0)
+    except ProcessLookupError:
+        return found[3]
+    except PermissionError:
+        return None  # another user's live process
+    return None
+
+
+def take(what: str) -> None:
+    """Hold this host's run lock for the rest of the run; HostBusy when another run has
+    it (the whole run stops before any operation, as for bad inventory data)."""
+    me = owner(what)
+    for _ in range(2):
+        ok, output = host.run_shell_command(script_command("lock/hold.sh", "take", LOCK_PATH,
+                                                           me))
+        said = " ".join(output.stdout_lines).strip() or " ".join(output.stderr_lines).strip()
+        if ok:
+            return
+        if "no SSH connection" in said:
+            logger.warning(f"[{host.name}] {said}: this run goes without it")
+            return
+        holder = _gone_from_here(said)
+        if holder is None:
+            break
+        logger.warning(f"[{host.name}] the run lock is held by a run of this machine that "
+                       f"is gone ({said}): ending its holder")
+        host.run_shell_command(script_command("lock/hold.sh", "break", LOCK_PATH, holder))
+    raise HostBusy(f"{host.name}: another run holds this host ({said}); nothing was "
+                   "changed. Wait for it, or stop it: the lock goes with its connection")

@@ -1,0 +1,74 @@
+#!/bin/sh
+# Sent by tasks/lock.py through tasks.scripts.script_command when a run starts on a host;
+# not installed on the host. POSIX sh, flock and setsid (util-linux), /proc (Linux).
+#
+# hold.sh take LOCK OWNER
+# Takes the host's run lock (flock on the file LOCK) for as long as the SSH connection
+# this command came over lasts: a holder process in the background keeps it until that
+# connection's sshd process is gone (the run ended, or its machine or network went),
+# then lets go. OWNER (who runs what) is kept in LOCK.owner meanwhile, with the holder's
+# pid, so a second run can say who it waits for. A lock left by a run that just ended is
+# waited for up to 3 s; one held by a live run is not waited for.
+# Exit: 0 held for this connection; 1 another run holds it (LOCK.owner on stdout);
+# 2 no SSH connection found to hold it for.
+#
+# hold.sh break LOCK HOLDER
+# Ends the holder HOLDER of LOCK (a run that is known to be gone but whose connection
+# the host has not noticed yet, after a network cut): its lock goes with it.
+# Exit: 0; 1 HOLDER is not LOCK's holder.
+mode=$1
+lock=$2
+if [ "$mode" = break ]; then
+    holder=$3
+    grep -q "(holder $holder," "$lock.owner" 2>/dev/null || exit 1
+    kill "$holder" 2>/dev/null
+    i=0
+    while [ -e "/proc/$holder" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    rm -f "$lock.owner"
+    exit 0
+fi
+owner=$3
+
+# This connection's sshd: the nearest ancestor named sshd (sshd-session from OpenSSH 9.8).
+pid=$$
+conn=
+while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do
+    case $(cat "/proc/$pid/comm" 2>/dev/null) in
+        sshd|sshd-session) conn=$pid; break ;;
+    esac
+    pid=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$pid/status" 2>/dev/null)
+done
+if [ -z "$conn" ]; then
+    echo "no SSH connection found to hold the run lock for"
+    exit 2
+fi
+
+mkdir -p "$(dirname "$lock")"
+ready="$lock.ready.$$"
+rm -f "$ready"
+# the holder: its own session, no terminal, nothing of the SSH channel kept open (its
+# arguments are its $1..$4: the single quotes are on purpose)
+# shellcheck disable=SC2016
+setsid -w sh -c '
+    exec 9>>"$1"
+    flock -w 3 9 || exit 1
+    printf "%s (holder %s, connection %s)\n" "$2" "$$" "$3" > "$1.owner"
+    : > "$4"
+    while [ -e "/proc/$3" ]; do sleep 1; done
+    rm -f "$1.owner"
+' hold "$lock" "$owner" "$conn" "$ready" </dev/null >/dev/null 2>&1 &
+holder=$!
+i=0
+while [ "$i" -lt 100 ]; do  # at most 10 s: the holder takes the lock or gives up in 3 s
+    if [ -e "$ready" ]; then
+        rm -f "$ready"
+        exit 0
+    fi
+    kill -0 "$holder" 2>/dev/null || break
+    sleep 0.1
+    i=$((i + 1))
+done
+kill "$holder" 2>/dev/null
+rm -f "$ready"
+cat "$lock.owner" 2>/dev/null || echo "another run (its owner not recorded)"
+exit 1
