@@ -9,6 +9,12 @@ For each fleet size (1 host, then 8 hosts) this starts a dedicated lab, then mea
   (the lab is already up; hosts have never been deployed to);
 - **no-op re-run**: wall clock of the same command right after, which must change nothing
   (median of 3; one more run under `-vv` gives the counts below);
+- **CPU per no-op**: the seconds of CPU one no-op run costs pyinfra's process on this machine
+  (the controller: user + system, from the kernel's accounting of waited-for children), and
+  the lab hosts together (their containers' cgroup CPU accounting, nested Docker included).
+  In the lab every host and the controller share this machine's cores (printed): when the
+  hosts' and the controller's CPU seconds exceed the wall clock times the cores, the
+  fleet is waiting for CPU, not for round trips; on real servers each host has its own;
 - from the no-op run's output: the operations run (the `--> Results:` table's Grand total,
   one per operation and host), how many of them changed something, and the remote commands
   sent to each host, facts and operations together.
@@ -43,7 +49,10 @@ the machine (e.g. lab tests running at the same time) slows them down.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +143,43 @@ class Result:
     floor_s: float | None = None  # median of REPEATS `exec -- true`
     noop_totals: Totals | None = None
     per_host: dict[str, HostCounts] = field(default_factory=dict)
+    controller_cpu_s: float | None = None  # per no-op run, pyinfra's process
+    hosts_cpu_s: float | None = None  # per no-op run, every lab host together
     error: str | None = None
+
+
+# --- CPU accounting -------------------------------------------------------------------------
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every waited-for child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _container_cpu_s(container_id: str) -> float | None:
+    """A container's CPU seconds from its cgroup (v1 cpuacct, or v2 cpu.stat)."""
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    for v2 in (Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"),
+               Path(f"/sys/fs/cgroup/docker/{container_id}/cpu.stat")):
+        if v2.exists():
+            usec = re.search(r"^usage_usec (\d+)$", v2.read_text(), re.M)
+            return int(usec[1]) / 1e6 if usec else None
+    return None
+
+
+def hosts_cpu_s(hosts: list[dict]) -> float | None:
+    """CPU seconds used so far by HOSTS' containers together; None where unreadable."""
+    total = 0.0
+    for host in hosts:
+        proc = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", host["container"]],
+                              capture_output=True, text=True, timeout=30)
+        used = _container_cpu_s(proc.stdout.strip()) if proc.returncode == 0 else None
+        if used is None:
+            return None
+        total += used
+    return total
 
 
 # --- reading pyinfra's output ---------------------------------------------------------------
@@ -211,7 +256,13 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
         result.noop_totals = grand_total(result.noop.output)
         result.per_host = per_host_counts(result.noop.output, [h["name"] for h in result.hosts])
         _check_counts(result)
+        every = info["hosts"]
+        controller, hosts = children_cpu_s(), hosts_cpu_s(every)
         result.noop_s = median(deploy, NOOP_TIMEOUT_S, prefix, "noop")  # plain, not -vv
+        result.controller_cpu_s = (children_cpu_s() - controller) / REPEATS
+        after = hosts_cpu_s(every)
+        if hosts is not None and after is not None:
+            result.hosts_cpu_s = (after - hosts) / REPEATS
         say(f"[{size.lab}] no-op re-run in {result.noop_s:.2f} s (median of {REPEATS})")
         floor = [str(PYINFRA), "-y", inventory, "exec", "--", "true"]
         result.floor_s = median(floor, NOOP_TIMEOUT_S, prefix, "floor")
@@ -262,8 +313,8 @@ def _secs2(value: float | None) -> str:
 
 def report(results: list[Result]) -> str:
     header = ("hosts", "lab up", "fresh converge", "floor", "no-op re-run", "no-op/floor",
-              "no-op/1 host", "ops (no-op)", "ops/host", "changed (no-op)",
-              "remote cmds/host (no-op)")
+              "no-op/1 host", "CPU: pyinfra", "CPU: hosts", "ops (no-op)", "ops/host",
+              "changed (no-op)", "remote cmds/host (no-op)")
     one = next((r.noop_s for r in results if r.size.hosts == 1 and r.noop_s), None)
     rows = []
     for r in results:
@@ -279,7 +330,8 @@ def report(results: list[Result]) -> str:
         else:
             ops = changed = ops_host = cmds_host = "-"
         rows.append((str(r.size.hosts), _secs(r.up_s), _secs(fresh), _secs2(floor),
-                     _secs2(noop), ratio, scale, ops, ops_host, changed, cmds_host))
+                     _secs2(noop), ratio, scale, _secs2(r.controller_cpu_s),
+                     _secs2(r.hosts_cpu_s), ops, ops_host, changed, cmds_host))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells) -> str:
@@ -287,6 +339,8 @@ def report(results: list[Result]) -> str:
 
     out = ["converge benchmark (lab hosts; stand-in NVIDIA/Ollama)", line(header)]
     out += [line(row) for row in rows]
+    out += [f"CPU: seconds of CPU per no-op run, of pyinfra's process and of the lab hosts "
+            f"together; this machine has {os.cpu_count()} cores, shared by both."]
 
     out += ["", "per host, no-op run (remote commands: sent while preparing + while executing;"
                 " distinct: repeats of the same command text counted once):"]

@@ -100,14 +100,16 @@ def daemon_json(owned: dict[str, Any], nvidia_runtime: dict[str, bool] | None = 
     + nvidia_runtime: `{"default_runtime": bool, "cdi": bool}` on GPU servers, else None
     + path: daemon.json's path
     """
-    if owned.get("live-restore") and host.get_fact(DockerSwarmState) == "active":
-        yield fail_command("docker_live_restore: this host is a Swarm node, and Docker "
-                           "refuses to start with live-restore in Swarm mode; set "
-                           "docker_live_restore: false for it (nothing was changed)")
-        return
     current = fact(JsonFile, path=path)
     if current and "__invalid__" in current:
         yield fail_command(f"{path}: not valid JSON; fix or remove it (nothing was changed)")
+        return
+    # Swarm refuses live-restore; asked only when turning it on (`docker info` is costly)
+    if owned.get("live-restore") and not (current or {}).get("live-restore") \
+            and host.get_fact(DockerSwarmState) == "active":
+        yield fail_command("docker_live_restore: this host is a Swarm node, and Docker "
+                           "refuses to start with live-restore in Swarm mode; set "
+                           "docker_live_restore: false for it (nothing was changed)")
         return
     merged = merge_daemon_json(current, owned)
     flags = runtime_configure_flags(merged, **nvidia_runtime) if nvidia_runtime else []
