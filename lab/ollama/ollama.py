@@ -1910,16 +1910,7 @@ def oai_chat_request(req: dict) -> dict:
                     raise ApiError(400, "invalid tool call arguments")
                 calls.append({"function": {"name": fn.get("name") or "", "arguments": args}})
             messages.append({"role": role, "content": "", "tool_calls": calls})
-    options: dict = {}
-    if "stop" in req:
-        stop = _oai_stop(req["stop"], strict=False)
-        if stop is not None:
-            options["stop"] = stop or None
-    if req.get("max_tokens") is not None:
-        options["num_predict"] = int(req["max_tokens"])
-    options["temperature"] = req["temperature"] if req.get("temperature") is not None else 1.0
-    if req.get("seed") is not None:
-        options["seed"] = int(req["seed"])
+    options = _oai_options(req, strict_stop=False)
     for key in ("frequency_penalty", "presence_penalty"):
         if req.get(key) is not None:
             options[key] = req[key]
@@ -1940,11 +1931,12 @@ def oai_chat_request(req: dict) -> dict:
     return out
 
 
-def oai_completion_request(req: dict) -> dict:
-    """fromCompleteRequest: openai.CompletionRequest -> api.GenerateRequest."""
+def _oai_options(req: dict, strict_stop: bool) -> dict:
+    """The options fromChatRequest and fromCompleteRequest both set the same way: stop,
+    max_tokens (num_predict), temperature (1.0 when absent) and seed."""
     options: dict = {}
     if "stop" in req:
-        stop = _oai_stop(req["stop"], strict=True)
+        stop = _oai_stop(req["stop"], strict=strict_stop)
         if stop is not None:
             options["stop"] = stop or None
     if req.get("max_tokens") is not None:
@@ -1952,6 +1944,12 @@ def oai_completion_request(req: dict) -> dict:
     options["temperature"] = req["temperature"] if req.get("temperature") is not None else 1.0
     if req.get("seed") is not None:
         options["seed"] = int(req["seed"])
+    return options
+
+
+def oai_completion_request(req: dict) -> dict:
+    """fromCompleteRequest: openai.CompletionRequest -> api.GenerateRequest."""
+    options = _oai_options(req, strict_stop=True)
     options["frequency_penalty"] = req.get("frequency_penalty") or 0
     options["presence_penalty"] = req.get("presence_penalty") or 0
     options["top_p"] = req.get("top_p") or 1.0

@@ -11,7 +11,11 @@ local service:
                                                       -> blob, Range aware (206/416),
                                                          or 404 BLOB_UNKNOWN
 
-Lab-only control endpoints live under /_lab/ (stats, reset, fault, rate).
+Lab-only control endpoints live under /_lab/ (stats, reset, fault, rate). The fault
+``{"hostile": true}`` makes every manifest a hostile one, as a compromised or malicious
+registry could serve: digests and sizes that are shell (``$(touch CANARY)``), a path and
+a negative number, where the registry's protocol has ``sha256:<64 hex>`` and a size;
+the command they would run creates HOSTILE_CANARY on whatever machine runs it.
 
 Content is a pure function of the catalog entry (name, tag, scaled size), so
 digests are identical across restarts and hosts. Model layers start with the
@@ -316,6 +320,10 @@ class Registry:
             self.by_client: dict[str, int] = {}
             self.fault = None
 
+    def hostile(self) -> bool:
+        with self.lock:
+            return bool(self.fault and self.fault.get("hostile"))
+
     def lookup_manifest(self, name: str, ref: str) -> dict | None:
         m = self.by_ref.get((name, ref))
         if m is None and "/" not in name:
@@ -386,6 +394,22 @@ CHUNK = 64 * 1024
 
 class _Dropped(Exception):
     pass
+
+
+HOSTILE_CANARY = "/tmp/fleetlab-canary"
+_RUN = f"$(touch {HOSTILE_CANARY})"
+
+
+def hostile_manifest(raw: bytes) -> bytes:
+    """RAW (a manifest) with every digest and size replaced by something a careless
+    client would paste into a shell or a path: the hostile fault's manifest."""
+    manifest = json.loads(raw)
+    tricks = [("sha256:" + "a" * 64 + _RUN, 1), (f"sha256:{_RUN}", f"1{_RUN}"),
+              ("sha256:../../../../etc/passwd", -1)]
+    blobs = [manifest["config"], *manifest["layers"]]
+    for blob, (digest, size) in zip(blobs, tricks * len(blobs), strict=False):
+        blob["digest"], blob["size"] = digest, size
+    return json.dumps(manifest).encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -507,8 +531,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(
                 404, "MANIFEST_UNKNOWN", "manifest unknown", {"name": name, "tag": ref}
             )
-        body = model["_manifest_bytes"]
-        self._head(200, MT_MANIFEST, len(body), {"Docker-Content-Digest": model["digest"]})
+        body, digest = model["_manifest_bytes"], model["digest"]
+        if reg.hostile():
+            body = hostile_manifest(body)
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        self._head(200, MT_MANIFEST, len(body), {"Docker-Content-Digest": digest})
         if self.command != "HEAD":
             self._send_counted(body, None, limit=False)
 
@@ -596,6 +623,7 @@ class Handler(BaseHTTPRequestHandler):
                     "drop_after_bytes": int(body.get("drop_after_bytes", 0)),
                     "times": int(body.get("times", 1)),
                     "corrupt": bool(body.get("corrupt", False)),
+                    "hostile": bool(body.get("hostile", False)),
                 }
                 if fault["drop_after_bytes"] < 0 or fault["times"] < -1:
                     raise ValueError("drop_after_bytes must be >= 0, times >= -1")

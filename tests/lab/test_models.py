@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,33 @@ def test_a_corrupt_registry_download_is_never_listed(fleet):
                        f"echo '{layer[7:]}  '$f | sha256sum -c --quiet")
     # the next run, with the registry healthy again, converges
     proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-4")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert_verified(fleet, "gpu-4")
+
+
+CANARY = "/tmp/fleetlab-canary"  # lab/registry/modelregistry.py HOSTILE_CANARY
+
+
+def test_a_hostile_registry_fails_the_host_in_one_line_and_runs_nothing(fleet):
+    """A registry that serves shell, paths and nonsense for digests and sizes."""
+    forget(fleet, "gpu-4")
+    registry(fleet, "/_lab/fault", {"hostile": True, "times": -1})
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-4")
+    finally:
+        registry(fleet, "/_lab/fault", {"times": 0})
+    assert proc.returncode != 0, proc.output[-3000:]
+    failed = re.findall(r'^--> (\S+): failed at step "([^"]+)"', proc.output, re.M)
+    assert [host for host, _ in failed] == ["gpu-4"], proc.output[-3000:]
+    said = [line for line in proc.output.splitlines()
+            if "gpu-4" in line and "is not a sha256 digest" in line]
+    assert said, proc.output[-3000:]
+    for host in fleet.hosts():  # nothing of the manifest ran, anywhere
+        status, _, _ = fleet.ssh(host["name"], f"test ! -e {CANARY}", check=False)
+        assert status == 0, f"{host['name']} ran the registry's {CANARY} command"
+    assert not Path(CANARY).exists()
+    assert MODEL not in listed(fleet, "gpu-4")
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-4")  # registry honest again
     assert proc.returncode == 0, proc.output[-3000:]
     assert_verified(fleet, "gpu-4")
 
