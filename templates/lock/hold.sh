@@ -7,8 +7,9 @@
 # this command came over lasts: a holder process in the background keeps it until that
 # connection's sshd process is gone (the run ended, or its machine or network went),
 # then lets go. OWNER (who runs what) is kept in LOCK.owner meanwhile, with the holder's
-# pid, so a second run can say who it waits for. A lock left by a run that just ended is
-# waited for up to 3 s; one held by a live run is not waited for.
+# pid, so a second run can say who it waits for. The holder looks five times a second,
+# so a run that follows one that just ended waits at most that long (up to 3 s are
+# allowed); one held by a live run is not waited for.
 # Exit: 0 held for this connection; 1 another run holds it (LOCK.owner on stdout);
 # 2 no SSH connection found to hold it for.
 #
@@ -54,7 +55,7 @@ setsid -w sh -c '
     flock -w 3 9 || exit 1
     printf "%s (holder %s, connection %s)\n" "$2" "$$" "$3" > "$1.owner"
     : > "$4"
-    while [ -e "/proc/$3" ]; do sleep 1; done
+    while [ -e "/proc/$3" ]; do sleep 0.2; done
     rm -f "$1.owner"
 ' hold "$lock" "$owner" "$conn" "$ready" </dev/null >/dev/null 2>&1 &
 holder=$!

@@ -84,7 +84,7 @@ def test_a_second_run_on_a_host_stops_at_once_naming_the_first(fleet):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL)
     try:
-        # (an earlier run's holder lets go within a second of its run's end)
+        # (an earlier run's holder lets go within 0.2 s of its run's end)
         poll(lambda: "a test's long run" in fleet.ssh(
             "gpu-1", "cat /run/lock/ollama-fleet.lock.owner", check=False)[1], timeout=120,
             what="the first run holding gpu-1")
