@@ -126,3 +126,34 @@ def test_a_daemon_json_docker_refuses_never_reaches_a_restart(fleet):
                                        "d.pop('no-such-directive', None)"))
     proc = fleet.pyinfra("deploy.py", limit="cpu-1")
     assert proc.returncode == 0, proc.output[-3000:]
+
+
+def test_a_connection_cut_while_daemon_json_changes_leaves_a_whole_file(fleet):
+    """Cut as the daemon.json step starts: the live file is the old one or the new one,
+    whole, and Docker runs; the next run converges."""
+    old = fleet.ssh("cpu-1", "cat /etc/docker/daemon.json")[1]
+    cmd = [PYINFRA, "-y", "--limit", "cpu-1", fleet.inventory, "deploy.py",
+           "--data", "docker_log_max_size=30m"]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, stdin=subprocess.DEVNULL)
+    try:
+        seen = []
+        for line in run.stdout:  # ends with the run at the latest
+            seen.append(line)
+            if "Starting operation: daemon.json" in line:
+                break
+        assert run.poll() is None, "".join(seen[-40:])
+        lab_cli("cut", "cpu-1", name=NAME)
+        fleet.forget("cpu-1")
+        run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=30)
+        lab_cli("restore", "cpu-1", name=NAME)
+    assert run.returncode != 0
+    now = fleet.ssh("cpu-1", "cat /etc/docker/daemon.json")[1]
+    assert now == old or json.loads(now)["log-opts"]["max-size"] == "30m", now
+    fleet.ssh("cpu-1", "docker info --format '{{.ServerVersion}}'")  # Docker answers
+    proc = fleet.pyinfra("deploy.py", limit="cpu-1")
+    assert proc.returncode == 0, proc.output[-3000:]

@@ -264,6 +264,43 @@ def test_containers_run_with_least_privilege_and_rotated_logs(fleet):
 
 
 
+SECRETS = ("api-keys.map", "admin-keys.map", "key.pem")
+
+
+def test_secrets_are_never_readable_by_others_while_they_are_written(fleet):
+    """The front door's keys and TLS key written anew, watched all the while: every
+    file with a secret in it is root's alone, or inside a directory only root enters."""
+    front = "/opt/ollama-front"
+    fleet.ssh("lb-1", f"rm -rf {front}/.staged {front}/nginx/api-keys.map "
+                      f"{front}/nginx/admin-keys.map {front}/nginx/tls/key.pem")
+    # the watcher stops by itself after 300 s at the latest
+    fleet.ssh("lb-1", "touch /tmp/watching; (end=$(($(date +%s) + 300)); "
+                      "while [ -e /tmp/watching ] && [ $(date +%s) -lt $end ]; do "
+                      f"find {front} -printf '%m %y %p\\n'; done | sort -u > /tmp/watch.log; "
+                      "rm -f /tmp/watching.done; touch /tmp/watching.done) "
+                      "</dev/null >/dev/null 2>&1 &")
+    try:
+        proc = fleet.pyinfra("deploy.py", inventory=fleet.secure_inventory, limit="lb_servers")
+    finally:
+        fleet.ssh("lb-1", "rm -f /tmp/watching")
+    assert proc.returncode == 0, proc.output[-3000:]
+    poll(lambda: fleet.ssh("lb-1", "test -e /tmp/watching.done", check=False)[0] == 0, 60,
+         what="the watcher's log")
+    seen = [line.split(" ", 2) for line in fleet.ssh("lb-1", "cat /tmp/watch.log")[1].splitlines()]
+    dirs: dict[str, set[str]] = {}
+    for mode, kind, path in seen:
+        if kind == "d":
+            dirs.setdefault(path, set()).add(mode)
+    secret = [(mode, path) for mode, kind, path in seen if kind == "f"
+              and Path(path).name.split(".upload")[0].removesuffix(".new") in SECRETS]
+    assert {Path(p).name for _, p in secret} >= set(SECRETS), seen[:40]  # they were seen
+    for mode, path in secret:
+        if int(mode, 8) & 0o077 == 0:
+            continue
+        fenced = [d for d in dirs if path.startswith(d + "/") and dirs[d] == {"700"}]
+        assert fenced, f"{path} was mode {mode} where others could reach it"
+
+
 def test_guessing_keys_gets_429s_and_a_slow_client_is_closed(fleet):
     """Last in the module: it spends this machine's allowance of wrong keys."""
     codes: list[int] = []
