@@ -76,16 +76,17 @@ class Route:
 
 def routes(servers: list[Upstream]) -> list[Route]:
     """One route per set of hosts that serve the same models, in inventory order."""
-    by_hosts: dict[tuple[str, ...], list[str]] = {}
-    seen: dict[str, str] = {}  # a model's key -> the spelling listed
+    spelling: dict[str, str] = {}  # a model's key (any spelling) -> the first one listed
+    hosts_of: dict[str, list[Upstream]] = {}  # a model's key -> the hosts that serve it
     for server in servers:
         for model in server.models:
-            seen.setdefault(parse(model).key, model)
-    for key, model in seen.items():
-        hosts = tuple(s.host for s in servers if any(parse(m).key == key for m in s.models))
-        by_hosts.setdefault(hosts, []).append(model)
-    return [Route(f"fleet_route_{n}", tuple(models),
-                  tuple(s for s in servers if s.host in hosts))
+            key = parse(model).key
+            spelling.setdefault(key, model)
+            hosts_of.setdefault(key, []).append(server)
+    by_hosts: dict[tuple[Upstream, ...], list[str]] = {}
+    for key, hosts in hosts_of.items():
+        by_hosts.setdefault(tuple(dict.fromkeys(hosts)), []).append(spelling[key])
+    return [Route(f"fleet_route_{n}", tuple(models), hosts)
             for n, (hosts, models) in enumerate(by_hosts.items())]
 
 
