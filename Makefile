@@ -44,9 +44,11 @@ demo: machine venv
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
 	$(BIN)/python -m lab ask "Why is the sky blue?"
 	@echo
+	@echo "(asked by name: llm.fleetlab.test, the front door, in the lab's own DNS zone)"
 	@echo "Next: .venv/bin/ollama-fleet inventory/lab.py status (the fleet view);"
 	@echo "      .venv/bin/pyinfra -y inventory/lab.py deploy.py (changes nothing);"
 	@echo "      .venv/bin/ollama-fleet inventory/lab.py roll --data ollama_image=ollama/ollama:0.7.0;"
+	@echo "      .venv/bin/python -m lab run -- curl -s http://llm.fleetlab.test/api/tags (by name);"
 	@echo "      .venv/bin/python -m lab cut gpu-2 (then deploy again); make lab-down when done."
 
 demo-down lab-down: venv

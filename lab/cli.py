@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
+from lab import dns
 from lab.engine import LabError
 from lab.fleet import FAULTS, Lab, Spec, state_root
 from lab.tls import issue
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stand-in redis tags to publish (Debian's redis-server), comma-separated")
     up.add_argument("--app-tags", type=_tags, default=None,
                     help="stand-in application fleetlab/chat-app tags to publish, comma-separated")
+    up.add_argument("--inventory-names", action="store_true",
+                    help="the inventory names hosts by lab DNS (gpu-1.<lab>.test) instead of "
+                         "addresses; run pyinfra with it as `python -m lab run -- pyinfra ...`")
 
     sub.add_parser("down", help="remove every container, network and volume of the lab")
     status = sub.add_parser("status", help="hosts and endpoints")
@@ -83,12 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     cert = sub.add_parser("cert", help="a certificate for HOST from the lab's CA (JSON paths)")
     cert.add_argument("host")
 
-    ask = sub.add_parser("ask", help="a streamed /api/generate through the front door")
+    ask = sub.add_parser("ask", help="a streamed /api/generate through the front door, "
+                                     "by its lab DNS name")
     ask.add_argument("prompt")
     ask.add_argument("--host", help="lab host to ask (default: the front door, else the "
                                     "first GPU host)")
     ask.add_argument("--model", default="tinyllama")
     ask.add_argument("--port", type=_nonneg_int, default=80, help="the host's nginx port")
+    # set by `ask` itself when it runs again under the lab's resolver (`run`)
+    ask.add_argument("--url", help=argparse.SUPPRESS)
+
+    run = sub.add_parser("run", help="run a command that resolves lab names (gpu-1.<lab>.test) "
+                                     "through the lab DNS; this machine's own files untouched")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
 
     image = sub.add_parser("ollama-image",
                            help="build and publish a stand-in ollama/ollama:TAG (e.g. a bad one)")
@@ -111,41 +125,81 @@ def _print_status(info: dict) -> None:
         gpus = ", ".join(f"{g['index']}:{g['name']}" for g in h["gpus"]) or "-"
         print(f"  {h['name']:<8} {h['role']:<4} {h['address']:<15} {h['state']:<8} {gpus}")
     ep = info["endpoints"]
+    print(f"  dns server      {ep['dns_server']}  zone {ep['dns_zone']}"
+          + (f"  front door {ep['front_door_name']}" if ep["front_door_name"] else "")
+          + "  (python -m lab run -- CMD resolves it)")
     print(f"  image registry  {ep['image_registry']['mirror']}")
     print(f"  model registry  {ep['model_registry']}")
     print(f"  apt repository  {ep['apt_repository']['base']}")
 
 
-def ask(lab: Lab, prompt: str, host: str | None, model: str, port: int) -> None:
-    """Stream a generation through HOST's nginx, printing tokens as they arrive."""
-    import http.client
-
+def ask_url(lab: Lab, host: str | None, port: int) -> str:
+    """The URL `ask` posts to, by lab DNS name: the front door (llm.<lab>.test) when the
+    lab has one, else the first GPU (or CPU) server's nginx; HOST names one host."""
     hosts = lab.status()["hosts"]
     if not hosts:
         raise LabError(f"no lab named {lab.name} is up (run: python -m lab up)")
-    # the front door when there is one, else the first GPU (or CPU) server's nginx
-    by_role = sorted((lab.host(x["name"]) for x in hosts),
-                     key=lambda h: {"lb": 0, "gpu": 1, "cpu": 2}[h.role])
-    target = lab.host(host) if host else by_role[0]
-    conn = http.client.HTTPConnection(target.address, port, timeout=120)
+    if host:
+        name = dns.host_name(lab.name, lab.host(host).name)
+    else:
+        first = min(hosts, key=lambda h: {"lb": 0, "gpu": 1, "cpu": 2}[h["role"]])
+        name = (dns.front_door_name(lab.name) if first["role"] == "lb"
+                else dns.host_name(lab.name, first["name"]))
+    netloc = name if port == 80 else f"{name}:{port}"
+    return f"http://{netloc}/api/generate"
+
+
+def ask(lab: Lab, prompt: str, host: str | None, model: str, port: int) -> int:
+    """Ask by name: run `ask --url` again under the lab's resolver; its exit status."""
+    url = ask_url(lab, host, port)
+    dns.check_namespace(lab)
+    argv = [*dns.resolver_argv(lab), sys.executable, "-m", "lab", "--name", lab.name,
+            "ask", prompt, "--model", model, "--url", url]
+    return subprocess.run(argv, check=False).returncode
+
+
+def stream_generate(url: str, model: str, prompt: str) -> None:
+    """POST a streamed /api/generate to URL, printing tokens as they arrive."""
+    import http.client
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=120)
     try:
-        conn.request("POST", "/api/generate", json.dumps({"model": model, "prompt": prompt}),
+        conn.request("POST", parts.path, json.dumps({"model": model, "prompt": prompt}),
                      {"Content-Type": "application/json"})
         response = conn.getresponse()
-        print(f"{target.name} ({target.address}:{port}) answers with HTTP {response.status}:")
+        address = conn.sock.getpeername()[0] if conn.sock else "?"
+        print(f"asked {parts.netloc} ({address} by the lab DNS): HTTP {response.status}")
         chunks = 0
         for raw in response:
             line = json.loads(raw)
             if "error" in line:
-                raise LabError(f"ask: {target.name}: {line['error']}")
+                raise LabError(f"ask: {parts.netloc}: {line['error']}")
             print(line.get("response", ""), end="", flush=True)
             chunks += 1
         print(f"\n({chunks} chunks streamed)")
     except OSError as exc:
-        raise LabError(f"ask: {target.name} at {target.address}:{port}: {exc} "
+        raise LabError(f"ask: {parts.netloc}: {exc} "
                        "(has the deploy run? pyinfra -y inventory/lab.py deploy.py)") from exc
     finally:
         conn.close()
+
+
+def run_by_name(lab: Lab, cmd: list[str]) -> int:
+    """Replace this process with CMD under the lab's resolver; its exit status is CMD's."""
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if not cmd:
+        raise _UsageError("run: give a command after --, e.g. run -- getent hosts "
+                          f"gpu-1.{dns.zone(lab.name)}")
+    dns.check_namespace(lab)
+    argv = [*dns.resolver_argv(lab), *cmd]
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 (the operator's own command, by design)
+
+
+class _UsageError(LabError):
+    """Bad input found after parsing: exit 2, like argparse's own errors."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,13 +211,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = lab.status()
             print(json.dumps(info, indent=2)) if args.json else _print_status(info)
             return 0
+        # These change nothing and may run for long (`run -- pyinfra ...`): no lock.
+        if args.command == "run":
+            return run_by_name(lab, args.cmd)
+        if args.command == "ask":
+            if args.url:
+                stream_generate(args.url, args.model, args.prompt)
+                return 0
+            return ask(lab, args.prompt, host=args.host, model=args.model, port=args.port)
         # One command at a time per lab: `up` from two terminals must not race.
         with open(state_root() / f"{args.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return _run(args, lab)
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, (_UsageError, dns.NamespaceError)) else 1
     except KeyboardInterrupt:
         print("lab: interrupted; `python -m lab up` cleans up and carries on", file=sys.stderr)
         return 130
@@ -183,16 +245,18 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         if args.app_tags:
             spec.app_tags = args.app_tags
         started = time.monotonic()
-        lab.up(spec)
+        lab.up(spec, inventory_names=args.inventory_names)
         lab.log(f"up in {time.monotonic() - started:.1f}s")
         _print_status(lab.status())
     elif args.command == "down":
         lab.down()
     elif args.command == "cert":
         host = lab.host(args.host)
-        print(json.dumps(issue(lab.dir, host.name, host.address)))
-    elif args.command == "ask":
-        ask(lab, args.prompt, host=args.host, model=args.model, port=args.port)
+        names = [dns.host_name(lab.name, host.name)]
+        front_door = next((h["name"] for h in lab.load()["hosts"] if h["role"] == "lb"), None)
+        if host.name == front_door:  # the first lb host also answers as llm.<lab>.test
+            names.append(dns.front_door_name(lab.name))
+        print(json.dumps(issue(lab.dir, host.name, host.address, tuple(names))))
     elif args.command == "ollama-image":
         lab.publish_ollama_image(args.tag, fault=args.fault, pad_mb=args.pad_mb)
     else:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lab import engine, images
+from lab import dns, engine, images
 from lab.engine import LabError, docker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,8 +127,11 @@ class Lab:
         return self.dir / "id_ed25519"
 
     # -- up ---------------------------------------------------------------
-    def up(self, spec: Spec) -> dict:
+    def up(self, spec: Spec, inventory_names: bool = False) -> dict:
+        """Start (or reconcile) the lab to SPEC; INVENTORY_NAMES writes an inventory that
+        names hosts by DNS (for pyinfra under `python -m lab run`) instead of addresses."""
         spec.validate()
+        dns.zone(self.name)  # the lab name is a DNS label: refuse a bad one before anything
         engine.require_engine()
         self._check_registry_port(spec.registry_port)
         state = self.load()
@@ -142,11 +145,12 @@ class Lab:
         net = ipaddress.ip_network(subnet)
         services_ip = str(net.network_address + SERVICES_IP_OFFSET)
         apt_info = self._build_apt_repo()
+        hosts = self._plan_hosts(spec, net)
+        dns.write_files(self, services_ip, [asdict(h) for h in hosts])
         self._ensure_services(spec, server_image, services_ip)
         self._wait_services(spec, services_ip)
         self._push_images(spec, app_base, services_ip)
-        hosts = self._plan_hosts(spec, net)
-        self._reconcile_hosts(hosts, server_image)
+        self._reconcile_hosts(hosts, server_image, services_ip)
         state = {
             "name": self.name,
             "spec": asdict(spec),
@@ -158,7 +162,7 @@ class Lab:
         self.save(state)
         from lab.inventory import write_inventory
 
-        write_inventory(self, state)
+        write_inventory(self, state, by_name=inventory_names)
         return state
 
     def _ensure_key(self) -> None:
@@ -213,7 +217,8 @@ class Lab:
         files = {
             "modelregistry.py": REPO / "lab/registry/modelregistry.py",
             **{name: images.RECIPES / "services" / name for name in
-               ("apt-repo.conf", "registry-config.yml", "fleetlab-model-registry.service")},
+               ("apt-repo.conf", "registry-config.yml", "fleetlab-model-registry.service",
+                "fleetlab-dns.service")},
         }
         dockerfile = (images.RECIPES / "services/Dockerfile").read_text()
         tag = images.build_image(f"fleetlab/services:{images.SUITE}", server_image, files,
@@ -221,9 +226,13 @@ class Lab:
         config = self.dir / "services"
         config.mkdir(exist_ok=True)
         (config / "models.json").write_bytes((REPO / "lab/registry/models.json").read_bytes())
-        (config / "model-registry.env").write_text(f"SIZE_SCALE={spec.model_scale}\n")
+        # blobs are redirected to another name for the same server, as registry.ollama.ai
+        # redirects to its blob store (lab/registry/modelregistry.py)
+        blob_url = f"http://blobs.{dns.zone(self.name)}:{MODEL_REGISTRY_PORT}"
+        (config / "model-registry.env").write_text(
+            f"SIZE_SCALE={spec.model_scale}\nFLEETLAB_BLOB_URL={blob_url}\n")
         wanted = {"image": engine.inspect("image", tag)["Id"], "port": spec.registry_port,
-                  "scale": spec.model_scale}
+                  "scale": spec.model_scale, "blob_url": blob_url}
         current = engine.inspect("container", self.services)
         if current and current["Config"]["Labels"].get("fleetlab.config") == json.dumps(wanted):
             if not current["State"]["Running"]:
@@ -278,6 +287,7 @@ class Lab:
         }
         for what, url in checks.items():
             wait_http(url, what, timeout=120)
+        wait_dns(services_ip, f"services.{dns.zone(self.name)}", services_ip, timeout=60)
 
     def _push_images(self, spec: Spec, app_base: str, services_ip: str) -> None:
         registry = f"http://{services_ip}:{MODEL_REGISTRY_PORT}"
@@ -348,7 +358,7 @@ class Lab:
                 hosts.append(Host(name, role, address, gpus))
         return hosts
 
-    def _reconcile_hosts(self, hosts: list[Host], image: str) -> None:
+    def _reconcile_hosts(self, hosts: list[Host], image: str, services_ip: str) -> None:
         wanted = {h.container(self.name): h for h in hosts}
         for c in engine.containers("fleetlab.role=host", all=True):
             cname = c["Name"].lstrip("/")
@@ -356,7 +366,7 @@ class Lab:
                 continue
             host = wanted.get(cname)
             if host is None or c["Config"]["Labels"].get("fleetlab.host") != self._host_label(
-                    host, image):
+                    host, image, services_ip):
                 self.log(f"removing {cname}")
                 docker("rm", "-f", "-v", cname)
                 docker("volume", "rm", f"{cname}-docker", check=False)
@@ -364,7 +374,7 @@ class Lab:
         for cname, host in wanted.items():
             current = engine.inspect("container", cname)
             if current is None:
-                self._create_host(host, image)
+                self._create_host(host, image, services_ip)
                 to_start.append(host)
             elif not current["State"]["Running"]:
                 to_start.append(host)
@@ -373,11 +383,13 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda h: wait_ssh(h.address, h.name), hosts))
 
-    def _host_label(self, host: Host, image: str) -> str:
-        return json.dumps({"image": image, "address": host.address, "gpus": host.gpus},
-                          sort_keys=True)
+    def _host_label(self, host: Host, image: str, services_ip: str) -> str:
+        # the resolver is part of the creation spec: a host made before (or without) the
+        # lab DNS is recreated
+        return json.dumps({"image": image, "address": host.address, "gpus": host.gpus,
+                           "resolver": services_ip}, sort_keys=True)
 
-    def _create_host(self, host: Host, image: str) -> None:
+    def _create_host(self, host: Host, image: str, services_ip: str) -> None:
         cname = host.container(self.name)
         self.log(f"creating {host.name} ({host.role}, {host.address}, {len(host.gpus)} GPUs)")
         hw = self.dir / "hosts" / host.name
@@ -390,8 +402,11 @@ class Lab:
         docker("create", "--name", cname, "--hostname", host.name,
                "--network", self.network, "--ip", host.address,
                "--label", f"{LABEL}={self.name}", "--label", "fleetlab.role=host",
-               "--label", f"fleetlab.host={self._host_label(host, image)}",
+               "--label", f"fleetlab.host={self._host_label(host, image, services_ip)}",
                *self._systemd_options(),
+               # the lab DNS, not Docker's 127.0.0.11: the host's own Docker engine copies
+               # a non-loopback nameserver into its containers, so they resolve the zone too
+               "-v", f"{dns.resolv_conf_path(self)}:/etc/resolv.conf:ro",
                "-v", f"{cname}-docker:/var/lib/docker", *mounts, image)
         pub = self.key_path.with_suffix(".pub").read_bytes()
         keys = hw / "authorized_keys"
@@ -462,6 +477,7 @@ class Lab:
             else:
                 status = "running"
             hosts.append({"name": host.name, "address": host.address, "role": host.role,
+                          "dns": dns.host_name(self.name, host.name),
                           "container": host.container(self.name), "state": status,
                           "gpus": host.gpus})
         return {
@@ -471,7 +487,13 @@ class Lab:
             "ssh_key": str(self.key_path),
             "inventory": str(inventory_path(self.name)),
             "hosts": hosts,
-            "endpoints": endpoints(svc, port),
+            "endpoints": {
+                **endpoints(svc, port),
+                "dns_server": svc,
+                "dns_zone": dns.zone(self.name),
+                "front_door_name": (dns.front_door_name(self.name)
+                                    if any(h["role"] == "lb" for h in hosts) else None),
+            },
         }
 
     def down(self) -> None:
@@ -522,6 +544,22 @@ def wait_http(url: str, what: str, timeout: float) -> None:
             last = str(exc)
         time.sleep(0.5)
     raise LabError(f"{what} at {url} did not answer within {timeout:.0f}s ({last})")
+
+
+def wait_dns(server: str, name: str, address: str, timeout: float) -> None:
+    """Poll the DNS server at SERVER until NAME resolves to ADDRESS."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            answer = dns.query_a(server, name)
+            if address in answer:
+                return
+            last = f"answered {answer}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise LabError(f"lab DNS at {server}:53 did not resolve {name} within {timeout:.0f}s ({last})")
 
 
 def wait_ssh(address: str, name: str, timeout: float = SSH_WAIT_S) -> None:

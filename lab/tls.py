@@ -30,15 +30,18 @@ def ca(state_dir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def issue(state_dir: Path, name: str, address: str) -> dict[str, str]:
-    """A certificate for lab host NAME at ADDRESS, signed by the lab's CA: paths of the
-    CA certificate, the host's certificate and its key."""
+def issue(state_dir: Path, name: str, address: str, dns_names: tuple[str, ...] = ()
+          ) -> dict[str, str]:
+    """A certificate for lab host NAME at ADDRESS, and its DNS_NAMES (`gpu-1.<lab>.test`,
+    the front door's `llm.<lab>.test`), signed by the lab's CA: paths of the CA
+    certificate, the host's certificate and its key."""
     ca_cert, ca_key = ca(state_dir)
     directory = state_dir / "ca" / name
     directory.mkdir(parents=True, exist_ok=True)
     cert, key, csr = directory / "cert.pem", directory / "key.pem", directory / "req.csr"
     ext = directory / "ext.cnf"
-    ext.write_text(f"subjectAltName=IP:{address},DNS:{name}\n"
+    names = "".join(f",DNS:{n}" for n in dns_names)
+    ext.write_text(f"subjectAltName=IP:{address},DNS:{name}{names}\n"
                    "extendedKeyUsage=serverAuth\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
              "-keyout", str(key), "-out", str(csr))

@@ -115,6 +115,18 @@ class LabFleet:
         proc.output = proc.stdout + proc.stderr
         return proc
 
+    def by_name(self, *cmd: str, timeout: float = 300, check: bool = True,
+                ) -> subprocess.CompletedProcess:
+        """Run CMD on the operator's side with the lab's DNS as its resolver, as
+        `python -m lab run -- CMD` does: `gpu-1.<lab>.test` resolves, this machine's
+        own resolver files stay as they are. The result's `output` is both streams."""
+        proc = lab_cli("run", "--", *cmd, name=self.name, check=False, timeout=timeout)
+        proc.output = proc.stdout + proc.stderr
+        if check and proc.returncode != 0:
+            raise AssertionError(f"by name: {' '.join(cmd)} exited {proc.returncode}:\n"
+                                 f"{proc.output}")
+        return proc
+
 
 def poll(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Call PREDICATE until it returns a truthy value or TIMEOUT seconds pass."""

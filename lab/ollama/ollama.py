@@ -66,12 +66,23 @@ Lab-only settings (set by the lab's image recipe, never by deploy files):
                               (default 0.3; reported in load_duration, as Ollama reports
                               its load); one load at a time, as Ollama's scheduler does
     OLLAMA_LAB_TOKENS         tokens per reply when options.num_predict is not given (16)
+    OLLAMA_LAB_PART_SCALE     multiplies upstream's download part sizes (100 MB to 1000 MB,
+                              a sixteenth of the blob; default 1, upstream's own)
 
 Store layout is upstream's: ``manifests/<host>/<namespace>/<model>/<tag>`` holds
-the manifest bytes as received, ``blobs/sha256-<hex>`` the blobs. Downloads go
-to ``sha256-<hex>-partial``, are resumed with Range requests after a dropped
-connection (6 attempts, short backoff), become ``sha256-<hex>`` only once their
-sha256 matches, and the manifest is written last (temp file + rename).
+the manifest as Ollama re-encodes it (json.Marshal of its Manifest struct: compact,
+its own field order, unknown fields dropped; the file's sha256 is the model ID that
+``/api/tags`` and ``ollama list`` show), ``blobs/sha256-<hex>`` the blobs. A pull
+works as server/download.go (v0.6.8 to v0.7.1) does: HEAD the registry's blob URL
+(following redirects) for the size; cut it in parts (a sixteenth, 100 MB to 1000 MB);
+create ``sha256-<hex>-partial`` at its full size and one ``-partial-N`` JSON file per
+part (what resumes a pull); GET the registry's blob URL following redirects only while
+the host name stays the same, and take the ``Location`` of the first one that leaves
+it (a 200 with no Location fails: ``http: no Location header in response``); fetch
+the parts there with Range requests in parallel (6 attempts each, short backoff);
+rename the partial file to ``sha256-<hex>``; verify every downloaded blob's sha256
+(a mismatch removes it); write the manifest last (temp file + rename). ``/api/tags``
+lists every manifest whose config blob reads, even when a layer blob is missing.
 """
 
 from __future__ import annotations
@@ -111,6 +122,13 @@ ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceed
 ERR_NOT_EXIST = "file does not exist"
 CONNECT_ERROR = "could not connect to ollama app, is it running?"
 MAX_DOWNLOAD_ATTEMPTS = 6  # server/download.go maxRetries
+NUM_DOWNLOAD_PARTS = 16  # server/download.go numDownloadParts (also the parallel parts)
+MIN_DOWNLOAD_PART_SIZE = 100 * 1000 * 1000  # minDownloadPartSize, 100 format.MegaByte
+MAX_DOWNLOAD_PART_SIZE = 1000 * 1000 * 1000  # maxDownloadPartSize
+DIRECT_URL_TIMEOUT_S = 30  # the directURL closure's context.WithTimeout
+MAX_REDIRECTS = 10
+PART_STALL_S = 30  # downloadChunk: a part with no byte for 30 s is stalled
+ERR_NO_LOCATION = "http: no Location header in response"  # net/http ErrNoLocation
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 1.0
 EMBED_DIM = 384
@@ -123,6 +141,8 @@ MT_SYSTEM = "application/vnd.ollama.image.system"
 MT_LICENSE = "application/vnd.ollama.image.license"
 MT_PROJECTOR = "application/vnd.ollama.image.projector"
 MT_MESSAGES = "application/vnd.ollama.image.messages"
+TEXT_LAYER_TYPES = (MT_TEMPLATE, MT_SYSTEM, MT_PARAMS, MT_MESSAGES, MT_LICENSE,
+                    "application/vnd.ollama.image.prompt")  # GetModel reads these
 DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 FILLER = (
     "the fleet lab replies with synthetic words so that every test stays quick and "
@@ -630,6 +650,7 @@ class ModelInfo:
         self.model_digest = ""
         self.model_path = ""
         self.has_projector = False
+        self.model_present = False  # the model layer's blob is there (Capabilities opens it)
         if mf.config:
             try:
                 with open(store.blob_path(mf.config["digest"]), "rb") as f:
@@ -645,6 +666,7 @@ class ModelInfo:
                 continue
             if mt == MT_MODEL:
                 self.model_digest, self.model_path = digest, path
+                self.model_present = os.path.isfile(path)
             elif mt == MT_PROJECTOR:
                 self.has_projector = True
             elif mt in (MT_TEMPLATE, MT_SYSTEM, MT_LICENSE, MT_PARAMS):
@@ -687,10 +709,12 @@ class ModelInfo:
         return any("bert" in f.lower() for f in fams) or "embed" in self.name.model.lower()
 
     def capabilities(self) -> list[str]:
+        """Model.Capabilities: completion or embedding come from the model file, so a
+        model whose model layer blob is missing has neither (v0.6.8 images.go)."""
         if self.is_embedding():
-            caps = ["embedding"]
+            caps = ["embedding"] if self.model_present else []
         else:
-            caps = ["completion"]
+            caps = ["completion"] if self.model_present else []
             if ".Tools" in self.template:
                 caps.append("tools")
             if ".Suffix" in self.template:
@@ -760,6 +784,19 @@ class Store:
             raise StoreError(f"bad manifest {name}: {e}") from None
         return Manifest(name, raw, obj, st.st_mtime_ns)
 
+    def read_config(self, mf: Manifest) -> dict | None:
+        """The config blob decoded, {} when the manifest names none; None when it names
+        one that is missing or not a JSON object (ListHandler skips such a model, GetModel
+        fails on it)."""
+        if not mf.config:
+            return {}
+        try:
+            with open(self.blob_path(str(mf.config.get("digest", ""))), "rb") as f:
+                cfg = json.loads(f.read())
+        except (OSError, ValueError, StoreError):
+            return None
+        return cfg if isinstance(cfg, dict) else None
+
     def complete(self, mf: Manifest) -> bool:
         for layer in mf.all_layers():
             try:
@@ -770,20 +807,44 @@ class Store:
         return True
 
     def get_model(self, name: Name) -> ModelInfo | None:
+        """GetModel (v0.6.8 server/images.go): None where upstream fails with a not-exist
+        error: no manifest, the config blob missing, or a text layer (template, system,
+        params, messages, license) missing. The model and projector layers are only
+        named, not opened: a model whose model blob is gone is returned, with
+        ``model_present`` False (show, generate and load then fail as upstream's do)."""
         try:
             mf = self.read_manifest(name)
         except StoreError:
             return None
-        if mf is None or not self.complete(mf):
+        if mf is None or self.read_config(mf) is None:
             return None
+        for layer in mf.layers:
+            try:
+                path = self.blob_path(str(layer.get("digest", "")))
+            except StoreError:
+                return None
+            if layer.get("mediaType") in TEXT_LAYER_TYPES and not os.path.isfile(path):
+                return None
         return ModelInfo(self, mf)
 
     def models(self) -> list[ModelInfo]:
+        """What ListHandler (v0.6.8 server/routes.go) lists: every manifest that parses
+        and whose config blob opens and decodes, whether or not its layer blobs are
+        there; a missing or broken config blob leaves the model out (a warning)."""
         out = []
         for n in self.list_names():
-            info = self.get_model(n)
-            if info is not None:
-                out.append(info)
+            try:
+                mf = self.read_manifest(n)
+            except StoreError as e:
+                log("WARN", "manifest.go:165", "bad manifest", name=str(n), error=str(e))
+                continue
+            if mf is None:
+                continue
+            if self.read_config(mf) is None:
+                log("WARN", "routes.go:916", "bad manifest filepath", name=str(n),
+                    error=f"config blob {mf.config.get('digest') if mf.config else ''}")
+                continue
+            out.append(ModelInfo(self, mf))
         return out
 
     def in_use_digests(self, exclude: Name | None = None) -> set[str] | None:
@@ -963,47 +1024,200 @@ def _user_agent() -> str:
     return f"ollama/{lab_version()} (amd64 linux) Go/go1.24.0"
 
 
-def http_get(url: str, headers: dict | None = None, timeout: float = 30.0):
-    """GET following same-scheme redirects; returns (conn, response)."""
-    for _ in range(11):
+class _Stop:
+    """CheckRedirect's http.ErrUseLastResponse: hand back the redirect response itself."""
+
+
+USE_LAST_RESPONSE = _Stop()
+
+
+def _default_check_redirect(url: str, via: list[str]):
+    """net/http's default redirect policy: any host, at most 10 redirects."""
+    if len(via) >= MAX_REDIRECTS:
+        return "stopped after 10 redirects"
+    return None
+
+
+def go_do(method: str, url: str, headers: dict | None = None, check_redirect=None,
+          timeout: float = 30.0):
+    """http.Client.Do: send METHOD to URL, following redirects as CHECK_REDIRECT(next_url,
+    via) allows (None: follow; USE_LAST_RESPONSE: return the redirect itself; a string:
+    fail with it). Returns (conn, response, url of that response). Network errors raise
+    _Retryable with Go's ``Get "URL": ...`` text. A 3xx without Location is returned."""
+    check = check_redirect or _default_check_redirect
+    via: list[str] = []
+    for _ in range(MAX_REDIRECTS + 2):  # the policy stops by then; bounded regardless
         u = urllib.parse.urlsplit(url)
+        op = method.capitalize()
         if u.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 u.hostname, u.port, timeout=timeout, context=ssl.create_default_context())
         elif u.scheme == "http":
             conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
         else:
-            raise PullError(f'Get "{url}": unsupported protocol scheme "{u.scheme}"')
+            raise PullError(f'{op} "{url}": unsupported protocol scheme "{u.scheme}"')
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         hdrs = {"User-Agent": _user_agent()}
         hdrs.update(headers or {})
         try:
-            conn.request("GET", path, headers=hdrs)
+            conn.request(method, path, headers=hdrs)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise _Retryable(go_net_error("Get", url, e)) from None
-        if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
-            url = urllib.parse.urljoin(url, resp.getheader("Location"))
-            resp.read()
-            conn.close()
-            continue
-        return conn, resp
-    raise PullError(f'Get "{url}": stopped after 10 redirects')
+            raise _Retryable(go_net_error(op, url, e)) from None
+        loc = resp.getheader("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not loc:
+            return conn, resp, url
+        nxt = urllib.parse.urljoin(url, loc)
+        via.append(url)
+        verdict = check(nxt, via)
+        if verdict is USE_LAST_RESPONSE:
+            return conn, resp, url
+        conn.close()
+        if verdict is not None:
+            raise _Retryable(f'{op} "{nxt}": {verdict}')
+        if resp.status in (301, 302, 303) and method not in ("GET", "HEAD"):
+            method = "GET"
+        url = nxt
+    raise _Retryable(f'{method.capitalize()} "{url}": stopped after 10 redirects')
+
+
+def make_request_with_retry(method: str, url: str, headers: dict | None = None,
+                            check_redirect=None):
+    """makeRequestWithRetry (server/images.go): 404 is os.ErrNotExist, any other status
+    >= 400 an error "STATUS: BODY"; network errors raise _Retryable."""
+    conn, resp, final = go_do(method, url, headers, check_redirect)
+    if resp.status < 400:
+        return conn, resp, final
+    try:
+        body = b"" if method == "HEAD" else resp.read(65536)
+    except (OSError, http.client.HTTPException) as e:
+        body = str(e).encode()
+    finally:
+        conn.close()
+    if resp.status == 404:
+        raise PullError(ERR_NOT_EXIST)
+    raise PullError(f"{resp.status}: {body.decode('utf-8', 'replace')}")
+
+
+def http_get(url: str, headers: dict | None = None, timeout: float = 30.0):
+    """GET following redirects (net/http's default policy); returns (conn, response)."""
+    conn, resp, _ = go_do("GET", url, headers, timeout=timeout)
+    return conn, resp
+
+
+def lab_part_scale() -> float:
+    """OLLAMA_LAB_PART_SCALE (lab only, default 1): multiplies upstream's part sizes."""
+    v = env_float("OLLAMA_LAB_PART_SCALE", 1.0)
+    return v if v > 0 else 1.0
+
+
+def part_sizes(total: int, scale: float = 1.0) -> list[tuple[int, int]]:
+    """blobDownload.Prepare: (offset, size) of each part: total/16 bytes, at least 100 MB
+    and at most 1000 MB (times the lab's scale), the last part what is left."""
+    lo = max(1, int(MIN_DOWNLOAD_PART_SIZE * scale))
+    hi = max(lo, int(MAX_DOWNLOAD_PART_SIZE * scale))
+    size = min(max(total // NUM_DOWNLOAD_PARTS, lo), hi)
+    parts, offset = [], 0
+    while offset < total:
+        size = min(size, total - offset)
+        parts.append((offset, size))
+        offset += size
+    return parts
+
+
+class BlobPart:
+    """blobDownloadPart, kept in ``<blob>-partial-N`` as upstream's JSON."""
+
+    def __init__(self, n: int, offset: int, size: int, completed: int = 0):
+        self.n, self.offset, self.size, self.completed = n, offset, size, completed
+
+    def to_json(self) -> bytes:
+        return go_json({"N": self.n, "Offset": self.offset, "Size": self.size,
+                        "Completed": self.completed}) + b"\n"  # json.NewEncoder: a newline
+
+    @classmethod
+    def read(cls, path: str) -> BlobPart:
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise PullError(go_json_decode_error(raw, e)) from None
+        if not isinstance(obj, dict):
+            raise PullError(f"json: cannot unmarshal {_json_kind(obj)} into Go value of "
+                            "type server.jsonBlobDownloadPart")
+        vals = {}
+        for key in ("N", "Offset", "Size", "Completed"):
+            v = next((obj[k] for k in obj if k.lower() == key.lower()), 0)
+            if v is None:
+                v = 0
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise PullError(f"json: cannot unmarshal {_json_kind(v)} into Go struct field "
+                                f"jsonBlobDownloadPart.{key} of type int64")
+            vals[key] = v
+        return cls(vals["N"], vals["Offset"], vals["Size"], vals["Completed"])
 
 
 class BlobDownload:
-    """One shared download per digest (blobDownloadManager)."""
+    """One shared download per digest (blobDownloadManager, server/download.go v0.6.8)."""
 
-    def __init__(self, store: Store, url: str, digest: str, total: int):
+    def __init__(self, store: Store, url: str, digest: str):
         self.store = store
-        self.url = url
+        self.url = url  # the registry's blob URL (requestURL)
         self.digest = digest
-        self.total = total
-        self.completed = 0
+        self.name = store.blob_path(digest)  # b.Name
+        self.total = 0
+        self._completed = 0
+        self._lock = threading.Lock()
+        self.parts: list[BlobPart] = []
         self.error: str | None = None
-        self.mismatch: str | None = None
         self.done = threading.Event()
+        self._cancel = threading.Event()
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    def _add(self, n: int) -> None:
+        with self._lock:
+            self._completed += n
+
+    def _part_path(self, part: BlobPart) -> str:
+        return f"{self.name}-partial-{part.n}"
+
+    def _write_part(self, part: BlobPart) -> None:
+        with open(self._part_path(part), "wb") as f:
+            f.write(part.to_json())
+
+    def prepare(self) -> None:
+        """Prepare: resume from the ``-partial-N`` files, else HEAD the blob (following
+        redirects as net/http does) for its size and cut it in parts."""
+        paths = sorted(p for p in _listdir(os.path.dirname(self.name))
+                       if p.startswith(os.path.basename(self.name) + "-partial-"))
+        for p in paths:
+            part = BlobPart.read(os.path.join(os.path.dirname(self.name), p))
+            self.total += part.size
+            self._completed += part.completed
+            self.parts.append(part)
+        if not self.parts:
+            try:
+                conn, resp, _ = make_request_with_retry("HEAD", self.url)
+            except _Retryable as e:
+                raise PullError(str(e)) from None
+            try:
+                self.total = int(resp.getheader("Content-Length") or 0)
+            except ValueError:
+                self.total = 0
+            finally:
+                conn.close()
+            for offset, size in part_sizes(self.total, lab_part_scale()):
+                part = BlobPart(len(self.parts), offset, size)
+                self._write_part(part)
+                self.parts.append(part)
+        if self.parts:
+            log("INFO", "download.go:176", f"downloading {self.digest[7:19]} in "
+                f"{len(self.parts)} {human_bytes(self.parts[0].size)} part(s)")
 
     def run(self) -> None:
         try:
@@ -1018,103 +1232,140 @@ class BlobDownload:
             self.done.set()
 
     def _run(self) -> None:
-        final = self.store.blob_path(self.digest)
-        partial = final + "-partial"
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        partial = self.name + "-partial"
+        fd = os.open(partial, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            have = os.path.getsize(partial)
-        except OSError:
-            have = 0
-        if have > self.total:
-            with open(partial, "wb"):
-                pass
-            have = 0
-        self.completed = have
-        if have:
-            log("INFO", "download.go:176", f"resuming {self.digest[7:19]} at {have} bytes")
-        else:
-            log("INFO", "download.go:176",
-                f"downloading {self.digest[7:19]} in 1 {human_bytes(self.total)} part(s)")
-        attempt = 0
-        while have < self.total:
             try:
-                have = self._fetch(partial, have)
-            except _Retryable as e:
-                have = self.completed
-                attempt += 1
-                if attempt >= MAX_DOWNLOAD_ATTEMPTS:
-                    raise PullError(f"max retries exceeded: {e}") from None
-                sleep = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (attempt - 1)))
-                log("INFO", "download.go:255",
-                    f"{self.digest[7:19]} part 0 attempt {attempt - 1} failed: {e}, "
-                    f"retrying in {go_duration_str(int(sleep * 1e9))}")
-                time.sleep(sleep)
-        h = hashlib.sha256()
-        if not os.path.exists(partial):
-            with open(partial, "wb"):
+                os.ftruncate(fd, self.total)  # sized in full before the first byte
+            except OSError:
                 pass
-        with open(partial, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        got = "sha256:" + h.hexdigest()
-        with DOWNLOADS_LOCK:
-            if got == self.digest.lower():
-                os.replace(partial, final)
-            else:
-                try:
-                    os.remove(partial)
-                except OSError:
-                    pass
-                self.mismatch = (f"digest mismatch, file must be downloaded again: "
-                                 f"want {self.digest}, got {got}")
+            direct = self._direct_url()
+            todo = [p for p in self.parts if p.completed != p.size]
+            errors: list[str] = []
+            sem = threading.Semaphore(NUM_DOWNLOAD_PARTS)  # errgroup SetLimit
 
-    def _fetch(self, partial: str, have: int) -> int:
-        hdrs = {"Range": f"bytes={have}-{self.total - 1}"}
-        conn, resp = http_get(self.url, hdrs)
-        try:
-            if resp.status >= 400:
-                body = resp.read(65536).decode("utf-8", "replace").strip()
-                if resp.status == 404:
-                    raise PullError(ERR_NOT_EXIST)
-                if resp.status >= 500:
-                    raise _Retryable(f"{resp.status}: {body}")
-                raise PullError(f"{resp.status}: {body}")
-            start = have
-            if resp.status == 206:
-                m = re.match(r"bytes (\d+)-", resp.getheader("Content-Range") or "")
-                if not m or int(m.group(1)) != have:
-                    raise _Retryable("unexpected Content-Range "
-                                     f"{resp.getheader('Content-Range')!r}")
-            else:
-                start = 0
-            mode = "r+b" if os.path.exists(partial) else "wb"
-            with open(partial, mode) as f:
-                if start == 0 and have:
-                    f.truncate(0)
-                f.seek(start)
-                pos = start
-                self.completed = pos
-                while pos < self.total:
+            def work(part: BlobPart) -> None:
+                with sem:
+                    if self._cancel.is_set():
+                        return
                     try:
-                        chunk = resp.read(min(256 * 1024, self.total - pos))
-                    except (OSError, http.client.HTTPException) as e:
-                        if isinstance(e, http.client.IncompleteRead) and e.partial:
-                            f.write(e.partial)
-                            pos += len(e.partial)
-                            self.completed = pos
-                        f.flush()
-                        raise _Retryable("unexpected EOF" if isinstance(
-                            e, http.client.IncompleteRead) else go_net_error("Get", self.url, e)
-                        ) from None
-                    if not chunk:
-                        f.flush()
-                        raise _Retryable("unexpected EOF")
-                    f.write(chunk)
-                    pos += len(chunk)
-                    self.completed = pos
-            return pos
+                        self._download_part(fd, direct, part)
+                    except PullError as e:
+                        errors.append(str(e))
+                        self._cancel.set()
+
+            threads = [threading.Thread(target=work, args=(p,), daemon=True,
+                                        name=f"part-{self.digest[7:19]}-{p.n}") for p in todo]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise PullError(errors[0])
+        finally:
+            os.close(fd)
+        for i in range(len(self.parts)):
+            os.remove(f"{partial}-{i}")
+        os.replace(partial, self.name)
+
+    def _direct_url(self) -> str:
+        """The directURL closure: GET the registry's blob URL following redirects only
+        while the host name stays the same; the response must be 307 or 200, and its
+        Location is the URL of the parts. A 200 without Location fails. Failed requests
+        are retried with backoff for 30 s."""
+        host = urllib.parse.urlsplit(self.url).hostname
+
+        def check(nxt: str, via: list[str]):
+            if len(via) > MAX_REDIRECTS:
+                return "maximum redirects exceeded (10) for directURL"
+            if urllib.parse.urlsplit(nxt).hostname == host:
+                return None
+            return USE_LAST_RESPONSE
+
+        deadline = time.monotonic() + DIRECT_URL_TIMEOUT_S
+        n = 0
+        while True:
+            try:
+                conn, resp, final = make_request_with_retry("GET", self.url, None, check)
+            except (_Retryable, PullError) as e:
+                log("WARN", "download.go:256", "failed to get direct URL; backing off and "
+                    "retrying", err=str(e))
+                n += 1
+                d = min(n * n * 0.01, 10.0) * (random.random() + 0.5)  # noqa: S311 - jitter
+                left = deadline - time.monotonic()
+                if d >= left:
+                    time.sleep(max(0.0, left))
+                    raise PullError("context deadline exceeded") from None
+                time.sleep(d)
+                continue
+            try:
+                if resp.status not in (307, 200):
+                    raise PullError(f"unexpected status code {resp.status}")
+                loc = resp.getheader("Location")
+                if not loc:
+                    raise PullError(ERR_NO_LOCATION)
+                return urllib.parse.urljoin(final, loc)
+            finally:
+                conn.close()
+
+    def _download_part(self, fd: int, direct: str, part: BlobPart) -> None:
+        err = ""
+        for attempt in range(MAX_DOWNLOAD_ATTEMPTS):
+            if self._cancel.is_set():
+                return
+            err = self._download_chunk(fd, direct, part)
+            if not err:
+                return
+            sleep = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** attempt))
+            log("INFO", "download.go:301", f"{self.digest[7:19]} part {part.n} attempt "
+                f"{attempt} failed: {err}, retrying in {go_duration_str(int(sleep * 1e9))}")
+            time.sleep(sleep)
+        raise PullError(f"max retries exceeded: {err}")
+
+    def _download_chunk(self, fd: int, direct: str, part: BlobPart) -> str:
+        """downloadChunk: one ranged GET of what the part lacks, written at its offset.
+        Returns "" when the part is complete, else the error. The status is not looked
+        at (upstream copies the body whatever it is). A body cut short keeps what came
+        (io.ErrUnexpectedEOF, resumable); any other failure drops it from the progress."""
+        start, stop = part.offset + part.completed, part.offset + part.size
+        want = part.size - part.completed
+        try:
+            conn, resp, _ = go_do("GET", direct, {"Range": f"bytes={start}-{stop - 1}"},
+                                  timeout=PART_STALL_S)
+        except (_Retryable, PullError) as e:
+            return str(e)
+        n = 0
+        err = ""
+        keep = True
+        try:
+            while n < want:
+                try:
+                    chunk = resp.read(min(256 * 1024, want - n))
+                except http.client.IncompleteRead as e:
+                    chunk, err = e.partial, "unexpected EOF"
+                except TimeoutError:
+                    chunk, err = b"", "part stalled"
+                except (OSError, http.client.HTTPException) as e:
+                    chunk, err, keep = b"", go_net_error("Get", direct, e), False
+                if chunk:
+                    os.pwrite(fd, chunk, start + n)
+                    n += len(chunk)
+                    self._add(len(chunk))
+                if err:
+                    break
+                if not chunk:
+                    # body over: cut short of its Content-Length, or whole but too short
+                    cut = resp.length is not None and resp.length > 0
+                    err, keep = ("unexpected EOF", True) if cut else ("EOF", False)
+                    break
         finally:
             conn.close()
+        if not keep:
+            self._add(-n)  # rollback progress
+            return err
+        part.completed += n
+        self._write_part(part)
+        return err
 
 
 DOWNLOADS: dict[str, BlobDownload] = {}
@@ -1131,37 +1382,154 @@ def _layer_line(digest: str, total: int, completed: int) -> dict:
 
 
 def download_blob(store: Store, base: str, name: Name, layer: dict, emit) -> BlobDownload | None:
-    """Returns None on a cache hit, else the finished download (may carry a mismatch)."""
+    """downloadBlob: None on a cache hit, else the finished download. The first puller
+    of a digest prepares it (HEAD, parts) before the download starts; others wait."""
     digest = str(layer.get("digest", ""))
-    try:
-        total = int(layer.get("size") or 0)
-    except (TypeError, ValueError):
-        total = 0
     final = store.blob_path(digest)
     with DOWNLOADS_LOCK:
         if os.path.isfile(final):
             size = os.path.getsize(final)
-            dl = None
+            dl, fresh = None, False
         else:
             dl = DOWNLOADS.get(digest)
+            fresh = dl is None
             if dl is None:
                 url = f"{base}/v2/{name.namespace}/{name.model}/blobs/{digest}"
-                dl = BlobDownload(store, url, digest, total)
+                dl = BlobDownload(store, url, digest)
                 DOWNLOADS[digest] = dl
-                threading.Thread(target=dl.run, name=f"download-{digest[7:19]}",
-                                 daemon=True).start()
     if dl is None:
         emit(_layer_line(digest, size, size))
         return None
-    while True:
-        finished = dl.done.wait(0.1)
-        if finished:
-            break
+    if fresh:
+        try:
+            dl.prepare()
+        except BaseException as e:
+            with DOWNLOADS_LOCK:
+                DOWNLOADS.pop(digest, None)
+            dl.error = str(e) if isinstance(e, PullError) else (str(e) or type(e).__name__)
+            dl.done.set()
+            raise PullError(dl.error) from None
+        threading.Thread(target=dl.run, name=f"download-{digest[7:19]}", daemon=True).start()
+    while not dl.done.wait(0.06):  # Wait: a progress line every 60 ms
         emit(_layer_line(digest, dl.total, dl.completed))
     if dl.error:
         raise PullError(dl.error)
-    emit(_layer_line(digest, dl.total, dl.total))
+    emit(_layer_line(digest, dl.total, dl.completed))
     return dl
+
+
+class _GoNum(str):
+    """A JSON number with a fraction or exponent, kept as written (Go's int fields refuse
+    it by its literal)."""
+
+
+def _go_field(obj: dict, field: str):
+    """encoding/json's field match: the exact key, else a case-insensitive one."""
+    if field in obj:
+        return obj[field]
+    for k, v in obj.items():
+        if k.lower() == field.lower():
+            return v
+    return None
+
+
+def _go_unmarshal_err(v, struct: str, path: str, gotype: str) -> PullError:
+    kind = f"number {v}" if isinstance(v, _GoNum) else _json_kind(v)
+    if isinstance(v, _GoNum) and gotype == "string":
+        kind = "number"
+    return PullError(f"json: cannot unmarshal {kind} into Go struct field {struct}.{path} "
+                     f"of type {gotype}")
+
+
+def _go_layer(v, path: str) -> dict:
+    out = {"mediaType": "", "digest": "", "size": 0, "from": ""}
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        raise PullError(f"json: cannot unmarshal {_json_kind(v)} into Go struct field "
+                        f"Manifest.{path} of type server.Layer")
+    for field in ("mediaType", "digest", "from"):
+        x = _go_field(v, field)
+        if x is None:
+            continue
+        if not isinstance(x, str) or isinstance(x, _GoNum):
+            raise _go_unmarshal_err(x, "Layer", f"{path}.{field}", "string")
+        out[field] = x
+    x = _go_field(v, "size")
+    if x is not None:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise _go_unmarshal_err(x, "Layer", f"{path}.size", "int64")
+        out["size"] = x
+    return out
+
+
+def go_manifest(body: bytes) -> tuple[dict, bytes]:
+    """json.Unmarshal into server.Manifest, then json.Marshal of it: the fields Ollama
+    knows, in its struct's order (schemaVersion, mediaType, config, layers; a layer's
+    mediaType, digest, size, from when set), compact, HTML characters escaped; anything
+    else the registry sent is dropped. Returns (that manifest, its bytes)."""
+    try:
+        obj = json.loads(body, parse_float=_GoNum)
+    except json.JSONDecodeError as e:
+        raise PullError(go_json_decode_error(body, e)) from None
+    except ValueError as e:
+        raise PullError(str(e)) from None
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise PullError(f"json: cannot unmarshal {_json_kind(obj)} into Go value of type "
+                        "server.Manifest")
+    m: dict = {"schemaVersion": 0, "mediaType": "", "config": _go_layer(None, "config"),
+               "layers": None}
+    v = _go_field(obj, "schemaVersion")
+    if v is not None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _go_unmarshal_err(v, "Manifest", "schemaVersion", "int")
+        m["schemaVersion"] = v
+    v = _go_field(obj, "mediaType")
+    if v is not None:
+        if not isinstance(v, str) or isinstance(v, _GoNum):
+            raise _go_unmarshal_err(v, "Manifest", "mediaType", "string")
+        m["mediaType"] = v
+    m["config"] = _go_layer(_go_field(obj, "config"), "config")
+    v = _go_field(obj, "layers")
+    if v is not None:
+        if not isinstance(v, list):
+            raise PullError(f"json: cannot unmarshal {_json_kind(v)} into Go struct field "
+                            "Manifest.layers of type []server.Layer")
+        m["layers"] = [_go_layer(x, "layers") for x in v]
+
+    def enc(layer: dict) -> dict:
+        d = {"mediaType": layer["mediaType"], "digest": layer["digest"], "size": layer["size"]}
+        if layer["from"]:
+            d["from"] = layer["from"]
+        return d
+
+    doc = {"schemaVersion": m["schemaVersion"], "mediaType": m["mediaType"],
+           "config": enc(m["config"]),
+           "layers": None if m["layers"] is None else [enc(x) for x in m["layers"]]}
+    return m, go_json(doc)
+
+
+def verify_blob(store: Store, digest: str) -> None:
+    """verifyBlob: the blob's sha256 must be its name; a mismatch removes it."""
+    path = store.blob_path(digest)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise PullError(f"open {path}: {e.strerror or e}") from None
+    got = "sha256:" + h.hexdigest()
+    if got != digest:
+        try:
+            os.remove(path)
+        except OSError as e:
+            log("INFO", "images.go:620", f"couldn't remove file with digest mismatch "
+                f"'{path}': {e}")
+        raise PullError(f"digest mismatch, file must be downloaded again: want {digest}, "
+                        f"got {got}")
 
 
 def pull_model(store: Store, name: Name, insecure: bool, emit) -> None:
@@ -1178,28 +1546,20 @@ def pull_model(store: Store, name: Name, insecure: bool, emit) -> None:
     base = registry_base(name, insecure)
     url = f"{base}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
     try:
-        conn, resp = http_get(url, {"Accept": MT_MANIFEST})
+        conn, resp, _ = make_request_with_retry("GET", url, {"Accept": MT_MANIFEST})
     except (_Retryable, PullError) as e:
         raise PullError(f"pull model manifest: {e}") from None
     try:
         body = resp.read()
-        if resp.status == 404:
-            raise PullError(f"pull model manifest: {ERR_NOT_EXIST}")
-        if resp.status >= 400:
-            raise PullError(f"pull model manifest: {resp.status}: "
-                            f"{body.decode('utf-8', 'replace')}")
     except (OSError, http.client.HTTPException) as e:
         raise PullError(f"pull model manifest: {go_net_error('Get', url, e)}") from None
     finally:
         conn.close()
     try:
-        obj = json.loads(body)
-        if not isinstance(obj, dict):
-            raise ValueError("json: cannot unmarshal into Go value of type server.Manifest")
-        mf = Manifest(name, body, obj, 0)
-    except ValueError as e:
-        raise PullError(go_json_decode_error(body, e) if isinstance(e, json.JSONDecodeError)
-                        else str(e)) from None
+        _, raw = go_manifest(body)
+    except PullError as e:
+        raise PullError(f"pull model manifest: {e}") from None
+    mf = Manifest(name, raw, json.loads(raw), 0)
     layers = mf.all_layers()
     for layer in layers:
         digest = layer.get("digest")
@@ -1211,25 +1571,22 @@ def pull_model(store: Store, name: Name, insecure: bool, emit) -> None:
             raise PullError(str(e)) from None
 
     store.ensure_dirs()
-    fetched: list[BlobDownload] = []
+    fetched: list[str] = []
     for layer in layers:
         try:
             dl = download_blob(store, base, name, layer, emit)
         except StoreError as e:
             raise PullError(str(e)) from None
         if dl is not None:
-            fetched.append(dl)
+            fetched.append(dl.digest)
 
     emit({"status": "verifying sha256 digest"})
-    for dl in fetched:
-        if dl.mismatch:
-            raise PullError(dl.mismatch)
+    for digest in fetched:
+        verify_blob(store, digest)
 
     emit({"status": "writing manifest"})
     with store.lock:
-        if not store.complete(mf):
-            raise PullError(ERR_NOT_EXIST)
-        store.write_manifest(name, body)
+        store.write_manifest(name, raw)
     log("INFO", "images.go:680", "pulled model", name=name.display_shortest(),
         digest="sha256:" + mf.digest)
 
@@ -2478,7 +2835,7 @@ class Handler(BaseHTTPRequestHandler):
         if not name.is_valid():
             raise ApiError(500, "invalid model path")
         info = STATE.store.get_model(STATE.store.existing_name(name))
-        if info is None:
+        if info is None or not info.model_present:  # getModelData: os.Stat of the model
             raise ApiError(404, f"model '{raw}' not found")
         if req.get("system"):
             info.system = req["system"]
@@ -2665,7 +3022,7 @@ class Handler(BaseHTTPRequestHandler):
         if legacy and not name.is_valid():
             raise ApiError(400, "model is required")
         info = STATE.store.get_model(STATE.store.existing_name(name)) if name.is_valid() else None
-        if info is None:
+        if info is None or not info.model_present:  # the load's LoadModel: not exist
             raise ApiError(404, f'model "{raw}" not found, try pulling it first')
         return info
 

@@ -8,10 +8,35 @@ local service:
     GET       /v2/                                   -> 200 {}
     GET|HEAD  /v2/<namespace>/<model>/manifests/<tag> -> manifest (or 404 MANIFEST_UNKNOWN)
     GET|HEAD  /v2/<namespace>/<model>/blobs/sha256:<hex>
-                                                      -> blob, Range aware (206/416),
-                                                         or 404 BLOB_UNKNOWN
+                                                      -> 307 Temporary Redirect to the blob
+                                                         store (Location), or 404 BLOB_UNKNOWN
+    GET|HEAD  /ollama/docker/registry/v2/blobs/sha256/<hh>/<hex>/data
+                                                      -> the blob store: the bytes, Range
+                                                         aware (206/416), no Location
 
-Lab-only control endpoints live under /_lab/ (stats, reset, fault, rate). The fault
+As registry.ollama.ai does, a blob is never served from the registry's own path: the
+registry answers 307 with ``Location`` on its blob store (Cloudflare R2 there), on another
+host name. Ollama follows redirects only as long as the host name stays the same and
+takes the first ``Location`` that leaves it as the URL it then fetches in ranged parts
+(server/download.go). The blob store's base URL is ``FLEETLAB_BLOB_URL`` (or
+``--blob-url``), e.g. ``http://blobs.<lab>.test:8081``: a name for this same server that
+differs from the one clients use for the registry. When it is unset, the redirect points
+at this server under the Host the client asked for: a client that follows same-host
+redirects then ends at the blob store's plain 200, which has no ``Location``, and a
+strict client (Ollama) fails, exactly as it would against such a registry. Faults,
+counters and the rate limit apply to the blob store's bytes.
+
+Manifests are served as a Docker distribution registry writes them (3-space indent,
+descriptors ordered mediaType, size, digest), so that their bytes differ from the
+compact re-encoding Ollama stores after a pull: the model ID Ollama lists is the sha256
+of its own re-encoding, not the registry's ``Docker-Content-Digest``.
+
+Lab-only control endpoints live under /_lab/ (stats, reset, fault, rate, unreachable).
+``POST /_lab/unreachable {"hosts": ["10.0.0.2:8081", ...]}`` cuts the registry off under
+those names: a request whose Host header is one of them is dropped unanswered (the
+connection closed), as when a network cannot reach the registry, while the same server
+stays reachable under its other names (a mirror's, the blob store's); ``[]`` undoes it.
+The fault
 ``{"hostile": true}`` makes every manifest a hostile one, as a compromised or malicious
 registry could serve: digests and sizes that are shell (``$(touch CANARY)``), a path and
 a negative number, where the registry's protocol has ``sha256:<64 hex>`` and a size;
@@ -24,9 +49,10 @@ digests are identical across restarts and hosts. Model layers start with the
 
 Usage:
     python3 modelregistry.py --listen 0.0.0.0:8081 --data /var/lib/fleetlab-models \
-        --catalog /etc/fleetlab/models.json [--rate BYTES_PER_SEC] [--size-scale FLOAT]
+        --catalog /etc/fleetlab/models.json [--rate BYTES_PER_SEC] [--size-scale FLOAT] \
+        [--blob-url URL]   (default: $FLEETLAB_BLOB_URL)
 
-Stdlib only; Python 3.11+. ``build_catalog`` is importable for callers that
+Stdlib only; Python 3.10+. ``build_catalog`` is importable for callers that
 want digests without running a server.
 """
 
@@ -129,13 +155,7 @@ def build_catalog(
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         config_d = _put_small_blob(config_bytes, data_dir, blobs)
         config_desc = {"mediaType": MT_CONFIG, "digest": config_d, "size": len(config_bytes)}
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MT_MANIFEST,
-            "config": config_desc,
-            "layers": layers,
-        }
-        manifest_text = json.dumps(manifest, separators=(",", ":"))
+        manifest_text = distribution_manifest(config_desc, layers)
         manifest_digest = "sha256:" + hashlib.sha256(manifest_text.encode()).hexdigest()
 
         entry.update(
@@ -153,6 +173,20 @@ def build_catalog(
         )
         out.append(entry)
     return out
+
+
+def distribution_manifest(config: dict, layers: list[dict]) -> str:
+    """The manifest's text as a Docker distribution registry serves it: schema2's
+    ``json.MarshalIndent(m, "", "   ")``, each descriptor ordered mediaType, size, digest
+    (distribution's ``Descriptor`` struct). Ollama's re-encoding of it after a pull (its
+    ``Layer`` order mediaType, digest, size, compact) is other bytes, so another sha256."""
+
+    def desc(d: dict) -> dict:
+        return {"mediaType": d["mediaType"], "size": d["size"], "digest": d["digest"]}
+
+    manifest = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": desc(config),
+                "layers": [desc(x) for x in layers]}
+    return json.dumps(manifest, indent=3)
 
 
 def _normalize_name(name: str) -> str:
@@ -293,8 +327,11 @@ class TokenBucket:
 
 
 class Registry:
-    def __init__(self, models: list[dict], rate: int = 0):
+    def __init__(self, models: list[dict], rate: int = 0, blob_url: str | None = None):
         self.models = models
+        # Base URL of the blob store the registry redirects blob requests to; None: this
+        # server under the Host the client asked for (see the module docstring).
+        self.blob_url = blob_url.rstrip("/") if blob_url else None
         self.by_ref: dict[tuple[str, str], dict] = {}
         self.blobs: dict[str, tuple[str, int]] = {}
         for m in models:
@@ -307,6 +344,9 @@ class Registry:
         self.bucket = TokenBucket(rate)
         self.lock = threading.Lock()
         self.fault: dict | None = None
+        # Host headers (`host:port`, lower case) this registry is unreachable under: a
+        # request naming one is dropped unanswered, as a cut-off network would (lab only)
+        self.unreachable: set[str] = set()
         self.reset()
 
     def reset(self) -> None:
@@ -314,7 +354,11 @@ class Registry:
             self.blob_bytes = 0
             self.manifest_bytes = 0
             self.manifest_requests = 0
-            self.blob_requests = 0
+            self.blob_requests = 0  # on the registry's blob path: answered 307 (or 404)
+            self.redirects = 0
+            self.blob_store_requests = 0  # GET/HEAD on the blob store
+            self.range_requests = 0  # blob store GETs that carried a Range header
+            self.ranges: dict[str, list[str]] = {}  # digest -> those Range headers, in order
             self.faults_injected = 0
             self.by_blob: dict[str, int] = {}
             self.by_client: dict[str, int] = {}
@@ -329,6 +373,15 @@ class Registry:
         if m is None and "/" not in name:
             m = self.by_ref.get(("library/" + name, ref))
         return m
+
+    def count_store_request(self, digest: str, rng: str | None, method: str) -> None:
+        with self.lock:
+            self.blob_store_requests += 1
+            if rng is not None and method == "GET":
+                self.range_requests += 1
+                seen = self.ranges.setdefault(digest, [])
+                if len(seen) < MAX_RANGES_KEPT:
+                    seen.append(rng)
 
     def count(self, client: str, n: int, digest: str | None) -> None:
         with self.lock:
@@ -362,6 +415,11 @@ class Registry:
                 "manifest_bytes_sent": self.manifest_bytes,
                 "manifest_requests": self.manifest_requests,
                 "blob_requests": self.blob_requests,
+                "redirects": self.redirects,
+                "blob_store_requests": self.blob_store_requests,
+                "range_requests": self.range_requests,
+                "ranges": {k: list(v) for k, v in self.ranges.items()},
+                "blob_url": self.blob_url,
                 "faults_injected": self.faults_injected,
                 "by_blob": dict(self.by_blob),
                 "by_client": dict(self.by_client),
@@ -388,6 +446,12 @@ def public_model(m: dict) -> dict:
 
 MANIFEST_RE = re.compile(r"^/v2/(?P<name>[^?#]+?)/manifests/(?P<ref>[^/]+)$")
 BLOB_RE = re.compile(r"^/v2/(?P<name>[^?#]+?)/blobs/(?P<digest>[^/]+)$")
+# The blob store's keys, laid out as distribution's storage driver keeps blobs (R2 there).
+BLOB_STORE_PREFIX = "/ollama/docker/registry/v2/blobs/sha256"
+BLOB_STORE_RE = re.compile(r"^/ollama/docker/registry/v2/blobs/sha256/(?P<hh>[0-9a-f]{2})/"
+                           r"(?P<hex>[0-9a-f]{64})/data$")
+MAX_RANGES_KEPT = 1000  # Range headers remembered per blob in /_lab/stats
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d+)?$|^\[[0-9A-Fa-f:.]+\](:\d+)?$")
 RANGE_RE = re.compile(r"^bytes=\s*(\d*)\s*-\s*(\d*)\s*$")
 CHUNK = 64 * 1024
 
@@ -486,6 +550,9 @@ class Handler(BaseHTTPRequestHandler):
         self._begin()
         try:
             path = self.path.split("?", 1)[0].split("#", 1)[0]
+            if not path.startswith("/_lab/") and \
+                    (self.headers.get("Host") or "").lower() in self.registry.unreachable:
+                self._drop()
             if self.command == "POST":
                 self._post(path)
             else:
@@ -515,7 +582,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._manifest(m["name"], m["ref"])
         m = BLOB_RE.match(path)
         if m:
-            return self._blob(m["digest"])
+            return self._redirect(m["digest"])
+        m = BLOB_STORE_RE.match(path)
+        if m and m["hex"].startswith(m["hh"]):
+            return self._blob("sha256:" + m["hex"])
         if path.startswith("/_lab/"):
             if path in _LAB_POST:
                 return self._error(405, "UNSUPPORTED", "use POST")
@@ -539,10 +609,31 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._send_counted(body, None, limit=False)
 
-    def _blob(self, digest: str):
+    def _redirect(self, digest: str):
+        """The registry's blob path: 307 to the blob store (GET and HEAD alike, as a
+        distribution registry with a redirecting storage driver answers)."""
         reg = self.registry
         with reg.lock:
             reg.blob_requests += 1
+        if digest not in reg.blobs:
+            return self._error(
+                404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest}
+            )
+        hexd = digest.split(":", 1)[1]
+        key = f"{BLOB_STORE_PREFIX}/{hexd[:2]}/{hexd}/data"
+        base = reg.blob_url
+        if base is None:
+            host = self.headers.get("Host")
+            base = f"http://{host}" if host and _HOST_RE.match(host) else ""
+        with reg.lock:
+            reg.redirects += 1
+        self._head(307, "text/html; charset=utf-8", 0,
+                   {"Location": base + key, "Docker-Content-Digest": digest})
+
+    def _blob(self, digest: str):
+        """The blob store: the bytes, Range aware, a plain 200/206 with no Location."""
+        reg = self.registry
+        reg.count_store_request(digest, self.headers.get("Range"), self.command)
         info = reg.blobs.get(digest)
         if info is None:
             return self._error(
@@ -635,6 +726,14 @@ class Handler(BaseHTTPRequestHandler):
                 reg.fault = fault if fault["times"] != 0 else None
             _log(f"fault set: {fault}")
             return self._json(200, {"fault": fault if fault["times"] != 0 else None})
+        if path == "/_lab/unreachable":
+            hosts = body.get("hosts", [])
+            if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+                return self._error(400, "BAD_REQUEST", "hosts must be a list of host:port")
+            with reg.lock:
+                reg.unreachable = {h.lower() for h in hosts}
+            _log(f"unreachable under: {sorted(reg.unreachable)}")
+            return self._json(200, {"hosts": sorted(reg.unreachable)})
         if path == "/_lab/rate":
             try:
                 rate = int(body["bytes_per_sec"])
@@ -701,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="global blob bandwidth cap in bytes/sec (0 = unlimited)")
     ap.add_argument("--size-scale", type=float, default=1.0,
                     help="multiply every catalog size by this factor")
+    ap.add_argument("--blob-url", default=os.environ.get("FLEETLAB_BLOB_URL") or None,
+                    help="base URL of the blob store blob requests are redirected to, a "
+                         "host name other than the registry's (default $FLEETLAB_BLOB_URL; "
+                         "unset: this server under the Host asked for)")
     args = ap.parse_args(argv)
 
     def _term(signum, frame):
@@ -715,11 +818,14 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"catalog ready: {len(models)} models in {time.monotonic() - t0:.2f}s")
     for m in models:
         _log(f"  {m['name']}:{m['tag']} {m['digest']} {m['size']} bytes")
-    registry = Registry(models, rate=args.rate)
+    if args.blob_url and not re.match(r"^https?://[^/?#]+$", args.blob_url.rstrip("/")):
+        ap.error(f"--blob-url {args.blob_url!r}: want http://HOST[:PORT]")
+    registry = Registry(models, rate=args.rate, blob_url=args.blob_url)
     if ":" in host:
         Server.address_family = socket.AF_INET6
     httpd = make_server(host, port, registry)
-    _log(f"listening on {host}:{httpd.server_address[1]} rate={args.rate} B/s")
+    _log(f"listening on {host}:{httpd.server_address[1]} rate={args.rate} B/s "
+         f"blob store={registry.blob_url or '(this server, same host name)'}")
     try:
         httpd.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

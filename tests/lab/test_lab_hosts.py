@@ -10,12 +10,15 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import ollama
 import paramiko
 import pytest
 
-from tests.labfleet import REPO, poll
+from lab.fleet import Lab
+from lab.inventory import render_inventory
+from tests.labfleet import PYINFRA, REPO, lab_cli, poll
 
 pytestmark = pytest.mark.lab
 
@@ -70,6 +73,51 @@ def test_simulated_gpus_are_described_as_hardware(core_lab):
     _, out, _ = core_lab.ssh("gpu-1", "cat /etc/fleetlab/gpus.json")
     assert json.loads(out)["gpus"] == gpu["gpus"]
     assert core_lab.host("cpu-1")["gpus"] == []
+
+
+def _getent(output: str) -> dict[str, str]:
+    """`getent hosts NAME...` output as {name: address}."""
+    return {line.split()[1]: line.split()[0] for line in output.splitlines()}
+
+
+def test_lab_names_resolve_on_the_operators_side_and_this_machine_is_untouched(core_lab):
+    before = Path("/etc/resolv.conf").read_text()
+    names = [h["dns"] for h in core_lab.hosts()]
+    assert names == [f"{h['name']}.{core_lab.name}.test" for h in core_lab.hosts()]
+    found = _getent(core_lab.by_name("getent", "hosts", *names).stdout)
+    assert found == {h["dns"]: h["address"] for h in core_lab.hosts()}
+    # the services by name; no front door name in a lab without lb hosts
+    zone = core_lab.endpoint("dns_zone")
+    found = _getent(core_lab.by_name("getent", "hosts", f"blobs.{zone}").stdout)
+    assert found == {f"blobs.{zone}": core_lab.endpoint("dns_server")}
+    assert core_lab.endpoint("front_door_name") is None
+    assert core_lab.by_name("getent", "hosts", f"llm.{zone}", check=False).returncode == 2
+    assert Path("/etc/resolv.conf").read_text() == before
+
+
+def test_hosts_resolve_each_other_and_the_services_by_name(core_lab):
+    zone = core_lab.endpoint("dns_zone")
+    _, resolv, _ = core_lab.ssh("gpu-1", "cat /etc/resolv.conf")
+    assert f"nameserver {core_lab.endpoint('dns_server')}" in resolv.splitlines()
+    assert f"search {zone}" in resolv.splitlines()
+    _, out, _ = core_lab.ssh("gpu-1", f"getent hosts cpu-1.{zone} registry.{zone} blobs")
+    assert _getent(out) == {f"cpu-1.{zone}": core_lab.host("cpu-1")["address"],
+                            f"registry.{zone}": core_lab.endpoint("dns_server"),
+                            f"blobs.{zone}": core_lab.endpoint("dns_server")}
+    # names outside the zone are forwarded: the next test's apt finds the Debian mirror
+
+
+def test_pyinfra_reaches_hosts_by_name(core_lab):
+    lab = Lab(core_lab.name)
+    # next to the real inventory, so group_data/ applies as in a real run
+    path = Path(core_lab.inventory).with_name(f"lab-{core_lab.name}-by-name.py")
+    path.write_text(render_inventory(lab, lab.load(), by_name=True))
+    try:
+        assert "'ssh_hostname': 'gpu-1." in path.read_text()
+        proc = core_lab.by_name(PYINFRA, "-y", str(path), "exec", "--", "hostname")
+        assert "gpu-1" in proc.output and "cpu-1" in proc.output
+    finally:
+        path.unlink()
 
 
 def test_apt_installs_from_the_mirror(core_lab):
@@ -172,6 +220,19 @@ def test_compose_device_ids_gives_exactly_that_gpu(gpu_host_with_toolkit):
         (uuid_1 in inside and inside.count("GPU ") == 1)
 
 
+def test_containers_on_a_lab_host_resolve_lab_names(gpu_host_with_toolkit):
+    lab = gpu_host_with_toolkit
+    blobs = f"blobs.{lab.endpoint('dns_zone')}"
+    want = {blobs: lab.endpoint("dns_server")}
+    # on a Compose network (Docker's embedded resolver forwards to the host's nameserver)
+    _, out, _ = lab.ssh("gpu-1", f"cd /srv/t && docker compose exec -T ollama getent hosts {blobs}")
+    assert _getent(out) == want
+    # on the default bridge (the engine copies the host's resolv.conf)
+    _, out, _ = lab.ssh("gpu-1", "docker run --rm --entrypoint getent ollama/ollama:0.6.8 "
+                                 f"hosts {blobs}")
+    assert _getent(out) == want
+
+
 def _registry_stats(lab) -> dict:
     with urllib.request.urlopen(f"{lab.endpoint('model_registry')}/_lab/stats", timeout=10) as r:
         return json.load(r)
@@ -192,18 +253,31 @@ def test_pull_through_the_stand_in_image_counts_every_byte(gpu_host_with_toolkit
     assert moved == model["size"]
     tags = client.list()
     assert [m.model for m in tags.models] == ["tinyllama:latest"]
-    assert tags.models[0].digest == model["digest"].removeprefix("sha256:")
+    # Ollama lists a model by the sha256 of the manifest it keeps (its own re-encoding of
+    # the registry's), as real Ollama does
+    _, kept, _ = lab.ssh("gpu-1", "cd /srv/t && docker compose exec -T ollama sha256sum "
+                         "/root/.ollama/models/manifests/registry.ollama.ai/library/tinyllama/"
+                         "latest")
+    assert tags.models[0].digest == kept.split()[0]
     chunks = list(client.generate(model="tinyllama", prompt="hello", stream=True))
     assert len(chunks) > 2 and chunks[-1].done
     # the model lives on the host in Ollama's own store layout, inside the container
     lab.ssh("gpu-1", "cd /srv/t && docker compose exec -T ollama test -f "
                      "/root/.ollama/models/manifests/registry.ollama.ai/library/tinyllama/latest")
+
+
+def test_ask_answers_by_name(gpu_host_with_toolkit):
+    lab = gpu_host_with_toolkit
+    proc = lab_cli("ask", "hello", "--host", "gpu-1", "--port", "11434", name=lab.name,
+                   timeout=120)
+    first = proc.stdout.splitlines()[0]
+    assert first == (f"asked gpu-1.{lab.endpoint('dns_zone')}:11434 "
+                     f"({lab.host('gpu-1')['address']} by the lab DNS): HTTP 200")
+    assert "chunks streamed" in proc.stdout
     lab.ssh("gpu-1", "cd /srv/t && docker compose down", timeout=120)
 
 
 def test_cut_and_restore_a_host(core_lab):
-    from tests.labfleet import lab_cli
-
     address = core_lab.host("cpu-1")["address"]
     lab_cli("cut", "cpu-1", name=core_lab.name)
     try:
@@ -219,8 +293,6 @@ def test_cut_and_restore_a_host(core_lab):
 
 
 def test_kill_keeps_a_host_off_until_restored(core_lab):
-    from tests.labfleet import lab_cli
-
     lab_cli("kill", "cpu-1", name=core_lab.name)
     core_lab.forget("cpu-1")
     deadline = time.monotonic() + 5

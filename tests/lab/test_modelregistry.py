@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,16 @@ def _free_port() -> int:
 
 
 class Registry:
-    def __init__(self, data: Path, log: Path, scale: float = SCALE, timeout: float = 30.0):
+    def __init__(self, data: Path, log: Path, scale: float = SCALE, timeout: float = 30.0,
+                 blob_host: str | None = "localhost"):
+        """BLOB_HOST: the host name of the blob store (FLEETLAB_BLOB_URL), another name
+        for this server than the 127.0.0.1 clients use; None: leave it unset."""
         self.port = _free_port()
         self.log = log
         self._logf = open(log, "wb")
+        env = {k: v for k, v in os.environ.items() if k != "FLEETLAB_BLOB_URL"}
+        if blob_host:
+            env["FLEETLAB_BLOB_URL"] = f"http://{blob_host}:{self.port}"
         self.proc = subprocess.Popen(
             [
                 PYTHON, str(REGISTRY),
@@ -57,6 +64,7 @@ class Registry:
             ],
             stdout=self._logf,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -155,7 +163,25 @@ def _model_layer(manifest: dict) -> dict:
 
 
 def _blob_path(name: str, digest: str) -> str:
+    """The registry's blob path: answered with a redirect to the blob store."""
     return f"/v2/{name}/blobs/{digest}"
+
+
+def _store_path(digest: str) -> str:
+    """Where the registry redirects DIGEST's requests: the blob store's key."""
+    hexd = digest.split(":", 1)[1]
+    return f"/ollama/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
+
+
+def _follow(reg, name: str, digest: str, method: str = "GET") -> str:
+    """Ask the registry for the blob; it must redirect (307) to the blob store on another
+    host name; return the path there."""
+    status, headers, body, _ = reg.request(method, _blob_path(name, digest))
+    assert status == 307 and body == b"", (status, body)
+    loc = urllib.parse.urlsplit(headers["Location"])
+    assert (loc.scheme, loc.hostname, loc.port) == ("http", "localhost", reg.port)
+    assert loc.path == _store_path(digest)
+    return loc.path
 
 
 # --------------------------------------------------------------------------
@@ -197,17 +223,20 @@ def test_blobs_hash_to_their_digest(reg):
     name = "library/qwen2.5"
     manifest = reg.manifest(name, "0.5b")
     for desc in [manifest["config"], *manifest["layers"]]:
-        status, headers, body, complete = reg.request("GET", _blob_path(name, desc["digest"]))
-        assert status == 200 and complete
+        store = _follow(reg, name, desc["digest"])
+        status, headers, body, complete = reg.request("GET", store)
+        assert status == 200 and complete and "Location" not in headers
         assert headers["Content-Type"] == "application/octet-stream"
         assert len(body) == desc["size"] == int(headers["Content-Length"])
         assert _sha(body) == desc["digest"]
-        hstatus, hheaders, hbody, _ = reg.request("HEAD", _blob_path(name, desc["digest"]))
+        # HEAD is redirected too; the blob store's HEAD gives the size (Ollama's Prepare)
+        assert _follow(reg, name, desc["digest"], "HEAD") == store
+        hstatus, hheaders, hbody, _ = reg.request("HEAD", store)
         assert hstatus == 200 and hbody == b""
         assert int(hheaders["Content-Length"]) == desc["size"]
-    model = _blob_path(name, _model_layer(manifest)["digest"])
+    model = _store_path(_model_layer(manifest)["digest"])
     assert reg.request("GET", model)[2][:4] == b"GGUF"
-    config = json.loads(reg.request("GET", _blob_path(name, manifest["config"]["digest"]))[2])
+    config = json.loads(reg.request("GET", _store_path(manifest["config"]["digest"]))[2])
     assert config["model_format"] == "gguf"
     assert config["model_family"] == "qwen2" and config["model_families"] == ["qwen2"]
     assert config["rootfs"]["type"] == "layers"
@@ -217,7 +246,7 @@ def test_blobs_hash_to_their_digest(reg):
 def test_range_resume_gives_identical_bytes(reg):
     name = "library/tinyllama"
     layer = _model_layer(reg.manifest(name))
-    path, total = _blob_path(name, layer["digest"]), layer["size"]
+    path, total = _store_path(layer["digest"]), layer["size"]
     full = reg.request("GET", path)[2]
 
     s = 100_003
@@ -274,19 +303,21 @@ def test_byte_counter_equals_bytes_read_full_and_resumed_pull(reg):
     manifest = json.loads(mbody)
     descs = [manifest["config"], *manifest["layers"]]
     for desc in descs:
-        body = reg.request("GET", _blob_path(name, desc["digest"]))[2]
+        body = reg.request("GET", _follow(reg, name, desc["digest"]))[2]
         assert _sha(body) == desc["digest"]
         read += len(body)
     stats = _stats_after(reg, read)
-    assert stats["bytes_sent"] == read
+    assert stats["bytes_sent"] == read  # the redirects carry no body
     assert stats["blob_bytes_sent"] == read - len(mbody)
     assert stats["manifest_requests"] == 1
-    assert stats["blob_requests"] == len(descs)
+    assert stats["blob_requests"] == stats["redirects"] == len(descs)
+    assert stats["blob_store_requests"] == len(descs)
+    assert stats["range_requests"] == 0
     assert stats["by_client"] == {"127.0.0.1": read}
 
     # resumed pull: the first attempt is cut after N bytes, then Range-resumed
     layer = _model_layer(manifest)
-    path, n = _blob_path(name, layer["digest"]), 123_457
+    path, n = _store_path(layer["digest"]), 123_457
     reg.post("/_lab/fault", {"drop_after_bytes": n, "times": 1, "digest": layer["digest"]})
     status, _, head, complete = reg.request("GET", path)
     assert status == 200 and not complete and len(head) == n
@@ -299,18 +330,22 @@ def test_byte_counter_equals_bytes_read_full_and_resumed_pull(reg):
     assert stats["bytes_sent"] == read
     assert stats["by_blob"][layer["digest"]] == 2 * layer["size"]
     assert stats["by_client"]["127.0.0.1"] == read
-    assert stats["blob_requests"] == len(descs) + 2
+    assert stats["blob_store_requests"] == len(descs) + 2
+    assert stats["range_requests"] == 1
+    assert stats["ranges"] == {layer["digest"]: [f"bytes={n}-"]}
 
     reg.post("/_lab/reset")
     stats = reg.get_json("/_lab/stats")
     assert stats["bytes_sent"] == 0 and stats["by_blob"] == {} and stats["by_client"] == {}
     assert stats["manifest_requests"] == 0 and stats["blob_requests"] == 0
+    assert stats["blob_store_requests"] == stats["range_requests"] == 0
+    assert stats["ranges"] == {}
 
 
 def test_drop_fault_cuts_then_next_request_is_clean(reg):
     name = "library/all-minilm"
     layer = _model_layer(reg.manifest(name))
-    path = _blob_path(name, layer["digest"])
+    path = _store_path(layer["digest"])
     n = 50_000
     reg.post("/_lab/fault", {"drop_after_bytes": n, "times": 1, "corrupt": False})
     status, headers, body, complete = reg.request("GET", path)
@@ -326,7 +361,7 @@ def test_drop_fault_cuts_then_next_request_is_clean(reg):
 def test_drop_fault_times_minus_one_until_reset(reg):
     name = "library/all-minilm"
     layer = _model_layer(reg.manifest(name))
-    path = _blob_path(name, layer["digest"])
+    path = _store_path(layer["digest"])
     reg.post("/_lab/fault", {"drop_after_bytes": 0, "times": -1})
     for _ in range(3):
         status, _, body, complete = reg.request("GET", path)
@@ -339,7 +374,7 @@ def test_drop_fault_times_minus_one_until_reset(reg):
 def test_corrupt_fault_changes_hash(reg):
     name = "library/all-minilm"
     layer = _model_layer(reg.manifest(name))
-    path = _blob_path(name, layer["digest"])
+    path = _store_path(layer["digest"])
     reg.post("/_lab/fault", {"drop_after_bytes": 1000, "times": 1, "corrupt": True})
     status, _, bad, complete = reg.request("GET", path)
     assert status == 200 and complete and len(bad) == layer["size"]
@@ -358,7 +393,7 @@ def test_rate_cap_slows_transfer(reg):
     assert reg.get_json("/_lab/stats")["bytes_per_sec"] == rate
     t0 = time.monotonic()
     status, _, body, complete = reg.request(
-        "GET", _blob_path(name, layer["digest"]), {"Range": f"bytes=0-{size - 1}"}, timeout=60
+        "GET", _store_path(layer["digest"]), {"Range": f"bytes=0-{size - 1}"}, timeout=60
     )
     elapsed = time.monotonic() - t0
     assert status == 206 and complete and len(body) == size
@@ -447,3 +482,86 @@ def test_catalog_sizes_and_scale():
     }
     assert full[("library/all-minilm", "latest")]["family"] == "bert"
     assert full[("library/qwen2.5", "0.5b")]["family"] == "qwen2"
+
+
+def test_blobs_are_redirected_to_the_blob_store_on_another_host(reg):
+    """registry.ollama.ai answers a blob request with 307 to its blob store (another host
+    name); Ollama's download takes that Location and fetches ranged parts there."""
+    name = "library/tinyllama"
+    manifest = reg.manifest(name)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        for method in ("GET", "HEAD"):
+            status, headers, body, _ = reg.request(method, _blob_path(name, desc["digest"]))
+            assert status == 307 and body == b"" and int(headers["Content-Length"]) == 0
+            assert headers["Location"] == f"http://localhost:{reg.port}" + _store_path(
+                desc["digest"])
+    # the blob store answers plainly, Range aware, with no Location
+    layer = _model_layer(manifest)
+    status, headers, body, complete = reg.request("GET", _store_path(layer["digest"]),
+                                                  {"Range": "bytes=10-19"})
+    assert (status, len(body), complete) == (206, 10, True)
+    assert headers["Content-Range"] == f"bytes 10-19/{layer['size']}"
+    assert "Location" not in headers
+    # manifests stay a plain 200; unknown blobs are a 404, with no redirect
+    status, headers, _, _ = reg.request("GET", f"/v2/{name}/manifests/latest")
+    assert status == 200 and "Location" not in headers
+    status, headers, body, _ = reg.request("GET", _blob_path(name, "sha256:" + "0" * 64))
+    assert status == 404 and "Location" not in headers
+    status, _, _, _ = reg.request("GET", _store_path("sha256:" + "0" * 64))
+    assert status == 404
+    stats = reg.get_json("/_lab/stats")
+    assert stats["redirects"] == 2 * len(manifest["layers"]) + 2
+    assert stats["blob_url"] == f"http://localhost:{reg.port}"
+
+
+def test_without_a_blob_url_the_redirect_stays_on_the_host_asked_for(tmp_path):
+    """FLEETLAB_BLOB_URL unset: the redirect names the registry's own host, so a client
+    that follows same-host redirects (Ollama) ends at a 200 with no Location."""
+    r = Registry(tmp_path / "data", tmp_path / "registry.log", blob_host=None)
+    try:
+        name = "library/tinyllama"
+        layer = _model_layer(r.manifest(name))
+        status, headers, _, _ = r.request("GET", _blob_path(name, layer["digest"]))
+        assert status == 307
+        assert headers["Location"] == f"http://127.0.0.1:{r.port}" + _store_path(
+            layer["digest"])
+        status, headers, body, _ = r.request("GET", _store_path(layer["digest"]))
+        assert status == 200 and "Location" not in headers and _sha(body) == layer["digest"]
+        assert r.get_json("/_lab/stats")["blob_url"] is None
+    finally:
+        r.stop()
+
+
+def test_manifests_are_served_as_a_distribution_registry_writes_them(reg):
+    """3-space indent, descriptors ordered mediaType, size, digest: not the compact
+    mediaType, digest, size that Ollama re-encodes and stores, so the bytes differ."""
+    status, headers, body, _ = reg.request("GET", "/v2/library/tinyllama/manifests/latest")
+    assert status == 200
+    manifest = json.loads(body)
+    assert body.decode() == json.dumps(manifest, indent=3)
+    assert list(manifest["config"]) == ["mediaType", "size", "digest"]
+    assert all(list(x) == ["mediaType", "size", "digest"] for x in manifest["layers"])
+    ollama_form = json.dumps({
+        "schemaVersion": 2, "mediaType": MT_MANIFEST,
+        "config": {k: manifest["config"][k] for k in ("mediaType", "digest", "size")},
+        "layers": [{k: x[k] for k in ("mediaType", "digest", "size")}
+                   for x in manifest["layers"]]}, separators=(",", ":")).encode()
+    assert _sha(ollama_form) != headers["Docker-Content-Digest"] == _sha(body)
+
+
+def test_a_registry_cut_off_under_one_name_still_answers_under_another(reg):
+    """`/_lab/unreachable`: the public registry cut off, its mirror (another name for the
+    same server) still answering: a request naming a cut-off host gets no answer at all."""
+    cut = f"127.0.0.1:{reg.port}"
+    assert reg.post("/_lab/unreachable", {"hosts": [cut.upper()]}) == {"hosts": [cut]}
+    try:
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            reg.request("GET", "/v2/library/tinyllama/manifests/latest")  # Host: 127.0.0.1:P
+        status, _, _, _ = reg.request("GET", "/v2/library/tinyllama/manifests/latest",
+                                      headers={"Host": f"localhost:{reg.port}"})
+        assert status == 200
+        assert reg.get_json("/_lab/stats")  # the lab's own controls stay reachable
+    finally:
+        assert reg.post("/_lab/unreachable", {"hosts": []}) == {"hosts": []}
+    status, _, _, _ = reg.request("GET", "/v2/library/tinyllama/manifests/latest")
+    assert status == 200

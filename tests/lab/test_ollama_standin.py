@@ -63,21 +63,27 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
 
 
 class FakeRegistry:
-    """Minimal registry.ollama.ai look-alike: manifests, Range-aware blobs, faults."""
+    """Minimal registry.ollama.ai look-alike: manifests, blobs redirected (307) to a blob
+    store on another host name (``localhost`` for the registry's ``127.0.0.1``) that
+    serves them Range aware, faults. ``redirect=False``: the registry serves the blob
+    itself with a plain 200, as a naive registry would."""
 
-    def __init__(self):
+    def __init__(self, redirect: bool = True):
+        self.redirect = redirect
         self.manifests: dict[tuple[str, str], bytes] = {}
         self.blobs: dict[str, bytes] = {}
         self.models: dict[str, dict] = {}
         self.fault: dict | None = None
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, str | None]] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range
         for name, tag, size, family, psize, quant in CATALOG:
             self._add(name, tag, size, family, psize, quant)
         handler = type("H", (_FakeHandler,), {"reg": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.blob_url = f"http://localhost:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -105,7 +111,13 @@ class FakeRegistry:
         }, separators=(",", ":")).encode()
         cdesc = {"mediaType": "application/vnd.docker.container.image.v1+json",
                  "digest": self._put(config), "size": len(config)}
+        # served as a distribution registry writes it; Ollama stores its compact re-encoding
         manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": cdesc, "layers": layers,
+        }, indent=3).encode()
+        stored = json.dumps({
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
             "config": cdesc, "layers": layers,
@@ -114,6 +126,7 @@ class FakeRegistry:
         self.models[f"{name.split('/')[-1]}:{tag}"] = {
             "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
             "manifest": manifest,
+            "stored": stored,
             "layers": layers,
             "config": cdesc,
             "size": cdesc["size"] + sum(x["size"] for x in layers),
@@ -141,8 +154,10 @@ class FakeRegistry:
             return dict(f)
 
     def range_requests(self, digest: str) -> list[str | None]:
+        """The Range of every GET of the blob's bytes (the ranged parts)."""
         with self.lock:
-            return [r for p, r in self.requests if p.endswith(digest)]
+            return [r for m, p, r in self.requests
+                    if m == "GET" and p.endswith(digest) and r is not None]
 
     def close(self):
         self.httpd.shutdown()
@@ -163,12 +178,13 @@ class _FakeHandler(BaseHTTPRequestHandler):
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802
         reg = self.reg
         with reg.lock:
-            reg.requests.append((self.path, self.headers.get("Range")))
+            reg.requests.append((self.command, self.path, self.headers.get("Range")))
         m = re.match(r"^/v2/(.+)/manifests/([^/]+)$", self.path)
         if m:
             body = reg.manifests.get((m[1], m[2]))
@@ -179,10 +195,15 @@ class _FakeHandler(BaseHTTPRequestHandler):
                 200, body, "application/vnd.docker.distribution.manifest.v2+json",
                 {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()})
         m = re.match(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$", self.path)
-        if not m or m[2] not in reg.blobs:
+        store = re.match(r"^/store/(sha256:[0-9a-f]{64})$", self.path)
+        digest = m[2] if m else store[1] if store else None
+        if digest not in reg.blobs:
             err = {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry"}]}
             return self._reply(404, json.dumps(err).encode(), "application/json")
-        data = reg.blobs[m[2]]
+        if m and reg.redirect:
+            return self._reply(307, b"", "text/html",
+                               {"Location": f"{reg.blob_url}/store/{digest}"})
+        data = reg.blobs[digest]
         start, end, status, extra = 0, len(data) - 1, 200, {}
         rng = re.match(r"^bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
         if rng:
@@ -191,7 +212,9 @@ class _FakeHandler(BaseHTTPRequestHandler):
             status = 206
             extra["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         body = data[start:end + 1]
-        fault = reg.take_fault(m[2], len(body))
+        if self.command == "HEAD":
+            return self._reply(status, body, "application/octet-stream", extra)
+        fault = reg.take_fault(digest, len(body))
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
@@ -210,11 +233,13 @@ class _FakeHandler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    do_HEAD = do_GET  # noqa: N815
+
 
 class LabRegistry:
     """lab/registry/modelregistry.py run in-process through its public API."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, redirect_elsewhere: bool = True):
         spec = importlib.util.spec_from_file_location("lab_modelregistry_under_test", REGISTRY_PY)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
@@ -226,11 +251,17 @@ class LabRegistry:
         for m in built:
             self.models[f"{m['name'].split('/')[-1]}:{m['tag']}"] = {
                 "digest": m["digest"], "manifest": m["manifest"].encode(),
+                "stored": _go_manifest(m["config"], m["layers"]),
                 "layers": m["layers"], "config": m["config"], "size": m["size"],
             }
         self.registry = mod.Registry(built)
         self.httpd = mod.make_server("127.0.0.1", 0, self.registry)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        # the blob store under another name of this server, as FLEETLAB_BLOB_URL in the lab;
+        # without it the registry redirects to its own host name (and Ollama fails)
+        self.blob_url = f"http://localhost:{self.port}" if redirect_elsewhere else None
+        self.registry.blob_url = self.blob_url
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -247,9 +278,25 @@ class LabRegistry:
     def reset(self):
         self._post("/_lab/reset", {})
 
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/_lab/stats", timeout=10).json()
+
+    def range_requests(self, digest: str) -> list[str]:
+        return self.stats()["ranges"].get(digest, [])
+
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _go_manifest(config: dict, layers: list[dict]) -> bytes:
+    """What Ollama writes after a pull: json.Marshal of its Manifest struct."""
+    def layer(x):
+        return {"mediaType": x["mediaType"], "digest": x["digest"], "size": x["size"]}
+    return json.dumps({"schemaVersion": 2,
+                       "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "config": layer(config), "layers": [layer(x) for x in layers]},
+                      separators=(",", ":")).encode()
 
 
 REGISTRY_KINDS = ["fake", pytest.param("lab", marks=pytest.mark.skipif(
@@ -409,14 +456,16 @@ def test_contract_with_official_client(registry, start_server):
     listed = {m.model: m for m in client.list().models}
     assert set(listed) == {"tinyllama:latest", "all-minilm:latest"}
     tiny = listed["tinyllama:latest"]
-    assert tiny.digest == expected["digest"].split(":", 1)[1]
+    # the model ID is the sha256 of the manifest Ollama re-encoded, not the registry's
+    assert tiny.digest == hashlib.sha256(expected["stored"]).hexdigest()
+    assert tiny.digest != expected["digest"].split(":", 1)[1]
     assert tiny.size == expected["size"]
     assert tiny.details.family == "llama"
     assert tiny.details.parameter_size == "1.1B"
     assert tiny.details.quantization_level == "Q4_0"
     assert tiny.modified_at is not None
     manifest = manifest_file(srv.models, "tinyllama")
-    assert manifest.read_bytes() == expected["manifest"]
+    assert manifest.read_bytes() == expected["stored"] != expected["manifest"]
 
     show = client.show("tinyllama")
     assert show.template == "{{ .Prompt }}"
@@ -610,8 +659,8 @@ def test_cli_commands(fake_registry, start_server):
     assert r.returncode == 0, r.stderr
     header, row = r.stdout.splitlines()
     assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
-    digest = fake_registry.models["tinyllama:latest"]["digest"]
-    assert row.split()[:4] == ["tinyllama:latest", digest[7:19], "2.0", "MB"]
+    digest = hashlib.sha256(fake_registry.models["tinyllama:latest"]["stored"]).hexdigest()
+    assert row.split()[:4] == ["tinyllama:latest", digest[:12], "2.0", "MB"]
     r = srv.cli("run", "tinyllama", "say", "hi")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("lab answer to: say hi")
@@ -679,7 +728,10 @@ def test_noprune_on_startup(tmp_path, start_server, noprune):
     assert unused.exists() is bool(noprune)
 
 
-def test_partial_left_by_noprune_is_resumed(fake_registry, tmp_path, start_server):
+def test_a_bare_partial_without_part_files_is_downloaded_again(fake_registry, tmp_path,
+                                                              start_server):
+    """Prepare resumes from the -partial-N part files only: a -partial alone is
+    overwritten from byte 0 (server/download.go)."""
     digest = model_digest(fake_registry, "tinyllama:latest")
     models = tmp_path / "models"
     (models / "blobs").mkdir(parents=True)
@@ -688,8 +740,143 @@ def test_partial_left_by_noprune_is_resumed(fake_registry, tmp_path, start_serve
     srv = start_server(models, OLLAMA_NOPRUNE="1", OLLAMA_LAB_REGISTRY=fake_registry.url)
     _, _, lines = pull_lines(srv.url, "tinyllama")
     assert lines[-1] == {"status": "success"}
-    assert fake_registry.range_requests(digest) == ["bytes=1500000-1999999"]
+    assert fake_registry.range_requests(digest) == ["bytes=0-1999999"]
     assert sha256_file(blob(models, digest)) == digest
+
+
+def test_an_interrupted_pull_leaves_a_full_size_partial_and_resumes(registry, tmp_path,
+                                                                   start_server):
+    """run: file.Truncate(b.Total) sizes `-partial` in full before the first byte; each
+    part's progress is kept in `-partial-N` (JSON), which a later pull resumes from."""
+    digest = model_digest(registry, "tinyllama:latest")
+    size = 2_000_000
+    models = tmp_path / "models"
+    srv = start_server(models, OLLAMA_NOPRUNE="1", OLLAMA_LAB_REGISTRY=registry.url)
+    registry.set_fault(drop_after_bytes=300_000, times=-1, digest=digest)
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1] == {"error": "max retries exceeded: unexpected EOF"}, lines[-3:]
+    partial = blob(models, digest).with_name(blob(models, digest).name + "-partial")
+    assert partial.stat().st_size == size  # sized in full: its size says nothing of progress
+    part = json.loads(partial.with_name(partial.name + "-0").read_text())
+    assert part == {"N": 0, "Offset": 0, "Size": size, "Completed": 6 * 300_000}
+    got = [x.get("completed", 0) for x in lines if x.get("digest") == digest]
+    assert max(got) <= 6 * 300_000 and got == sorted(got)  # progress: bytes received
+    assert not manifest_file(models, "tinyllama").exists()
+    srv.stop()
+
+    registry.reset()
+    srv = start_server(models, OLLAMA_NOPRUNE="1", OLLAMA_LAB_REGISTRY=registry.url)
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1] == {"status": "success"}, lines[-3:]
+    assert registry.range_requests(digest) == [f"bytes={6 * 300_000}-{size - 1}"]
+    assert [x["completed"] for x in lines if x.get("digest") == digest][0] >= 6 * 300_000
+    assert sha256_file(blob(models, digest)) == digest
+    assert not list((models / "blobs").glob("*-partial*"))
+
+
+def test_a_large_blob_comes_in_ranged_parts(registry, start_server):
+    """Prepare: parts of a sixteenth of the blob, 100 MB to 1000 MB; scaled by
+    OLLAMA_LAB_PART_SCALE (0.005: 500 kB to 5 MB), a 3 MB blob is 6 parts of 500 kB, each
+    fetched with its own Range request at the blob store."""
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url, OLLAMA_LAB_PART_SCALE="0.005")
+    digest = model_digest(registry, "qwen2.5:0.5b")
+    _, _, lines = pull_lines(srv.url, "qwen2.5:0.5b")
+    assert lines[-1] == {"status": "success"}, lines[-3:]
+    want = [f"bytes={i * 500_000}-{(i + 1) * 500_000 - 1}" for i in range(6)]
+    assert sorted(registry.range_requests(digest), key=lambda r: int(r[6:].split("-")[0])) \
+        == want
+    if isinstance(registry, LabRegistry):
+        stats = registry.stats()
+        assert stats["range_requests"] == 6 + 3  # the model in 6 parts, 3 small blobs in 1
+        assert stats["by_blob"][digest] == 3_000_000  # each byte once
+    assert sha256_file(blob(srv.models, digest)) == digest
+    assert "downloading " + digest[7:19] + " in 6 500 KB part(s)" in "".join(srv.lines)
+    # upstream's own sizes: anything under 1.6 GB is one part of the whole blob
+    srv2 = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    registry.reset()
+    _, _, lines = pull_lines(srv2.url, "qwen2.5:0.5b")
+    assert lines[-1] == {"status": "success"}
+    assert registry.range_requests(digest) == ["bytes=0-2999999"]
+
+
+@pytest.mark.parametrize("kind", ["plain 200", "redirect to the same host"])
+def test_a_pull_fails_on_a_registry_that_does_not_redirect_elsewhere(kind, tmp_path,
+                                                                      start_server):
+    """directURL: redirects are followed while the host name stays; the answer must
+    carry a Location, and a plain 200 does not (net/http ErrNoLocation)."""
+    if kind == "plain 200":
+        reg = FakeRegistry(redirect=False)
+    else:
+        reg = LabRegistry(tmp_path / "labregistry", redirect_elsewhere=False)
+    try:
+        srv = start_server(OLLAMA_LAB_REGISTRY=reg.url)
+        _, _, lines = pull_lines(srv.url, "tinyllama")
+        assert lines[-1] == {"error": "http: no Location header in response"}, lines[-3:]
+        assert not manifest_file(srv.models, "tinyllama").exists()
+        assert httpx.get(srv.url + "/api/tags").json() == {"models": []}
+        if kind == "plain 200":
+            digest = model_digest(reg, "tinyllama:latest")
+            assert [r for m, p, r in reg.requests if p.endswith(digest)] == [None, None]
+    finally:
+        reg.close()
+
+
+def test_the_stored_manifest_is_ollamas_own_encoding(registry, start_server):
+    """PullModel writes json.Marshal of its Manifest, not the registry's bytes: its
+    sha256 is the ID /api/tags and `ollama list` show."""
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url)
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    assert lines[-1] == {"status": "success"}
+    model = registry.models["tinyllama:latest"]
+    stored = manifest_file(srv.models, "tinyllama").read_bytes()
+    assert stored == model["stored"]
+    assert stored != model["manifest"]
+    assert json.loads(stored) == json.loads(model["stored"])
+    (tag,) = httpx.get(srv.url + "/api/tags").json()["models"]
+    assert tag["digest"] == hashlib.sha256(stored).hexdigest()
+    assert "sha256:" + tag["digest"] != model["digest"]
+    row = srv.cli("list").stdout.splitlines()[1]
+    assert row.split()[1] == tag["digest"][:12]
+
+
+def test_a_model_whose_layer_blob_is_missing_is_still_listed(fake_registry, start_server):
+    """ListHandler reads only the manifest and the config blob: a missing layer blob
+    leaves the model listed; show, generate and chat then fail as GetModel and
+    Capabilities make them. A missing config blob takes it off the list."""
+    srv = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    for name in ("tinyllama", "qwen2.5:0.5b", "all-minilm"):
+        assert pull_lines(srv.url, name)[2][-1] == {"status": "success"}
+    before = {m["name"]: m for m in httpx.get(srv.url + "/api/tags").json()["models"]}
+
+    tiny = fake_registry.models["tinyllama:latest"]
+    blob(srv.models, tiny["layers"][0]["digest"]).unlink()  # the model layer
+    after = {m["name"]: m for m in httpx.get(srv.url + "/api/tags").json()["models"]}
+    assert after == before
+    r = httpx.post(srv.url + "/api/show", json={"model": "tinyllama"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'tinyllama' not found"})
+    r = httpx.post(srv.url + "/api/generate", json={"model": "tinyllama", "prompt": "hi"})
+    assert (r.status_code, r.json()) == (400, {"error": '"tinyllama" does not support generate'})
+    r = httpx.post(srv.url + "/api/chat", json={"model": "tinyllama", "messages": [
+        {"role": "user", "content": "hi"}]})
+    assert (r.status_code, r.json()) == (400, {"error": '"tinyllama" does not support chat'})
+
+    qwen = fake_registry.models["qwen2.5:0.5b"]
+    blob(srv.models, qwen["layers"][1]["digest"]).unlink()  # the template layer
+    assert "qwen2.5:0.5b" in {m["name"] for m in httpx.get(srv.url + "/api/tags").json()[
+        "models"]}
+    r = httpx.post(srv.url + "/api/generate", json={"model": "qwen2.5:0.5b", "prompt": "hi"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'qwen2.5:0.5b' not found"})
+
+    minilm = fake_registry.models["all-minilm:latest"]
+    blob(srv.models, minilm["layers"][0]["digest"]).unlink()
+    r = httpx.post(srv.url + "/api/embed", json={"model": "all-minilm", "input": "x"})
+    assert (r.status_code, r.json()) == (
+        404, {"error": 'model "all-minilm" not found, try pulling it first'})
+    blob(srv.models, minilm["config"]["digest"]).unlink()  # the config blob
+    assert {m["name"] for m in httpx.get(srv.url + "/api/tags").json()["models"]} == {
+        "tinyllama:latest", "qwen2.5:0.5b"}
+    r = srv.cli("list")
+    assert r.returncode == 0 and "tinyllama:latest" in r.stdout
 
 
 def test_errors_match_upstream(fake_registry, start_server):

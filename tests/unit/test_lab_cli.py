@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from lab import dns
+from lab.fleet import Lab
 from tests.labfleet import lab_cli
 
 
@@ -15,6 +20,10 @@ from tests.labfleet import lab_cli
     (["up", "--gpu-hosts", "1", "--gpus-per-host", "0"], 1, "--gpus-per-host 0"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["cut"], 2, "the following arguments are required: host"),
+    (["up", "--inventory-names", "--gpu-hosts", "0"], 1, "zero hosts"),
+    (["run"], 2, "run: give a command after --"),
+    (["run", "--"], 2, "run: give a command after --"),
+    (["run", "--", "true"], 1, "no lab named fleetlab-badinput is up"),
 ])
 def test_bad_input_is_one_line(args, code, message):
     proc = lab_cli(*args, name="fleetlab-badinput", check=False, timeout=60)
@@ -32,3 +41,35 @@ def test_no_docker_engine_is_one_line():
     assert proc.stderr.strip().splitlines() == [
         "lab: error: no Docker engine answers (start dockerd, or run `make machine`, which "
         "installs and starts one)"]
+
+
+def test_a_lab_name_that_is_no_dns_label_is_one_line():
+    proc = lab_cli("up", "--cpu-hosts", "1", name="Fleet_Lab", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "lab: error: --name 'Fleet_Lab': a lab name is also its DNS zone's label: lower-case "
+        "letters, digits and '-', at most 63, not starting or ending with '-'"]
+
+
+def _namespaces_allowed() -> bool:
+    probe = ["unshare", "--mount", "--propagation", "private", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _namespaces_allowed(), reason="no private mount namespace here")
+def test_run_sees_the_lab_resolv_conf_and_this_machine_keeps_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETLAB_STATE_DIR", str(tmp_path))
+    lab = Lab("fleetlab-runns")
+    dns.write_files(lab, "172.29.9.2", [])
+    before = Path("/etc/resolv.conf").read_text()
+    proc = lab_cli("run", "--", "cat", "/etc/resolv.conf", name=lab.name, timeout=60,
+                   env={"FLEETLAB_STATE_DIR": str(tmp_path)})
+    assert proc.stdout == dns.resolv_conf(lab.name, "172.29.9.2")
+    assert Path("/etc/resolv.conf").read_text() == before
+    # CMD's exit status is run's
+    proc = lab_cli("run", "--", "sh", "-c", "exit 7", name=lab.name, check=False, timeout=60,
+                   env={"FLEETLAB_STATE_DIR": str(tmp_path)})
+    assert proc.returncode == 7
