@@ -15,7 +15,7 @@ each fleet size N in 1, 2, 4, with the first N hosts:
    pyinfra's start-up included; the stack was converged with the same knobs
    beforehand, so only models move);
 3. the registry's blob byte counter gives the upstream bytes; every host must then list
-   the model with the registry's digest.
+   the model by one and the same ID (the fan-out copies the seed's stored manifest).
 
 Run it (about 4 minutes here; needs Docker like the lab tests):
 

@@ -193,9 +193,42 @@ class OllamaModels(FactBase):
         if text.endswith("__down__"):
             return None
         try:
-            return {m["name"]: m["digest"] for m in json.loads(text).get("models", [])}
-        except (ValueError, AttributeError, KeyError):
+            answer = json.loads(text)
+            if "error" in answer:  # Ollama failed to read its store: it does not answer
+                return None
+            return {m["name"]: m["digest"] for m in answer.get("models", [])}
+        except (ValueError, AttributeError, KeyError, TypeError):
             return None
+
+
+class StoredManifests(FactBase):
+    """What an Ollama store holds of some manifests (paths relative to the store), and its
+    blobs: `{"manifests": {path: text or None}, "blobs": {file name: size}}`
+    (templates/facts/stored-manifests.sh). STORE "" is the Docker volume ollama-models'.
+    (tasks.backup's ModelStore describes the whole store, by digests, for backups.)"""
+
+    @staticmethod
+    def default() -> dict[str, dict]:
+        return {"manifests": {}, "blobs": {}}
+
+    def command(self, store: str, manifests: Sequence[str]) -> str:
+        return script_command("facts/stored-manifests.sh", store, *manifests)
+
+    def process(self, output: list[str]) -> dict[str, dict]:
+        manifests: dict[str, str | None] = {}
+        blobs: dict[str, int] = {}
+        lines = iter(output)
+        for line in lines:
+            kind, _, rest = line.partition(" ")
+            if kind == "manifest":
+                manifests[rest] = next(lines, "")
+            elif kind == "absent":
+                manifests[rest] = None
+            elif kind == "blob":
+                name, _, size = rest.rpartition(" ")
+                if size.isdigit():
+                    blobs[name] = int(size)
+        return {"manifests": manifests, "blobs": blobs}
 
 
 class KeptLoaded(FactBase):

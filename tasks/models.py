@@ -33,7 +33,7 @@ from pyinfra.api.command import FunctionCommand
 
 from tasks import modelname
 from tasks.addresses import local_address, url_host
-from tasks.facts import KeptLoaded, OllamaModels, planning
+from tasks.facts import KeptLoaded, OllamaModels, StoredManifests, planning
 from tasks.fleet import Fleet
 from tasks.report import fail_command
 from tasks.scripts import script_command
@@ -47,7 +47,8 @@ FREE_MARGIN_MIB = 1024  # left free on the store's filesystem after a model arri
 DEFAULT_REGISTRY = "registry.ollama.ai"
 FETCH_SCRIPT = "bin/fetch-model.sh"
 STAGE = ".fanout"  # beside the store's blobs/ and manifests/, and in the stack directory
-MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPE = ("application/vnd.docker.distribution.manifest.v2+json, "
+                 "application/vnd.oci.image.manifest.v1+json")
 
 
 def canonical(name: str) -> str:
@@ -62,10 +63,25 @@ def manifest_path(name: str) -> str:
 
 
 def manifest_url(settings: Settings, name: str) -> str:
-    """The registry URL of NAME's manifest (ollama_registry for Ollama's own registry)."""
-    _, registry, namespace, model, tag = manifest_path(name).split("/")
-    base = settings.ollama_registry if registry == DEFAULT_REGISTRY else f"https://{registry}"
-    return f"{base}/v2/{namespace}/{model}/manifests/{tag}"
+    """The registry URL of NAME's manifest: for Ollama's default registry the mirror
+    (ollama_registry_mirror) when there is one, else ollama_registry."""
+    return f"{registry_base(settings, name)}/manifests/{manifest_path(name).rsplit('/', 1)[1]}"
+
+
+def registry_base(settings: Settings, name: str) -> str:
+    """NAME's repository URL at the registry the deploy asks (`.../v2/NAMESPACE/MODEL`)."""
+    _, registry, namespace, model, _ = manifest_path(name).split("/")
+    if registry == DEFAULT_REGISTRY:
+        base = settings.ollama_registry_mirror or settings.ollama_registry
+    else:
+        base = f"https://{registry}"
+    return f"{base}/v2/{namespace}/{model}"
+
+
+def from_mirror(settings: Settings, name: str) -> bool:
+    """Whether the deploy itself fetches NAME from the operator's mirror."""
+    return bool(settings.ollama_registry_mirror) and \
+        manifest_path(name).split("/")[1] == DEFAULT_REGISTRY
 
 
 DIGEST = re.compile(r"sha256:([0-9a-f]{64})", re.ASCII)
@@ -91,7 +107,10 @@ def manifest_layers(raw: bytes | str) -> list[tuple[str, int]]:
     if not isinstance(listed, list):
         raise ManifestError("not a manifest (its layers are not a list)")
     blobs: dict[str, int] = {}
-    for entry in [manifest.get("config") or {}, *listed]:
+    config = manifest.get("config") or {}
+    if isinstance(config, dict) and not config.get("digest"):
+        config = {}  # a model without a config: Ollama stores `"digest": ""` for it
+    for entry in [config, *listed]:
         if not entry:
             continue
         digest = entry.get("digest", "") if isinstance(entry, dict) else ""
@@ -140,26 +159,70 @@ def sources(position: int, fleet: list[Peer]) -> list[Peer]:
     return [assigned, *[p for p in others if p != assigned]]
 
 
-def pull_command(port: int, model: str) -> str:
-    """POST /api/pull and fail on an error line or a stream that does not end in success
-    (templates/models/pull.sh)."""
+def pull_command(port: int, model: str, stream: str) -> str:
+    """POST /api/pull, its stream written to the file STREAM as it comes, and fail on an
+    error line or a stream that does not end in success (templates/models/pull.sh)."""
     return script_command("models/pull.sh", port, model, json.dumps({"model": model}),
-                          PULL_TIMEOUT_S)
+                          PULL_TIMEOUT_S, stream)
+
+
+def as_stored(settings: Settings, listed: dict[str, str]) -> list[str]:
+    """Every configured model once, spelt as LISTED (what Ollama lists) has it when it is
+    there: Ollama compares names case-insensitively but keeps a model's files under the
+    case it was first pulled with, so the store's spelling is the one that names its
+    files; a model not there yet keeps its configured spelling (the shortest form)."""
+    stored = {modelname.parse(n).key: n for n in listed}
+    return [stored.get(modelname.parse(m).key, m) for m in map(canonical, settings.all_models)]
 
 
 def missing_models(settings: Settings) -> list[str] | None:
-    """Configured models instance 0 does not list (None: Ollama does not answer)."""
+    """Configured models instance 0 does not list, or lists from a damaged store, spelt as
+    the store has them (None: Ollama does not answer)."""
     port = settings.instance_ports()[0][1]
     listed = host.get_fact(OllamaModels, port=port)
     if listed is None:
         return None
-    return [m for m in map(canonical, settings.all_models) if m not in listed]
+    damaged = store_damage(settings, listed)
+    return [m for m in as_stored(settings, listed) if m not in listed or m in damaged]
 
 
-def models_to_get(settings: Settings):
+def store_damage(settings: Settings, listed: dict[str, str] | None = None) -> dict[str, str]:
+    """Configured models whose store entry is damaged, each with what is wrong: a blob its
+    manifest names that is missing or not of the size the manifest says, or a manifest
+    that is not one. Ollama still lists such a model (it reads the manifest, not the
+    layers) and fails only when it is used; a missing manifest is no damage (the model
+    is simply not there). LISTED: what instance 0 lists (read here when not given)."""
+    if listed is None:
+        listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    wanted = sorted(as_stored(settings, listed))
+    store = f"{settings.ollama_models_path}/models" if settings.ollama_models_path else ""
+    found = host.get_fact(StoredManifests, store=store,
+                          manifests=[manifest_path(m) for m in wanted])
+    damage = {}
+    for model in wanted:
+        text = found["manifests"].get(manifest_path(model))
+        if text is None:
+            continue
+        try:
+            blobs = manifest_layers(text)
+        except ManifestError as exc:
+            damage[model] = f"its manifest: {exc}"
+            continue
+        for hex_, size in blobs:
+            have = found["blobs"].get(f"sha256-{hex_}")
+            if have is None:
+                damage[model] = f"blob sha256:{hex_[:12]} is missing"
+                break
+            if size and have != size:
+                damage[model] = f"blob sha256:{hex_[:12]} has {have} of its {size} bytes"
+                break
+    return damage
+
+
+def models_to_get(settings: Settings, say_damage: bool = False):
     """`missing = yield from models_to_get(settings)` in an operation: the models the host
-    lacks; or None, having said why there is nothing to do (noop) or failed the host
-    (Ollama does not answer)."""
+    lacks or holds damaged (SAY_DAMAGE: and say what is damaged); or None, having said why
+    there is nothing to do (noop) or failed the host (Ollama does not answer)."""
     missing = missing_models(settings)
     if missing is None:
         if not planning():
@@ -170,6 +233,10 @@ def models_to_get(settings: Settings):
         host.noop(f"{len(settings.all_models)} models present" if settings.all_models
                   else "no models configured")
         return None
+    if say_damage:
+        for model, problem in store_damage(settings).items():
+            host.log_styled(f"{model}: damaged in the store ({problem}): getting it again",
+                            fg="yellow", log_func=logger.warning)
     return missing
 
 
@@ -185,7 +252,7 @@ def known_to_registry(settings: Settings):
 
     + settings: the host's validated settings
     """
-    missing = yield from models_to_get(settings)
+    missing = yield from models_to_get(settings, say_damage=True)
     if not missing:
         return
     for model in missing:
@@ -259,15 +326,15 @@ def store_dir(target, settings: Settings) -> str:
 
 def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer],
             position: int | None) -> bool:
-    """Get each model in WANTED from a peer that holds it, else from the registry."""
-    q = shlex.quote
+    """Get each model in WANTED from a peer that holds it, else from the operator's mirror
+    (ollama_registry_mirror), else through Ollama's own pull from the registry."""
     port = settings.instance_ports()[0][1]
     summary = []
     try:
         store = store_dir(host, settings)
         for model in wanted:
-            ok, text = host.run_shell_command(f"cat {q(staged_manifest(settings, model))}",
-                                                _timeout=60)
+            ok, text = host.run_shell_command(
+                f"cat {shlex.quote(staged_manifest(settings, model))}", _timeout=60)
             try:  # unreadable (not staged): no copy from peers, the registry pull below
                 blobs = manifest_layers(text.stdout) if ok else []
             except ManifestError as exc:
@@ -279,39 +346,26 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
                     *(f"{h}:{size}" for h, size in blobs)))
                 if not ok:
                     raise ValueError(detail.strip() or f"{model}: free space unknown")
-            started, got_from = time.monotonic(), None
-            candidates = sources(position, fleet) if settings.ollama_fanout and position \
-                is not None and blobs else []
-            for peer in candidates:
-                ok, _ = mover.sh(f"curl -sf -m 5 -o /dev/null "
-                                 f"{q(f'{peer.url}/{manifest_path(model)}')}")
+            started = time.monotonic()
+            got_from = copied(host, mover, settings, position, fleet) if blobs else None
+            if not got_from and blobs:  # Ollama's pull would keep a damaged blob as done
+                ok, detail = mover.sh(script_command(
+                    "models/drop-damaged.sh", store, *(f"{h}:{size}" for h, size in blobs)))
                 if not ok:
-                    continue  # the peer does not hold the model (or does not answer)
-                fetch = ["sh", f"{settings.ollama_stack_dir}/{FETCH_SCRIPT}", store, peer.url,
-                         *(f"{h}:{size}" for h, size in blobs)]
-                ok, detail = mover.run(shlex.join(fetch), peer.name)
-                if ok:
-                    dest = f"{store}/{manifest_path(model)}"
-                    ok, detail = mover.sh(
-                        f"mkdir -p {q(dest.rsplit('/', 1)[0])} && cp "
-                        f"{q(staged_manifest(settings, model))} {q(dest)}.new && "
-                        f"mv {q(dest)}.new {q(dest)}")
-                if ok:
-                    got_from = f"{peer.name} (LAN)"
-                    break
-                host.log(f"{model} from {peer.name} failed ({detail}); trying the next source")
+                    raise ValueError(f"{model}: {detail.strip()}")
             for attempt in range(1, PULL_ATTEMPTS + 1):
                 if got_from:
                     break
-                ok, detail = mover.run(pull_command(port, model), "the registry")
+                ok, detail = mover.run(pull_command(port, model, f"{mover.job}.stream"),
+                                       "the registry")
                 if ok:
                     got_from = "the registry"
                     break
                 host.log(f"{model} from the registry, attempt {attempt} of {PULL_ATTEMPTS} "
-                           f"failed: {detail}")
+                         f"failed: {detail}")
             if not got_from:
-                host.log_styled(f"{model}: not received from any peer nor the registry",
-                                  fg="red", log_func=logger.error)
+                host.log_styled(f"{model}: not received from any peer, mirror nor the registry",
+                                fg="red", log_func=logger.error)
                 return False
             summary.append(f"{model} {mib(mover.total)} from {got_from} in "
                            f"{time.monotonic() - started:.1f}s")
@@ -320,6 +374,53 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
         return False
     host.log(f"models received: {'; '.join(summary)}")
     return True
+
+
+def copied(host, mover: Mover, settings: Settings, position: int | None,
+           fleet: list[Peer]) -> str | None:
+    """Copy MOVER's model with the fan-out fetcher: from the first peer that holds it
+    (its stored manifest, so the model's ID is the same on every host), else from the
+    operator's mirror (the mirror's manifest); the source it came from, or None."""
+    model, q = mover.model, shlex.quote
+    stack = settings.ollama_stack_dir
+    peer_manifest = f"{staged_manifest(settings, model)}.peer"
+    tries: list[tuple[str, str, str | None]] = [  # (source, blob URL prefix, manifest URL)
+        (p.name, f"{p.url}/blobs/sha256-", f"{p.url}/{manifest_path(model)}")
+        for p in (sources(position, fleet) if settings.ollama_fanout and position is not None
+                  else [])]
+    if from_mirror(settings, model):
+        tries.append(("the mirror", f"{registry_base(settings, model)}/blobs/sha256:", None))
+    for source, blob_prefix, manifest_url_ in tries:
+        manifest = staged_manifest(settings, model)
+        if manifest_url_:  # the peer's own manifest, fetched first: no answer, no model
+            ok, text = mover.sh(f"curl -fsS -m 10 -o {q(peer_manifest)} {q(manifest_url_)} "
+                                f"&& cat {q(peer_manifest)}")
+            if not ok:
+                continue
+            try:
+                theirs = manifest_layers(text)
+            except ManifestError as exc:
+                host.log(f"{model} from {source}: its manifest: {exc}; trying the next source")
+                continue
+            if sorted(theirs) != sorted(mover.blobs):
+                host.log(f"{model} from {source}: it holds another version than the registry's; "
+                         "trying the next source")
+                continue
+            manifest = peer_manifest
+        fetch = ["sh", f"{stack}/{FETCH_SCRIPT}", mover.store, blob_prefix,
+                 *(f"{h}:{size}" for h, size in mover.blobs)]
+        ok, detail = mover.run(shlex.join(fetch), source)
+        if ok:  # the manifest last: a model is never listed before its blobs are whole;
+            # staged beside the store, not in manifests/ (Ollama would list `1b.new`)
+            dest = f"{mover.store}/{manifest_path(model)}"
+            new = f"{mover.store}/{STAGE}/manifest.new"
+            ok, detail = mover.sh(f"umask 022 && mkdir -p {q(dest.rsplit('/', 1)[0])} "
+                                  f"{q(new.rsplit('/', 1)[0])} && cp {q(manifest)} {q(new)} "
+                                  f"&& mv {q(new)} {q(dest)}")
+        if ok:
+            return f"{source} (LAN)" if manifest_url_ else source
+        host.log(f"{model} from {source} failed ({detail}); trying the next source")
+    return None
 
 
 @operation()
@@ -347,7 +448,7 @@ def fanned_out(settings: Settings, fleet: Fleet, wave: int):
 @operation()
 def listed_everywhere(settings: Settings):
     """
-    Fail unless every instance lists every configured model.
+    Fail unless every instance lists every configured model, each whole in the store.
 
     + settings: the host's validated settings
     """
@@ -357,11 +458,14 @@ def listed_everywhere(settings: Settings):
 
     wanted = {canonical(m) for m in settings.all_models}
     for n, port in settings.instance_ports():
-        listed = host.get_fact(OllamaModels, port=port) or {}
-        missing = sorted(wanted - set(listed))
+        listed = {modelname.parse(m).key for m in host.get_fact(OllamaModels, port=port) or {}}
+        missing = sorted(m for m in wanted if modelname.parse(m).key not in listed)
         if missing:
             yield fail_command(f"instance {n} (port {port}) does not list {missing}")
             return
+    for model, problem in store_damage(settings).items():
+        yield fail_command(f"{model}: damaged in the store ({problem})")
+        return
     host.noop(f"every instance lists {len(wanted)} models")
 
 
@@ -377,10 +481,12 @@ def kept_warm(settings: Settings):
 
     + settings: the host's validated settings
     """
-    wanted = [canonical(m) for m in settings.ollama_warm_models]
     if planning():
         host.noop("warm models are checked once the stack runs")
         return
+    keys = {modelname.parse(m).key for m in settings.ollama_warm_models}
+    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    wanted = [m for m in as_stored(settings, listed) if modelname.parse(m).key in keys]
     address = url_host(local_address(settings.ollama_bind_address))
     warming = False
     for _, port in settings.instance_ports():

@@ -104,7 +104,7 @@ UrlTemplate = Annotated[str, _pattern(
     AfterValidator(lambda url: url.rstrip("/"))]
 URL_KNOBS = ("docker_repo_url", "docker_registry_mirrors", "nvidia_driver_repo_url",
              "nvidia_driver_gpgkey_url", "nvidia_toolkit_repo_url", "nvidia_toolkit_gpgkey_url",
-             "ollama_registry")
+             "ollama_registry", "ollama_registry_mirror")
 Size = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g")]
 SizeOrEmpty = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g",
                                       empty=True)]
@@ -301,7 +301,14 @@ class Settings(BaseModel):
     ollama_stack_dir: AbsPath = Field("/opt/ollama", description=(
         "where the Compose project and nginx config live on the host"))
     ollama_registry: Url = Field("https://registry.ollama.ai", description=(
-        "the model registry Ollama pulls from (checked for every model before any pull)"))
+        "where the deploy checks, before any pull, that Ollama's default registry knows "
+        "every model; Ollama itself always pulls from registry.ollama.ai and has no "
+        "setting to change that (only the lab points this at its stand-in registry)"))
+    ollama_registry_mirror: Url | None = Field(None, description=(
+        "an operator's mirror of registry.ollama.ai (the same /v2/ API) for fleets that "
+        "cannot reach it: models of the default registry are checked there and the first "
+        "host that needs one gets it from there through the deploy's own verified "
+        "fetcher (Ollama lists it without pulling); the others copy it over the LAN"))
     ollama_fanout: bool = Field(True, description=(
         "models cross the internet once per fleet: one host pulls, the others copy its "
         "verified blobs over the LAN; false: every host pulls from the registry"))
@@ -410,7 +417,7 @@ class Settings(BaseModel):
     def _https(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
         """Plain http only where the operator said so (fleet_insecure_http, declared
         before every URL knob, so its value is known here)."""
-        for url in [value] if isinstance(value, str) else value:
+        for url in [value] if isinstance(value, str) else value or []:
             if url.startswith("http://") and not info.data.get("fleet_insecure_http"):
                 raise ValueError(f"{url!r} is plain http; use https, or set "
                                  "fleet_insecure_http: true for a mirror on a trusted network")
@@ -553,9 +560,15 @@ class Settings(BaseModel):
 
     @property
     def all_models(self) -> list[str]:
-        """ollama_models plus the models app services name, each once."""
+        """ollama_models plus the models app services name, each once (two spellings Ollama
+        reads as one model are one: the first is kept)."""
         named = [a.ollama_model for a in self.app_services.values() if a.ollama_model]
-        return list(dict.fromkeys([*self.ollama_models, *named]))
+        from tasks.modelname import parse
+
+        first: dict[str, str] = {}
+        for model in [*self.ollama_models, *named]:
+            first.setdefault(parse(model).key, model)
+        return list(first.values())
 
     def instance_ports(self) -> list[tuple[int, int]]:
         """(instance number, port) for every Ollama instance on the host."""

@@ -1,8 +1,9 @@
 """Models across the fleet: one download from the registry, copies over the LAN, verified.
 
 One lab of 4 GPU hosts and a model of 300 MiB (llama3.2:1b at the lab's full size),
-tests in file order: the fan-out, a no-op re-run, a dropped and a corrupted registry
-download, then the seed killed in the middle of the fan-out (last: it powers a host off).
+tests in file order: the fan-out, a no-op re-run with other spellings of the model, a
+dropped and a corrupted registry download, a damaged store, an air-gapped fleet with a
+mirror, then the seed killed in the middle of the fan-out (last: it powers a host off).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import re
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -63,13 +65,30 @@ def listed(fleet, host: str) -> dict[str, str]:
     return {m["name"]: m["digest"] for m in json.loads(out)["models"]}
 
 
+def stored_digest(fleet, host: str) -> str:
+    """sha256 of the manifest HOST's Ollama keeps: the ID `ollama list` shows."""
+    path = f"{STORE}/manifests/registry.ollama.ai/library/llama3.2/1b"
+    _, out, _ = fleet.ssh(host, f"sha256sum {path}")
+    return out.split()[0]
+
+
 def assert_verified(fleet, host: str) -> None:
-    """HOST lists the model with the registry's digest, and every blob on disk checks out."""
-    digest, _ = manifest(fleet)
-    assert listed(fleet, host).get(MODEL) == digest, host
+    """HOST lists the model by the digest of the manifest it keeps, that manifest names the
+    registry's blobs, and every blob on disk checks out."""
+    assert listed(fleet, host).get(MODEL) == stored_digest(fleet, host), host
+    _, out, _ = fleet.ssh(host, f"cat {STORE}/manifests/registry.ollama.ai/library/llama3.2/1b")
+    kept = json.loads(out)
+    assert {e["digest"]: e["size"] for e in [kept["config"], *kept["layers"]]} == \
+        blob_digests(fleet), host
     checks = " && ".join(f"echo '{d[7:]}  {STORE}/blobs/sha256-{d[7:]}' | sha256sum -c --quiet"
                          for d in blob_digests(fleet))
     fleet.ssh(host, checks)
+
+
+def assert_one_id(fleet) -> None:
+    """Every host lists the model by the same ID (fan-out copies the seed's own manifest)."""
+    ids = {h["name"]: listed(fleet, h["name"]).get(MODEL) for h in fleet.hosts()}
+    assert len(set(ids.values())) == 1 and None not in ids.values(), ids
 
 
 def forget(fleet, *hosts: str) -> None:
@@ -93,11 +112,18 @@ def test_each_model_crosses_the_internet_once(fleet):
                          r"gpu-\d \(LAN\)", output), output[-3000:]
     # waves: gpu-2 copies from the seed, then gpu-3 and gpu-4 from gpu-1 and gpu-2
     assert re.search(r"\[gpu-4\] +models received: .* from gpu-2 \(LAN\)", output)
+    assert_one_id(fleet)
+
+
+SPELLINGS = ["LLAMA3.2:1B", "registry.ollama.ai/library/llama3.2:1b", "library/llama3.2:1b",
+             "https://registry.ollama.ai/library/llama3.2:1b", "llama3.2:1b"]
 
 
 def test_second_run_moves_nothing(fleet):
+    """... whichever way the inventory spells the model (tests/unit/test_models.py has the
+    whole table: each spelling is the one name Ollama lists)."""
     before = registry(fleet, "/_lab/stats")["blob_bytes_sent"]
-    proc = fleet.pyinfra("deploy.py", "--data", MODELS)
+    proc = fleet.pyinfra("deploy.py", "--data", f"ollama_models={json.dumps(SPELLINGS)}")
     assert proc.returncode == 0, proc.output[-3000:]
     results = proc.output.split("--> Results:")[-1]
     grand_total = next(line for line in results.splitlines() if "Grand total" in line).split()
@@ -130,7 +156,7 @@ def test_a_corrupt_registry_download_is_never_listed(fleet):
     finally:
         registry(fleet, "/_lab/fault", {"times": 0})
     assert proc.returncode != 0
-    assert f"{MODEL}: not received from any peer nor the registry" in proc.output
+    assert f"{MODEL}: not received from any peer, mirror nor the registry" in proc.output
     assert '--> gpu-4: failed at step "Models received (fan-out wave 0)"' in proc.output
     assert MODEL not in listed(fleet, "gpu-4")
     # no blob under its final name that does not match it
@@ -178,6 +204,63 @@ def test_a_host_that_joins_later_gets_the_model_over_the_lan(fleet):
                      r"gpu-\d \(LAN\)", proc.output), proc.output[-3000:]
     assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == before
     assert_verified(fleet, "gpu-3")
+
+
+def test_a_damaged_store_is_named_and_repaired_from_a_peer(fleet):
+    """Ollama lists a model whose layer blob is gone; the next run says so and copies it."""
+    smallest = min(blob_digests(fleet).items(), key=lambda item: item[1])[0]
+    fleet.ssh("gpu-3", f"rm {STORE}/blobs/sha256-{smallest[7:]}")
+    assert MODEL in listed(fleet, "gpu-3")  # as upstream Ollama: still listed
+    before = registry(fleet, "/_lab/stats")["blob_bytes_sent"]
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-3")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert re.search(rf"\[gpu-3\] +{re.escape(MODEL)}: damaged in the store \(blob "
+                     rf"sha256:{smallest[7:19]} is missing\)", proc.output), proc.output[-3000:]
+    assert re.search(rf"\[gpu-3\] +models received: {re.escape(MODEL)} [\d.]+ MiB from "
+                     r"gpu-\d \(LAN\)", proc.output), proc.output[-3000:]
+    assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == before
+    assert_verified(fleet, "gpu-3")
+    assert_one_id(fleet)
+
+
+def test_an_air_gapped_fleet_gets_its_models_from_the_mirror(fleet):
+    """The registry Ollama pulls from cut off; the operator's mirror (another name of the
+    lab registry, `registry.<lab>.test`) reachable: the seed gets the model from the
+    mirror through the deploy's own fetcher, the others from peers. With neither: one
+    clear line per host, nothing downloaded."""
+    public = urllib.parse.urlsplit(fleet.endpoint("model_registry")).netloc
+    zone = f"{NAME}.test"
+    mirror = ("--data", f"ollama_registry_mirror=http://registry.{zone}:8081")
+    hosts = [h["name"] for h in fleet.hosts()]
+    forget(fleet, *hosts)
+    registry(fleet, "/_lab/reset", {})
+    try:
+        registry(fleet, "/_lab/unreachable",
+                 {"hosts": [public, f"registry.{zone}:8081", f"blobs.{zone}:8081"]})
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, *mirror)
+        assert proc.returncode != 0
+        for host in hosts:
+            said = {line.split(f"[{host}]", 1)[1].strip() for line in proc.output.splitlines()
+                    if f"[{host}]" in line and "the registry does not answer" in line}
+            assert said == {f"ollama_models: {MODEL}: the registry does not answer (http://"
+                            f"registry.{zone}:8081/v2/library/llama3.2/manifests/1b)"}, \
+                proc.output[-3000:]
+        assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == 0
+
+        registry(fleet, "/_lab/unreachable", {"hosts": [public]})
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, *mirror)
+        assert proc.returncode == 0, proc.output[-4000:]
+    finally:
+        registry(fleet, "/_lab/unreachable", {"hosts": []})
+    assert re.search(rf"\[gpu-1\] +models received: {re.escape(MODEL)} [\d.]+ MiB from the "
+                     r"mirror", proc.output), proc.output[-3000:]
+    for host in hosts[1:]:
+        assert re.search(rf"\[{host}\] +models received: {re.escape(MODEL)} [\d.]+ MiB from "
+                         r"gpu-\d \(LAN\)", proc.output), proc.output[-3000:]
+    assert registry(fleet, "/_lab/stats")["by_blob"] == blob_digests(fleet)  # once, in all
+    for host in hosts:
+        assert_verified(fleet, host)
+    assert_one_id(fleet)
 
 
 def test_the_seed_dying_mid_fanout_leaves_every_survivor_verified(fleet):

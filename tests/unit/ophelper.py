@@ -52,6 +52,9 @@ class FakeHost:
     def log(self, message: str) -> None:
         self.noops.append(f"log: {message}")
 
+    def log_styled(self, message: str, **kwargs) -> None:
+        self.noops.append(f"log: {message}")
+
 
 def as_text(command) -> str:
     if isinstance(command, StringCommand):
