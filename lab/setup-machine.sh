@@ -55,9 +55,13 @@ have shellcheck || missing+=(shellcheck)
 if ! $lint_only; then
     # an engine that answers, or any installed one (docker.io, Docker's docker-ce), will do
     engine || have dockerd || missing+=(docker.io)
+    # the `docker` command: in docker.io itself up to Debian 12 and on Ubuntu; Debian 13
+    # ships it apart, as docker-cli (which docker.io only recommends)
+    have docker || missing+=(docker-cli)
     have debootstrap || missing+=(debootstrap)
     installed dpkg-dev || missing+=(dpkg-dev)
-    have gpg gpgv || missing+=(gnupg)
+    have gpg || missing+=(gnupg)
+    have gpgv || missing+=(gpgv)  # debootstrap checks signatures with it; trixie's apt does not need it
     have ssh ssh-keygen || missing+=(openssh-client)
     [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
     have openssl || missing+=(openssl)
@@ -67,8 +71,16 @@ if ! $lint_only; then
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} (apt-get)"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # docker-cli exists only where docker.io leaves the command out: there it is needed
+    if ! apt-cache show docker-cli >/dev/null 2>&1; then
+        wanted=()
+        for package in "${missing[@]}"; do
+            [ "$package" = docker-cli ] || wanted+=("$package")
+        done
+        missing=("${wanted[@]}")
+    fi
+    say "installing ${missing[*]} (apt-get)"
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
         die "apt-get install ${missing[*]} failed$([ "$os_id" != ubuntu ] ||
