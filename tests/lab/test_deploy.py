@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -85,6 +86,21 @@ def test_streamed_generate_through_each_hosts_nginx(fleet):
             lines = [json.loads(line) for line in response.iter_lines() if line]
         assert len(lines) > 3 and not any(line["done"] for line in lines[:-1])
         assert lines[-1]["done"] and "".join(line["response"] for line in lines).strip()
+
+
+def test_official_clients_call_each_host_by_its_dns_name(fleet):
+    """An application on the operator's side names each host by DNS (the lab's zone,
+    `gpu-1.fleetlab-deploy.test`): Ollama on loopback refuses a Host that is not local,
+    so the host's nginx must send one it accepts (tests/lab/clients.py: list, streamed
+    generate, chat, embed through `ollama`; streamed chat completion, models through
+    `openai`)."""
+    for host in fleet.hosts():
+        proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients",
+                             f"http://{host['dns']}", "--model", "tinyllama", check=False)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+        assert proc.returncode == 0, (host["name"], proc.output[-3000:])
+        assert answer.pop("address") == host["address"]
+        assert set(answer.values()) == {"ok"} and len(answer) == 6, answer
 
 
 def test_each_instance_received_exactly_its_gpu(fleet):

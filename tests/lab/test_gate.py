@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -106,6 +107,18 @@ def test_a_request_that_names_the_fleet_by_dns_is_served(fleet):
     _, out, _ = fleet.ssh("lb-1", f"curl -sS -m 10 -w ' %{{http_code}}' "
                                   f"-H 'Host: gpu-1.fleet.example.com' http://{gpu}/api/version")
     assert out.endswith(" 200"), out
+
+
+def test_official_clients_call_the_front_door_by_name_over_tls(fleet):
+    """`https://llm.<lab>.test`: the lab's DNS name of the front door, its certificate
+    verified against the lab's CA, a user's key (tests/lab/clients.py)."""
+    name = f"llm.{NAME}.test"
+    proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"https://{name}",
+                         "--model", "tinyllama", "--ca", fleet.ca, "--key", ALICE, check=False)
+    answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert answer.pop("address") == fleet.host("lb-1")["address"]
+    assert set(answer.values()) == {"ok"} and len(answer) == 6, answer
 
 
 def test_tls_is_verified_against_the_lab_ca_and_http_redirects(fleet):
@@ -224,6 +237,9 @@ def test_key_rotation_by_rerun_cuts_no_stream(fleet):
     thread.start()
     poll(lambda: "status" in result, 30, what="the stream started")
     write_keys(fleet.secrets / "keys", {"bob": BOB, "carol": CAROL})  # alice's key retired
+    tls_keys = [fleet.ssh("lb-1", "cat /opt/ollama-front/nginx/tls/key.pem")[1]]
+    tls_keys.append(Path(json.loads(lab_cli("cert", "lb-1", name=NAME).stdout)["key"]).read_text())
+    assert tls_keys[0] != tls_keys[1]  # the TLS key rotated too (the same CA signs it)
     # --diff, as the README recommends: no key, old or new, may appear in the output
     proc = fleet.pyinfra("deploy.py", "--diff", inventory=fleet.secure_inventory,
                          limit="lb_servers")
@@ -231,6 +247,11 @@ def test_key_rotation_by_rerun_cuts_no_stream(fleet):
     assert proc.returncode == 0, proc.output[-3000:]
     for key in (ALICE, BOB, CAROL, ADMIN):
         assert key not in proc.output, "a key was shown by --diff"
+    for pem in tls_keys:  # no line of the private key, old or new
+        body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+        assert not any(line in proc.output for line in body), "--diff showed the TLS key"
+    _, served, _ = fleet.ssh("lb-1", "cat /opt/ollama-front/nginx/tls/key.pem")
+    assert served == tls_keys[1]
     assert result["status"] == 200 and result["lines"][-1]["done"] is True, result
     assert len(result["lines"]) > 200
     with client(fleet, ALICE) as c:

@@ -9,7 +9,9 @@ Clients are the official `ollama` and `openai` Python clients, as applications u
 from __future__ import annotations
 
 import json
+import re
 import runpy
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import ollama
@@ -194,3 +196,34 @@ def test_every_request_through_the_front_door_is_answered(fleet):
         poll(lambda: load.stats.sent >= 60, timeout=130, what="60 requests sent")
     assert load.stats.sent >= 60, load.stats.summary()
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
+
+
+def test_official_clients_call_the_front_door_by_its_dns_name(fleet):
+    """`http://llm.fleetlab-prod.test`, as an application names the fleet (tests/lab/
+    clients.py, run under the lab's resolver): the front door and the GPU hosts' nginx
+    behind it send Ollama a Host it accepts."""
+    proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"http://llm.{NAME}.test",
+                         "--model", "llama3.2:1b", check=False)
+    answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert answer.pop("address") == fleet.host("lb-1")["address"]
+    assert set(answer.values()) == {"ok"} and len(answer) == 6, answer
+
+
+def test_a_roll_of_gpu_hosts_named_by_dns_passes_its_smoke_test(fleet):
+    """prod.py names its GPU hosts by DNS: the same inventory with the lab's names (the
+    front door stays at its address, as prod.py has it), rolled under the lab's resolver.
+    Last: the front door then reaches the GPU hosts by name."""
+    groups = runpy.run_path(fleet.prod_inventory)
+    gpu = [(name, {**data, "ssh_hostname": fleet.host(name)["dns"]})
+           for name, data in groups["gpu_servers"]]
+    path = REPO / "inventory" / f"lab-{NAME}-by-name.py"
+    path.write_text(f"gpu_servers = {gpu!r}\nlb_servers = {groups['lb_servers']!r}\n")
+    try:
+        proc = fleet.by_name(sys.executable, "-m", "fleetctl", str(path), "roll", "-y",
+                             "--limit", "gpu-1", timeout=1200, check=False)
+    finally:
+        path.unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.output[-4000:]
+    assert re.search(r"--> roll: gpu-1: healthy, answers, version [\d.]+", proc.output), \
+        proc.output[-4000:]
