@@ -114,8 +114,8 @@ def _service(settings: Settings, name: str, app: AppService, hardening: dict) ->
         environment["REDIS_URL"] = "redis://redis:6379/0"
     environment.update({key: literal(value) for key, value in sorted(app.environment.items())})
     service["environment"] = environment
-    if app.secrets:
-        service["env_file"] = [f"./{name}.env"]
+    if app.secrets:  # by its full path: the file is checked in a staging directory first
+        service["env_file"] = [f"{apps_dir(settings)}/{name}.env"]
     if app.uses_ollama:
         service["extra_hosts"] = ["host.docker.internal:host-gateway"]
     if app.ports:
@@ -192,14 +192,14 @@ def deploy_apps(settings: Settings) -> None:
     wanted = {"compose.yaml": render_apps(settings)}
     network_ready(name="App network free (app_network)", root=root, subnet=settings.app_network)
     files.directory(name="App services directory", path=root, mode="755")
-    for name, app in settings.app_services.items():
-        if app.secrets:
-            secret_file(name=f"Secrets of app service {name} (mode 600, not shown)",
-                        dest=f"{root}/{name}.env", content=read_secrets(name, app))
+    env_files = [secret_file(name=f"Secrets of app service {name} (mode 600, not shown)",
+                             dest=f"{root}/{name}.env", content=read_secrets(name, app))
+                 for name, app in settings.app_services.items() if app.secrets]
     installed = checked_files(name="App services Compose file (checked, then live)",
                               root=root, wanted=wanted, nginx_image=None)
     running(name="App services running (changed ones recreated)", root=root, project=PROJECT,
-            services=names, files_op=installed, nginx_container=None, drain_timeout=0)
+            services=names, files_op=installed, nginx_container=None, drain_timeout=0,
+            env_files=env_files)
     checked = ["redis"] if settings.app_cache else []
     checked += [n for n, a in settings.app_services.items() if a.healthcheck]
     if checked:

@@ -102,7 +102,8 @@ def secret_file(dest: str, content: str):
 
 @operation()
 def running(root: str, project: str, services: list[str], files_op: OperationMeta,
-            nginx_container: str | None, drain_timeout: int):
+            nginx_container: str | None, drain_timeout: int,
+            env_files: list[OperationMeta] | None = None):
     """
     `docker compose up -d --remove-orphans` when the files changed or a container is
     not running; reload nginx when only its config changed.
@@ -113,12 +114,20 @@ def running(root: str, project: str, services: list[str], files_op: OperationMet
     + files_op: the operation that installs the Compose and nginx files
     + nginx_container: the nginx container to reload when its config changed (or None)
     + drain_timeout: how long a reload waits for requests on the old config to finish
+    + env_files: the operations that write the services' env files (secrets): Compose
+      reads them into the containers' environment, so a changed one recreates them too
     """
     containers = host.get_fact(ComposeContainers, project=project)
     not_running = [s for s in services if containers.get(s, {}).get("state") != "running"]
     orphans = sorted(set(containers) - set(services))
-    # Before execution (--dry, change detection) the files op has not run yet.
-    changed = files_op.did_change() if files_op.is_complete() else files_op.will_change
+
+    def did(op: OperationMeta) -> bool:
+        # Before execution (--dry, change detection) the op has not run yet.
+        return op.did_change() if op.is_complete() else op.will_change
+
+    changed = did(files_op)
+    if not changed and any(did(op) for op in env_files or []):
+        changed, nginx_container = True, None  # the environment, not nginx's config
     if not (changed or not_running or orphans):
         host.noop(f"{len(services)} containers running, files unchanged")
         return

@@ -80,6 +80,27 @@ def test_changing_the_apps_environment_recreates_only_the_app(fleet):
     assert json.loads(out)["env"]["APP_GREETING"] == "bye"
 
 
+def test_a_rotated_app_secret_reaches_the_app_and_never_the_output(fleet):
+    """--diff, as the README recommends, on a rotated secret: the app gets the new value,
+    no output shows the old or the new one, the env file is root's alone."""
+    app = {**CHAT, "secrets": {"APP_TOKEN": {"env": "FLEETLAB_APP_TOKEN"}}}
+    old, new = "s3cret-old-1f0a9c", "s3cret-new-7d2b4e"
+    runs = []
+    for value in (old, new):
+        runs.append(fleet.pyinfra("deploy.py", "--diff", "--data",
+                                  f"app_services={json.dumps({'chat': app})}",
+                                  "--data", "app_cache=true",
+                                  limit="gpu-1", env={"FLEETLAB_APP_TOKEN": value}))
+        assert runs[-1].returncode == 0, runs[-1].output[-4000:]
+    for proc in runs:
+        assert old not in proc.output and new not in proc.output, "--diff showed a secret"
+    _, out, _ = fleet.ssh("gpu-1", "docker exec ollama-apps-chat printenv APP_TOKEN")
+    assert out.strip() == new
+    _, out, _ = fleet.ssh("gpu-1", "stat -c '%a %U' /opt/ollama/apps/chat.env")
+    assert out.split() == ["600", "root"]
+    deploy(fleet, {"chat": CHAT})  # as the tests after this one expect it
+
+
 def app_network(fleet, host: str) -> str:
     _, out, _ = fleet.ssh(host, "docker network inspect ollama-apps "
                                 "--format '{{range .IPAM.Config}}{{.Subnet}}{{end}}'")

@@ -26,7 +26,7 @@ def test_the_guides_app_stack():
                                   "OLLAMA_MODEL": "llama3.2", "REDIS_URL": "redis://redis:6379/0",
                                   "LOG_LEVEL": "info"}
     assert app["ports"] == ["127.0.0.1:8080:8080", "0.0.0.0:9090:9090"]
-    assert app["env_file"] == ["./app.env"]
+    assert app["env_file"] == ["/opt/ollama/apps/app.env"]  # checked from a staging dir too
     assert app["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert app["deploy"]["resources"]["limits"]["memory"] == "2g"
     assert "ports" not in redis and redis["volumes"] == ["redis-data:/data"]
