@@ -30,6 +30,7 @@ pytestmark = pytest.mark.lab
 NAME = "fleetlab-gate"
 ALICE, BOB, CAROL = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "carol-key-0123456789"
 ADMIN = "admin-key-0123456789abcdef"
+ADMIN_NEXT = "admin-next-key-0123456789abcdef"
 
 
 def write_keys(path: Path, keys: dict[str, str]) -> None:
@@ -237,6 +238,7 @@ def test_key_rotation_by_rerun_cuts_no_stream(fleet):
     thread.start()
     poll(lambda: "status" in result, 30, what="the stream started")
     write_keys(fleet.secrets / "keys", {"bob": BOB, "carol": CAROL})  # alice's key retired
+    write_keys(fleet.secrets / "admin", {"ops": ADMIN, "ops-next": ADMIN_NEXT})  # admin too
     tls_keys = [fleet.ssh("lb-1", "cat /opt/ollama-front/nginx/tls/key.pem")[1]]
     tls_keys.append(Path(json.loads(lab_cli("cert", "lb-1", name=NAME).stdout)["key"]).read_text())
     assert tls_keys[0] != tls_keys[1]  # the TLS key rotated too (the same CA signs it)
@@ -245,7 +247,7 @@ def test_key_rotation_by_rerun_cuts_no_stream(fleet):
                          limit="lb_servers")
     thread.join(timeout=120)
     assert proc.returncode == 0, proc.output[-3000:]
-    for key in (ALICE, BOB, CAROL, ADMIN):
+    for key in (ALICE, BOB, CAROL, ADMIN, ADMIN_NEXT):
         assert key not in proc.output, "a key was shown by --diff"
     for pem in tls_keys:  # no line of the private key, old or new
         body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
@@ -259,6 +261,10 @@ def test_key_rotation_by_rerun_cuts_no_stream(fleet):
     for key in (BOB, CAROL):
         with client(fleet, key) as c:
             assert c.get("/api/version").status_code == 200
+    with client(fleet, ADMIN_NEXT) as c:  # the new admin key is in force
+        passed = c.request("DELETE", "/api/delete", json={"model": "no-such-model"},
+                           headers={"X-Fleet-Host": "gpu-1"})
+        assert passed.status_code == 404 and "not found" in passed.json()["error"], passed.text
     # the keys file is root's alone, and the front door was reloaded, not restarted
     _, mode, _ = fleet.ssh("lb-1", "stat -c %a /opt/ollama-front/nginx/api-keys.map")
     assert mode.strip() == "600"
