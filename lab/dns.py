@@ -108,6 +108,7 @@ def write_files(lab: Lab, services_ip: str, hosts: list[dict]) -> None:
     """
     config = lab.dir / "services"
     (config / "dns").mkdir(parents=True, exist_ok=True)
+    (config / "dns").chmod(0o755)  # dnsmasq reads as nobody, whatever this umask is
     _write_if_changed(config / "dnsmasq.conf", dnsmasq_conf(lab.name, services_ip))
     _write_if_changed(resolv_conf_path(lab), resolv_conf(lab.name, services_ip))
     text = hosts_file(lab.name, services_ip, hosts)
@@ -115,12 +116,15 @@ def write_files(lab: Lab, services_ip: str, hosts: list[dict]) -> None:
     if not target.exists() or target.read_text() != text:
         tmp = config / "zone.tmp"
         tmp.write_text(text)
+        tmp.chmod(0o644)
         os.replace(tmp, target)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
+    """(Each readable by all: dnsmasq runs as nobody, apt's sandbox reads resolv.conf.)"""
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
+    path.chmod(0o644)
 
 
 # -- the operator's side -------------------------------------------------------

@@ -231,8 +231,10 @@ class Lab:
         blob_url = f"http://blobs.{dns.zone(self.name)}:{MODEL_REGISTRY_PORT}"
         (config / "model-registry.env").write_text(
             f"SIZE_SCALE={spec.model_scale}\nFLEETLAB_BLOB_URL={blob_url}\n")
+        dnsmasq = hashlib.sha256((config / "dnsmasq.conf").read_bytes()).hexdigest()[:16]
         wanted = {"image": engine.inspect("image", tag)["Id"], "port": spec.registry_port,
-                  "scale": spec.model_scale, "blob_url": blob_url}
+                  "scale": spec.model_scale, "blob_url": blob_url,
+                  "dnsmasq": dnsmasq}  # dnsmasq reads its configuration only at its start
         current = engine.inspect("container", self.services)
         if current and current["Config"]["Labels"].get("fleetlab.config") == json.dumps(wanted):
             if not current["State"]["Running"]:

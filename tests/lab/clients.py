@@ -31,9 +31,12 @@ TIMEOUT_S = 60
 def calls(url: str, model: str, ca: str | None, key: str | None) -> dict[str, str]:
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    native = ollama.Client(host=url, verify=verify, headers=headers, timeout=TIMEOUT_S)
+    # no proxy from the environment: the lab's names are reached directly
+    native = ollama.Client(host=url, verify=verify, headers=headers, timeout=TIMEOUT_S,
+                           trust_env=False)
     compatible = openai.OpenAI(base_url=f"{url}/v1", api_key=key or "unused", max_retries=0,
-                               http_client=httpx.Client(verify=verify, timeout=TIMEOUT_S))
+                               http_client=httpx.Client(verify=verify, timeout=TIMEOUT_S,
+                                                        trust_env=False))
 
     def listed() -> bool:  # as Ollama lists it: `tinyllama:latest`
         return canonical(model) in [m.model for m in native.list().models]

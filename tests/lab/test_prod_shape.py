@@ -227,3 +227,6 @@ def test_a_roll_of_gpu_hosts_named_by_dns_passes_its_smoke_test(fleet):
     assert proc.returncode == 0, proc.output[-4000:]
     assert re.search(r"--> roll: gpu-1: healthy, answers, version [\d.]+", proc.output), \
         proc.output[-4000:]
+    _, conf, _ = fleet.ssh("lb-1", "cat /opt/ollama-front/nginx/front.conf")
+    assert f"gpu-1.{NAME}.test" in conf  # the front door now reaches the hosts by name
+    test_official_clients_call_the_front_door_by_its_dns_name(fleet)
