@@ -26,7 +26,9 @@ def docker(*args: str, input: bytes | None = None, check: bool = True,
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"docker {args[0]}: no answer within {timeout:.0f}s") from exc
     if check and proc.returncode != 0:
-        message = proc.stderr.decode(errors="replace").strip().splitlines()
+        # docker's reason, not its closing "See 'docker run --help'." hint
+        message = [line for line in proc.stderr.decode(errors="replace").strip().splitlines()
+                   if line.strip() and not line.startswith("See 'docker")]
         last = message[-1] if message else f"exit {proc.returncode}"
         raise LabError(f"docker {' '.join(args[:2])}: {last}")
     return proc
