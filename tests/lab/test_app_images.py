@@ -169,9 +169,12 @@ def stack(built):
     s = Stack()
     try:
         s.create_network()
+        # blobs redirected to the same server under another name, as the real registry
+        # redirects to its blob store (a strict Ollama takes only such a redirect)
         s.run("registry", built["base"], "python3", "/opt/modelregistry.py",
               "--listen", "0.0.0.0:8081", "--data", "/tmp/models",
               "--catalog", "/opt/models.json", "--size-scale", "0.01",
+              "--blob-url", "http://blobs:8081", options=("--network-alias", "blobs"),
               files={REPO / "lab/registry/modelregistry.py": "/opt/modelregistry.py",
                      REPO / "lab/registry/models.json": "/opt/models.json"})
         s.run("ollama", built["base"], "python3", "/usr/local/bin/ollama", "serve",

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.labfleet import lab_cli
 from tests.unit.test_settings import BAD_DATA
 
 pytestmark = pytest.mark.lab
@@ -212,3 +213,24 @@ def test_an_unknown_model_fails_fast_naming_model_and_host(fleet):
     assert blob_bytes() == before  # nothing was downloaded, not even the known model
     _, out, _ = fleet.ssh("cpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
     assert [m["name"] for m in json.loads(out)["models"]] == ["tinyllama:latest"]
+
+
+def test_official_clients_call_a_host_by_name_over_tls(fleet):
+    """A GPU host with no front door, its own TLS (the lab CA's certificate for its DNS
+    name): the clients call `https://gpu-1.<lab>.test`, verified; then TLS off again."""
+    tls = json.loads(lab_cli("cert", "gpu-1", name=fleet.name).stdout)
+    try:
+        proc = fleet.pyinfra("deploy.py", "--data", "nginx_tls=files",
+                             "--data", f"nginx_tls_cert={tls['cert']}",
+                             "--data", f"nginx_tls_key={tls['key']}", limit="gpu-1")
+        assert proc.returncode == 0, proc.output[-4000:]
+        host = fleet.host("gpu-1")
+        proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"https://{host['dns']}",
+                             "--model", "tinyllama", "--ca", tls["ca"], check=False)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+        assert proc.returncode == 0, proc.output[-3000:]
+        assert answer.pop("address") == host["address"]
+        assert set(answer.values()) == {"ok"} and len(answer) == 6, answer
+    finally:
+        proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+        assert proc.returncode == 0, proc.output[-4000:]
