@@ -151,7 +151,8 @@ class NamespaceError(LabError):
 
 
 def check_namespace(lab: Lab) -> None:
-    """Raise NamespaceError (one line) when this machine refuses the mount namespace."""
+    """Raise NamespaceError (one line) when this machine refuses the mount namespace, or
+    when a name of the lab does not resolve through it."""
     path = resolv_conf_path(lab)
     argv = [*resolver_argv(lab)[:4], "mount", "--bind", str(path), "/etc/resolv.conf"]
     try:
@@ -163,6 +164,23 @@ def check_namespace(lab: Lab) -> None:
         why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         raise NamespaceError(f"run: cannot give a command the lab's resolver ({why}); a private "
                        "mount namespace needs root (CAP_SYS_ADMIN)")
+    # the mount is not enough: glibc must read resolv.conf for hosts (nsswitch `dns`), not
+    # ask a daemon outside the namespace (nss-resolve, nscd)
+    services_ip = (lab.load() or {}).get("services_ip")
+    if not services_ip:  # no lab state to check against (only its files)
+        return
+    name = f"services.{zone(lab.name)}"
+    try:
+        proc = subprocess.run([*resolver_argv(lab), "getent", "hosts", name],
+                              capture_output=True, text=True, timeout=30)
+        found = proc.stdout.split()[:1]
+    except subprocess.TimeoutExpired:
+        found = []
+    if found != [services_ip]:
+        raise NamespaceError(f"run: {name} does not resolve to {services_ip} through the lab's "
+                             f"resolv.conf (got {' '.join(found) or 'nothing'}): is the lab up, "
+                             "and does this machine's /etc/nsswitch.conf `hosts:` use dns "
+                             "(not only nss-resolve or nscd)?")
 
 
 # -- a minimal DNS client: `up` waits for the server with it ------------------------

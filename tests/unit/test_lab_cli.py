@@ -73,3 +73,19 @@ def test_run_sees_the_lab_resolv_conf_and_this_machine_keeps_its_own(tmp_path, m
     proc = lab_cli("run", "--", "sh", "-c", "exit 7", name=lab.name, check=False, timeout=60,
                    env={"FLEETLAB_STATE_DIR": str(tmp_path)})
     assert proc.returncode == 7
+
+
+@pytest.mark.skipif(not _namespaces_allowed(), reason="no private mount namespace here")
+def test_run_says_so_in_one_line_when_the_labs_names_do_not_resolve(tmp_path, monkeypatch):
+    """A machine whose resolver does not read resolv.conf (nss-resolve, nscd), or a lab
+    whose DNS does not answer: `run` stops before CMD rather than let it miss the names."""
+    monkeypatch.setenv("FLEETLAB_STATE_DIR", str(tmp_path))
+    lab = Lab("fleetlab-nodns")
+    dns.write_files(lab, "127.0.0.1", [])  # no DNS server answers there
+    lab.save({"name": lab.name, "services_ip": "127.0.0.1", "hosts": []})
+    proc = lab_cli("run", "--", "touch", str(tmp_path / "ran"), name=lab.name, check=False,
+                   timeout=90, env={"FLEETLAB_STATE_DIR": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "services.fleetlab-nodns.test does not resolve to 127.0.0.1" in proc.stderr
+    assert not (tmp_path / "ran").exists()
