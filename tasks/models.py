@@ -44,7 +44,6 @@ PULL_ATTEMPTS = 3
 PROGRESS_EVERY_S = 5.0
 POLL_S = 1.0
 FREE_MARGIN_MIB = 1024  # left free on the store's filesystem after a model arrives
-DEFAULT_REGISTRY = "registry.ollama.ai"
 FETCH_SCRIPT = "bin/fetch-model.sh"
 STAGE = ".fanout"  # beside the store's blobs/ and manifests/, and in the stack directory
 MANIFEST_TYPE = ("application/vnd.docker.distribution.manifest.v2+json, "
@@ -65,23 +64,26 @@ def manifest_path(name: str) -> str:
 def manifest_url(settings: Settings, name: str) -> str:
     """The registry URL of NAME's manifest: for Ollama's default registry the mirror
     (ollama_registry_mirror) when there is one, else ollama_registry."""
-    return f"{registry_base(settings, name)}/manifests/{manifest_path(name).rsplit('/', 1)[1]}"
+    return f"{registry_base(settings, name)}/manifests/{modelname.parse(name).tag}"
 
 
 def registry_base(settings: Settings, name: str) -> str:
     """NAME's repository URL at the registry the deploy asks (`.../v2/NAMESPACE/MODEL`)."""
-    _, registry, namespace, model, _ = manifest_path(name).split("/")
-    if registry == DEFAULT_REGISTRY:
+    parsed = modelname.parse(name)
+    if is_default_registry(name):
         base = settings.ollama_registry_mirror or settings.ollama_registry
     else:
-        base = f"https://{registry}"
-    return f"{base}/v2/{namespace}/{model}"
+        base = f"https://{parsed.host}"
+    return f"{base}/v2/{parsed.namespace}/{parsed.model}"
+
+
+def is_default_registry(name: str) -> bool:
+    return modelname.parse(name).host.lower() == modelname.DEFAULT_HOST
 
 
 def from_mirror(settings: Settings, name: str) -> bool:
     """Whether the deploy itself fetches NAME from the operator's mirror."""
-    return bool(settings.ollama_registry_mirror) and \
-        manifest_path(name).split("/")[1] == DEFAULT_REGISTRY
+    return bool(settings.ollama_registry_mirror) and is_default_registry(name)
 
 
 DIGEST = re.compile(r"sha256:([0-9a-f]{64})", re.ASCII)
@@ -175,15 +177,15 @@ def as_stored(settings: Settings, listed: dict[str, str]) -> list[str]:
     return [stored.get(modelname.parse(m).key, m) for m in map(canonical, settings.all_models)]
 
 
-def missing_models(settings: Settings) -> list[str] | None:
+def missing_models(settings: Settings) -> tuple[list[str], dict[str, str]] | None:
     """Configured models instance 0 does not list, or lists from a damaged store, spelt as
-    the store has them (None: Ollama does not answer)."""
+    the store has them, and the damage (store_damage); None: Ollama does not answer."""
     port = settings.instance_ports()[0][1]
     listed = host.get_fact(OllamaModels, port=port)
     if listed is None:
         return None
     damaged = store_damage(settings, listed)
-    return [m for m in as_stored(settings, listed) if m not in listed or m in damaged]
+    return [m for m in as_stored(settings, listed) if m not in listed or m in damaged], damaged
 
 
 def store_damage(settings: Settings, listed: dict[str, str] | None = None) -> dict[str, str]:
@@ -223,18 +225,19 @@ def models_to_get(settings: Settings, say_damage: bool = False):
     """`missing = yield from models_to_get(settings)` in an operation: the models the host
     lacks or holds damaged (SAY_DAMAGE: and say what is damaged); or None, having said why
     there is nothing to do (noop) or failed the host (Ollama does not answer)."""
-    missing = missing_models(settings)
-    if missing is None:
+    found = missing_models(settings)
+    if found is None:
         if not planning():
             yield fail_command(f"Ollama on port {settings.instance_ports()[0][1]} does not "
                                "answer /api/tags")
         return None
+    missing, damaged = found
     if not missing:
         host.noop(f"{len(settings.all_models)} models present" if settings.all_models
                   else "no models configured")
         return None
     if say_damage:
-        for model, problem in store_damage(settings).items():
+        for model, problem in damaged.items():
             host.log_styled(f"{model}: damaged in the store ({problem}): getting it again",
                             fg="yellow", log_func=logger.warning)
     return missing
