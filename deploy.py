@@ -17,6 +17,7 @@ from tasks import (
     models,
     nvidia_driver,
     nvidia_toolkit,
+    packages,
     probe,
     stack,
 )
@@ -31,6 +32,7 @@ lock.take("deploy.py")  # one run at a time per host: a second one stops here, n
 probe.prefetch_remembered()  # what the last run read of this host, asked in one round trip
 
 dist = distribution()  # the host's row of tasks/distributions.py; another OS stops the run
+packages.prerequisites()  # curl, gnupg, ca-certificates: minimal images lack them
 nvidia_driver.install_driver(settings, dist)  # GPU servers only; may reboot into the new driver
 docker.install_docker(settings, dist)
 toolkit_changes = nvidia_toolkit.install_container_toolkit(settings, dist)  # GPU servers only

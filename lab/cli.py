@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gpus-per-host", type=_nonneg_int, default=2)
     up.add_argument("--cpu-hosts", type=_nonneg_int, default=0)
     up.add_argument("--lb-hosts", type=_nonneg_int, default=0)
-    up.add_argument("--gpu-model", choices=["H100", "A100", "L40S"], default="H100")
+    up.add_argument("--gpu-model", default="H100", metavar="MODEL[,MODEL...]",
+                    help="the GPU hosts' board: H100, A100, B200 (HGX) or L40S (PCIe); one "
+                         "per GPU host in order, the last one repeating")
     up.add_argument("--registry-port", type=_nonneg_int, default=5000,
                     help="loopback port the lab image registry is published on for pushes")
     up.add_argument("--model-scale", type=float, default=1.0,

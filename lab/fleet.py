@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ ROLE_OFFSETS = {"gpu": 10, "cpu": 100, "lb": 200}
 ROLE_LIMITS = {"gpu": 89, "cpu": 99, "lb": 50}
 REGISTRY_PORT = 5000  # inside the services container
 APT_PORT = 8080
+KERNEL_KEYRING = "/usr/share/keyrings/fleetlab-debian-kernel.asc"
 MODEL_REGISTRY_PORT = 8081
 # Broken stand-in releases (`python -m lab ollama-image TAG --fault NAME`): what each does,
 # and the recipe step that makes it so (lab/ollama/ollama.py reads these files).
@@ -59,7 +61,7 @@ class Spec:
     gpus_per_host: int = 2
     cpu_hosts: int = 0
     lb_hosts: int = 0
-    gpu_model: str = "H100"
+    gpu_model: str = "H100"  # or one per GPU host, comma-separated; the last one repeats
     registry_port: int = 5000
     model_scale: float = 1.0
     ollama_tags: list[str] = field(default_factory=lambda: list(DEFAULT_OLLAMA_TAGS))
@@ -76,6 +78,12 @@ class Spec:
                 raise LabError(f"up: --{role}-hosts {count}: must be 0..{ROLE_LIMITS[role]}")
         if self.gpu_hosts and not 1 <= self.gpus_per_host <= 16:
             raise LabError(f"up: --gpus-per-host {self.gpus_per_host}: must be 1..16")
+        from lab.nvidia.hardware import MODELS
+
+        for model in self.gpu_model.split(","):
+            if model not in MODELS:
+                raise LabError(f"up: --gpu-model {self.gpu_model}: {model!r} is none of "
+                               f"{', '.join(MODELS)}")
         if not 1024 <= self.registry_port <= 65535:
             raise LabError(f"up: --registry-port {self.registry_port}: must be 1024..65535")
         if self.model_scale <= 0:
@@ -88,6 +96,7 @@ class Host:
     role: str  # gpu | cpu | lb
     address: str
     gpus: list[dict]
+    board: dict = field(default_factory=dict)  # "board" and "nvswitches" of its gpus.json
 
     def container(self, lab: str) -> str:
         return f"{lab}-{self.name}"
@@ -145,6 +154,7 @@ class Lab:
         net = ipaddress.ip_network(subnet)
         services_ip = str(net.network_address + SERVICES_IP_OFFSET)
         apt_info = self._build_apt_repo()
+        self._kernel_source = self._kernel_source_files(apt_info, services_ip)
         hosts = self._plan_hosts(spec, net)
         dns.write_files(self, services_ip, [asdict(h) for h in hosts])
         self._ensure_services(spec, server_image, services_ip)
@@ -212,6 +222,17 @@ class Lab:
         from lab.nvidia.repo import build_repos
 
         return build_repos(self.dir / "apt", self.dir / "gnupg")
+
+    @staticmethod
+    def _kernel_source_files(apt_info: dict, services_ip: str) -> dict[str, str]:
+        """What a lab host's own apt sources get beside its Debian mirror: the lab's
+        repository standing for the Debian archive's headers of the running kernel (the
+        hosts run this machine's kernel, which no Debian mirror has headers for)."""
+        return {
+            "sources": (f"deb [signed-by={KERNEL_KEYRING}] http://{services_ip}:{APT_PORT}/"
+                        f"{apt_info['kernel_repo']} /\n"),
+            "key": apt_info["kernel_key"],
+        }
 
     def _ensure_services(self, spec: Spec, server_image: str, services_ip: str) -> None:
         files = {
@@ -347,7 +368,7 @@ class Lab:
         docker("rmi", target, check=False)
 
     def _plan_hosts(self, spec: Spec, net: ipaddress.IPv4Network) -> list[Host]:
-        from lab.nvidia.hardware import simulated_gpus
+        from lab.nvidia.hardware import board_doc
 
         hosts = []
         for role, count in (("gpu", spec.gpu_hosts), ("cpu", spec.cpu_hosts),
@@ -355,9 +376,14 @@ class Lab:
             for i in range(1, count + 1):
                 name = f"{role}-{i}"
                 address = str(net.network_address + ROLE_OFFSETS[role] + i)
-                gpus = (simulated_gpus(name, spec.gpus_per_host, spec.gpu_model)
-                        if role == "gpu" else [])
-                hosts.append(Host(name, role, address, gpus))
+                board: dict = {}
+                gpus: list[dict] = []
+                if role == "gpu":
+                    models = spec.gpu_model.split(",")
+                    doc = board_doc(name, spec.gpus_per_host, models[min(i, len(models)) - 1])
+                    gpus = doc["gpus"]
+                    board = {k: v for k, v in doc.items() if k != "gpus"}
+                hosts.append(Host(name, role, address, gpus, board))
         return hosts
 
     def _reconcile_hosts(self, hosts: list[Host], image: str, services_ip: str) -> None:
@@ -389,7 +415,8 @@ class Lab:
         # the resolver is part of the creation spec: a host made before (or without) the
         # lab DNS is recreated
         return json.dumps({"image": image, "address": host.address, "gpus": host.gpus,
-                           "resolver": services_ip}, sort_keys=True)
+                           "board": host.board, "resolver": services_ip,
+                           "kernel_source": self._kernel_source["sources"]}, sort_keys=True)
 
     def _create_host(self, host: Host, image: str, services_ip: str) -> None:
         cname = host.container(self.name)
@@ -398,8 +425,18 @@ class Lab:
         hw.mkdir(parents=True, exist_ok=True)
         mounts = []
         if host.gpus:
-            (hw / "gpus.json").write_text(json.dumps({"gpus": host.gpus}, indent=2) + "\n")
-            mounts = ["-v", f"{hw / 'gpus.json'}:/etc/fleetlab/gpus.json:ro"]
+            from lab.nvidia.hardware import pci_tree
+
+            doc = {"gpus": host.gpus, **host.board}
+            (hw / "gpus.json").write_text(json.dumps(doc, indent=2) + "\n")
+            # the simulated board's PCI devices where a real server has them, in sysfs
+            pci = hw / "pci"
+            shutil.rmtree(pci, ignore_errors=True)
+            for rel, text in pci_tree(doc).items():
+                (pci / rel).parent.mkdir(parents=True, exist_ok=True)
+                (pci / rel).write_text(text)
+            mounts = ["-v", f"{hw / 'gpus.json'}:/etc/fleetlab/gpus.json:ro",
+                      "-v", f"{pci}:/sys/bus/pci/devices:ro"]
         docker("volume", "create", "--label", f"{LABEL}={self.name}", f"{cname}-docker")
         docker("create", "--name", cname, "--hostname", host.name,
                "--network", self.network, "--ip", host.address,
@@ -415,6 +452,11 @@ class Lab:
         keys.write_bytes(pub)
         os.chmod(keys, 0o600)
         docker("cp", str(keys), f"{cname}:/root/.ssh/authorized_keys")
+        sources = hw / "fleetlab-debian-kernel.list"
+        sources.write_text(self._kernel_source["sources"])
+        docker("cp", str(sources), f"{cname}:/etc/apt/sources.list.d/{sources.name}")
+        docker("cp", str(self.dir / "apt" / self._kernel_source["key"]),
+               f"{cname}:{KERNEL_KEYRING}")
 
     # -- operations on one host -----------------------------------------
     def host(self, name: str) -> Host:
@@ -481,7 +523,7 @@ class Lab:
             hosts.append({"name": host.name, "address": host.address, "role": host.role,
                           "dns": dns.host_name(self.name, host.name),
                           "container": host.container(self.name), "state": status,
-                          "gpus": host.gpus})
+                          "gpus": host.gpus, "board": host.board})
         return {
             "name": self.name,
             "up": True,
@@ -489,6 +531,9 @@ class Lab:
             "ssh_key": str(self.key_path),
             "inventory": str(inventory_path(self.name)),
             "hosts": hosts,
+            # the keys the lab signs NVIDIA's stand-in repositories with, per release
+            "nvidia_keys": {release: repo["fingerprint"] for release, repo in
+                            (state.get("apt") or {}).get("cuda_repos", {}).items()},
             "endpoints": {
                 **endpoints(svc, port),
                 "dns_server": svc,
@@ -521,8 +566,8 @@ def endpoints(services_ip: str, registry_port: int) -> dict:
             "base": apt,
             "nvidia_container_toolkit": f"{apt}/libnvidia-container",
             "nvidia_container_toolkit_gpgkey": f"{apt}/libnvidia-container/gpgkey",
-            "cuda": f"{apt}/compute/cuda/repos/debian13/x86_64",
-            "cuda_gpgkey": f"{apt}/compute/cuda/repos/debian13/x86_64/fleetlab.pub",
+            # `{distro}` as in NVIDIA's own URL: debian12 and debian13, each with its key
+            "cuda": f"{apt}/compute/cuda/repos/{{distro}}/x86_64",
         },
     }
 

@@ -43,8 +43,8 @@ def inventory_data(lab: Lab, state: dict) -> dict:
         "docker_registry_mirrors": [ep["image_registry"]["mirror"]],
         "nvidia_toolkit_repo_url": apt["nvidia_container_toolkit"],
         "nvidia_toolkit_gpgkey_url": apt["nvidia_container_toolkit_gpgkey"],
-        "nvidia_driver_repo_url": apt["cuda"],
-        "nvidia_driver_gpgkey_url": apt["cuda_gpgkey"],
+        "nvidia_driver_repo_url": apt["cuda"],  # NVIDIA's keys per release, as in production
+        "nvidia_driver_branch": 590,  # the lab's hosts are Debian 13: NVIDIA's 590 and later
         "ollama_registry": ep["model_registry"],
     }
 

@@ -29,7 +29,6 @@ from tasks.settings import Settings
 DOCKER = "docker"
 CUDA = "cuda"
 TOOLKIT = "nvidia_container_toolkit"
-NVIDIA_DRIVER = "nvidia_driver"
 
 # The knob that, when set, replaces a repository's key URL (Docker's key has none).
 KEY_URL_KNOBS = {CUDA: "nvidia_driver_gpgkey_url", TOOLKIT: "nvidia_toolkit_gpgkey_url"}
@@ -58,6 +57,23 @@ class VendorRepository:
 
 
 @dataclass(frozen=True)
+class DriverPackages:
+    """One way a distribution ships the NVIDIA driver, for the branches FIRST..LAST.
+
+    Shapes: `{branch}` is the driver branch, `{kernel}` the running kernel (`uname -r`).
+    """
+
+    first: int  # the branches this scheme carries
+    last: int
+    pin: str  # installed first, holds the branch where the names do not ('' none)
+    open: tuple[str, ...]  # the packages with the open kernel modules
+    proprietary: tuple[str, ...]  # ... with the proprietary ones
+    fabricmanager: str  # Fabric Manager of the same branch
+    headers: str  # what the module is built against ('' precompiled: none)
+    modules: str = ""  # "precompiled" or "dkms" where the knob chooses (Ubuntu); '' any
+
+
+@dataclass(frozen=True)
 class Distribution:
     """One supported distribution: its vendor repositories and its own archive's packages."""
 
@@ -65,7 +81,10 @@ class Distribution:
     major: int
     codename: str  # os-release VERSION_CODENAME
     repositories: dict[str, VendorRepository]  # DOCKER, CUDA, TOOLKIT; absent: not used here
-    archive: dict[str, tuple[str, ...]] = field(default_factory=dict)  # DOCKER, NVIDIA_DRIVER
+    archive: dict[str, tuple[str, ...]] = field(default_factory=dict)  # DOCKER
+    drivers: tuple[DriverPackages, ...] = ()  # the driver's package schemes, by branch
+    driver_source: str = ""  # where the driver comes from, for messages
+    archive_components: tuple[str, ...] = ()  # components of the OS archive the driver needs
 
     @property
     def name(self) -> str:
@@ -94,14 +113,42 @@ TOOLKIT_REPOSITORY = VendorRepository(
     stale_sources=("/etc/apt/sources.list.d/nvidia-docker.list",),
 )
 
-# Ubuntu's GPU servers take Canonical's server driver packages from the archive.
-UBUNTU_DRIVER = ("nvidia-headless-{branch}-server", "nvidia-utils-{branch}-server")
+# NVIDIA's CUDA repository for Debian (its driver installation guide, compute-only
+# systems): up to 580 the branch is in the meta-package's name; from 590 the names
+# carry none and `nvidia-driver-pinning-<branch>` holds the branch. The kernel module is
+# built by DKMS against the running kernel's headers (only recommended by the packages).
+CUDA_BRANCHED = DriverPackages(
+    first=550, last=589, pin="", open=("nvidia-open-{branch}",),
+    proprietary=("cuda-drivers-{branch}",), fabricmanager="nvidia-fabricmanager-{branch}",
+    headers="linux-headers-{kernel}")
+CUDA_PINNED = DriverPackages(
+    first=590, last=999, pin="nvidia-driver-pinning-{branch}",
+    open=("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"),
+    proprietary=("nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"),
+    fabricmanager="nvidia-fabricmanager", headers="linux-headers-{kernel}")
+
+# Ubuntu's GPU servers take Canonical's server packages from the archive: by default its
+# signed precompiled modules for the running kernel (what `ubuntu-drivers install --gpgpu`
+# picks; they load under Secure Boot and need no headers), or DKMS as an option.
+UBUNTU_PRECOMPILED = DriverPackages(
+    first=550, last=999, pin="", modules="precompiled",
+    open=("linux-modules-nvidia-{branch}-server-open-{kernel}",
+          "nvidia-headless-no-dkms-{branch}-server-open", "nvidia-utils-{branch}-server"),
+    proprietary=("linux-modules-nvidia-{branch}-server-{kernel}",
+                 "nvidia-headless-no-dkms-{branch}-server", "nvidia-utils-{branch}-server"),
+    fabricmanager="nvidia-fabricmanager-{branch}", headers="")
+UBUNTU_DKMS = DriverPackages(
+    first=550, last=999, pin="", modules="dkms",
+    open=("nvidia-headless-{branch}-server-open", "nvidia-utils-{branch}-server"),
+    proprietary=("nvidia-headless-{branch}-server", "nvidia-utils-{branch}-server"),
+    fabricmanager="nvidia-fabricmanager-{branch}", headers="linux-headers-{kernel}")
 UBUNTU_DOCKER = ("docker.io", "docker-compose-v2")
 
 
 # -- one table per distribution ----------------------------------------------------------
 
-def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]]) -> Distribution:
+def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]],
+            cuda_key: str, drivers: tuple[DriverPackages, ...]) -> Distribution:
     """Debian MAJOR: Docker's repository for its CODENAME, NVIDIA's CUDA and toolkit ones."""
     return Distribution(
         os_id="debian", major=major, codename=codename,
@@ -110,24 +157,26 @@ def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]]) -> D
                 url="{docker_repo_url}/debian", suite=codename, components=("stable",),
                 key_url="{docker_repo_url}/debian/gpg", keyring=DOCKER_KEYRING,
                 sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
-            # Known wrong for debian13, kept as the deploy has it until the driver issue
-            # fixes it (FIELD.md, "Production facts", NVIDIA): that repository is signed
-            # with 8793F200.pub, not 3bf863cc.pub, and carries 590 and later only, whose
-            # meta-packages have no branch in their names (no cuda-drivers-<branch>).
             CUDA: VendorRepository(
                 url="{nvidia_driver_repo_url}/", suite="/",
-                key_url="{nvidia_driver_repo_url}/3bf863cc.pub", keyring=CUDA_KEYRING,
-                sources_file=CUDA_SOURCES, packages=("cuda-drivers-{branch}",)),
+                key_url="{nvidia_driver_repo_url}/" + cuda_key, keyring=CUDA_KEYRING,
+                sources_file=CUDA_SOURCES, packages=()),
             TOOLKIT: TOOLKIT_REPOSITORY,
         },
-        archive=archive,
+        archive=archive, drivers=drivers, driver_source=f"NVIDIA's debian{major} repository",
+        # NVIDIA's guide: the driver's dependencies need Debian's contrib component
+        archive_components=("contrib",),
     )
 
 
 # bookworm's archive has no Compose v2 package: Docker comes from Docker's repository
-DEBIAN_12 = _debian(12, "bookworm", archive={})
-# trixie splits the client out of docker.io (and only recommends it)
-DEBIAN_13 = _debian(13, "trixie", archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")})
+DEBIAN_12 = _debian(12, "bookworm", archive={}, cuda_key="3bf863cc.pub",
+                    drivers=(CUDA_BRANCHED, CUDA_PINNED))
+# trixie splits the client out of docker.io (and only recommends it). NVIDIA signs its
+# debian13 repository with another key (the old one's SHA-1 binding is refused by trixie's
+# apt) and carries 590 and later only.
+DEBIAN_13 = _debian(13, "trixie", archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")},
+                    cuda_key="8793F200.pub", drivers=(CUDA_PINNED,))
 
 def _ubuntu(major: int, codename: str) -> Distribution:
     """Ubuntu MAJOR: Docker's repository for its CODENAME; the driver from the archive."""
@@ -140,7 +189,8 @@ def _ubuntu(major: int, codename: str) -> Distribution:
                 sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
             TOOLKIT: TOOLKIT_REPOSITORY,
         },
-        archive={DOCKER: UBUNTU_DOCKER, NVIDIA_DRIVER: UBUNTU_DRIVER},
+        archive={DOCKER: UBUNTU_DOCKER}, drivers=(UBUNTU_PRECOMPILED, UBUNTU_DKMS),
+        driver_source=f"Ubuntu {major}.04's archive",
     )
 
 
@@ -174,6 +224,11 @@ def distribution() -> Distribution:
                              f"({SUPPORTED})") from None
 
 
+def by_name(name: str) -> Distribution:
+    """The table named NAME ("debian 13"), as `Distribution.name` spells it."""
+    return next(d for d in DISTRIBUTIONS.values() if d.name == name)
+
+
 def _fill(shape: str, values: dict[str, str]) -> str:
     # in order: a knob's own value may hold a placeholder filled later ({distro})
     for name, value in values.items():
@@ -203,9 +258,27 @@ def repository(dist: Distribution, vendor: str, settings: Settings) -> VendorRep
 
 
 def archive_packages(dist: Distribution, purpose: str, settings: Settings) -> list[str] | None:
-    """The packages of DIST's own archive for PURPOSE (DOCKER, NVIDIA_DRIVER); None: none."""
+    """The packages of DIST's own archive for PURPOSE (DOCKER); None: none."""
     packages = dist.archive.get(purpose)
     if packages is None:
         return None
     values = _values(dist, settings)
     return [_fill(p, values) for p in packages]
+
+
+def driver_packages(dist: Distribution, settings: Settings) -> DriverPackages:
+    """DIST's driver scheme for the branch (and, on Ubuntu, the modules knob); a branch the
+    distribution's source does not carry is a ValueError naming the knob."""
+    branch = settings.nvidia_driver_branch
+    for scheme in dist.drivers:
+        if scheme.first <= branch <= scheme.last and \
+                scheme.modules in ("", settings.nvidia_driver_ubuntu_modules):
+            return scheme
+    first = min((s.first for s in dist.drivers), default=0)
+    raise ValueError(f"nvidia_driver_branch: {branch} is not in {dist.driver_source} "
+                     f"({first} and later)")
+
+
+def fill(shape: str, **values: str) -> str:
+    """SHAPE with `{name}` replaced by VALUES (package name shapes)."""
+    return _fill(shape, values)

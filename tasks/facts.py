@@ -106,6 +106,58 @@ class NvidiaGpus(FactBase):
         return {"installed": False, "working": False, "rc": None, "gpus": [], "error": ""}
 
 
+class NvidiaHost(FactBase):
+    """What the driver step reads before it acts: the running kernel, NVIDIA's PCI devices
+    and the packages apt holds.
+
+    Returns `{"kernel": str, "devices": [{"slot", "device": int, "class": int}],
+    "held": [package, ...]}`.
+    """
+
+    def command(self) -> str:
+        return script_command("facts/nvidia-host.sh")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_nvidia_host(output)
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"kernel": "", "devices": [], "held": []}
+
+
+def parse_nvidia_host(lines: list[str]) -> dict[str, Any]:
+    """The lines of facts/nvidia-host.sh as NvidiaHost returns them (odd lines skipped)."""
+    found: dict[str, Any] = {"kernel": "", "devices": [], "held": []}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "kernel":
+            found["kernel"] = value.strip()
+        elif key == "held" and value.strip():
+            found["held"].append(value.strip())
+        elif key == "pci":
+            parts = value.split()
+            try:
+                found["devices"].append({"slot": parts[0], "device": int(parts[1], 16),
+                                         "class": int(parts[2], 16)})
+            except (IndexError, ValueError):
+                continue
+    return found
+
+
+class MissingArchiveComponents(FactBase):
+    """The apt sources files whose entries of the OS archive lack some of COMPONENTS."""
+
+    def command(self, codename: str, components: Sequence[str]) -> str:
+        return script_command("apt/archive-components.sh", "check", codename, *components)
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line[len("missing="):] for line in output if line.startswith("missing=")]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
 class JsonFile(FactBase):
     """A JSON file's content as a dict; None when absent; `{"__invalid__": text}` if broken."""
 
@@ -231,22 +283,26 @@ class StoredManifests(FactBase):
         return {"manifests": manifests, "blobs": blobs}
 
 
-class KeptLoaded(FactBase):
-    """Models an Ollama instance keeps loaded for good (`/api/ps`, keep_alive -1: Ollama
-    reports an expiry some 292 years away); None if it won't answer."""
+class LoadedModels(FactBase):
+    """The models an Ollama instance has loaded (`/api/ps`): `name`, `size`, `size_vram`
+    (bytes in GPU memory: all of `size` on the GPU, 0 on the CPU) and `forever` (kept for
+    good: keep_alive -1 makes Ollama report an expiry some 292 years away); None if it
+    won't answer."""
 
     def command(self, address: str, port: int) -> str:
         return (f"curl -sS --max-time 10 http://{address}:{port}/api/ps 2>/dev/null "
                 "|| echo __down__")
 
-    def process(self, output: list[str]) -> list[str] | None:
+    def process(self, output: list[str]) -> list[dict[str, Any]] | None:
         text = "\n".join(output).strip()
         if text.endswith("__down__"):
             return None
         try:
             models = json.loads(text).get("models") or []
-            return sorted(m["name"] for m in models
-                          if int(str(m.get("expires_at", ""))[:4] or 0) >= FOREVER_YEAR)
+            return sorted(({"name": m["name"], "size": int(m.get("size") or 0),
+                            "size_vram": int(m.get("size_vram") or 0),
+                            "forever": int(str(m.get("expires_at", ""))[:4] or 0) >= FOREVER_YEAR}
+                           for m in models), key=lambda m: m["name"])
         except (ValueError, AttributeError, KeyError, TypeError):
             return None
 

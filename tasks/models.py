@@ -33,7 +33,7 @@ from pyinfra.api.command import FunctionCommand
 
 from tasks import modelname
 from tasks.addresses import local_address, url_host
-from tasks.facts import KeptLoaded, OllamaModels, StoredManifests, planning
+from tasks.facts import LoadedModels, OllamaModels, StoredManifests, planning
 from tasks.fleet import Fleet
 from tasks.report import fail_command
 from tasks.scripts import script_command
@@ -493,12 +493,13 @@ def kept_warm(settings: Settings):
     address = url_host(local_address(settings.ollama_bind_address))
     warming = False
     for _, port in settings.instance_ports():
-        loaded = host.get_fact(KeptLoaded, address=address, port=port)
-        cold = [m for m in wanted if m not in (loaded or [])]
+        loaded = host.get_fact(LoadedModels, address=address, port=port) or []
+        kept = {m["name"] for m in loaded if m["forever"]}
+        cold = [m for m in wanted if m not in kept]
         if cold:
             warming = True
             yield script_command("models/warm.sh", f"http://{address}:{port}", WARM_TIMEOUT_S,
-                                 *cold)
+                                 -1, *cold)
     if not warming:
         host.noop(f"every instance keeps {', '.join(wanted)} loaded")
 

@@ -15,6 +15,18 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import apt, files
 
+from tasks.facts import MissingArchiveComponents
+from tasks.scripts import script_command
+
+# Minimal server images lack these; Docker's and NVIDIA's guides install them first (the
+# vendor keys are fetched with curl and dearmored with gpg, over https).
+PREREQUISITES = ("curl", "gnupg", "ca-certificates")
+
+
+def prerequisites() -> None:
+    """What fetching the vendors' keys needs, before any vendor repository."""
+    installed(name=f"Prerequisites: {', '.join(PREREQUISITES)}", packages=list(PREREQUISITES))
+
 
 def missing_packages(wanted: list[str], installed: dict[str, set[str]]) -> list[str]:
     """WANTED entries (`name` or `name=version`) that INSTALLED does not satisfy."""
@@ -128,4 +140,22 @@ def repository(key_url: str, keyring: str, sources_file: str, uri: str, suite: s
         yield from files.put._inner(src=StringIO(sources), dest=sources_file, mode="644")
     if pin_stale:
         yield from files.put._inner(src=StringIO(pin), dest=pin_file(sources_file), mode="644")
+    yield from apt.update._inner()
+
+
+@operation()
+def archive_components(components: list[str], codename: str):
+    """
+    Add COMPONENTS (e.g. Debian's contrib) to the entries of the OS's own archive, suite
+    CODENAME and its updates, in sources.list and deb822 .sources files; refresh apt.
+
+    + components: the components the archive entries must have
+    + codename: the release's codename, e.g. trixie
+    """
+    files_missing = host.get_fact(MissingArchiveComponents, codename=codename,
+                                  components=components)
+    if not files_missing:
+        host.noop(f"the {codename} archive has {', '.join(components)}")
+        return
+    yield script_command("apt/archive-components.sh", "apply", codename, *components)
     yield from apt.update._inner()

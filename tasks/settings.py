@@ -234,18 +234,36 @@ class Settings(BaseModel):
         "restarts, as when a deploy changes daemon.json; off only for Swarm mode"))
 
     # -- NVIDIA driver -----------------------------------------------------
-    nvidia_driver_branch: int = Field(570, ge=550, le=999, description=(
-        "driver branch to install (Ollama needs 550 or newer)"))
+    nvidia_driver_branch: int = Field(580, ge=550, le=999, description=(
+        "driver branch to install (Ollama needs 550 or newer); NVIDIA's debian13 "
+        "repository carries 590 and later only"))
+    nvidia_driver_flavour: Literal["auto", "open", "proprietary"] = Field("auto", description=(
+        "kernel modules: open or proprietary; auto: open from branch 560 on (NVIDIA's "
+        "default) unless a GPU older than Turing needs the proprietary ones"))
+    nvidia_driver_ubuntu_modules: Literal["precompiled", "dkms"] = Field(
+        "precompiled", description=(
+            "Ubuntu: Canonical's signed precompiled modules for the running kernel (load "
+            "under Secure Boot, no headers), or DKMS built from the headers"))
     nvidia_driver_repo_url: UrlTemplate = Field(
         "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64",
         description=("NVIDIA's CUDA apt repository for Debian; `{distro}` becomes e.g. "
                      "debian12 (Ubuntu uses Canonical's packages)"))
     nvidia_driver_gpgkey_url: UrlOrEmpty = Field("", description=(
-        "key of that repository; empty: `<repo>/3bf863cc.pub` (NVIDIA's key)"))
+        "key of that repository; empty: NVIDIA's key for the distribution "
+        "(`<repo>/3bf863cc.pub` for debian12, `<repo>/8793F200.pub` for debian13)"))
     nvidia_driver_allow_reboot: bool = Field(True, description=(
         "reboot after a new driver is installed; if false the run stops and says so"))
+    nvidia_driver_reboot_timeout: int = Field(1200, ge=60, le=7200, description=(
+        "seconds a rebooting GPU host may take to answer SSH again (an HGX board can "
+        "take over 10 minutes to POST)"))
+    nvidia_driver_reboot_all_at_once: bool = Field(False, description=(
+        "a host whose driver serves already (a branch change) reboots one at a time; "
+        "true: all such hosts at once. Hosts with no working driver reboot together"))
+    nvidia_fabricmanager: Literal["auto", "always", "never"] = Field("auto", description=(
+        "NVIDIA Fabric Manager, of the driver's version: auto installs and runs it where "
+        "the host has NVSwitch devices (HGX/DGX boards), read from its PCI bus"))
     nvidia_persistence_mode: bool = Field(True, description=(
-        "keep the driver loaded between jobs (nvidia-smi -pm 1)"))
+        "keep the driver loaded between jobs: nvidia-persistenced enabled and running"))
 
     # -- NVIDIA Container Toolkit ------------------------------------------
     nvidia_toolkit_repo_url: Url = Field("https://nvidia.github.io/libnvidia-container",

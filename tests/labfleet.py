@@ -99,6 +99,24 @@ class LabFleet:
         if client:
             client.close()
 
+    def started_at(self, host: str) -> str:
+        """When HOST's container last started: a reboot changes it."""
+        out = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}",
+                              self.host(host)["container"]],
+                             capture_output=True, text=True, check=True, timeout=60)
+        return out.stdout.strip()
+
+    def reboot(self, host: str, timeout: float = 180) -> None:
+        """Reboot HOST as an operator would (`systemctl reboot`) and wait, bounded, until it
+        is back with its Docker engine answering."""
+        before = self.started_at(host)
+        self.forget(host)
+        self.ssh(host, "systemctl reboot", check=False)
+        self.forget(host)
+        poll(lambda: self.started_at(host) != before, 60, what=f"{host} restarting")
+        poll(lambda: self.ssh(host, "docker info >/dev/null", timeout=20, check=False)[0] == 0,
+             timeout, what=f"{host} back with docker")
+
     def pyinfra(self, *args: str, limit: str | None = None, timeout: float = 1200,
                 inventory: str | None = None, env: dict | None = None, yes: bool = True,
                 ) -> subprocess.CompletedProcess:

@@ -1,7 +1,9 @@
 """Defaults for every GPU (and CPU-only) Ollama server."""
 
-# Driver branch pinned for the whole fleet; Ollama needs 550 or newer.
-nvidia_driver_branch = 570
+# Driver branch pinned for the whole fleet (held: upgrades cannot change it); Ollama needs
+# 550 or newer. 580 is in NVIDIA's debian12 repository and Ubuntu's archive; NVIDIA's
+# debian13 repository carries 590 and later only: set 590 for Debian 13 hosts.
+nvidia_driver_branch = 580
 
 # Container Toolkit packages are pinned together to this version.
 nvidia_toolkit_version = "1.17.8"

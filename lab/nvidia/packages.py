@@ -3,12 +3,30 @@
 Package names, versions and dependencies are those of NVIDIA's repositories; the
 contents are the stand-ins of ``lab/nvidia/standins`` (Python 3 / sh), clearly
 described as lab stand-ins in every control file.
+
+Per repository (see lab/nvidia/repo.py for the layout):
+
+- toolkit: the NVIDIA Container Toolkit, TOOLKIT_VERSIONS;
+- debian12 (NVIDIA's CUDA repository for Debian 12): the branch in the names, up to 580:
+  ``cuda-drivers-<branch>`` (proprietary modules), ``nvidia-open-<branch>`` (open
+  modules), ``nvidia-fabricmanager-<branch>``, and ``nvidia-persistenced``;
+- debian13 (its repository for Debian 13): 590 and later, no branch in the names:
+  ``nvidia-driver-pinning-<branch>`` holds the branch; ``nvidia-driver-cuda`` (nvidia-smi)
+  with ``nvidia-kernel-open-dkms`` or ``nvidia-kernel-dkms``, ``nvidia-persistenced``,
+  ``nvidia-fabricmanager``;
+- kernel (the Debian archive's headers): ``linux-headers-<kernel>`` for the kernel the lab
+  hosts run (the building machine's: lab hosts are containers sharing its kernel).
+
+The packages that carry the kernel module build it with the lab's DKMS stand-in in
+postinst, only where the running kernel's headers are installed (they only recommend
+them, as NVIDIA's do through dkms).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +36,18 @@ from pathlib import Path
 STANDINS = Path(__file__).resolve().parent / "standins"
 
 TOOLKIT_VERSIONS = ("1.17.8", "1.18.0")
+# debian12: cuda-drivers-<branch> of every branch; open modules, Fabric Manager and
+# nvidia-persistenced of OPEN_BRANCH
 DRIVER_BRANCHES = {"550": "550.163.01", "570": "570.172.08"}
+OPEN_BRANCH = "570"
+# debian13: the 590 scheme (no branch in the names but the pinning package's)
+PINNED_BRANCH = "590"
+PINNED_VERSION = "590.44.01"
+PINNED_PACKAGES = ("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-kernel-dkms",
+                   "nvidia-persistenced", "nvidia-fabricmanager")
+# what dkms recommends (Debian's dkms package): never the lab's headers package, so that
+# apt does not bring the running kernel's headers by itself
+HEADERS_RECOMMENDS = "linux-headers-amd64 | linux-headers-generic"
 DEB_REVISION = "1"
 ARCH = "amd64"
 MAINTAINER = "Fleet lab <lab@localhost>"
@@ -41,11 +70,14 @@ class Package:
     section: str = "utils"
     arch: str = ARCH
     depends: list[str] = field(default_factory=list)
+    recommends: list[str] = field(default_factory=list)
     provides: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     replaces: list[str] = field(default_factory=list)
     homepage: str = ""
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # path -> (data, mode)
+    symlinks: dict[str, str] = field(default_factory=dict)  # path -> target
+    conffiles: list[str] = field(default_factory=list)  # paths among files
     scripts: dict[str, str] = field(default_factory=dict)  # postinst/postrm -> text
 
     @property
@@ -61,8 +93,9 @@ class Package:
             f"Maintainer: {MAINTAINER}",
             f"Installed-Size: {size}",
         ]
-        for key, values in (("Depends", self.depends), ("Provides", self.provides),
-                            ("Conflicts", self.conflicts), ("Replaces", self.replaces)):
+        for key, values in (("Depends", self.depends), ("Recommends", self.recommends),
+                            ("Provides", self.provides), ("Conflicts", self.conflicts),
+                            ("Replaces", self.replaces)):
             if values:
                 lines.append(f"{key}: {', '.join(values)}")
         lines += [f"Section: {self.section}", "Priority: optional"]
@@ -77,8 +110,12 @@ class Package:
 
 
 def render_standin(source: str, *, toolkit_version: str | None = None,
-                   driver_version: str | None = None, package: str = "") -> str:
-    """A stand-in with the shared code inlined and build-time values filled in."""
+                   driver_version: str | None = None, package: str = "",
+                   values: dict[str, str] | None = None) -> str:
+    """A stand-in with the shared code inlined and build-time values filled in.
+
+    VALUES fills further ``@NAME@`` placeholders; a shell script or unit left with one
+    is an error (the Python stand-ins keep theirs where a value does not apply)."""
     text = (STANDINS / source).read_text()
     if COMMON_BEGIN in text:
         head, rest = text.split(COMMON_BEGIN, 1)
@@ -91,8 +128,12 @@ def render_standin(source: str, *, toolkit_version: str | None = None,
     if driver_version:
         text = text.replace("@FLEETLAB_DRIVER_VERSION@", driver_version)
     text = text.replace("@PACKAGE@", package)
+    for name, value in (values or {}).items():
+        text = text.replace(f"@{name}@", value)
     if source.endswith(".py"):
         compile(text, source, "exec")
+    elif re.search(r"@[A-Z][A-Z_]*@", text):
+        raise ValueError(f"{source}: placeholder left: {re.search(r'@[A-Z][A-Z_]*@', text)[0]}")
     return text
 
 
@@ -164,40 +205,259 @@ def toolkit_packages(upstream: str) -> list[Package]:
     return [lib, tools, base, toolkit]
 
 
+CUDA_HOME = "https://developer.nvidia.com/cuda-downloads"
+
+
+def _driver_scripts(name: str, upstream: str, *, dkms: str = "", unit: str = "",
+                    reboot_note: bool = False) -> dict[str, str]:
+    """postinst/postrm of a driver package: DKMS ("open"/"proprietary": the package
+    carries the module), UNIT to enable for the next boot, the reboot note."""
+    values = {"FLEETLAB_DKMS": "yes" if dkms else "no", "FLEETLAB_UNIT": unit,
+              "FLEETLAB_REBOOT_NOTE": "yes" if reboot_note else "no"}
+    return {script: render_standin(f"nvidia.{script}", driver_version=upstream,
+                                   package=name, values=values)
+            for script in ("postinst", "postrm")}
+
+
+def _module_files(name: str, upstream: str, flavour: str) -> dict[str, tuple[bytes, int]]:
+    """The lab's DKMS stand-in for a package carrying the FLAVOUR kernel module."""
+    script = render_standin("nvidia-dkms.sh", driver_version=upstream, package=name,
+                            values={"FLEETLAB_MODULE_FLAVOUR": flavour})
+    return {"/usr/lib/fleetlab/nvidia-dkms": (script.encode(), 0o755),
+            f"/usr/src/nvidia-{upstream}/dkms.conf": (
+                (f"# fleet lab stand-in (not NVIDIA's module source; nothing is compiled)\n"
+                 f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{upstream}"\n'
+                 f'BUILT_MODULE_NAME[0]="nvidia"\nDEST_MODULE_LOCATION[0]="/updates/dkms"\n'
+                 f'AUTOINSTALL="yes"\n# flavour: {flavour} kernel modules\n').encode(), 0o644)}
+
+
+def _userspace_files(name: str, upstream: str) -> dict[str, tuple[bytes, int]]:
+    """nvidia-smi, the library marker, and the simulated module loading at boot."""
+    def render(source: str) -> bytes:
+        return render_standin(source, driver_version=upstream, package=name).encode()
+
+    return {
+        "/usr/bin/nvidia-smi": (render("nvidia_smi.py"), 0o755),
+        "/usr/lib/fleetlab/nvidia-kmod-load": (render("nvidia_kmod_load.py"), 0o755),
+        "/usr/lib/systemd/system/fleetlab-nvidia-kmod.service":
+            (render("fleetlab-nvidia-kmod.service"), 0o644),
+        "/usr/lib/fleetlab/libnvidia-ml.version": (f"{upstream}\n".encode(), 0o644),
+    }
+
+
+def _with_readme(pkg: Package, what: str) -> Package:
+    pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (_readme(pkg.name, what), 0o644)
+    return pkg
+
+
+MODULE_NOTE = ("The package carries the kernel module ({flavour} modules): its postinst has\n"
+               "the lab's DKMS stand-in build it for the running kernel, only where that\n"
+               "kernel's headers (linux-headers-$(uname -r), recommended, not required)\n"
+               "are installed; without them the build is skipped, the install succeeds\n"
+               "and the module is missing at the next boot.")
+BOOT_NOTE = ("nvidia-smi, and fleetlab-nvidia-kmod.service, which stands for the kernel\n"
+             "loading the module at boot. The package enables that service but does not\n"
+             "start it: nvidia-smi works after the next reboot.")
+
+
 def driver_package(branch: str) -> Package:
+    """cuda-drivers-<branch> of NVIDIA's debian12 repository (proprietary modules)."""
     upstream = DRIVER_BRANCHES[branch]
     name = f"cuda-drivers-{branch}"
+    what = ("Simulated NVIDIA driver, proprietary kernel modules:\n" + BOOT_NOTE + "\n\n"
+            + MODULE_NOTE.format(flavour="proprietary"))
+    pkg = Package(
+        name, deb_version(upstream), f"CUDA Driver meta-package, branch {branch}",
+        what + "\n\n" + LAB_NOTE, homepage=CUDA_HOME,
+        depends=["python3", "nvidia-persistenced"], recommends=[HEADERS_RECOMMENDS],
+        provides=["cuda-drivers"], conflicts=["cuda-drivers", "nvidia-open"],
+        replaces=["cuda-drivers", "nvidia-open"],
+        files={**_userspace_files(name, upstream),
+               **_module_files(name, upstream, "proprietary")},
+        scripts=_driver_scripts(name, upstream, dkms="proprietary",
+                                unit="fleetlab-nvidia-kmod.service", reboot_note=True),
+    )
+    return _with_readme(pkg, what)
+
+
+def open_package(branch: str = OPEN_BRANCH) -> Package:
+    """nvidia-open-<branch> of NVIDIA's debian12 repository (open kernel modules)."""
+    upstream = DRIVER_BRANCHES[branch]
+    name = f"nvidia-open-{branch}"
+    what = ("Simulated NVIDIA driver, open kernel modules:\n" + BOOT_NOTE + "\n\n"
+            + MODULE_NOTE.format(flavour="open"))
+    pkg = Package(
+        name, deb_version(upstream), f"NVIDIA driver with open kernel modules, branch {branch}",
+        what + "\n\n" + LAB_NOTE, homepage=CUDA_HOME,
+        depends=["python3", "nvidia-persistenced"], recommends=[HEADERS_RECOMMENDS],
+        provides=["nvidia-open"], conflicts=["nvidia-open", "cuda-drivers"],
+        replaces=["nvidia-open", "cuda-drivers"],
+        files={**_userspace_files(name, upstream), **_module_files(name, upstream, "open")},
+        scripts=_driver_scripts(name, upstream, dkms="open",
+                                unit="fleetlab-nvidia-kmod.service", reboot_note=True),
+    )
+    return _with_readme(pkg, what)
+
+
+def persistenced_package(upstream: str) -> Package:
+    name = "nvidia-persistenced"
+    what = ("nvidia-persistenced stand-in and its unit, enabled for the next boot: it needs\n"
+            "the loaded driver, keeps persistence mode on for every GPU while it runs and\n"
+            "turns it off when stopped.")
+    pkg = Package(
+        name, deb_version(upstream), "daemon to maintain persistent software state in the "
+        "NVIDIA driver", what + "\n\n" + LAB_NOTE,
+        homepage="https://github.com/NVIDIA/nvidia-persistenced", depends=["python3"],
+        files={
+            "/usr/bin/nvidia-persistenced": (render_standin(
+                "nvidia_persistenced.py", driver_version=upstream, package=name).encode(),
+                0o755),
+            "/usr/lib/systemd/system/nvidia-persistenced.service": (render_standin(
+                "nvidia-persistenced.service", driver_version=upstream,
+                package=name).encode(), 0o644),
+        },
+        scripts=_driver_scripts(name, upstream, unit="nvidia-persistenced.service"),
+    )
+    return _with_readme(pkg, what)
+
+
+FM_CONFIG = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+
+
+def fabricmanager_package(name: str, upstream: str) -> Package:
+    what = ("nv-fabricmanager stand-in, nvidia-fabricmanager.service (enabled, not\n"
+            "started) and its config file. It starts only with the driver of its own\n"
+            "version loaded, on a board with NVSwitch (HGX/DGX).")
 
     def render(source: str) -> bytes:
         return render_standin(source, driver_version=upstream, package=name).encode()
 
-    what = ("Simulated NVIDIA driver: nvidia-smi, and fleetlab-nvidia-kmod.service, which\n"
-            "stands for the kernel loading the module at boot. The package enables that\n"
-            "service but does not start it: nvidia-smi works after the next reboot.")
-    return Package(
-        name, deb_version(upstream), f"CUDA Driver meta-package, branch {branch}",
-        what + "\n\n" + LAB_NOTE,
-        homepage="https://developer.nvidia.com/cuda-downloads",
-        depends=["python3"], provides=["cuda-drivers"], conflicts=["cuda-drivers"],
-        replaces=["cuda-drivers"],
+    # the same files under the other scheme's name
+    conflicts = [n for n in ("nvidia-fabricmanager", f"nvidia-fabricmanager-{OPEN_BRANCH}")
+                 if n != name]
+    pkg = Package(
+        name, deb_version(upstream), "Fabric Manager for NVSwitch based systems",
+        what + "\n\n" + LAB_NOTE, homepage="https://docs.nvidia.com/datacenter/tesla/",
+        depends=["python3"], conflicts=conflicts, replaces=conflicts,
         files={
-            "/usr/bin/nvidia-smi": (render("nvidia_smi.py"), 0o755),
-            "/usr/lib/fleetlab/nvidia-kmod-load": (render("nvidia-kmod-load.sh"), 0o755),
-            "/usr/lib/systemd/system/fleetlab-nvidia-kmod.service":
-                (render("fleetlab-nvidia-kmod.service"), 0o644),
-            "/usr/lib/fleetlab/libnvidia-ml.version": (f"{upstream}\n".encode(), 0o644),
-            f"/usr/share/doc/{name}/README.fleetlab": (_readme(name, what), 0o644),
+            "/usr/bin/nv-fabricmanager": (render("nv_fabricmanager.py"), 0o755),
+            "/usr/lib/systemd/system/nvidia-fabricmanager.service":
+                (render("nvidia-fabricmanager.service"), 0o644),
+            FM_CONFIG: (render("fabricmanager.cfg"), 0o644),
         },
-        scripts={"postinst": render("cuda-drivers.postinst").decode(),
-                 "postrm": render("cuda-drivers.postrm").decode()},
+        conffiles=[FM_CONFIG],
+        scripts=_driver_scripts(name, upstream, unit="nvidia-fabricmanager.service"),
+    )
+    return _with_readme(pkg, what)
+
+
+PINNING_FILE = "/etc/apt/preferences.d/nvidia-driver-pin"  # the path NVIDIA's packages use
+
+
+def pinning_text(branch: str = PINNED_BRANCH) -> str:
+    return (f"Explanation: nvidia-driver-pinning-{branch} -- fleet lab "
+            "stand-in (not NVIDIA software)\n"
+            f"Explanation: holds NVIDIA's driver packages, whose names carry no branch, on "
+            f"branch {branch}\n"
+            f"Package: {' '.join(PINNED_PACKAGES)}\n"
+            f"Pin: version {branch}.*\n"
+            "Pin-Priority: 1000\n")
+
+
+def pinning_package(branch: str = PINNED_BRANCH) -> Package:
+    name = f"nvidia-driver-pinning-{branch}"
+    path = PINNING_FILE
+    what = (f"apt preferences ({path}) pinning NVIDIA's driver packages to\n"
+            f"branch {branch}: {', '.join(PINNED_PACKAGES)},\n"
+            f"version {branch}.*, priority 1000.")
+    pkg = Package(
+        name, deb_version(PINNED_VERSION), f"APT driver pinning file for driver branch {branch}",
+        what + "\n\n" + LAB_NOTE, arch="all", section="admin", homepage=CUDA_HOME,
+        files={path: (pinning_text(branch).encode(), 0o644)}, conffiles=[path],
+    )
+    return _with_readme(pkg, what)
+
+
+def pinned_driver_packages() -> list[Package]:
+    """NVIDIA's debian13 repository: branch 590, no branch in the names."""
+    upstream = PINNED_VERSION
+    v = deb_version(upstream)
+    cuda_what = ("Simulated NVIDIA driver for compute-only (headless) systems:\n" + BOOT_NOTE
+                 + "\n\nThe kernel module comes from nvidia-kernel-open-dkms or "
+                 "nvidia-kernel-dkms.")
+    cuda = _with_readme(Package(
+        "nvidia-driver-cuda", v, "NVIDIA driver CUDA integration components",
+        cuda_what + "\n\n" + LAB_NOTE, homepage=CUDA_HOME,
+        depends=["python3", f"nvidia-kernel-open-dkms (= {v}) | nvidia-kernel-dkms (= {v})"],
+        files=_userspace_files("nvidia-driver-cuda", upstream),
+        scripts=_driver_scripts("nvidia-driver-cuda", upstream,
+                                unit="fleetlab-nvidia-kmod.service", reboot_note=True),
+    ), cuda_what)
+    kernels = []
+    for name, flavour, other, summary in (
+            ("nvidia-kernel-open-dkms", "open", "nvidia-kernel-dkms",
+             "NVIDIA binary kernel module DKMS source (open kernel modules)"),
+            ("nvidia-kernel-dkms", "proprietary", "nvidia-kernel-open-dkms",
+             "NVIDIA binary kernel module DKMS source")):
+        what = MODULE_NOTE.format(flavour=flavour)
+        kernels.append(_with_readme(Package(
+            name, v, summary, what + "\n\n" + LAB_NOTE, section="kernel", homepage=CUDA_HOME,
+            recommends=[HEADERS_RECOMMENDS], conflicts=[other], replaces=[other],
+            files=_module_files(name, upstream, flavour),
+            scripts=_driver_scripts(name, upstream, dkms=flavour),
+        ), what))
+    return [pinning_package(), cuda, *kernels, persistenced_package(upstream),
+            fabricmanager_package("nvidia-fabricmanager", upstream)]
+
+
+def branched_driver_packages() -> list[Package]:
+    """NVIDIA's debian12 repository: the branch in the names."""
+    upstream = DRIVER_BRANCHES[OPEN_BRANCH]
+    return [*(driver_package(b) for b in DRIVER_BRANCHES), open_package(OPEN_BRANCH),
+            fabricmanager_package(f"nvidia-fabricmanager-{OPEN_BRANCH}", upstream),
+            persistenced_package(upstream)]
+
+
+def kernel_package_name(kernel: str) -> str:
+    """linux-headers-<kernel>, in the characters a Debian package name may have."""
+    return "linux-headers-" + re.sub(r"[^a-z0-9.+-]", "-", kernel.lower())
+
+
+def headers_package(kernel: str | None = None) -> Package:
+    """linux-headers-<kernel>: stands for the Debian archive's headers of the kernel the
+    lab hosts run; what DKMS needs to build the NVIDIA module."""
+    kernel = kernel or os.uname().release
+    numeric = re.match(r"\d+(\.\d+)*", kernel)
+    version = f"{numeric[0] if numeric else '0'}-1"
+    src = f"/usr/src/linux-headers-{kernel}"
+    what = (f"Stands for the headers of kernel {kernel}:\n"
+            f"/lib/modules/{kernel}/build, a link to\n"
+            f"{src},\n"
+            "with an include directory, which is what dkms checks for (one header, no\n"
+            "others). Its postinst has DKMS build an installed NVIDIA module for this\n"
+            "kernel, as Debian's headers package does through /etc/kernel/header_postinst.d.")
+    note = ("This is NOT Debian's package: a stand-in of the ollama-fleet lab (one\n"
+            "placeholder header). It carries the name apt looks for on a host running\n"
+            "this kernel.")
+    name = kernel_package_name(kernel)
+    readme = (f"{name} -- fleet lab stand-in\n\n{note}\n\n{what}\n").encode()
+    return Package(
+        name, version, f"Header files for Linux {kernel}", what + "\n\n" + note,
+        section="kernel",
+        files={f"{src}/README.fleetlab": (readme, 0o644),
+               f"{src}/include/generated/utsrelease.h":
+                   (f'#define UTS_RELEASE "{kernel}"\n'.encode(), 0o644)},
+        symlinks={f"/lib/modules/{kernel}/build": src},
+        scripts={"postinst": render_standin("linux-headers.postinst",
+                                            values={"FLEETLAB_KERNEL": kernel})},
     )
 
 
-def all_packages() -> dict[str, list[Package]]:
-    """Packages per repository: {"toolkit": [...], "driver": [...]}."""
+def all_packages(kernel: str | None = None) -> dict[str, list[Package]]:
+    """Packages per repository: {"toolkit", "debian12", "debian13", "kernel"}."""
     toolkit = [p for v in TOOLKIT_VERSIONS for p in toolkit_packages(v)]
-    drivers = [driver_package(b) for b in DRIVER_BRANCHES]
-    return {"toolkit": toolkit, "driver": drivers}
+    return {"toolkit": toolkit, "debian12": branched_driver_packages(),
+            "debian13": pinned_driver_packages(), "kernel": [headers_package(kernel)]}
 
 
 def build_deb(pkg: Package, out_dir: Path) -> Path:
@@ -209,6 +469,8 @@ def build_deb(pkg: Package, out_dir: Path) -> Path:
         debian = root / "DEBIAN"
         debian.mkdir(parents=True)
         (debian / "control").write_text(pkg.control())
+        if pkg.conffiles:
+            (debian / "conffiles").write_text("".join(f"{c}\n" for c in pkg.conffiles))
         for name, text in pkg.scripts.items():
             (debian / name).write_text(text)
             (debian / name).chmod(0o755)
@@ -217,6 +479,10 @@ def build_deb(pkg: Package, out_dir: Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
             dest.chmod(mode)
+        for path, link_target in pkg.symlinks.items():
+            dest = root / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(link_target)
         for dirpath, dirnames, filenames in os.walk(root):
             os.chmod(dirpath, 0o755)  # noqa: S103 (a package's directory)
             for name in filenames + dirnames:

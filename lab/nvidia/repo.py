@@ -3,15 +3,25 @@
     out_dir/libnvidia-container/gpgkey                         (like nvidia.github.io)
     out_dir/libnvidia-container/stable/deb/amd64/              flat repo: debs, Packages(.gz),
                                                                Release, Release.gpg, InRelease
-    out_dir/compute/cuda/repos/debian13/x86_64/                flat repo + fleetlab.pub
+    out_dir/compute/cuda/repos/debian12/x86_64/                flat repo + 3bf863cc.pub
+    out_dir/compute/cuda/repos/debian13/x86_64/                flat repo + 8793F200.pub
                                                                (like developer.download.nvidia.com)
+    out_dir/debian-kernel/                                     flat repo + fleetlab.pub: the
+                                                               running kernel's headers package
+                                                               (stands for the Debian archive)
+
+Two lab signing keys, as NVIDIA signs its debian12 and debian13 repositories with two
+different keys (3bf863cc, 8793F200): the first signs the toolkit, debian12 and kernel
+repositories, the second only debian13. A host that trusts one cannot use the other.
+The key files carry NVIDIA's names; the keys are the lab's.
 
 apt lines, with BASE the URL where out_dir is served:
 
     deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] \
         BASE/libnvidia-container/stable/deb/amd64 /
     deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] \
-        BASE/compute/cuda/repos/debian13/x86_64/ /
+        BASE/compute/cuda/repos/debian13/x86_64/ /      (debian12 alike)
+    deb [signed-by=/usr/share/keyrings/fleetlab-debian-kernel.asc] BASE/debian-kernel/ /
 
 Usage: python -m lab.nvidia.repo OUT_DIR GNUPG_HOME [--base-url URL]
 """
@@ -37,17 +47,27 @@ from lab.nvidia import packages
 HERE = Path(__file__).resolve().parent
 KEY_UID = "Fleet lab apt signing <lab@localhost>"
 KEY_EMAIL = "lab@localhost"
+# the second key: NVIDIA's debian13 repository is signed with another key than debian12's
+DEBIAN13_KEY_UID = "Fleet lab CUDA debian13 apt signing <cuda-debian13@localhost>"
+DEBIAN13_KEY_EMAIL = "cuda-debian13@localhost"
 
 TOOLKIT_BASE = "libnvidia-container"
 TOOLKIT_REPO = f"{TOOLKIT_BASE}/stable/deb/{packages.ARCH}"
 TOOLKIT_KEY = f"{TOOLKIT_BASE}/gpgkey"
 TOOLKIT_LIST = f"{TOOLKIT_BASE}/stable/deb/nvidia-container-toolkit.list"
-DRIVER_REPO = "compute/cuda/repos/debian13/x86_64"
-DRIVER_KEY = f"{DRIVER_REPO}/fleetlab.pub"
+CUDA_REPOS = {"debian12": "compute/cuda/repos/debian12/x86_64",
+              "debian13": "compute/cuda/repos/debian13/x86_64"}
+CUDA_KEYS = {"debian12": f"{CUDA_REPOS['debian12']}/3bf863cc.pub",
+             "debian13": f"{CUDA_REPOS['debian13']}/8793F200.pub"}
+KERNEL_REPO = "debian-kernel"
+KERNEL_KEY = f"{KERNEL_REPO}/fleetlab.pub"
 STATE_FILE = ".fleetlab-nvidia-build.json"
+TOPS = (TOOLKIT_BASE, "compute", KERNEL_REPO)  # out_dir's trees, swapped whole
 
 TOOLKIT_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 DRIVER_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
+KERNEL_KEYRING = "/usr/share/keyrings/fleetlab-debian-kernel.asc"  # armored, as published
+INDEXES = ("Packages", "Packages.gz", "Release", "Release.gpg", "InRelease")
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -64,10 +84,11 @@ def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
     return proc.stdout
 
 
-def _fingerprint(home: Path) -> str | None:
+def _fingerprint(home: Path, email: str = KEY_EMAIL) -> str | None:
+    # "<email>": gpg matches the whole address (a bare one matches substrings)
     proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons",
-                           "--list-secret-keys", KEY_EMAIL], capture_output=True, text=True,
-                          timeout=60)
+                           "--list-secret-keys", f"<{email}>"], capture_output=True,
+                          text=True, timeout=60)
     if proc.returncode != 0:
         return None
     seen_sec = False
@@ -80,17 +101,24 @@ def _fingerprint(home: Path) -> str | None:
     return None
 
 
-def ensure_signing_key(gnupg_home: Path) -> str:
-    """The lab signing key's fingerprint; generated once in gnupg_home."""
+def ensure_signing_key(gnupg_home: Path, uid: str = KEY_UID, email: str = KEY_EMAIL) -> str:
+    """A lab signing key's fingerprint (by default the first key); generated once in
+    gnupg_home."""
     gnupg_home.mkdir(parents=True, exist_ok=True)
     gnupg_home.chmod(0o700)
-    fpr = _fingerprint(gnupg_home)
+    fpr = _fingerprint(gnupg_home, email)
     if fpr is None:
-        _gpg(gnupg_home, "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
-        fpr = _fingerprint(gnupg_home)
+        _gpg(gnupg_home, "--quick-gen-key", uid, "ed25519", "sign", "never")
+        fpr = _fingerprint(gnupg_home, email)
         if fpr is None:
-            raise RuntimeError(f"could not create the lab signing key in {gnupg_home}")
+            raise RuntimeError(f"could not create the lab signing key {uid} in {gnupg_home}")
     return fpr
+
+
+def ensure_signing_keys(gnupg_home: Path) -> dict[str, str]:
+    """Both lab keys: {"lab": first key, "debian13": the debian13 repository's}."""
+    return {"lab": ensure_signing_key(gnupg_home),
+            "debian13": ensure_signing_key(gnupg_home, DEBIAN13_KEY_UID, DEBIAN13_KEY_EMAIL)}
 
 
 def stop_gpg_agent(gnupg_home: Path) -> None:
@@ -188,10 +216,22 @@ def sources_hash() -> str:
     return digest.hexdigest()
 
 
-def _layout(fpr: str, base_url: str | None) -> dict:
-    pkgs = packages.all_packages()
+def _repo_signer(name: str) -> str:
+    """Which lab key signs repository NAME."""
+    return "debian13" if name == "debian13" else "lab"
+
+
+def _layout(fprs: dict[str, str], kernel: str, base_url: str | None) -> dict:
+    pkgs = packages.all_packages(kernel)
+    headers = pkgs["kernel"][0]
     files = {"toolkit": [f"{TOOLKIT_REPO}/{p.filename}" for p in pkgs["toolkit"]],
-             "driver": [f"{DRIVER_REPO}/{p.filename}" for p in pkgs["driver"]]}
+             **{name: [f"{repo}/{p.filename}" for p in pkgs[name]]
+                for name, repo in CUDA_REPOS.items()},
+             "kernel": [f"{KERNEL_REPO}/{headers.filename}"]}
+    cuda_repos = {name: {"repo": repo, "key": CUDA_KEYS[name],
+                         "fingerprint": fprs[_repo_signer(name)],
+                         "packages": {p.name: p.version for p in pkgs[name]}}
+                  for name, repo in CUDA_REPOS.items()}
     result = {
         "toolkit_base": TOOLKIT_BASE,
         "toolkit_repo": TOOLKIT_REPO,
@@ -200,23 +240,34 @@ def _layout(fpr: str, base_url: str | None) -> dict:
         "toolkit_packages": ["nvidia-container-toolkit", "nvidia-container-toolkit-base",
                              "libnvidia-container-tools", "libnvidia-container1"],
         "toolkit_versions": [packages.deb_version(v) for v in packages.TOOLKIT_VERSIONS],
-        "driver_repo": DRIVER_REPO,
-        "driver_key": DRIVER_KEY,
+        "cuda_repos": cuda_repos,
         "driver_keyring": DRIVER_KEYRING,
-        "driver_packages": {b: f"cuda-drivers-{b}" for b in packages.DRIVER_BRANCHES},
-        "driver_versions": {b: packages.deb_version(v)
-                            for b, v in packages.DRIVER_BRANCHES.items()},
+        "kernel": kernel,
+        "kernel_repo": KERNEL_REPO,
+        "kernel_key": KERNEL_KEY,
+        "kernel_keyring": KERNEL_KEYRING,
+        "kernel_headers": headers.name,
         "files": files,
-        "fingerprint": fpr,
+        "fingerprint": fprs["lab"],
     }
     if base_url:
         base = base_url.rstrip("/")
         result["toolkit_list"] = TOOLKIT_LIST
         result["apt_lines"] = {
             "toolkit": f"deb [signed-by={TOOLKIT_KEYRING}] {base}/{TOOLKIT_REPO} /",
-            "driver": f"deb [signed-by={DRIVER_KEYRING}] {base}/{DRIVER_REPO}/ /",
+            **{name: f"deb [signed-by={DRIVER_KEYRING}] {base}/{repo}/ /"
+               for name, repo in CUDA_REPOS.items()},
+            "kernel": f"deb [signed-by={KERNEL_KEYRING}] {base}/{KERNEL_REPO}/ /",
         }
     return result
+
+
+def expected_files(result: dict) -> list[str]:
+    """Every file a complete build has under out_dir (relative paths)."""
+    repos = [TOOLKIT_REPO, *CUDA_REPOS.values(), KERNEL_REPO]
+    return [*(f for names in result["files"].values() for f in names),
+            TOOLKIT_KEY, *CUDA_KEYS.values(), KERNEL_KEY,
+            *(f"{repo}/{name}" for repo in repos for name in INDEXES)]
 
 
 @contextlib.contextmanager
@@ -229,22 +280,32 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build(staging: Path, home: Path, fpr: str, base_url: str | None) -> None:
-    pkgs = packages.all_packages()
-    armored = _gpg(home, "--armor", "--export", fpr)
+def _build(staging: Path, home: Path, fprs: dict[str, str], kernel: str,
+           base_url: str | None) -> None:
+    pkgs = packages.all_packages(kernel)
+    armored = {who: _gpg(home, "--armor", "--export", fpr) for who, fpr in fprs.items()}
     toolkit_repo = staging / TOOLKIT_REPO
-    driver_repo = staging / DRIVER_REPO
     toolkit_debs = [packages.build_deb(p, toolkit_repo) for p in pkgs["toolkit"]]
-    driver_debs = [packages.build_deb(p, driver_repo) for p in pkgs["driver"]]
-    write_flat_repo(toolkit_repo, toolkit_debs, home, fpr, "Fleet lab",
+    write_flat_repo(toolkit_repo, toolkit_debs, home, fprs["lab"], "Fleet lab",
                     "Fleet lab stand-in for libnvidia-container",
                     "Lab stand-ins of the NVIDIA Container Toolkit packages (not NVIDIA "
                     "software)")
-    write_flat_repo(driver_repo, driver_debs, home, fpr, "Fleet lab",
-                    "Fleet lab stand-in for the NVIDIA CUDA repository",
-                    "Lab stand-ins of NVIDIA driver packages (not NVIDIA software)")
-    (staging / TOOLKIT_KEY).write_bytes(armored)
-    (staging / DRIVER_KEY).write_bytes(armored)
+    (staging / TOOLKIT_KEY).write_bytes(armored["lab"])
+    for name, repo in CUDA_REPOS.items():
+        path = staging / repo
+        debs = [packages.build_deb(p, path) for p in pkgs[name]]
+        signer = _repo_signer(name)
+        write_flat_repo(path, debs, home, fprs[signer], "Fleet lab",
+                        f"Fleet lab stand-in for the NVIDIA CUDA repository ({name})",
+                        f"Lab stand-ins of NVIDIA driver packages for {name} (not NVIDIA "
+                        "software)")
+        (staging / CUDA_KEYS[name]).write_bytes(armored[signer])
+    kernel_repo = staging / KERNEL_REPO
+    kernel_debs = [packages.build_deb(p, kernel_repo) for p in pkgs["kernel"]]
+    write_flat_repo(kernel_repo, kernel_debs, home, fprs["lab"], "Fleet lab",
+                    "Fleet lab stand-in for the Debian archive's kernel headers",
+                    f"Lab stand-in of linux-headers-{kernel} (not Debian's package)")
+    (staging / KERNEL_KEY).write_bytes(armored["lab"])
     if base_url:
         base = base_url.rstrip("/")
         (staging / TOOLKIT_LIST).write_text(
@@ -254,36 +315,35 @@ def _build(staging: Path, home: Path, fpr: str, base_url: str | None) -> None:
 def build_repos(out_dir: Path, gnupg_home: Path, base_url: str | None = None) -> dict:
     """Build (or reuse) the signed stand-in repositories under out_dir.
 
-    The signing key is created once in gnupg_home; packages and indexes are rebuilt
-    only when the lab/nvidia sources, the key or base_url changed. Returns the
-    repository paths (relative to out_dir), key files, package names and versions.
-    With base_url, also writes NVIDIA's nvidia-container-toolkit.list and returns the
-    apt lines.
+    The two signing keys are created once in gnupg_home; packages and indexes are
+    rebuilt only when the lab/nvidia sources, a key, the kernel release (of the headers
+    package) or base_url changed. Returns the repository paths (relative to out_dir),
+    key files, fingerprints, package names and versions. With base_url, also writes
+    NVIDIA's nvidia-container-toolkit.list and returns the apt lines.
     """
     out_dir = Path(out_dir)
     gnupg_home = Path(gnupg_home)
     out_dir.mkdir(parents=True, exist_ok=True)
+    kernel = os.uname().release
     with _locked(out_dir / ".fleetlab-nvidia.lock"):
         try:
-            fpr = ensure_signing_key(gnupg_home)
-            result = _layout(fpr, base_url)
-            wanted = {"sources": sources_hash(), "fingerprint": fpr, "base_url": base_url}
+            fprs = ensure_signing_keys(gnupg_home)
+            result = _layout(fprs, kernel, base_url)
+            wanted = {"sources": sources_hash(), "fingerprints": fprs, "kernel": kernel,
+                      "base_url": base_url}
             state_path = out_dir / STATE_FILE
             try:
                 current = json.loads(state_path.read_text())
             except (OSError, ValueError):
                 current = None
-            expected = [*result["files"]["toolkit"], *result["files"]["driver"], TOOLKIT_KEY,
-                        DRIVER_KEY] + [f"{repo}/{name}" for repo in (TOOLKIT_REPO, DRIVER_REPO)
-                                       for name in ("Packages", "Packages.gz", "Release",
-                                                    "Release.gpg", "InRelease")]
-            if current == wanted and all((out_dir / f).is_file() for f in expected):
+            if current == wanted and all((out_dir / f).is_file()
+                                         for f in expected_files(result)):
                 return {**result, "rebuilt": False}
 
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
             try:
-                _build(staging, gnupg_home, fpr, base_url)
-                for top in (TOOLKIT_BASE, "compute"):
+                _build(staging, gnupg_home, fprs, kernel, base_url)
+                for top in TOPS:
                     old = out_dir / top
                     if old.exists():
                         trash = Path(tempfile.mkdtemp(prefix=".old-", dir=out_dir))

@@ -41,7 +41,9 @@ Environment read with upstream's names and semantics:
                               removed at startup and after a pull replaces a model
     OLLAMA_DEBUG              debug logging
     OLLAMA_ORIGINS            extra allowed CORS origins
-    NVIDIA_VISIBLE_DEVICES    set (not empty/void/none): loaded models report size_vram=size
+    NVIDIA_VISIBLE_DEVICES    set (not empty/void/none): GPU discovery finds the container's
+                              GPUs and loaded models report size_vram=size, unless CUDA
+                              fails to initialise (see /etc/fleetlab/cuda.json below)
 
 Lab-only settings (set by the lab's image recipe, never by deploy files):
 
@@ -68,6 +70,19 @@ Lab-only settings (set by the lab's image recipe, never by deploy files):
     OLLAMA_LAB_TOKENS         tokens per reply when options.num_predict is not given (16)
     OLLAMA_LAB_PART_SCALE     multiplies upstream's download part sizes (100 MB to 1000 MB,
                               a sixteenth of the blob; default 1, upstream's own)
+
+Simulated GPUs (written into the container by the lab's NVIDIA hook; every path is
+prefixed with $FLEETLAB_ROOT when that is set, as the NVIDIA stand-ins do):
+
+    /etc/fleetlab/gpus.json   the container's GPUs: GPU discovery reports each one in an
+                              ``inference compute`` line (name, memory)
+    /etc/fleetlab/cuda.json   what cuInit answers: {"init_error": 802, ...} (no Fabric
+                              Manager on an NVSwitch board) makes GPU discovery fail as
+                              discover/gpu.go (v0.6.x, v0.7.x) does: the init failure is
+                              logged, the server runs on CPU and every loaded model has
+                              size_vram 0 ("100% CPU"). Read once, at start: a running
+                              server stays on CPU until it restarts, as upstream's does.
+    /run/fleetlab/nvidia-driver-loaded  the driver version (libcuda.so's name, CUDA version)
 
 Store layout is upstream's: ``manifests/<host>/<namespace>/<model>/<tag>`` holds
 the manifest as Ollama re-encodes it (json.Marshal of its Manifest struct: compact,
@@ -1630,6 +1645,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.runners: dict[str, Runner] = {}
         self.pending = 0
+        self.on_gpu = _nvidia_visible()  # set from GPU discovery when the server starts
 
     def acquire(self, info: ModelInfo, keep_alive_ns: int | None) -> Runner:
         # A request without keep_alive leaves a loaded model's duration as it is; a load
@@ -1651,7 +1667,8 @@ class Scheduler:
                         r = Runner(info, self.num_parallel)
                         self.runners[key] = r
                         log("INFO", "sched.go:788", "loaded lab runner",
-                            model=info.short, parallel=self.num_parallel)
+                            model=info.short, parallel=self.num_parallel,
+                            library="cuda" if self.on_gpu else "cpu")
                         break
                     idle = [x for x in self.runners.values() if x.refs == 0]
                     if idle:
@@ -1713,7 +1730,7 @@ class Scheduler:
             self._reap_locked()
 
     def snapshot(self) -> list[dict]:
-        vram = _nvidia_visible()
+        vram = self.on_gpu
         now = time.time_ns()
         out = []
         with self.cond:
@@ -1751,6 +1768,142 @@ def _gpu_count() -> int:
     if v == "all":
         return 1
     return max(1, len([x for x in v.split(",") if x.strip()]))
+
+
+# ---------------------------------------------------------------------------
+# GPU discovery (discover/gpu.go, discover/gpu_info_nvcuda.c, discover/types.go of
+# v0.6.0 to v0.7.1: the same lines in every one of them)
+# ---------------------------------------------------------------------------
+
+FLEETLAB_GPUS_JSON = "/etc/fleetlab/gpus.json"
+FLEETLAB_CUDA_JSON = "/etc/fleetlab/cuda.json"
+FLEETLAB_DRIVER = "/run/fleetlab/nvidia-driver-loaded"
+# The cudart library Ollama bundles (lib/ollama/cuda_v12), tried after libcuda fails.
+BUNDLED_CUDART = "/usr/lib/ollama/cuda_v12/libcudart.so.12.8.90"
+# gpu_info_nvcuda.h
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35
+CUDA_ERROR_NO_DEVICE = 100
+CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803
+CUDA_ERROR_UNKNOWN = 999
+# cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR/MINOR) of the simulated cards
+_COMPUTE = {"NVIDIA H100 80GB HBM3": "9.0", "NVIDIA A100-SXM4-80GB": "8.0",
+            "NVIDIA L40S": "8.9", "NVIDIA B200": "10.0"}
+# cuDriverGetVersion by driver branch (the CUDA version a branch ships with)
+_CUDA_BY_BRANCH = {535: "12.2", 550: "12.4", 560: "12.6", 565: "12.7", 570: "12.8",
+                   575: "12.9", 580: "13.0", 590: "13.1"}
+# What a CUDA context takes of a GPU's memory before anything is loaded.
+_CONTEXT_MIB = 512
+MIB = 1024 * 1024
+
+
+def _fleetlab_path(path: str) -> str:
+    return os.path.join(os.environ.get("FLEETLAB_ROOT") or "/", path.lstrip("/"))
+
+
+def _fleetlab_json(path: str):
+    try:
+        with open(_fleetlab_path(path), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def human_bytes2(b: int) -> str:
+    """format.HumanBytes2."""
+    for limit, unit in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if b >= limit:
+            return f"{b / limit:.1f} {unit}"
+    return f"{b} B"
+
+
+def _cuda_driver_version(driver: str) -> str:
+    try:
+        branch = int(driver.split(".")[0])
+    except ValueError:
+        return "12.4"
+    if branch in _CUDA_BY_BRANCH:
+        return _CUDA_BY_BRANCH[branch]
+    known = [b for b in sorted(_CUDA_BY_BRANCH) if b <= branch]
+    return _CUDA_BY_BRANCH[known[-1]] if known else "12.2"
+
+
+class Discovery:
+    """What GetGPUInfo finds when the server starts: the CUDA GPUs, or none (CPU)."""
+
+    def __init__(self):
+        self.visible = _nvidia_visible()
+        self.init_error = 0
+        self.gpus: list[dict] = []
+        self.driver = ""
+        if not self.visible:
+            return
+        cuda = _fleetlab_json(FLEETLAB_CUDA_JSON)
+        if isinstance(cuda, dict):
+            try:
+                self.init_error = int(cuda.get("init_error") or 0)
+            except (TypeError, ValueError):
+                self.init_error = 0
+        try:
+            with open(_fleetlab_path(FLEETLAB_DRIVER), encoding="utf-8") as f:
+                self.driver = f.read().strip()
+        except OSError:
+            self.driver = ""
+        if self.init_error:
+            return
+        doc = _fleetlab_json(FLEETLAB_GPUS_JSON)
+        gpus = doc.get("gpus") if isinstance(doc, dict) else doc
+        cuda_version = _cuda_driver_version(self.driver) if self.driver else "12.4"
+        for g in gpus if isinstance(gpus, list) else []:
+            try:
+                total = int(g["memory_total_mib"]) * MIB
+                self.gpus.append({
+                    "id": str(g["uuid"]), "library": "cuda", "variant": "v12",
+                    "compute": _COMPUTE.get(g.get("name", ""), "8.9"),
+                    "driver": cuda_version, "name": str(g.get("name", "")),
+                    "total": human_bytes2(total),
+                    "available": human_bytes2(max(0, total - _CONTEXT_MIB * MIB))})
+            except (KeyError, TypeError, ValueError):
+                continue
+        if not self.gpus:  # no description of the container's GPUs: the old generic one
+            self.gpus.append({"id": "GPU-lab-0", "library": "cuda", "variant": "v12",
+                              "compute": "8.9", "driver": "12.4",
+                              "name": "Lab stand-in GPU", "total": "23.6 GiB",
+                              "available": "23.2 GiB"})
+
+    @property
+    def on_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def libcuda(self) -> str:
+        """The driver's libcuda as FindGPULibs finds it (symlinks resolved)."""
+        return f"/usr/lib/x86_64-linux-gnu/libcuda.so.{self.driver or '1'}"
+
+    def log(self) -> None:
+        """The INFO lines GetGPUInfo and LogDetails write (after "looking for ...")."""
+        if self.visible and self.init_error:
+            lib, err = self.libcuda(), self.init_error
+            msg = f"cuda driver library init failure: {err}"  # gpu_info_nvcuda.c nvcuda_init
+            if err in (CUDA_ERROR_INSUFFICIENT_DRIVER, CUDA_ERROR_SYSTEM_DRIVER_MISMATCH):
+                log("WARN", "gpu.go:599", "version mismatch between driver and cuda driver "
+                    f"library - reboot or upgrade may be required: library {lib}")
+            elif err == CUDA_ERROR_NO_DEVICE:
+                log("INFO", "gpu.go:602", f"no nvidia devices detected by library {lib}")
+            elif err == CUDA_ERROR_UNKNOWN:
+                log("WARN", "gpu.go:605", f"unknown error initializing cuda driver library "
+                    f"{lib}: {msg}. see https://github.com/ollama/ollama/blob/main/docs/"
+                    "troubleshooting.md for more information")
+            else:
+                log("INFO", "gpu.go:612", f"Unable to load cudart library {lib}: {msg}")
+            # then the bundled cudart: cudaSetDevice fails the same way (a debug line)
+            log("DEBUG", "gpu.go:574", f"Unable to load cudart library {BUNDLED_CUDART}: "
+                f"cudart init failure: {err}")
+        if self.gpus:
+            for g in self.gpus:
+                log("INFO", "types.go:130", "inference compute", **g)
+            return
+        log("INFO", "gpu.go:377", "no compatible GPUs were discovered")
+        log("INFO", "types.go:130", "inference compute", id="0", library="cpu", variant="",
+            compute="", driver="0.0", name="", total="7.6 GiB", available="6.9 GiB")
 
 
 # ---------------------------------------------------------------------------
@@ -2425,13 +2578,16 @@ class OpenAIWriter:
 class ServerState:
     def __init__(self):
         self.store = Store(models_dir())
-        gpus = _gpu_count()
+        self.discovery = Discovery()
+        # defaultModelsPerGPU (3) per GPU; on CPU the one CPU "GPU" of GetGPUInfo
+        gpus = _gpu_count() if self.discovery.on_gpu else 0
         self.sched = Scheduler(
             num_parallel=env_uint("OLLAMA_NUM_PARALLEL", 1) or 1,
             max_queue=env_uint("OLLAMA_MAX_QUEUE", 512),
             max_loaded=env_uint("OLLAMA_MAX_LOADED_MODELS", 0) or 3 * max(1, gpus),
             keep_alive_ns=keep_alive_default_ns(),
         )
+        self.sched.on_gpu = self.discovery.on_gpu
         self.version = lab_version()
         self.unhealthy_env = env_bool("OLLAMA_LAB_UNHEALTHY")
         self.loopback = True
@@ -3177,14 +3333,7 @@ def serve() -> int:
     crash_after = _lab_crash_after()
     if crash_after is not None:
         _crash(crash_after)  # as a panic in GPU discovery: bound, never answering
-    if _nvidia_visible():
-        log("INFO", "types.go:130", "inference compute", id="GPU-lab-0", library="cuda",
-            variant="v12", compute="8.9", driver="12.4", name="Lab stand-in GPU",
-            total="23.6 GiB", available="23.2 GiB")
-    else:
-        log("INFO", "gpu.go:377", "no compatible GPUs were discovered")
-        log("INFO", "types.go:130", "inference compute", id="0", library="cpu", variant="",
-            compute="", driver="0.0", name="", total="7.6 GiB", available="6.9 GiB")
+    st.discovery.log()
     stop = threading.Event()
     threading.Thread(target=_reaper, args=(st.sched, stop), daemon=True).start()
 

@@ -41,7 +41,7 @@ def test_dry_run_changes_nothing(fleet):
     before = {h["name"]: fingerprint(fleet, h["name"]) for h in fleet.hosts()}
     proc = fleet.pyinfra("deploy.py", "--dry", yes=False)
     assert proc.returncode == 0, proc.output
-    assert "NVIDIA driver 570" in proc.output
+    assert "NVIDIA driver 590 (open)" in proc.output
     assert {h["name"]: fingerprint(fleet, h["name"]) for h in fleet.hosts()} == before
 
 
@@ -69,6 +69,27 @@ def test_bad_inventory_stops_before_any_host_is_touched(fleet, tmp_path, data, l
     assert "invalid inventory data, no host was changed" in output
     assert "Starting operation" not in output
     assert fingerprint(fleet, "gpu-1") == before
+
+
+def test_missing_kernel_headers_fail_the_driver_step_named_before_any_reboot(fleet):
+    """DKMS builds the module against the running kernel's headers; without them the real
+    driver installs, the module is not built, and nvidia-smi fails after the reboot. The
+    deploy stops at the driver step first, naming the package, with nothing installed."""
+    kernel = fleet.ssh("gpu-2", "uname -r")[1].strip()
+    fleet.ssh("gpu-2", "printf 'Package: linux-headers-*\\nPin: version *\\nPin-Priority: -1\\n'"
+                       " > /etc/apt/preferences.d/no-headers")
+    booted = fleet.started_at("gpu-2")
+    try:
+        proc = fleet.pyinfra("deploy.py", limit="gpu-2")
+    finally:
+        fleet.ssh("gpu-2", "rm -f /etc/apt/preferences.d/no-headers")
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert '--> gpu-2: failed at step "NVIDIA driver 590 (open)"' in proc.output, \
+        proc.output[-3000:]
+    assert (f"linux-headers-{kernel}: not in this host's apt sources; the driver's module "
+            f"cannot be built for the running kernel {kernel}") in proc.output
+    assert fleet.ssh("gpu-2", "dpkg -s nvidia-driver-cuda", check=False)[0] != 0
+    assert fleet.started_at("gpu-2") == booted  # not rebooted
 
 
 def test_first_run_converges(fleet):
@@ -124,6 +145,37 @@ def test_models_listed_by_every_instance(fleet):
         for port in ports:
             _, out, _ = fleet.ssh(host["name"], f"curl -sS http://127.0.0.1:{port}/api/tags")
             assert [m["name"] for m in json.loads(out)["models"]] == ["tinyllama:latest"]
+
+
+DRIVER_PACKAGES = ("nvidia-driver-pinning-590", "nvidia-driver-cuda", "nvidia-kernel-open-dkms",
+                   "nvidia-persistenced", "nvidia-fabricmanager")
+
+
+@pytest.mark.parametrize("host", ["gpu-1", "gpu-2"])
+def test_gpu_hosts_run_debian13s_driver_held_with_its_services(fleet, host):
+    """NVIDIA's debian13 repository under its own key, the 590 scheme, the headers first,
+    held packages; an HGX board's Fabric Manager and nvidia-persistenced running."""
+    kernel = fleet.ssh(host, "uname -r")[1].strip()
+    _, versions, _ = fleet.ssh(host, "dpkg-query -W -f '${Package} ${Version}\\n' "
+                                     + " ".join(DRIVER_PACKAGES) + f" linux-headers-{kernel}")
+    installed = dict(line.split() for line in versions.splitlines())
+    assert {p: installed.get(p) for p in DRIVER_PACKAGES} == {
+        p: "590.44.01-1" for p in DRIVER_PACKAGES}
+    assert f"linux-headers-{kernel}" in installed
+    assert set(fleet.ssh(host, "apt-mark showhold")[1].split()) >= set(DRIVER_PACKAGES)
+    _, sources, _ = fleet.ssh(host, "cat /etc/apt/sources.list.d/cuda.list")
+    assert "/compute/cuda/repos/debian13/x86_64/ /" in sources
+    _, colons, _ = fleet.ssh(host, "gpg --show-keys --with-colons "
+                                   "/usr/share/keyrings/cuda-archive-keyring.gpg")
+    fingerprints = [line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr")]
+    assert fingerprints[:1] == [fleet.info["nvidia_keys"]["debian13"]]
+    assert " contrib" in fleet.ssh(host, "cat /etc/apt/sources.list")[1]
+    _, active, _ = fleet.ssh(host, "systemctl is-active nvidia-persistenced "
+                                   "nvidia-fabricmanager", check=False)
+    assert active.split() == ["active", "active"]
+    _, smi, _ = fleet.ssh(host, "nvidia-smi --query-gpu=driver_version,persistence_mode "
+                                "--format=csv,noheader")
+    assert smi.splitlines() == ["590.44.01, Enabled"] * 2
 
 
 def test_ollama_ports_are_private(fleet):

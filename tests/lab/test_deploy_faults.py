@@ -20,13 +20,15 @@ FOREIGN = {"default-address-pools": [{"base": "10.202.0.0/16", "size": 24}]}
 
 @pytest.fixture(scope="module")
 def fleet():
+    # gpu-1 an HGX H100 board (NVSwitch: Fabric Manager), gpu-2 an HGX B200 (Blackwell)
     with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "1", "--cpu-hosts", "1",
+                     "--gpu-model", "H100,B200",
                      "--registry-port", "5054", "--model-scale", "0.25") as lab:
         yield lab
 
 
 def _driver_installs(fleet, host: str) -> int:
-    _, out, _ = fleet.ssh(host, "grep -c ' install cuda-drivers-570' /var/log/dpkg.log || true")
+    _, out, _ = fleet.ssh(host, "grep -c ' install nvidia-driver-cuda:' /var/log/dpkg.log || true")
     return int(out.strip() or 0)
 
 
@@ -157,3 +159,40 @@ def test_a_connection_cut_while_daemon_json_changes_leaves_a_whole_file(fleet):
     fleet.ssh("cpu-1", "docker info --format '{{.ServerVersion}}'")  # Docker answers
     proc = fleet.pyinfra("deploy.py", limit="cpu-1")
     assert proc.returncode == 0, proc.output[-3000:]
+
+
+# -- the driver on real boards ------------------------------------------------------------
+
+def test_a_blackwell_board_gets_the_open_modules_by_itself(fleet):
+    """No flavour was set: the B200 got the open kernel modules (the proprietary ones would
+    leave it without a device) and, an HGX B200, its Fabric Manager."""
+    _, flavours, _ = fleet.ssh("gpu-2", "dpkg-query -W -f '${Package} ${Status}\\n' "
+                                        "nvidia-kernel-open-dkms nvidia-kernel-dkms", check=False)
+    installed = {line.split()[0] for line in flavours.splitlines() if "ok installed" in line}
+    assert installed == {"nvidia-kernel-open-dkms"}, flavours
+    assert fleet.ssh("gpu-2", "nvidia-smi --query-gpu=name --format=csv,noheader")[1] == \
+        "NVIDIA B200\n"
+    assert fleet.ssh("gpu-2", "systemctl is-active nvidia-fabricmanager")[1] == "active\n"
+
+
+def test_the_proprietary_flavour_on_blackwell_stops_that_host_untouched(fleet):
+    before = fleet.ssh("gpu-2", "dpkg-query -W | md5sum; apt-mark showhold | md5sum")[1]
+    proc = fleet.pyinfra("deploy.py", "--data", "nvidia_driver_flavour=proprietary",
+                         limit="gpu-2")
+    assert proc.returncode != 0, proc.output[-3000:]
+    assert ("gpu-2: nvidia_driver_flavour: Blackwell GPUs (device 0x2901) run only with the "
+            "open kernel modules") in proc.output, proc.output[-3000:]
+    assert fleet.ssh("gpu-2", "dpkg-query -W | md5sum; apt-mark showhold | md5sum")[1] == before
+
+
+def test_a_driver_installed_but_not_loaded_is_rebooted_into(fleet):
+    """What a run killed between the install and its reboot leaves: the packages in, no
+    module loaded. The next run reboots into it."""
+    fleet.ssh("gpu-1", "rm /run/fleetlab/nvidia-driver-loaded")  # as after an rmmod
+    assert fleet.ssh("gpu-1", "nvidia-smi", check=False)[0] != 0
+    booted = fleet.started_at("gpu-1")
+    proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert fleet.started_at("gpu-1") != booted
+    assert fleet.ssh("gpu-1", "nvidia-smi --query-gpu=driver_version --format=csv,noheader")[
+        1] == "590.44.01\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -127,21 +126,14 @@ def test_apt_installs_from_the_mirror(core_lab):
     assert out.strip() == "1"
 
 
-def _started_at(container: str) -> str:
-    out = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", container],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
 def test_reboot_through_pyinfra_comes_back(core_lab):
-    host = core_lab.host("cpu-1")
-    before = _started_at(host["container"])
+    before = core_lab.started_at("cpu-1")
     _, uptime_before, _ = core_lab.ssh("cpu-1", "cat /proc/uptime")
     core_lab.forget("cpu-1")
     proc = core_lab.pyinfra(str(REPO / "tests/lab/deploys/reboot.py"), limit="cpu-1",
                             timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _started_at(host["container"]) != before, "the host did not restart"
+    assert core_lab.started_at("cpu-1") != before, "the host did not restart"
     _, uptime_after, _ = core_lab.ssh("cpu-1", "cat /proc/uptime")
     assert float(uptime_after.split()[0]) < float(uptime_before.split()[0]) + 5
     # the jq installed before the reboot is still there: a reboot is not a reimage
@@ -172,6 +164,7 @@ def gpu_host_with_toolkit(core_lab):
     """gpu-1 with Docker, the lab's NVIDIA packages, and a reboot to load the 'driver'."""
     apt = core_lab.endpoint("apt_repository")
     mirror = core_lab.endpoint("image_registry", "mirror")
+    cuda = apt["cuda"].replace("{distro}", "debian13")
     script = f"""
 set -e
 export DEBIAN_FRONTEND=noninteractive
@@ -180,12 +173,15 @@ curl -fsSL {apt['nvidia_container_toolkit_gpgkey']} \
 echo 'deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] \
 {apt['nvidia_container_toolkit']}/stable/deb/amd64 /' \
   > /etc/apt/sources.list.d/nvidia-container-toolkit.list
-curl -fsSL {apt['cuda_gpgkey']} | gpg --dearmor -o /usr/share/keyrings/cuda-archive-keyring.gpg
-echo 'deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {apt['cuda']}/ /' \
+curl -fsSL {cuda}/8793F200.pub | gpg --dearmor -o /usr/share/keyrings/cuda-archive-keyring.gpg
+echo 'deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {cuda}/ /' \
   > /etc/apt/sources.list.d/cuda.list
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends docker.io docker-compose \
-  docker-cli nvidia-container-toolkit cuda-drivers-570 >/dev/null
+  docker-cli nvidia-container-toolkit "linux-headers-$(uname -r)" nvidia-driver-pinning-590 \
+  >/dev/null
+apt-get install -y -qq --no-install-recommends nvidia-driver-cuda nvidia-kernel-open-dkms \
+  >/dev/null
 mkdir -p /etc/docker
 echo '{{"registry-mirrors": ["{mirror}"]}}' > /etc/docker/daemon.json
 nvidia-ctk runtime configure --runtime=docker
@@ -193,13 +189,7 @@ nvidia-ctk runtime configure --runtime=docker
     core_lab.ssh("gpu-1", script, timeout=600)
     status, out, _ = core_lab.ssh("gpu-1", "nvidia-smi", check=False)
     assert status == 9 and "couldn't communicate with the NVIDIA driver" in out
-    core_lab.forget("gpu-1")
-    container = core_lab.host("gpu-1")["container"]
-    before = _started_at(container)
-    core_lab.ssh("gpu-1", "systemctl reboot", check=False)
-    poll(lambda: _started_at(container) != before, 60, what="gpu-1 restarting")
-    poll(lambda: core_lab.ssh("gpu-1", "docker info >/dev/null")[0] == 0, 90,
-         what="gpu-1 back with docker")
+    core_lab.reboot("gpu-1")
     return core_lab
 
 

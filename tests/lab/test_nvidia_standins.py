@@ -1,7 +1,8 @@
 """Unit tests of the lab's NVIDIA stand-ins, their packages and signed repositories.
 
 The stand-ins run here as subprocesses, installed from the built .debs into a
-temporary root (dpkg-deb -x) and pointed at it with FLEETLAB_ROOT. No Docker needed.
+temporary root (dpkg-deb -x, then the package's postinst as dpkg would run it) and
+pointed at it with FLEETLAB_ROOT. No Docker needed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,9 +33,22 @@ pytestmark = pytest.mark.skipif(
 
 TOOLKIT = "1.17.8"
 DRIVER = packages.DRIVER_BRANCHES["570"]
+PINNED = packages.PINNED_VERSION
+KERNEL = os.uname().release
+MODULE = f"lib/modules/{KERNEL}/updates/dkms/nvidia.ko"
+MARKER = "run/fleetlab/nvidia-driver-loaded"
+FM_PID = "run/fleetlab/fabricmanager.pid"
+PERSISTENCED_PID = "run/nvidia-persistenced/nvidia-persistenced.pid"
 UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
              "Make sure that the latest NVIDIA driver is installed and running.\n")
+DEBIAN12 = {"cuda-drivers-550": "550.163.01-1", "cuda-drivers-570": "570.172.08-1",
+            "nvidia-open-570": "570.172.08-1", "nvidia-fabricmanager-570": "570.172.08-1",
+            "nvidia-persistenced": "570.172.08-1"}
+DEBIAN13 = {name: "590.44.01-1" for name in (
+    "nvidia-driver-pinning-590", "nvidia-driver-cuda", "nvidia-kernel-open-dkms",
+    "nvidia-kernel-dkms", "nvidia-persistenced", "nvidia-fabricmanager")}
+H100_NVSWITCHES = [{"slot": f"0000:{bus:02x}:00.0", "device": "0x22a3"} for bus in range(5, 9)]
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -46,14 +62,67 @@ def repos(tmp_path_factory):
     stop_gpg_agent(home)
 
 
-def deb(repos, name: str, version: str) -> Path:
-    repo = repos["driver_repo"] if name.startswith("cuda-drivers") else repos["toolkit_repo"]
-    return repos["out"] / repo / f"{name}_{version}_amd64.deb"
+def deb(repos, name: str, version: str | None = None, repo: str | None = None) -> Path:
+    """The .deb of package NAME (in REPO: toolkit, debian12, debian13, kernel)."""
+    if repo is None:
+        repo = "toolkit" if name.startswith(("libnvidia-container", "nvidia-container")) \
+            else "debian13" if name in DEBIAN13 and name not in DEBIAN12 else "debian12"
+    found = [f for f in repos["files"][repo]
+             if Path(f).name.startswith(f"{name}_") and (version is None or
+                                                         f"_{version}_" in Path(f).name)]
+    assert len(found) == 1, (name, version, repo, found)
+    return repos["out"] / found[0]
 
 
-def install(root: Path, *debs: Path) -> None:
+def headers_deb(repos) -> Path:
+    return repos["out"] / repos["files"]["kernel"][0]
+
+
+def stub_path(root: Path) -> dict:
+    """PATH with logging stubs of the systemd helpers: a maintainer script run in a test
+    never reaches this machine's systemd. The calls are logged in ROOT/../calls."""
+    stubs = root.parent / f"{root.name}-stubs"
+    if not stubs.is_dir():
+        stubs.mkdir()
+        for name in ("deb-systemd-helper", "systemctl", "deb-systemd-invoke"):
+            (stubs / name).write_text(
+                f'#!/bin/sh\necho "{name} $*" >> "{root.parent / (root.name + "-calls")}"\n')
+            (stubs / name).chmod(0o755)
+    return {"PATH": f"{stubs}:{os.environ['PATH']}"}
+
+
+def calls(root: Path) -> str:
+    path = root.parent / f"{root.name}-calls"
+    return path.read_text() if path.exists() else ""
+
+
+def maintainer_script(root: Path, path: Path, script: str, *args: str
+                      ) -> subprocess.CompletedProcess:
+    """Run the package's maintainer SCRIPT (postinst, postrm) as dpkg would, in ROOT."""
+    control = root.parent / f"{root.name}-control" / path.name
+    if not control.is_dir():
+        control.mkdir(parents=True)
+        subprocess.run(["dpkg-deb", "-e", str(path), str(control)], check=True)
+    if not (control / script).exists():
+        return subprocess.CompletedProcess([script], 0, "", "")
+    env = {**os.environ, "FLEETLAB_ROOT": str(root), **stub_path(root)}
+    return subprocess.run(["sh", str(control / script), *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def install(root: Path, *debs: Path, scripts: bool = True) -> str:
+    """Unpack DEBS into ROOT, then run their postinst (configure) as dpkg does: the
+    module build of the packages that carry the kernel module. Returns their output."""
+    root.mkdir(parents=True, exist_ok=True)
     for path in debs:
         subprocess.run(["dpkg-deb", "-x", str(path), str(root)], check=True)
+    output = ""
+    if scripts:
+        for path in debs:
+            result = maintainer_script(root, path, "postinst", "configure")
+            assert result.returncode == 0, result.stdout + result.stderr
+            output += result.stdout + result.stderr
+    return output
 
 
 def toolkit_debs(repos, version: str = TOOLKIT) -> list[Path]:
@@ -64,15 +133,24 @@ def toolkit_debs(repos, version: str = TOOLKIT) -> list[Path]:
 
 
 def driver_deb(repos, branch: str = "570") -> Path:
-    return deb(repos, f"cuda-drivers-{branch}",
-               packages.deb_version(packages.DRIVER_BRANCHES[branch]))
+    return deb(repos, f"cuda-drivers-{branch}")
 
 
-def write_gpus(root: Path, count: int = 4, host: str = "gpu-1", model: str = "H100") -> list:
+def write_gpus(root: Path, count: int = 4, host: str = "gpu-1", model: str = "H100",
+               device: str | None = None, nvswitches: list | None = None,
+               board: str | None = None) -> list:
+    """gpus.json as the lab writes it: GPUs, board, NVSwitches (an H100 host is HGX)."""
     gpus = simulated_gpus(host, count, model)
+    if device is not None:
+        for gpu in gpus:
+            gpu["pci_device_id"] = device
+    if nvswitches is None:
+        nvswitches = H100_NVSWITCHES if model == "H100" and count else []
+    doc = {"gpus": gpus, "board": board or ("hgx" if model in ("H100", "A100", "B200")
+                                            else "pcie"), "nvswitches": nvswitches}
     path = root / "etc/fleetlab/gpus.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"gpus": gpus}))
+    path.write_text(json.dumps(doc))
     return gpus
 
 
@@ -95,12 +173,54 @@ def ctk(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def boot(root: Path) -> subprocess.CompletedProcess:
     """What the enabled fleetlab-nvidia-kmod.service does at boot."""
-    return run(root, "/usr/lib/fleetlab/nvidia-kmod-load", sh=True)
+    return run(root, "/usr/lib/fleetlab/nvidia-kmod-load")
 
 
-def reboot(root: Path) -> None:
+def reboot(root: Path) -> subprocess.CompletedProcess:
+    kill_daemons(root)
     shutil.rmtree(root / "run", ignore_errors=True)  # /run is a tmpfs
-    boot(root)
+    return boot(root)
+
+
+def read_pid(root: Path, pid_file: str) -> int | None:
+    try:
+        return int((root / pid_file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def stop_daemon(root: Path, pid_file: str) -> None:
+    """SIGTERM, as systemctl stop sends it; waits for the pid file to go."""
+    pid = read_pid(root, pid_file)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not (root / pid_file).exists())
+    assert wait_for(lambda: not alive(pid))
+
+
+def kill_daemons(root: Path) -> None:
+    for pid_file in (FM_PID, PERSISTENCED_PID):
+        pid = read_pid(root, pid_file)
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        (root / pid_file).unlink(missing_ok=True)
 
 
 class HostRoot(type(Path())):
@@ -110,12 +230,40 @@ class HostRoot(type(Path())):
 
 
 @pytest.fixture
-def host(tmp_path, repos) -> HostRoot:
-    """A GPU host with the 570 driver and toolkit 1.17.8 installed, not yet rebooted."""
-    root = HostRoot(tmp_path / "host")
-    root.mkdir()
-    install(root, driver_deb(repos), *toolkit_debs(repos))
-    root.gpus = write_gpus(root)
+def make_host(tmp_path, repos):
+    """make_host(name, *packages, ...): a host root with the running kernel's headers
+    and PACKAGES (debs) installed, and GPUs (write_gpus' keywords); not yet rebooted."""
+    made = []
+
+    def make(name: str, *debs: Path, headers: bool = True, **gpus) -> HostRoot:
+        root = HostRoot(tmp_path / name)
+        install(root, *(([headers_deb(repos)] if headers else []) + list(debs)))
+        root.gpus = write_gpus(root, **gpus)
+        made.append(root)
+        return root
+
+    yield make
+    for root in made:
+        kill_daemons(root)
+
+
+@pytest.fixture
+def host(make_host, repos) -> HostRoot:
+    """An HGX H100 host with the 570 driver (proprietary modules, built by DKMS) and
+    toolkit 1.17.8 installed, not yet rebooted."""
+    return make_host("host", driver_deb(repos), *toolkit_debs(repos))
+
+
+def pinned_host(make_host, repos, name: str = "d13", flavour: str = "open",
+                fabricmanager: bool = True, **gpus) -> HostRoot:
+    """A Debian 13 host with the 590 packages NVIDIA's guide installs for a compute-only
+    system (and Fabric Manager), rebooted into the driver."""
+    kernel = "nvidia-kernel-open-dkms" if flavour == "open" else "nvidia-kernel-dkms"
+    names = ["nvidia-driver-pinning-590", kernel, "nvidia-driver-cuda", "nvidia-persistenced"]
+    if fabricmanager:
+        names.append("nvidia-fabricmanager")
+    root = make_host(name, *(deb(repos, n, repo="debian13") for n in names), **gpus)
+    boot(root)
     return root
 
 
@@ -135,7 +283,7 @@ def test_simulated_gpus_are_stable_and_real():
     assert all(re.fullmatch(r"\d{13}", g["serial"]) for g in gpus)
     assert simulated_gpus("h", 1, "A100")[0]["memory_total_mib"] == 81920
     assert simulated_gpus("h", 1, "NVIDIA L40S")[0]["memory_total_mib"] == 46068
-    assert set(MODELS) == {"H100", "A100", "L40S"}
+    assert {"H100", "A100", "L40S"} <= set(MODELS) <= {"H100", "A100", "L40S", "B200"}
     assert simulated_gpus("cpu-1", 0) == []
     with pytest.raises(ValueError):
         simulated_gpus("h", 1, "RTX 9999")
@@ -143,52 +291,118 @@ def test_simulated_gpus_are_stable_and_real():
 
 # ---------------------------------------------------------------- repositories
 
+def armored(repos, path: str) -> str:
+    return (repos["out"] / path).read_text()
+
+
 def test_repository_layout(repos):
     out = repos["out"]
     assert repos["toolkit_repo"] == "libnvidia-container/stable/deb/amd64"
-    assert repos["driver_repo"] == "compute/cuda/repos/debian13/x86_64"
     assert repos["toolkit_versions"] == ["1.17.8-1", "1.18.0-1"]
-    assert repos["driver_versions"] == {"550": "550.163.01-1", "570": "570.172.08-1"}
-    key = (out / "libnvidia-container/gpgkey").read_text()
+    d12, d13 = repos["cuda_repos"]["debian12"], repos["cuda_repos"]["debian13"]
+    assert set(repos["cuda_repos"]) == {"debian12", "debian13"}
+    assert d12["repo"] == "compute/cuda/repos/debian12/x86_64"
+    assert d12["key"] == "compute/cuda/repos/debian12/x86_64/3bf863cc.pub"
+    assert d13["repo"] == "compute/cuda/repos/debian13/x86_64"
+    assert d13["key"] == "compute/cuda/repos/debian13/x86_64/8793F200.pub"
+    assert d12["packages"] == DEBIAN12
+    assert d13["packages"] == DEBIAN13
+    assert repos["kernel_repo"] == "debian-kernel"
+    assert repos["kernel_key"] == "debian-kernel/fleetlab.pub"
+    assert repos["kernel_headers"] == f"linux-headers-{KERNEL}".lower()
+    assert repos["kernel"] == KERNEL
+    key = armored(repos, "libnvidia-container/gpgkey")
     assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    assert (out / repos["driver_key"]).read_text() == key
-    for repo in (repos["toolkit_repo"], repos["driver_repo"]):
+    # NVIDIA signs debian12 and debian13 with different keys; toolkit and kernel: the lab's
+    assert armored(repos, d12["key"]) == key == armored(repos, repos["kernel_key"])
+    assert armored(repos, d13["key"]).startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert armored(repos, d13["key"]) != key
+    assert d12["fingerprint"] == repos["fingerprint"] != d13["fingerprint"]
+    assert not (out / d13["repo"] / "fleetlab.pub").exists()
+    for repo in (repos["toolkit_repo"], d12["repo"], d13["repo"], repos["kernel_repo"]):
         for name in ("Packages", "Packages.gz", "Release", "Release.gpg", "InRelease"):
             assert (out / repo / name).is_file(), name
-    for path in repos["files"]["toolkit"] + repos["files"]["driver"]:
-        assert (out / path).is_file(), path
+    for paths in repos["files"].values():
+        for path in paths:
+            assert (out / path).is_file(), path
+    assert set(repos["files"]) == {"toolkit", "debian12", "debian13", "kernel"}
+    assert "apt_lines" not in repos
 
 
-def test_repositories_are_signed_by_the_exported_key(repos, tmp_path):
+def test_build_with_base_url_returns_apt_lines(repos, tmp_path):
+    out = tmp_path / "out"
+    result = build_repos(out, repos["home"], base_url="http://apt.lab:8080/")
+    lines = result["apt_lines"]
+    assert lines["debian13"] == ("deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
+                                 "http://apt.lab:8080/compute/cuda/repos/debian13/x86_64/ /")
+    assert lines["debian12"].endswith(" http://apt.lab:8080/compute/cuda/repos/debian12/x86_64/ /")
+    assert lines["kernel"] == ("deb [signed-by=/usr/share/keyrings/fleetlab-debian-kernel.asc] "
+                               "http://apt.lab:8080/debian-kernel/ /")
+    assert lines["toolkit"].endswith(" http://apt.lab:8080/libnvidia-container/stable/deb/amd64 /")
+    assert (out / result["toolkit_list"]).read_text() == (
+        "deb http://apt.lab:8080/libnvidia-container/stable/deb/$(ARCH) /\n")
+    # same keys: the gnupg home keeps them
+    assert result["cuda_repos"]["debian13"]["fingerprint"] == \
+        repos["cuda_repos"]["debian13"]["fingerprint"]
+
+
+def dearmor(repos, key: str, dest: Path) -> Path:
+    dest.write_bytes(subprocess.run(["gpg", "--dearmor"], input=(repos["out"] / key).read_bytes(),
+                                    capture_output=True, check=True).stdout)
+    return dest
+
+
+def gpgv(keyring: Path, *files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["gpgv", "--keyring", str(keyring), *map(str, files)],
+                          capture_output=True, text=True)
+
+
+def test_repositories_are_signed_by_their_keys(repos, tmp_path):
     out = repos["out"]
-    keyring = tmp_path / "keyring.gpg"
-    keyring.write_bytes(subprocess.run(["gpg", "--dearmor"], input=(
-        out / repos["toolkit_key"]).read_bytes(), capture_output=True, check=True).stdout)
-    for repo in (out / repos["toolkit_repo"], out / repos["driver_repo"]):
-        inline = subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "InRelease")],
-                                capture_output=True, text=True)
+    d12, d13 = repos["cuda_repos"]["debian12"], repos["cuda_repos"]["debian13"]
+    signed = {repos["toolkit_repo"]: repos["toolkit_key"], d12["repo"]: d12["key"],
+              d13["repo"]: d13["key"], repos["kernel_repo"]: repos["kernel_key"]}
+    for number, (repo_path, key) in enumerate(signed.items()):
+        repo = out / repo_path
+        keyring = dearmor(repos, key, tmp_path / f"{repo.name}-{Path(key).name}.gpg")
+        inline = gpgv(keyring, repo / "InRelease")
         assert inline.returncode == 0, inline.stderr
-        detached = subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "Release.gpg"),
-                                   str(repo / "Release")], capture_output=True, text=True)
+        detached = gpgv(keyring, repo / "Release.gpg", repo / "Release")
         assert detached.returncode == 0, detached.stderr
-        # gpg --verify with only the exported key in a fresh home
-        home = tmp_path / f"verify-{repo.name}"
+        # gpg --verify with only the published key in a fresh home
+        home = tmp_path / f"v{number}"  # short: gpg-agent's socket path
         home.mkdir(mode=0o700)
         try:
             subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import",
-                            str(out / repos["toolkit_key"])], check=True, capture_output=True)
+                            str(out / key)], check=True, capture_output=True)
             verify = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--verify",
                                      str(repo / "InRelease")], capture_output=True, text=True)
             assert verify.returncode == 0, verify.stderr
-            assert "Fleet lab apt signing <lab@localhost>" in verify.stderr
+            uid = ("Fleet lab CUDA debian13 apt signing <cuda-debian13@localhost>"
+                   if repo_path == d13["repo"] else "Fleet lab apt signing <lab@localhost>")
+            assert uid in verify.stderr
         finally:
             stop_gpg_agent(home)
         # a tampered Release no longer verifies
         tampered = tmp_path / "Release"
         tampered.write_text((repo / "Release").read_text().replace("Fleet lab", "Someone"))
-        bad = subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "Release.gpg"),
-                              str(tampered)], capture_output=True)
-        assert bad.returncode != 0
+        assert gpgv(keyring, repo / "Release.gpg", tampered).returncode != 0
+
+
+def test_debian12_and_debian13_keys_do_not_cross(repos, tmp_path):
+    """Like NVIDIA's: the debian13 repository verifies with 8793F200.pub only, debian12's
+    with 3bf863cc.pub only."""
+    out = repos["out"]
+    d12, d13 = repos["cuda_repos"]["debian12"], repos["cuda_repos"]["debian13"]
+    key12 = dearmor(repos, d12["key"], tmp_path / "3bf863cc.gpg")
+    key13 = dearmor(repos, d13["key"], tmp_path / "8793F200.gpg")
+    assert gpgv(key13, out / d13["repo"] / "InRelease").returncode == 0
+    for keyring, repo in ((key12, d13["repo"]), (key13, d12["repo"])):
+        for files in ((out / repo / "InRelease",),
+                      (out / repo / "Release.gpg", out / repo / "Release")):
+            wrong = gpgv(keyring, *files)
+            assert wrong.returncode != 0
+            assert "No public key" in wrong.stderr
 
 
 def parse_stanzas(text: str) -> list[dict]:
@@ -206,9 +420,17 @@ def parse_stanzas(text: str) -> list[dict]:
     return stanzas
 
 
+def index(repos, repo: str) -> dict[str, dict]:
+    path = repos["out"] / repo / "Packages"
+    return {s["Package"]: s for s in parse_stanzas(path.read_text())}
+
+
 def test_packages_index_lists_every_deb_with_its_hash(repos):
     out = repos["out"]
-    for repo, expected in ((repos["toolkit_repo"], 8), (repos["driver_repo"], 2)):
+    for repo, expected in ((repos["toolkit_repo"], 8),
+                           (repos["cuda_repos"]["debian12"]["repo"], 5),
+                           (repos["cuda_repos"]["debian13"]["repo"], 6),
+                           (repos["kernel_repo"], 1)):
         path = out / repo
         text = (path / "Packages").read_text()
         assert gzip.decompress((path / "Packages.gz").read_bytes()).decode() == text
@@ -222,6 +444,8 @@ def test_packages_index_lists_every_deb_with_its_hash(repos):
             assert stanza["MD5sum"] == hashlib.md5(data).hexdigest()
             assert stanza["Maintainer"] == "Fleet lab <lab@localhost>"
             assert "stand-in" in stanza["Description"]
+            assert "NOT NVIDIA software" in stanza["Description"] or \
+                "NOT Debian's package" in stanza["Description"]
         release = (path / "Release").read_text()
         assert re.search(r"^Date: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} UTC$", release, re.M)
         assert "Origin: " in release and "Label: " in release
@@ -232,9 +456,8 @@ def test_packages_index_lists_every_deb_with_its_hash(repos):
 
 
 def test_package_relations(repos):
-    out = repos["out"]
     toolkit = {(s["Package"], s["Version"]): s for s in
-               parse_stanzas((out / repos["toolkit_repo"] / "Packages").read_text())}
+               parse_stanzas((repos["out"] / repos["toolkit_repo"] / "Packages").read_text())}
     for version in ("1.17.8-1", "1.18.0-1"):
         assert toolkit[("libnvidia-container-tools", version)]["Depends"].startswith(
             f"libnvidia-container1 (= {version})")
@@ -242,12 +465,34 @@ def test_package_relations(repos):
         assert f"nvidia-container-toolkit-base (= {version})" in depends
         assert "libnvidia-container-tools (>= 1.17.8-1)" in depends
         assert toolkit[("libnvidia-container1", version)]["Architecture"] == "amd64"
-    drivers = parse_stanzas((out / repos["driver_repo"] / "Packages").read_text())
-    assert {d["Package"]: d["Version"] for d in drivers} == {
-        "cuda-drivers-550": "550.163.01-1", "cuda-drivers-570": "570.172.08-1"}
-    for stanza in drivers:
+
+    d12 = index(repos, repos["cuda_repos"]["debian12"]["repo"])
+    assert {name: s["Version"] for name, s in d12.items()} == DEBIAN12
+    for branch in ("550", "570"):
+        stanza = d12[f"cuda-drivers-{branch}"]
         assert stanza["Provides"] == "cuda-drivers"
-        assert stanza["Conflicts"] == "cuda-drivers"
+        assert stanza["Conflicts"] == "cuda-drivers, nvidia-open"
+        assert "nvidia-persistenced" in stanza["Depends"]
+    assert d12["nvidia-open-570"]["Conflicts"] == "nvidia-open, cuda-drivers"
+    for name in ("cuda-drivers-570", "nvidia-open-570"):  # dkms only recommends headers
+        assert d12[name]["Recommends"] == "linux-headers-amd64 | linux-headers-generic"
+        assert "linux-headers" not in d12[name]["Depends"]
+
+    d13 = index(repos, repos["cuda_repos"]["debian13"]["repo"])
+    assert {name: s["Version"] for name, s in d13.items()} == DEBIAN13
+    assert not [name for name in d13 if name.startswith(("cuda-drivers", "nvidia-open-"))]
+    assert not [name for name in d13 if re.search(r"-\d{3}$", name)
+                and name != "nvidia-driver-pinning-590"]
+    assert d13["nvidia-kernel-open-dkms"]["Conflicts"] == "nvidia-kernel-dkms"
+    assert d13["nvidia-kernel-dkms"]["Conflicts"] == "nvidia-kernel-open-dkms"
+    assert d13["nvidia-driver-cuda"]["Depends"] == (
+        "python3, nvidia-kernel-open-dkms (= 590.44.01-1) | nvidia-kernel-dkms (= 590.44.01-1)")
+    assert d13["nvidia-driver-pinning-590"]["Architecture"] == "all"
+    for name in ("nvidia-kernel-open-dkms", "nvidia-kernel-dkms"):
+        assert d13[name]["Recommends"] == "linux-headers-amd64 | linux-headers-generic"
+
+    kernel = index(repos, repos["kernel_repo"])
+    assert list(kernel) == [repos["kernel_headers"]]
 
 
 def test_build_is_reused_when_sources_unchanged(repos):
@@ -255,8 +500,13 @@ def test_build_is_reused_when_sources_unchanged(repos):
     again = build_repos(repos["out"], repos["home"])
     assert again["rebuilt"] is False
     assert again["fingerprint"] == repos["fingerprint"]
+    assert again["cuda_repos"] == repos["cuda_repos"]
     after = {p: p.stat().st_mtime_ns for p in (repos["out"] / repos["toolkit_repo"]).iterdir()}
     assert before == after
+    state = json.loads((repos["out"] / ".fleetlab-nvidia-build.json").read_text())
+    assert state["kernel"] == KERNEL
+    assert state["fingerprints"] == {"lab": repos["fingerprint"],
+                                     "debian13": repos["cuda_repos"]["debian13"]["fingerprint"]}
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -264,59 +514,189 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.mark.skipif(shutil.which("apt-get") is None or os.geteuid() != 0,
-                    reason="needs apt-get and root")
-def test_apt_accepts_the_repositories(repos, tmp_path):
-    """apt of this machine verifies, indexes and resolves the repos over HTTP."""
+needs_apt = pytest.mark.skipif(shutil.which("apt-get") is None or os.geteuid() != 0,
+                               reason="needs apt-get and root")
+
+
+@pytest.fixture
+def apt(repos, tmp_path):
+    """apt(sources_text, *args): this machine's apt-get on a private state, with the
+    repositories served over HTTP; the sources text gets {base} and the keyrings
+    {toolkit}, {d12}, {d13}, {kernel} filled in."""
     out = repos["out"]
     handler = lambda *a, **kw: _QuietHandler(*a, directory=str(out), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
+    keys = {"toolkit": repos["toolkit_key"], "d12": repos["cuda_repos"]["debian12"]["key"],
+            "d13": repos["cuda_repos"]["debian13"]["key"], "kernel": repos["kernel_key"]}
+    keyrings = {name: str(dearmor(repos, key, tmp_path / f"{name}.gpg"))
+                for name, key in keys.items()}
+    for d in ("lists/partial", "cache/archives/partial", "prefs"):
+        (tmp_path / d).mkdir(parents=True)
+    sources = tmp_path / "sources.list"
+
+    def call(text: str, *args: str, **fmt) -> subprocess.CompletedProcess:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        keyring = tmp_path / "key.gpg"
-        keyring.write_bytes(subprocess.run(["gpg", "--dearmor"], input=(
-            out / repos["toolkit_key"]).read_bytes(), capture_output=True, check=True).stdout)
-        sources = tmp_path / "sources.list"
-        sources.write_text(
-            f"deb [signed-by={keyring}] {base}/{repos['toolkit_repo']} /\n"
-            f"deb [signed-by={keyring}] {base}/{repos['driver_repo']}/ /\n")
-        for d in ("lists/partial", "cache/archives/partial", "prefs"):
-            (tmp_path / d).mkdir(parents=True)
+        sources.write_text(text.format(base=base, **keyrings, **fmt))
         opts = [f"-oDir::Etc::SourceList={sources}", "-oDir::Etc::SourceParts=/nonexistent",
-                f"-oDir::State::Lists={tmp_path / 'lists'}", f"-oDir::Cache={tmp_path / 'cache'}",
+                f"-oDir::State::Lists={tmp_path / 'lists'}",
+                f"-oDir::Cache={tmp_path / 'cache'}",
                 "-oDir::Etc::Preferences=/nonexistent",
                 f"-oDir::Etc::PreferencesParts={tmp_path / 'prefs'}",
                 "-oAPT::Sandbox::User=root", "-oDebug::NoLocking=1",
                 "-oAcquire::Retries=0", "-oAcquire::http::Timeout=10"]
+        tool = "apt-cache" if args and args[0] == "policy" else "apt-get"
+        return subprocess.run([tool, *opts, *args], capture_output=True, text=True,
+                              timeout=120)
 
-        def apt(*args):
-            return subprocess.run(["apt-get", *opts, *args], capture_output=True, text=True,
-                                  timeout=120)
-
-        update = apt("update")
-        assert update.returncode == 0, update.stdout + update.stderr
-        assert "NO_PUBKEY" not in update.stderr and "not signed" not in update.stderr
-        pinned = apt("-s", "install", *(f"{p}=1.17.8-1" for p in repos["toolkit_packages"]))
-        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
-        for name in repos["toolkit_packages"]:
-            assert f"Inst {name} (1.17.8-1 " in pinned.stdout
-        driver = apt("-s", "install", "cuda-drivers-570")
-        assert driver.returncode == 0, driver.stdout + driver.stderr
-        both = apt("-s", "install", "cuda-drivers-550", "cuda-drivers-570")
-        assert both.returncode != 0
-        assert "Conflicts: cuda-drivers" in both.stdout
+    call.prefs = tmp_path / "prefs"
+    try:
+        yield call
     finally:
         server.shutdown()
         server.server_close()
+
+
+ALL_SOURCES = ("deb [signed-by={toolkit}] {base}/libnvidia-container/stable/deb/amd64 /\n"
+               "deb [signed-by={d12}] {base}/compute/cuda/repos/debian12/x86_64/ /\n"
+               "deb [signed-by={d13}] {base}/compute/cuda/repos/debian13/x86_64/ /\n"
+               "deb [signed-by={kernel}] {base}/debian-kernel/ /\n")
+
+
+@needs_apt
+def test_apt_accepts_the_repositories(repos, apt):
+    """apt of this machine verifies, indexes and resolves the repos over HTTP."""
+    update = apt(ALL_SOURCES, "update")
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert "NO_PUBKEY" not in update.stderr and "not signed" not in update.stderr
+    pinned = apt(ALL_SOURCES, "-s", "install",
+                 *(f"{p}=1.17.8-1" for p in repos["toolkit_packages"]))
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    for name in repos["toolkit_packages"]:
+        assert f"Inst {name} (1.17.8-1 " in pinned.stdout
+    driver = apt(ALL_SOURCES, "-s", "install", "cuda-drivers-570")
+    assert driver.returncode == 0, driver.stdout + driver.stderr
+    assert "Inst nvidia-persistenced (" in driver.stdout
+    # the headers are only recommended: apt does not bring them
+    assert repos["kernel_headers"] not in driver.stdout
+    for pair in (("cuda-drivers-550", "cuda-drivers-570"), ("cuda-drivers-570", "nvidia-open-570"),
+                 ("nvidia-kernel-open-dkms", "nvidia-kernel-dkms")):
+        both = apt(ALL_SOURCES, "-s", "install", *pair)
+        assert both.returncode != 0, pair
+        assert "Conflicts: " in both.stdout
+    headless = apt(ALL_SOURCES, "-s", "install", repos["kernel_headers"],
+                   "nvidia-driver-pinning-590", "nvidia-driver-cuda", "nvidia-kernel-open-dkms",
+                   "nvidia-persistenced=590.44.01-1", "nvidia-fabricmanager")
+    assert headless.returncode == 0, headless.stdout + headless.stderr
+    assert f"Inst {repos['kernel_headers']} (" in headless.stdout
+    assert "Inst nvidia-kernel-open-dkms (590.44.01-1 " in headless.stdout
+    assert "Inst nvidia-kernel-dkms" not in headless.stdout
+    # the pinning package's preferences hold the 590 names on 590
+    pin = deb(repos, "nvidia-driver-pinning-590")
+    unpacked = apt.prefs.parent / "pin"
+    subprocess.run(["dpkg-deb", "-x", str(pin), str(unpacked)], check=True)
+    shutil.copy(unpacked / "etc/apt/preferences.d/nvidia-driver-pin", apt.prefs)
+    policy = apt(ALL_SOURCES, "policy", "nvidia-persistenced")
+    assert policy.returncode == 0, policy.stderr
+    assert "Candidate: 590.44.01-1\n" in policy.stdout
+    assert re.search(r"^ +590\.44\.01-1 1000$", policy.stdout, re.M), policy.stdout
+    assert re.search(r"^ +570\.172\.08-1 500$", policy.stdout, re.M), policy.stdout
+
+
+@needs_apt
+@pytest.mark.parametrize("repo,wrong", [("debian13", "d12"), ("debian12", "d13")])
+def test_apt_refuses_a_cuda_repository_signed_by_the_other_key(apt, repo, wrong):
+    """A host that trusts only the debian12 key cannot use the debian13 repository (and
+    the other way round): apt-get update fails with NO_PUBKEY."""
+    sources = ("deb [signed-by={" + wrong + "}] {base}/compute/cuda/repos/" + repo
+               + "/x86_64/ /\n")
+    update = apt(sources, "update")
+    assert update.returncode != 0
+    assert "NO_PUBKEY" in update.stdout + update.stderr
+    assert "is not signed" in update.stdout + update.stderr
+
+
+# ---------------------------------------------------------------- kernel headers and DKMS
+
+def test_headers_package_contents(repos, tmp_path):
+    root = tmp_path / "root"
+    install(root, headers_deb(repos), scripts=False)
+    src = f"/usr/src/linux-headers-{KERNEL}"
+    readme = (root / src.lstrip("/") / "README.fleetlab").read_text()
+    assert "NOT Debian's package" in readme
+    build = root / "lib/modules" / KERNEL / "build"
+    assert build.is_symlink()
+    assert os.readlink(build) == src
+    listing = subprocess.run(["dpkg-deb", "-c", str(headers_deb(repos))], capture_output=True,
+                             text=True, check=True).stdout
+    assert f"./lib/modules/{KERNEL}/build -> {src}" in listing
+    assert f"./usr/src/linux-headers-{KERNEL}/README.fleetlab" in listing
+    assert (root / src.lstrip("/") / "include/generated/utsrelease.h").read_text() == \
+        f'#define UTS_RELEASE "{KERNEL}"\n'
+    assert "root/root" in listing
+
+
+@pytest.mark.parametrize("name,flavour", [("nvidia-kernel-open-dkms", "open"),
+                                          ("nvidia-kernel-dkms", "proprietary"),
+                                          ("cuda-drivers-570", "proprietary"),
+                                          ("nvidia-open-570", "open")])
+def test_dkms_builds_the_module_with_the_headers(repos, tmp_path, name, flavour):
+    root = tmp_path / "root"
+    version = PINNED if name.startswith("nvidia-kernel") else DRIVER
+    output = install(root, headers_deb(repos), deb(repos, name))
+    assert (root / MODULE).read_text() == f"{version} {flavour}\n"
+    assert (f"Loading new nvidia/{version} DKMS files...\n"
+            f"Building for {KERNEL}\n\n"
+            f"Building initial module nvidia/{version} for {KERNEL}\n"
+            "Building module(s)... done.\n"
+            f"Installing /lib/modules/{KERNEL}/updates/dkms/nvidia.ko\n"
+            "Running depmod... done.\n") in output
+    status = run(root, "/usr/lib/fleetlab/nvidia-dkms", "status")
+    assert status.stdout == f"nvidia/{version}, {KERNEL}, x86_64: installed\n"
+    removed = maintainer_script(root, deb(repos, name), "postrm", "remove")
+    assert removed.returncode == 0, removed.stderr
+    assert f"Deleting module nvidia/{version} completely from the DKMS tree." in removed.stdout
+    assert not (root / MODULE).exists()
+
+
+def test_dkms_skips_the_module_without_the_headers(repos, tmp_path):
+    root = tmp_path / "root"
+    output = install(root, deb(repos, "nvidia-kernel-open-dkms"))  # postinst exits 0
+    assert (f"Module build for kernel {KERNEL} was skipped since the\n"
+            "kernel headers for this kernel do not seem to be installed.\n") in output
+    assert not (root / MODULE).exists()
+    # as dkms checks build/include: a dangling build link, or a tree without include,
+    # is no headers either
+    (root / "lib/modules" / KERNEL).mkdir(parents=True, exist_ok=True)
+    (root / "lib/modules" / KERNEL / "build").symlink_to("/usr/src/linux-headers-nowhere")
+    for tree in (False, True):
+        if tree:
+            (root / "usr/src/linux-headers-nowhere").mkdir(parents=True)
+        again = maintainer_script(root, deb(repos, "nvidia-kernel-open-dkms"), "postinst",
+                                  "configure")
+        assert again.returncode == 0 and "was skipped" in again.stdout
+        assert not (root / MODULE).exists()
+
+
+def test_headers_installed_later_build_the_module(repos, tmp_path):
+    """As Debian's header_postinst.d/dkms hook: installing the headers afterwards has DKMS
+    build the module of an installed package."""
+    root = tmp_path / "root"
+    install(root, deb(repos, "nvidia-kernel-dkms"))
+    assert not (root / MODULE).exists()
+    output = install(root, headers_deb(repos))
+    assert (f"Autoinstall of module nvidia/{PINNED} for kernel {KERNEL} (x86_64)\n"
+            "Building module(s)... done.\n") in output
+    assert f"Autoinstall on {KERNEL} succeeded for module(s) nvidia." in output
+    assert (root / MODULE).read_text() == f"{PINNED} proprietary\n"
 
 
 # ---------------------------------------------------------------- driver package
 
 def test_driver_unit_is_enabled_but_never_started(repos, tmp_path):
     root = tmp_path / "root"
-    install(root, driver_deb(repos))
+    output = install(root, headers_deb(repos), driver_deb(repos))
     unit = (root / "usr/lib/systemd/system/fleetlab-nvidia-kmod.service").read_text()
     assert "Type=oneshot" in unit
     assert "WantedBy=multi-user.target" in unit
@@ -327,38 +707,113 @@ def test_driver_unit_is_enabled_but_never_started(repos, tmp_path):
     subprocess.run(["dpkg-deb", "-e", str(driver_deb(repos)), str(control)], check=True)
     postinst = (control / "postinst").read_text()
     assert "start" not in re.sub(r"#.*", "", postinst).replace("started", "")
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    calls = tmp_path / "calls"
-    for name in ("deb-systemd-helper", "systemctl", "deb-systemd-invoke"):
-        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
-        (stubs / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
-    result = subprocess.run(["sh", str(control / "postinst"), "configure"], env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    logged = calls.read_text()
+    logged = calls(root)
     assert "deb-systemd-helper enable fleetlab-nvidia-kmod.service" in logged
     assert "start" not in logged
-    assert "reboot" in result.stdout
+    assert "reboot" in output
+    assert not (root / MARKER).exists()
 
 
 def test_kernel_module_loads_only_at_boot(host):
-    assert not (host / "run/fleetlab/nvidia-driver-loaded").exists()
+    assert not (host / MARKER).exists()
     assert smi(host).returncode == 9
-    boot(host)
-    assert (host / "run/fleetlab/nvidia-driver-loaded").read_text() == f"{DRIVER}\n"
+    loaded = boot(host)
+    assert loaded.returncode == 0
+    assert (host / MARKER).read_text() == f"{DRIVER}\n"
+    assert "(proprietary) loaded" in loaded.stdout
     assert smi(host, "-L").returncode == 0
 
 
-def test_kernel_module_does_not_load_without_gpus(repos, tmp_path):
-    root = tmp_path / "cpu"
-    install(root, driver_deb(repos))
+def test_kernel_module_does_not_load_without_gpus(repos, make_host):
+    root = make_host("cpu", driver_deb(repos), count=0)
+    assert (root / MODULE).exists()
     result = boot(root)
     assert result.returncode == 0
     assert "No NVIDIA GPU found" in result.stderr
-    assert not (root / "run/fleetlab/nvidia-driver-loaded").exists()
+    assert not (root / MARKER).exists()
     assert smi(root).returncode == 9
+
+
+def test_boot_without_the_module(repos, make_host):
+    """Installed without the running kernel's headers: the install succeeded, but at the
+    boot modprobe finds no module and nvidia-smi fails."""
+    root = make_host("noheaders", driver_deb(repos), headers=False)
+    assert not (root / MODULE).exists()
+    result = boot(root)
+    assert result.returncode == 0
+    assert result.stderr == f"modprobe: FATAL: Module nvidia not found in directory " \
+                            f"/lib/modules/{KERNEL}\n"
+    assert not (root / MARKER).exists()
+    assert smi(root, "-L").stdout == NO_DRIVER
+
+
+def test_blackwell_refuses_the_proprietary_modules(repos, make_host):
+    root = make_host("b200", driver_deb(repos), count=2, model="H100", device="0x2901",
+                     nvswitches=[])
+    result = boot(root)
+    assert result.returncode == 0
+    assert ("NVRM: The NVIDIA GPU 0000:18:00.0 (PCI ID: 10de:2901)\n"
+            "NVRM: installed in this system requires use of the NVIDIA open kernel modules.\n"
+            ) in result.stderr
+    assert "0000:2a:00.0 (PCI ID: 10de:2901)" in result.stderr
+    assert not (root / MARKER).exists()
+    assert smi(root).returncode == 9
+    # the open modules drive it
+    open_root = make_host("b200-open", deb(repos, "nvidia-open-570"), count=2, device="0x2901",
+                          nvswitches=[])
+    assert "(open) loaded" in boot(open_root).stdout
+    assert smi(open_root, "-L").returncode == 0
+
+
+@pytest.mark.parametrize("device", ["0x2b85", "0x3182", "0x31c2", "0x31C3"])
+def test_blackwell_ids(repos, make_host, device):
+    root = make_host("bw", deb(repos, "nvidia-kernel-dkms", repo="debian13"),
+                     deb(repos, "nvidia-driver-cuda"), count=1, device=device, nvswitches=[])
+    assert f"(PCI ID: 10de:{device[2:].lower()})" in boot(root).stderr
+    assert not (root / MARKER).exists()
+
+
+@pytest.mark.parametrize("doc", [
+    lambda gpus: {"gpus": [{k: v for k, v in g.items() if k != "pci_device_id"} for g in gpus]},
+    lambda gpus: {"gpus": [{**g, "pci_device_id": "not-hex"} for g in gpus], "board": "?"},
+    lambda gpus: [{k: v for k, v in g.items() if k != "pci_device_id"} for g in gpus],
+])
+def test_gpus_json_is_read_tolerantly(repos, make_host, doc):
+    """An older or partial gpus.json: a PCIe board, no NVSwitch, device ids unknown (not
+    Blackwell): the proprietary module loads, Fabric Manager has nothing to do."""
+    root = make_host("old-json", driver_deb(repos), deb(repos, "nvidia-fabricmanager-570"),
+                     count=2)
+    (root / "etc/fleetlab/gpus.json").write_text(json.dumps(doc(root.gpus)))
+    assert "(proprietary) loaded" in boot(root).stdout
+    assert smi(root, "-L").stdout.count("GPU ") == 2
+    assert "Device Id                         : N/A" in smi(root, "-q").stdout
+    fm = start_fm(root)
+    assert fm.returncode == 1 and "NV_WARN_NOTHING_TO_DO" in fm.stderr
+
+
+def test_debian13_headless_driver(repos, make_host):
+    root = pinned_host(make_host, repos, flavour="proprietary", fabricmanager=False)
+    assert (root / MARKER).read_text() == f"{PINNED}\n"
+    assert (root / MODULE).read_text() == f"{PINNED} proprietary\n"
+    version = smi(root, "--version")
+    assert f"DRIVER version      : {PINNED}" in version.stdout
+    assert "CUDA Version        : 13.1" in version.stdout
+    pin = (root / "etc/apt/preferences.d/nvidia-driver-pin").read_text()
+    assert ("Package: nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-kernel-dkms "
+            "nvidia-persistenced nvidia-fabricmanager\n") in pin
+    assert "Pin: version 590.*\n" in pin and "Pin-Priority: 1000\n" in pin
+    assert "stand-in" in pin
+
+
+def test_conffiles(repos, tmp_path):
+    for name, conffile in (("nvidia-fabricmanager", "/usr/share/nvidia/nvswitch/fabricmanager.cfg"),
+                           ("nvidia-fabricmanager-570",
+                            "/usr/share/nvidia/nvswitch/fabricmanager.cfg"),
+                           ("nvidia-driver-pinning-590",
+                            "/etc/apt/preferences.d/nvidia-driver-pin")):
+        control = tmp_path / name
+        subprocess.run(["dpkg-deb", "-e", str(deb(repos, name)), str(control)], check=True)
+        assert (control / "conffiles").read_text() == f"{conffile}\n"
 
 
 # ---------------------------------------------------------------- nvidia-smi
@@ -442,7 +897,7 @@ def test_nvidia_smi_no_devices(host):
     assert (result.returncode, result.stdout) == (6, "No devices were found\n")
 
 
-def test_nvidia_smi_table_and_version(host, repos, tmp_path):
+def test_nvidia_smi_table_and_version(host, repos, make_host):
     boot(host)
     table = smi(host)
     assert table.returncode == 0
@@ -457,9 +912,7 @@ def test_nvidia_smi_table_and_version(host, repos, tmp_path):
     assert f"DRIVER version      : {DRIVER}" in version.stdout
     assert "CUDA Version        : 12.8" in version.stdout
 
-    old = tmp_path / "old"
-    install(old, driver_deb(repos, "550"))
-    write_gpus(old, 1)
+    old = make_host("old", driver_deb(repos, "550"), count=1)
     boot(old)
     assert "CUDA Version: 12.4" in smi(old).stdout
     assert "Driver Version: 550.163.01" in smi(old).stdout
@@ -502,6 +955,220 @@ def test_new_driver_needs_a_reboot(host, repos):
     assert smi(host, "-L").returncode == 18
     reboot(host)
     assert smi(host, "-L").returncode == 0
+
+
+def test_nvidia_smi_query_report(host):
+    boot(host)
+    report = smi(host, "-q", "-i", "1")
+    assert report.returncode == 0, report.stdout
+    lines = report.stdout.splitlines()
+    assert "==============NVSMI LOG==============" in lines
+    assert f"Driver Version                            : {DRIVER}" in lines
+    assert "Attached GPUs                             : 4" in lines
+    assert "GPU 00000000:2A:00.0" in lines
+    assert "    Persistence Mode                      : Disabled" in lines
+    assert f"    GPU UUID                              : {host.gpus[1]['uuid']}" in lines
+    assert "        Device Id                         : 0x233010DE" in lines
+    assert report.stdout.count("Product Name") == 1
+
+
+# ---------------------------------------------------------------- nvidia-persistenced
+
+def persistenced(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(root, "/usr/bin/nvidia-persistenced", *args)
+
+
+def persistence(root: Path) -> list[str]:
+    return smi(root, "--query-gpu=persistence_mode", "--format=csv,noheader").stdout.split()
+
+
+@pytest.fixture
+def pd_host(repos, make_host) -> HostRoot:
+    return make_host("pd", driver_deb(repos), deb(repos, "nvidia-persistenced", repo="debian12"))
+
+
+def test_persistenced_package(repos, pd_host):
+    unit = (pd_host / "usr/lib/systemd/system/nvidia-persistenced.service").read_text()
+    assert "Type=forking" in unit
+    assert "PIDFile=/run/nvidia-persistenced/nvidia-persistenced.pid" in unit
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --verbose" in unit
+    assert "WantedBy=multi-user.target" in unit
+    assert "not NVIDIA software" in unit
+    assert "nvidia-persistenced.service" in calls(pd_host)
+    assert "start" not in calls(pd_host)
+    version = persistenced(pd_host, "--version")
+    assert version.returncode == 0 and f"version {DRIVER}" in version.stdout
+
+
+def test_persistenced_refuses_to_start_without_the_driver(pd_host):
+    result = persistenced(pd_host, "--verbose")
+    assert result.returncode == 1
+    assert "Failed to query NVIDIA devices." in result.stderr
+    assert result.stderr.endswith(
+        "nvidia-persistenced failed to initialize. Check syslog for more details.\n")
+    assert not (pd_host / PERSISTENCED_PID).exists()
+
+
+def test_persistenced_keeps_persistence_on_while_it_runs(pd_host):
+    boot(pd_host)
+    assert set(persistence(pd_host)) == {"Disabled"}
+    started = persistenced(pd_host, "--verbose")
+    assert started.returncode == 0, started.stderr
+    assert "device 0000:18:00.0 - persistence mode enabled." in started.stderr
+    pid = read_pid(pd_host, PERSISTENCED_PID)
+    assert pid and alive(pid)
+    assert persistence(pd_host) == ["Enabled"] * 4
+    assert "    Persistence Mode                      : Enabled" in smi(pd_host, "-q").stdout
+    assert "   On  |" in smi(pd_host).stdout
+    again = persistenced(pd_host)
+    assert again.returncode == 1 and "failed to initialize" in again.stderr
+    stop_daemon(pd_host, PERSISTENCED_PID)
+    assert persistence(pd_host) == ["Disabled"] * 4
+    quiet = persistenced(pd_host, "--no-persistence-mode")
+    assert quiet.returncode == 0
+    assert persistence(pd_host) == ["Disabled"] * 4
+    stop_daemon(pd_host, PERSISTENCED_PID)
+
+
+# ---------------------------------------------------------------- Fabric Manager
+
+FM_CONFIG = "usr/share/nvidia/nvswitch/fabricmanager.cfg"
+
+
+def fabricmanager(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(root, "/usr/bin/nv-fabricmanager", *args)
+
+
+def start_fm(root: Path, config: str = "/" + FM_CONFIG) -> subprocess.CompletedProcess:
+    """What nvidia-fabricmanager.service runs."""
+    return fabricmanager(root, "-c", config)
+
+
+@pytest.fixture
+def fm_host(repos, make_host) -> HostRoot:
+    """HGX H100 (four NVSwitches), driver 570 and Fabric Manager 570, not rebooted."""
+    return make_host("fm", driver_deb(repos), deb(repos, "nvidia-fabricmanager-570"))
+
+
+def test_fabricmanager_package(fm_host):
+    unit = (fm_host / "usr/lib/systemd/system/nvidia-fabricmanager.service").read_text()
+    assert "Type=forking" in unit
+    assert "PIDFile=/run/fleetlab/fabricmanager.pid" in unit
+    assert f"ExecStart=/usr/bin/nv-fabricmanager -c /{FM_CONFIG}" in unit
+    assert "not NVIDIA software" in unit
+    config = (fm_host / FM_CONFIG).read_text()
+    assert "LOG_LEVEL=4\n" in config and "FABRIC_MODE=0\n" in config
+    assert "DAEMONIZE=1\n" in config and "not NVIDIA software" in config
+    for line in config.splitlines():
+        assert not line or line.startswith("#") or re.fullmatch(r"[A-Z_]+=.*", line), line
+    assert fabricmanager(fm_host, "--version").stdout == f"Fabric Manager version is : {DRIVER}\n"
+    # enabled by its postinst, not started
+    assert "deb-systemd-helper enable nvidia-fabricmanager.service" in calls(fm_host)
+    assert "start" not in calls(fm_host)
+
+
+def test_fabricmanager_refuses_without_the_driver(fm_host):
+    result = start_fm(fm_host)
+    assert result.returncode == 1
+    assert ("failed to allocate handle (client) to NVIDIA GPU driver. Make sure that the "
+            "NVIDIA driver is installed and running") in result.stderr
+    assert not (fm_host / FM_PID).exists()
+
+
+def test_fabricmanager_refuses_another_driver_version(fm_host):
+    (fm_host / "run/fleetlab").mkdir(parents=True)
+    (fm_host / MARKER).write_text("550.163.01\n")
+    result = start_fm(fm_host)
+    assert result.returncode == 1
+    assert (f"fabric manager NVIDIA GPU driver interface version {DRIVER} don't match with "
+            "driver version 550.163.01. Please update with matching NVIDIA driver package."
+            ) in result.stderr
+    assert not (fm_host / FM_PID).exists()
+
+
+def test_fabricmanager_refuses_a_bad_config(fm_host):
+    boot(fm_host)
+    config = fm_host / FM_CONFIG
+    good = config.read_text()
+    config.write_text(good + "FABRIC_MODE 1\n")
+    result = start_fm(fm_host)
+    assert result.returncode == 1
+    assert f"line {len(good.splitlines()) + 1} is not KEY=VALUE" in result.stderr
+    config.unlink()
+    missing = start_fm(fm_host)
+    assert missing.returncode == 1
+    assert "No such file or directory" in missing.stderr
+    assert not (fm_host / FM_PID).exists()
+
+
+def test_fabricmanager_refuses_a_board_without_nvswitch(repos, make_host):
+    root = make_host("pcie", driver_deb(repos), deb(repos, "nvidia-fabricmanager-570"),
+                     model="L40S")
+    boot(root)
+    assert smi(root, "-L").returncode == 0
+    result = start_fm(root)
+    assert result.returncode == 1
+    assert ("request to query NVSwitch device information from NVSwitch driver failed with "
+            "error:WARNING Nothing to do [NV_WARN_NOTHING_TO_DO]") in result.stderr
+    assert not (root / FM_PID).exists()
+    # an older gpus.json (GPUs only) is a PCIe board too
+    (root / "etc/fleetlab/gpus.json").write_text(json.dumps({"gpus": root.gpus}))
+    assert start_fm(root).returncode == 1
+
+
+def test_fabricmanager_runs_on_an_nvswitch_board(fm_host):
+    boot(fm_host)
+    result = start_fm(fm_host)
+    assert result.returncode == 0, result.stderr
+    pid = read_pid(fm_host, FM_PID)
+    assert pid and alive(pid)
+    log = (fm_host / "var/log/fabricmanager.log").read_text()
+    assert "Successfully configured all the available NVSwitches" in log
+    again = start_fm(fm_host)
+    assert again.returncode == 1 and "another instance" in again.stderr
+    assert read_pid(fm_host, FM_PID) == pid
+    stop_daemon(fm_host, FM_PID)
+    assert "Received an interrupt to exit" in (fm_host / "var/log/fabricmanager.log").read_text()
+
+
+def test_fabricmanager_in_the_foreground(fm_host):
+    boot(fm_host)
+    config = fm_host / FM_CONFIG
+    config.write_text(config.read_text().replace("DAEMONIZE=1", "DAEMONIZE=0"))
+    env = {**os.environ, "FLEETLAB_ROOT": str(fm_host)}
+    proc = subprocess.Popen([str(fm_host / "usr/bin/nv-fabricmanager"), "-c", "/" + FM_CONFIG],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: read_pid(fm_host, FM_PID) == proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not (fm_host / FM_PID).exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_fabricmanager_on_hgx_b200(repos, make_host):
+    """HGX B200's NVSwitches are not on the host's PCI bus: its GPUs say the board needs
+    Fabric Manager."""
+    root = make_host("hgx-b200", deb(repos, "nvidia-open-570"),
+                     deb(repos, "nvidia-fabricmanager-570"), count=8, device="0x2901",
+                     nvswitches=[])
+    boot(root)
+    assert start_fm(root).returncode == 0
+    assert alive(read_pid(root, FM_PID))
+
+
+def test_fabricmanager_debian13(repos, make_host):
+    root = pinned_host(make_host, repos)
+    assert (root / MODULE).read_text() == f"{PINNED} open\n"
+    assert start_fm(root).returncode == 0
+    stop_daemon(root, FM_PID)
+    # Fabric Manager of another branch refuses the loaded 590 driver
+    install(root, deb(repos, "nvidia-fabricmanager-570"))
+    old = start_fm(root)
+    assert old.returncode == 1
+    assert f"version {DRIVER} don't match with driver version {PINNED}" in old.stderr
 
 
 # ---------------------------------------------------------------- nvidia-ctk
@@ -829,3 +1496,25 @@ def test_nvidia_container_cli_info(host):
     assert f"NVRM version:   {DRIVER}" in info.stdout
     assert info.stdout.count("Model:          NVIDIA H100 80GB HBM3") == 4
     assert f"GPU UUID:       {host.gpus[3]['uuid']}" in info.stdout
+
+
+# ---------------------------------------------------------------- hook and Fabric Manager
+
+def test_hook_cuda_needs_fabricmanager_on_an_nvswitch_board(repos, fm_host, tmp_path):
+    """The container hook reads Fabric Manager's pid file: on an NVSwitch board CUDA
+    initialises in a container only while Fabric Manager runs."""
+    install(fm_host, *toolkit_debs(repos))
+    boot(fm_host)
+    before = make_bundle(tmp_path / "before", ["NVIDIA_VISIBLE_DEVICES=all"])
+    assert hook(fm_host, before).returncode == 0
+    cuda = json.loads((before / "rootfs/etc/fleetlab/cuda.json").read_text())
+    assert cuda["init_error"] == 802
+    assert start_fm(fm_host).returncode == 0
+    after = make_bundle(tmp_path / "after", ["NVIDIA_VISIBLE_DEVICES=all"])
+    assert hook(fm_host, after).returncode == 0
+    assert json.loads((after / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] == 0
+    stop_daemon(fm_host, FM_PID)
+    stopped = make_bundle(tmp_path / "stopped", ["NVIDIA_VISIBLE_DEVICES=all"])
+    assert hook(fm_host, stopped).returncode == 0
+    assert json.loads((stopped / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] \
+        == 802

@@ -15,7 +15,7 @@ from tasks import distributions
 from tasks.distributions import CUDA, DISTRIBUTIONS, DOCKER, TOOLKIT, distribution, os_release
 from tasks.docker import engine_packages, owned_daemon_settings
 from tasks.facts import NvidiaGpus
-from tasks.nvidia_driver import driver_answers, driver_packages
+from tasks.nvidia_driver import driver_answers, driver_plan
 from tasks.nvidia_toolkit import runtime_configure_flags, runtime_wanted
 from tasks.packages import sources_entry
 from tasks.settings import Settings
@@ -63,12 +63,12 @@ def test_an_os_outside_the_table_stops_the_run_naming_the_host():
 def test_every_table_names_formats_apt_reads(dist):
     """Keyring and sources file extensions say their format to apt, and to the operation."""
     assert DOCKER in dist.repositories and TOOLKIT in dist.repositories
-    assert (CUDA in dist.repositories) != (distributions.NVIDIA_DRIVER in dist.archive)
+    assert dist.drivers and dist.driver_source
     for repo in dist.repositories.values():
         assert repo.keyring.endswith((".asc", ".gpg"))
         assert repo.sources_file.startswith("/etc/apt/sources.list.d/")
         assert repo.sources_file.endswith((".sources", ".list"))
-        assert repo.packages
+        assert repo.packages or repo is dist.repositories.get(CUDA)
 
 
 @pytest.mark.parametrize("os_id, major, packages", [
@@ -103,25 +103,72 @@ def test_docker_repository_is_deb822_with_signed_by(os_id, major, codename):
         "docker-compose-plugin"]
 
 
-@pytest.mark.parametrize("os_id, major, packages, repo", [
-    ("ubuntu", 22, ["nvidia-headless-570-server", "nvidia-utils-570-server"], None),
-    ("ubuntu", 24, ["nvidia-headless-570-server", "nvidia-utils-570-server"], None),
-    ("debian", 12, ["cuda-drivers-570"],
-     "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64"),
-    ("debian", 13, ["cuda-drivers-570"],
-     "https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64"),
+@pytest.mark.parametrize("os_id, major, key", [
+    ("debian", 12, "3bf863cc.pub"),
+    ("debian", 13, "8793F200.pub"),  # NVIDIA's new key: trixie's apt refuses the old one
 ])
-def test_driver_packages_by_distribution(os_id, major, packages, repo):
-    settings = Settings(nvidia_driver_branch=570)
-    assert driver_packages(table(os_id, major), settings) == packages
-    cuda = distributions.repository(table(os_id, major), CUDA, settings)
-    if repo is None:
-        assert cuda is None
-        return
+def test_cuda_repository_and_key_by_debian_release(os_id, major, key):
+    repo = f"https://developer.download.nvidia.com/compute/cuda/repos/debian{major}/x86_64"
+    cuda = distributions.repository(table(os_id, major), CUDA, Settings())
     keyring = "/usr/share/keyrings/cuda-archive-keyring.gpg"
     assert sources(cuda) == f"deb [signed-by={keyring}] {repo}/ /\n"
-    assert cuda.key_url == f"{repo}/3bf863cc.pub"  # debian13: known wrong, see the table
+    assert cuda.key_url == f"{repo}/{key}"
     assert (cuda.keyring, cuda.sources_file) == (keyring, "/etc/apt/sources.list.d/cuda.list")
+
+
+@pytest.mark.parametrize("os_id", ["ubuntu"])
+@pytest.mark.parametrize("major", [22, 24])
+def test_ubuntu_takes_the_driver_from_its_archive(os_id, major):
+    assert distributions.repository(table(os_id, major), CUDA, Settings()) is None
+
+
+H100 = [{"slot": "0000:18:00.0", "device": 0x2330, "class": 0x030200}]
+B200 = [{"slot": "0000:1b:00.0", "device": 0x2901, "class": 0x030200}]
+V100 = [{"slot": "0000:3b:00.0", "device": 0x1DB1, "class": 0x030200}]
+NVSWITCH = [{"slot": "0000:05:00.0", "device": 0x22A3, "class": 0x068000}]
+
+
+@pytest.mark.parametrize("os_id, major, knobs, devices, message", [
+    ("debian", 13, {"nvidia_driver_branch": 580}, H100,
+     "nvidia_driver_branch: 580 is not in NVIDIA's debian13 repository (590 and later)"),
+    ("debian", 13, {"nvidia_driver_branch": 590, "nvidia_driver_flavour": "proprietary"}, B200,
+     "nvidia_driver_flavour: Blackwell GPUs (device 0x2901) run only with the open kernel "
+     "modules"),
+    ("ubuntu", 24, {"nvidia_driver_branch": 550}, B200,
+     "nvidia_driver_branch: 550 does not drive Blackwell GPUs (device 0x2901); 570 and later "
+     "do"),
+    ("debian", 12, {"nvidia_driver_branch": 590}, V100,
+     "nvidia_driver_branch: 590 does not drive GPUs older than Turing (device 0x1db1); 580 "
+     "is their last branch"),
+    ("debian", 12, {"nvidia_driver_branch": 580, "nvidia_driver_flavour": "open"}, V100,
+     "nvidia_driver_flavour: GPUs older than Turing (device 0x1db1) need the proprietary "
+     "kernel modules"),
+])
+def test_driver_plan_refuses_what_the_host_cannot_have(os_id, major, knobs, devices, message):
+    with pytest.raises(ValueError) as err:
+        driver_plan(table(os_id, major), Settings(gpu_count=1, **knobs), "6.1.0-1-amd64",
+                    devices)
+    assert str(err.value) == message
+
+
+OLD_BRIDGE = [{"slot": "0000:00:01.0", "device": 0x005E, "class": 0x068000}]  # nForce
+
+
+@pytest.mark.parametrize("knob, devices, fabricmanager", [
+    ("auto", H100 + NVSWITCH, "nvidia-fabricmanager"),
+    ("auto", H100 + OLD_BRIDGE, ""),  # an NVIDIA bridge that is no NVSwitch
+    ("auto", B200, "nvidia-fabricmanager"),  # HGX B200: its NVSwitches are not on PCI
+    ("auto", H100, ""),
+    ("always", H100, "nvidia-fabricmanager"),
+    ("never", H100 + NVSWITCH, ""),
+])
+def test_fabric_manager_follows_the_nvswitch_devices(knob, devices, fabricmanager):
+    plan = driver_plan(table("debian", 13), Settings(
+        gpu_count=1, nvidia_driver_branch=590, nvidia_fabricmanager=knob), "6.12.1-amd64",
+        devices)
+    assert plan.fabricmanager == fabricmanager
+    assert (fabricmanager in plan.held) == bool(fabricmanager)
+    assert plan.held[0] == "nvidia-driver-pinning-590"  # the branch is held with the rest
 
 
 def test_key_url_knobs_replace_the_tables_key():

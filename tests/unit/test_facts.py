@@ -18,7 +18,7 @@ from tasks.facts import (
     ContainerGpus,
     DockerNetwork,
     JsonFile,
-    KeptLoaded,
+    LoadedModels,
     NvidiaGpus,
     SmokeAnswer,
     parse_gpu_csv,
@@ -149,10 +149,21 @@ def test_kept_loaded_lists_only_models_loaded_for_good():
         {"name": "tinyllama:latest", "expires_at": "2318-03-14T05:33:12.000Z"},
         {"name": "qwen2.5:0.5b", "expires_at": "2026-11-30T03:10:00.123456789Z"},
     ]}
-    assert KeptLoaded().process([json.dumps(ps)]) == ["tinyllama:latest"]
-    assert KeptLoaded().process(['{"models":[]}']) == []
-    assert KeptLoaded().process(["curl: (7) Failed to connect", "__down__"]) is None
-    assert KeptLoaded().process(["<html>502</html>"]) is None
+    assert [m["name"] for m in LoadedModels().process([json.dumps(ps)]) if m["forever"]] == [
+        "tinyllama:latest"]
+    assert LoadedModels().process(['{"models":[]}']) == []
+    assert LoadedModels().process(["curl: (7) Failed to connect", "__down__"]) is None
+    assert LoadedModels().process(["<html>502</html>"]) is None
+
+
+def test_loaded_models_say_where_they_run():
+    ps = {"models": [
+        {"name": "a:1b", "size": 1300, "size_vram": 1300, "expires_at": "2026-11-30T03:10:00Z"},
+        {"name": "b:1b", "size": 1300, "expires_at": "2026-11-30T03:10:00Z"},
+    ]}
+    assert LoadedModels().process([json.dumps(ps)]) == [
+        {"name": "a:1b", "size": 1300, "size_vram": 1300, "forever": False},
+        {"name": "b:1b", "size": 1300, "size_vram": 0, "forever": False}]
 
 
 class _Nginx(http.server.BaseHTTPRequestHandler):

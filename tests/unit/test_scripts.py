@@ -233,7 +233,7 @@ esac
 
 
 def test_warm_loads_each_model_for_good_and_checks_ps(tmp_path):
-    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11435", 600,
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11435", 600, -1,
                                          "tinyllama:latest", "qwen2.5:0.5b"),
                           tmp_path, {"curl": CURL_OLLAMA})
     assert (proc.returncode, proc.stderr) == (0, "")
@@ -243,7 +243,7 @@ def test_warm_loads_each_model_for_good_and_checks_ps(tmp_path):
 
 
 def test_warm_loads_an_embedding_model_with_one_embedding(tmp_path):
-    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600, -1,
                                          "all-minilm:latest"), tmp_path, {"curl": CURL_OLLAMA})
     assert (proc.returncode, proc.stderr) == (0, "")
     loads = (tmp_path / "stub-bin" / "loads").read_text()
@@ -252,11 +252,19 @@ def test_warm_loads_an_embedding_model_with_one_embedding(tmp_path):
 
 
 def test_warm_names_the_model_ollama_could_not_load(tmp_path):
-    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600, -1,
                                          "broken:latest"), tmp_path, {"curl": CURL_OLLAMA})
     assert proc.returncode == 1
     assert proc.stderr == ("http://127.0.0.1:11434: broken:latest: not loaded: "
                            '{"error":"llama runner process has terminated"}\n')
+
+
+def test_warm_with_the_default_keep_alive_names_none(tmp_path):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+                                         "default", "tinyllama:latest"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert '-d {"model":"tinyllama:latest"} ' in (tmp_path / "stub-bin" / "loads").read_text()
 
 
 # -- room for a model ---------------------------------------------------------------------
@@ -285,3 +293,71 @@ def test_free_space_counts_only_what_the_store_lacks(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == (f"llama3:8b: needs 3071 MiB more in {tmp_path}/store (with 1024 "
                            "MiB to spare), 4000 MiB free\n")
+
+
+# The driver's install: apt-cache answers from stub-bin/policy/<package> (its Candidate
+# line) and stub-bin/show/<package> (its record); apt-get's calls land in apt-get.log.
+APT_STUBS = {
+    "apt-get": 'echo "$*" >> "${0%/*}/apt-get.log"\n',
+    "apt-cache": ('d=${0%/*}\ncase "$1" in\n'
+                  '  policy) f="$d/policy/$2"; [ -f "$f" ] && cat "$f"; exit 0 ;;\n'
+                  '  show) f="$d/show/$3"; [ -f "$f" ] && cat "$f"; exit 0 ;;\nesac\n'),
+    "uname": "echo 6.12.48+deb13-amd64\n",
+}
+
+
+def install_driver(tmp_path, *args, policy=None, show=None):
+    for kind, entries in (("policy", policy or {}), ("show", show or {})):
+        (tmp_path / "stub-bin" / kind).mkdir(parents=True, exist_ok=True)
+        for package, text in entries.items():
+            (tmp_path / "stub-bin" / kind / package).write_text(text)
+    return run_with_stubs(script_command("nvidia_driver/install.sh", *args), tmp_path,
+                          APT_STUBS)
+
+
+def apt_calls(tmp_path) -> list[str]:
+    log = tmp_path / "stub-bin" / "apt-get.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_install_driver_puts_headers_then_the_pin_then_the_driver(tmp_path):
+    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64",
+                          "nvidia-driver-pinning-590", "nvidia-driver-cuda",
+                          "nvidia-kernel-open-dkms",
+                          policy={"linux-headers-6.12.48+deb13-amd64": "  Candidate: 6.12.48-1\n"})
+    assert proc.returncode == 0, proc.stderr
+    calls = apt_calls(tmp_path)
+    assert calls[0] == "update -qq"
+    assert [c.rsplit("--allow-change-held-packages ", 1)[1] for c in calls[1:]] == [
+        "linux-headers-6.12.48+deb13-amd64", "nvidia-driver-pinning-590",
+        "nvidia-driver-cuda nvidia-kernel-open-dkms"]
+    assert all("--no-install-recommends" in c for c in calls[1:])
+
+
+@pytest.mark.parametrize("policy", ["  Candidate: (none)\n", None])
+def test_install_driver_without_the_kernels_headers_stops_before_installing(tmp_path, policy):
+    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64", "",
+                          "nvidia-driver-cuda",
+                          policy={"linux-headers-6.12.48+deb13-amd64": policy} if policy else {})
+    assert proc.returncode == 1
+    assert proc.stderr == ("linux-headers-6.12.48+deb13-amd64: not in this host's apt sources; "
+                           "the driver's module cannot be built for the running kernel "
+                           "6.12.48+deb13-amd64 (install its headers' source, or boot a "
+                           "kernel that has them)\n")
+    assert apt_calls(tmp_path) == ["update -qq"]  # nothing installed
+
+
+def test_install_driver_refuses_a_transitional_branch(tmp_path):
+    """Canonical turns a retired -server branch into a package that installs a newer one."""
+    proc = install_driver(
+        tmp_path, "", "", "linux-modules-nvidia-550-server-6.8.0-49-generic",
+        "nvidia-headless-no-dkms-550-server", "nvidia-utils-550-server",
+        show={"nvidia-headless-no-dkms-550-server":
+              "Package: nvidia-headless-no-dkms-550-server\nVersion: 570.172.08-0ubuntu1\n"
+              "Depends: nvidia-headless-no-dkms-570-server\n"
+              "Description: Transitional package for nvidia-headless-no-dkms-570-server\n"})
+    assert proc.returncode == 1
+    assert proc.stderr == ("nvidia_driver_branch: nvidia-headless-no-dkms-550-server is a "
+                           "transitional package (its branch is retired and it installs a "
+                           "newer one); choose a supported branch\n")
+    assert apt_calls(tmp_path) == ["update -qq"]

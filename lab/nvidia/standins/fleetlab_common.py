@@ -7,11 +7,19 @@
 #   /run/fleetlab/nvidia-driver-loaded      "kernel module loaded"; holds its version
 #   /run/fleetlab/gpu-usage.json            optional {"<uuid>": {"memory_used_mib", ...}}
 #   /run/fleetlab/nvidia-persistence.json   persistence mode per GPU UUID (lost on reboot)
-#   /usr/lib/fleetlab/libnvidia-ml.version  userspace driver installed (cuda-drivers-*)
+#   /usr/lib/fleetlab/libnvidia-ml.version  userspace driver installed (the package with
+#                                           nvidia-smi: cuda-drivers-*, nvidia-open-*,
+#                                           nvidia-driver-cuda)
+#   /lib/modules/<kernel>/updates/dkms/nvidia.ko
+#                                           the module DKMS built: "<version> <flavour>"
+#   /run/fleetlab/fabricmanager.pid         the Fabric Manager stand-in, while it runs
+#   /run/nvidia-persistenced/nvidia-persistenced.pid
+#                                           the nvidia-persistenced stand-in, while it runs
 import datetime
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -25,17 +33,27 @@ USAGE_JSON = "/run/fleetlab/gpu-usage.json"
 PERSISTENCE_JSON = "/run/fleetlab/nvidia-persistence.json"
 NVML_LIBRARY = "/usr/lib/fleetlab/libnvidia-ml.version"
 ASSIGNMENTS_LOG = "/var/lib/fleetlab/gpu-assignments.jsonl"
+MODULE_FILE = "/lib/modules/{kernel}/updates/dkms/nvidia.ko"
+FM_PID_FILE = "/run/fleetlab/fabricmanager.pid"
+PERSISTENCED_PID_FILE = "/run/nvidia-persistenced/nvidia-persistenced.pid"
+
+# PCI device ids (NVIDIA's supportedchips tables, pci.ids). Blackwell runs only with the
+# open kernel modules; the SXM parts of HGX B200/B300 mean an NVSwitch board although
+# their NVSwitches are not PCI devices of the host.
+BLACKWELL_DEVICE_RANGES = ((0x2900, 0x2FFF), (0x3182, 0x3182), (0x31C2, 0x31C3))
+HGX_BLACKWELL_DEVICES = (0x2901, 0x3182)
 
 # name -> (compute capability, power limit W, idle power W, idle temperature C)
 MODEL_SPECS = {
     "NVIDIA H100 80GB HBM3": ("9.0", 700.0, 69.7, 31),
     "NVIDIA A100-SXM4-80GB": ("8.0", 400.0, 61.2, 30),
     "NVIDIA L40S": ("8.9", 350.0, 34.5, 28),
+    "NVIDIA B200": ("10.0", 1000.0, 140.0, 32),
 }
 DEFAULT_SPEC = ("9.0", 300.0, 50.0, 30)
 
 # CUDA version the driver branch reports (nvidia-smi "CUDA Version").
-CUDA_BY_BRANCH = {550: "12.4", 570: "12.8"}
+CUDA_BY_BRANCH = {550: "12.4", 570: "12.8", 580: "13.0", 590: "13.1"}
 
 IDLE_MEMORY_USED_MIB = 1
 
@@ -84,11 +102,7 @@ def write_json(path, data):
 
 def load_gpus():
     """The simulated GPUs, ordered by index ([] on a host without GPUs)."""
-    text = read_text(GPUS_JSON)
-    if text is None or not text.strip():
-        return []
-    data = json.loads(text)
-    gpus = data.get("gpus", []) if isinstance(data, dict) else data
+    gpus = [g for g in read_board()["gpus"] if "index" in g and "uuid" in g]
     return sorted(gpus, key=lambda g: int(g["index"]))
 
 
@@ -117,6 +131,10 @@ def cuda_version(driver_version):
     branch = driver_branch(driver_version)
     if branch in CUDA_BY_BRANCH:
         return CUDA_BY_BRANCH[branch]
+    if branch >= 590:
+        return "13.1"
+    if branch >= 580:
+        return "13.0"
     if branch >= 570:
         return "12.8"
     if branch >= 550:
@@ -130,6 +148,159 @@ def nvml_version(driver_version):
 
 def model_spec(gpu):
     return MODEL_SPECS.get(gpu.get("name", ""), DEFAULT_SPEC)
+
+
+def read_board():
+    """gpus.json read tolerantly: {"gpus": [...], "board": "hgx"|"pcie", "nvswitches": [...]}.
+
+    An older file (a bare list, or {"gpus": [...]} alone) or a damaged one describes a
+    PCIe board without NVSwitch."""
+    try:
+        doc = json.loads(read_text(GPUS_JSON) or "{}")
+    except ValueError:
+        doc = {}
+    if isinstance(doc, list):
+        doc = {"gpus": doc}
+    if not isinstance(doc, dict):
+        doc = {}
+    gpus = [g for g in doc.get("gpus") or [] if isinstance(g, dict)] \
+        if isinstance(doc.get("gpus"), list) else []
+    switches = doc.get("nvswitches") if isinstance(doc.get("nvswitches"), list) else []
+    board = doc.get("board") if doc.get("board") in ("hgx", "pcie") else "pcie"
+    return {"gpus": gpus, "board": board, "nvswitches": switches}
+
+
+def gpu_device_id(gpu):
+    """A GPU's PCI device id as an int ("0x2330" or 0x2330), or None when unknown."""
+    value = gpu.get("pci_device_id") if isinstance(gpu, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value), 16)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_blackwell(device):
+    return device is not None and any(lo <= device <= hi for lo, hi in BLACKWELL_DEVICE_RANGES)
+
+
+def board_needs_fabricmanager(board):
+    """An NVSwitch board (HGX/DGX): NVSwitches on the PCI bus, or HGX Blackwell GPUs."""
+    return bool(board["nvswitches"]) or any(
+        gpu_device_id(g) in HGX_BLACKWELL_DEVICES for g in board["gpus"])
+
+
+def kernel_slot(pci_bus_id):
+    """nvidia-smi's bus id (00000000:18:00.0) as the kernel names it (0000:18:00.0)."""
+    domain, _, rest = str(pci_bus_id).partition(":")
+    try:
+        return f"{int(domain, 16):04x}:{rest.lower()}"
+    except ValueError:
+        return str(pci_bus_id).lower()
+
+
+def kernel_release():
+    return os.uname().release
+
+
+def read_module(kernel=None):
+    """(version, flavour) of the module DKMS built for KERNEL (default: the running one),
+    or None when there is none."""
+    text = read_text(MODULE_FILE.format(kernel=kernel or kernel_release()))
+    if text is None or not text.split():
+        return None
+    words = text.split()
+    flavour = words[1] if len(words) > 1 and words[1] in ("open", "proprietary") \
+        else "proprietary"
+    return words[0], flavour
+
+
+def pid_alive(pid):
+    """Whether PID names a live process (a zombie has exited)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def read_pid_file(path):
+    """The pid a pid file names, or None."""
+    try:
+        return int((read_text(path) or "").strip())
+    except ValueError:
+        return None
+
+
+def remove_file(path):
+    try:
+        os.unlink(host_path(path))
+    except FileNotFoundError:
+        pass
+
+
+def daemonize(pid_file, on_stop, log_path=None):
+    """Fork into the background as a Type=forking daemon does: the child starts a new
+    session, writes its pid to PID_FILE (under $FLEETLAB_ROOT) and tells the parent,
+    which then exits 0. On SIGTERM/SIGINT the child runs ON_STOP, removes the pid file
+    and exits 0. The child's output goes to LOG_PATH (or /dev/null)."""
+    read_end, write_end = os.pipe()
+    stopping = []
+
+    def stop(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        try:
+            on_stop()
+        finally:
+            remove_file(pid_file)
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            ok = ready.read(1) == b"1"
+        os._exit(0 if ok else 1)
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    out = null
+    if log_path:
+        try:
+            full = host_path(log_path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            out = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            out = null
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    full = host_path(pid_file)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full + ".tmp", "w", encoding="utf-8") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(full + ".tmp", full)
+    os.write(write_end, b"1")
+    os.close(write_end)
+    while True:
+        signal.pause()
 
 
 def load_persistence():

@@ -9,6 +9,14 @@
 # filesystem the simulated view of its GPUs (/etc/fleetlab/gpus.json, the driver
 # marker and an nvidia-smi stand-in). Inside the container the GPUs are numbered
 # from 0, as NVML numbers the devices a container can see.
+#
+# It also decides what cuInit will answer in the container, written as
+# /etc/fleetlab/cuda.json for the programs there (the Ollama stand-in): on an NVSwitch
+# board (HGX/DGX: gpus.json lists NVSwitches, or its GPUs are HGX Blackwell ones whose
+# NVSwitches are not on the host's PCI bus) CUDA initialises only while NVIDIA Fabric
+# Manager runs; without it cuInit fails with 802 CUDA_ERROR_SYSTEM_NOT_READY ("system
+# not yet initialized") although nvidia-smi lists every GPU. A CUDA program decides at
+# its start, so a Fabric Manager started later helps only containers started after it.
 import datetime
 import json
 import os
@@ -19,20 +27,30 @@ from fleetlab_common import (
     ASSIGNMENTS_LOG,
     BAKED_TOOLKIT_VERSION,
     DRIVER_MARKER,
+    FM_PID_FILE,
     GPUS_JSON,
     PERSISTENCE_JSON,
     baked,
+    board_needs_fabricmanager,
     host_path,
     installed_library_version,
     load_gpus,
     load_persistence,
     loaded_driver_version,
+    pid_alive,
+    read_board,
+    read_pid_file,
     render_sh_nvidia_smi,
 )
 
 # fleetlab:common-end
 
 PYTHONS = ("usr/bin/python3", "usr/local/bin/python3", "bin/python3")
+
+# What cuInit answers in the container.
+CUDA_JSON = "/etc/fleetlab/cuda.json"
+CUDA_SYSTEM_NOT_READY = {"init_error": 802, "name": "CUDA_ERROR_SYSTEM_NOT_READY",
+                         "message": "system not yet initialized"}
 
 
 class HookError(Exception):
@@ -100,6 +118,15 @@ def resolve_in_root(root, path):
             continue
         current = candidate
     return os.path.join(root, current)
+
+
+def cuda_state():
+    """What cuInit answers in a container started now (written as cuda.json): Fabric
+    Manager counts as running when its pid file names a live process."""
+    pid = read_pid_file(FM_PID_FILE)
+    if board_needs_fabricmanager(read_board()) and not (pid and pid_alive(pid)):
+        return dict(CUDA_SYSTEM_NOT_READY)
+    return {"init_error": 0}
 
 
 def write_in_root(root, path, data, mode=0o644):
@@ -185,6 +212,7 @@ def prestart(stdin):
     write_in_root(root, GPUS_JSON, json.dumps({"gpus": container_gpus}, indent=2) + "\n")
     write_in_root(root, DRIVER_MARKER, driver + "\n")
     write_in_root(root, PERSISTENCE_JSON, json.dumps(persistence, indent=2) + "\n")
+    write_in_root(root, CUDA_JSON, json.dumps(cuda_state(), indent=2) + "\n")
     write_in_root(root, "/usr/bin/nvidia-smi",
                   nvidia_smi_for(root, container_gpus, driver, persistence), 0o755)
     return 0

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
-# Fleet lab stand-in for nvidia-smi (package cuda-drivers-<branch>). There is no GPU
+# Fleet lab stand-in for nvidia-smi (packages cuda-drivers-<branch>, nvidia-open-<branch>,
+# nvidia-driver-cuda). There is no GPU
 # and no NVIDIA driver here: it reports the simulated GPUs of /etc/fleetlab/gpus.json
 # once the simulated kernel module is loaded (/run/fleetlab/nvidia-driver-loaded,
 # created at boot by fleetlab-nvidia-kmod.service), and fails like the real tool
 # otherwise. Every absolute path is prefixed with $FLEETLAB_ROOT (default /).
 import os
 import sys
+import time
 
 # fleetlab:common-begin
 from fleetlab_common import (
@@ -13,7 +15,9 @@ from fleetlab_common import (
     PERSISTENCE_JSON,
     baked,
     canonical_field,
+    cuda_version,
     fleetlab_root,
+    gpu_device_id,
     gpu_state,
     load_gpus,
     load_persistence,
@@ -41,6 +45,7 @@ nvidia-smi [OPTION1 [ARG1]] [OPTION2 [ARG2]] ...
     -h,   --help                Print usage information and exit.
           --version             Print version information and exit.
     -L,   --list-gpus           Display a list of GPUs connected to the system.
+    -q,   --query               Display GPU or Unit info.
     -i,   --id=                 Target a specific GPU (index, UUID or PCI bus id).
           --query-gpu=          Information about GPU (fields as the real tool).
           --format=             csv[,noheader][,nounits]
@@ -73,6 +78,8 @@ def parse(argv):
             opts["mode"] = "list"
         elif arg == "--version":
             opts["mode"] = "version"
+        elif arg in ("-q", "--query"):
+            opts["mode"] = "full"
         elif arg in ("-h", "--help"):
             opts["mode"] = "help"
         elif name in ("-i", "--id"):
@@ -105,6 +112,47 @@ def select(gpus, ids):
         else:
             return None
     return chosen
+
+
+def _row(label, value, indent=4):
+    return f"{' ' * indent}{label:<{42 - indent}}: {value}\n"
+
+
+def render_full(gpus, states, driver, count):
+    """The start of `nvidia-smi -q`: its header and, per GPU, the identity, persistence
+    mode, PCI and memory sections (the real tool prints many more)."""
+    out = ["\n==============NVSMI LOG==============\n\n",
+           _row("Timestamp", time.strftime("%a %b %d %H:%M:%S %Y"), 0),
+           _row("Driver Version", driver, 0),
+           _row("CUDA Version", cuda_version(driver), 0), "\n",
+           _row("Attached GPUs", str(count), 0)]
+    for gpu in gpus:
+        s = states[gpu["uuid"]]
+        bus = gpu["pci_bus_id"]
+        domain, bus_no, rest = (bus.split(":") + ["", ""])[:3]
+        device = gpu_device_id(gpu)
+        out.append(f"GPU {bus}\n")
+        out.append(_row("Product Name", gpu["name"]))
+        out.append(_row("Product Brand", "NVIDIA"))
+        out.append(_row("Display Mode", "Disabled"))
+        out.append(_row("Persistence Mode", s["persistence_mode"]))
+        out.append(_row("Serial Number", s["serial"]))
+        out.append(_row("GPU UUID", gpu["uuid"]))
+        out.append(_row("Minor Number", str(gpu["index"])))
+        out.append("    PCI\n")
+        out.append(_row("Bus", f"0x{bus_no}", 8))
+        out.append(_row("Device", f"0x{rest.split('.')[0]}", 8))
+        out.append(_row("Domain", f"0x{domain[-4:]}", 8))
+        out.append(_row("Device Id", f"0x{device:04X}10DE" if device is not None else "N/A",
+                        8))
+        out.append(_row("Bus Id", bus, 8))
+        out.append("    FB Memory Usage\n")
+        out.append(_row("Total", f"{s['memory.total']} MiB", 8))
+        out.append(_row("Used", f"{s['memory.used']} MiB", 8))
+        out.append(_row("Free", f"{s['memory.free']} MiB", 8))
+        out.append(_row("Compute Mode", s["compute_mode"]))
+        out.append("\n")
+    return "".join(out)
 
 
 def main(argv):
@@ -183,6 +231,9 @@ def main(argv):
 
     usage = load_usage()
     states = {g["uuid"]: gpu_state(g, driver, len(gpus), persistence, usage) for g in gpus}
+    if opts["mode"] == "full":
+        out.write(render_full(chosen, states, driver, len(gpus)))
+        return 0
     if opts["mode"] == "query":
         fmt = opts["format"].split(",")
         out.write(render_csv(fields, chosen, states, "noheader" in fmt, "nounits" in fmt))
