@@ -48,6 +48,10 @@ A host that answered (every key always present; null where unknown):
                     "version": "0.6.8",   # GET /api/version; null when it does not answer
                     "models": ["tinyllama:latest"],   # GET /api/tags
                     "loaded": [],                     # GET /api/ps
+                    "placement": [{"name": "tinyllama:latest", "size": 2097595,
+                                   "size_vram": 2097595, "on": "GPU"}],
+                                        # where each loaded model lives: GPU, CPU, or
+                                        # "60% GPU" (split), with its bytes in GPU memory
                     "api_error": null}],
      "nginx": {"url": "http://127.0.0.1:80/health", "ok": true, "status": 200,
                "error": null}}        # "nginx" is null on hosts that run none
@@ -275,8 +279,22 @@ def instance_view(name: str, port: int, container: dict[str, Any] | None,
         "version": version.get("version") if isinstance(version, dict) else None,
         "models": [m.get("name") for m in (tags or {}).get("models") or []],
         "loaded": [m.get("name") for m in (ps or {}).get("models") or []],
+        "placement": [placement(m) for m in (ps or {}).get("models") or []],
         "api_error": error or tags_error or ps_error,
     }
+
+
+def placement(model: dict[str, Any]) -> dict[str, Any]:
+    """Where a loaded model (an /api/ps entry) lives, as `ollama ps` says it: all in GPU
+    memory, on the CPU, or split."""
+    size, vram = int(model.get("size") or 0), int(model.get("size_vram") or 0)
+    if vram == 0:
+        on = "CPU"
+    elif vram >= size:
+        on = "GPU"
+    else:
+        on = f"{round(100 * vram / size)}% GPU"
+    return {"name": model.get("name"), "size": size, "size_vram": vram, "on": on}
 
 
 def nginx_view(url: str | None, entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -361,6 +379,10 @@ def _names(names: list[str]) -> str:
     return ", ".join(names) if names else "-"
 
 
+def _placed(models: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m['name']} ({m['on']})" for m in models) if models else "-"
+
+
 def render_table(views: list[dict[str, Any]]) -> str:
     """Fixed columns: a line per host, under it a line per GPU and per Ollama instance."""
     width = max([4, *(len(v["host"]) for v in views)])
@@ -395,7 +417,7 @@ def render_table(views: list[dict[str, Any]]) -> str:
             healthy += i["healthy"]
             out.append(f"{pad}{i['name']:<9} :{i['port']:<5}  {_gpu_label(i):<9}  "
                        f"{_condition(i):<9}  {i['version'] or '-':<8}  "
-                       f"models {_names(i['models'])}  loaded {_names(i['loaded'])}"
+                       f"models {_names(i['models'])}  loaded {_placed(i['placement'])}"
                        + (f"  ({i['api_error']})" if i["api_error"] else ""))
     answered = len(views) - unreachable
     out.append(f"{len(views)} hosts: {answered} answered, {unreachable} unreachable; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.labfleet import lab_cli
+from tests.labfleet import REPO, lab_cli
 from tests.unit.test_settings import BAD_DATA
 
 pytestmark = pytest.mark.lab
@@ -176,6 +177,23 @@ def test_gpu_hosts_run_debian13s_driver_held_with_its_services(fleet, host):
     _, smi, _ = fleet.ssh(host, "nvidia-smi --query-gpu=driver_version,persistence_mode "
                                 "--format=csv,noheader")
     assert smi.splitlines() == ["590.44.01, Enabled"] * 2
+
+
+def test_every_gpu_instance_infers_on_its_gpu(fleet):
+    """A loaded model all in GPU memory on every instance, and the fleet view says so."""
+    for host in ("gpu-1", "gpu-2"):
+        for port in (11434, 11435):
+            _, ps, _ = fleet.ssh(host, f"curl -sS http://127.0.0.1:{port}/api/ps")
+            models = json.loads(ps)["models"]
+            assert models, (host, port, ps)
+            assert all(m["size_vram"] == m["size"] > 0 for m in models), (host, port, ps)
+    proc = subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "status",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    views = {v["host"]: v for v in json.loads(proc.stdout)}
+    for host in ("gpu-1", "gpu-2"):
+        placed = [p for i in views[host]["instances"] for p in i["placement"]]
+        assert placed and {p["on"] for p in placed} == {"GPU"}, views[host]
 
 
 def test_ollama_ports_are_private(fleet):

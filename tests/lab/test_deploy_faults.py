@@ -185,6 +185,40 @@ def test_the_proprietary_flavour_on_blackwell_stops_that_host_untouched(fleet):
     assert fleet.ssh("gpu-2", "dpkg-query -W | md5sum; apt-mark showhold | md5sum")[1] == before
 
 
+def _instances_on_gpu(fleet, host: str) -> bool:
+    _, ps, _ = fleet.ssh(host, "curl -sS http://127.0.0.1:11434/api/ps", check=False)
+    try:
+        models = json.loads(ps)["models"]
+    except (ValueError, KeyError):
+        return False
+    return bool(models) and all(m["size_vram"] == m["size"] for m in models)
+
+
+def test_fabric_manager_unable_to_start_fails_the_host_naming_it_then_heals(fleet):
+    """Without Fabric Manager an NVSwitch board's CUDA does not initialise: nvidia-smi lists
+    every GPU and Ollama runs on the CPU. The deploy says so; once Fabric Manager can
+    start again, the next deploy heals the host."""
+    cfg = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+    fleet.ssh("gpu-1", f"cp {cfg} /root/fabricmanager.cfg && echo 'not a setting' >> {cfg}")
+    try:
+        fleet.reboot("gpu-1")  # Fabric Manager fails at boot; Ollama starts on the CPU
+        poll(lambda: fleet.ssh("gpu-1", "curl -sf http://127.0.0.1/api/version",
+                               check=False)[0] == 0, 120, what="gpu-1 serving again")
+        assert fleet.ssh("gpu-1", "nvidia-smi -L")[1].count("GPU ") == 1
+        proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+        assert proc.returncode == 1, proc.output[-3000:]
+        assert '--> gpu-1: failed at step "Every GPU instance infers on its GPU"' in proc.output
+        line = next(x for x in proc.output.splitlines() if "runs on the CPU" in x)
+        uuid = fleet.host("gpu-1")["gpus"][0]["uuid"]
+        assert f"ollama-0 (GPU 0 {uuid}): " in line and "Fabric Manager is not running" in line
+    finally:
+        fleet.ssh("gpu-1", f"cp /root/fabricmanager.cfg {cfg}")
+    proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert fleet.ssh("gpu-1", "systemctl is-active nvidia-fabricmanager")[1] == "active\n"
+    assert _instances_on_gpu(fleet, "gpu-1")
+
+
 def test_a_driver_installed_but_not_loaded_is_rebooted_into(fleet):
     """What a run killed between the install and its reboot leaves: the packages in, no
     module loaded. The next run reboots into it."""
@@ -196,3 +230,4 @@ def test_a_driver_installed_but_not_loaded_is_rebooted_into(fleet):
     assert fleet.started_at("gpu-1") != booted
     assert fleet.ssh("gpu-1", "nvidia-smi --query-gpu=driver_version --format=csv,noheader")[
         1] == "590.44.01\n"
+    assert _instances_on_gpu(fleet, "gpu-1")

@@ -20,6 +20,7 @@ from fleetctl.status import (
     host_view,
     parse_gpus,
     parse_os_release,
+    placement,
     plan_hosts,
     pyinfra_config,
     render_table,
@@ -40,7 +41,7 @@ CPU_1 = HostPlan("cpu-1", ("gpu_servers",), {}, (("ollama-0", 11434),), nginx_ur
 REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "driver_version", "gpu_error",
                   "gpus", "docker_version", "docker_error", "instances", "nginx"}
 INSTANCE_KEYS = {"name", "port", "state", "health", "healthy", "image", "gpus", "all_gpus",
-                 "version", "models", "loaded", "api_error"}
+                 "version", "models", "loaded", "placement", "api_error"}
 
 
 def recorded(name: str, plan: HostPlan) -> dict:
@@ -83,11 +84,23 @@ def test_gpu_host_every_gpu_and_instance():
                      "health": "healthy", "healthy": True, "image": "ollama/ollama:0.6.8",
                      "gpus": [{"index": 0, "uuid": "GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a"}],
                      "all_gpus": False, "version": "0.6.8", "models": ["tinyllama:latest"],
-                     "loaded": ["tinyllama:latest"], "api_error": None}
+                     "loaded": ["tinyllama:latest"],
+                     "placement": [{"name": "tinyllama:latest", "size": 2097595,
+                                    "size_vram": 2097595, "on": "GPU"}], "api_error": None}
     assert second["gpus"] == [{"index": 1, "uuid": "GPU-4a3ee2ef-9b6d-9c85-902f-a2b980567921"}]
     assert second["loaded"] == []
     assert view["nginx"] == {"url": NGINX, "ok": True, "status": 200, "error": None}
     assert exit_status([view]) == 0
+
+
+@pytest.mark.parametrize("size_vram, on", [(2097595, "GPU"), (0, "CPU"), (None, "CPU"),
+                                           (1258557, "60% GPU")])
+def test_placement_says_where_a_loaded_model_lives(size_vram, on):
+    model = {"name": "tinyllama:latest", "size": 2097595}
+    if size_vram is not None:
+        model["size_vram"] = size_vram
+    assert placement(model) == {"name": "tinyllama:latest", "size": 2097595,
+                                "size_vram": size_vram or 0, "on": on}
 
 
 def test_cpu_host_says_no_gpu():
@@ -252,7 +265,7 @@ def test_table_has_fixed_columns_and_unreachable_rows():
     assert lines[2] == ("       GPU 0    NVIDIA H100 80GB HBM3           2731 / 81559 MiB   "
                         "37%  GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a")
     assert lines[4].startswith("       ollama-0  :11434  gpu:0      healthy    0.6.8     ")
-    assert lines[4].endswith("loaded tinyllama:latest")
+    assert lines[4].endswith("loaded tinyllama:latest (GPU)")
     assert "gpu-2  unreachable: Could not connect (timed out)" in lines
     assert lines[-1] == "3 hosts: 2 answered, 1 unreachable; 3 Ollama instances: 3 healthy"
     assert exit_status(views) == 1

@@ -1,0 +1,172 @@
+"""Proof of GPU inference: every Ollama instance has a model loaded, entirely in GPU memory.
+
+nvidia-smi inside a container proves that the GPU is there, not that CUDA works: on an
+NVSwitch board whose Fabric Manager is not running, CUDA's initialisation fails (error
+802), Ollama starts anyway and runs on the CPU, and only a loaded model tells (`/api/ps`:
+`size_vram` 0). So after the stack is up and the models are in:
+
+1. an instance with nothing loaded loads its proof model (a warm model, else the first
+   configured one) with its own keep-alive;
+2. CUDA initialises when Ollama starts: an instance whose model is not all in GPU
+   memory is restarted once (the cause may be gone since it started: a Fabric Manager
+   that could not start then), and loads the model again;
+3. an instance still on the CPU fails the host with one line naming the instance, its
+   GPUs and the likely cause.
+
+A host whose instances have no model configured says so: there is nothing to prove with.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.facts.systemd import SystemdStatus
+
+from tasks import modelname
+from tasks.addresses import local_address, url_host
+from tasks.compose import wait_healthy_command
+from tasks.facts import LoadedModels, NvidiaHost, OllamaModels, planning
+from tasks.models import WARM_TIMEOUT_S
+from tasks.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
+from tasks.report import fail_command
+from tasks.scripts import script_command
+from tasks.settings import Settings
+from tasks.stack import Instance, host_gpus, plan_instances
+
+
+def prove_gpu_inference(settings: Settings) -> None:
+    """Steps 1-3 above, on hosts whose instances have GPUs."""
+    if not settings.gpu_indexes:
+        return
+    proof_loaded(name="Each GPU instance has a model loaded", settings=settings,
+                 _timeout=WARM_TIMEOUT_S * len(settings.instance_ports()) + 60)
+    cpu_instances_restarted(
+        name="Instances on the CPU restarted once (CUDA initialises at start)",
+        settings=settings,
+        _timeout=(settings.ollama_health_timeout + WARM_TIMEOUT_S)
+        * len(settings.instance_ports()) + 60)
+    on_gpu(name="Every GPU instance infers on its GPU", settings=settings)
+
+
+def proof_model(settings: Settings) -> str | None:
+    """The model each instance proves itself with, named as the instance lists it: the
+    first warm model, else the first configured one; None when none is there."""
+    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    keys = {modelname.parse(n).key: n for n in listed}
+    for name in [*settings.ollama_warm_models, *settings.all_models]:
+        found = keys.get(modelname.parse(name).key)
+        if found:
+            return found
+    return None
+
+
+def _instances(settings: Settings) -> list[Instance]:
+    try:
+        return plan_instances(settings, host_gpus(settings))
+    except OperationError:
+        return []  # the stack step has failed this host already
+
+
+def _url(settings: Settings, instance: Instance) -> str:
+    return f"http://{url_host(local_address(settings.ollama_bind_address))}:{instance.port}"
+
+
+def _loaded(settings: Settings, instance: Instance) -> list[dict] | None:
+    address = url_host(local_address(settings.ollama_bind_address))
+    return host.get_fact(LoadedModels, address=address, port=instance.port)
+
+
+def on_cpu(models: list[dict] | None) -> list[dict]:
+    """The loaded models not all in GPU memory."""
+    return [m for m in models or [] if m["size_vram"] < m["size"]]
+
+
+def gpu_label(instance: Instance) -> str:
+    """`GPU 0 GPU-5f2b...`: the GPUs an instance was given, by index and UUID."""
+    return ", ".join(f"GPU {g['index']} {g['uuid']}" for g in instance.gpus) or "every GPU"
+
+
+def likely_cause(settings: Settings, instance: Instance) -> str:
+    """Why CUDA would not initialise in INSTANCE, as far as the host tells."""
+    devices = host.get_fact(NvidiaHost)["devices"]
+    if needs_fabricmanager(devices) and settings.nvidia_fabricmanager != "never":
+        unit = f"{FABRICMANAGER_UNIT}.service"
+        running = (host.get_fact(SystemdStatus, services=unit) or {}).get(unit)
+        if not running:
+            return (f"Fabric Manager is not running on this NVSwitch board ({unit}: see "
+                    f"`systemctl status {FABRICMANAGER_UNIT}`), so CUDA cannot initialise")
+    return f"CUDA did not initialise in the container (see `docker logs {instance.name}`)"
+
+
+@operation()
+def proof_loaded(settings: Settings):
+    """
+    Load the proof model on every GPU instance that has nothing loaded (its own
+    keep-alive: the deploy pins nothing for this).
+
+    + settings: the host's validated settings
+    """
+    if planning():
+        host.noop("GPU inference is proven once the stack runs")
+        return
+    model = proof_model(settings)
+    if model is None:
+        host.noop("no model configured: GPU inference is not proven on this host")
+        return
+    idle = [i for i in _instances(settings) if not _loaded(settings, i)]
+    for instance in idle:
+        yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
+                             "default", model)
+    if not idle:
+        host.noop("every GPU instance has a model loaded")
+
+
+@operation()
+def cpu_instances_restarted(settings: Settings):
+    """
+    Restart, once, every GPU instance whose loaded models are not all in GPU memory, wait
+    until it is healthy, and load the proof model again.
+
+    + settings: the host's validated settings
+    """
+    if planning():
+        host.noop("GPU inference is proven once the stack runs")
+        return
+    model = proof_model(settings)
+    if model is None:
+        host.noop("no model to prove with")
+        return
+    cpu = [i for i in _instances(settings) if on_cpu(_loaded(settings, i))]
+    for instance in cpu:
+        yield f"docker restart {instance.name}"
+        yield wait_healthy_command([instance.name], settings.ollama_health_timeout)
+        yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
+                             "default", model)
+    if not cpu:
+        host.noop("no GPU instance runs on the CPU")
+
+
+@operation()
+def on_gpu(settings: Settings):
+    """
+    Fail the host unless every GPU instance's loaded models are entirely in GPU memory.
+
+    + settings: the host's validated settings
+    """
+    if planning():
+        host.noop("GPU inference is proven once the stack runs")
+        return
+    if proof_model(settings) is None:
+        host.noop("no model configured: GPU inference is not proven on this host")
+        return
+    instances = _instances(settings)
+    for instance in instances:
+        cpu = on_cpu(_loaded(settings, instance))
+        if cpu:
+            m = cpu[0]
+            yield fail_command(
+                f"{instance.name} ({gpu_label(instance)}): {m['name']} runs on the CPU "
+                f"(size_vram {m['size_vram']} of {m['size']} bytes, after a restart); "
+                f"{likely_cause(settings, instance)}")
+            return
+    host.noop(f"{len(instances)} instances infer on their GPUs")
