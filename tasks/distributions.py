@@ -60,7 +60,10 @@ class VendorRepository:
 class DriverPackages:
     """One way a distribution ships the NVIDIA driver, for the branches FIRST..LAST.
 
-    Shapes: `{branch}` is the driver branch, `{kernel}` the running kernel (`uname -r`).
+    Shapes: `{branch}` is the driver branch, `{kernel}` the running kernel (`uname -r`),
+    `{flavour}` its flavour (`amd64`, `cloud-amd64`; Ubuntu `generic`, `generic-hwe-22.04`):
+    the meta-packages that follow kernel upgrades, so the module is there after the next
+    kernel's reboot too.
     """
 
     first: int  # the branches this scheme carries
@@ -70,6 +73,7 @@ class DriverPackages:
     proprietary: tuple[str, ...]  # ... with the proprietary ones
     fabricmanager: str  # Fabric Manager of the same branch
     headers: str  # what the module is built against ('' precompiled: none)
+    headers_meta: str = ""  # the headers of the kernels to come (their flavour's package)
     modules: str = ""  # "precompiled" or "dkms" where the knob chooses (Ubuntu); '' any
 
 
@@ -85,6 +89,7 @@ class Distribution:
     drivers: tuple[DriverPackages, ...] = ()  # the driver's package schemes, by branch
     driver_source: str = ""  # where the driver comes from, for messages
     archive_components: tuple[str, ...] = ()  # components of the OS archive the driver needs
+    ga_kernel: str = ""  # Ubuntu: the release's own kernel series; others are HWE kernels
 
     @property
     def name(self) -> str:
@@ -118,14 +123,17 @@ TOOLKIT_REPOSITORY = VendorRepository(
 # carry none and `nvidia-driver-pinning-<branch>` holds the branch. The kernel module is
 # built by DKMS against the running kernel's headers (only recommended by the packages).
 CUDA_BRANCHED = DriverPackages(
-    first=550, last=589, pin="", open=("nvidia-open-{branch}",),
+    first=550, last=579, pin="", open=("nvidia-open-{branch}",),
     proprietary=("cuda-drivers-{branch}",), fabricmanager="nvidia-fabricmanager-{branch}",
-    headers="linux-headers-{kernel}")
+    headers="linux-headers-{kernel}", headers_meta="linux-headers-{flavour}")
+# From 580 the meta-packages depend on `>=` versions: without the pin a branch-named one
+# pulls the newest branch in (NVIDIA's guide: version locking, from 580).
 CUDA_PINNED = DriverPackages(
-    first=590, last=999, pin="nvidia-driver-pinning-{branch}",
+    first=580, last=999, pin="nvidia-driver-pinning-{branch}",
     open=("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"),
     proprietary=("nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"),
-    fabricmanager="nvidia-fabricmanager", headers="linux-headers-{kernel}")
+    fabricmanager="nvidia-fabricmanager", headers="linux-headers-{kernel}",
+    headers_meta="linux-headers-{flavour}")
 
 # Ubuntu's GPU servers take Canonical's server packages from the archive: by default its
 # signed precompiled modules for the running kernel (what `ubuntu-drivers install --gpgpu`
@@ -133,15 +141,18 @@ CUDA_PINNED = DriverPackages(
 UBUNTU_PRECOMPILED = DriverPackages(
     first=550, last=999, pin="", modules="precompiled",
     open=("linux-modules-nvidia-{branch}-server-open-{kernel}",
+          "linux-modules-nvidia-{branch}-server-open-{flavour}",
           "nvidia-headless-no-dkms-{branch}-server-open", "nvidia-utils-{branch}-server"),
     proprietary=("linux-modules-nvidia-{branch}-server-{kernel}",
+                 "linux-modules-nvidia-{branch}-server-{flavour}",
                  "nvidia-headless-no-dkms-{branch}-server", "nvidia-utils-{branch}-server"),
     fabricmanager="nvidia-fabricmanager-{branch}", headers="")
 UBUNTU_DKMS = DriverPackages(
     first=550, last=999, pin="", modules="dkms",
     open=("nvidia-headless-{branch}-server-open", "nvidia-utils-{branch}-server"),
     proprietary=("nvidia-headless-{branch}-server", "nvidia-utils-{branch}-server"),
-    fabricmanager="nvidia-fabricmanager-{branch}", headers="linux-headers-{kernel}")
+    fabricmanager="nvidia-fabricmanager-{branch}", headers="linux-headers-{kernel}",
+    headers_meta="linux-headers-{flavour}")
 UBUNTU_DOCKER = ("docker.io", "docker-compose-v2")
 
 
@@ -176,7 +187,12 @@ DEBIAN_12 = _debian(12, "bookworm", archive={}, cuda_key="3bf863cc.pub",
 # debian13 repository with another key (the old one's SHA-1 binding is refused by trixie's
 # apt) and carries 590 and later only.
 DEBIAN_13 = _debian(13, "trixie", archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")},
-                    cuda_key="8793F200.pub", drivers=(CUDA_PINNED,))
+                    cuda_key="8793F200.pub", drivers=(dataclasses.replace(CUDA_PINNED, first=590),))
+
+# The release's own (GA) kernel series: another series is a hardware-enablement kernel,
+# whose meta-packages are named `<flavour>-hwe-<release>`.
+UBUNTU_GA_KERNEL = {22: "5.15", 24: "6.8"}
+
 
 def _ubuntu(major: int, codename: str) -> Distribution:
     """Ubuntu MAJOR: Docker's repository for its CODENAME; the driver from the archive."""
@@ -190,7 +206,7 @@ def _ubuntu(major: int, codename: str) -> Distribution:
             TOOLKIT: TOOLKIT_REPOSITORY,
         },
         archive={DOCKER: UBUNTU_DOCKER}, drivers=(UBUNTU_PRECOMPILED, UBUNTU_DKMS),
-        driver_source=f"Ubuntu {major}.04's archive",
+        driver_source=f"Ubuntu {major}.04's archive", ga_kernel=UBUNTU_GA_KERNEL[major],
     )
 
 
@@ -282,3 +298,14 @@ def driver_packages(dist: Distribution, settings: Settings) -> DriverPackages:
 def fill(shape: str, **values: str) -> str:
     """SHAPE with `{name}` replaced by VALUES (package name shapes)."""
     return _fill(shape, values)
+
+
+def kernel_flavour(dist: Distribution, kernel: str) -> str:
+    """The flavour of KERNEL (`uname -r`) as DIST names its meta-packages: Debian's
+    `6.1.0-40-cloud-amd64` and `6.12.48+deb13-amd64` are `cloud-amd64` and `amd64`; Ubuntu's
+    `6.8.0-49-generic` on 24.04 is `generic`, a 6.8 kernel on 22.04 `generic-hwe-22.04`."""
+    words = kernel.split("-")
+    flavour = "-".join(w for w in words[1:] if not w.isdigit())
+    if dist.ga_kernel and ".".join(words[0].split(".")[:2]) != dist.ga_kernel:
+        flavour += f"-hwe-{dist.major}.04"
+    return flavour

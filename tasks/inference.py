@@ -26,7 +26,7 @@ from tasks import modelname
 from tasks.addresses import local_address, url_host
 from tasks.compose import wait_healthy_command
 from tasks.facts import LoadedModels, NvidiaHost, OllamaModels, planning
-from tasks.models import WARM_TIMEOUT_S
+from tasks.models import WARM_TIMEOUT_S, as_stored
 from tasks.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
 from tasks.report import fail_command
 from tasks.scripts import script_command
@@ -60,6 +60,18 @@ def proof_model(settings: Settings) -> str | None:
     return None
 
 
+def _proving_with(settings: Settings) -> str | None:
+    """The proof model once the stack runs; None (and the host told why) before that, or
+    when there is no model to prove with."""
+    if planning():
+        host.noop("GPU inference is proven once the stack runs")
+        return None
+    model = proof_model(settings)
+    if model is None:
+        host.noop("no model configured: GPU inference is not proven on this host")
+    return model
+
+
 def _instances(settings: Settings) -> list[Instance]:
     try:
         return plan_instances(settings, host_gpus(settings))
@@ -77,8 +89,20 @@ def _loaded(settings: Settings, instance: Instance) -> list[dict] | None:
 
 
 def on_cpu(models: list[dict] | None) -> list[dict]:
-    """The loaded models not all in GPU memory."""
-    return [m for m in models or [] if m["size_vram"] < m["size"]]
+    """The loaded models with nothing in GPU memory (`ollama ps`: 100% CPU). A model split
+    between GPU and CPU memory (bigger than the GPU) proves CUDA works: not counted."""
+    return [m for m in models or [] if m["size_vram"] == 0]
+
+
+PROOF_KEEP_ALIVE = "5m"  # a proof model that is not a warm one: long enough to be read
+
+
+def keep_alive(settings: Settings, model: str) -> str:
+    """How long the proof load keeps MODEL: a warm model for good, as the warm step loads
+    it (a request naming keep_alive changes it); another one for PROOF_KEEP_ALIVE, not the
+    instance's own keep-alive, which may be 0."""
+    keys = {modelname.parse(m).key for m in settings.ollama_warm_models}
+    return "-1" if modelname.parse(model).key in keys else PROOF_KEEP_ALIVE
 
 
 def gpu_label(instance: Instance) -> str:
@@ -106,17 +130,13 @@ def proof_loaded(settings: Settings):
 
     + settings: the host's validated settings
     """
-    if planning():
-        host.noop("GPU inference is proven once the stack runs")
-        return
-    model = proof_model(settings)
+    model = _proving_with(settings)
     if model is None:
-        host.noop("no model configured: GPU inference is not proven on this host")
         return
     idle = [i for i in _instances(settings) if not _loaded(settings, i)]
     for instance in idle:
         yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
-                             "default", model)
+                             keep_alive(settings, model), model)
     if not idle:
         host.noop("every GPU instance has a model loaded")
 
@@ -124,24 +144,27 @@ def proof_loaded(settings: Settings):
 @operation()
 def cpu_instances_restarted(settings: Settings):
     """
-    Restart, once, every GPU instance whose loaded models are not all in GPU memory, wait
-    until it is healthy, and load the proof model again.
+    Restart, once, every GPU instance with a model loaded on the CPU, wait until it is
+    healthy, and load its warm models (for good) and the proof model again.
 
     + settings: the host's validated settings
     """
-    if planning():
-        host.noop("GPU inference is proven once the stack runs")
-        return
-    model = proof_model(settings)
+    model = _proving_with(settings)
     if model is None:
-        host.noop("no model to prove with")
         return
+    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    warm = [m for m in as_stored(settings, listed) if m in listed and modelname.parse(m).key
+            in {modelname.parse(w).key for w in settings.ollama_warm_models}]
     cpu = [i for i in _instances(settings) if on_cpu(_loaded(settings, i))]
     for instance in cpu:
         yield f"docker restart {instance.name}"
         yield wait_healthy_command([instance.name], settings.ollama_health_timeout)
-        yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
-                             "default", model)
+        if warm:
+            yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
+                                 "-1", *warm)
+        if model not in warm:
+            yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
+                                 keep_alive(settings, model), model)
     if not cpu:
         host.noop("no GPU instance runs on the CPU")
 
@@ -149,15 +172,11 @@ def cpu_instances_restarted(settings: Settings):
 @operation()
 def on_gpu(settings: Settings):
     """
-    Fail the host unless every GPU instance's loaded models are entirely in GPU memory.
+    Fail the host if a GPU instance has a model loaded on the CPU (nothing in GPU memory).
 
     + settings: the host's validated settings
     """
-    if planning():
-        host.noop("GPU inference is proven once the stack runs")
-        return
-    if proof_model(settings) is None:
-        host.noop("no model configured: GPU inference is not proven on this host")
+    if _proving_with(settings) is None:
         return
     instances = _instances(settings)
     for instance in instances:
@@ -166,7 +185,7 @@ def on_gpu(settings: Settings):
             m = cpu[0]
             yield fail_command(
                 f"{instance.name} ({gpu_label(instance)}): {m['name']} runs on the CPU "
-                f"(size_vram {m['size_vram']} of {m['size']} bytes, after a restart); "
+                f"(size_vram 0 of {m['size']} bytes, after a restart); "
                 f"{likely_cause(settings, instance)}")
             return
     host.noop(f"{len(instances)} instances infer on their GPUs")

@@ -64,19 +64,25 @@ class DriverPlan:
 
     flavour: str  # "open" or "proprietary"
     headers: str  # the running kernel's headers package ('' precompiled modules)
+    headers_meta: str  # the headers of the kernels to come ('' none)
     pin: str  # the package that holds the branch ('' none)
     packages: tuple[str, ...]  # the driver's (and Fabric Manager's) packages
     fabricmanager: str  # Fabric Manager's package ('' none)
 
     @property
     def held(self) -> tuple[str, ...]:
-        """The packages apt must not change under a serving fleet."""
-        return tuple(p for p in (self.pin, *self.packages) if p)
+        """What apt must not change under a serving fleet: the pin where there is one (it
+        keeps the branch and lets the branch's own updates through) and Fabric Manager
+        (which must match the driver); else the branch's packages themselves."""
+        if self.pin:
+            return tuple(p for p in (self.pin, self.fabricmanager) if p)
+        return self.packages
 
     @property
     def wanted(self) -> tuple[str, ...]:
-        """Every package the plan installs."""
-        return tuple(p for p in (self.headers, *self.held) if p)
+        """Every package the plan must have installed (the headers meta-package is taken
+        where apt has it: a kernel of no known flavour has none)."""
+        return tuple(p for p in (self.headers, self.pin, *self.packages) if p)
 
 
 def gpu_devices(devices: list[dict]) -> list[int]:
@@ -127,13 +133,15 @@ def driver_plan(dist: distributions.Distribution, settings: Settings, kernel: st
     knob where the distribution or the GPUs rule the settings out."""
     scheme = distributions.driver_packages(dist, settings)
     flavour = choose_flavour(settings, devices)
-    values = {"branch": str(settings.nvidia_driver_branch), "kernel": kernel}
+    values = {"branch": str(settings.nvidia_driver_branch), "kernel": kernel,
+              "flavour": distributions.kernel_flavour(dist, kernel)}
     fill = lambda shape: distributions.fill(shape, **values)  # noqa: E731
     fm = settings.nvidia_fabricmanager == "always" or \
         (settings.nvidia_fabricmanager == "auto" and needs_fabricmanager(devices))
     fabricmanager = fill(scheme.fabricmanager) if fm else ""
     packages = tuple(fill(p) for p in getattr(scheme, flavour))
     return DriverPlan(flavour=flavour, headers=fill(scheme.headers) if scheme.headers else "",
+                      headers_meta=fill(scheme.headers_meta) if scheme.headers_meta else "",
                       pin=fill(scheme.pin) if scheme.pin else "",
                       packages=packages + ((fabricmanager,) if fabricmanager else ()),
                       fabricmanager=fabricmanager)
@@ -163,22 +171,28 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
 
     gpus = host.get_fact(NvidiaGpus)
     branch = settings.nvidia_driver_branch
-    install = driver(name=f"NVIDIA driver {branch} ({plan.flavour})", settings=settings,
-                     dist=dist.name)
+    if driver_answers(gpus, branch):
+        # the branch's module is loaded: what is missing (Fabric Manager for a board that
+        # needs it since, nvidia-persistenced, the headers) goes in without a reboot
+        apt_packages.installed(name=f"NVIDIA driver {branch}: its packages in place",
+                               packages=list(plan.wanted))
+    else:
+        install = driver(name=f"NVIDIA driver {branch} ({plan.flavour})", settings=settings,
+                         dist=dist.name)
+        # installed but not answering: a run that died before its reboot, a lost module
+        unloaded = not apt_packages.missing_packages(
+            list(plan.wanted), host.get_fact(DebPackages) or {})
+        if settings.nvidia_driver_allow_reboot:
+            reboot_args = {"delay": 5, "interval": 2,
+                           "reboot_timeout": settings.nvidia_driver_reboot_timeout,
+                           "_if": lambda: install.did_change() or unloaded}
+            if gpus["working"] and not settings.nvidia_driver_reboot_all_at_once:
+                # another branch serves now (a branch change): one host down at a time
+                server.reboot(name="Reboot into the new driver, one host at a time",
+                              _serial=True, **reboot_args)
+            else:
+                server.reboot(name="Reboot into the new driver", **reboot_args)
     held(name="NVIDIA driver held", packages=list(plan.held))
-    # installed but not answering: a run that died before its reboot, or a lost module
-    unloaded = not driver_answers(gpus, branch) and not apt_packages.missing_packages(
-        list(plan.wanted), host.get_fact(DebPackages) or {})
-    if settings.nvidia_driver_allow_reboot:
-        reboot_args = {"delay": 5, "interval": 2,
-                       "reboot_timeout": settings.nvidia_driver_reboot_timeout,
-                       "_if": lambda: install.did_change() or unloaded}
-        if gpus["working"] and not settings.nvidia_driver_reboot_all_at_once:
-            # its driver serves now (a branch change): one host down at a time
-            server.reboot(name="Reboot into the new driver, one host at a time",
-                          _serial=True, **reboot_args)
-        else:
-            server.reboot(name="Reboot into the new driver", **reboot_args)
     verify_driver(name="nvidia-smi answers with every GPU", gpu_count=settings.gpu_count,
                   branch=branch, reboot_allowed=settings.nvidia_driver_allow_reboot,
                   fabricmanager=plan.fabricmanager)
@@ -203,26 +217,18 @@ def host_plan(settings: Settings, dist: distributions.Distribution) -> DriverPla
 def driver(settings: Settings, dist: str):
     """
     Install the driver's packages for distribution DIST (headers, pin, driver, Fabric
-    Manager where the board has NVSwitch) unless a driver of the branch answers with them
-    all installed.
+    Manager where the board has NVSwitch) where any is missing.
 
     + settings: the host's settings (branch, flavour, modules, Fabric Manager)
     + dist: the distribution's name in tasks/distributions.py, e.g. "debian 13"
     """
     plan = host_plan(settings, distributions.by_name(dist))
-    branch = settings.nvidia_driver_branch
     missing = apt_packages.missing_packages(list(plan.wanted), host.get_fact(DebPackages) or {})
     if not missing:
-        host.noop(f"driver {branch} packages installed")
+        host.noop(f"driver {settings.nvidia_driver_branch} packages installed")
         return
-    if driver_answers(host.get_fact(NvidiaGpus), branch) and not (
-            set(missing) & ({*plan.packages, plan.pin} - {plan.fabricmanager, ""})):
-        if plan.fabricmanager in missing:  # same branch; the board needs it since
-            yield from apt_packages.installed._inner(packages=[plan.fabricmanager])
-            return
-        host.noop(f"driver {branch} already answers")
-        return
-    yield script_command("nvidia_driver/install.sh", plan.headers, plan.pin, *plan.packages)
+    yield script_command("nvidia_driver/install.sh", plan.headers, plan.headers_meta, plan.pin,
+                         *plan.packages)
 
 
 @operation()

@@ -453,11 +453,30 @@ def headers_package(kernel: str | None = None) -> Package:
     )
 
 
+def headers_meta_package(kernel: str | None = None) -> Package:
+    """linux-headers-<flavour>: stands for Debian's meta-package that follows the kernel's
+    flavour (`linux-headers-amd64`, `linux-headers-cloud-amd64`), so that each new kernel
+    of the flavour brings its headers. The flavour is the release's words after its
+    version, numbers left out (Debian's naming)."""
+    kernel = kernel or os.uname().release
+    flavour = "-".join(w for w in kernel.split("-")[1:] if not w.isdigit()) or "lab"
+    headers = kernel_package_name(kernel)
+    what = f"Depends on {headers}: the headers of the flavour's current kernel."
+    note = "This is NOT Debian's package: a stand-in of the ollama-fleet lab."
+    pkg = Package(f"linux-headers-{flavour}", headers_package(kernel).version,
+                  f"Header files for the {flavour} kernel flavour (meta-package)",
+                  what + "\n\n" + note, section="kernel", depends=[headers])
+    pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (
+        f"{pkg.name} -- fleet lab stand-in\n\n{note}\n\n{what}\n".encode(), 0o644)
+    return pkg
+
+
 def all_packages(kernel: str | None = None) -> dict[str, list[Package]]:
     """Packages per repository: {"toolkit", "debian12", "debian13", "kernel"}."""
     toolkit = [p for v in TOOLKIT_VERSIONS for p in toolkit_packages(v)]
     return {"toolkit": toolkit, "debian12": branched_driver_packages(),
-            "debian13": pinned_driver_packages(), "kernel": [headers_package(kernel)]}
+            "debian13": pinned_driver_packages(),
+            "kernel": [headers_package(kernel), headers_meta_package(kernel)]}
 
 
 def build_deb(pkg: Package, out_dir: Path) -> Path:

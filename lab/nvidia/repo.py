@@ -227,7 +227,7 @@ def _layout(fprs: dict[str, str], kernel: str, base_url: str | None) -> dict:
     files = {"toolkit": [f"{TOOLKIT_REPO}/{p.filename}" for p in pkgs["toolkit"]],
              **{name: [f"{repo}/{p.filename}" for p in pkgs[name]]
                 for name, repo in CUDA_REPOS.items()},
-             "kernel": [f"{KERNEL_REPO}/{headers.filename}"]}
+             "kernel": [f"{KERNEL_REPO}/{p.filename}" for p in pkgs["kernel"]]}
     cuda_repos = {name: {"repo": repo, "key": CUDA_KEYS[name],
                          "fingerprint": fprs[_repo_signer(name)],
                          "packages": {p.name: p.version for p in pkgs[name]}}

@@ -27,14 +27,22 @@ rewrite() {  # $1: file; prints the file with the components added
                 if ((" " have " ") !~ (" " w[i] " ")) out = out " " w[i]
             return out
         }
-        FILENAME ~ /\.sources$/ {
-            if ($0 ~ /^[ \t]*$/) { suites = ""; print; next }
-            if ($1 == "Suites:") { suites = $0 }
-            if ($1 == "Components:" && (" " $0 " ") ~ / main /) {
-                n = split(suites, s, " ")
-                for (i = 2; i <= n; i++) if (ours(s[i])) { print add($0, $0); next }
+        function flush(    i, n, w, j, hit) {  # a deb822 stanza: fields in any order
+            hit = 0
+            n = split(suites, w, " ")
+            for (j = 2; j <= n; j++) if (ours(w[j])) hit = 1
+            for (i = 1; i <= count; i++) {
+                if (hit && stanza[i] ~ /^Components:/ && (" " stanza[i] " ") ~ / main /)
+                    stanza[i] = add(stanza[i], stanza[i])
+                print stanza[i]
             }
-            print; next
+            count = 0; suites = ""
+        }
+        FILENAME ~ /\.sources$/ {
+            if ($0 ~ /^[ \t]*$/) { flush(); print; next }
+            if ($1 == "Suites:") suites = $0
+            stanza[++count] = $0
+            next
         }
         {
             if ($1 == "deb" || $1 == "deb-src") {
@@ -43,7 +51,8 @@ rewrite() {  # $1: file; prints the file with the components added
                 if (ours($(f + 1)) && (" " $0 " ") ~ / main /) { print add($0, $0); next }
             }
             print
-        }' "$1"
+        }
+        END { flush() }' "$1"
 }
 
 for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources; do

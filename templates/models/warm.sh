@@ -7,7 +7,8 @@
 # prompt (Ollama loads the model and answers `done_reason` `load`; an embedding-only
 # model, which Ollama refuses to generate with, is loaded by one /api/embed instead), each
 # bounded by TIMEOUT_S seconds; then check /api/ps lists every MODEL. KEEP_ALIVE is -1 to
-# keep it loaded for good, or `default` for the instance's own OLLAMA_KEEP_ALIVE.
+# keep it loaded for good, a duration (`5m`) to keep it that long, or `default` for the
+# instance's own OLLAMA_KEEP_ALIVE.
 # MODEL is a name the deploy validated (letters, digits, `._-:/`), so it goes into the
 # JSON body as it is.
 # Exit: 0 every MODEL loaded; 2 a bad KEEP_ALIVE; 1 at the first that is not: stderr says which and Ollama's
@@ -18,7 +19,8 @@ keep=
 case $3 in
 default) ;;
 -1) keep=',"keep_alive":-1' ;;
-*) echo "warm.sh: KEEP_ALIVE is -1 or default, not $3" >&2; exit 2 ;;
+*[!0-9smh]* | [smh]* | '') echo "warm.sh: KEEP_ALIVE is -1, default or a duration (5m), not $3" >&2; exit 2 ;;
+*) keep=",\"keep_alive\":\"$3\"" ;;
 esac
 shift 3
 for model in "$@"; do

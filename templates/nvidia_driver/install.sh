@@ -2,10 +2,14 @@
 # Install the NVIDIA driver as NVIDIA's and Canonical's guides do: the running kernel's
 # headers first (DKMS builds the module against them, and the driver packages only
 # recommend them), then the package that holds the branch, then the driver itself.
-# install.sh HEADERS PIN PACKAGE...
-#   HEADERS  the headers package ('' where the modules come precompiled)
-#   PIN      the package that pins the branch ('' where the names carry it)
-#   PACKAGE  the driver's packages (Fabric Manager with them where the board has NVSwitch)
+# install.sh HEADERS HEADERS_META PIN PACKAGE...
+#   HEADERS       the running kernel's headers package ('' where the modules come
+#                 precompiled)
+#   HEADERS_META  the headers of the kernels to come (their flavour's meta-package), so
+#                 DKMS builds the module for the next kernel too; installed where apt has
+#                 it, else said on stderr ('' none)
+#   PIN           the package that pins the branch ('' where the names carry it)
+#   PACKAGE       the driver's packages (Fabric Manager with them on NVSwitch boards)
 # Before anything is installed it stops, with one line naming the package, where the
 # headers are not in the host's apt sources (the module would silently not be built and
 # nvidia-smi would fail after the reboot) or where a driver package is a transitional
@@ -13,8 +17,9 @@
 # Exit: 0 installed; 1 a package named above is missing or transitional, or apt failed.
 set -eu
 headers=$1
-pin=$2
-shift 2
+meta=$2
+pin=$3
+shift 3
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 
@@ -42,6 +47,14 @@ install() {
 }
 if [ -n "$headers" ]; then
     install "$headers"
+fi
+if [ -n "$meta" ]; then
+    found=$(candidate "$meta")
+    if [ -n "$found" ] && [ "$found" != "(none)" ]; then
+        install "$meta"
+    else
+        echo "$meta: not in this host's apt sources; the next kernel's headers, and so its NVIDIA module, must be installed by hand" >&2
+    fi
 fi
 if [ -n "$pin" ]; then
     install "$pin"

@@ -430,7 +430,7 @@ def test_packages_index_lists_every_deb_with_its_hash(repos):
     for repo, expected in ((repos["toolkit_repo"], 8),
                            (repos["cuda_repos"]["debian12"]["repo"], 5),
                            (repos["cuda_repos"]["debian13"]["repo"], 6),
-                           (repos["kernel_repo"], 1)):
+                           (repos["kernel_repo"], 2)):
         path = out / repo
         text = (path / "Packages").read_text()
         assert gzip.decompress((path / "Packages.gz").read_bytes()).decode() == text
@@ -492,7 +492,9 @@ def test_package_relations(repos):
         assert d13[name]["Recommends"] == "linux-headers-amd64 | linux-headers-generic"
 
     kernel = index(repos, repos["kernel_repo"])
-    assert list(kernel) == [repos["kernel_headers"]]
+    flavour = "-".join(w for w in KERNEL.split("-")[1:] if not w.isdigit())
+    assert sorted(kernel) == sorted([repos["kernel_headers"], f"linux-headers-{flavour}"])
+    assert kernel[f"linux-headers-{flavour}"]["Depends"] == repos["kernel_headers"]
 
 
 def test_build_is_reused_when_sources_unchanged(repos):

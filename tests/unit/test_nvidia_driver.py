@@ -54,6 +54,7 @@ def run_step(monkeypatch, gpus: dict, installed: tuple[str, ...], settings: Sett
     for target, name in ((nvidia_driver.files, "put"), (nvidia_driver.server, "reboot"),
                          (nvidia_driver.systemd, "service"),
                          (nvidia_driver.apt_packages, "repository"),
+                         (nvidia_driver.apt_packages, "installed"),
                          (nvidia_driver.apt_packages, "archive_components")):
         monkeypatch.setattr(target, name, rec.op(name))
     for name in ("held", "verify_driver", "fabricmanager_started"):
@@ -98,9 +99,12 @@ def test_installed_but_not_loaded_reboots_without_installing(monkeypatch):
     assert reboots(rec)[0]["_if"]() is True
 
 
-def test_a_working_driver_is_not_rebooted(monkeypatch):
-    rec = run_step(monkeypatch, smi("590.44.01"), PACKAGES, SETTINGS, install_changes=False)
-    assert reboots(rec)[0]["_if"]() is False
+def test_a_working_driver_gets_what_it_lacks_without_a_reboot(monkeypatch):
+    """Fabric Manager for a board that needs it since, or nvidia-persistenced: no reboot."""
+    rec = run_step(monkeypatch, smi("590.44.01"), PACKAGES[:-1], SETTINGS)
+    names = [name for name, _ in rec.calls]
+    assert "reboot" not in names and "driver" not in names
+    assert dict(rec.calls)["installed"]["packages"] == list(PACKAGES)
 
 
 def test_no_reboot_allowed_means_no_reboot_step(monkeypatch):
@@ -111,10 +115,12 @@ def test_no_reboot_allowed_means_no_reboot_step(monkeypatch):
 def test_the_order_of_work(monkeypatch):
     rec = run_step(monkeypatch, smi(None), (), SETTINGS)
     assert [name for name, _ in rec.calls] == [
-        "put", "archive_components", "repository", "driver", "held", "reboot",
+        "put", "archive_components", "repository", "driver", "reboot", "held",
         "verify_driver", "fabricmanager_started", "service"]
-    held = dict(rec.calls)["held"]["packages"]
-    assert held == list(PACKAGES[1:])
+    # the pin keeps the branch (and lets its own updates through); Fabric Manager must
+    # match the driver
+    assert dict(rec.calls)["held"]["packages"] == ["nvidia-driver-pinning-590",
+                                                   "nvidia-fabricmanager"]
 
 
 @pytest.mark.parametrize("knob", ["never"])

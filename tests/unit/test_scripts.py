@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 
 import pytest
 
@@ -267,6 +268,25 @@ def test_warm_with_the_default_keep_alive_names_none(tmp_path):
     assert '-d {"model":"tinyllama:latest"} ' in (tmp_path / "stub-bin" / "loads").read_text()
 
 
+@pytest.mark.parametrize("keep, sent", [("5m", ',"keep_alive":"5m"'),
+                                        ("30s", ',"keep_alive":"30s"')])
+def test_warm_with_a_duration_keeps_it_that_long(tmp_path, keep, sent):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+                                         keep, "tinyllama:latest"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert f'-d {{"model":"tinyllama:latest"{sent}}} ' in \
+        (tmp_path / "stub-bin" / "loads").read_text()
+
+
+@pytest.mark.parametrize("keep", ["m5", "5 m", "", "-2", "$(id)"])
+def test_warm_refuses_a_keep_alive_it_cannot_send_as_is(tmp_path, keep):
+    proc = run_with_stubs(script_command("models/warm.sh", "http://127.0.0.1:11434", 600,
+                                         keep, "tinyllama:latest"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert proc.returncode == 2 and "KEEP_ALIVE" in proc.stderr
+
+
 # -- room for a model ---------------------------------------------------------------------
 
 def free_space(tmp_path, free_kib: int, *layers: str):
@@ -321,23 +341,34 @@ def apt_calls(tmp_path) -> list[str]:
 
 
 def test_install_driver_puts_headers_then_the_pin_then_the_driver(tmp_path):
-    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64",
+    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64", "linux-headers-amd64",
                           "nvidia-driver-pinning-590", "nvidia-driver-cuda",
                           "nvidia-kernel-open-dkms",
-                          policy={"linux-headers-6.12.48+deb13-amd64": "  Candidate: 6.12.48-1\n"})
-    assert proc.returncode == 0, proc.stderr
+                          policy={"linux-headers-6.12.48+deb13-amd64": "  Candidate: 6.12.48-1\n",
+                                  "linux-headers-amd64": "  Candidate: 6.12.48-1\n"})
+    assert (proc.returncode, proc.stderr) == (0, "")
     calls = apt_calls(tmp_path)
     assert calls[0] == "update -qq"
     assert [c.rsplit("--allow-change-held-packages ", 1)[1] for c in calls[1:]] == [
-        "linux-headers-6.12.48+deb13-amd64", "nvidia-driver-pinning-590",
+        "linux-headers-6.12.48+deb13-amd64", "linux-headers-amd64", "nvidia-driver-pinning-590",
         "nvidia-driver-cuda nvidia-kernel-open-dkms"]
     assert all("--no-install-recommends" in c for c in calls[1:])
 
 
+def test_install_driver_without_the_flavours_headers_says_so_and_goes_on(tmp_path):
+    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64", "linux-headers-amd64",
+                          "", "nvidia-driver-cuda",
+                          policy={"linux-headers-6.12.48+deb13-amd64": "  Candidate: 6.12.48-1\n"})
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("linux-headers-amd64: not in this host's apt sources; ")
+    assert [c.rsplit(" ", 1)[1] for c in apt_calls(tmp_path)[1:]] == [
+        "linux-headers-6.12.48+deb13-amd64", "nvidia-driver-cuda"]
+
+
 @pytest.mark.parametrize("policy", ["  Candidate: (none)\n", None])
 def test_install_driver_without_the_kernels_headers_stops_before_installing(tmp_path, policy):
-    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64", "",
-                          "nvidia-driver-cuda",
+    proc = install_driver(tmp_path, "linux-headers-6.12.48+deb13-amd64", "linux-headers-amd64",
+                          "", "nvidia-driver-cuda",
                           policy={"linux-headers-6.12.48+deb13-amd64": policy} if policy else {})
     assert proc.returncode == 1
     assert proc.stderr == ("linux-headers-6.12.48+deb13-amd64: not in this host's apt sources; "
@@ -350,7 +381,7 @@ def test_install_driver_without_the_kernels_headers_stops_before_installing(tmp_
 def test_install_driver_refuses_a_transitional_branch(tmp_path):
     """Canonical turns a retired -server branch into a package that installs a newer one."""
     proc = install_driver(
-        tmp_path, "", "", "linux-modules-nvidia-550-server-6.8.0-49-generic",
+        tmp_path, "", "", "", "linux-modules-nvidia-550-server-6.8.0-49-generic",
         "nvidia-headless-no-dkms-550-server", "nvidia-utils-550-server",
         show={"nvidia-headless-no-dkms-550-server":
               "Package: nvidia-headless-no-dkms-550-server\nVersion: 570.172.08-0ubuntu1\n"
@@ -361,3 +392,38 @@ def test_install_driver_refuses_a_transitional_branch(tmp_path):
                            "transitional package (its branch is retired and it installs a "
                            "newer one); choose a supported branch\n")
     assert apt_calls(tmp_path) == ["update -qq"]
+
+
+# -- Debian's contrib for the driver ------------------------------------------------------
+
+SOURCES_LIST = ("deb http://deb.example/debian trixie main\n"
+                "deb [signed-by=/k.gpg] http://deb.example/debian-security trixie-security main\n"
+                "deb http://deb.example/debian trixie-backports main contrib\n"
+                "deb [signed-by=/v.gpg] http://vendor.example/repo / \n")
+DEBIAN_SOURCES = ("Types: deb\nURIs: http://deb.example/debian\n"
+                  "Components: main non-free-firmware\nSuites: trixie trixie-updates\n"
+                  "Signed-By: /d.gpg\n\n"
+                  "Types: deb\nURIs: http://vendor.example/\nSuites: stable\nComponents: main\n")
+
+
+def archive_components(tmp_path, mode: str) -> subprocess.CompletedProcess:
+    """templates/apt/archive-components.sh on files under TMP_PATH instead of /etc/apt."""
+    (tmp_path / "sources.list").write_text(SOURCES_LIST) if mode == "first" else None
+    (tmp_path / "debian.sources").write_text(DEBIAN_SOURCES) if mode == "first" else None
+    text = script_text("apt/archive-components.sh").replace(
+        "/etc/apt/sources.list /etc/apt/sources.list.d/*.sources",
+        f"{tmp_path}/sources.list {tmp_path}/*.sources")
+    return subprocess.run(["/bin/sh", "-c", text, "archive-components.sh",
+                           "apply" if mode != "check" else "check", "trixie", "contrib"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_contrib_is_added_to_the_archives_entries_only(tmp_path):
+    archive_components(tmp_path, "first")
+    assert (tmp_path / "sources.list").read_text() == SOURCES_LIST.replace(
+        "trixie main\n", "trixie main contrib\n").replace(
+        "trixie-security main\n", "trixie-security main contrib\n")
+    assert (tmp_path / "debian.sources").read_text() == DEBIAN_SOURCES.replace(
+        "main non-free-firmware\n", "main non-free-firmware contrib\n")
+    check = archive_components(tmp_path, "check")
+    assert (check.returncode, check.stdout) == (0, "")  # nothing left to add
