@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gpu-model", default="H100", metavar="MODEL[,MODEL...]",
                     help="the GPU hosts' board: H100, A100, B200 (HGX) or L40S (PCIe); one "
                          "per GPU host in order, the last one repeating")
+    up.add_argument("--gpu-suites", default="trixie", metavar="SUITE[,SUITE...]",
+                    help="the GPU hosts' Debian release: trixie (13) or bookworm (12), as "
+                         "--gpu-model")
     up.add_argument("--registry-port", type=_nonneg_int, default=5000,
                     help="loopback port the lab image registry is published on for pushes")
     up.add_argument("--model-scale", type=float, default=1.0,
@@ -237,6 +240,7 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
     if args.command == "up":
         spec = Spec(gpu_hosts=args.gpu_hosts, gpus_per_host=args.gpus_per_host,
                     cpu_hosts=args.cpu_hosts, lb_hosts=args.lb_hosts, gpu_model=args.gpu_model,
+                    gpu_suites=args.gpu_suites,
                     registry_port=args.registry_port, model_scale=args.model_scale)
         if args.ollama_tags:
             spec.ollama_tags = args.ollama_tags

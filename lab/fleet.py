@@ -62,6 +62,7 @@ class Spec:
     cpu_hosts: int = 0
     lb_hosts: int = 0
     gpu_model: str = "H100"  # or one per GPU host, comma-separated; the last one repeats
+    gpu_suites: str = "trixie"  # the GPU hosts' Debian release, as gpu_model (bookworm: 12)
     registry_port: int = 5000
     model_scale: float = 1.0
     ollama_tags: list[str] = field(default_factory=lambda: list(DEFAULT_OLLAMA_TAGS))
@@ -80,6 +81,10 @@ class Spec:
             raise LabError(f"up: --gpus-per-host {self.gpus_per_host}: must be 1..16")
         from lab.nvidia.hardware import MODELS
 
+        for suite in self.gpu_suites.split(","):
+            if suite not in images.SERVER_SUITES:
+                raise LabError(f"up: --gpu-suites {self.gpu_suites}: {suite!r} is none of "
+                               f"{', '.join(images.SERVER_SUITES)}")
         for model in self.gpu_model.split(","):
             if model not in MODELS:
                 raise LabError(f"up: --gpu-model {self.gpu_model}: {model!r} is none of "
@@ -97,6 +102,7 @@ class Host:
     address: str
     gpus: list[dict]
     board: dict = field(default_factory=dict)  # "board" and "nvswitches" of its gpus.json
+    suite: str = images.SUITE  # its Debian release
 
     def container(self, lab: str) -> str:
         return f"{lab}-{self.name}"
@@ -149,6 +155,9 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure_key()
         server_image = images.ensure_debootstrap_image(images.SERVER, log=self.log)
+        host_images = {suite: images.ensure_debootstrap_image(images.SERVER_SUITES[suite],
+                                                              log=self.log)
+                       for suite in dict.fromkeys([images.SUITE, *spec.gpu_suites.split(",")])}
         app_base = images.ensure_debootstrap_image(images.APP_BASE, log=self.log)
         subnet = self._ensure_network(state)
         net = ipaddress.ip_network(subnet)
@@ -160,7 +169,7 @@ class Lab:
         self._ensure_services(spec, server_image, services_ip)
         self._wait_services(spec, services_ip)
         self._push_images(spec, app_base, services_ip)
-        self._reconcile_hosts(hosts, server_image, services_ip)
+        self._reconcile_hosts(hosts, host_images, services_ip)
         state = {
             "name": self.name,
             "spec": asdict(spec),
@@ -378,15 +387,19 @@ class Lab:
                 address = str(net.network_address + ROLE_OFFSETS[role] + i)
                 board: dict = {}
                 gpus: list[dict] = []
+                suite = images.SUITE
                 if role == "gpu":
                     models = spec.gpu_model.split(",")
                     doc = board_doc(name, spec.gpus_per_host, models[min(i, len(models)) - 1])
                     gpus = doc["gpus"]
                     board = {k: v for k, v in doc.items() if k != "gpus"}
-                hosts.append(Host(name, role, address, gpus, board))
+                    suites = spec.gpu_suites.split(",")
+                    suite = suites[min(i, len(suites)) - 1]
+                hosts.append(Host(name, role, address, gpus, board, suite))
         return hosts
 
-    def _reconcile_hosts(self, hosts: list[Host], image: str, services_ip: str) -> None:
+    def _reconcile_hosts(self, hosts: list[Host], host_images: dict[str, str],
+                         services_ip: str) -> None:
         wanted = {h.container(self.name): h for h in hosts}
         for c in engine.containers("fleetlab.role=host", all=True):
             cname = c["Name"].lstrip("/")
@@ -394,7 +407,7 @@ class Lab:
                 continue
             host = wanted.get(cname)
             if host is None or c["Config"]["Labels"].get("fleetlab.host") != self._host_label(
-                    host, image, services_ip):
+                    host, host_images[host.suite], services_ip):
                 self.log(f"removing {cname}")
                 docker("rm", "-f", "-v", cname)
                 docker("volume", "rm", f"{cname}-docker", check=False)
@@ -402,7 +415,7 @@ class Lab:
         for cname, host in wanted.items():
             current = engine.inspect("container", cname)
             if current is None:
-                self._create_host(host, image, services_ip)
+                self._create_host(host, host_images[host.suite], services_ip)
                 to_start.append(host)
             elif not current["State"]["Running"]:
                 to_start.append(host)

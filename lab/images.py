@@ -17,6 +17,7 @@ new tag, so an old image is never mistaken for a current one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -43,11 +44,12 @@ class Debootstrap:
     files: dict[str, str] = field(default_factory=dict)  # recipe file -> path in root
     customize: str | None = None  # recipe script run in the root (chroot)
     config: tuple[str, ...] = ()  # docker import --change lines
+    suite: str = SUITE  # the Debian release debootstrap installs
 
     def digest(self) -> str:
         h = hashlib.sha256()
         # the mirror too: it is the one the hosts' apt uses, so another one is another image
-        h.update(repr((SUITE, debian_mirror(), self.name, self.packages,
+        h.update(repr((self.suite, debian_mirror(), self.name, self.packages,
                        sorted(self.files.items()), self.customize, self.config)).encode())
         for src in [*self.files, *([self.customize] if self.customize else [])]:
             h.update((RECIPES / src).read_bytes())
@@ -55,7 +57,7 @@ class Debootstrap:
 
     @property
     def tag(self) -> str:
-        return f"fleetlab/{self.name}:{SUITE}-{self.digest()}"
+        return f"fleetlab/{self.name}:{self.suite}-{self.digest()}"
 
 
 SERVER = Debootstrap(
@@ -73,6 +75,10 @@ SERVER = Debootstrap(
     # The stop signal systemd wants (SIGRTMIN+3) is set on the container: import can't.
     config=('ENV container=docker', 'CMD ["/sbin/init"]'),
 )
+
+# Debian 12 lab hosts: the driver steps against NVIDIA's debian12 repository (Docker's
+# Compose v2 is not in bookworm's archive: the deploy refuses it there, by design)
+SERVER_SUITES = {"trixie": SERVER, "bookworm": dataclasses.replace(SERVER, suite="bookworm")}
 
 APP_BASE = Debootstrap(
     name="appbase",
@@ -177,17 +183,18 @@ def ensure_debootstrap_image(recipe: Debootstrap, log=print) -> str:
     with tempfile.TemporaryDirectory(prefix=f"fleetlab-{recipe.name}-") as tmp:
         root = Path(tmp) / "root"
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}",
-               SUITE, str(root), mirror]
+               recipe.suite, str(root), mirror]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise LabError(f"debootstrap {SUITE} from {mirror} failed: {' / '.join(tail)}")
+            raise LabError(f"debootstrap {recipe.suite} from {mirror} failed: "
+                           f"{' / '.join(tail)}")
         for src, dest in recipe.files.items():
             target = root / dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(RECIPES / src, target)
         (root / "etc/apt/sources.list").write_text(
-            f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n")
+            f"deb {mirror} {recipe.suite} main\ndeb {mirror} {recipe.suite}-updates main\n")
         if recipe.customize:
             script = root / "tmp/customize.sh"
             shutil.copy2(RECIPES / recipe.customize, script)
