@@ -307,6 +307,16 @@ class LoadedModels(FactBase):
             return None
 
 
+class ProvenPlacement(LoadedModels):
+    """What `/api/ps` of the Ollama instance at URL says once it has a model loaded: an
+    idle instance loads MODEL first (for KEEP_ALIVE), as the GPU inference proof needs a
+    loaded model to see where it lives (templates/facts/gpu-proof.sh). Loading changes no
+    file, package or container: a run that only does this changes nothing."""
+
+    def command(self, url: str, timeout: int, keep_alive: str, model: str) -> str:
+        return script_command("facts/gpu-proof.sh", url, timeout, keep_alive, model)
+
+
 class SmokeAnswer(FactBase):
     """What the host's own nginx answers a client, asked from the host (loopback needs no
     key and passes nginx_allow): `version` (/api/version's JSON), and with a model

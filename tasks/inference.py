@@ -5,11 +5,13 @@ NVSwitch board whose Fabric Manager is not running, CUDA's initialisation fails 
 802), Ollama starts anyway and runs on the CPU, and only a loaded model tells (`/api/ps`:
 `size_vram` 0). So after the stack is up and the models are in:
 
-1. an instance with nothing loaded loads its proof model (a warm model, else the first
-   configured one) with its own keep-alive;
-2. CUDA initialises when Ollama starts: an instance whose model is not all in GPU
-   memory is restarted once (the cause may be gone since it started: a Fabric Manager
-   that could not start then), and loads the model again;
+1. each GPU instance is looked at with a model loaded: an idle one loads its proof model
+   first (a warm model for good, else the first configured one for a few minutes), read
+   as a fact (facts/gpu-proof.sh): loading changes no file, package or container, so a
+   re-run that finds the instance idle again still changes nothing;
+2. CUDA initialises when Ollama starts: an instance with a model on the CPU (nothing in
+   GPU memory) is restarted once (the cause may be gone since it started: a Fabric
+   Manager that could not start then), and its warm models are loaded again;
 3. an instance still on the CPU fails the host with one line naming the instance, its
    GPUs and the likely cause.
 
@@ -25,7 +27,7 @@ from pyinfra.facts.systemd import SystemdStatus
 from tasks import modelname
 from tasks.addresses import local_address, url_host
 from tasks.compose import wait_healthy_command
-from tasks.facts import LoadedModels, NvidiaHost, OllamaModels, planning
+from tasks.facts import NvidiaHost, OllamaModels, ProvenPlacement, planning
 from tasks.models import WARM_TIMEOUT_S, as_stored
 from tasks.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
 from tasks.report import fail_command
@@ -38,8 +40,6 @@ def prove_gpu_inference(settings: Settings) -> None:
     """Steps 1-3 above, on hosts whose instances have GPUs."""
     if not settings.gpu_indexes:
         return
-    proof_loaded(name="Each GPU instance has a model loaded", settings=settings,
-                 _timeout=WARM_TIMEOUT_S * len(settings.instance_ports()) + 60)
     cpu_instances_restarted(
         name="Instances on the CPU restarted once (CUDA initialises at start)",
         settings=settings,
@@ -83,9 +83,10 @@ def _url(settings: Settings, instance: Instance) -> str:
     return f"http://{url_host(local_address(settings.ollama_bind_address))}:{instance.port}"
 
 
-def _loaded(settings: Settings, instance: Instance) -> list[dict] | None:
-    address = url_host(local_address(settings.ollama_bind_address))
-    return host.get_fact(LoadedModels, address=address, port=instance.port)
+def _placement(settings: Settings, instance: Instance, model: str) -> list[dict] | None:
+    """INSTANCE's loaded models once it has one (the proof MODEL when it was idle)."""
+    return host.get_fact(ProvenPlacement, url=_url(settings, instance), timeout=WARM_TIMEOUT_S,
+                         keep_alive=keep_alive(settings, model), model=model)
 
 
 def on_cpu(models: list[dict] | None) -> list[dict]:
@@ -123,29 +124,10 @@ def likely_cause(settings: Settings, instance: Instance) -> str:
 
 
 @operation()
-def proof_loaded(settings: Settings):
-    """
-    Load the proof model on every GPU instance that has nothing loaded (its own
-    keep-alive: the deploy pins nothing for this).
-
-    + settings: the host's validated settings
-    """
-    model = _proving_with(settings)
-    if model is None:
-        return
-    idle = [i for i in _instances(settings) if not _loaded(settings, i)]
-    for instance in idle:
-        yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
-                             keep_alive(settings, model), model)
-    if not idle:
-        host.noop("every GPU instance has a model loaded")
-
-
-@operation()
 def cpu_instances_restarted(settings: Settings):
     """
     Restart, once, every GPU instance with a model loaded on the CPU, wait until it is
-    healthy, and load its warm models (for good) and the proof model again.
+    healthy, and load its warm models again (for good).
 
     + settings: the host's validated settings
     """
@@ -155,16 +137,13 @@ def cpu_instances_restarted(settings: Settings):
     listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
     warm = [m for m in as_stored(settings, listed) if m in listed and modelname.parse(m).key
             in {modelname.parse(w).key for w in settings.ollama_warm_models}]
-    cpu = [i for i in _instances(settings) if on_cpu(_loaded(settings, i))]
+    cpu = [i for i in _instances(settings) if on_cpu(_placement(settings, i, model))]
     for instance in cpu:
         yield f"docker restart {instance.name}"
         yield wait_healthy_command([instance.name], settings.ollama_health_timeout)
         if warm:
             yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
                                  "-1", *warm)
-        if model not in warm:
-            yield script_command("models/warm.sh", _url(settings, instance), WARM_TIMEOUT_S,
-                                 keep_alive(settings, model), model)
     if not cpu:
         host.noop("no GPU instance runs on the CPU")
 
@@ -176,11 +155,12 @@ def on_gpu(settings: Settings):
 
     + settings: the host's validated settings
     """
-    if _proving_with(settings) is None:
+    model = _proving_with(settings)
+    if model is None:
         return
     instances = _instances(settings)
     for instance in instances:
-        cpu = on_cpu(_loaded(settings, instance))
+        cpu = on_cpu(_placement(settings, instance, model))
         if cpu:
             m = cpu[0]
             yield fail_command(

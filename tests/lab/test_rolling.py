@@ -327,10 +327,11 @@ def smoke_loads(proc: subprocess.CompletedProcess) -> dict[str, float]:
 
 
 def test_a_roll_with_warm_models_sends_no_user_to_a_cold_instance(fleet):
-    # without warm models, the first request after a recreate pays the model load
+    # without warm models, the GPU inference proof still leaves each recreated instance
+    # with its first model loaded (for a while) before the host serves again
     proc = roll(fleet, "--limit", "gpu-1", "--data", f"ollama_image={A}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert smoke_loads(proc)["gpu-1"] >= LOAD_S, proc.stderr[-2000:]
+    assert smoke_loads(proc)["gpu-1"] < LOAD_S, proc.stderr[-2000:]
 
     with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
         proc = roll(fleet, "--data", f"ollama_image={A}",

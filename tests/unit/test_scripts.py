@@ -427,3 +427,31 @@ def test_contrib_is_added_to_the_archives_entries_only(tmp_path):
         "main non-free-firmware\n", "main non-free-firmware contrib\n")
     check = archive_components(tmp_path, "check")
     assert (check.returncode, check.stdout) == (0, "")  # nothing left to add
+
+
+# -- the GPU inference proof's look at an instance ------------------------------------------
+
+def test_gpu_proof_loads_its_model_on_an_idle_instance_then_shows_ps(tmp_path):
+    proc = run_with_stubs(script_command("facts/gpu-proof.sh", "http://127.0.0.1:11434", 600,
+                                         "5m", "tinyllama:latest"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert (proc.returncode, proc.stdout) == (0, '{"models":[{"name":"tinyllama:latest"}]}\n')
+    assert '"model":"tinyllama:latest","keep_alive":"5m"' in \
+        (tmp_path / "stub-bin" / "loads").read_text()
+
+
+def test_gpu_proof_loads_nothing_where_a_model_is_loaded(tmp_path):
+    (tmp_path / "stub-bin").mkdir(parents=True)
+    (tmp_path / "stub-bin" / "loads").write_text('-d {"model":"qwen2.5:0.5b"} /api/generate\n')
+    proc = run_with_stubs(script_command("facts/gpu-proof.sh", "http://127.0.0.1:11434", 600,
+                                         "-1", "tinyllama:latest"),
+                          tmp_path, {"curl": CURL_OLLAMA})
+    assert proc.returncode == 0 and '"name":"qwen2.5:0.5b"' in proc.stdout
+    assert "tinyllama" not in (tmp_path / "stub-bin" / "loads").read_text()
+
+
+def test_gpu_proof_says_down_when_the_instance_does_not_answer(tmp_path):
+    proc = run_with_stubs(script_command("facts/gpu-proof.sh", "http://127.0.0.1:11434", 600,
+                                         "5m", "tinyllama:latest"),
+                          tmp_path, {"curl": "exit 7\n"})
+    assert (proc.returncode, proc.stdout) == (0, "__down__\n")
