@@ -45,7 +45,7 @@ if "gpu_servers" in host.groups:
     stack.deploy_stack(settings, fleet)  # its nginx trusts the front doors, serves the peers
     models.pull_models(settings, fleet)  # fan-out waves over the fleet's gpu_servers
     models.warm_models(settings)  # loaded before the host serves again: no user pays the load
-    inference.prove_gpu_inference(settings)  # each GPU instance: a model all in GPU memory
+    inference.prove_gpu_inference(settings)  # each GPU instance: a model in GPU memory
     apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
     metrics.deploy_metrics(settings)  # optional GPU metrics (off by default)
 

@@ -1,4 +1,4 @@
-"""Proof of GPU inference: every Ollama instance has a model loaded, entirely in GPU memory.
+"""Proof of GPU inference: every GPU instance has a model loaded in GPU memory.
 
 nvidia-smi inside a container proves that the GPU is there, not that CUDA works: on an
 NVSwitch board whose Fabric Manager is not running, CUDA's initialisation fails (error
