@@ -75,7 +75,6 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from fleetctl.inventory import FleetHost, UsageError
-from tasks.addresses import local_address, url_host
 from tasks.facts import parse_gpu_csv
 from tasks.paths import project_root
 from tasks.scripts import script_command
@@ -130,7 +129,7 @@ def plan_hosts(hosts: list[FleetHost]) -> list[HostPlan]:
         elif h.front_door:
             url = nginx_health_url(s, front_door=True)
         plans.append(HostPlan(h.name, h.groups, h.data, instances,
-                              url_host(local_address(s.ollama_bind_address)), url))
+                              s.local_host(), url))
     return plans
 
 

@@ -25,10 +25,9 @@ from pyinfra.api import OperationError, operation
 from pyinfra.facts.systemd import SystemdStatus
 
 from tasks import modelname
-from tasks.addresses import local_address, url_host
 from tasks.compose import wait_healthy_command
 from tasks.facts import NvidiaHost, OllamaModels, ProvenPlacement, planning
-from tasks.models import WARM_TIMEOUT_S, as_stored
+from tasks.models import WARM_TIMEOUT_S, warm_as_stored, warm_keys
 from tasks.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
 from tasks.report import fail_command
 from tasks.scripts import script_command
@@ -80,7 +79,7 @@ def _instances(settings: Settings) -> list[Instance]:
 
 
 def _url(settings: Settings, instance: Instance) -> str:
-    return f"http://{url_host(local_address(settings.ollama_bind_address))}:{instance.port}"
+    return settings.instance_url(instance.port)
 
 
 def _placement(settings: Settings, instance: Instance, model: str) -> list[dict] | None:
@@ -102,8 +101,7 @@ def keep_alive(settings: Settings, model: str) -> str:
     """How long the proof load keeps MODEL: a warm model for good, as the warm step loads
     it (a request naming keep_alive changes it); another one for PROOF_KEEP_ALIVE, not the
     instance's own keep-alive, which may be 0."""
-    keys = {modelname.parse(m).key for m in settings.ollama_warm_models}
-    return "-1" if modelname.parse(model).key in keys else PROOF_KEEP_ALIVE
+    return "-1" if modelname.parse(model).key in warm_keys(settings) else PROOF_KEEP_ALIVE
 
 
 def gpu_label(instance: Instance) -> str:
@@ -135,8 +133,7 @@ def cpu_instances_restarted(settings: Settings):
     if model is None:
         return
     listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
-    warm = [m for m in as_stored(settings, listed) if m in listed and modelname.parse(m).key
-            in {modelname.parse(w).key for w in settings.ollama_warm_models}]
+    warm = [m for m in warm_as_stored(settings, listed) if m in listed]
     cpu = [i for i in _instances(settings) if on_cpu(_placement(settings, i, model))]
     for instance in cpu:
         yield f"docker restart {instance.name}"

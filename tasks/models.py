@@ -32,7 +32,7 @@ from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 
 from tasks import modelname
-from tasks.addresses import local_address, url_host
+from tasks.addresses import url_host
 from tasks.facts import LoadedModels, OllamaModels, StoredManifests, planning
 from tasks.fleet import Fleet
 from tasks.report import fail_command
@@ -175,6 +175,17 @@ def as_stored(settings: Settings, listed: dict[str, str]) -> list[str]:
     files; a model not there yet keeps its configured spelling (the shortest form)."""
     stored = {modelname.parse(n).key: n for n in listed}
     return [stored.get(modelname.parse(m).key, m) for m in map(canonical, settings.all_models)]
+
+
+def warm_keys(settings: Settings) -> set[str]:
+    """The warm models (ollama_warm_models) as Ollama compares names."""
+    return {modelname.parse(m).key for m in settings.ollama_warm_models}
+
+
+def warm_as_stored(settings: Settings, listed: dict[str, str]) -> list[str]:
+    """The warm models, spelt as LISTED has them (as_stored)."""
+    keys = warm_keys(settings)
+    return [m for m in as_stored(settings, listed) if modelname.parse(m).key in keys]
 
 
 def missing_models(settings: Settings) -> tuple[list[str], dict[str, str]] | None:
@@ -487,18 +498,16 @@ def kept_warm(settings: Settings):
     if planning():
         host.noop("warm models are checked once the stack runs")
         return
-    keys = {modelname.parse(m).key for m in settings.ollama_warm_models}
     listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
-    wanted = [m for m in as_stored(settings, listed) if modelname.parse(m).key in keys]
-    address = url_host(local_address(settings.ollama_bind_address))
+    wanted = warm_as_stored(settings, listed)
     warming = False
     for _, port in settings.instance_ports():
-        loaded = host.get_fact(LoadedModels, address=address, port=port) or []
+        loaded = host.get_fact(LoadedModels, address=settings.local_host(), port=port) or []
         kept = {m["name"] for m in loaded if m["forever"]}
         cold = [m for m in wanted if m not in kept]
         if cold:
             warming = True
-            yield script_command("models/warm.sh", f"http://{address}:{port}", WARM_TIMEOUT_S,
+            yield script_command("models/warm.sh", settings.instance_url(port), WARM_TIMEOUT_S,
                                  -1, *cold)
     if not warming:
         host.noop(f"every instance keeps {', '.join(wanted)} loaded")

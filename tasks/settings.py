@@ -501,11 +501,11 @@ class Settings(BaseModel):
             raise ValueError("ollama_gpus: a GPU is listed twice")
         if self.ollama_gpus == [] and topology != "cpu":
             raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
-        from tasks.modelname import canonical
+        from tasks.modelname import parse
 
-        known = {canonical(m) for m in self.all_models}
+        known = {parse(m).key for m in self.all_models}  # as Ollama compares names
         for model in self.ollama_warm_models:
-            if canonical(model) not in known:
+            if parse(model).key not in known:
                 raise ValueError(f"ollama_warm_models: {model!r} is not in ollama_models "
                                  "(only a model the host has can be kept loaded)")
         if self.front_door_upstream == "instances":
@@ -596,6 +596,17 @@ class Settings(BaseModel):
         """(instance number, port) for every Ollama instance on the host."""
         count = len(self.gpu_indexes) if self.topology == "per_gpu" else 1
         return [(n, self.ollama_base_port + n) for n in range(count)]
+
+    def local_host(self) -> str:
+        """Where this host reaches its own instances (and nginx its upstreams), as the host
+        part of a URL: the bind address, loopback for a wildcard, IPv6 in brackets."""
+        from tasks.addresses import local_address, url_host
+
+        return url_host(local_address(self.ollama_bind_address))
+
+    def instance_url(self, port: int) -> str:
+        """The URL this host reaches its instance on PORT at."""
+        return f"http://{self.local_host()}:{port}"
 
 
 KNOBS: dict[str, Any] = Settings.model_fields

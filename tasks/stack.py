@@ -21,7 +21,6 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 from tasks import gate, models, paths
-from tasks.addresses import local_address, url_host
 from tasks.compose import (
     checked_files,
     healthy,
@@ -71,7 +70,7 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
         topology=settings.topology, instances=instances,
         models_source=settings.ollama_models_path or "ollama-models",
         bind_mount_models=bool(settings.ollama_models_path),
-        upstream_address=url_host(local_address(settings.ollama_bind_address)),
+        upstream_address=settings.local_host(),
         drained=drained,
         peers=[p.address for p in models.peers(fleet) if is_ip(p.address)]
         + settings.ollama_fanout_allow,

@@ -362,3 +362,10 @@ def test_a_model_is_named_as_the_store_spells_it():
     settings = settings_for("gpu-1", {"ollama_models": ["LLAMA3.2:1B", "TinyLlama"]})
     assert models.as_stored(settings, {"llama3.2:1b": "d1"}) == ["llama3.2:1b",
                                                                    "TinyLlama:latest"]
+
+
+def test_warm_models_are_named_as_the_store_spells_them():
+    settings = settings_for("gpu-1", {"ollama_models": ["LLAMA3.2:1B", "TinyLlama"],
+                                      "ollama_warm_models": ["llama3.2:1b"]})
+    assert models.warm_as_stored(settings, {"LLAMA3.2:1B": "d1", "tinyllama:latest": "d2"}) \
+        == ["LLAMA3.2:1B"]

@@ -127,6 +127,17 @@ def test_topology_and_ports(data, topology, ports):
     assert [p for _, p in settings.instance_ports()] == ports
 
 
+@pytest.mark.parametrize("bind, url", [
+    ("0.0.0.0", "http://127.0.0.1:11435"),
+    ("::", "http://127.0.0.1:11435"),
+    ("10.0.0.5", "http://10.0.0.5:11435"),
+    ("fd00::5", "http://[fd00::5]:11435"),
+])
+def test_a_host_reaches_its_instances_on_its_bind_address(bind, url):
+    settings = settings_for("h", {"gpu_count": 2, "ollama_bind_address": bind})
+    assert settings.instance_url(11435) == url
+
+
 def test_every_knob_has_a_meaning_and_a_task_prefix():
     prefixes = ("gpu_count", "fleet_", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_",
                 "app_")
