@@ -10,7 +10,7 @@ early instead.
 
 from pyinfra import config
 
-from tasks import connection, probe
+from tasks import connection, ordering, probe
 
 # Seconds to wait for SSH to a host before counting it as unreachable.
 config.CONNECT_TIMEOUT = 15
@@ -22,3 +22,7 @@ connection.install()
 # Facts the deploy prefetched in one round trip are answered without asking again
 # (tasks/probe.py); every other fact is pyinfra's as always.
 probe.install()
+
+# Operations are ordered as pyinfra orders them, from the call stack's line numbers, read
+# without reading every frame's source file (tasks/ordering.py).
+ordering.install()

@@ -190,10 +190,19 @@ class ComposeContainers(FactBase):
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:
         result = {}
         for line in output:
-            parts = line.split()
-            if len(parts) == 5:
-                cid, service, state, health, image = parts
-                result[service] = {"id": cid, "state": state, "health": health, "image": image}
+            parts = line.split(" ", 3)  # id service image state (Docker's State, as JSON)
+            if len(parts) != 4:
+                continue
+            cid, service, image, state_json = parts
+            try:
+                state = json.loads(state_json)
+            except ValueError:
+                continue
+            if not isinstance(state, dict):
+                continue
+            health = state.get("Health") or {}
+            result[service] = {"id": cid, "state": str(state.get("Status", "")),
+                               "health": str(health.get("Status") or "none"), "image": image}
         return result
 
     @staticmethod

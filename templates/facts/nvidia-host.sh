@@ -1,16 +1,23 @@
 #!/bin/sh
 # What the driver step reads of a host before it acts: the running kernel, NVIDIA's
 # PCI devices (vendor 0x10de, from sysfs: no pciutils needed on a fresh server) with
-# their device id and class, and the packages apt holds.
+# their device id and class, and the packages held (dpkg's selection `hold`, which is
+# what `apt-mark hold` sets and `apt-mark showhold` lists).
+# A server has a few hundred PCI devices: each is read with the shell's own `read`, not a
+# process per file.
 # nvidia-host.sh
 # Exit: 0 always; prints kernel=, pci=SLOT DEVICE CLASS and held=PACKAGE lines.
 printf 'kernel=%s\n' "$(uname -r)"
 for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    [ "$(cat "$dev/vendor")" = 0x10de ] || continue
-    printf 'pci=%s %s %s\n' "${dev##*/}" "$(cat "$dev/device")" "$(cat "$dev/class")"
+    vendor='' device='' class=''
+    read -r vendor <"$dev/vendor" 2>/dev/null  # a last line without newline: still read
+    [ "$vendor" = 0x10de ] || continue
+    read -r device <"$dev/device" 2>/dev/null
+    read -r class <"$dev/class" 2>/dev/null
+    printf 'pci=%s %s %s\n' "${dev##*/}" "$device" "$class"
 done
-if command -v apt-mark >/dev/null 2>&1; then
-    apt-mark showhold 2>/dev/null | sed 's/^/held=/'
+if command -v dpkg-query >/dev/null 2>&1; then
+    # shellcheck disable=SC2016  # ${...} are dpkg-query's fields, not the shell's
+    dpkg-query -W -f='${Status} ${Package}\n' 2>/dev/null | sed -n 's/^hold [^ ]* [^ ]* /held=/p'
 fi
 exit 0

@@ -2,10 +2,14 @@
 # Run by the deploy (tasks/probe.py) as one fact: many facts' commands in one round trip.
 #
 # batch.sh MARK [REQUIRED COMMAND]...
-# Runs each COMMAND (a pyinfra fact's own command) with `sh -c`, one after the other, its
-# stderr dropped, and frames its stdout with lines MARK:N:begin and MARK:N:end:STATUS
-# (N counts from 0, STATUS is its exit status). When REQUIRED (a binary the fact needs,
-# or empty) is not on PATH the command is not run and MARK:N:missing is said instead.
+# Runs each COMMAND (a pyinfra fact's own command) with `sh -c`, all at once (facts only
+# read the host, and a GPU host's slow ones, nvidia-smi in each container, then cost the
+# slowest one's time, not their sum), its stderr dropped, and prints each one's stdout in
+# turn, framed by lines MARK:N:begin and MARK:N:end:STATUS (N counts from 0, STATUS is its
+# exit status). When REQUIRED (a binary the fact needs, or empty) is not on PATH the
+# command is not run and MARK:N:missing is said instead. Outputs wait in a private
+# directory of mktemp's, removed at exit; without one the commands run one after the
+# other, the output the same.
 # Exit: 0 (each command's status is in its end line); 2 on a bad argument count.
 set -u
 if [ $# -lt 1 ] || [ $(( ($# - 1) % 2 )) -ne 0 ]; then
@@ -14,20 +18,58 @@ if [ $# -lt 1 ] || [ $(( ($# - 1) % 2 )) -ne 0 ]; then
 fi
 mark=$1
 shift
+dir=$(mktemp -d 2>/dev/null) || dir=
+if [ -n "$dir" ]; then
+    trap 'rm -rf "$dir"' EXIT
+    trap 'exit 1' HUP INT TERM
+fi
+
+# Frame N's stdout (file OUT) and exit STATUS as split_batch reads it.
+frame() {
+    echo "$mark:$1:begin"
+    cat "$2"
+    echo
+    echo "$mark:$1:end:$3"
+}
+
 n=0
 while [ $# -ge 2 ]; do
     required=$1
     command=$2
     shift 2
-    echo "$mark:$n:begin"
     if [ -n "$required" ] && ! command -v "$required" >/dev/null 2>&1; then
-        echo "$mark:$n:missing"
-        status=0
+        if [ -n "$dir" ]; then
+            : >"$dir/$n.missing"
+        else
+            echo "$mark:$n:begin"
+            echo "$mark:$n:missing"
+            echo
+            echo "$mark:$n:end:0"
+        fi
+    elif [ -n "$dir" ]; then
+        (sh -c "$command" >"$dir/$n.out" 2>/dev/null; echo $? >"$dir/$n.status") </dev/null &
     else
-        sh -c "$command" 2>/dev/null
+        echo "$mark:$n:begin"
+        sh -c "$command" 2>/dev/null </dev/null
         status=$?
+        echo
+        echo "$mark:$n:end:$status"
     fi
-    echo
-    echo "$mark:$n:end:$status"
     n=$((n + 1))
 done
+[ -n "$dir" ] || exit 0
+wait
+
+i=0
+while [ "$i" -lt "$n" ]; do
+    if [ -e "$dir/$i.missing" ]; then
+        echo "$mark:$i:begin"
+        echo "$mark:$i:missing"
+        echo
+        echo "$mark:$i:end:0"
+    else
+        frame "$i" "$dir/$i.out" "$(cat "$dir/$i.status" 2>/dev/null || echo 1)"
+    fi
+    i=$((i + 1))
+done
+exit 0

@@ -104,7 +104,18 @@ DOCKER = r"""case "$1 $2" in
     have*) printf 'have ollama-0 h0\nhave nginx old\n';;
     *) printf 'c0 ollama-0 running ollama/ollama:0.6.8\nc1 nginx exited nginx:1.27\n';;
     esac;;
-"inspect -f") case "$4" in c0) echo healthy;; *) echo none;; esac;;
+"ps -aq")
+    [ "$4" = label=com.docker.compose.project=ollama ] || exit 0
+    printf 'c0\nc1\n';;
+"inspect -f")
+    shift 3
+    for id in "$@"; do
+        case "$id" in
+        c0) printf '%s %s\n' 'c0 ollama-0 ollama/ollama:0.6.8' \
+            '{"Status":"running","Health":{"Status":"healthy","Log":[{"Output":"a b\\n"}]}}';;
+        c1) echo 'c1 nginx nginx:1.27 {"Status":"exited","ExitCode":0}';;
+        esac
+    done;;
 "compose config") printf 'ollama-0 h0\nnginx new\nollama-1 h1\n';;
 "network inspect")
     [ "$3" = ollama-apps ] || exit 1

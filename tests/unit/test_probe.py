@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from pyinfra.facts.files import File, Sha1File
@@ -11,19 +12,40 @@ from tasks.probe import _command, batch_program, split_batch
 MARK = "__fleet_fact_test"
 
 
-def run(program: str) -> list[str]:
+def run(program: str, env: dict[str, str] | None = None) -> list[str]:
     out = subprocess.run(program, shell=True, capture_output=True, text=True, timeout=60,
-                         check=True).stdout
+                         check=True, env=env).stdout
     return out.splitlines()
 
 
-def test_each_command_gets_its_own_lines_and_status():
-    commands = [("echo a; echo b", None), ("echo partial; exit 3", None),
-                ("printf 'no newline'", None), ("echo never", "no-such-binary-here"),
-                ("true", None), ("echo 'a line'; echo >&2 ignored", "sh")]
-    parts = split_batch(run(batch_program(commands, MARK)), MARK, len(commands))
-    assert parts == [("ok", ["a", "b"]), ("failed", ["partial"]), ("ok", ["no newline"]),
-                     ("missing", []), ("ok", []), ("ok", ["a line"])]
+COMMANDS = [("echo a; echo b", None), ("echo partial; exit 3", None),
+            ("printf 'no newline'", None), ("echo never", "no-such-binary-here"),
+            ("true", None), ("echo 'a line'; echo >&2 ignored", "sh")]
+PARTS = [("ok", ["a", "b"]), ("failed", ["partial"]), ("ok", ["no newline"]),
+         ("missing", []), ("ok", []), ("ok", ["a line"])]
+
+
+def test_each_command_gets_its_own_lines_and_status(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    assert split_batch(run(batch_program(COMMANDS, MARK), env), MARK, len(COMMANDS)) == PARTS
+    assert list(tmp_path.iterdir()) == []  # the outputs' directory is gone
+
+
+def test_without_a_temporary_directory_the_commands_run_in_turn(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path / "absent")}
+    assert split_batch(run(batch_program(COMMANDS, MARK), env), MARK, len(COMMANDS)) == PARTS
+
+
+def test_the_commands_run_at_once(tmp_path):
+    """Each of two commands waits (bounded) for the other to have started: in turn, the
+    first would give up."""
+    def waits_for(mine: str, other: str) -> str:
+        return (f"touch {tmp_path / mine}; i=0; while [ $i -lt 100 ]; do "
+                f"[ -e {tmp_path / other} ] && echo {mine} && exit 0; sleep 0.05; "
+                "i=$((i + 1)); done; exit 1")
+    commands = [(waits_for("a", "b"), None), (waits_for("b", "a"), None)]
+    assert split_batch(run(batch_program(commands, MARK)), MARK, 2) == [("ok", ["a"]),
+                                                                        ("ok", ["b"])]
 
 
 def test_quotes_and_dollars_in_fact_commands_stay_theirs(tmp_path):
