@@ -22,16 +22,17 @@ machine:
 have-shellcheck:
 	@command -v shellcheck >/dev/null || lab/setup-machine.sh --lint
 
-## Everything: lint, unit tests, then the lab tests against real lab hosts (on a Docker engine).
+## Everything: lint, unit tests, then the lab tests against real lab hosts (on a Docker engine);
+## the 20 slowest tests are listed at the end, to keep the suite within its half hour.
 test: machine venv lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=20 tests
 
 ## The quick inner loop: no Docker needed.
 test-unit: venv
 	$(BIN)/pytest -q -m "not lab and not install" tests
 
 test-lab: machine venv
-	$(BIN)/pytest -q -m lab tests
+	$(BIN)/pytest -q --durations=20 -m lab tests
 
 ## ruff, and shellcheck on every shell script of the templates and the lab: no Docker needed.
 lint: venv have-shellcheck

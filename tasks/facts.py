@@ -182,18 +182,25 @@ class JsonFile(FactBase):
 
 
 class ComposeContainers(FactBase):
-    """Containers of a Compose project: service -> {state, health, image, id}."""
+    """Containers of a Compose project: service -> {state, health, image, id}; image as
+    `docker ps` shows it (the image's id once the reference names another image)."""
 
     def command(self, project: str) -> str:
         return script_command("facts/compose-containers.sh", project)
 
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:
+        images: dict[str, str] = {}
         result = {}
         for line in output:
-            parts = line.split(" ", 3)  # id service image state (Docker's State, as JSON)
-            if len(parts) != 4:
+            kind, _, rest = line.partition(" ")
+            if kind == "ps":
+                cid, _, image = rest.partition(" ")
+                images[cid] = image.strip()
                 continue
-            cid, service, image, state_json = parts
+            parts = rest.split(" ", 2)  # inspect: id service state (Docker's State, JSON)
+            if kind != "inspect" or len(parts) != 3 or not parts[1]:
+                continue
+            cid, service, state_json = parts
             try:
                 state = json.loads(state_json)
             except ValueError:
@@ -202,7 +209,8 @@ class ComposeContainers(FactBase):
                 continue
             health = state.get("Health") or {}
             result[service] = {"id": cid, "state": str(state.get("Status", "")),
-                               "health": str(health.get("Status") or "none"), "image": image}
+                               "health": str(health.get("Status") or "none"),
+                               "image": images.get(cid, "")}
         return result
 
     @staticmethod

@@ -35,11 +35,13 @@ def order(state: Any, _skip: int = 1) -> list[int]:
         frame = frame.f_back
     frames.reverse()
 
+    # from the first frame of the deploy file; none when it is not on the stack (pyinfra's
+    # loop then stops at its own frame, which it skips)
     first = 0
-    if state.current_deploy_filename:  # the first frame of the deploy file, else the last
+    if state.current_deploy_filename:
         files = [f.f_code.co_filename for f in frames]
         first = files.index(state.current_deploy_filename) \
-            if state.current_deploy_filename in files else len(frames) - 1
+            if state.current_deploy_filename in files else len(frames)
     numbers = [state.current_op_file_number] if pyinfra.is_cli else []
     numbers += [f.f_lineno for f in frames[first:]
                 if not f.f_code.co_filename.startswith(util.PYINFRA_INSTALL_DIR)]

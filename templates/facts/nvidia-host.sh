@@ -10,14 +10,16 @@
 printf 'kernel=%s\n' "$(uname -r)"
 for dev in /sys/bus/pci/devices/*; do
     vendor='' device='' class=''
-    read -r vendor <"$dev/vendor" 2>/dev/null  # a last line without newline: still read
+    read -r vendor 2>/dev/null <"$dev/vendor"  # a last line without newline: still read
     [ "$vendor" = 0x10de ] || continue
-    read -r device <"$dev/device" 2>/dev/null
-    read -r class <"$dev/class" 2>/dev/null
+    read -r device 2>/dev/null <"$dev/device"
+    read -r class 2>/dev/null <"$dev/class"
     printf 'pci=%s %s %s\n' "${dev##*/}" "$device" "$class"
 done
 if command -v dpkg-query >/dev/null 2>&1; then
     # shellcheck disable=SC2016  # ${...} are dpkg-query's fields, not the shell's
-    dpkg-query -W -f='${Status} ${Package}\n' 2>/dev/null | sed -n 's/^hold [^ ]* [^ ]* /held=/p'
+    # the pattern '*': without one dpkg-query leaves out packages not installed, held or not
+    dpkg-query -W -f='${Status} ${Package}\n' '*' 2>/dev/null |
+        sed -n 's/^hold [^ ]* [^ ]* /held=/p'
 fi
 exit 0

@@ -2,14 +2,16 @@
 # Run by the deploy (tasks/probe.py) as one fact: many facts' commands in one round trip.
 #
 # batch.sh MARK [REQUIRED COMMAND]...
-# Runs each COMMAND (a pyinfra fact's own command) with `sh -c`, all at once (facts only
-# read the host, and a GPU host's slow ones, nvidia-smi in each container, then cost the
+# Runs each COMMAND (a pyinfra fact's own command) with `sh -c`, all at once (facts read
+# the host, and none depends on another's effect: the GPU proof's model load is what its
+# own fact reads; a GPU host's slow facts, nvidia-smi in each container, then cost the
 # slowest one's time, not their sum), its stderr dropped, and prints each one's stdout in
 # turn, framed by lines MARK:N:begin and MARK:N:end:STATUS (N counts from 0, STATUS is its
 # exit status). When REQUIRED (a binary the fact needs, or empty) is not on PATH the
 # command is not run and MARK:N:missing is said instead. Outputs wait in a private
 # directory of mktemp's, removed at exit; without one the commands run one after the
-# other, the output the same.
+# other, the output the same. A command killed with the batch (its connection lost) runs
+# on to its own end; each has a bound (curl's --max-time, the fact's own timeout).
 # Exit: 0 (each command's status is in its end line); 2 on a bad argument count.
 set -u
 if [ $# -lt 1 ] || [ $(( ($# - 1) % 2 )) -ne 0 ]; then
@@ -23,14 +25,6 @@ if [ -n "$dir" ]; then
     trap 'rm -rf "$dir"' EXIT
     trap 'exit 1' HUP INT TERM
 fi
-
-# Frame N's stdout (file OUT) and exit STATUS as split_batch reads it.
-frame() {
-    echo "$mark:$1:begin"
-    cat "$2"
-    echo
-    echo "$mark:$1:end:$3"
-}
 
 n=0
 while [ $# -ge 2 ]; do
@@ -47,7 +41,14 @@ while [ $# -ge 2 ]; do
             echo "$mark:$n:end:0"
         fi
     elif [ -n "$dir" ]; then
-        (sh -c "$command" >"$dir/$n.out" 2>/dev/null; echo $? >"$dir/$n.status") </dev/null &
+        # its whole part but the begin line, end line included: a part whose writing
+        # failed (a full disk) has no end line, and is read as failed, not as empty
+        (
+            sh -c "$command" 2>/dev/null
+            status=$?
+            echo
+            echo "$mark:$n:end:$status"
+        ) >"$dir/$n.out" </dev/null &
     else
         echo "$mark:$n:begin"
         sh -c "$command" 2>/dev/null </dev/null
@@ -68,7 +69,8 @@ while [ "$i" -lt "$n" ]; do
         echo
         echo "$mark:$i:end:0"
     else
-        frame "$i" "$dir/$i.out" "$(cat "$dir/$i.status" 2>/dev/null || echo 1)"
+        echo "$mark:$i:begin"
+        cat "$dir/$i.out" 2>/dev/null
     fi
     i=$((i + 1))
 done

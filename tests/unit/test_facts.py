@@ -99,21 +99,20 @@ def test_json_file_reads_any_path_and_says_absent(tmp_path):
 
 DOCKER = r"""case "$1 $2" in
 "ps -a")
+    if [ "$3" = --no-trunc ]; then
+        [ "$5" = label=com.docker.compose.project=ollama ] || exit 0
+        printf 'c0 ollama/ollama:0.6.8\nc1 5f2b3c4d5e6f\n'
+        exit 0
+    fi
     [ "$4" = label=com.docker.compose.project=ollama ] || exit 0
-    case "$6" in
-    have*) printf 'have ollama-0 h0\nhave nginx old\n';;
-    *) printf 'c0 ollama-0 running ollama/ollama:0.6.8\nc1 nginx exited nginx:1.27\n';;
-    esac;;
-"ps -aq")
-    [ "$4" = label=com.docker.compose.project=ollama ] || exit 0
-    printf 'c0\nc1\n';;
+    printf 'have ollama-0 h0\nhave nginx old\n';;
 "inspect -f")
     shift 3
     for id in "$@"; do
         case "$id" in
-        c0) printf '%s %s\n' 'c0 ollama-0 ollama/ollama:0.6.8' \
+        c0) printf '%s %s\n' 'inspect c0 ollama-0' \
             '{"Status":"running","Health":{"Status":"healthy","Log":[{"Output":"a b\\n"}]}}';;
-        c1) echo 'c1 nginx nginx:1.27 {"Status":"exited","ExitCode":0}';;
+        c1) echo 'inspect c1 nginx {"Status":"exited","ExitCode":0}';;
         esac
     done;;
 "compose config") printf 'ollama-0 h0\nnginx new\nollama-1 h1\n';;
@@ -130,7 +129,7 @@ def test_compose_containers_with_their_health(tmp_path):
     assert ComposeContainers().process(proc.stdout.splitlines()) == {
         "ollama-0": {"id": "c0", "state": "running", "health": "healthy",
                      "image": "ollama/ollama:0.6.8"},
-        "nginx": {"id": "c1", "state": "exited", "health": "none", "image": "nginx:1.27"}}
+        "nginx": {"id": "c1", "state": "exited", "health": "none", "image": "5f2b3c4d5e6f"}}
     bare = run_with_stubs(ComposeContainers().command("ollama"), tmp_path / "bare-host")
     assert (bare.returncode, bare.stdout) == (0, "")
 

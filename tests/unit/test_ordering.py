@@ -33,18 +33,19 @@ def both(state):
 
 
 @pytest.mark.parametrize("cli", [True, False])
-@pytest.mark.parametrize("deploy_named", [True, False])
+@pytest.mark.parametrize("deploy_named", ["here", "elsewhere", None])
 def test_the_order_is_pyinfras(tmp_path, monkeypatch, cli, deploy_named):
     deploy = tmp_path / "deploy.py"
     deploy.write_text(DEPLOY)
     monkeypatch.setattr(pyinfra, "is_cli", cli)
-    state = SimpleNamespace(current_deploy_filename=str(deploy) if deploy_named else None,
+    named = {"here": str(deploy), "elsewhere": str(tmp_path / "other.py"), None: None}
+    state = SimpleNamespace(current_deploy_filename=named[deploy_named],
                             current_op_file_number=3)
     scope = {"both": both, "state": state}
     exec(compile(DEPLOY, str(deploy), "exec"), scope)  # noqa: S102 as pyinfra runs deploy.py
     ours, theirs = scope["result"]
     assert ours == theirs
-    if deploy_named:  # from the deploy file down: outer() called, inner() called, both()
+    if deploy_named == "here":  # from the deploy file down: outer() called, inner() called, both()
         expected = ([3] if cli else []) + [10, 7, 2]
         assert ours[:len(expected)] == expected
 

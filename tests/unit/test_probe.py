@@ -171,3 +171,10 @@ def test_a_short_fact_is_left_to_pyinfra():
     host = _Host("gpu-4", "10.0.0.4")
     _prefetched(host, File, {"path": "/x"}, {})
     assert probe._cached(host, DockerContainerEnvs, (), {}) == (False, None)
+
+
+def test_a_part_without_its_end_line_is_failed_not_empty():
+    """What the batch prints for a command whose output could not be written whole (a full
+    disk): its begin line and what was written, no end line. pyinfra is then asked."""
+    lines = [f"{MARK}:0:begin", "partial", f"{MARK}:1:begin", "b", "", f"{MARK}:1:end:0"]
+    assert split_batch(lines, MARK, 2) == [("failed", []), ("ok", ["b"])]
