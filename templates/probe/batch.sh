@@ -26,52 +26,37 @@ if [ -n "$dir" ]; then
     trap 'exit 1' HUP INT TERM
 fi
 
+# Part N: its begin line, COMMAND's stdout (or `missing` when REQUIRED is not on PATH),
+# an empty line (ends an output without a final newline), its end line. Written to a file
+# its end line and all: a part a full disk cut short has no end line and reads as failed.
+part() {
+    echo "$mark:$1:begin"
+    if [ -n "$2" ] && ! command -v "$2" >/dev/null 2>&1; then
+        echo "$mark:$1:missing"
+        status=0
+    else
+        sh -c "$3" 2>/dev/null </dev/null
+        status=$?
+    fi
+    echo
+    echo "$mark:$1:end:$status"
+}
+
 n=0
 while [ $# -ge 2 ]; do
-    required=$1
-    command=$2
-    shift 2
-    if [ -n "$required" ] && ! command -v "$required" >/dev/null 2>&1; then
-        if [ -n "$dir" ]; then
-            : >"$dir/$n.missing"
-        else
-            echo "$mark:$n:begin"
-            echo "$mark:$n:missing"
-            echo
-            echo "$mark:$n:end:0"
-        fi
-    elif [ -n "$dir" ]; then
-        # its whole part but the begin line, end line included: a part whose writing
-        # failed (a full disk) has no end line, and is read as failed, not as empty
-        (
-            sh -c "$command" 2>/dev/null
-            status=$?
-            echo
-            echo "$mark:$n:end:$status"
-        ) >"$dir/$n.out" </dev/null &
+    if [ -n "$dir" ]; then
+        part "$n" "$1" "$2" >"$dir/$n.out" &
     else
-        echo "$mark:$n:begin"
-        sh -c "$command" 2>/dev/null </dev/null
-        status=$?
-        echo
-        echo "$mark:$n:end:$status"
+        part "$n" "$1" "$2"
     fi
+    shift 2
     n=$((n + 1))
 done
 [ -n "$dir" ] || exit 0
 wait
-
 i=0
 while [ "$i" -lt "$n" ]; do
-    if [ -e "$dir/$i.missing" ]; then
-        echo "$mark:$i:begin"
-        echo "$mark:$i:missing"
-        echo
-        echo "$mark:$i:end:0"
-    else
-        echo "$mark:$i:begin"
-        cat "$dir/$i.out" 2>/dev/null
-    fi
+    cat "$dir/$i.out" 2>/dev/null
     i=$((i + 1))
 done
 exit 0
