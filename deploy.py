@@ -3,28 +3,28 @@
 The order of work, top to bottom. Every host's data is validated before any
 operation runs on any host, and the fleet (hosts, groups, addresses) is built there,
 once, and handed to the steps that need other hosts; each step lives in its own
-module under tasks/.
+module under tasks/steps/.
 """
 
 from pyinfra import host
 
-from tasks import (
+from ollama_fleet.tasks.engine import probe
+from ollama_fleet.tasks.kit import lock
+from ollama_fleet.tasks.kit.distributions import distribution
+from ollama_fleet.tasks.kit.fleet import current_fleet, current_settings
+from ollama_fleet.tasks.kit.report import report_failures
+from ollama_fleet.tasks.steps import (
     apps,
     docker,
     front_door,
     inference,
-    lock,
     metrics,
     models,
     nvidia_driver,
     nvidia_toolkit,
     packages,
-    probe,
     stack,
 )
-from tasks.distributions import distribution
-from tasks.fleet import current_fleet, current_settings
-from tasks.report import report_failures
 
 # the first call validates every host: bad inventory data stops the whole run, hosts untouched
 settings, fleet = current_settings(), current_fleet()
@@ -32,7 +32,7 @@ report_failures()  # a failing host stops alone, named with its step
 lock.take("deploy.py")  # one run at a time per host: a second one stops here, nothing changed
 probe.prefetch_remembered()  # what the last run read of this host, asked in one round trip
 
-dist = distribution()  # the host's row of tasks/distributions.py; another OS stops the run
+dist = distribution()  # the host's row of tasks/kit/distributions.py; another OS stops the run
 packages.prerequisites()  # curl, gnupg, ca-certificates: minimal images lack them
 nvidia_driver.install_driver(settings, dist)  # GPU servers only; may reboot into the new driver
 docker.install_docker(settings, dist)

@@ -7,7 +7,7 @@ the seconds until pyinfra reports gpu-2 failed, and until the whole run ends
 (gpu-1's command finishes by itself after HOLD seconds).
 
 - `watched`: the repository's config.py (SSH sockets with keepalive and a user
-  timeout, tasks/connection.py);
+  timeout, tasks/engine/connection.py);
 - `pyinfra alone`: a config with the same connect timeout and nothing else, as
   pyinfra runs by default.
 

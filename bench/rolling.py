@@ -416,10 +416,10 @@ def called_after(lines: list[tuple[float, str]]) -> float | None:
 
 def roll_command(inventory: str, *args: str, pull_ahead: bool = True) -> list[str]:
     if pull_ahead:
-        return [sys.executable, "-m", "fleetctl", inventory, "roll", "-y", *args]
+        return [sys.executable, "-m", "ollama_fleet", inventory, "roll", "-y", *args]
     program = ("from gevent import monkey; monkey.patch_all(); import sys; "
-               "import fleetctl.roll; fleetctl.roll.Roll.pull_ahead = False; "
-               "from fleetctl.cli import main; sys.exit(main())")
+               "import ollama_fleet.fleetctl.roll as r; r.Roll.pull_ahead = False; "
+               "from ollama_fleet.fleetctl.cli import main; sys.exit(main())")
     return [sys.executable, "-c", program, inventory, "roll", "-y", *args]
 
 
@@ -679,7 +679,7 @@ def bench(logs: Path, keep: bool, phases_only: bool = False) -> int:
         if phases_only:
             split = phases(inventory, front, logs)
             return 0
-        roll_cmd = [sys.executable, "-m", "fleetctl", inventory, "roll", "-y",
+        roll_cmd = [sys.executable, "-m", "ollama_fleet", inventory, "roll", "-y",
                     "--data", f"ollama_image={B}"]
         roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs / "roll.log", hosts, front,
                         timestamped=True)

@@ -1,4 +1,4 @@
-"""`ollama-fleet` / `python -m fleetctl`: see fleetctl/cli.py.
+"""`ollama-fleet` / `python -m ollama_fleet.fleetctl`: see fleetctl/cli.py.
 
 pyinfra's API (the fleet view's parallel SSH) runs on gevent, which must patch the
 standard library before anything imports socket or threading: so here, first, and
@@ -12,7 +12,7 @@ monkey.patch_all()
 
 import sys
 
-from fleetctl.cli import main
+from ollama_fleet.fleetctl.cli import main
 
 
 def run() -> None:

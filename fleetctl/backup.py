@@ -3,9 +3,9 @@
     ollama-fleet INVENTORY backup HOST [--to DIR | --on-host] [--data KEY=VALUE ...]
     ollama-fleet INVENTORY restore HOST TARBALL [--data KEY=VALUE ...] [-y]
 
-What each guarantees is in tasks/backup.py, beside the on-host work; this module
+What each guarantees is in tasks/steps/backup.py, beside the on-host work; this module
 checks what can be checked on the operator's machine (the host, the tarball) before
-any host is touched, then runs tasks/backup_deploy.py or tasks/restore_deploy.py on
+any host is touched, then runs tasks/deploys/backup.py or tasks/deploys/restore.py on
 the one host through fleetctl.runner.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetctl.inventory import Fleet, UsageError
-from fleetctl.runner import Log, Result, log_stderr, run_pyinfra
-from tasks.backup import (
+from ollama_fleet.fleetctl.inventory import Fleet, UsageError
+from ollama_fleet.fleetctl.runner import Log, Result, log_stderr, run_pyinfra
+from ollama_fleet.tasks.steps.backup import (
     HOST_BACKUP_DIR,
     JOB_ENV,
     TRANSFER_TIMEOUT_S,
@@ -81,7 +81,7 @@ def run_backup(run: Run, to: str, on_host: bool) -> str:
     run.log(f"--> backup: {run.host}: {name}")
     partials = [local_dir / f"{name}.partial", local_dir / f"{name}.sha256.partial"]
     try:
-        run.pyinfra("tasks/backup_deploy.py", job)
+        run.pyinfra("tasks/deploys/backup.py", job)
         if on_host:
             return f"{run.host}:{HOST_BACKUP_DIR}/{name}"
         try:
@@ -97,7 +97,7 @@ def run_backup(run: Run, to: str, on_host: bool) -> str:
         for path in partials:
             path.unlink(missing_ok=True)
         if not on_host:
-            run.clean_up("tasks/backup_deploy.py", name)
+            run.clean_up("tasks/deploys/backup.py", name)
         raise
     partials[1].rename(local_dir / f"{name}.sha256")
     partials[0].rename(local_dir / name)
@@ -134,9 +134,9 @@ def run_restore(run: Run, tarball: str, index: BackupIndex) -> str:
     job = {"action": "restore", "tarball": str(Path(tarball).resolve()), "index": asdict(index)}
     run.log(f"--> restore: {run.host}: {len(index.models)} models, {len(index.blobs)} blobs")
     try:
-        result = run.pyinfra("tasks/restore_deploy.py", job)
+        result = run.pyinfra("tasks/deploys/restore.py", job)
     except CommandError:
-        run.clean_up("tasks/restore_deploy.py")
+        run.clean_up("tasks/deploys/restore.py")
         raise
     models = ", ".join(sorted(index.models))
     if result.changed_nothing:

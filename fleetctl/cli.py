@@ -1,7 +1,10 @@
 """`ollama-fleet`: the operator's commands for a fleet that `pyinfra INVENTORY deploy.py`
 built, with pyinfra's manners: the inventory first, `--limit` by host, group or glob,
-`--data KEY=VALUE`, a question before a serving fleet is changed unless `-y`, `--dry`
-to see the plan and change nothing.
+`--data KEY=VALUE`, a question before a serving fleet is changed unless `-y` (or
+PYINFRA_YES), asked on stderr and only on a terminal, `--dry` to see the plan and change
+nothing, `-v`/`-vv` and `--diff` passed to pyinfra. Every command runs from the
+operator's folder: the inventory and its group_data are read as `pyinfra` reads them,
+and pyinfra's log lands there.
 
 Exit status, for every command: 0 done; 1 a host failed (or the question was answered
 no, or not at all): one line on stderr names the host and what to do; 2 bad arguments
@@ -13,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from fleetctl import inventory
-from fleetctl.inventory import Fleet, UsageError
-from fleetctl.runner import log_stderr, run_pyinfra
+import ollama_fleet
+from ollama_fleet.fleetctl import inventory
+from ollama_fleet.fleetctl.inventory import Fleet, UsageError
+from ollama_fleet.fleetctl.runner import MANNERS, log_stderr, run_pyinfra
 
 PROG = "ollama-fleet"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -61,17 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
     data = _Parser(add_help=False)
     data.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                       help="inventory data for this run, as pyinfra's --data (repeatable)")
+    data.add_argument("-v", dest="verbosity", action="count", default=0,
+                      help="pyinfra's -v: facts and noops (-v), commands too (-vv)")
     limit = _Parser(add_help=False)
     limit.add_argument("--limit", action="append", default=[], metavar="PATTERN",
-                       help="only these hosts: a host or group name, or a glob such as "
-                            "'gpu-*' (repeatable, or comma-separated)")
-    changes = _Parser(add_help=False)
-    changes.add_argument("-y", "--yes", action="store_true",
-                         help="do not ask before changing the fleet")
+                       help="only these hosts, as pyinfra 3 reads --limit: a group name, "
+                            "else a glob over host names such as 'gpu-*' (repeatable)")
+    yes = _Parser(add_help=False)
+    yes.add_argument("-y", "--yes", action="store_true", default=_env_yes(),
+                     help="do not ask before changing the fleet (env: PYINFRA_YES)")
+    changes = _Parser(add_help=False, parents=[yes])
     changes.add_argument("--dry", action="store_true",
                          help="print the plan and what would change; change nothing")
+    diff = _Parser(add_help=False)
+    diff.add_argument("--diff", action="store_true",
+                      help="pyinfra's --diff: show how text files change (secrets never)")
 
-    roll = sub.add_parser("roll", parents=[data, limit, changes],
+    sub.add_parser("check", parents=[data],
+                   help="validate the whole inventory offline; connect to no host",
+                   description="Read INVENTORY as pyinfra does and validate every host's "
+                   "data: exit 0 and a summary, or exit 2 with one line naming the host "
+                   "and key. No host is connected to.")
+    sub.add_parser("deploy", parents=[data, limit, changes, diff],
+                   help="converge the fleet: deploy.py on every host (or --limit)",
+                   description="Run the package's deploy.py with its config.py, as "
+                   "`pyinfra INVENTORY deploy.py` does from a checkout. The inventory is "
+                   "validated first: bad data stops it before any host is touched.")
+
+    roll = sub.add_parser("roll", parents=[data, limit, changes, diff],
                           help="roll the inventory's change through gpu_servers, canary first",
                           description="Apply what deploy.py would apply now (edit the "
                           "inventory, or pass --data), canary first, one batch at a time, "
@@ -86,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "3600): past it the roll stops with the batch out of the front "
                            "door")
 
-    status = sub.add_parser("status", parents=[data, limit],
+    status = sub.add_parser("status", parents=[data, limit, yes],
                             help="every host's GPUs, Docker, Ollama instances and nginx",
                             description="The fleet view; exit 1 when a host is unreachable "
                             "or an instance is not healthy.")
@@ -104,12 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--on-host", action="store_true",
                        help="keep the tarball on the host under /var/backups/ollama")
 
-    restore = sub.add_parser("restore", parents=[data],
+    restore = sub.add_parser("restore", parents=[data, yes],
                              help="restore a backup tarball onto HOST")
     restore.add_argument("host", metavar="HOST")
     restore.add_argument("tarball", metavar="TARBALL")
-    restore.add_argument("-y", "--yes", action="store_true",
-                         help="do not ask before changing the host")
 
     drain = sub.add_parser("drain", parents=[data, changes],
                            help="take gpu_servers hosts out of the front door",
@@ -130,23 +150,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        return metadata.version("ollama-fleet")
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
+    return ollama_fleet.__version__
 
 
-def confirm(question: str, yes: bool, ask: Callable[[str], str] = input) -> bool:
-    """Whether to go ahead: -y, else the operator's y/yes. No answer (stdin closed, as in
-    a script) is a no."""
+def _env_yes() -> bool:
+    """PYINFRA_YES as pyinfra's CLI (click) reads a flag from the environment."""
+    return os.environ.get("PYINFRA_YES", "").strip().lower() in ("1", "true", "t", "yes",
+                                                                 "y", "on")
+
+
+def _ask(question: str) -> str:
+    """The question on stderr (stdout stays the command's output), the answer from stdin."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def confirm(question: str, yes: bool, ask: Callable[[str], str] = _ask,
+            terminal: Callable[[], bool] | None = None) -> bool:
+    """Whether to go ahead: -y (or PYINFRA_YES), else the operator's y/yes, asked only on
+    a terminal. No terminal, or no answer, is a no."""
     if yes:
         return True
+    if not (terminal or _on_terminal)():
+        log_stderr(f"{question} not asked: no terminal to ask on; pass -y (or set "
+                   "PYINFRA_YES=1) to go ahead without asking")
+        return False
     try:
         answer = ask(f"{question} [y/N] ")
     except EOFError:
-        log_stderr("\nno answer (stdin is closed): pass -y to go ahead without asking")
+        log_stderr("\nno answer: pass -y to go ahead without asking")
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _on_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 def declined(command: str) -> int:
@@ -157,8 +199,37 @@ def declined(command: str) -> int:
 # -- the commands ----------------------------------------------------------------------------
 
 
+def cmd_check(fleet: Fleet, args: argparse.Namespace) -> int:
+    groups: dict[str, int] = {}
+    for h in fleet.hosts:
+        for group in h.groups:
+            groups[group] = groups.get(group, 0) + 1
+    own = Path(fleet.inventory).stem  # pyinfra's group named after the file, as `all`
+    shown = ", ".join(f"{n} {g}" for g, n in groups.items() if g not in ("all", own))
+    print(f"{fleet.inventory}: {len(fleet.hosts)} hosts valid ({shown}); no host was "
+          "connected to")
+    return EXIT_OK
+
+
+def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> int:
+    hosts = [h.name for h in fleet.select(args.limit)]
+    if not hosts:
+        raise UsageError(f"{fleet.inventory}: no host to deploy to")
+    log_stderr(f"deploy: deploy.py on {', '.join(hosts)}")
+    if not args.dry and not confirm(f"Deploy to {len(hosts)} host"
+                                    f"{'s' if len(hosts) != 1 else ''}?", args.yes):
+        return declined("deploy")
+    limit = [] if len(hosts) == len(fleet.hosts) else hosts
+    result = run_pyinfra(fleet, "deploy.py", limit, fleet.data, dry=args.dry)
+    if not result.ok:
+        failed = result.failed_hosts() or hosts[:1]
+        log_stderr(f"deploy: {failed[0]}: {result.failure(failed[0])}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_roll(fleet: Fleet, args: argparse.Namespace) -> int:
-    from fleetctl.roll import Roll, batch_size, roll_hosts
+    from ollama_fleet.fleetctl.roll import Roll, batch_size, roll_hosts
 
     selected = fleet.select(args.limit, among=fleet.gpu_servers, what="gpu_servers host")
     hosts = roll_hosts(selected)
@@ -179,7 +250,13 @@ def cmd_roll(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def cmd_status(fleet: Fleet, args: argparse.Namespace) -> int:
-    from fleetctl.status import collect, exit_status, plan_hosts, pyinfra_config, render_table
+    from ollama_fleet.fleetctl.status import (
+        collect,
+        exit_status,
+        plan_hosts,
+        pyinfra_config,
+        render_table,
+    )
 
     plans = plan_hosts(fleet.select(args.limit))
     config = pyinfra_config(args.timeout)
@@ -192,7 +269,7 @@ def cmd_status(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(fleet: Fleet, args: argparse.Namespace) -> int:
-    from fleetctl.backup import Run, run_backup
+    from ollama_fleet.fleetctl.backup import Run, run_backup
 
     run = Run("backup", fleet, args.host)
     run.check_host()
@@ -201,7 +278,7 @@ def cmd_backup(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(fleet: Fleet, args: argparse.Namespace) -> int:
-    from fleetctl.backup import Run, check_tarball, run_restore
+    from ollama_fleet.fleetctl.backup import Run, check_tarball, run_restore
 
     run = Run("restore", fleet, args.host)
     run.check_host()
@@ -233,8 +310,8 @@ def front_door_run(fleet: Fleet, out: list[str], args: argparse.Namespace,
 
 def held_now(fleet: Fleet) -> list[str]:
     """What the front doors hold out now (a roll's stopped batch, an earlier `drain`)."""
-    from fleetctl.backup import CommandError
-    from fleetctl.runner import held_out
+    from ollama_fleet.fleetctl.backup import CommandError
+    from ollama_fleet.fleetctl.runner import held_out
 
     out = held_out(fleet, fleet.data) if fleet.front_doors else []
     if out is None:
@@ -261,14 +338,14 @@ def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], int]] = {
-    "roll": cmd_roll, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,
-    "drain": cmd_drain, "undrain": cmd_undrain,
+    "check": cmd_check, "deploy": cmd_deploy, "roll": cmd_roll, "status": cmd_status,
+    "backup": cmd_backup, "restore": cmd_restore, "drain": cmd_drain, "undrain": cmd_undrain,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (see the module's docstring)."""
-    from fleetctl.backup import CommandError
+    from ollama_fleet.fleetctl.backup import CommandError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse's own errors are named after the command too, when one was given
@@ -276,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        MANNERS.verbosity = args.verbosity
+        MANNERS.diff = getattr(args, "diff", False)
         fleet = inventory.load(args.inventory, inventory.parse_data(args.data))
         return COMMANDS[command](fleet, args)
     except UsageError as exc:

@@ -10,17 +10,18 @@ command before it touches any host.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from tasks.fleet import Member, build
-from tasks.paths import project_root
-from tasks.settings import SettingsError
+from ollama_fleet.tasks.kit.fleet import Member, build
+from ollama_fleet.tasks.kit.paths import CONFIG
+from ollama_fleet.tasks.kit.settings import SettingsError
 
 READ_TIMEOUT_S = 300
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))  # the one beside this Python
@@ -63,23 +64,24 @@ class Fleet:
                what: str = "host or group", option: str = "--limit") -> list[FleetHost]:
         """The hosts (of AMONG, default all) that LIMITS name, in inventory order.
 
-        As pyinfra's --limit: each pattern is a group name, else a glob over host names
-        (`gpu-*`); patterns repeat or are comma-separated. Unlike pyinfra, a pattern that
-        matches nothing is an error, not a warning: a roll must not quietly do less."""
+        As pyinfra 3's --limit: each pattern is a group name when the inventory has that
+        group, else a glob over host names (`gpu-*`); a comma is part of the pattern.
+        Unlike pyinfra, a pattern that matches nothing is an error, not a warning: a roll
+        must not quietly do less."""
         pool = list(self.hosts if among is None else among)  # AMONG: of WHAT, for errors
         if not limits:
             return pool
+        groups = {g for h in self.hosts for g in h.groups}
         wanted: set[str] = set()
-        for limit in limits:
-            for pattern in (p.strip() for p in limit.split(",")):
-                if not pattern:
-                    continue
-                matched = {h.name for h in pool
-                           if pattern in h.groups or fnmatchcase(h.name, pattern)}
-                if not matched:
-                    raise UsageError(f"{option} {pattern}: matches no {what} of "
-                                     f"{self.inventory}")
-                wanted |= matched
+        for pattern in limits:
+            matched = {h.name for h in pool if pattern in h.groups} if pattern in groups \
+                else {h.name for h in pool if fnmatch(h.name, pattern)}
+            if not matched:
+                hint = " (one pattern per --limit: pyinfra reads a comma as part of " \
+                    "the name)" if "," in pattern else ""
+                raise UsageError(f"{option} {pattern}: matches no {what} of "
+                                 f"{self.inventory}{hint}")
+            wanted |= matched
         return [h for h in pool if h.name in wanted]
 
 
@@ -122,9 +124,9 @@ def read_inventory(inventory: str, data: dict[str, Any] | None = None,
     if not path.is_file():
         raise UsageError(f"{inventory}: no such inventory file")
     try:
-        proc = subprocess.run([PYINFRA, str(path.resolve()), "debug-inventory", "--json",
-                               *data_args(data or {})],
-                              cwd=project_root(), stdin=subprocess.DEVNULL,
+        proc = subprocess.run([PYINFRA, "--config", str(CONFIG), str(path.resolve()),
+                               "debug-inventory", "--json", *data_args(data or {})],
+                              stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise UsageError(f"{inventory}: pyinfra did not read it within {timeout:g}s") from None
@@ -133,9 +135,28 @@ def read_inventory(inventory: str, data: dict[str, Any] | None = None,
         if not isinstance(hosts, list):
             raise ValueError(hosts)
     except ValueError:
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise UsageError(f"{inventory}: pyinfra cannot read it: {tail}") from None
+        raise UsageError(f"{inventory}: pyinfra cannot read it: "
+                         f"{pyinfra_reason(proc.stderr, proc.returncode)}") from None
     return hosts
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Warning)\b:?")
+WHERE_LINE = re.compile(r'^\s*File "([^"]+)", line (\d+)')
+
+
+def pyinfra_reason(stderr: str, returncode: int) -> str:
+    """Why pyinfra could not read an inventory, in one line: the exception it caught (and
+    where, in the operator's file), not its closing advice to file a bug report."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    if errors:
+        at = errors[-1]
+        where = [m for m in (WHERE_LINE.match(line) for line in lines[:at]) if m]
+        place = f"{Path(where[-1].group(1)).name} line {where[-1].group(2)}: " if where else ""
+        return place + lines[at].strip()
+    said = [line for line in lines if not line.startswith("-->")]
+    return (said or [line.removeprefix("--> ") for line in lines] or
+            [f"exit {returncode}"])[-1]
 
 
 def load(inventory: str, data: dict[str, Any] | None = None) -> Fleet:

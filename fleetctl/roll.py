@@ -7,7 +7,7 @@ The change is whatever `deploy.py` would do now (edit the inventory, or pass
 `--data`); the roll applies it with the same tasks, one batch at a time (the
 first batch is always the single first host, the canary). For each batch:
 
-1. pull: every image the batch's stack will run is downloaded (tasks/pull_deploy.py)
+1. pull: every image the batch's stack will run is downloaded (tasks/deploys/pull.py)
    while the batch still serves; a failed pull stops the roll before any drain;
 2. drain: the front door (lb_servers) marks the batch `down` and reloads; the run
    waits until the front door's old workers finished their requests;
@@ -37,8 +37,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from fleetctl.inventory import Fleet, FleetHost, UsageError
-from fleetctl.runner import (
+from ollama_fleet.fleetctl.inventory import Fleet, FleetHost, UsageError
+from ollama_fleet.fleetctl.runner import (
     DEFAULT_TIMEOUT_S,
     Log,
     held_out,
@@ -48,7 +48,7 @@ from fleetctl.runner import (
 )
 
 SMOKE_TIMEOUT_S = 210  # the pyinfra run: SSH, then smoke.sh (curl bounded at 30 s + 120 s)
-PULL_DEPLOY = "tasks/pull_deploy.py"
+PULL_DEPLOY = "tasks/deploys/pull.py"
 VERSION_TAG = re.compile(r"v?(\d+\.\d+\.\d+(?:-rc\d+)?)")
 
 
@@ -101,7 +101,7 @@ def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
 
 
 def smoke_result(h: RollHost, answer: dict[str, str] | None) -> Smoke:
-    """What the smoke test's answer (tasks.facts.SmokeAnswer, None: the host could not be
+    """What the smoke test's answer (tasks.kit.facts.SmokeAnswer, None: the host could not be
     asked) says of H: its version, which must be the image tag's, and the model's load
     time (Ollama's load_duration); RollError naming what is wrong."""
     if answer is None:
@@ -184,7 +184,7 @@ class Roll:
     def front_door(self, step: str, host: str, out: Sequence[str] = (),
                    back: Sequence[str] = ()) -> None:
         """Hold OUT out of the front door too, or take BACK in; the front doors keep what
-        they hold (tasks.front_door.HELD_OUT), so a plain deploy cannot undo it."""
+        they hold (tasks.steps.front_door.HELD_OUT), so a plain deploy cannot undo it."""
         if not self.lb:
             return
         # read again each time: another operator's drain or undrain since is kept
@@ -200,7 +200,7 @@ class Roll:
         return out
 
     def running_image(self, host: str) -> str | None:
-        by_host = read_fact(self.fleet, [host], "tasks.facts.ComposeContainers",
+        by_host = read_fact(self.fleet, [host], "ollama_fleet.tasks.kit.facts.ComposeContainers",
                             ["project=ollama"], self.data)
         try:
             return by_host[host]["ollama-0"]["image"]  # type: ignore[index]
@@ -210,7 +210,7 @@ class Roll:
     def smoke(self, h: RollHost) -> Smoke:
         """A streamed generate through the host's nginx, asked on the host (see
         smoke_result): the version it reports, and how long the model took to load."""
-        answer = read_fact(self.fleet, [h.name], "tasks.facts.SmokeAnswer",
+        answer = read_fact(self.fleet, [h.name], "ollama_fleet.tasks.kit.facts.SmokeAnswer",
                            [f"url={h.url}", f"model={h.model or ''}"], self.data,
                            timeout=SMOKE_TIMEOUT_S)
         return smoke_result(h, answer.get(h.name) if answer else None)

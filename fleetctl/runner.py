@@ -21,11 +21,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleetctl.inventory import PYINFRA, Fleet, data_args
-from tasks.paths import project_root
-from tasks.report import ERROR_MARK
+from ollama_fleet.fleetctl.inventory import PYINFRA, Fleet, data_args
+from ollama_fleet.tasks.kit.paths import CONFIG, PACKAGE
+from ollama_fleet.tasks.kit.report import ERROR_MARK
 
 DEFAULT_TIMEOUT_S = 3600
+
+
+@dataclass
+class Manners:
+    """pyinfra's own options that every child run of this command gets: `-v`/`-vv` (what
+    pyinfra prints), `--diff` (file diffs; secrets go through compose.secret_file, which
+    never shows them)."""
+
+    verbosity: int = 0
+    diff: bool = False
+
+
+MANNERS = Manners()
+
+
+def pyinfra_options() -> list[str]:
+    """The package's config.py (pyinfra reads the inventory and its group_data from the
+    operator's folder, as `pyinfra` itself does), then the command's manners."""
+    return ["--config", str(CONFIG), *(["-" + "v" * MANNERS.verbosity] if MANNERS.verbosity
+                                       else []), *(["--diff"] if MANNERS.diff else [])]
 
 Log = Callable[[str], None]
 
@@ -51,7 +71,7 @@ class Result:
         return failure_line(self.output, self.returncode, host)
 
     def failed_hosts(self) -> list[str]:
-        """The hosts our report (tasks.report) says failed, in the order they failed."""
+        """The hosts our report (tasks.kit.report) says failed, in the order they failed."""
         return [m.group(1) for m in FAILED_AT.finditer(self.output)]
 
     @property
@@ -94,11 +114,13 @@ def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str,
                 log: Log = log_stderr, dry: bool = False, job: dict[str, Any] | None = None,
                 job_env: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Result:
     """`pyinfra -y INVENTORY DEPLOY --limit ... --data ...`, its output streamed to LOG
-    line by line, indented. DEPLOY is relative to the project root. JOB, if given, is
+    line by line, indented. DEPLOY is relative to the package (deploy.py,
+    tasks/deploys/pull.py). JOB, if given, is
     written to a temporary JSON file whose path the child finds in JOB_ENV."""
     # --dry without -y: pyinfra then prints the changes it detected (with -y it skips them)
     # and exits before it would ask
-    cmd = [PYINFRA, *(["--dry"] if dry else ["-y"]), fleet.path, deploy, *data_args(data)]
+    cmd = [PYINFRA, *(["--dry"] if dry else ["-y"]), *pyinfra_options(), fleet.path,
+           str(PACKAGE / deploy), *data_args(data)]
     for name in limit:
         cmd += ["--limit", name]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYINFRA_PROGRESS": "off"}
@@ -112,7 +134,7 @@ def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str,
 
 def _stream(cmd: list[str], env: dict[str, str], log: Log, timeout: float) -> Result:
     lines: list[str] = []
-    proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
     watchdog = threading.Timer(timeout, proc.kill)  # a child that hangs silently ends too
@@ -139,10 +161,11 @@ def read_fact(fleet: Fleet, hosts: Sequence[str], fact: str, args: Sequence[str]
               data: dict[str, Any], timeout: float = 120) -> dict[str, Any] | None:
     """`pyinfra INVENTORY --limit HOSTS fact FACT ARGS --json`: host -> the fact's value, or
     None when it could not be read (unreachable, pyinfra failed)."""
-    cmd = [PYINFRA, fleet.path, *(a for h in hosts for a in ("--limit", h)), "fact", fact,
+    cmd = [PYINFRA, "--config", str(CONFIG), fleet.path,
+           *(a for h in hosts for a in ("--limit", h)), "fact", fact,
            *args, "--json", *data_args(data)]
     try:
-        proc = subprocess.run(cmd, cwd=project_root(), stdin=subprocess.DEVNULL,
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)
         # {"<fact> (<args>)": {"<host>": <value>}}
         by_host = next(iter(json.loads(proc.stdout).values()))
@@ -152,13 +175,13 @@ def read_fact(fleet: Fleet, hosts: Sequence[str], fact: str, args: Sequence[str]
 
 
 def held_out(fleet: Fleet, data: dict[str, Any]) -> list[str] | None:
-    """The hosts the front doors hold out for ollama-fleet (tasks.front_door.HELD_OUT), all
+    """The hosts the front doors hold out for ollama-fleet (tasks.steps.front_door.HELD_OUT), all
     front doors together, in inventory order; None when a front door cannot be read."""
-    from tasks.front_door import HELD_OUT
+    from ollama_fleet.tasks.steps.front_door import HELD_OUT
 
     out: set[str] = set()
     for lb in fleet.front_doors:
-        got = read_fact(fleet, [lb.name], "tasks.facts.Lines",
+        got = read_fact(fleet, [lb.name], "ollama_fleet.tasks.kit.facts.Lines",
                         [f"path={lb.settings.front_door_dir}/{HELD_OUT}"], data)
         if got is None or not isinstance(got.get(lb.name), list):
             return None

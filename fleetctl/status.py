@@ -74,11 +74,11 @@ from typing import Any
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from fleetctl.inventory import FleetHost, UsageError
-from tasks.facts import parse_gpu_csv
-from tasks.paths import project_root
-from tasks.scripts import script_command
-from tasks.stack import PROJECT, expected_services
+from ollama_fleet.fleetctl.inventory import FleetHost, UsageError
+from ollama_fleet.tasks.kit.facts import parse_gpu_csv
+from ollama_fleet.tasks.kit.paths import CONFIG
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.steps.stack import PROJECT, expected_services
 
 DEFAULT_TIMEOUT_S = 20
 GPU_QUERY = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu",
@@ -428,13 +428,14 @@ def render_table(views: list[dict[str, Any]]) -> str:
 
 
 def pyinfra_config(timeout: float, path: str | None = None) -> Any:
-    """pyinfra's Config as its CLI would make it here: ./config.py run with `pyinfra.config`
-    pointing at it (global SUDO, SU_USER... apply), and the connect timeout capped at 3/4
-    of TIMEOUT so that a host that does not connect is reported with pyinfra's reason."""
+    """pyinfra's Config as its CLI would make it here: the package's config.py (and the
+    operator's ./config.py after it) run with `pyinfra.config` pointing at it (global
+    SUDO, SU_USER... apply), and the connect timeout capped at 3/4 of TIMEOUT so that a
+    host that does not connect is reported with pyinfra's reason."""
     from pyinfra.api import Config
     from pyinfra.context import ctx_config
 
-    path = path or str(project_root() / "config.py")
+    path = path or str(CONFIG)
     config = Config()
     if Path(path).is_file():
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paramiko
 
-from tasks import connection
+from ollama_fleet.tasks.engine import connection
 
 REPO = Path(__file__).resolve().parent.parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")

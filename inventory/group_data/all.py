@@ -1,5 +1,5 @@
 """Defaults for the whole fleet. Each knob is declared (type, default, meaning) in
-tasks/settings.py and listed in the README; set here only what your fleet changes."""
+tasks/kit/settings.py and listed in the README; set here only what your fleet changes."""
 
 # How pyinfra reaches the servers.
 ssh_user = "root"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/backup.py (operation `archived`) through tasks.scripts.script_command;
+# Sent by tasks/steps/backup.py (operation `archived`) through ollama_fleet.tasks.kit.scripts.script_command;
 # not installed on the host. POSIX sh and coreutils (sha256sum, tar, df, stat) only.
 #
 # backup.sh ROOT NAME BACKUP_DIR
@@ -9,7 +9,7 @@
 # archived; SHA256SUMS inside lists every file. Says on success one line:
 # `<tarball>: N manifests, N blobs (N bytes), sha256 <hex>`.
 # Exit: 0 written; 1 failed: what it wrote is removed and stderr holds one line that
-# starts with `store-error: ` (tasks.report.ERROR_MARK) and says why.
+# starts with `store-error: ` (ollama_fleet.tasks.kit.report.ERROR_MARK) and says why.
 root=$1
 name=$2
 dir=$3

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/backup.py (fact ModelStore) through tasks.scripts.script_command; not
+# Sent by tasks/steps/backup.py (fact ModelStore) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and coreutils (df, find -printf, sha256sum) only.
 #
 # model-store.sh MODELS_PATH VOLUME STAGING

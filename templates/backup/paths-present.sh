@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/backup.py (fact PathsPresent) through tasks.scripts.script_command; not
+# Sent by tasks/steps/backup.py (fact PathsPresent) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh.
 #
 # paths-present.sh PATH...

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/backup.py (operation `restored`) through tasks.scripts.script_command;
+# Sent by tasks/steps/backup.py (operation `restored`) through ollama_fleet.tasks.kit.scripts.script_command;
 # not installed on the host. POSIX sh and coreutils (sha256sum, tar, cmp) only.
 #
 # restore.sh ROOT STAGE NAME SHA256
@@ -12,7 +12,7 @@
 # (0644/0755: no set-uid, set-gid or sticky bit). Says on success one line:
 # `NAME: N blobs moved in, N kept (identical), N manifests written, N unchanged`.
 # Exit: 0 restored (STAGE removed); 1 failed: STAGE is removed and stderr holds one line
-# that starts with `store-error: ` (tasks.report.ERROR_MARK) and says why.
+# that starts with `store-error: ` (ollama_fleet.tasks.kit.report.ERROR_MARK) and says why.
 root=$1
 stage=$2
 name=$3

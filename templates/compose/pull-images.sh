@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/compose.py (images_pulled) through tasks.scripts.script_command; not
+# Sent by tasks/kit/compose.py (images_pulled) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and the docker CLI.
 #
 # pull-images.sh TIMEOUT_S IMAGE...

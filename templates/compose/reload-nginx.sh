@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/compose.py (reload_nginx_command) through tasks.scripts.script_command; not
+# Sent by tasks/kit/compose.py (reload_nginx_command) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh, the docker CLI, grep and /proc (Linux).
 #
 # reload-nginx.sh CONTAINER DRAIN_TIMEOUT_S

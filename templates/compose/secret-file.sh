@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/compose.py (secret_file) through tasks.scripts.script_command; not installed
+# Sent by tasks/kit/compose.py (secret_file) through ollama_fleet.tasks.kit.scripts.script_command; not installed
 # on the host. POSIX sh.
 #
 # secret-file.sh stage STAGE

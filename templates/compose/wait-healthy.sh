@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/compose.py (wait_healthy_command) through tasks.scripts.script_command; not
+# Sent by tasks/kit/compose.py (wait_healthy_command) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and the docker CLI.
 #
 # wait-healthy.sh TIMEOUT_S CONTAINER...

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run on a host by the deploy (tasks/docker.py, daemon_json) as one command; not installed.
+# Run on a host by the deploy (tasks/steps/docker.py, daemon_json) as one command; not installed.
 #
 # daemon-json.sh STAGED LIVE [NVIDIA_CTK_FLAG...]
 # Make STAGED (the merged daemon.json, just uploaded) Docker's configuration LIVE:

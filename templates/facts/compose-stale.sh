@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/facts.py (fact ComposeStale) through tasks.scripts.script_command; not
+# Sent by tasks/kit/facts.py (fact ComposeStale) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and the docker CLI (compose plugin).
 #
 # compose-stale.sh ROOT PROJECT

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/facts.py (fact DockerImages) through tasks.scripts.script_command; not
+# Sent by tasks/kit/facts.py (fact DockerImages) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and the docker CLI.
 #
 # docker-images.sh IMAGE...

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/facts.py (fact DockerNetwork) through tasks.scripts.script_command; not
+# Sent by tasks/kit/facts.py (fact DockerNetwork) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh, the docker CLI and /proc (Linux).
 #
 # docker-network.sh NETWORK

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU inference proof's look at one Ollama instance (tasks/inference.py, fact
+# The GPU inference proof's look at one Ollama instance (tasks/steps/inference.py, fact
 # ProvenPlacement): when the instance has no model loaded, MODEL is loaded first, then
 # /api/ps is printed. Only a loaded model tells whether CUDA works in the instance
 # (`size_vram`); loading one changes no file, package or container, so a re-run that finds

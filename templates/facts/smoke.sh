@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/facts.py (fact SmokeAnswer) through tasks.scripts.script_command, for the
+# Sent by tasks/kit/facts.py (fact SmokeAnswer) through ollama_fleet.tasks.kit.scripts.script_command, for the
 # roll's smoke test; not installed on the host. POSIX sh; needs curl.
 #
 # smoke.sh URL MODEL

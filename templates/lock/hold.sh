@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/lock.py through tasks.scripts.script_command when a run starts on a host;
+# Sent by tasks/kit/lock.py through ollama_fleet.tasks.kit.scripts.script_command when a run starts on a host;
 # not installed on the host. POSIX sh, flock and setsid (util-linux), /proc (Linux).
 #
 # hold.sh take LOCK OWNER

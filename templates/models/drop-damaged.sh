@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/models.py (receive) through tasks.scripts.script_command; not installed on
+# Sent by tasks/steps/models.py (receive) through ollama_fleet.tasks.kit.scripts.script_command; not installed on
 # the host. POSIX sh and coreutils (stat, rm).
 #
 # drop-damaged.sh STORE HEX:SIZE...

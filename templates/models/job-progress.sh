@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/models.py (Mover.done_bytes) through tasks.scripts.script_command; not
+# Sent by tasks/steps/models.py (Mover.done_bytes) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh, coreutils (stat, sort), grep and sed.
 #
 # job-progress.sh JOB STORE HEX...

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Sent by tasks/models.py (the registry pull of the fan-out) through
-# tasks.scripts.script_command; not installed on the host. POSIX sh and curl.
+# Sent by tasks/steps/models.py (the registry pull of the fan-out) through
+# ollama_fleet.tasks.kit.scripts.script_command; not installed on the host. POSIX sh and curl.
 #
 # pull.sh PORT MODEL BODY MAX_TIME STREAM
 # POST BODY (`{"model": MODEL}`) to the Ollama instance on 127.0.0.1:PORT /api/pull and

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Sent by tasks/models.py (operation known_to_registry) through
-# tasks.scripts.script_command; not installed on the host. POSIX sh and curl.
+# Sent by tasks/steps/models.py (operation known_to_registry) through
+# ollama_fleet.tasks.kit.scripts.script_command; not installed on the host. POSIX sh and curl.
 #
 # registry-manifest.sh DEST URL MODEL ACCEPT
 # Fetch the manifest of MODEL (as configured in ollama_models) from URL, asking for the

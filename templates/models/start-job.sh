@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/models.py (Mover.run) through tasks.scripts.script_command; not installed
+# Sent by tasks/steps/models.py (Mover.run) through ollama_fleet.tasks.kit.scripts.script_command; not installed
 # on the host. POSIX sh and setsid (util-linux).
 #
 # start-job.sh JOB COMMAND

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by tasks/models.py (kept_warm) through tasks.scripts.script_command; not installed on
+# Sent by tasks/steps/models.py (kept_warm) through ollama_fleet.tasks.kit.scripts.script_command; not installed on
 # the host. POSIX sh and curl.
 #
 # warm.sh URL TIMEOUT_S KEEP_ALIVE MODEL...

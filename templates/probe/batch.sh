@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run by the deploy (tasks/probe.py) as one fact: many facts' commands in one round trip.
+# Run by the deploy (tasks/engine/probe.py) as one fact: many facts' commands in one round trip.
 #
 # batch.sh MARK [REQUIRED COMMAND]...
 # Runs each COMMAND (a pyinfra fact's own command) with `sh -c`, all at once (facts read

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Sent by fleetctl/status.py (status_script) through tasks.scripts.script_command; not
+# Sent by fleetctl/status.py (status_script) through ollama_fleet.tasks.kit.scripts.script_command; not
 # installed on the host. POSIX sh and coreutils (timeout, base64, tr, cat); nvidia-smi,
 # docker and curl are asked only where they are installed. Changes nothing on the host.
 #

@@ -23,7 +23,7 @@ import httpx
 import ollama
 import openai
 
-from tasks.modelname import canonical
+from ollama_fleet.tasks.kit.modelname import canonical
 
 TIMEOUT_S = 60
 

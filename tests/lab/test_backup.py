@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.backup import HOST_BACKUP_DIR, JOB_ENV, STAGING, read_backup
+from ollama_fleet.tasks.steps.backup import HOST_BACKUP_DIR, JOB_ENV, STAGING, read_backup
 from tests.conftest import running_lab
 from tests.labfleet import REPO
 
@@ -49,7 +49,7 @@ def fleet():
 def backup_cli(fleet, *args: str) -> subprocess.CompletedProcess:
     """`ollama-fleet INV backup|restore ...`; a restore is confirmed with -y."""
     yes = ["-y"] if args[0] == "restore" else []
-    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, *args, *yes],
+    return subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, *args, *yes],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
                           stdin=subprocess.DEVNULL)
 
@@ -163,7 +163,7 @@ def test_host_checks_the_upload_again_and_removes_the_staging(fleet, tarball, tm
     job.write_text(json.dumps({"action": "restore", "tarball": str(copy),
                                "index": asdict(index)}))
     before = store_state(fleet, "gpu-2")
-    proc = fleet.pyinfra("tasks/restore_deploy.py", limit="gpu-2",
+    proc = fleet.pyinfra("tasks/deploys/restore.py", limit="gpu-2",
                          env={JOB_ENV: str(job)})
     assert proc.returncode != 0
     wanted = "sha256 after the upload is" if damage == "in-transfer" else \

@@ -192,7 +192,7 @@ def test_every_gpu_instance_infers_on_its_gpu(fleet):
             models = json.loads(ps)["models"]
             assert models, (host, port, ps)
             assert all(m["size_vram"] == m["size"] > 0 for m in models), (host, port, ps)
-    proc = subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "status",
+    proc = subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, "status",
                            "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     views = {v["host"]: v for v in json.loads(proc.stdout)}

@@ -35,7 +35,7 @@ def _driver_installs(fleet, host: str) -> int:
 def test_host_cut_mid_deploy_fails_alone_and_reconverges(fleet):
     fleet.ssh("gpu-2", f"mkdir -p /etc/docker && echo '{json.dumps(FOREIGN)}' "
                        "> /etc/docker/daemon.json")
-    # No _timeout: the SSH connection itself notices the lost host (tasks/connection.py)
+    # No _timeout: the SSH connection itself notices the lost host (tasks/engine/connection.py)
     cmd = [PYINFRA, "-y", fleet.inventory, "deploy.py"]
     run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, stdin=subprocess.DEVNULL, env=dict(os.environ))

@@ -133,8 +133,8 @@ def test_the_deploy_reads_the_tree_as_the_hook_reads_the_document(tmp_path, mode
     """The tree, written out, read by the deploy's own fact script and parser, tells the
     same board apart as the NVIDIA hook does from gpus.json."""
     script = REPO / "templates/facts/nvidia-host.sh"
-    facts = pytest.importorskip("tasks.facts")
-    driver = pytest.importorskip("tasks.nvidia_driver")
+    facts = pytest.importorskip("ollama_fleet.tasks.kit.facts")
+    driver = pytest.importorskip("ollama_fleet.tasks.steps.nvidia_driver")
     if not script.exists() or not hasattr(facts, "parse_nvidia_host"):
         pytest.skip("the deploy's nvidia-host fact is not there")
     doc = board_doc("gpu-1", 4, model)

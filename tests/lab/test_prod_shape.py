@@ -220,7 +220,7 @@ def test_a_roll_of_gpu_hosts_named_by_dns_passes_its_smoke_test(fleet):
     path = REPO / "inventory" / f"lab-{NAME}-by-name.py"
     path.write_text(f"gpu_servers = {gpu!r}\nlb_servers = {groups['lb_servers']!r}\n")
     try:
-        proc = fleet.by_name(sys.executable, "-m", "fleetctl", str(path), "roll", "-y",
+        proc = fleet.by_name(sys.executable, "-m", "ollama_fleet", str(path), "roll", "-y",
                              "--limit", "gpu-1", timeout=1200, check=False)
     finally:
         path.unlink(missing_ok=True)

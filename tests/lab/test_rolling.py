@@ -50,7 +50,8 @@ def front_door(fleet) -> str:
 
 
 def roll(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "roll", "-y", *args],
+    return subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, "roll", "-y",
+                           *args],
                           cwd=REPO, capture_output=True, text=True, timeout=1200,
                           stdin=subprocess.DEVNULL)
 
@@ -119,17 +120,17 @@ def test_a_dry_roll_and_a_declined_roll_change_nothing_on_any_host(fleet):
     # pyinfra's own plan: the operations that would change, and on which hosts
     assert "--> Detected changes:" in proc.stderr, proc.stderr[-3000:]
     assert "4 (gpu-1, gpu-2, gpu-3, gpu-4)" in proc.stderr, proc.stderr[-3000:]
-    declined = subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "roll",
+    declined = subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, "roll",
                                "--data", f"ollama_image={A}"], input="no\n", cwd=REPO,
                               capture_output=True, text=True, timeout=300)
     assert declined.returncode == 1, declined.stderr
-    assert "Roll 4 serving hosts? [y/N]" in declined.stdout
+    assert "Roll 4 serving hosts? not asked: no terminal to ask on" in declined.stderr
     assert fingerprints(fleet) == before
     assert set(versions(fleet).values()) == {"0.7.0"}
 
 
 def test_roll_output_is_streamed_and_limit_takes_a_glob(fleet):
-    cmd = [sys.executable, "-m", "fleetctl", fleet.inventory, "roll", "-y",
+    cmd = [sys.executable, "-m", "ollama_fleet", fleet.inventory, "roll", "-y",
            "--limit", "gpu-[23]", "--data", f"ollama_image={B}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -274,7 +275,7 @@ def test_an_apply_past_the_step_timeout_stops_the_roll_with_the_canary_out(fleet
 
 
 def fleetctl(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, *args, "-y"],
+    return subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, *args, "-y"],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
                           stdin=subprocess.DEVNULL)
 

@@ -46,7 +46,7 @@ def fleet(deploy_lab):
 
 
 def status(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleetctl", fleet.inventory, "status", *args],
+    return subprocess.run([sys.executable, "-m", "ollama_fleet", fleet.inventory, "status", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=180,
                           stdin=subprocess.DEVNULL)
 

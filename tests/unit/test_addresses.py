@@ -3,11 +3,11 @@ operator's commands, IPv6 addresses bracketed wherever a port follows."""
 
 from __future__ import annotations
 
-from tasks.addresses import host_address, local_address, url_host
-from tasks.fleet import Fleet
-from tasks.front_door import Upstream, front_door_files
-from tasks.settings import settings_for
-from tasks.stack import plan_instances, stack_files
+from ollama_fleet.tasks.kit.addresses import host_address, local_address, url_host
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.steps.front_door import Upstream, front_door_files
+from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
 
 def test_a_host_is_reached_at_its_ssh_hostname_else_its_name():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tasks.apps import render_apps
-from tasks.settings import SettingsError, settings_for
+from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
+from ollama_fleet.tasks.steps.apps import render_apps
 
 APP = {"image": "acme/app:1.4", "ports": ["8080:8080", "0.0.0.0:9090:9090"],
        "depends_on": ["redis"], "environment": {"LOG_LEVEL": "info"},

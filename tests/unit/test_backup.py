@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backup import (
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.steps.backup import (
     ERROR_MARK,
     STAGING,
     SUMS,
@@ -33,8 +35,6 @@ from tasks.backup import (
     safe_dir,
     safe_path,
 )
-from tasks.report import fail_command
-from tasks.settings import settings_for
 from tests.unit.ophelper import run_op
 from tests.unit.stubs import BASE_TOOLS, run_with_stubs
 
@@ -465,14 +465,14 @@ INDEX = BackupIndex("f" * 64, 10240, manifests={f"{MANIFESTS}/tinyllama/latest":
 
 
 def store_fact(**changes) -> dict:
-    return {"tasks.backup.ModelStore": {**ModelStore.default(), "root": ROOT,
+    return {"ollama_fleet.tasks.steps.backup.ModelStore": {**ModelStore.default(), "root": ROOT,
                                         "avail": 10 ** 9, **changes}}
 
 
 def test_restore_uploads_into_staging_then_runs_the_checked_move(tmp_path):
     tarball = tmp_path / "gpu-1-models-x.tar"
     tarball.write_bytes(b"t")
-    commands, noops = run_op("tasks.backup.restored", {
+    commands, noops = run_op("ollama_fleet.tasks.steps.backup.restored", {
         "settings": SETTINGS, "index": INDEX, "tarball": str(tarball)}, store_fact())
     assert commands[0] == f"rm -rf {ROOT}/{STAGING} && mkdir -m 700 {ROOT}/{STAGING}"
     assert commands[1] == f"upload {ROOT}/{STAGING}/backup.tar\n{tarball}"
@@ -481,7 +481,7 @@ def test_restore_uploads_into_staging_then_runs_the_checked_move(tmp_path):
 
 
 def test_restore_of_models_already_present_changes_nothing(tmp_path):
-    commands, noops = run_op("tasks.backup.restored", {
+    commands, noops = run_op("ollama_fleet.tasks.steps.backup.restored", {
         "settings": SETTINGS, "index": INDEX, "tarball": "/b/gpu-1-models-x.tar"},
         store_fact(manifests=dict(INDEX.manifests), blobs=dict(INDEX.blobs)))
     assert commands == []
@@ -495,7 +495,7 @@ def test_restore_of_models_already_present_changes_nothing(tmp_path):
                      "files, staged)"),
 ])
 def test_restore_without_a_store_or_room_fails_before_any_change(store, problem):
-    commands, _ = run_op("tasks.backup.restored", {
+    commands, _ = run_op("ollama_fleet.tasks.steps.backup.restored", {
         "settings": SETTINGS, "index": INDEX, "tarball": "/b/x.tar"}, store_fact(**store))
     assert commands == [fail_command(ERROR_MARK + problem)]
 
@@ -508,8 +508,9 @@ def test_restore_without_a_store_or_room_fails_before_any_change(store, problem)
     (None, "instance 0 (port 11434) does not answer /api/tags after the restore"),
 ])
 def test_every_instance_must_list_the_restored_models(listed, result):
-    commands, noops = run_op("tasks.backup.listed", {
-        "settings": SETTINGS, "models": INDEX.models}, {"tasks.facts.OllamaModels": listed})
+    commands, noops = run_op("ollama_fleet.tasks.steps.backup.listed", {
+        "settings": SETTINGS, "models": INDEX.models},
+        {"ollama_fleet.tasks.kit.facts.OllamaModels": listed})
     if result == "noop":
         assert (commands, noops) == ([], ["every instance lists the 1 restored models"])
     else:
@@ -517,15 +518,16 @@ def test_every_instance_must_list_the_restored_models(listed, result):
 
 
 def test_backup_op_runs_the_script_on_the_store_it_finds():
-    commands, _ = run_op("tasks.backup.archived", {"settings": SETTINGS, "tarball": "n.tar"},
-                         store_fact())
+    commands, _ = run_op("ollama_fleet.tasks.steps.backup.archived",
+                         {"settings": SETTINGS, "tarball": "n.tar"}, store_fact())
     assert commands == [backup_script(ROOT, "n.tar")]
 
 
 def test_cleanup_removes_only_what_is_there():
-    facts = {**store_fact(), "tasks.backup.PathsPresent": [f"{ROOT}/{STAGING}"]}
-    commands, _ = run_op("tasks.backup.cleaned", {"settings": SETTINGS, "names": []}, facts)
+    facts = {**store_fact(), "ollama_fleet.tasks.steps.backup.PathsPresent": [f"{ROOT}/{STAGING}"]}
+    commands, _ = run_op("ollama_fleet.tasks.steps.backup.cleaned",
+                         {"settings": SETTINGS, "names": []}, facts)
     assert commands == [f"rm -rf {ROOT}/{STAGING}"]
-    commands, noops = run_op("tasks.backup.cleaned", {"settings": SETTINGS, "names": ["n.tar"]},
-                             store_fact())
+    commands, noops = run_op("ollama_fleet.tasks.steps.backup.cleaned",
+                             {"settings": SETTINGS, "names": ["n.tar"]}, store_fact())
     assert (commands, noops) == ([], ["nothing left behind"])

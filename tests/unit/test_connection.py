@@ -1,4 +1,4 @@
-"""SSH sockets that notice a lost host (tasks/connection.py); the lab's fault tests
+"""SSH sockets that notice a lost host (tasks/engine/connection.py); the lab's fault tests
 show a lost host failing alone within the bound, with no _timeout given."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import socket
 
 import paramiko
 
-from tasks import connection
+from ollama_fleet.tasks.engine import connection
 
 
 def test_watch_turns_on_keepalive_and_the_user_timeout():

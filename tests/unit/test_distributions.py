@@ -11,14 +11,21 @@ from pyinfra.api import OperationError
 from pyinfra.context import ctx_host
 from pyinfra.facts.server import LinuxDistribution
 
-from tasks import distributions
-from tasks.distributions import CUDA, DISTRIBUTIONS, DOCKER, TOOLKIT, distribution, os_release
-from tasks.docker import engine_packages, owned_daemon_settings
-from tasks.facts import NvidiaGpus
-from tasks.nvidia_driver import driver_answers, driver_plan
-from tasks.nvidia_toolkit import runtime_configure_flags, runtime_wanted
-from tasks.packages import sources_entry
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit import distributions
+from ollama_fleet.tasks.kit.distributions import (
+    CUDA,
+    DISTRIBUTIONS,
+    DOCKER,
+    TOOLKIT,
+    distribution,
+    os_release,
+)
+from ollama_fleet.tasks.kit.facts import NvidiaGpus
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps.docker import engine_packages, owned_daemon_settings
+from ollama_fleet.tasks.steps.nvidia_driver import driver_answers, driver_plan
+from ollama_fleet.tasks.steps.nvidia_toolkit import runtime_configure_flags, runtime_wanted
+from ollama_fleet.tasks.steps.packages import sources_entry
 from tests.unit.ophelper import FakeHost
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -262,9 +269,9 @@ def test_daemon_json_is_written_by_tasks_docker_alone():
     """One owner per file on the host: no other task names the file or runs nvidia-ctk's
     runtime configuration, which rewrites it."""
     root = Path(__file__).parents[2]
-    sources = [*(root / "tasks").glob("*.py"), *(root / "templates").rglob("*.*")]
+    sources = [*(root / "tasks").rglob("*.py"), *(root / "templates").rglob("*.*")]
     writers = sorted(p.relative_to(root).as_posix() for p in sources
                      if "/etc/docker/daemon.json" in p.read_text()
                      or re.search(r"[\"']nvidia-ctk runtime", p.read_text()))
-    # tasks/docker.py writes it, through its script: nvidia-ctk on the staged copy
-    assert writers == ["tasks/docker.py", "templates/docker/daemon-json.sh"]
+    # tasks/steps/docker.py writes it, through its script: nvidia-ctk on the staged copy
+    assert writers == ["tasks/steps/docker.py", "templates/docker/daemon-json.sh"]

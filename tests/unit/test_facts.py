@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.facts import (
+from ollama_fleet.tasks.kit.facts import (
     GPU_FIELDS,
     ComposeContainers,
     ComposeStale,

@@ -8,12 +8,12 @@ import pytest
 from pyinfra.api import Inventory
 from pyinfra.context import ctx_inventory
 
-from tasks import fleet as fleet_module
-from tasks import gate, models
-from tasks.fleet import Fleet, InventoryError, Member, build, current_fleet
-from tasks.front_door import Upstream, upstreams
-from tasks.settings import SettingsError, settings_for
-from tasks.stack import plan_instances, stack_files
+from ollama_fleet.tasks.kit import fleet as fleet_module
+from ollama_fleet.tasks.kit.fleet import Fleet, InventoryError, Member, build, current_fleet
+from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
+from ollama_fleet.tasks.steps import gate, models
+from ollama_fleet.tasks.steps.front_door import Upstream, upstreams
+from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
 GPU0 = [{"index": 0, "uuid": "GPU-0"}]
 
@@ -108,7 +108,7 @@ def test_steps_render_peers_and_upstreams_from_the_fleet_they_are_given(monkeypa
 
 
 def test_the_operators_commands_share_the_member_type():
-    from fleetctl.inventory import FleetHost
+    from ollama_fleet.fleetctl.inventory import FleetHost
 
     member = Member("gpu-1", ("gpu_servers",), {"ssh_hostname": "10.0.0.1"},
                     settings_for("gpu-1", {}))

@@ -1,11 +1,11 @@
-"""tasks.front_door: the front door's upstreams and routes, rendered from the fleet."""
+"""tasks.steps.front_door: the front door's upstreams and routes, rendered from the fleet."""
 
 from __future__ import annotations
 
 import re
 
-from tasks.fleet import build
-from tasks.front_door import Upstream, front_door_files, routes, upstreams
+from ollama_fleet.tasks.kit.fleet import build
+from ollama_fleet.tasks.steps.front_door import Upstream, front_door_files, routes, upstreams
 
 FLEET = build([
     ("gpu-1", ["gpu_servers"], {"gpu_count": 4, "ssh_hostname": "10.0.0.1",

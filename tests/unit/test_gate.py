@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from pyinfra.api import OperationError
 
-from tasks import gate
-from tasks.fleet import Fleet, build
-from tasks.front_door import Upstream, front_door_files
-from tasks.settings import SecretRef, SettingsError, settings_for, validate_fleet
-from tasks.stack import plan_instances, stack_files
+from ollama_fleet.tasks.kit.fleet import Fleet, build
+from ollama_fleet.tasks.kit.settings import SecretRef, SettingsError, settings_for, validate_fleet
+from ollama_fleet.tasks.steps import gate
+from ollama_fleet.tasks.steps.front_door import Upstream, front_door_files
+from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
 KEY_A, KEY_B = "a" * 20, "B-b.b_b~b+b/b=b0123"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import SettingsError, settings_for
+from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
 
 INJECT = "$(touch /tmp/pwned)"
 NGINX_BLOCK = "127.0.0.1:80; } server { listen 8080; root /etc; autoindex on; } #"
@@ -136,7 +136,7 @@ def test_plain_http_is_for_operators_who_say_so():
 def test_many_hostile_values_at_once_are_each_named():
     """As the lab test sends them: several on one host at a time. A check that only runs
     once a host's other values are valid would hide some of them."""
-    from tasks.settings import validate_fleet
+    from ollama_fleet.tasks.kit.settings import validate_fleet
     from tests.lab.test_hostile_inventory import rounds
 
     hosts = ["gpu-1", "gpu-2", "cpu-1"]

@@ -1,4 +1,4 @@
-"""tasks.lock: which holders a run from this machine may end (the rest is in the lab)."""
+"""tasks.kit.lock: which holders a run from this machine may end (the rest is in the lab)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 
-from tasks.lock import _gone_from_here, owner
+from ollama_fleet.tasks.kit.lock import _gone_from_here, owner
 
 
 def _line(machine: str, pid: int) -> str:

@@ -1,4 +1,4 @@
-"""tasks.modelname: names read as Ollama reads them, and the front door's spelling patterns."""
+"""tasks.kit.modelname: names read as Ollama reads them, and the front door's spelling patterns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.modelname import canonical, parse, spellings_pattern
+from ollama_fleet.tasks.kit.modelname import canonical, parse, spellings_pattern
 
 SPELLINGS = [
     "tinyllama", "tinyllama:latest", "TinyLlama:Latest", "library/tinyllama",

@@ -10,10 +10,12 @@ import time
 import pytest
 import yaml
 
-from tasks import models
-from tasks.fleet import Fleet
-from tasks.metrics import render_metrics
-from tasks.models import (
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.steps import models
+from ollama_fleet.tasks.steps.metrics import render_metrics
+from ollama_fleet.tasks.steps.models import (
     ManifestError,
     Peer,
     canonical,
@@ -23,8 +25,6 @@ from tasks.models import (
     sources,
     wave_of,
 )
-from tasks.scripts import script_command
-from tasks.settings import settings_for
 from tests.unit.stubs import run_with_stubs
 
 
@@ -124,7 +124,7 @@ def test_peers_at_ipv6_addresses_are_bracketed_in_urls():
 
 
 def test_fanout_server_is_rendered_for_peers_only_and_rate_capped():
-    from tasks.stack import plan_instances, stack_files
+    from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
     gpu = settings_for("gpu-1", {"gpu_count": 1, "ollama_fanout_rate": "20m",
                                  "ollama_fanout_allow": ["10.1.0.0/16"]})
@@ -291,7 +291,7 @@ def _store(tmp_path):
 
 
 def test_the_store_says_which_models_lack_a_blob_or_hold_a_short_one(tmp_path):
-    from tasks.facts import StoredManifests
+    from ollama_fleet.tasks.kit.facts import StoredManifests
     from tests.unit.ophelper import FakeHost
 
     store, model = _store(tmp_path)
@@ -322,7 +322,7 @@ def test_the_store_says_which_models_lack_a_blob_or_hold_a_short_one(tmp_path):
 
 
 def test_no_store_yet_is_no_damage(tmp_path):
-    from tasks.facts import StoredManifests
+    from ollama_fleet.tasks.kit.facts import StoredManifests
 
     fact = StoredManifests()
     proc = run_with_stubs(fact.command(str(tmp_path / "none"), ["manifests/x/y/z/latest"]),

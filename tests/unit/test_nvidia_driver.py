@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pyinfra.context import ctx_host
 
-from tasks import nvidia_driver
-from tasks.distributions import DEBIAN_13
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.distributions import DEBIAN_13
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps import nvidia_driver
 from tests.unit.ophelper import FakeHost
 
 H100_HGX = [{"slot": "0000:18:00.0", "device": 0x2330, "class": 0x030200},
@@ -60,9 +60,9 @@ def run_step(monkeypatch, gpus: dict, installed: tuple[str, ...], settings: Sett
     for name in ("held", "verify_driver", "fabricmanager_started"):
         monkeypatch.setattr(nvidia_driver, name, rec.op(name))
     monkeypatch.setattr(nvidia_driver, "driver", rec.op("driver", changed=install_changes))
-    facts = {"tasks.facts.NvidiaHost": {"kernel": "6.12.48+deb13-amd64", "devices": H100_HGX,
-                                        "held": []},
-             "tasks.facts.NvidiaGpus": gpus,
+    facts = {"ollama_fleet.tasks.kit.facts.NvidiaHost": {
+        "kernel": "6.12.48+deb13-amd64", "devices": H100_HGX, "held": []},
+             "ollama_fleet.tasks.kit.facts.NvidiaGpus": gpus,
              "deb.DebPackages": {p: ["590.44.01-1"] for p in installed}}
     with ctx_host.use(FakeHost(facts=facts)):
         nvidia_driver.install_driver(settings, DEBIAN_13)

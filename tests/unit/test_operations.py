@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.report import fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
 from tests.unit.ophelper import load_cases, run_op
 
 
@@ -34,7 +34,7 @@ def _args(raw: dict) -> dict:
 
 def _command(expected: str | dict) -> str:
     """A command as a case writes it: the text, or `{"script": "<task>/<name>.sh", "args":
-    [...]}` for a script of templates/ run with those arguments (tasks.scripts)."""
+    [...]}` for a script of templates/ run with those arguments (ollama_fleet.tasks.kit.scripts)."""
     if isinstance(expected, dict):
         return script_command(expected["script"], *expected.get("args", []))
     return expected

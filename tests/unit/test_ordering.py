@@ -1,4 +1,4 @@
-"""tasks.ordering: the operation order pyinfra would compute, without reading sources."""
+"""tasks.engine.ordering: the operation order pyinfra would compute, without reading sources."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pyinfra
 import pytest
 
-from tasks import ordering
+from ollama_fleet.tasks.engine import ordering
 
 OPERATION = importlib.import_module("pyinfra.api.operation")
 PYINFRAS = OPERATION.get_operation_order_from_stack  # before any install()

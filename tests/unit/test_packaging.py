@@ -9,24 +9,45 @@ from pathlib import Path
 
 import pytest
 
-from tasks import paths, stack
+import ollama_fleet
+from ollama_fleet.tasks.kit import paths
+from ollama_fleet.tasks.steps import stack
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_in_a_checkout_the_files_are_the_checkouts():
-    assert paths.project_root() == REPO
-    assert stack.TEMPLATES == REPO / "templates" / "stack"
+def test_in_a_checkout_the_package_is_the_checkouts_files():
+    """ollama_fleet/ links to the top-level rooms: one copy of the code, two ways in."""
+    links = {p.name: p.resolve() for p in (REPO / "ollama_fleet").iterdir() if p.is_symlink()}
+    assert links == {name: REPO / name for name in ("deploy.py", "config.py", "tasks",
+                                                    "fleetctl", "templates")}
+    assert paths.TEMPLATES.resolve() == REPO / "templates"
+    assert stack.TEMPLATES.resolve() == REPO / "templates" / "stack"
+    assert (paths.PACKAGE / "deploy.py").resolve() == REPO / "deploy.py"
+    assert paths.CONFIG.resolve() == REPO / "config.py"
 
 
-def test_the_wheel_carries_deploy_config_and_every_template():
-    """pyproject's data-files name each templates/ directory (a `*` there takes files only)."""
-    pyproject = (REPO / "pyproject.toml").read_text()
-    data = dict(re.findall(r'^"(share/ollama-fleet[^"]*)" = \[(.*)\]$', pyproject, re.M))
-    assert data.pop("share/ollama-fleet") == '"deploy.py", "config.py"'
-    directories = sorted(p for p in (REPO / "templates").rglob("*") if p.is_dir())
-    assert data == {f"share/ollama-fleet/{d.relative_to(REPO)}":
-                    f'"{d.relative_to(REPO)}/*"' for d in directories}
+def test_the_wheel_names_every_package_of_the_tree():
+    """pyproject lists the packages; a new room (a folder with __init__.py) must be in it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    tree = {"ollama_fleet", *("ollama_fleet." + p.parent.relative_to(REPO).as_posix()
+                              .replace("/", ".") for room in ("tasks", "fleetctl")
+                              for p in (REPO / room).rglob("__init__.py"))}
+    assert listed == tree
+    assert pyproject["tool"]["setuptools"]["package-data"] == {"ollama_fleet": ["templates/**/*"]}
+
+
+def test_no_module_imports_the_rooms_by_their_checkout_names():
+    """Installed, only `ollama_fleet.` exists: `import tasks` would work in a checkout alone."""
+    bare = re.compile(r"^\s*(from|import) (tasks|fleetctl)\b", re.M)
+    offenders = [p.relative_to(REPO).as_posix()
+                 for folder in ("tasks", "fleetctl", "lab", "tests", "bench")
+                 for p in (REPO / folder).rglob("*.py") if bare.search(p.read_text())]
+    offenders += [name for name in ("deploy.py", "config.py")
+                  if bare.search((REPO / name).read_text())]
+    assert offenders == []
 
 
 @pytest.mark.install
@@ -47,13 +68,32 @@ def test_pip_install_gives_the_command_that_works_from_anywhere(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in ("roll", "status", "backup", "restore", "drain", "undrain"):
         assert f"    {name} " in proc.stdout, name
-    share = venv / "share" / "ollama-fleet"
-    assert (share / "deploy.py").is_file() and (share / "templates/stack/ollama.conf.j2").is_file()
+    proc = subprocess.run([command, "--version"], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == f"ollama-fleet {ollama_fleet.__version__}", proc.stderr
+    site = subprocess.run([str(venv / "bin" / "python"), "-c",
+                           "import ollama_fleet, pathlib; "
+                           "print(pathlib.Path(ollama_fleet.__file__).parent)"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    package = Path(site.stdout.strip())
+    assert package.is_relative_to(venv), site.stderr  # the wheel's copy, not the checkout
+    for name in ("deploy.py", "config.py", "tasks/deploys/pull.py", "tasks/deploys/backup.py",
+                 "tasks/deploys/restore.py", "templates/stack/ollama.conf.j2",
+                 "templates/front_door/fleet.js"):
+        assert (package / name).is_file(), name
+    templates = sorted(p.relative_to(REPO / "templates").as_posix()
+                       for p in (REPO / "templates").rglob("*") if p.is_file())
+    assert sorted(p.relative_to(package / "templates").as_posix()
+                  for p in (package / "templates").rglob("*") if p.is_file()) == templates
+    # a folder with an invoke tasks.py, a fleetctl.py: names of the checkout, not the package's
+    (elsewhere / "tasks.py").write_text("raise SystemExit('the wrong tasks')\n")
+    (elsewhere / "fleetctl.py").write_text("raise SystemExit('the wrong fleetctl')\n")
     (elsewhere / "fleet.py").write_text("gpu_servers = [('gpu-1', {'gpu_count': 'two'})]\n")
-    proc = subprocess.run([command, "fleet.py", "status"], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "gpu-1: gpu_count: Input should be a valid integer" in proc.stderr
+    for cmd in ([command], [str(venv / "bin" / "python"), "-m", "ollama_fleet"]):
+        proc = subprocess.run([*cmd, "fleet.py", "check"], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "gpu-1: gpu_count: Input should be a valid integer" in proc.stderr
 
 
 def test_the_readme_layout_names_every_module_and_template_directory():

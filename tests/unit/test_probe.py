@@ -1,13 +1,16 @@
-"""tasks.probe: many facts' commands in one program, split back exactly per fact."""
+"""tasks.engine.probe: many facts' commands in one program, split back exactly per fact."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
+import pytest
 from pyinfra.facts.files import File, Sha1File
 
-from tasks.probe import _command, batch_program, split_batch
+from ollama_fleet.tasks.engine.probe import _command, batch_program, split_batch
 
 MARK = "__fleet_fact_test"
 
@@ -73,7 +76,7 @@ def test_a_batch_of_none_is_harmless():
 def test_a_fact_is_known_by_its_arguments_defaults_filled_global_ones_dropped():
     from pyinfra.facts.systemd import SystemdStatus
 
-    from tasks.probe import _key
+    from ollama_fleet.tasks.engine.probe import _key
 
     assert _key(File, {"path": "/x"}) == _key(File, {"path": "/x", "_sudo": True})
     assert _key(File, {"path": "/x"}) != _key(File, {"path": "/y"})
@@ -88,7 +91,7 @@ class _Host:
 
 
 def test_remembered_facts_come_back_as_the_facts_asked(tmp_path, monkeypatch):
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(probe, "_asked", {})
@@ -100,20 +103,22 @@ def test_remembered_facts_come_back_as_the_facts_asked(tmp_path, monkeypatch):
     assert probe.remembered(host) == [(File, {"path": "/etc/x"}), (Sha1File, {"path": "/etc/x"})]
     # hosts that share a name in two fleets do not share a memory
     assert probe.memory_file(_Host("gpu-1", "10.9.9.9")) != probe.memory_file(host)
+    assert probe.memory_file(host).stat().st_mode & 0o777 == 0o600
+    assert probe.memory_file(host).parent.stat().st_mode & 0o777 == 0o700
     probe.memory_file(host).write_text('[["no.such.Fact", {}], "junk", ' + \
                                        '["pyinfra.facts.files.File", {"path": "/y"}]]')
     assert probe.remembered(host) == [(File, {"path": "/y"})]  # the rest forgotten
 
 
 def _prefetched(host, cls, kwargs, value):
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     probe._host_cache(host)[probe._key(cls, kwargs)] = value
     probe._taken[(id(host.state), host.name)] = probe.time.monotonic()
 
 
 def test_an_operation_command_drops_the_hosts_prefetched_facts():
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     host = _Host("gpu-1", "10.0.0.1")
     _prefetched(host, File, {"path": "/x"}, {"size": 1})
@@ -125,7 +130,7 @@ def test_an_operation_command_drops_the_hosts_prefetched_facts():
 
 
 def test_prefetched_facts_age_out_and_answer_only_as_the_host_itself(monkeypatch):
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     host = _Host("gpu-2", "10.0.0.2")
     _prefetched(host, File, {"path": "/x"}, {"size": 1})
@@ -149,7 +154,7 @@ def test_prefetched_facts_age_out_and_answer_only_as_the_host_itself(monkeypatch
 def test_a_remembered_list_cannot_name_a_command(tmp_path, monkeypatch):
     from pyinfra.facts.server import Command
 
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(probe, "_asked", {})
@@ -157,16 +162,88 @@ def test_a_remembered_list_cannot_name_a_command(tmp_path, monkeypatch):
     probe._remember(host, Command, (), {"command": "id"})  # never remembered
     probe._write_asked()
     assert probe.remembered(host) == []
-    probe.memory_file(host).parent.mkdir(parents=True, exist_ok=True)
-    probe.memory_file(host).write_text('[["pyinfra.facts.server.Command", '
-                                       '{"command": "touch /tmp/pwned"}]]')
+    plant(probe.memory_file(host), '[["pyinfra.facts.server.Command", '
+                                   '{"command": "touch /tmp/pwned"}]]')
     assert probe.remembered(host) == []  # a planted one is not run either
+
+
+def plant(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+@pytest.mark.parametrize("name", [
+    "ollama_fleet.tasks.engine.probe.FactBatch",  # ours, and it runs its text verbatim
+    "tasks.engine.probe.FactBatch",  # the old prefix rule's spelling
+    "ollama_fleet.tasks.kit.facts.Nothing",
+    "pyinfra.facts.server.Command",
+])
+def test_a_planted_fact_that_runs_its_text_is_refused(tmp_path, monkeypatch, name):
+    """Only an exact allow-list is replayed: the classes whose commands quote every
+    argument (FactBatch runs its program as given, so it is never one)."""
+    from ollama_fleet.tasks.engine import probe
+
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    host = _Host("gpu-5", "10.0.0.5")
+    plant(probe.memory_file(host), json.dumps([[name, {"program": "id", "command": "id"}],
+                                               ["pyinfra.facts.files.File", {"path": "/y"}]]))
+    assert probe.remembered(host) == [(File, {"path": "/y"})]
+    assert "ollama_fleet.tasks.engine.probe.FactBatch" not in probe.REMEMBERABLE
+
+
+def test_our_facts_quote_what_a_list_could_carry():
+    """Every allowed class of ours, given hostile arguments, yields a command in which they
+    stay one quoted word (or, for a port, must be a number)."""
+    from ollama_fleet.tasks.kit.facts import LoadedModels, OllamaModels
+
+    assert "'http://x; id #:1/api/ps'" in LoadedModels().command("x; id #", 1)
+    with pytest.raises(ValueError):
+        OllamaModels().command("1; id")
+    with pytest.raises(ValueError):
+        LoadedModels().command("127.0.0.1", "1; id")
+
+
+@pytest.mark.parametrize("how", ["mode 0644", "mode 0660", "a link", "another user's"])
+def test_a_fact_list_not_the_operators_own_is_not_read(tmp_path, monkeypatch, how):
+    from ollama_fleet.tasks.engine import probe
+
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    host = _Host("gpu-6", "10.0.0.6")
+    path = probe.memory_file(host)
+    text = '[["pyinfra.facts.files.File", {"path": "/y"}]]'
+    plant(path, text)
+    assert probe.remembered(host) == [(File, {"path": "/y"})]  # the operator's own: read
+    if how.startswith("mode"):
+        path.chmod(int(how.split()[1], 8))
+    elif how == "a link":
+        target = tmp_path / "elsewhere.json"
+        plant(target, text)
+        path.unlink()
+        path.symlink_to(target)
+    else:
+        uid = os.getuid() + 1
+        monkeypatch.setattr(probe.os, "getuid", lambda: uid)
+    assert probe.remembered(host) == []
+
+
+def test_the_memory_can_be_turned_off(tmp_path, monkeypatch):
+    from ollama_fleet.tasks.engine import probe
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(probe.CACHE_ENV, "off")
+    monkeypatch.setattr(probe, "_asked", {})
+    host = _Host("gpu-7", "10.0.0.7")
+    probe._remember(host, File, (), {"path": "/etc/x"})
+    probe._write_asked()
+    assert probe._asked == {} and not any(tmp_path.rglob("*.json"))
+    assert probe.remembered(host) == []
 
 
 def test_a_short_fact_is_left_to_pyinfra():
     from pyinfra.facts.docker import DockerContainerEnvs
 
-    from tasks import probe
+    from ollama_fleet.tasks.engine import probe
 
     host = _Host("gpu-4", "10.0.0.4")
     _prefetched(host, File, {"path": "/x"}, {})

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from fleetctl.inventory import Fleet, FleetHost, UsageError
-from fleetctl.roll import (
+from ollama_fleet.fleetctl.inventory import Fleet, FleetHost, UsageError
+from ollama_fleet.fleetctl.roll import (
     Roll,
     RollError,
     RollHost,
@@ -18,8 +18,8 @@ from fleetctl.roll import (
     smoke_result,
     tag_version,
 )
-from tasks.fleet import build
-from tasks.settings import settings_for
+from ollama_fleet.tasks.kit.fleet import build
+from ollama_fleet.tasks.kit.settings import settings_for
 
 
 def hosts(n: int) -> list[RollHost]:
@@ -98,12 +98,12 @@ def test_each_batch_pulls_while_serving_then_drains_applies_smokes_undrains():
     roll = RecordedRoll()
     assert roll.run(hosts(4), 2, rollback=False) == 0
     assert roll.steps == [
-        "pull gpu-1 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
+        "pull gpu-1 (tasks/deploys/pull.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
         "apply gpu-1 (deploy.py)", "smoke gpu-1", "undrain lb-1 drained=- (deploy.py)",
-        "pull gpu-2,gpu-3 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-2,gpu-3 (deploy.py)",
+        "pull gpu-2,gpu-3 (tasks/deploys/pull.py)", "drain lb-1 drained=gpu-2,gpu-3 (deploy.py)",
         "apply gpu-2,gpu-3 (deploy.py)", "smoke gpu-2", "smoke gpu-3",
         "undrain lb-1 drained=- (deploy.py)",
-        "pull gpu-4 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-4 (deploy.py)",
+        "pull gpu-4 (tasks/deploys/pull.py)", "drain lb-1 drained=gpu-4 (deploy.py)",
         "apply gpu-4 (deploy.py)", "smoke gpu-4", "undrain lb-1 drained=- (deploy.py)"]
 
 
@@ -119,7 +119,7 @@ def test_a_failed_pull_stops_the_roll_before_any_drain():
     roll = RecordedRoll(fail=("pull", "gpu-2"))
     assert roll.run(hosts(3), 1, rollback=False) == 1
     assert roll.steps[-2:] == ["undrain lb-1 drained=- (deploy.py)",
-                               "pull gpu-2 (tasks/pull_deploy.py)"]
+                               "pull gpu-2 (tasks/deploys/pull.py)"]
     assert roll.lines[-1] == ("roll stopped: gpu-2 failed at step 'pull': boom. Nothing of this "
                          "batch was drained or changed; untouched: gpu-2, gpu-3; done: gpu-1. "
                          "Fix the image, then roll again.")
@@ -139,7 +139,7 @@ def test_a_rollback_smoke_tests_the_previous_image_and_puts_the_host_back():
     roll = RecordedRoll(fail=("apply", "gpu-1"))
     assert roll.run(hosts(3), 1, rollback=True) == 1
     assert roll.steps == [
-        "pull gpu-1 (tasks/pull_deploy.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
+        "pull gpu-1 (tasks/deploys/pull.py)", "drain lb-1 drained=gpu-1 (deploy.py)",
         "apply gpu-1 (deploy.py)", "rollback gpu-1 (deploy.py)",
         "smoke gpu-1 (ollama/ollama:0.6.5)",  # the image it runs again, not the failed one
         "undrain after rollback lb-1 drained=- (deploy.py)"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from fleetctl.inventory import Fleet
-from fleetctl.runner import Result, _stream, failure_line
-from tasks.report import ERROR_MARK
+from ollama_fleet.fleetctl.inventory import Fleet
+from ollama_fleet.fleetctl.runner import Result, _stream, failure_line
+from ollama_fleet.tasks.kit.report import ERROR_MARK
 
 
 def test_the_hosts_own_error_line_is_the_failure():
@@ -73,9 +73,9 @@ def test_fleet_is_plain_data():
 
 
 def test_what_the_front_doors_hold_out_is_read_from_each_of_them(monkeypatch):
-    from fleetctl import runner
-    from tasks.fleet import Member
-    from tasks.settings import settings_for
+    from ollama_fleet.fleetctl import runner
+    from ollama_fleet.tasks.kit.fleet import Member
+    from ollama_fleet.tasks.kit.settings import settings_for
 
     def member(name, group):
         return Member(name, (group,), {}, settings_for(name, {}))
@@ -93,6 +93,7 @@ def test_what_the_front_doors_hold_out_is_read_from_each_of_them(monkeypatch):
 
     monkeypatch.setattr(runner, "read_fact", read_fact)
     assert runner.held_out(fleet, {}) == ["gpu-1", "gpu-2"]  # the union, inventory order
-    assert asked[0] == (["lb-1"], "tasks.facts.Lines", ["path=/opt/ollama-front/held-out"])
+    assert asked[0] == (["lb-1"], "ollama_fleet.tasks.kit.facts.Lines",
+                        ["path=/opt/ollama-front/held-out"])
     monkeypatch.setattr(runner, "read_fact", lambda *a, **k: None)
     assert runner.held_out(fleet, {}) is None  # unreadable: the caller must not guess

@@ -1,4 +1,4 @@
-"""tasks.scripts: the shell of templates/<task>/<name>.sh run as one command whose arguments
+"""tasks.kit.scripts: the shell of templates/<task>/<name>.sh run as one command whose arguments
 are never spliced into a program; and the stack's scripts, run here against stand-ins."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from tasks.compose import reload_nginx_command, wait_healthy_command
-from tasks.paths import TEMPLATES
-from tasks.scripts import interpreter, script_command, script_text
+from ollama_fleet.tasks.kit.compose import reload_nginx_command, wait_healthy_command
+from ollama_fleet.tasks.kit.paths import TEMPLATES
+from ollama_fleet.tasks.kit.scripts import interpreter, script_command, script_text
 from tests.unit.stubs import BASE_TOOLS, run_with_stubs
 
 SCRIPTS = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.sh"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import (
+from ollama_fleet.tasks.kit.settings import (
     KNOBS,
     SettingsError,
     knob_table,
@@ -75,7 +75,7 @@ def test_every_host_is_checked_and_all_problems_reported():
 
 
 def test_hosts_behind_a_front_door_may_serve_different_models():
-    """The front door routes by model (tasks/front_door.py), so a mixed fleet is valid."""
+    """The front door routes by model (tasks/steps/front_door.py), so a mixed fleet is valid."""
     hosts = {"gpu-1": {"gpu_count": 1, "ollama_models": ["tinyllama", "qwen2.5:0.5b"],
                        "ssh_hostname": "10.0.0.1"},
              "cpu-1": {"ollama_models": ["qwen2.5:0.5b"], "ssh_hostname": "10.0.0.2"},
@@ -151,7 +151,7 @@ def test_readme_knob_table_matches_the_declarations():
     block = re.search(r"<!-- knobs:start -->\n(.*?)\n<!-- knobs:end -->", text, re.S)
     assert block, "README.md lacks the knob table markers"
     assert block.group(1).strip() == knob_table().strip(), (
-        "README knob table drifted: run `python -m tasks.settings --write-readme`")
+        "README knob table drifted: run `python -m ollama_fleet.tasks.kit.settings --write-readme`")
 
 
 @pytest.mark.parametrize("value, seconds", [

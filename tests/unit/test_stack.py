@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import yaml
 
-from tasks.fleet import Fleet
-from tasks.settings import settings_for
-from tasks.stack import plan_instances, stack_files
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
 GPUS = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetctl.inventory import FleetHost, UsageError
-from fleetctl.status import (
+from ollama_fleet.fleetctl.inventory import FleetHost, UsageError
+from ollama_fleet.fleetctl.status import (
     HostPlan,
     decode_report,
     exit_status,
@@ -26,7 +26,7 @@ from fleetctl.status import (
     render_table,
     status_script,
 )
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"

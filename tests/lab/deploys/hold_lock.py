@@ -3,7 +3,7 @@
 
 from pyinfra.operations import server
 
-from tasks import lock
+from ollama_fleet.tasks.kit import lock
 
 lock.take("a test's long run")
 server.shell(name="Hold the host while /tmp/hold-lock exists", commands=[

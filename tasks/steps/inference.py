@@ -24,15 +24,15 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.systemd import SystemdStatus
 
-from tasks import modelname
-from tasks.compose import wait_healthy_command
-from tasks.facts import NvidiaHost, OllamaModels, ProvenPlacement, planning
-from tasks.models import WARM_TIMEOUT_S, warm_as_stored, warm_keys
-from tasks.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
-from tasks.report import fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
-from tasks.stack import Instance, host_gpus, plan_instances
+from ollama_fleet.tasks.kit import modelname
+from ollama_fleet.tasks.kit.compose import wait_healthy_command
+from ollama_fleet.tasks.kit.facts import NvidiaHost, OllamaModels, ProvenPlacement, planning
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps.models import WARM_TIMEOUT_S, warm_as_stored, warm_keys
+from ollama_fleet.tasks.steps.nvidia_driver import FABRICMANAGER_UNIT, needs_fabricmanager
+from ollama_fleet.tasks.steps.stack import Instance, host_gpus, plan_instances
 
 
 def prove_gpu_inference(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FactBase
 
-from tasks.scripts import script_command
+from ollama_fleet.tasks.kit.scripts import script_command
 
 
 def planning() -> bool:
@@ -254,7 +254,7 @@ class OllamaModels(FactBase):
     """Models an Ollama instance lists (`/api/tags`): name -> digest; None if it won't answer."""
 
     def command(self, port: int) -> str:
-        return (f"curl -sS --max-time 10 http://127.0.0.1:{port}/api/tags 2>/dev/null "
+        return (f"curl -sS --max-time 10 http://127.0.0.1:{int(port)}/api/tags 2>/dev/null "
                 "|| echo __down__")
 
     def process(self, output: list[str]) -> dict[str, str] | None:
@@ -274,7 +274,7 @@ class StoredManifests(FactBase):
     """What an Ollama store holds of some manifests (paths relative to the store), and its
     blobs: `{"manifests": {path: text or None}, "blobs": {file name: size}}`
     (templates/facts/stored-manifests.sh). STORE "" is the Docker volume ollama-models'.
-    (tasks.backup's ModelStore describes the whole store, by digests, for backups.)"""
+    (tasks.steps.backup's ModelStore describes the whole store, by digests, for backups.)"""
 
     @staticmethod
     def default() -> dict[str, dict]:
@@ -307,8 +307,8 @@ class LoadedModels(FactBase):
     won't answer."""
 
     def command(self, address: str, port: int) -> str:
-        return (f"curl -sS --max-time 10 http://{address}:{port}/api/ps 2>/dev/null "
-                "|| echo __down__")
+        url = shlex.quote(f"http://{address}:{int(port)}/api/ps")
+        return f"curl -sS --max-time 10 {url} 2>/dev/null || echo __down__"
 
     def process(self, output: list[str]) -> list[dict[str, Any]] | None:
         text = "\n".join(output).strip()

@@ -18,11 +18,11 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.operations import files
 
-from tasks.compose import checked_files, healthy, removed, running, secret_file
-from tasks.facts import DockerNetwork
-from tasks.gate import read_secret
-from tasks.report import fail_command
-from tasks.settings import AppService, Settings
+from ollama_fleet.tasks.kit.compose import checked_files, healthy, removed, running, secret_file
+from ollama_fleet.tasks.kit.facts import DockerNetwork
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.settings import AppService, Settings
+from ollama_fleet.tasks.steps.gate import read_secret
 
 PROJECT = "ollama-apps"
 
@@ -54,9 +54,10 @@ def named_volumes(settings: Settings) -> list[str]:
     return sorted(volumes)
 
 
-HEADER = ("# Written by the deploy from the inventory's app_services (tasks/apps.py); edits here\n"
-          "# are overwritten. Application services beside Ollama, on a private network; Ollama\n"
-          "# is reached through the host's nginx, the same entry point as every other client.\n")
+HEADER = ("# Written by the deploy from the inventory's app_services (tasks/steps/apps.py);\n"
+          "# edits here are overwritten. Application services beside Ollama, on a private\n"
+          "# network; Ollama is reached through the host's nginx, the same entry point as every\n"
+          "# other client.\n")
 
 
 def literal(value: str) -> str:

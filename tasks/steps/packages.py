@@ -15,8 +15,8 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import apt, files
 
-from tasks.facts import MissingArchiveComponents
-from tasks.scripts import script_command
+from ollama_fleet.tasks.kit.facts import MissingArchiveComponents
+from ollama_fleet.tasks.kit.scripts import script_command
 
 # Minimal server images lack these; Docker's and NVIDIA's guides install them first (the
 # vendor keys are fetched with curl and dearmored with gpg, over https).

@@ -20,8 +20,8 @@ from pyinfra.api import OperationError, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
-from tasks import gate, models, paths
-from tasks.compose import (
+from ollama_fleet.tasks.kit import paths
+from ollama_fleet.tasks.kit.compose import (
     checked_files,
     healthy,
     images_pulled,
@@ -29,11 +29,18 @@ from tasks.compose import (
     templates,
     wait_healthy_command,
 )
-from tasks.facts import ComposeContainers, ComposeStale, ContainerGpus, NvidiaGpus, planning
-from tasks.fleet import Fleet
-from tasks.report import fail_command
-from tasks.scripts import script_text
-from tasks.settings import Settings, is_ip, nginx_seconds
+from ollama_fleet.tasks.kit.facts import (
+    ComposeContainers,
+    ComposeStale,
+    ContainerGpus,
+    NvidiaGpus,
+    planning,
+)
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_text
+from ollama_fleet.tasks.kit.settings import Settings, is_ip, nginx_seconds
+from ollama_fleet.tasks.steps import gate, models
 
 TEMPLATES = paths.TEMPLATES / "stack"
 PROJECT = "ollama"

@@ -4,7 +4,7 @@ Guarantees: the four toolkit packages at one pinned version; stale nvidia-docker
 sources removed; the nvidia runtime (and the wanted default-runtime/CDI setting)
 registered in Docker's daemon.json by NVIDIA's own `nvidia-ctk runtime configure
 --runtime=docker`, only while it is missing, so Docker restarts only then. nvidia-ctk
-never edits the live file: `tasks.docker.daemon_json`, the file's one writer, runs it on
+never edits the live file: `tasks.steps.docker.daemon_json`, the file's one writer, runs it on
 the staged copy (`runtime_configure_flags` says with which flags, or not at all).
 """
 
@@ -16,9 +16,9 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
 
-from tasks import distributions
-from tasks import packages as apt_packages
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit import distributions
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps import packages as apt_packages
 
 
 def runtime_wanted(settings: Settings) -> dict[str, bool] | None:

@@ -5,7 +5,7 @@ Guarantees:
 - nothing happens on a host without GPUs; a host whose driver of the wanted branch
   already answers is left alone;
 - the plan (packages, flavour, Fabric Manager) is made from the distribution's table
-  (tasks/distributions.py), the running kernel and the host's PCI devices; a branch the
+  (tasks/kit/distributions.py), the running kernel and the host's PCI devices; a branch the
   distribution's source does not carry, or a flavour the GPUs cannot run, stops the host
   before anything is touched, naming the knob;
 - the running kernel's headers go in before any DKMS package; a headers package apt
@@ -31,12 +31,12 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, server, systemd
 
-from tasks import distributions
-from tasks import packages as apt_packages
-from tasks.facts import NvidiaGpus, NvidiaHost, planning
-from tasks.report import fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit import distributions
+from ollama_fleet.tasks.kit.facts import NvidiaGpus, NvidiaHost, planning
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps import packages as apt_packages
 
 NOUVEAU_BLACKLIST = "blacklist nouveau\noptions nouveau modeset=0\n"
 FABRICMANAGER_UNIT = "nvidia-fabricmanager"
@@ -220,7 +220,7 @@ def driver(settings: Settings, dist: str):
     Manager where the board has NVSwitch) where any is missing.
 
     + settings: the host's settings (branch, flavour, modules, Fabric Manager)
-    + dist: the distribution's name in tasks/distributions.py, e.g. "debian 13"
+    + dist: the distribution's name in tasks/kit/distributions.py, e.g. "debian 13"
     """
     plan = host_plan(settings, distributions.by_name(dist))
     missing = apt_packages.missing_packages(list(plan.wanted), host.get_fact(DebPackages) or {})

@@ -27,8 +27,8 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import File
 
-from tasks.fleet import Fleet
-from tasks.settings import SecretRef, Settings, is_ip
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.settings import SecretRef, Settings, is_ip
 
 KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -118,7 +118,7 @@ def context(settings: Settings, trusted: list[str] | None = None) -> dict:
         "trusted": trusted,
         "apps": apps,
         # Whether the API is limited to loopback and `allowed`: nginx_allow set and not
-        # empty, or unset behind a front door (tasks.settings refuses one reached by name).
+        # empty, or unset behind a front door (tasks.kit.settings refuses one reached by name).
         "restricted": bool(allow) or (allow is None and bool(trusted)),
         "allowed": trusted + (allow or []) + ([apps] if apps else []),
         "tls": settings.nginx_tls != "off",
@@ -168,7 +168,7 @@ def host_addresses() -> list[str]:
 def prepare(settings: Settings, root: str) -> None:
     """Operations the gate needs before its files are checked (the self-signed pair)."""
     if settings.nginx_tls == "self_signed":
-        from tasks.packages import installed
+        from ollama_fleet.tasks.steps.packages import installed
 
         installed(name="openssl (for the self-signed certificate)", packages=["openssl"])
         self_signed(name="Self-signed TLS certificate (generated once)", root=root,

@@ -1,4 +1,4 @@
-"""The roll's first step for a batch: `pyinfra -y INVENTORY tasks/pull_deploy.py --limit ...`.
+"""The roll's first step for a batch: `pyinfra -y INVENTORY tasks/deploys/pull.py --limit ...`.
 
 Run by `ollama-fleet INVENTORY roll` while the batch still serves, before it is drained
 from the front door: every image the stack will run is downloaded (and checked present),
@@ -8,13 +8,14 @@ the roll with no host drained. The host's data is validated like deploy.py does.
 
 from pyinfra import host
 
-from tasks import lock, stack
-from tasks.fleet import current_settings
-from tasks.report import report_failures
+from ollama_fleet.tasks.kit import lock
+from ollama_fleet.tasks.kit.fleet import current_settings
+from ollama_fleet.tasks.kit.report import report_failures
+from ollama_fleet.tasks.steps import stack
 
 settings = current_settings()  # stops the run on bad inventory data, hosts untouched
 report_failures()
-lock.take("ollama-fleet roll (pull)")  # one run at a time per host (tasks/lock.py)
+lock.take("ollama-fleet roll (pull)")  # one run at a time per host (tasks/kit/lock.py)
 
 if "gpu_servers" in host.groups:
     stack.pull_images(settings)

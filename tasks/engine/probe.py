@@ -23,8 +23,11 @@ What stays pyinfra's:
   reboots of other hosts) sees a host that changed by itself as it is now;
 - a fact asked as another user or with another environment than the host's own
   (_sudo_user, _su_user, _env...) is asked of the host;
-- a remembered list names only facts of REMEMBERABLE classes: the file is on the
-  operator's machine and must not be a way to run commands on every host;
+- a remembered list names only facts of the REMEMBERABLE classes, by exact name (each
+  quotes its arguments; FactBatch, which runs its text, is never one), and is read only
+  from a regular file of the operator's own, mode 0600: the file is on the operator's
+  machine and must not be a way to run commands on every host. `OLLAMA_FLEET_CACHE=off`
+  turns the memory off (nothing read, nothing written);
 - a fact whose command exits non-zero is not cached: pyinfra is asked, and fails the
   host or returns the default as it always does;
 - a fact whose `requires_command` is missing on the host gets its `default()`, as in
@@ -40,6 +43,7 @@ import inspect
 import json
 import os
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -49,7 +53,7 @@ from typing import Any
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, StringCommand
 
-from tasks.scripts import script_command
+from ollama_fleet.tasks.kit.scripts import script_command
 
 Wanted = tuple[type[FactBase], dict[str, Any]]
 TRACE_ENV = "FLEET_FACT_TRACE"  # a file: every fact asked of a host while preparing, a line each
@@ -61,15 +65,24 @@ MAX_AGE_S = 60.0  # older prefetched facts are asked again: a long run sees the 
 # of them than the host's own is asked of the host.
 WHO = ("_sudo", "_sudo_user", "_su_user", "_doas", "_doas_user", "_env", "_chdir",
        "_shell_executable")
-# The only facts a remembered list may name: ours, and pyinfra's that take paths
-# (quoted by pyinfra) or nothing. A list is a file on the operator's machine; it must not
-# be a way to run a command on every host.
-REMEMBERABLE = ("tasks.", "pyinfra.facts.files.File", "pyinfra.facts.files.Sha1File",
-                "pyinfra.facts.files.Directory", "pyinfra.facts.files.Link",
-                "pyinfra.facts.deb.DebPackages", "pyinfra.facts.server.LinuxDistribution",
-                "pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled")
+# The only facts a remembered list may name, by exact name: ours, whose commands quote
+# every argument, and pyinfra's that take paths (quoted by pyinfra) or nothing. A list is
+# a file on the operator's machine; it must not be a way to run a command on every host.
+REMEMBERABLE = frozenset({
+    *(f"ollama_fleet.tasks.kit.facts.{name}" for name in (
+        "NvidiaGpus", "NvidiaHost", "MissingArchiveComponents", "JsonFile",
+        "ComposeContainers", "ContainerGpus", "Lines", "OllamaModels", "StoredManifests",
+        "LoadedModels", "ProvenPlacement", "SmokeAnswer", "DockerSwarmState",
+        "DockerRuntimes", "DockerImages", "ComposeStale", "DockerNetwork")),
+    "ollama_fleet.tasks.steps.backup.ModelStore", "ollama_fleet.tasks.steps.backup.PathsPresent",
+    "pyinfra.facts.files.File", "pyinfra.facts.files.Sha1File",
+    "pyinfra.facts.files.Directory", "pyinfra.facts.files.Link",
+    "pyinfra.facts.deb.DebPackages", "pyinfra.facts.server.LinuxDistribution",
+    "pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled",
+})
 _asked: dict[str, dict[str, tuple[str, dict]]] = {}  # memory file -> signature -> fact
-CACHE_ENV = "OLLAMA_FLEET_CACHE"  # where fact lists are remembered (default ~/.cache/...)
+CACHE_ENV = "OLLAMA_FLEET_CACHE"  # where fact lists are remembered (default ~/.cache/...);
+# `off`: no memory at all
 
 
 def _key(cls: type[FactBase], kwargs: dict[str, Any]) -> tuple:
@@ -276,7 +289,7 @@ def _signature(cls: Any, kwargs: dict[str, Any]) -> tuple[str, dict] | None:
 def _remember(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> None:
     if args or not _plain_fact(cls) or cls is FactBatch or not hasattr(host, "data"):
         return
-    if not f"{cls.__module__}.{cls.__qualname__}".startswith(REMEMBERABLE):
+    if f"{cls.__module__}.{cls.__qualname__}" not in REMEMBERABLE or not memory_on():
         return
     signature = _signature(cls, kwargs)
     if signature is None:
@@ -293,32 +306,54 @@ def _remember(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> None:
 _asked_written: list[bool] = []
 
 
+def memory_on() -> bool:
+    return os.environ.get(CACHE_ENV, "").strip().lower() != "off"
+
+
 def _write_asked() -> None:
-    """At the end of the run: each host's facts asked, for the next run to prefetch."""
+    """At the end of the run: each host's facts asked, for the next run to prefetch. The
+    folder is the operator's alone (0700), the file too (0600), replaced in one rename."""
     for path, asked in _asked.items():
         try:
             target = Path(path)
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             text = json.dumps(sorted(asked.values(), key=json.dumps), indent=1) + "\n"
-            if not target.exists() or target.read_text() != text:
-                tmp = target.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(text)
-                tmp.replace(target)
+            if own_file(target) and target.read_text() == text:
+                continue
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            tmp.replace(target)
         except OSError:
             pass  # a cache: the next run is slower, not wrong
 
 
-def remembered(host: Any) -> list[Wanted]:
-    """The facts the last run asked of HOST (from this machine), as prefetch wants them."""
+def own_file(path: Path) -> bool:
+    """Whether PATH is a regular file (not a link) of this user's, readable by no one else:
+    the only kind of fact list that is read."""
     try:
-        listed = json.loads(memory_file(host).read_text())
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def remembered(host: Any) -> list[Wanted]:
+    """The facts the last run asked of HOST (from this machine), as prefetch wants them;
+    nothing from a file that is not the operator's own (see `own_file`)."""
+    path = memory_file(host)
+    if not memory_on() or not own_file(path):
+        return []
+    try:
+        listed = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
     wanted: list[Wanted] = []
-    for item in listed:
+    for item in listed if isinstance(listed, list) else []:
         try:
             name, kwargs = item
-            if not str(name).startswith(REMEMBERABLE):
+            if name not in REMEMBERABLE:
                 continue  # not a fact this deploy remembers: never run it
             module, _, cls_name = name.rpartition(".")
             cls = getattr(importlib.import_module(module), cls_name)

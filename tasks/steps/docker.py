@@ -21,14 +21,15 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks import distributions, nvidia_toolkit
-from tasks import packages as apt_packages
-from tasks.facts import DockerSwarmState, JsonFile
-from tasks.nvidia_toolkit import runtime_configure_flags
-from tasks.probe import fact
-from tasks.report import fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.engine.probe import fact
+from ollama_fleet.tasks.kit import distributions
+from ollama_fleet.tasks.kit.facts import DockerSwarmState, JsonFile
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps import nvidia_toolkit
+from ollama_fleet.tasks.steps import packages as apt_packages
+from ollama_fleet.tasks.steps.nvidia_toolkit import runtime_configure_flags
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Maps other tools add their own entries to (runsc's runtime, other features): the deploy

@@ -32,7 +32,7 @@ import time
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks.scripts import script_command
+from ollama_fleet.tasks.kit.scripts import script_command
 
 LOCK_PATH = "/run/lock/ollama-fleet.lock"
 

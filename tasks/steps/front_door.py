@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 
-from tasks import gate
-from tasks.addresses import url_host
-from tasks.compose import checked_files, running, templates
-from tasks.facts import Lines
-from tasks.fleet import Fleet
-from tasks.modelname import canonical, parse, spellings_pattern
-from tasks.paths import TEMPLATES
-from tasks.report import fail_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.addresses import url_host
+from ollama_fleet.tasks.kit.compose import checked_files, running, templates
+from ollama_fleet.tasks.kit.facts import Lines
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.modelname import canonical, parse, spellings_pattern
+from ollama_fleet.tasks.kit.paths import TEMPLATES
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps import gate
 
 PROJECT = "ollama-front"
 FRONT_TEMPLATES = TEMPLATES / "front_door"
@@ -63,7 +63,7 @@ class Upstream:
 @dataclass(frozen=True)
 class Route:
     """The hosts that serve some models: one nginx upstream (NAME), one map line per model
-    (PATTERNS: every spelling Ollama reads as that model, tasks.modelname)."""
+    (PATTERNS: every spelling Ollama reads as that model, ollama_fleet.tasks.kit.modelname)."""
 
     name: str
     models: tuple[str, ...]
@@ -133,7 +133,7 @@ def front_door_files(settings: Settings, servers: list[Upstream]) -> dict[str, s
 def front_door_config(settings: Settings, servers: list[Upstream], out: list[str]):
     """
     The front door's Compose file, nginx config, the hosts held out and gate files (keys,
-    TLS), checked then live (see tasks.compose.checked_files).
+    TLS), checked then live (see ollama_fleet.tasks.kit.compose.checked_files).
 
     + settings: the host's validated settings
     + servers: the gpu_servers entry points

@@ -24,9 +24,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import files
 
-from tasks import paths
-from tasks.facts import ComposeContainers, DockerImages
-from tasks.scripts import script_command
+from ollama_fleet.tasks.kit import paths
+from ollama_fleet.tasks.kit.facts import ComposeContainers, DockerImages
+from ollama_fleet.tasks.kit.scripts import script_command
 
 
 def templates(directory: Path) -> Environment:

@@ -14,7 +14,7 @@ import shlex
 from functools import cache
 from pathlib import PurePosixPath
 
-from tasks.paths import TEMPLATES
+from ollama_fleet.tasks.kit.paths import TEMPLATES
 
 
 @cache

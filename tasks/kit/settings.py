@@ -3,7 +3,7 @@
 Inventory data (host, group, `all`, `--data`) is validated here for every host
 before any operation runs on any host. Problems come out as `host: key: problem`
 lines; the README's knob table is generated from these declarations
-(`python -m tasks.settings --markdown`).
+(`python -m ollama_fleet.tasks.kit.settings --markdown`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _abs_path(value: str) -> str:
 
 
 def _model_name(value: str) -> str:
-    from tasks.modelname import parse
+    from ollama_fleet.tasks.kit.modelname import parse
 
     parse(value)  # ValueError naming the bad part
     return value
@@ -501,7 +501,7 @@ class Settings(BaseModel):
             raise ValueError("ollama_gpus: a GPU is listed twice")
         if self.ollama_gpus == [] and topology != "cpu":
             raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
-        from tasks.modelname import parse
+        from ollama_fleet.tasks.kit.modelname import parse
 
         known = {parse(m).key for m in self.all_models}  # as Ollama compares names
         for model in self.ollama_warm_models:
@@ -585,7 +585,7 @@ class Settings(BaseModel):
         """ollama_models plus the models app services name, each once (two spellings Ollama
         reads as one model are one: the first is kept)."""
         named = [a.ollama_model for a in self.app_services.values() if a.ollama_model]
-        from tasks.modelname import parse
+        from ollama_fleet.tasks.kit.modelname import parse
 
         first: dict[str, str] = {}
         for model in [*self.ollama_models, *named]:
@@ -600,7 +600,7 @@ class Settings(BaseModel):
     def local_host(self) -> str:
         """Where this host reaches its own instances (and nginx its upstreams), as the host
         part of a URL: the bind address, loopback for a wildcard, IPv6 in brackets."""
-        from tasks.addresses import local_address, url_host
+        from ollama_fleet.tasks.kit.addresses import local_address, url_host
 
         return url_host(local_address(self.ollama_bind_address))
 
@@ -749,4 +749,4 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["--write-readme"]:
         write_readme()
     else:
-        sys.exit("usage: python -m tasks.settings --markdown | --write-readme")
+        sys.exit("usage: python -m ollama_fleet.tasks.kit.settings --markdown | --write-readme")

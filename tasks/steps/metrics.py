@@ -7,9 +7,9 @@ it on or off never touches Ollama. Turned off, its containers are taken down.
 
 from __future__ import annotations
 
-from tasks.compose import checked_files, removed, running, templates
-from tasks.paths import TEMPLATES
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.compose import checked_files, removed, running, templates
+from ollama_fleet.tasks.kit.paths import TEMPLATES
+from ollama_fleet.tasks.kit.settings import Settings
 
 PROJECT = "ollama-metrics"
 

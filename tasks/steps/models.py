@@ -31,13 +31,13 @@ from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 
-from tasks import modelname
-from tasks.addresses import url_host
-from tasks.facts import LoadedModels, OllamaModels, StoredManifests, planning
-from tasks.fleet import Fleet
-from tasks.report import fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit import modelname
+from ollama_fleet.tasks.kit.addresses import url_host
+from ollama_fleet.tasks.kit.facts import LoadedModels, OllamaModels, StoredManifests, planning
+from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.report import fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
 
 PULL_TIMEOUT_S = 6 * 3600
 PULL_ATTEMPTS = 3
@@ -51,7 +51,7 @@ MANIFEST_TYPE = ("application/vnd.docker.distribution.manifest.v2+json, "
 
 
 def canonical(name: str) -> str:
-    """NAME as Ollama lists it (tasks.modelname): `library/x`, `registry.ollama.ai/library/x`
+    """NAME as Ollama lists it (tasks.kit.modelname): `library/x`, `registry.ollama.ai/library/x`
     and `x:latest` are all `x:latest`."""
     return modelname.canonical(name)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks.addresses import host_address
-from tasks.settings import Settings, SettingsError, validate_fleet
+from ollama_fleet.tasks.kit.addresses import host_address
+from ollama_fleet.tasks.kit.settings import Settings, SettingsError, validate_fleet
 
 GPU_SERVERS = "gpu_servers"
 LB_SERVERS = "lb_servers"
@@ -33,7 +33,7 @@ class Member:
 
     @property
     def address(self) -> str:
-        """Where the fleet reaches it (what pyinfra connects to; tasks.addresses)."""
+        """Where the fleet reaches it (what pyinfra connects to; tasks.kit.addresses)."""
         return host_address(self.name, self.data)
 
     @property

@@ -21,7 +21,7 @@ models are all present changes nothing. Afterwards every instance must list the
 restored models with their digests. On failure the staging directory is removed.
 
 This module holds the backup format (its parsers and checks) and the on-host work,
-pyinfra operations run by tasks/backup_deploy.py and tasks/restore_deploy.py; the
+pyinfra operations run by tasks/deploys/backup.py and tasks/deploys/restore.py; the
 commands that drive them are fleetctl/backup.py.
 """
 
@@ -43,11 +43,11 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.operations import files
 
-from tasks.facts import OllamaModels, planning
-from tasks.models import ManifestError, manifest_layers
-from tasks.report import ERROR_MARK, fail_command
-from tasks.scripts import script_command
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.facts import OllamaModels, planning
+from ollama_fleet.tasks.kit.report import ERROR_MARK, fail_command
+from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.settings import Settings
+from ollama_fleet.tasks.steps.models import ManifestError, manifest_layers
 
 HOST_BACKUP_DIR = "/var/backups/ollama"
 STAGING = ".fleet-restore"  # beside models/ in the store: same filesystem, unseen by Ollama
@@ -121,7 +121,7 @@ def safe_dir(path: str) -> bool:
 
 def manifest_blobs(raw: bytes, where: str = "manifest") -> list[str]:
     """Blob file names (`sha256-<hex>`) a manifest references: its config and layers
-    (tasks.models.manifest_layers reads it)."""
+    (ollama_fleet.tasks.steps.models.manifest_layers reads it)."""
     try:
         return [f"sha256-{hex_}" for hex_, _ in manifest_layers(raw)]
     except ManifestError as exc:
@@ -271,7 +271,7 @@ def restore_plan(index: BackupIndex, store: dict[str, Any]) -> tuple[list[str], 
 
 # -- the shell that runs on the host -----------------------------------------------------
 # templates/backup/*.sh: POSIX sh and coreutils only (sha256sum, tar, cmp), nothing to
-# install on the host; every value is an argument (tasks.scripts).
+# install on the host; every value is an argument (ollama_fleet.tasks.kit.scripts).
 
 def backup_script(root: str, name: str, backup_dir: str = HOST_BACKUP_DIR) -> str:
     """Write BACKUP_DIR/NAME (+ NAME.sha256) from the store mounted at ROOT.
@@ -447,7 +447,7 @@ def cleaned(settings: Settings, names: list[str], backup_dir: str = HOST_BACKUP_
 
 
 def back_up(settings: Settings, job: dict[str, Any]) -> None:
-    """The backup's on-host part (tasks/backup_deploy.py)."""
+    """The backup's on-host part (tasks/deploys/backup.py)."""
     name = job["name"]
     archived(name="Model store archived (manifests first, every blob checked)",
              settings=settings, tarball=name, _timeout=TRANSFER_TIMEOUT_S)
@@ -464,7 +464,7 @@ def back_up(settings: Settings, job: dict[str, Any]) -> None:
 
 
 def restore(settings: Settings, job: dict[str, Any]) -> None:
-    """The restore's on-host part (tasks/restore_deploy.py)."""
+    """The restore's on-host part (tasks/deploys/restore.py)."""
     index = BackupIndex(**job["index"])
     restored(name="Backup restored (checked, blobs first, manifests last)", settings=settings,
              index=index, tarball=job["tarball"], _timeout=TRANSFER_TIMEOUT_S)

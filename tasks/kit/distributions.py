@@ -8,7 +8,7 @@ them tests which OS it is on.
 
 Values are shapes that `repository()` and `archive_packages()` fill in:
 `{docker_repo_url}`, `{nvidia_driver_repo_url}` and `{nvidia_toolkit_repo_url}` are the
-operator's knobs (tasks/settings.py), `{distro}` (inside nvidia_driver_repo_url) is the
+operator's knobs (tasks/kit/settings.py), `{distro}` (inside nvidia_driver_repo_url) is the
 distribution's id and major version (`debian12`); in package names `{branch}` is the
 driver branch and `{version}` the toolkit version. The keyring's and the sources file's
 extensions say their format, as they do to apt: `.asc` an armored key, `.gpg` a
@@ -24,7 +24,7 @@ from pyinfra import host
 from pyinfra.api import OperationError
 from pyinfra.facts.server import LinuxDistribution
 
-from tasks.settings import Settings
+from ollama_fleet.tasks.kit.settings import Settings
 
 DOCKER = "docker"
 CUDA = "cuda"
@@ -49,7 +49,7 @@ class VendorRepository:
     pin: str = ""  # an apt preferences stanza, if the repository needs one
 
     def repository_args(self) -> dict:
-        """The arguments of `tasks.packages.repository` for this repository."""
+        """The arguments of `ollama_fleet.tasks.steps.packages.repository` for this repository."""
         return {"key_url": self.key_url, "keyring": self.keyring,
                 "sources_file": self.sources_file, "uri": self.url, "suite": self.suite,
                 "components": list(self.components), "pin": self.pin,
