@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollama_fleet.fleetctl.inventory import Fleet, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.runner import Log, Result, log_stderr, run_pyinfra
+from ollama_fleet.tasks.kit.fleet import Fleet
 from ollama_fleet.tasks.steps.backup import (
     HOST_BACKUP_DIR,
     JOB_ENV,
@@ -50,7 +51,7 @@ class Run:
         """HOST must be a gpu_servers host of the inventory (its data validated with the
         rest of the fleet when the fleet was loaded)."""
         try:
-            host = self.fleet.host(self.host)
+            host = self.fleet.member(self.host)
         except UsageError as exc:
             raise UsageError(f"{self.command}: {exc}") from None
         if not host.gpu_server:

@@ -24,8 +24,9 @@ from typing import Any
 
 import ollama_fleet
 from ollama_fleet.fleetctl import inventory
-from ollama_fleet.fleetctl.inventory import Fleet, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.runner import MANNERS, log_stderr, run_pyinfra
+from ollama_fleet.tasks.kit.fleet import Fleet, FleetError
 
 PROG = "ollama-fleet"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -201,12 +202,12 @@ def declined(command: str) -> int:
 
 def cmd_check(fleet: Fleet, args: argparse.Namespace) -> int:
     groups: dict[str, int] = {}
-    for h in fleet.hosts:
+    for h in fleet.members:
         for group in h.groups:
             groups[group] = groups.get(group, 0) + 1
     own = Path(fleet.inventory).stem  # pyinfra's group named after the file, as `all`
     shown = ", ".join(f"{n} {g}" for g, n in groups.items() if g not in ("all", own))
-    print(f"{fleet.inventory}: {len(fleet.hosts)} hosts valid ({shown}); no host was "
+    print(f"{fleet.inventory}: {len(fleet.members)} hosts valid ({shown}); no host was "
           "connected to")
     return EXIT_OK
 
@@ -219,7 +220,7 @@ def cmd_deploy(fleet: Fleet, args: argparse.Namespace) -> int:
     if not args.dry and not confirm(f"Deploy to {len(hosts)} host"
                                     f"{'s' if len(hosts) != 1 else ''}?", args.yes):
         return declined("deploy")
-    limit = [] if len(hosts) == len(fleet.hosts) else hosts
+    limit = [] if len(hosts) == len(fleet.members) else hosts
     result = run_pyinfra(fleet, "deploy.py", limit, fleet.data, dry=args.dry)
     if not result.ok:
         failed = result.failed_hosts() or hosts[:1]
@@ -293,7 +294,7 @@ def cmd_restore(fleet: Fleet, args: argparse.Namespace) -> int:
 def front_door_run(fleet: Fleet, out: list[str], args: argparse.Namespace,
                    what: str) -> int:
     """deploy.py on the front doors, holding OUT out (front_door_out; kept on them)."""
-    lb = [h.name for h in fleet.front_doors]
+    lb = [h.name for h in fleet.lb_servers]
     if not lb:
         raise UsageError(f"{fleet.inventory}: no lb_servers host: there is no front door "
                          f"to {args.command} from")
@@ -313,9 +314,9 @@ def held_now(fleet: Fleet) -> list[str]:
     from ollama_fleet.fleetctl.backup import CommandError
     from ollama_fleet.fleetctl.runner import held_out
 
-    out = held_out(fleet, fleet.data) if fleet.front_doors else []
+    out = held_out(fleet, fleet.data) if fleet.lb_servers else []
     if out is None:
-        raise CommandError(f"{', '.join(h.name for h in fleet.front_doors)}: cannot read "
+        raise CommandError(f"{', '.join(h.name for h in fleet.lb_servers)}: cannot read "
                            "which hosts the front door holds out; is it reachable?")
     return out
 
@@ -328,7 +329,7 @@ def cmd_drain(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
-    kept = list(fleet.front_doors[0].settings.front_door_drained) if fleet.front_doors else []
+    kept = list(fleet.lb_servers[0].settings.front_door_drained) if fleet.lb_servers else []
     named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
                                           what="gpu_servers host", option="undrain")]
     out = [h for h in held_now(fleet) if h not in named] if args.hosts else []
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MANNERS.diff = getattr(args, "diff", False)
         fleet = inventory.load(args.inventory, inventory.parse_data(args.data))
         return COMMANDS[command](fleet, args)
-    except UsageError as exc:
+    except (UsageError, FleetError) as exc:
         message = str(exc)
         prefix = f"{command}: "
         print(message if message.startswith(prefix) else prefix + message, file=sys.stderr)

@@ -14,12 +14,10 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from ollama_fleet.tasks.kit.fleet import Member, build
+from ollama_fleet.tasks.kit.fleet import Fleet, build
 from ollama_fleet.tasks.kit.paths import CONFIG
 from ollama_fleet.tasks.kit.settings import SettingsError
 
@@ -29,60 +27,6 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))  # the one beside this 
 
 class UsageError(Exception):
     """Bad arguments or inventory: one line for the operator, exit 2, no host touched."""
-
-
-# One inventory host: the deploy's own member type (name, groups, data, validated settings;
-# its address, gpu_server, front_door), so both sides describe a host the same way.
-FleetHost = Member
-
-
-@dataclass(frozen=True)
-class Fleet:
-    """INVENTORY's hosts in inventory order, with the --data they were read with."""
-
-    inventory: str  # as the operator named it, for messages
-    path: str  # absolute, for pyinfra
-    hosts: tuple[FleetHost, ...]
-    data: dict[str, Any]
-
-    @property
-    def gpu_servers(self) -> list[FleetHost]:
-        return [h for h in self.hosts if h.gpu_server]
-
-    @property
-    def front_doors(self) -> list[FleetHost]:
-        return [h for h in self.hosts if h.front_door]
-
-    def host(self, name: str) -> FleetHost:
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        known = ", ".join(h.name for h in self.hosts) or "none"
-        raise UsageError(f"{name}: not a host of {self.inventory} (hosts: {known})")
-
-    def select(self, limits: Sequence[str], among: Sequence[FleetHost] | None = None,
-               what: str = "host or group", option: str = "--limit") -> list[FleetHost]:
-        """The hosts (of AMONG, default all) that LIMITS name, in inventory order.
-
-        As pyinfra 3's --limit: each pattern is a group name when the inventory has that
-        group, else a glob over host names (`gpu-*`); a comma is part of the pattern.
-        Unlike pyinfra, a pattern that matches nothing is an error, not a warning: a roll
-        must not quietly do less."""
-        pool = list(self.hosts if among is None else among)  # AMONG: of WHAT, for errors
-        if not limits:
-            return pool
-        groups = {g for h in self.hosts for g in h.groups}
-        wanted: set[str] = set()
-        for pattern in limits:
-            matched = {h.name for h in pool if pattern in h.groups} if pattern in groups \
-                else {h.name for h in pool if fnmatch(h.name, pattern)}
-            if not matched:
-                hint = " (one pattern per --limit: pyinfra reads a comma as part of " \
-                    "the name)" if "," in pattern else ""
-                raise UsageError(f"{option} {pattern}: matches no {what} of "
-                                 f"{self.inventory}{hint}")
-            wanted |= matched
-        return [h for h in pool if h.name in wanted]
 
 
 def parse_value(text: str) -> Any:
@@ -164,8 +108,8 @@ def load(inventory: str, data: dict[str, Any] | None = None) -> Fleet:
     data = data or {}
     hosts = read_inventory(inventory, data)
     try:
-        members = build((h["name"], h["groups"], h["data"]) for h in hosts).members
+        return build(((h["name"], h["groups"], h["data"]) for h in hosts),
+                     inventory=inventory, path=str(Path(inventory).resolve()), data=data)
     except SettingsError as exc:
         raise UsageError(f"{inventory}: invalid inventory data, no host was changed: "
                          + "; ".join(exc.problems)) from None
-    return Fleet(inventory, str(Path(inventory).resolve()), members, data)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ollama_fleet.fleetctl.inventory import Fleet, FleetHost, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.runner import (
     DEFAULT_TIMEOUT_S,
     Log,
@@ -46,6 +46,7 @@ from ollama_fleet.fleetctl.runner import (
     read_fact,
     run_pyinfra,
 )
+from ollama_fleet.tasks.kit.fleet import Fleet, Member
 
 SMOKE_TIMEOUT_S = 210  # the pyinfra run: SSH, then smoke.sh (curl bounded at 30 s + 120 s)
 PULL_DEPLOY = "tasks/deploys/pull.py"
@@ -88,12 +89,12 @@ class RollHost:
     image: str
 
 
-def roll_hosts(hosts: list[FleetHost]) -> list[RollHost]:
+def roll_hosts(hosts: list[Member]) -> list[RollHost]:
     """What the roll needs of each gpu_servers host, in inventory order."""
     rolled = []
     for h in hosts:
         s = h.settings
-        model = (s.ollama_warm_models or s.ollama_models or [None])[0]  # a warm one first
+        model = s.first_model  # a warm one first
         url = (f"https://127.0.0.1:{s.nginx_tls_port}" if s.nginx_tls != "off"
                else f"http://127.0.0.1:{s.nginx_port}")
         rolled.append(RollHost(h.name, url, model, s.ollama_image))
@@ -166,7 +167,7 @@ class Roll:
         self.fleet = fleet
         self.step_timeout = step_timeout  # each pyinfra run of the roll (pull, drain, apply)
         self.data = fleet.data
-        self.lb = [h.name for h in fleet.front_doors]
+        self.lb = [h.name for h in fleet.lb_servers]
         self.log = log
         # what the inventory says without this roll's --data: the fallback "previous" image
         self.inventory_images = inventory_images or {}

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ollama_fleet.fleetctl.inventory import PYINFRA, Fleet, data_args
+from ollama_fleet.fleetctl.inventory import PYINFRA, data_args
+from ollama_fleet.tasks.kit.fleet import Fleet
 from ollama_fleet.tasks.kit.paths import CONFIG, PACKAGE
 from ollama_fleet.tasks.kit.report import ERROR_MARK
 
@@ -180,7 +181,7 @@ def held_out(fleet: Fleet, data: dict[str, Any]) -> list[str] | None:
     from ollama_fleet.tasks.steps.front_door import HELD_OUT
 
     out: set[str] = set()
-    for lb in fleet.front_doors:
+    for lb in fleet.lb_servers:
         got = read_fact(fleet, [lb.name], "ollama_fleet.tasks.kit.facts.Lines",
                         [f"path={lb.settings.front_door_dir}/{HELD_OUT}"], data)
         if got is None or not isinstance(got.get(lb.name), list):

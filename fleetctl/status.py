@@ -74,8 +74,9 @@ from typing import Any
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from ollama_fleet.fleetctl.inventory import FleetHost, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.tasks.kit.facts import parse_gpu_csv
+from ollama_fleet.tasks.kit.fleet import Member
 from ollama_fleet.tasks.kit.paths import CONFIG
 from ollama_fleet.tasks.kit.scripts import script_command
 from ollama_fleet.tasks.steps.stack import PROJECT, expected_services
@@ -115,7 +116,7 @@ def nginx_health_url(settings: Any, front_door: bool) -> str:
     return f"http://127.0.0.1:{port}/health"
 
 
-def plan_hosts(hosts: list[FleetHost]) -> list[HostPlan]:
+def plan_hosts(hosts: list[Member]) -> list[HostPlan]:
     """What to ask each of HOSTS, from its validated settings."""
     plans = []
     for h in hosts:

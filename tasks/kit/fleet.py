@@ -4,13 +4,15 @@ Built once, where the inventory is validated, and handed to the steps that need 
 hosts (peers, front doors, upstreams), so no step reads pyinfra's global inventory for
 who is in the fleet. The deploy builds it from pyinfra's inventory (`current_fleet`);
 the operator's commands from `pyinfra debug-inventory --json` (fleetctl/inventory.py);
-both with `build`, so a host is validated and described the same way on either side.
+both with `build`, so a host is validated and described the same way on either side:
+one fleet class, one host record (`Member`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
@@ -45,11 +47,19 @@ class Member:
         return LB_SERVERS in self.groups
 
 
+class FleetError(ValueError):
+    """A host or pattern the fleet does not have: one line for the operator."""
+
+
 @dataclass(frozen=True)
 class Fleet:
-    """Every host of the inventory, in inventory order. Empty: rendering outside a deploy."""
+    """Every host of the inventory, in inventory order: the one fleet of the deploy and of
+    the operator's commands. Empty: rendering outside a deploy."""
 
     members: tuple[Member, ...] = ()
+    inventory: str = "the inventory"  # as the operator named it, for messages
+    path: str = ""  # the inventory file, absolute, for pyinfra's command line
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the --data it was read with
 
     @property
     def gpu_servers(self) -> tuple[Member, ...]:
@@ -63,17 +73,45 @@ class Fleet:
         for m in self.members:
             if m.name == name:
                 return m
-        raise KeyError(f"{name}: not a host of the fleet")
+        known = ", ".join(m.name for m in self.members) or "none"
+        raise FleetError(f"{name}: not a host of {self.inventory} (hosts: {known})")
+
+    def select(self, limits: Sequence[str], among: Sequence[Member] | None = None,
+               what: str = "host or group", option: str = "--limit") -> list[Member]:
+        """The hosts (of AMONG, default all) that LIMITS name, in inventory order.
+
+        As pyinfra 3's --limit: each pattern is a group name when the inventory has that
+        group, else a glob over host names (`gpu-*`); a comma is part of the pattern.
+        Unlike pyinfra, a pattern that matches nothing is an error, not a warning: a roll
+        must not quietly do less."""
+        pool = list(self.members if among is None else among)  # AMONG: of WHAT, for errors
+        if not limits:
+            return pool
+        groups = {g for m in self.members for g in m.groups}
+        wanted: set[str] = set()
+        for pattern in limits:
+            matched = {m.name for m in pool if pattern in m.groups} if pattern in groups \
+                else {m.name for m in pool if fnmatch(m.name, pattern)}
+            if not matched:
+                hint = " (one pattern per --limit: pyinfra reads a comma as part of " \
+                    "the name)" if "," in pattern else ""
+                raise FleetError(f"{option} {pattern}: matches no {what} of "
+                                 f"{self.inventory}{hint}")
+            wanted |= matched
+        return [m for m in pool if m.name in wanted]
 
 
-def build(hosts: Iterable[tuple[str, Sequence[str], Mapping[str, Any]]]) -> Fleet:
+def build(hosts: Iterable[tuple[str, Sequence[str], Mapping[str, Any]]],
+          **where: Any) -> Fleet:
     """The fleet of HOSTS (name, groups, merged data; in inventory order), every host's data
-    validated with the cross-host checks; SettingsError lists every problem."""
+    validated with the cross-host checks; SettingsError lists every problem. WHERE: the
+    Fleet's inventory, path and data, for the operator's commands."""
     rows = [(name, tuple(groups), dict(data)) for name, groups, data in hosts]
     gpu = [name for name, groups, _ in rows if GPU_SERVERS in groups]
     lb = [name for name, groups, _ in rows if LB_SERVERS in groups]
     settings = validate_fleet({name: data for name, _, data in rows}, gpu, lb)
-    return Fleet(tuple(Member(name, groups, data, settings[name]) for name, groups, data in rows))
+    return Fleet(tuple(Member(name, groups, data, settings[name])
+                       for name, groups, data in rows), **where)
 
 
 class InventoryError(PyinfraError):

@@ -592,6 +592,23 @@ class Settings(BaseModel):
             first.setdefault(parse(model).key, model)
         return list(first.values())
 
+    @property
+    def models_by_preference(self) -> list[str]:
+        """The host's models in the one order every "first model" is taken from (the GPU
+        proof, the roll's smoke test, an app's default model): warm models first, then
+        all_models; each once, as Ollama reads names."""
+        from ollama_fleet.tasks.kit.modelname import parse
+
+        first: dict[str, str] = {}
+        for model in [*self.ollama_warm_models, *self.all_models]:
+            first.setdefault(parse(model).key, model)
+        return list(first.values())
+
+    @property
+    def first_model(self) -> str | None:
+        """The host's first model by the one rule (`models_by_preference`); None: none."""
+        return next(iter(self.models_by_preference), None)
+
     def instance_ports(self) -> list[tuple[int, int]]:
         """(instance number, port) for every Ollama instance on the host."""
         count = len(self.gpu_indexes) if self.topology == "per_gpu" else 1

@@ -107,8 +107,7 @@ def _service(settings: Settings, name: str, app: AppService, hardening: dict) ->
         port = settings.nginx_port if app.ollama_instance is None else \
             settings.instance_ports()[app.ollama_instance][1]
         environment["OLLAMA_BASE_URL"] = f"http://host.docker.internal:{port}"
-        model = app.ollama_model or (settings.ollama_models[0] if settings.ollama_models
-                                     else "")
+        model = app.ollama_model or settings.first_model or ""
         if model:
             environment["OLLAMA_MODEL"] = model
     if settings.app_cache and "REDIS_URL" not in app.environment:

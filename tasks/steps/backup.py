@@ -43,6 +43,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.operations import files
 
+from ollama_fleet.tasks.kit import store as model_store
 from ollama_fleet.tasks.kit.facts import OllamaModels, planning
 from ollama_fleet.tasks.kit.report import ERROR_MARK, fail_command
 from ollama_fleet.tasks.kit.scripts import script_command
@@ -51,7 +52,6 @@ from ollama_fleet.tasks.steps.models import ManifestError, manifest_layers
 
 HOST_BACKUP_DIR = "/var/backups/ollama"
 STAGING = ".fleet-restore"  # beside models/ in the store: same filesystem, unseen by Ollama
-VOLUME = "ollama-models"
 JOB_ENV = "OLLAMA_FLEET_BACKUP_JOB"  # path of the job file the deploy files read
 TRANSFER_TIMEOUT_S = 6 * 3600
 SUMS = "SHA256SUMS"
@@ -300,7 +300,7 @@ class ModelStore(FactBase):
     leftovers exist); `error` says why there is no store."""
 
     def command(self, models_path: str) -> str:
-        return script_command("backup/model-store.sh", models_path, VOLUME, STAGING)
+        return script_command("backup/model-store.sh", models_path, model_store.VOLUME, STAGING)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         store: dict[str, Any] = self.default()

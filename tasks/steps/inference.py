@@ -52,7 +52,7 @@ def proof_model(settings: Settings) -> str | None:
     first warm model, else the first configured one; None when none is there."""
     listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
     keys = {modelname.parse(n).key: n for n in listed}
-    for name in [*settings.ollama_warm_models, *settings.all_models]:
+    for name in settings.models_by_preference:
         found = keys.get(modelname.parse(name).key)
         if found:
             return found

@@ -32,6 +32,7 @@ from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 
 from ollama_fleet.tasks.kit import modelname
+from ollama_fleet.tasks.kit import store as model_store
 from ollama_fleet.tasks.kit.addresses import url_host
 from ollama_fleet.tasks.kit.facts import LoadedModels, OllamaModels, StoredManifests, planning
 from ollama_fleet.tasks.kit.fleet import Fleet
@@ -208,8 +209,7 @@ def store_damage(settings: Settings, listed: dict[str, str] | None = None) -> di
     if listed is None:
         listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
     wanted = sorted(as_stored(settings, listed))
-    store = f"{settings.ollama_models_path}/models" if settings.ollama_models_path else ""
-    found = host.get_fact(StoredManifests, store=store,
+    found = host.get_fact(StoredManifests, store=model_store.models_dir(settings),
                           manifests=[manifest_path(m) for m in wanted])
     damage = {}
     for model in wanted:
@@ -329,13 +329,7 @@ def mib(n: int) -> str:
 
 def store_dir(target, settings: Settings) -> str:
     """TARGET's Ollama store (the directory holding blobs/ and manifests/)."""
-    if settings.ollama_models_path:
-        return f"{settings.ollama_models_path}/models"
-    ok, output = target.run_shell_command(
-        "docker volume inspect -f '{{.Mountpoint}}' ollama-models", _timeout=60)
-    if not ok or not output.stdout.strip():
-        raise ConnectionError(f"the volume ollama-models is missing: {output.stderr}")
-    return f"{output.stdout.strip()}/models"
+    return model_store.host_models_dir(target, settings)
 
 
 def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer],

@@ -21,6 +21,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 from ollama_fleet.tasks.kit import paths
+from ollama_fleet.tasks.kit import store as model_store
 from ollama_fleet.tasks.kit.compose import (
     checked_files,
     healthy,
@@ -75,8 +76,8 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
     return templates(TEMPLATES).get_template(template).render(
         s=settings, g=gate.context(settings, gate.front_door_addresses(fleet)), project=PROJECT,
         topology=settings.topology, instances=instances,
-        models_source=settings.ollama_models_path or "ollama-models",
-        bind_mount_models=bool(settings.ollama_models_path),
+        models_source=model_store.source(settings), models_mount=model_store.MOUNT,
+        models_dir=model_store.MODELS, bind_mount_models=model_store.bind_mounted(settings),
         upstream_address=settings.local_host(),
         drained=drained,
         peers=[p.address for p in models.peers(fleet) if is_ip(p.address)]

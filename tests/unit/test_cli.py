@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet.fleetctl.cli import COMMANDS, confirm, main
-from ollama_fleet.fleetctl.inventory import Fleet, FleetHost, UsageError, parse_data
+from ollama_fleet.fleetctl.inventory import parse_data
+from ollama_fleet.tasks.kit.fleet import Fleet, FleetError, Member
 from ollama_fleet.tasks.kit.settings import Settings
 from tests.unit.test_backup import WEIGHTS, back_up, flip_byte_in, make_store, sha
 
@@ -241,13 +242,13 @@ def test_confirm():
 
 
 def fleet() -> Fleet:
-    def host(name: str, *groups: str) -> FleetHost:
-        return FleetHost(name, groups, {}, Settings())
+    def host(name: str, *groups: str) -> Member:
+        return Member(name, groups, {}, Settings())
 
-    return Fleet("inv.py", "/inv.py", (
+    return Fleet((
         host("gpu-a1", "gpu_servers", "h100"), host("gpu-a2", "gpu_servers", "h100"),
         host("gpu-b1", "gpu_servers"), host("cpu-1", "gpu_servers", "cpu"),
-        host("lb-1", "lb_servers")), {})
+        host("lb-1", "lb_servers")), inventory="inv.py", path="/inv.py")
 
 
 @pytest.mark.parametrize("limits, names", [
@@ -265,13 +266,13 @@ def test_limit_takes_hosts_groups_and_globs(limits, names):
 
 def test_a_comma_is_part_of_the_pattern_as_in_pyinfra_3():
     """pyinfra 3.10 reads `--limit a,b` as one pattern, which matches no host."""
-    with pytest.raises(UsageError, match=r"--limit gpu-b1,h100: matches no host or group of "
+    with pytest.raises(FleetError, match=r"--limit gpu-b1,h100: matches no host or group of "
                        r"inv.py \(one pattern per --limit"):
         fleet().select(["gpu-b1,h100"])
 
 
 def test_limit_that_matches_nothing_is_an_error():
-    with pytest.raises(UsageError, match=r"--limit GPU-\*: matches no host or group of inv.py"):
+    with pytest.raises(FleetError, match=r"--limit GPU-\*: matches no host or group of inv.py"):
         fleet().select(["GPU-*"])  # case matters, as in host names
 
 

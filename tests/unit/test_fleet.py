@@ -9,7 +9,14 @@ from pyinfra.api import Inventory
 from pyinfra.context import ctx_inventory
 
 from ollama_fleet.tasks.kit import fleet as fleet_module
-from ollama_fleet.tasks.kit.fleet import Fleet, InventoryError, Member, build, current_fleet
+from ollama_fleet.tasks.kit.fleet import (
+    Fleet,
+    FleetError,
+    InventoryError,
+    Member,
+    build,
+    current_fleet,
+)
 from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
 from ollama_fleet.tasks.steps import gate, models
 from ollama_fleet.tasks.steps.front_door import Upstream, upstreams
@@ -48,7 +55,7 @@ def test_the_fleet_is_built_once_in_inventory_order_with_addresses_and_groups(mo
     assert [m.name for m in fleet.lb_servers] == ["lb-1"]
     assert fleet.member("gpu-a").settings.gpu_count == 1
     assert fleet.member("cpu-1").settings.gpu_count == 0
-    with pytest.raises(KeyError, match="gpu-z"):
+    with pytest.raises(FleetError, match="gpu-z: not a host of the inventory"):
         fleet.member("gpu-z")
     with pytest.raises(AttributeError):
         fleet.members = ()  # immutable: every step sees the fleet that was validated
@@ -107,10 +114,17 @@ def test_steps_render_peers_and_upstreams_from_the_fleet_they_are_given(monkeypa
     assert upstreams(lb, Fleet()) == [] and models.peers(Fleet()) == []
 
 
-def test_the_operators_commands_share_the_member_type():
-    from ollama_fleet.fleetctl.inventory import FleetHost
+def test_the_operators_commands_share_the_fleet_and_its_member_type(tmp_path):
+    """One fleet class and one host record: what `ollama-fleet` loads is the deploy's."""
+    from ollama_fleet.fleetctl import inventory
 
+    path = tmp_path / "fleet.py"
+    path.write_text("gpu_servers = [('gpu-1', {'gpu_count': 1, 'ssh_hostname': '10.0.0.1'})]\n")
+    loaded = inventory.load(str(path), {"ollama_models": ["tinyllama"]})
+    assert type(loaded) is Fleet and all(type(m) is Member for m in loaded.members)
+    assert (loaded.inventory, loaded.path, loaded.data) == (
+        str(path), str(path.resolve()), {"ollama_models": ["tinyllama"]})
+    assert loaded.member("gpu-1").settings.ollama_models == ["tinyllama"]
     member = Member("gpu-1", ("gpu_servers",), {"ssh_hostname": "10.0.0.1"},
                     settings_for("gpu-1", {}))
-    assert FleetHost is Member
     assert (member.address, member.gpu_server, member.front_door) == ("10.0.0.1", True, False)

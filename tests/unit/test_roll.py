@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ollama_fleet.fleetctl.inventory import Fleet, FleetHost, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.roll import (
     Roll,
     RollError,
@@ -18,7 +18,7 @@ from ollama_fleet.fleetctl.roll import (
     smoke_result,
     tag_version,
 )
-from ollama_fleet.tasks.kit.fleet import build
+from ollama_fleet.tasks.kit.fleet import Fleet, Member, build
 from ollama_fleet.tasks.kit.settings import settings_for
 
 
@@ -69,9 +69,9 @@ class RecordedRoll(Roll):
     """A roll whose pyinfra runs and smoke tests are recorded; FAIL = (step, host) fails."""
 
     def __init__(self, fail: tuple[str, str] | None = None, held: tuple[str, ...] = ()) -> None:
-        lb = FleetHost("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
+        lb = Member("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
         self.lines: list[str] = []  # what the roll logged
-        super().__init__(Fleet("inv.py", "/inv.py", (lb,), {}), log=self.lines.append)
+        super().__init__(Fleet((lb,), inventory="inv.py", path="/inv.py"), log=self.lines.append)
         self.steps: list[str] = []
         self.fail = fail
         self.held = list(held)  # what the front door holds out before the roll

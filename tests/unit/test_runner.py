@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ollama_fleet.fleetctl.inventory import Fleet
 from ollama_fleet.fleetctl.runner import Result, _stream, failure_line
+from ollama_fleet.tasks.kit.fleet import Fleet
 from ollama_fleet.tasks.kit.report import ERROR_MARK
 
 
@@ -68,8 +68,8 @@ def test_a_silent_hung_child_is_killed_at_the_timeout():
 
 
 def test_fleet_is_plain_data():
-    fleet = Fleet("inv.py", "/abs/inv.py", (), {})
-    assert fleet.gpu_servers == [] and fleet.front_doors == []
+    fleet = Fleet((), inventory="inv.py", path="/abs/inv.py")
+    assert fleet.gpu_servers == () and fleet.lb_servers == ()
 
 
 def test_what_the_front_doors_hold_out_is_read_from_each_of_them(monkeypatch):
@@ -80,10 +80,9 @@ def test_what_the_front_doors_hold_out_is_read_from_each_of_them(monkeypatch):
     def member(name, group):
         return Member(name, (group,), {}, settings_for(name, {}))
 
-    fleet = Fleet("inv.py", "/inv.py", (member("gpu-1", "gpu_servers"),
-                                         member("gpu-2", "gpu_servers"),
-                                         member("lb-1", "lb_servers"),
-                                         member("lb-2", "lb_servers")), {})
+    fleet = Fleet((member("gpu-1", "gpu_servers"), member("gpu-2", "gpu_servers"),
+                   member("lb-1", "lb_servers"), member("lb-2", "lb_servers")),
+                  inventory="inv.py", path="/inv.py")
     asked = []
 
     def read_fact(fleet, hosts, fact, args, data, timeout=120):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_fleet.fleetctl.inventory import FleetHost, UsageError
+from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.status import (
     HostPlan,
     decode_report,
@@ -26,6 +26,7 @@ from ollama_fleet.fleetctl.status import (
     render_table,
     status_script,
 )
+from ollama_fleet.tasks.kit.fleet import Member
 from ollama_fleet.tasks.kit.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,12 +288,12 @@ def test_json_document_is_stable():
 
 def test_plans_follow_the_settings():
     hosts = [
-        FleetHost("gpu-a", ("gpu_servers", "prod"), {"gpu_count": 4},
+        Member("gpu-a", ("gpu_servers", "prod"), {"gpu_count": 4},
                   Settings(gpu_count=4, ollama_base_port=12000)),
-        FleetHost("gpu-b", ("gpu_servers",), {}, Settings(
+        Member("gpu-b", ("gpu_servers",), {}, Settings(
             gpu_count=2, ollama_topology="shared", nginx_port=8080,
             ollama_bind_address="0.0.0.0")),
-        FleetHost("lb-1", ("lb_servers",), {}, Settings(front_door_port=8000)),
+        Member("lb-1", ("lb_servers",), {}, Settings(front_door_port=8000)),
     ]
     a, b, lb = plan_hosts(hosts)
     assert a.instances == (("ollama-0", 12000), ("ollama-1", 12001), ("ollama-2", 12002),
@@ -300,7 +301,7 @@ def test_plans_follow_the_settings():
     assert (b.instances, b.nginx_url, b.api_address) == (
         (("ollama-0", 11434),), "http://127.0.0.1:8080/health", "127.0.0.1")
     assert (lb.instances, lb.nginx_url) == ((), "http://127.0.0.1:8000/health")
-    (v6,) = plan_hosts([FleetHost("gpu-b", ("gpu_servers",), {},
+    (v6,) = plan_hosts([Member("gpu-b", ("gpu_servers",), {},
                                   Settings(gpu_count=1, ollama_bind_address="::1"))])
     assert (v6.api_address, a.api_address) == ("[::1]", "127.0.0.1")
 
