@@ -22,7 +22,12 @@ from ollama_fleet.tasks.kit.paths import CONFIG
 from ollama_fleet.tasks.kit.settings import SettingsError
 
 READ_TIMEOUT_S = 300
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))  # the one beside this Python
+# pyinfra's CLI run by this very Python, whatever put the packages where (a virtualenv,
+# `pip install --user`, a system package): the `pyinfra` script may be elsewhere. The
+# interpreter's first path entry (the working folder, for -c) is dropped, as a script's
+# would be its own folder: a ./pyinfra.py of the operator's must not shadow pyinfra.
+PYINFRA = [sys.executable, "-c", "import sys; sys.path.pop(0); sys.argv[0] = 'pyinfra'; "
+           "from pyinfra_cli.main import main; sys.exit(main())"]
 
 
 class UsageError(Exception):
@@ -68,7 +73,7 @@ def read_inventory(inventory: str, data: dict[str, Any] | None = None,
     if not path.is_file():
         raise UsageError(f"{inventory}: no such inventory file")
     try:
-        proc = subprocess.run([PYINFRA, "--config", str(CONFIG), str(path.resolve()),
+        proc = subprocess.run([*PYINFRA, "--config", str(CONFIG), str(path.resolve()),
                                "debug-inventory", "--json", *data_args(data or {})],
                               stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)

@@ -120,7 +120,7 @@ def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str,
     written to a temporary JSON file whose path the child finds in JOB_ENV."""
     # --dry without -y: pyinfra then prints the changes it detected (with -y it skips them)
     # and exits before it would ask
-    cmd = [PYINFRA, *(["--dry"] if dry else ["-y"]), *pyinfra_options(), fleet.path,
+    cmd = [*PYINFRA, *(["--dry"] if dry else ["-y"]), *pyinfra_options(), fleet.path,
            str(PACKAGE / deploy), *data_args(data)]
     for name in limit:
         cmd += ["--limit", name]
@@ -162,7 +162,7 @@ def read_fact(fleet: Fleet, hosts: Sequence[str], fact: str, args: Sequence[str]
               data: dict[str, Any], timeout: float = 120) -> dict[str, Any] | None:
     """`pyinfra INVENTORY --limit HOSTS fact FACT ARGS --json`: host -> the fact's value, or
     None when it could not be read (unreachable, pyinfra failed)."""
-    cmd = [PYINFRA, "--config", str(CONFIG), fleet.path,
+    cmd = [*PYINFRA, "--config", str(CONFIG), fleet.path,
            *(a for h in hosts for a in ("--limit", h)), "fact", fact,
            *args, "--json", *data_args(data)]
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -42,3 +44,24 @@ def deploy_lab():
                      "--cpu-hosts", "1", "--registry-port", "5053",
                      "--model-scale", "0.25") as fleet:
         yield fleet
+
+
+BACKUP_MODELS = ["tinyllama", "qwen2.5:0.5b"]
+
+
+@pytest.fixture(scope="session")
+def backup_lab():
+    """Two GPU hosts with 1 GPU, converged: gpu-1 with BACKUP_MODELS, gpu-2 with none.
+    test_backup.py uses it first (it needs gpu-2 empty), then test_installed.py deploys
+    to it again from the installed wheel: one converge shared by both."""
+    with running_lab("fleetlab-backup", "--gpu-hosts", "2", "--gpus-per-host", "1",
+                     "--registry-port", "5058", "--model-scale", "0.25") as lab:
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(lab.pyinfra, "deploy.py", "--data",
+                                f"ollama_models={json.dumps(BACKUP_MODELS)}", limit="gpu-1"),
+                    pool.submit(lab.pyinfra, "deploy.py", "--data", "ollama_models=[]",
+                                limit="gpu-2")]
+            for run in runs:
+                proc = run.result()
+                assert proc.returncode == 0, proc.output[-4000:]
+        yield lab

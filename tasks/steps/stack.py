@@ -70,11 +70,11 @@ def plan_instances(settings: Settings, gpus: list[dict]) -> list[Instance]:
 
 
 def render(template: str, settings: Settings, instances: list[Instance], fleet: Fleet,
-           drained: str | None = None) -> str:
-    """TEMPLATE for this host; FLEET gives the front doors its nginx trusts and the peers
-    its fan-out server lets copy models."""
+           gate_context: dict, drained: str | None = None) -> str:
+    """TEMPLATE for this host; FLEET gives the peers its fan-out server lets copy models,
+    GATE_CONTEXT (gate.context) the front doors its nginx trusts."""
     return templates(TEMPLATES).get_template(template).render(
-        s=settings, g=gate.context(settings, gate.front_door_addresses(fleet)), project=PROJECT,
+        s=settings, g=gate_context, project=PROJECT,
         topology=settings.topology, instances=instances,
         models_source=model_store.source(settings), models_mount=model_store.MOUNT,
         models_dir=model_store.MODELS, bind_mount_models=model_store.bind_mounted(settings),
@@ -86,21 +86,23 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
 
 
 def stack_files(settings: Settings, instances: list[Instance], fleet: Fleet) -> dict[str, str]:
-    """Relative path in the stack directory -> content.
+    """The stack's own files: relative path in the stack directory -> content (the gate's
+    files, which its nginx config includes, are the gate's: gate.gate_files).
 
     With several instances, `drain/<instance>.conf` is the nginx config with that one
     instance marked down, used while it is recreated (outside nginx's config dir)."""
+    context = gate.context(settings, gate.front_door_addresses(fleet))
     files = {
-        "compose.yaml": render("compose.yaml.j2", settings, instances, fleet),
-        "nginx/ollama.conf": render("ollama.conf.j2", settings, instances, fleet),
+        "compose.yaml": render("compose.yaml.j2", settings, instances, fleet, context),
+        "nginx/ollama.conf": render("ollama.conf.j2", settings, instances, fleet, context),
     }
     if settings.ollama_fanout:
         files[models.FETCH_SCRIPT] = script_text("stack/fetch-model.sh")
     if len(instances) > 1:
         for i in instances:
             files[f"drain/{i.name}.conf"] = render("ollama.conf.j2", settings, instances,
-                                                   fleet, i.name)
-    return files | gate.gate_files(settings)[0]
+                                                   fleet, context, i.name)
+    return files
 
 
 def host_gpus(settings: Settings) -> list[dict]:
@@ -131,13 +133,13 @@ def rendered_files(settings: Settings, fleet: Fleet):
         yield fail_command(str(exc))
         return
     try:
-        wanted = stack_files(settings, instances, fleet)
+        gate_files, secret = gate.gate_files(settings)  # checked with the config that uses them
     except OperationError as exc:
         yield fail_command(str(exc))
         return
-    yield from checked_files._inner(root=settings.ollama_stack_dir, wanted=wanted,
-                                    nginx_image=settings.nginx_image,
-                                    secret=tuple(gate.gate_files(settings)[1]))
+    yield from checked_files._inner(root=settings.ollama_stack_dir,
+                                    wanted=stack_files(settings, instances, fleet) | gate_files,
+                                    nginx_image=settings.nginx_image, secret=tuple(secret))
 
 
 def stack_images(settings: Settings) -> tuple[str, ...]:

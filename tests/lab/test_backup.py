@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,29 +20,18 @@ import httpx
 import pytest
 
 from ollama_fleet.tasks.steps.backup import HOST_BACKUP_DIR, JOB_ENV, STAGING, read_backup
-from tests.conftest import running_lab
+from tests.conftest import BACKUP_MODELS
 from tests.labfleet import REPO
 
 pytestmark = pytest.mark.lab
 
-NAME = "fleetlab-backup"
-MODELS = ["tinyllama", "qwen2.5:0.5b"]
+MODELS = BACKUP_MODELS
 STORE = "/var/lib/docker/volumes/ollama-models/_data"
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "1",
-                     "--registry-port", "5058", "--model-scale", "0.25") as lab:
-        with ThreadPoolExecutor(2) as pool:
-            runs = [pool.submit(lab.pyinfra, "deploy.py", "--data",
-                                f"ollama_models={json.dumps(MODELS)}", limit="gpu-1"),
-                    pool.submit(lab.pyinfra, "deploy.py", "--data", "ollama_models=[]",
-                                limit="gpu-2")]
-            for run in runs:
-                proc = run.result()
-                assert proc.returncode == 0, proc.output[-4000:]
-        yield lab
+def fleet(backup_lab):
+    return backup_lab
 
 
 def backup_cli(fleet, *args: str) -> subprocess.CompletedProcess:

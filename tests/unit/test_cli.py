@@ -180,6 +180,8 @@ def test_verbosity_and_diff_reach_every_pyinfra_run(inventory, monkeypatch, args
     assert main([str(inventory), *args]) == 1
     assert runs, "no pyinfra run"
     for cmd in runs:
+        assert cmd[:len(runner.PYINFRA)] == runner.PYINFRA
+        cmd = cmd[len(runner.PYINFRA):]
         flags = [a for a in cmd if a.startswith("-") and a not in ("-y", "--limit", "--data",
                                                                    "--dry")]
         assert flags == options, cmd

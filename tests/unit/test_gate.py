@@ -129,7 +129,8 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
         assert "client_header_timeout 10s;" in conf and "client_body_timeout 30s;" in conf
         health = conf.split("location = /health {")[1].split("}")[0]
         assert "return 200" in health and "api_" not in health
-    assert "nginx/api-keys.map" in host  # installed beside the config it guards
+    assert "nginx/api-keys.map" not in host  # the stack renders only the stack's files
+    assert "nginx/api-keys.map" in gate.gate_files(gpu)[0]  # installed beside it, by the gate
 
 
 def test_without_keys_there_is_no_key_check_but_admin_endpoints_stay_closed():
