@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from lab import dns
@@ -207,6 +208,18 @@ class _UsageError(LabError):
     """Bad input found after parsing: exit 2, like argparse's own errors."""
 
 
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """One `up` (or image build) at a time on this machine, whichever lab: two labs started
+    at once would build the same images and may pick the same free subnet. Held only while
+    the lab is made; its deploys and tests run side by side."""
+    root = state_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".machine.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     lab = Lab(args.name, log=lambda msg: print(f"lab: {msg}", file=sys.stderr))
@@ -251,7 +264,8 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         if args.app_tags:
             spec.app_tags = args.app_tags
         started = time.monotonic()
-        lab.up(spec, inventory_names=args.inventory_names)
+        with machine_lock():  # labs started side by side (pytest -n 2) share images, subnets
+            lab.up(spec, inventory_names=args.inventory_names)
         lab.log(f"up in {time.monotonic() - started:.1f}s")
         _print_status(lab.status())
     elif args.command == "down":
@@ -264,7 +278,8 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
             names.append(dns.front_door_name(lab.name))
         print(json.dumps(issue(lab.dir, host.name, host.address, tuple(names))))
     elif args.command == "ollama-image":
-        lab.publish_ollama_image(args.tag, fault=args.fault, pad_mb=args.pad_mb)
+        with machine_lock():
+            lab.publish_ollama_image(args.tag, fault=args.fault, pad_mb=args.pad_mb)
     else:
         getattr(lab, args.command)(args.host)
     return 0

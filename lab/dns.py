@@ -21,12 +21,9 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lab.engine import LabError
-
-if TYPE_CHECKING:
-    from lab.fleet import Lab
+from lab.state import LabState
 
 TLD = "test"  # reserved for testing by RFC 6761: never a real zone
 FRONT_DOOR = "llm"
@@ -95,11 +92,11 @@ def resolv_conf(lab_name: str, services_ip: str) -> str:
             f"nameserver {services_ip}\nsearch {zone(lab_name)}\n")
 
 
-def resolv_conf_path(lab: Lab) -> Path:
+def resolv_conf_path(lab: LabState) -> Path:
     return lab.dir / "resolv.conf"
 
 
-def write_files(lab: Lab, services_ip: str, hosts: list[dict]) -> None:
+def write_files(lab: LabState, services_ip: str, hosts: list[dict]) -> None:
     """Write the resolv.conf, dnsmasq's configuration and the zone into the lab's state dir.
 
     The zone file is replaced by a rename into its directory, so dnsmasq (watching the
@@ -133,7 +130,7 @@ _BIND_AND_EXEC = ('mount --bind "$0" /etc/resolv.conf || '
                   'exec "$@"')
 
 
-def resolver_argv(lab: Lab) -> list[str]:
+def resolver_argv(lab: LabState) -> list[str]:
     """The argv prefix that runs a command with the lab's DNS as its resolver.
 
     A private mount namespace gets the lab's resolv.conf over /etc/resolv.conf; this
@@ -150,7 +147,7 @@ class NamespaceError(LabError):
     """This machine refuses the private mount namespace (`run` exits 2)."""
 
 
-def check_namespace(lab: Lab) -> None:
+def check_namespace(lab: LabState) -> None:
     """Raise NamespaceError (one line) when this machine refuses the mount namespace, or
     when a name of the lab does not resolve through it."""
     path = resolv_conf_path(lab)

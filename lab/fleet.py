@@ -20,18 +20,17 @@ from pathlib import Path
 
 from lab import dns, engine, images
 from lab.engine import LabError, docker
+from lab.inventory import inventory_path, remove_inventory, write_inventory
+from lab.state import APT_PORT, MODEL_REGISTRY_PORT, REGISTRY_PORT, REPO, LabState, endpoints
+from lab.state import state_root as state_root  # lab.cli takes it from here
 
-REPO = Path(__file__).resolve().parent.parent
 LABEL = "fleetlab.lab"
 SERVICES_IP_OFFSET = 2
 ROLE_OFFSETS = {"gpu": 10, "cpu": 100, "lb": 200}
 ROLE_LIMITS = {"gpu": 89, "cpu": 99, "lb": 50}
-REGISTRY_PORT = 5000  # inside the services container
-APT_PORT = 8080
 KERNEL_KEYRING = "/usr/share/keyrings/fleetlab-debian-kernel.asc"
-MODEL_REGISTRY_PORT = 8081
 # Broken stand-in releases (`python -m lab ollama-image TAG --fault NAME`): what each does,
-# and the recipe step that makes it so (lab/ollama/ollama.py reads these files).
+# and the recipe step that makes it so (lab/ollama/standin reads these files).
 FAULTS = {
     "unhealthy": "listens, answers every request with HTTP 500, never healthy",
     "exits": "exits with status 1 before it listens (a fatal start error)",
@@ -47,10 +46,6 @@ DEFAULT_NGINX_TAGS = ("1.27", "stable")
 DEFAULT_REDIS_TAGS = ("7",)
 DEFAULT_APP_TAGS = ("1.0",)
 SSH_WAIT_S = 90
-
-
-def state_root() -> Path:
-    return Path(os.environ.get("FLEETLAB_STATE_DIR", REPO / ".lab"))
 
 
 @dataclass
@@ -108,26 +103,9 @@ class Host:
         return f"{lab}-{self.name}"
 
 
-class Lab:
-    """One named lab: its state directory, network, services container and hosts."""
-
-    def __init__(self, name: str = "fleetlab", log=print) -> None:
-        self.name = name
-        self.log = log
-        self.dir = state_root() / name
-        self.state_file = self.dir / "state.json"
-
-    # -- state -----------------------------------------------------------
-    def load(self) -> dict | None:
-        if not self.state_file.exists():
-            return None
-        return json.loads(self.state_file.read_text())
-
-    def save(self, state: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.state_file)
+class Lab(LabState):
+    """One named lab: its state directory (LabState), network, services container and
+    hosts."""
 
     @property
     def network(self) -> str:
@@ -136,10 +114,6 @@ class Lab:
     @property
     def services(self) -> str:
         return f"{self.name}-services"
-
-    @property
-    def key_path(self) -> Path:
-        return self.dir / "id_ed25519"
 
     # -- up ---------------------------------------------------------------
     def up(self, spec: Spec, inventory_names: bool = False) -> dict:
@@ -179,8 +153,6 @@ class Lab:
             "hosts": [asdict(h) for h in hosts],
         }
         self.save(state)
-        from lab.inventory import write_inventory
-
         write_inventory(self, state, by_name=inventory_names)
         return state
 
@@ -348,7 +320,8 @@ class Lab:
         takes time)."""
         recipe = images.RECIPES / "ollama/Dockerfile"
         version = tag.split("-")[0].lstrip("v")
-        files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py"}
+        files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py",
+                                          **standin_files()}
         if pad_mb:
             rng = random.Random(tag)  # noqa: S311 (padding, no secret)
             files["lab-padding"] = b"".join(rng.randbytes(1 << 20) for _ in range(pad_mb))
@@ -513,8 +486,6 @@ class Lab:
 
     # -- status / down ----------------------------------------------------
     def status(self) -> dict:
-        from lab.inventory import inventory_path
-
         state = self.load()
         if state is None:
             return {"name": self.name, "up": False, "hosts": [], "endpoints": {}}
@@ -562,27 +533,15 @@ class Lab:
         engine.remove_all([c["Name"].lstrip("/") for c in conts], "container")
         engine.remove_all(engine.ids("network", f"{LABEL}={self.name}"), "network")
         engine.remove_all(engine.ids("volume", f"{LABEL}={self.name}"), "volume")
-        from lab.inventory import remove_inventory
-
         remove_inventory(self)
         if self.state_file.exists():
             self.state_file.unlink()
 
 
-def endpoints(services_ip: str, registry_port: int) -> dict:
-    apt = f"http://{services_ip}:{APT_PORT}"
-    return {
-        "image_registry": {"mirror": f"http://{services_ip}:{REGISTRY_PORT}",
-                           "push": f"127.0.0.1:{registry_port}"},
-        "model_registry": f"http://{services_ip}:{MODEL_REGISTRY_PORT}",
-        "apt_repository": {
-            "base": apt,
-            "nvidia_container_toolkit": f"{apt}/libnvidia-container",
-            "nvidia_container_toolkit_gpgkey": f"{apt}/libnvidia-container/gpgkey",
-            # `{distro}` as in NVIDIA's own URL: debian12 and debian13, each with its key
-            "cuda": f"{apt}/compute/cuda/repos/{{distro}}/x86_64",
-        },
-    }
+def standin_files() -> dict[str, Path]:
+    """The stand-in Ollama's package as build-context names, `standin/<module>.py`: its
+    sources only (no __pycache__), each one in the image recipe's hash."""
+    return {f"standin/{p.name}": p for p in sorted((REPO / "lab/ollama/standin").glob("*.py"))}
 
 
 def wait_http(url: str, what: str, timeout: float) -> None:

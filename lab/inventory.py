@@ -13,14 +13,9 @@ from __future__ import annotations
 import json
 import pprint
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lab.dns import host_name
-from lab.fleet import REPO, endpoints
-
-if TYPE_CHECKING:
-    from lab.fleet import Lab
-
+from lab.state import REPO, LabState, endpoints
 
 
 def inventory_path(lab_name: str) -> Path:
@@ -29,7 +24,7 @@ def inventory_path(lab_name: str) -> Path:
     return REPO / "inventory" / f"lab{suffix}.py"
 
 
-def inventory_data(lab: Lab, state: dict) -> dict:
+def inventory_data(lab: LabState, state: dict) -> dict:
     """The data every lab host gets: SSH access and the lab's mirrors."""
     ep = endpoints(state["services_ip"], state["spec"]["registry_port"])
     apt = ep["apt_repository"]
@@ -49,7 +44,7 @@ def inventory_data(lab: Lab, state: dict) -> dict:
     }
 
 
-def render_inventory(lab: Lab, state: dict, by_name: bool = False) -> str:
+def render_inventory(lab: LabState, state: dict, by_name: bool = False) -> str:
     """The inventory's text; BY_NAME: each host's ssh_hostname is its lab DNS name."""
     common = inventory_data(lab, state)
     groups: dict[str, list] = {"gpu_servers": [], "lb_servers": []}
@@ -74,7 +69,7 @@ def render_inventory(lab: Lab, state: dict, by_name: bool = False) -> str:
     return "\n".join(lines)
 
 
-def write_inventory(lab: Lab, state: dict, by_name: bool = False) -> None:
+def write_inventory(lab: LabState, state: dict, by_name: bool = False) -> None:
     text = render_inventory(lab, state, by_name=by_name)
     path = inventory_path(lab.name)
     if not path.exists() or path.read_text() != text:
@@ -82,7 +77,7 @@ def write_inventory(lab: Lab, state: dict, by_name: bool = False) -> None:
         path.write_text(text)
 
 
-def remove_inventory(lab: Lab) -> None:
+def remove_inventory(lab: LabState) -> None:
     """Remove inventory/lab.py if this lab wrote it."""
     path = inventory_path(lab.name)
     if path.exists() and f"for the lab {lab.name!r}" in path.read_text():

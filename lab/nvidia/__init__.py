@@ -4,17 +4,14 @@
 - :mod:`lab.nvidia.standins`: the stand-in programs (nvidia-smi, nvidia-ctk, ...)
 - :mod:`lab.nvidia.packages`: the .deb packages, real names and versions
 - :mod:`lab.nvidia.repo`: signed flat apt repositories laid out like NVIDIA's (``build_repos``)
+
+The package re-exports only what hardware and packages define: ``repo`` imports
+``packages``, so the package importing ``repo`` back would make a circle; import
+``build_repos`` from :mod:`lab.nvidia.repo`.
 """
 
 from lab.nvidia.hardware import MODELS, gpu_uuid, gpus_json, simulated_gpus
 from lab.nvidia.packages import DRIVER_BRANCHES, TOOLKIT_VERSIONS, deb_version
 
-__all__ = ["DRIVER_BRANCHES", "MODELS", "TOOLKIT_VERSIONS", "build_repos", "deb_version",
-           "gpu_uuid", "gpus_json", "simulated_gpus"]
-
-
-def build_repos(*args, **kwargs):
-    """See :func:`lab.nvidia.repo.build_repos`."""
-    from lab.nvidia.repo import build_repos as _build_repos
-
-    return _build_repos(*args, **kwargs)
+__all__ = ["DRIVER_BRANCHES", "MODELS", "TOOLKIT_VERSIONS", "deb_version", "gpu_uuid",
+           "gpus_json", "simulated_gpus"]

@@ -181,7 +181,9 @@ def stack(built):
               env={"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_LAB_VERSION": OLLAMA_VERSION,
                    "OLLAMA_LAB_REGISTRY": "http://registry:8081",
                    "OLLAMA_LAB_TOKEN_DELAY": "0"},
-              files={REPO / "lab/ollama/ollama.py": "/usr/local/bin/ollama"})
+              # the launcher finds the package beside it, as in the checkout
+              files={REPO / "lab/ollama/ollama.py": "/usr/local/bin/ollama",
+                     REPO / "lab/ollama/standin": "/usr/local/bin/standin"})
         s.run("redis", built["redis"], *REDIS_COMMAND, options=("-v", f"{s.volume}:/data"))
         s.run("app", built["app"],
               env={"OLLAMA_BASE_URL": "http://ollama:11434", "OLLAMA_MODEL": MODEL,

@@ -5,25 +5,22 @@ in parts (server/download.go Prepare), read at v0.6.8 / v0.7.1."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-OLLAMA_PY = Path(__file__).resolve().parents[2] / "lab" / "ollama" / "ollama.py"
+from lab.ollama.standin import download, pull, registry
+
 MT = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 @pytest.fixture(scope="module")
 def ollama():
-    spec = importlib.util.spec_from_file_location("lab_ollama_standin_unit", OLLAMA_PY)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    """The stand-in's pieces these rules live in (lab/ollama/standin): the manifest's
+    re-encoding (pull), the pull's error (registry), the parts of a blob (download)."""
+    return SimpleNamespace(go_manifest=pull.go_manifest, PullError=registry.PullError,
+                           part_sizes=download.part_sizes, BlobPart=download.BlobPart)
 
 
 def _layer(n: int) -> dict:

@@ -1,0 +1,54 @@
+"""The running server's state: its store, GPU discovery, scheduler and settings.
+
+``serve`` makes it once, as STATE; the handlers read it there (``state.STATE``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .discover import Discovery, _gpu_count
+from .envconfig import (
+    LAB_DIR,
+    env_bool,
+    env_uint,
+    env_var,
+    keep_alive_default_ns,
+    lab_version,
+    models_dir,
+)
+from .scheduler import Scheduler
+from .store import Store
+
+
+class ServerState:
+    def __init__(self):
+        self.store = Store(models_dir())
+        self.discovery = Discovery()
+        # defaultModelsPerGPU (3) per GPU; on CPU the one CPU "GPU" of GetGPUInfo
+        gpus = _gpu_count() if self.discovery.on_gpu else 0
+        self.sched = Scheduler(
+            num_parallel=env_uint("OLLAMA_NUM_PARALLEL", 1) or 1,
+            max_queue=env_uint("OLLAMA_MAX_QUEUE", 512),
+            max_loaded=env_uint("OLLAMA_MAX_LOADED_MODELS", 0) or 3 * max(1, gpus),
+            keep_alive_ns=keep_alive_default_ns(),
+        )
+        self.sched.on_gpu = self.discovery.on_gpu
+        self.version = lab_version()
+        self.unhealthy_env = env_bool("OLLAMA_LAB_UNHEALTHY")
+        self.loopback = True
+        self.origins = _allowed_origins()
+
+    def unhealthy(self) -> bool:
+        return self.unhealthy_env or os.path.exists(os.path.join(LAB_DIR, "lab-unhealthy"))
+
+
+STATE: ServerState | None = None
+
+
+def _allowed_origins() -> list[str]:
+    origins = [o.strip() for o in env_var("OLLAMA_ORIGINS").split(",") if o.strip()]
+    for h in ("localhost", "127.0.0.1", "0.0.0.0"):
+        origins += [f"http://{h}", f"https://{h}", f"http://{h}:*", f"https://{h}:*"]
+    origins += ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+    return origins
