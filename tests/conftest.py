@@ -65,3 +65,19 @@ def backup_lab():
                 proc = run.result()
                 assert proc.returncode == 0, proc.output[-4000:]
         yield lab
+
+
+SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs): every test of a
+    lab runs in the worker that started that lab. A shared lab's modules are one group
+    (the lab is set up once, in one worker); every other lab module is a group of its own
+    (its module-scoped lab is set up once). Unit tests stay free to go anywhere."""
+    for item in items:
+        if item.get_closest_marker("lab") is None:
+            continue
+        shared = [name for name in SHARED_LABS if name in item.fixturenames]
+        group = shared[0] if shared else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
