@@ -68,16 +68,35 @@ def backup_lab():
 
 
 SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
+# Seconds each group took in one serial run on the 2-core machine (December 2026): the
+# longest start first, so that two workers end together (xdist hands out groups in order).
+GROUP_SECONDS = {
+    "tests.lab.test_rolling": 620, "deploy_lab": 420, "tests.lab.test_deploy_faults": 360,
+    "backup_lab": 330, "tests.lab.test_models": 300, "tests.lab.test_gate": 200,
+    "tests.lab.test_prod_shape": 190, "core_lab": 180, "tests.lab.test_driver_debian12": 120,
+    "tests.lab.test_lab_lifecycle": 80, "tests.lab.test_app_images": 70,
+}
+
+
+def lab_group(item: pytest.Item) -> str | None:
+    """The xdist group of a lab test (None for a unit test): its shared lab, else its
+    module, whose lab is module-scoped."""
+    if item.get_closest_marker("lab") is None:
+        return None
+    shared = [name for name in SHARED_LABS if name in item.fixturenames]
+    return shared[0] if shared else item.module.__name__
 
 
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs): every test of a
-    lab runs in the worker that started that lab. A shared lab's modules are one group
-    (the lab is set up once, in one worker); every other lab module is a group of its own
-    (its module-scoped lab is set up once). Unit tests stay free to go anywhere."""
+    """With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs the lab tests): every
+    test of a lab runs in the worker that started that lab, and the longest labs start
+    first. A shared lab's modules are one group (the lab is set up once, in one worker);
+    every other lab module is a group of its own. Within a group, file order is kept."""
+    groups = {id(item): lab_group(item) for item in items}
     for item in items:
-        if item.get_closest_marker("lab") is None:
-            continue
-        shared = [name for name in SHARED_LABS if name in item.fixturenames]
-        group = shared[0] if shared else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        if groups[id(item)] is not None:
+            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    position = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (groups[id(item)] is None,
+                                 -GROUP_SECONDS.get(groups[id(item)] or "", 0),
+                                 groups[id(item)] or "", position[id(item)]))
