@@ -1,9 +1,16 @@
 """An example production fleet. Copy it, put in your servers, run:
 
-    pyinfra inventory/prod.py deploy.py
+    pyinfra inventory/prod.py deploy.py              # from a checkout
+    ollama-fleet inventory/prod.py check             # installed: validate, touching nothing
+    ollama-fleet inventory/prod.py deploy            # installed: the same deploy
 
 Every module-level list is a pyinfra group; data set per host here overrides
 group_data/<group>.py, which overrides group_data/all.py. Knobs: README.md.
+
+The names (example.net) and the address (192.0.2.0/24, RFC 5737) are for documentation
+only: put in yours. Secrets are never written here: the front door's certificate, key
+and API keys are named by reference (a file on the machine you deploy from, or an
+environment variable there) and read when the deploy runs.
 """
 
 gpu_servers = [
@@ -22,9 +29,24 @@ gpu_servers = [
     ("cpu-b1.example.net", {"gpu_count": 0, "ollama_models": ["tinyllama", "all-minilm"]}),
 ]
 
-# The fleet's front door (nginx in front of every gpu_servers host).
+# The fleet's front door (nginx in front of every gpu_servers host), and its gate: the
+# fleet's one entry, so TLS and API keys are here (the GPU hosts behind it let only the
+# front door in, and need neither).
 lb_servers = [
-    # By address: the GPU hosts' nginx lets only their front doors in (nginx allows
-    # addresses, not names; a front door reached by name needs nginx_allow on them).
-    ("lb-1.example.net", {"ssh_hostname": "10.0.0.5"}),
+    ("lb-1.example.net", {
+        # By address: the GPU hosts' nginx lets only their front doors in (nginx allows
+        # addresses, not names; a front door reached by name needs nginx_allow on them).
+        "ssh_hostname": "192.0.2.10",
+        # TLS with your certificate for the name clients use (here llm.example.net) and
+        # its key: paths on the machine you deploy from; the key is kept mode 600 on the
+        # host. Plain HTTP answers 308 to https.
+        "nginx_tls": "files",
+        "nginx_tls_cert": "~/fleet-secrets/llm.example.net.crt",
+        "nginx_tls_key": "~/fleet-secrets/llm.example.net.key",
+        # API keys, one `name key` line each; edit the file and re-run to rotate them.
+        "nginx_api_keys": {"file": "~/fleet-secrets/api-keys"},
+        # Admin keys (pull, delete, copy, create, push), from an environment variable of
+        # keys separated by spaces, as a CI secret store would set it.
+        "nginx_admin_keys": {"env": "FLEET_ADMIN_KEYS"},
+    }),
 ]

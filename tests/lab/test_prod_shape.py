@@ -1,37 +1,59 @@
 """inventory/prod.py as written, on a lab fleet of its shape: a per-GPU host, a host with
-one instance holding both its GPUs, a CPU host and a front door; the GPU hosts serve
-other models than the CPU host, and the front door routes each request by its model.
-Each prod host's data is kept; only what points at the lab changes (addresses, the
-lab's mirrors, the GPU count the lab host has, the network fan-out may copy over).
+one instance holding both its GPUs, a CPU host and a front door with its gate (TLS and
+API keys); the GPU hosts serve other models than the CPU host, and the front door routes
+each request by its model. Each prod host's data is kept; only what points at the lab
+changes (addresses, the lab's mirrors, the GPU count the lab host has, the network
+fan-out may copy over) and the secrets prod.py names by reference: the lab's certificate
+for the front door (from the lab's CA) and keys generated here, in files.
 
-Clients are the official `ollama` and `openai` Python clients, as applications use them."""
+Clients are the official `ollama` and `openai` Python clients, as applications use them:
+over https, the certificate verified against the lab's CA, with an API key."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import runpy
+import secrets
+import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import ollama
 import openai
 import pytest
 
 from lab.loadgen import LoadGenerator
 from tests.conftest import running_lab
-from tests.labfleet import REPO, poll
+from tests.labfleet import REPO, lab_cli, poll
 
 pytestmark = pytest.mark.lab
 
 NAME = "fleetlab-prod"
+FRONT_NAME = f"llm.{NAME}.test"  # the front door's name in the lab's DNS, on its certificate
+LAB_CA = "/root/fleetlab-ca.pem"  # the lab's CA certificate, copied onto the front door
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("prod-secrets")
     with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
                      "--lb-hosts", "1", "--registry-port", "5061",
                      "--model-scale", "0.1") as lab:
+        tls = json.loads(lab_cli("cert", "lb-1", name=NAME).stdout)
+        # keys as operators make them (`openssl rand -hex 32`: 64 characters), longer than
+        # nginx's default map hash bucket holds: the gate sets its own
+        lab.ca, lab.key = tls["ca"], secrets.token_hex(32)
+        (keys / "api-keys").write_text(f"# name key\napp {lab.key}\n")
+        (keys / "admin-keys").write_text(f"# name key\nops {secrets.token_hex(32)}\n")
+        # what prod.py names by reference (a path, a file, an environment variable), here
+        given = {"nginx_tls_cert": tls["cert"], "nginx_tls_key": tls["key"],
+                 "nginx_api_keys": {"file": str(keys / "api-keys")},
+                 "nginx_admin_keys": {"file": str(keys / "admin-keys")}}
         prod = runpy.run_path(str(REPO / "inventory" / "prod.py"))
         labs = runpy.run_path(lab.inventory)
         network = _network(lab)
@@ -42,6 +64,10 @@ def fleet():
                 data = {**prod_data, **lab_data}  # the lab's connection, gpu_count, mirrors
                 if group == "gpu_servers":
                     data["ollama_fanout_allow"] = [network]
+                else:  # prod's front door has its gate: TLS from files, API and admin keys
+                    assert prod_data["nginx_tls"] == "files", prod_data
+                    assert set(given) <= set(prod_data), sorted(set(given) - set(prod_data))
+                    data.update(given)
                 copied.append((name, data))
             groups[group] = copied
         path = REPO / "inventory" / f"lab-{NAME}-prod.py"
@@ -50,6 +76,8 @@ def fleet():
         try:
             proc = lab.pyinfra("deploy.py", inventory=lab.prod_inventory)
             assert proc.returncode == 0, proc.output[-4000:]
+            ca = Path(lab.ca).read_text().strip()
+            lab.ssh("lb-1", f"cat > {LAB_CA} <<'EOF'\n{ca}\nEOF")
             yield lab
         finally:
             path.unlink(missing_ok=True)
@@ -79,7 +107,62 @@ def test_each_host_runs_the_topology_prod_gives_it(fleet):
 
 
 def front(fleet) -> str:
-    return f"http://{fleet.host('lb-1')['address']}"
+    """The front door over TLS (its certificate names its address too)."""
+    return f"https://{fleet.host('lb-1')['address']}"
+
+
+def native_client(fleet, timeout: float) -> ollama.Client:
+    return ollama.Client(host=front(fleet), timeout=timeout,
+                         verify=ssl.create_default_context(cafile=fleet.ca),
+                         headers={"Authorization": f"Bearer {fleet.key}"})
+
+
+def openai_client(fleet, timeout: float) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{front(fleet)}/v1", api_key=fleet.key, timeout=timeout,
+                         max_retries=0, http_client=httpx.Client(
+                             verify=ssl.create_default_context(cafile=fleet.ca),
+                             timeout=timeout))
+
+
+def on_front_door(path: str) -> str:
+    """A URL of the front door's gate asked from the front door itself (loopback, where
+    the gate lets admin calls in without a key): by its name, over TLS, verified."""
+    return (f"--cacert {LAB_CA} --resolve {FRONT_NAME}:443:127.0.0.1 "
+            f"https://{FRONT_NAME}{path}")
+
+
+class KeyedLoad(LoadGenerator):
+    """lab.loadgen's load (the same requests, counted the same way) over TLS verified
+    against CA, with an API key."""
+
+    def __init__(self, url: str, model: str, *, ca: str, key: str, **kwargs) -> None:
+        super().__init__(url, model, **kwargs)
+        self.port = urlsplit(url).port or 443
+        self.context = ssl.create_default_context(cafile=ca)
+        self.key = key
+
+    def _one(self, stream: bool) -> None:
+        body = json.dumps({"model": self.model, "prompt": "load", "stream": stream,
+                           "options": {"num_predict": self.num_predict}})
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                           timeout=self.request_timeout)
+        try:
+            conn.request("POST", "/api/generate", body, {
+                "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
+            response = conn.getresponse()
+            if response.status != 200:
+                self._record(False, stream, False, f"HTTP {response.status}: "
+                             f"{response.read()[:200]!r}")
+                return
+            lines = [json.loads(raw) for raw in response if raw.strip()]
+            done = bool(lines) and lines[-1].get("done") is True
+            error = next((line["error"] for line in lines if "error" in line), "")
+            self._record(done and not error, stream, stream and not done,
+                         error or ("" if done else "stream ended before done"))
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            self._record(False, stream, stream, f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
 
 
 def host_models(fleet, host: str) -> list[str]:
@@ -99,11 +182,10 @@ def test_each_host_serves_the_models_prod_gives_it(fleet):
 
 
 def test_the_front_door_lists_the_fleets_models_and_what_is_loaded(fleet):
-    client = ollama.Client(host=front(fleet), timeout=30)
+    client = native_client(fleet, timeout=30)
     assert sorted(m.model for m in client.list().models) == \
         ["all-minilm:latest", "llama3.2:1b", "tinyllama:latest"]
-    ids = [m.id for m in openai.OpenAI(base_url=f"{front(fleet)}/v1", api_key="unused",
-                                       timeout=30).models.list()]
+    ids = [m.id for m in openai_client(fleet, timeout=30).models.list()]
     assert sorted(ids) == ["all-minilm:latest", "llama3.2:1b", "tinyllama:latest"]
     # prod keeps llama3.2:1b warm on the GPU hosts: loaded on every instance, kept
     assert "llama3.2:1b" in [m.model for m in client.ps().models]
@@ -115,10 +197,10 @@ def test_the_front_door_lists_the_fleets_models_and_what_is_loaded(fleet):
             assert kept.get("llama3.2:1b", "")[:4] >= "2200", (host, port, kept)
 
 
-def _mixed_calls(base: str):
+def _mixed_calls(fleet):
     """One of each kind of request applications send, for both model sets."""
-    native = ollama.Client(host=base, timeout=60)
-    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60, max_retries=0)
+    native = native_client(fleet, timeout=60)
+    oai = openai_client(fleet, timeout=60)
 
     def native_stream(model):
         parts = list(native.chat(model=model, messages=[{"role": "user", "content": "hi"}],
@@ -146,7 +228,7 @@ def _mixed_calls(base: str):
 
 
 def test_a_mixed_load_through_the_front_door_gets_no_404_and_no_failure(fleet):
-    calls = _mixed_calls(front(fleet)) * 6
+    calls = _mixed_calls(fleet) * 6
     failures = []
 
     def call(fn):
@@ -162,12 +244,11 @@ def test_a_mixed_load_through_the_front_door_gets_no_404_and_no_failure(fleet):
 
 def test_a_model_nobody_serves_gets_one_clear_404_from_the_front_door(fleet):
     with pytest.raises(ollama.ResponseError) as native:
-        ollama.Client(host=front(fleet), timeout=30).generate(model="nothere:7b", prompt="hi")
+        native_client(fleet, timeout=30).generate(model="nothere:7b", prompt="hi")
     assert native.value.status_code == 404
     assert native.value.error == 'model "nothere:7b" not found: no host of this fleet serves it'
     with pytest.raises(openai.NotFoundError) as oai:
-        openai.OpenAI(base_url=f"{front(fleet)}/v1", api_key="unused", timeout=30,
-                      max_retries=0).chat.completions.create(
+        openai_client(fleet, timeout=30).chat.completions.create(
             model="nothere:7b", messages=[{"role": "user", "content": "hi"}])
     assert "no host of this fleet serves it" in str(oai.value)
 
@@ -175,35 +256,37 @@ def test_a_model_nobody_serves_gets_one_clear_404_from_the_front_door(fleet):
 def test_admin_calls_through_the_front_door_go_only_to_a_named_host(fleet):
     # from the front door's own loopback, where the gate lets admin calls in without a key
     _, out, _ = fleet.ssh("lb-1", "curl -sS -m 10 -o /dev/stderr -w '%{http_code}' -X DELETE "
-                          "http://127.0.0.1/api/delete -d '{\"model\":\"tinyllama\"}'")
+                          f"{on_front_door('/api/delete')} -d '{{\"model\":\"tinyllama\"}}'")
     assert out == "403"
     _, out, err = fleet.ssh("lb-1", "curl -sS -m 10 -w '%{http_code}' -X POST "
-                            "http://127.0.0.1/api/copy -H 'X-Fleet-Host: cpu-1' "
+                            f"{on_front_door('/api/copy')} -H 'X-Fleet-Host: cpu-1' "
                             "-d '{\"source\":\"tinyllama\",\"destination\":\"spare\"}'")
     assert out.endswith("200"), (out, err)
     try:
         assert "spare:latest" in host_models(fleet, "cpu-1")
         assert "spare:latest" not in host_models(fleet, "gpu-1")
     finally:
-        fleet.ssh("lb-1", "curl -sS -m 10 -X DELETE http://127.0.0.1/api/delete "
+        fleet.ssh("lb-1", f"curl -sS -m 10 -X DELETE {on_front_door('/api/delete')} "
                           "-H 'X-Fleet-Host: cpu-1' -d '{\"model\":\"spare\"}'")
     assert host_models(fleet, "cpu-1") == CPU_MODELS
 
 
 def test_every_request_through_the_front_door_is_answered(fleet):
-    with LoadGenerator(front(fleet), "llama3.2:1b", threads=3, num_predict=8,
-                       max_requests=60, max_seconds=120) as load:
+    with KeyedLoad(front(fleet), "llama3.2:1b", ca=fleet.ca, key=fleet.key, threads=3,
+                   num_predict=8, max_requests=60, max_seconds=120) as load:
         poll(lambda: load.stats.sent >= 60, timeout=130, what="60 requests sent")
     assert load.stats.sent >= 60, load.stats.summary()
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
 
 
 def test_official_clients_call_the_front_door_by_its_dns_name(fleet):
-    """`http://llm.fleetlab-prod.test`, as an application names the fleet (tests/lab/
-    clients.py, run under the lab's resolver): the front door and the GPU hosts' nginx
-    behind it send Ollama a Host it accepts."""
-    proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"http://llm.{NAME}.test",
-                         "--model", "llama3.2:1b", check=False)
+    """`https://llm.fleetlab-prod.test`, as an application names the fleet (tests/lab/
+    clients.py, run under the lab's resolver), its certificate verified against the lab's
+    CA, with an API key: the front door and the GPU hosts' nginx behind it send Ollama a
+    Host it accepts."""
+    proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"https://{FRONT_NAME}",
+                         "--model", "llama3.2:1b", "--ca", fleet.ca, "--key", fleet.key,
+                         check=False)
     answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     assert proc.returncode == 0, proc.output[-3000:]
     assert answer.pop("address") == fleet.host("lb-1")["address"]
