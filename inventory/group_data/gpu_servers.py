@@ -17,8 +17,8 @@ ollama_keep_alive = "30m"
 
 # Models cross the internet once: one server pulls, the others copy from it over the
 # LAN. The servers are named, not numbered, here, so say which network may copy.
-ollama_fanout_allow = ["10.0.0.0/16"]
+ollama_fanout_allow = ["198.51.100.0/24"]  # a documentation range: put your LAN here
 
 # Behind a front door only it, loopback and the host's app services may call the API;
 # widen it with addresses or networks ([] lets everyone in):
-# nginx_allow = ["10.0.1.0/24"]
+# nginx_allow = ["203.0.113.0/24"]

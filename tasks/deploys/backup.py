@@ -1,4 +1,4 @@
-"""The on-host part of `python -m ollama_fleet.tasks.steps.backup INVENTORY backup HOST`.
+"""The on-host part of `ollama-fleet INVENTORY backup HOST`.
 
 Run by that command (`pyinfra -y INVENTORY tasks/deploys/backup.py --limit HOST`), which
 writes the job (tarball name, where to fetch it to) to the file named by

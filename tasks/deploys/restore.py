@@ -1,4 +1,4 @@
-"""The on-host part of `python -m ollama_fleet.tasks.steps.backup INVENTORY restore HOST TARBALL`.
+"""The on-host part of `ollama-fleet INVENTORY restore HOST TARBALL`.
 
 Run by that command (`pyinfra -y INVENTORY tasks/deploys/restore.py --limit HOST`) once
 it has checked the tarball; the job (tarball, what it holds) is in the file named by
