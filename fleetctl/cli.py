@@ -161,10 +161,22 @@ def _env_yes() -> bool:
 
 
 def _ask(question: str) -> str:
-    """The question on stderr (stdout stays the command's output), the answer from stdin."""
-    sys.stderr.write(question)
-    sys.stderr.flush()
-    line = sys.stdin.readline()
+    """The question on stderr (stdout stays the command's output), or on the terminal
+    itself when stderr goes to a file (`... 2>&1 | tee run.log`); the answer from stdin."""
+    tty = None
+    if not sys.stderr.isatty():
+        try:
+            tty = open("/dev/tty", "w")  # noqa: SIM115 (closed below)
+        except OSError:
+            tty = None
+    out = tty or sys.stderr
+    try:
+        out.write(question)
+        out.flush()
+        line = sys.stdin.readline()
+    finally:
+        if tty is not None:
+            tty.close()
     if not line:
         raise EOFError
     return line
@@ -189,7 +201,8 @@ def confirm(question: str, yes: bool, ask: Callable[[str], str] = _ask,
 
 
 def _on_terminal() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
+    """Someone to answer: stdin is a terminal (where the question goes: see _ask)."""
+    return sys.stdin.isatty()
 
 
 def declined(command: str) -> int:

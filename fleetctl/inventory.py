@@ -10,6 +10,7 @@ command before it touches any host.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,8 @@ READ_TIMEOUT_S = 300
 # `pip install --user`, a system package): the `pyinfra` script may be elsewhere. The
 # interpreter's first path entry (the working folder, for -c) is dropped, as a script's
 # would be its own folder: a ./pyinfra.py of the operator's must not shadow pyinfra.
-PYINFRA = [sys.executable, "-c", "import sys; sys.path.pop(0); sys.argv[0] = 'pyinfra'; "
+PYINFRA = [sys.executable, "-c", "import os, sys; "
+           "sys.path[0] in ('', os.getcwd()) and sys.path.pop(0); sys.argv[0] = 'pyinfra'; "
            "from pyinfra_cli.main import main; sys.exit(main())"]
 
 
@@ -73,7 +75,7 @@ def read_inventory(inventory: str, data: dict[str, Any] | None = None,
     if not path.is_file():
         raise UsageError(f"{inventory}: no such inventory file")
     try:
-        proc = subprocess.run([*PYINFRA, "--config", str(CONFIG), str(path.resolve()),
+        proc = subprocess.run([*PYINFRA, "--config", str(CONFIG), os.path.abspath(path),
                                "debug-inventory", "--json", *data_args(data or {})],
                               stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)
@@ -114,7 +116,7 @@ def load(inventory: str, data: dict[str, Any] | None = None) -> Fleet:
     hosts = read_inventory(inventory, data)
     try:
         return build(((h["name"], h["groups"], h["data"]) for h in hosts),
-                     inventory=inventory, path=str(Path(inventory).resolve()), data=data)
+                     inventory=inventory, path=os.path.abspath(inventory), data=data)
     except SettingsError as exc:
         raise UsageError(f"{inventory}: invalid inventory data, no host was changed: "
                          + "; ".join(exc.problems)) from None

@@ -1,8 +1,9 @@
 """The one way an operator command runs pyinfra: a child `pyinfra` process, streamed.
 
-Every command that changes hosts runs a deploy file (deploy.py, or one of tasks/'s
-own) with pyinfra's CLI, `--limit`ed to the hosts of this step, from the project's
-root (so config.py and group_data/ apply as in `pyinfra INV deploy.py`). pyinfra
+Every command that changes hosts runs a deploy file (deploy.py, or one of tasks/deploys/)
+with pyinfra's CLI, `--limit`ed to the hosts of this step, from the operator's folder
+with the package's config.py (so ./group_data and the operator's ./config.py apply as in
+`pyinfra INV deploy.py`). pyinfra
 monkey-patches the standard library with gevent, so it stays in its own process.
 Its output is shown as it happens, each line indented under the step that ran it,
 and kept so that a failure can be named in one line.
@@ -125,6 +126,7 @@ def run_pyinfra(fleet: Fleet, deploy: str, limit: Sequence[str], data: dict[str,
     for name in limit:
         cmd += ["--limit", name]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYINFRA_PROGRESS": "off"}
+    env.pop("PYINFRA_YES", None)  # -y or --dry is on the command line: --dry must show its plan
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fleet-job-") as f:
         if job is not None and job_env:
             json.dump(job, f)

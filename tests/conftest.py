@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -9,12 +10,23 @@ from contextlib import contextmanager
 
 import pytest
 
+from lab.state import state_root
 from tests.labfleet import LabFleet, lab_cli
 
 
 @contextmanager
 def running_lab(name: str, *args: str) -> Iterator[LabFleet]:
-    """A lab started with `python -m lab up ARGS`, always taken down afterwards."""
+    """A lab started with `python -m lab up ARGS`, always taken down afterwards. Only one
+    test process may use a lab at a time: a second one (two xdist workers given the same
+    group's tests) stops here, named, instead of deploying to hosts the first one uses."""
+    root = state_root()
+    root.mkdir(parents=True, exist_ok=True)
+    in_use = open(root / f"{name}.in-use", "w")  # noqa: SIM115 (held until the lab is down)
+    try:
+        fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        in_use.close()
+        raise RuntimeError(f"lab {name} is in use by another test process") from None
     fleet = None
     try:
         lab_cli("up", *args, name=name)
@@ -25,6 +37,7 @@ def running_lab(name: str, *args: str) -> Iterator[LabFleet]:
         if fleet:
             fleet.close()
         lab_cli("down", name=name, check=False)
+        in_use.close()
 
 
 @pytest.fixture(scope="session")
@@ -69,12 +82,14 @@ def backup_lab():
 
 SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
 # Seconds each group took in one serial run on the 2-core machine (December 2026): the
-# longest start first, so that two workers end together (xdist hands out groups in order).
+# longest start first, so that two workers end together (xdist hands out groups in this
+# order with --no-loadscope-reorder; by default it would sort them by their test count).
 GROUP_SECONDS = {
     "tests.lab.test_rolling": 620, "deploy_lab": 420, "tests.lab.test_deploy_faults": 360,
     "backup_lab": 330, "tests.lab.test_models": 300, "tests.lab.test_gate": 200,
     "tests.lab.test_prod_shape": 190, "core_lab": 180, "tests.lab.test_driver_debian12": 120,
     "tests.lab.test_lab_lifecycle": 80, "tests.lab.test_app_images": 70,
+    "tests.lab.test_ollama_standin": 60, "tests.lab.test_modelregistry": 30,
 }
 
 
@@ -87,6 +102,14 @@ def lab_group(item: pytest.Item) -> str | None:
     return shared[0] if shared else item.module.__name__
 
 
+def pytest_configure(config):
+    if config.getoption("dist", "no") == "loadgroup" and int(pytest.__version__.split(".")[0]) >= 9:
+        raise pytest.UsageError("pytest-xdist 3.8 cannot keep --dist loadgroup groups "
+                                "together on pytest 9: every lab would be shared by both "
+                                "workers (pyproject pins pytest<9)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into node ids
 def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs the lab tests): every
     test of a lab runs in the worker that started that lab, and the longest labs start

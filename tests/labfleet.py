@@ -146,6 +146,18 @@ class LabFleet:
         return proc
 
 
+def tracked_copy(dest: Path) -> Path:
+    """The checkout's tracked files as they are now (links kept), copied to DEST: what a
+    clean clone would build, without the build/ and egg-info an earlier build left here."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True, timeout=60).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    packed = subprocess.run(["tar", "--null", "-T", "-", "-c"], cwd=REPO, input=files,
+                            capture_output=True, check=True, timeout=300).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=packed, check=True, timeout=300)
+    return dest
+
+
 def poll(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Call PREDICATE until it returns a truthy value or TIMEOUT seconds pass."""
     deadline = time.monotonic() + timeout

@@ -7,8 +7,10 @@ Three patches make a run faster or safer than pyinfra alone does it:
 - `ordering`: pyinfra's operation order without reading every frame's source file.
 
 They replace pyinfra internals, so they are applied only to the pyinfra minor version
-they were read against (CHECKED; pyproject.toml pins the same) and only while
-`OLLAMA_FLEET_ENGINE` is not `off`. Without them a run is slower, never different.
+they were read against (CHECKED; pyproject.toml pins the same), only while the
+definitions they replace are the ones read (PATCHED: checked at every start, a fraction
+of a second), and only while `OLLAMA_FLEET_ENGINE` is not `off`. Without them a run is
+slower, never different.
 tests/unit/test_engine.py fails when pyinfra's patched functions change.
 """
 
@@ -40,7 +42,24 @@ def enabled() -> bool:
     """Whether the patches apply here: the switch is not `off` and pyinfra is CHECKED."""
     if os.environ.get(SWITCH_ENV, "").strip().lower() in ("off", "0", "no", "false"):
         return False
-    return pyinfra_version().startswith(CHECKED + ".")
+    return minor(pyinfra_version()) == minor(CHECKED)
+
+
+def minor(version: str) -> tuple[str, ...]:
+    """"3.10.2" and "3.10" -> ("3", "10")."""
+    return tuple(version.split(".")[:2])
+
+
+def unchanged() -> list[str]:
+    """The patched definitions whose source differs from the one read (empty: none)."""
+    changed = []
+    for target, digest in PATCHED.items():
+        try:
+            if source_digest(target) != digest:
+                changed.append(target)
+        except (LookupError, OSError, SyntaxError):
+            changed.append(target)
+    return changed
 
 
 def pyinfra_version() -> str:
@@ -70,8 +89,16 @@ def source_digest(target: str) -> str:
 
 
 def install() -> bool:
-    """Apply the three patches (once; again is a no-op) where `enabled()`; say whether."""
+    """Apply the three patches (once; again is a no-op) where `enabled()` and pyinfra's
+    patched definitions are still the ones read; say whether."""
     if not enabled():
+        return False
+    changed = unchanged()
+    if changed:
+        from pyinfra import logger
+
+        logger.warning(f"ollama-fleet: pyinfra {pyinfra_version()} changed "
+                       f"{', '.join(changed)}: running without the engine patches")
         return False
     from ollama_fleet.tasks.engine import connection, ordering, probe
 

@@ -65,21 +65,52 @@ MAX_AGE_S = 60.0  # older prefetched facts are asked again: a long run sees the 
 # of them than the host's own is asked of the host.
 WHO = ("_sudo", "_sudo_user", "_su_user", "_doas", "_doas_user", "_env", "_chdir",
        "_shell_executable")
-# The only facts a remembered list may name, by exact name: ours, whose commands quote
-# every argument, and pyinfra's that take paths (quoted by pyinfra) or nothing. A list is
-# a file on the operator's machine; it must not be a way to run a command on every host.
-REMEMBERABLE = frozenset({
-    *(f"ollama_fleet.tasks.kit.facts.{name}" for name in (
-        "NvidiaGpus", "NvidiaHost", "MissingArchiveComponents", "JsonFile",
-        "ComposeContainers", "ContainerGpus", "Lines", "OllamaModels", "StoredManifests",
-        "LoadedModels", "ProvenPlacement", "SmokeAnswer", "DockerSwarmState",
-        "DockerRuntimes", "DockerImages", "ComposeStale", "DockerNetwork")),
-    "ollama_fleet.tasks.steps.backup.ModelStore", "ollama_fleet.tasks.steps.backup.PathsPresent",
-    "pyinfra.facts.files.File", "pyinfra.facts.files.Sha1File",
-    "pyinfra.facts.files.Directory", "pyinfra.facts.files.Link",
-    "pyinfra.facts.deb.DebPackages", "pyinfra.facts.server.LinuxDistribution",
-    "pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled",
-})
+# The only facts a remembered list may name, by exact name, each with the only arguments
+# it may carry: ours, whose commands quote every argument, and pyinfra's that quote what
+# they are given here (paths, service names). pyinfra's systemd facts put `machine` and
+# `user_name` into the command unquoted, so a list naming them is not read. A list is a
+# file on the operator's machine; it must not be a way to run a command on every host.
+_FACTS = "ollama_fleet.tasks.kit.facts."
+REMEMBERABLE: dict[str, frozenset[str]] = {
+    f"{_FACTS}NvidiaGpus": frozenset(), f"{_FACTS}NvidiaHost": frozenset(),
+    f"{_FACTS}MissingArchiveComponents": frozenset({"codename", "components"}),
+    f"{_FACTS}JsonFile": frozenset({"path"}),
+    f"{_FACTS}ComposeContainers": frozenset({"project"}),
+    f"{_FACTS}ContainerGpus": frozenset({"container"}), f"{_FACTS}Lines": frozenset({"path"}),
+    f"{_FACTS}OllamaModels": frozenset({"port"}),
+    f"{_FACTS}StoredManifests": frozenset({"store", "manifests"}),
+    f"{_FACTS}LoadedModels": frozenset({"address", "port"}),
+    f"{_FACTS}ProvenPlacement": frozenset({"url", "timeout", "keep_alive", "model"}),
+    f"{_FACTS}SmokeAnswer": frozenset({"url", "model"}),
+    f"{_FACTS}DockerSwarmState": frozenset(), f"{_FACTS}DockerRuntimes": frozenset(),
+    f"{_FACTS}DockerImages": frozenset({"images"}),
+    f"{_FACTS}ComposeStale": frozenset({"root", "project"}),
+    f"{_FACTS}DockerNetwork": frozenset({"network"}),
+    "ollama_fleet.tasks.steps.backup.ModelStore": frozenset({"models_path"}),
+    "ollama_fleet.tasks.steps.backup.PathsPresent": frozenset({"paths"}),
+    "pyinfra.facts.files.File": frozenset({"path"}),
+    "pyinfra.facts.files.Sha1File": frozenset({"path"}),
+    "pyinfra.facts.files.Directory": frozenset({"path"}),
+    "pyinfra.facts.files.Link": frozenset({"path"}),
+    "pyinfra.facts.deb.DebPackages": frozenset(),
+    "pyinfra.facts.server.LinuxDistribution": frozenset(),
+    "pyinfra.facts.systemd.SystemdStatus": frozenset({"services", "user_mode"}),
+    "pyinfra.facts.systemd.SystemdEnabled": frozenset({"services", "user_mode"}),
+}
+
+
+def replayable(name: str, kwargs: Any) -> bool:
+    """Whether a fact NAME asked with KWARGS may be remembered and asked again: an allowed
+    class, only its allowed arguments, each plain data (text, a number, a yes/no, or a
+    list of text)."""
+    allowed = REMEMBERABLE.get(name)
+    if allowed is None or not isinstance(kwargs, dict) or not set(kwargs) <= allowed:
+        return False
+    return all(isinstance(v, (str, int, bool)) or
+               (isinstance(v, list) and all(isinstance(i, str) for i in v))
+               for v in kwargs.values())
+
+
 _asked: dict[str, dict[str, tuple[str, dict]]] = {}  # memory file -> signature -> fact
 CACHE_ENV = "OLLAMA_FLEET_CACHE"  # where fact lists are remembered (default ~/.cache/...);
 # `off`: no memory at all
@@ -289,10 +320,10 @@ def _signature(cls: Any, kwargs: dict[str, Any]) -> tuple[str, dict] | None:
 def _remember(host: Any, cls: Any, args: tuple, kwargs: dict[str, Any]) -> None:
     if args or not _plain_fact(cls) or cls is FactBatch or not hasattr(host, "data"):
         return
-    if f"{cls.__module__}.{cls.__qualname__}" not in REMEMBERABLE or not memory_on():
+    if not memory_on():
         return
     signature = _signature(cls, kwargs)
-    if signature is None:
+    if signature is None or not replayable(*signature):
         return
     path = str(memory_file(host))
     if path not in _asked:
@@ -333,27 +364,36 @@ def own_file(path: Path) -> bool:
     """Whether PATH is a regular file (not a link) of this user's, readable by no one else:
     the only kind of fact list that is read."""
     try:
-        st = os.lstat(path)
+        return own_stat(os.lstat(path))
     except OSError:
         return False
+
+
+def own_stat(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def remembered(host: Any) -> list[Wanted]:
     """The facts the last run asked of HOST (from this machine), as prefetch wants them;
     nothing from a file that is not the operator's own (see `own_file`)."""
-    path = memory_file(host)
-    if not memory_on() or not own_file(path):
+    if not memory_on():
         return []
     try:
-        listed = json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(memory_file(host), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return []
+    with os.fdopen(fd) as f:
+        if not own_stat(os.fstat(f.fileno())):
+            return []
+        try:
+            listed = json.loads(f.read())
+        except (OSError, ValueError):
+            return []
     wanted: list[Wanted] = []
     for item in listed if isinstance(listed, list) else []:
         try:
             name, kwargs = item
-            if name not in REMEMBERABLE:
+            if not replayable(name, kwargs):
                 continue  # not a fact this deploy remembers: never run it
             module, _, cls_name = name.rpartition(".")
             cls = getattr(importlib.import_module(module), cls_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labfleet import REPO
+from tests.labfleet import REPO, tracked_copy
 
 pytestmark = pytest.mark.lab
 
@@ -36,8 +36,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900,
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = tracked_copy(tmp_path_factory.mktemp("source") / "ollama-fleet")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                           str(out), str(REPO)], capture_output=True, text=True, timeout=600)
+                           str(out), str(source)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (built,) = out.glob("ollama_fleet-*.whl")
     return built

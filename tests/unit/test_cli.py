@@ -189,6 +189,23 @@ def test_verbosity_and_diff_reach_every_pyinfra_run(inventory, monkeypatch, args
         assert Path(config).resolve() == REPO / "config.py"
 
 
+def test_pyinfra_yes_does_not_reach_a_dry_run(inventory, monkeypatch):
+    """pyinfra reads PYINFRA_YES too: a --dry child that got it would skip its plan."""
+    from ollama_fleet.fleetctl import runner
+
+    monkeypatch.setenv("PYINFRA_YES", "1")
+    seen: list[tuple[list[str], dict]] = []
+
+    def stream(cmd, env, log, timeout):
+        seen.append((cmd, env))
+        return runner.Result(0, "")
+
+    monkeypatch.setattr(runner, "_stream", stream)
+    assert main([str(inventory), "deploy", "--dry"]) == 0
+    cmd, env = seen[0]
+    assert "--dry" in cmd and "-y" not in cmd and "PYINFRA_YES" not in env
+
+
 def test_check_reads_the_inventory_offline(inventory, tmp_path, capsys):
     """`check` connects to nothing: the hosts' addresses are documentation ones, unrouted."""
     assert main([str(inventory), "check"]) == 0

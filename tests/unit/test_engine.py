@@ -34,11 +34,23 @@ def test_the_switch_turns_every_patch_off(monkeypatch, value):
     assert engine.install() is False
 
 
-def test_another_pyinfra_is_left_unpatched(monkeypatch):
+@pytest.mark.parametrize("version, patched", [("3.10.0", True), ("3.10", True),
+                                              ("3.10.7", True), ("3.11.0", False),
+                                              ("3.1", False), ("4.10.0", False)])
+def test_another_pyinfra_is_left_unpatched(monkeypatch, version, patched):
     monkeypatch.delenv(engine.SWITCH_ENV, raising=False)
-    assert engine.enabled()
-    monkeypatch.setattr(engine, "pyinfra_version", lambda: "3.11.0")
-    assert not engine.enabled()
+    monkeypatch.setattr(engine, "pyinfra_version", lambda: version)
+    assert engine.enabled() is patched
+
+
+def test_a_changed_definition_leaves_every_patch_out(monkeypatch):
+    """A pyinfra of the checked minor version whose patched function changed anyway."""
+    monkeypatch.delenv(engine.SWITCH_ENV, raising=False)
+    assert engine.unchanged() == []
+    target = "pyinfra.api.host:Host.get_fact"
+    monkeypatch.setitem(engine.PATCHED, target, "0" * 16)
+    assert engine.unchanged() == [target]
+    assert engine.install() is False
 
 
 def test_a_definition_gone_is_named():

@@ -12,6 +12,7 @@ import pytest
 import ollama_fleet
 from ollama_fleet.tasks.kit import paths
 from ollama_fleet.tasks.steps import stack
+from tests.labfleet import tracked_copy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +57,8 @@ def test_pip_install_gives_the_command_that_works_from_anywhere(tmp_path):
     (neither the checkout nor its .venv on any path): help, and a bad inventory's exit 2."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)],
+    source = tracked_copy(tmp_path / "source")  # no build/ left in the checkout goes in
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
                          capture_output=True, text=True, timeout=900)
     assert pip.returncode == 0, pip.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"

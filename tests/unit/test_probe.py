@@ -192,16 +192,53 @@ def test_a_planted_fact_that_runs_its_text_is_refused(tmp_path, monkeypatch, nam
     assert "ollama_fleet.tasks.engine.probe.FactBatch" not in probe.REMEMBERABLE
 
 
-def test_our_facts_quote_what_a_list_could_carry():
-    """Every allowed class of ours, given hostile arguments, yields a command in which they
-    stay one quoted word (or, for a port, must be a number)."""
-    from ollama_fleet.tasks.kit.facts import LoadedModels, OllamaModels
+HOSTILE = ["x; touch {mark} #", "$(touch {mark})", "`touch {mark}`", "x' ; touch {mark} ; '",
+           "x\ntouch {mark}"]
 
-    assert "'http://x; id #:1/api/ps'" in LoadedModels().command("x; id #", 1)
-    with pytest.raises(ValueError):
-        OllamaModels().command("1; id")
-    with pytest.raises(ValueError):
-        LoadedModels().command("127.0.0.1", "1; id")
+
+@pytest.mark.parametrize("name", sorted(
+    __import__("ollama_fleet.tasks.engine.probe", fromlist=["x"]).REMEMBERABLE))
+def test_no_allowed_fact_runs_a_hostile_argument(tmp_path, name):
+    """Every argument an allowed class may carry, given shell text, is run here as the
+    batch would run it on a host: the text stays data (or is refused), nothing runs."""
+    import importlib
+    import inspect
+
+    from ollama_fleet.tasks.engine import probe
+
+    module, _, cls_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = inspect.signature(cls().command).parameters
+    allowed = probe.REMEMBERABLE[name]
+    assert allowed <= set(params), f"{name}: allows arguments its command has not"
+    for arg in sorted(allowed):
+        for n, text in enumerate(HOSTILE):
+            mark = tmp_path / f"{cls_name}-{arg}-{n}"
+            lists = ("components", "manifests", "images", "paths", "services")
+            kwargs = {a: (params[a].default if isinstance(params[a].default, bool) else
+                          ["x"] if a in lists else "x") for a in allowed}
+            hostile = text.format(mark=mark)
+            kwargs[arg] = [hostile] if arg in lists else hostile
+            if not probe.replayable(name, kwargs):
+                continue  # refused before it could run
+            try:
+                command, _ = probe._command(cls(), kwargs)
+            except (ValueError, TypeError):
+                continue  # refused: a port must be a number
+            subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True,
+                           timeout=20, env={**os.environ, "PATH": os.environ["PATH"]})
+            assert not mark.exists(), f"{name}({arg}={hostile!r}) ran a command"
+
+
+def test_systemd_facts_may_not_name_a_machine_or_user():
+    """pyinfra's systemd facts put `machine` and `user_name` into the command unquoted."""
+    from ollama_fleet.tasks.engine import probe
+
+    name = "pyinfra.facts.systemd.SystemdStatus"
+    assert probe.replayable(name, {"services": ["docker.service"], "user_mode": False})
+    assert not probe.replayable(name, {"machine": "x; id #"})
+    assert not probe.replayable(name, {"services": ["a"], "user_name": "x; id #"})
+    assert not probe.replayable(name, {"services": [{"nested": 1}]})
 
 
 @pytest.mark.parametrize("how", ["mode 0644", "mode 0660", "a link", "another user's"])
