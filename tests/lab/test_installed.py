@@ -106,10 +106,16 @@ def image(fleet, host: str) -> str:
     return out.strip()
 
 
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The wheel in a fresh virtualenv: (its ollama-fleet, the environment to run it in)."""
+    return install(wheel, tmp_path_factory.mktemp("install"), user=False)
+
+
 def test_the_installed_wheel_checks_deploys_rolls_backs_up_and_restores(
-        backup_lab, wheel, operator_folder, tmp_path):
+        backup_lab, installed, operator_folder):
     fleet, folder = backup_lab, operator_folder
-    command, env = install(wheel, tmp_path / "install", user=False)
+    command, env = installed
     cli = [str(command), "fleet.py"]
 
     proc = run([*cli, "check", "--data", "nginx_timeout=soon"], folder, env)
@@ -156,3 +162,20 @@ def test_a_user_install_finds_its_deploy_and_templates(backup_lab, wheel, operat
     proc = run([*cli, "backup", "gpu-2", "--on-host"], operator_folder, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert MODEL in tags(backup_lab, "gpu-2")
+
+
+def test_an_operators_own_deploy_composes_the_installed_steps(backup_lab, installed,
+                                                              operator_folder):
+    """The README's example of a deploy of one's own, run by the installed pyinfra from the
+    operator's folder: the package's steps are importable and do their work there."""
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("from ollama_fleet.tasks.kit.distributions import", 1)[1]
+    example = "from ollama_fleet.tasks.kit.distributions import" + example.split("```", 1)[0]
+    (operator_folder / "my_deploy.py").write_text(example)
+    command, env = installed
+    pyinfra = command.with_name("pyinfra")
+    proc = run([str(pyinfra), "-y", "--limit", "gpu-2", "fleet.py", "my_deploy.py"],
+               operator_folder, env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _, out, _ = backup_lab.ssh("gpu-2", "systemctl is-active docker")
+    assert out.strip() == "active"
