@@ -89,12 +89,20 @@ class LoadGenerator:
             i += 1
             self._one(stream)
 
+    def _connection(self) -> http.client.HTTPConnection:
+        """A new connection for one request (a subclass may speak TLS)."""
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.request_timeout)
+
+    def _headers(self) -> dict[str, str]:
+        """Each request's headers (a subclass may add a key)."""
+        return {"Content-Type": "application/json"}
+
     def _one(self, stream: bool) -> None:
         body = json.dumps({"model": self.model, "prompt": "load", "stream": stream,
                            "options": {"num_predict": self.num_predict}})
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.request_timeout)
+        conn = self._connection()
         try:
-            conn.request("POST", "/api/generate", body, {"Content-Type": "application/json"})
+            conn.request("POST", "/api/generate", body, self._headers())
             response = conn.getresponse()
             if response.status != 200:
                 self._record(False, stream, False, f"HTTP {response.status}: "

@@ -141,28 +141,12 @@ class KeyedLoad(LoadGenerator):
         self.context = ssl.create_default_context(cafile=ca)
         self.key = key
 
-    def _one(self, stream: bool) -> None:
-        body = json.dumps({"model": self.model, "prompt": "load", "stream": stream,
-                           "options": {"num_predict": self.num_predict}})
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+    def _connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context,
                                            timeout=self.request_timeout)
-        try:
-            conn.request("POST", "/api/generate", body, {
-                "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
-            response = conn.getresponse()
-            if response.status != 200:
-                self._record(False, stream, False, f"HTTP {response.status}: "
-                             f"{response.read()[:200]!r}")
-                return
-            lines = [json.loads(raw) for raw in response if raw.strip()]
-            done = bool(lines) and lines[-1].get("done") is True
-            error = next((line["error"] for line in lines if "error" in line), "")
-            self._record(done and not error, stream, stream and not done,
-                         error or ("" if done else "stream ended before done"))
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            self._record(False, stream, stream, f"{type(exc).__name__}: {exc}")
-        finally:
-            conn.close()
+
+    def _headers(self) -> dict[str, str]:
+        return {**super()._headers(), "Authorization": f"Bearer {self.key}"}
 
 
 def host_models(fleet, host: str) -> list[str]:
