@@ -17,6 +17,7 @@ from ollama_fleet.tasks.steps import (
     apps,
     docker,
     front_door,
+    gpu_ready,
     inference,
     metrics,
     models,
@@ -40,6 +41,7 @@ toolkit_changes = nvidia_toolkit.install_container_toolkit(settings, dist)  # GP
 # daemon.json's one writer: Docker's keys merged, nvidia-ctk's runtime on the staged copy
 daemon_config = docker.configure_daemon(settings)
 docker.restart_docker([daemon_config, *toolkit_changes])
+gpu_ready.order_boot(settings, dist)  # GPU servers: Docker waits for the GPUs at every boot
 
 if "gpu_servers" in host.groups:
     stack.deploy_stack(settings, fleet)  # its nginx trusts the front doors, serves the peers

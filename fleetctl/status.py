@@ -89,6 +89,7 @@ INSPECT_FORMAT = ('{"name":{{json .Name}},'
                   '"service":{{json (index .Config.Labels "com.docker.compose.service")}},'
                   '"state":{{json .State.Status}},'
                   '"health":{{if .State.Health}}{{json .State.Health.Status}}{{else}}null{{end}},'
+                  '"health_log":{{if .State.Health}}{{json .State.Health.Log}}{{else}}null{{end}},'
                   '"image":{{json .Config.Image}},'
                   '"devices":{{json .HostConfig.DeviceRequests}}}')
 
@@ -269,11 +270,16 @@ def instance_view(name: str, port: int, container: dict[str, Any] | None,
     if f"version:{port}" not in report:
         error = "curl is not installed on the host"
     health = container.get("health")
+    log = container.get("health_log") or []
+    last = log[-1] if isinstance(log, list) and log and isinstance(log[-1], dict) else {}
     return {
         "name": name, "port": port,
         "state": container.get("state", "missing"),
         "health": health,
         "healthy": health == "healthy",
+        # why Docker's healthcheck fails (the last probe's first line), e.g. `gpu: ...`
+        "health_reason": (str(last.get("Output") or "").strip().splitlines() or [None])[0]
+        if health not in ("healthy", None) and last.get("ExitCode") else None,
         "image": container.get("image"),
         "gpus": given, "all_gpus": everything,
         "version": version.get("version") if isinstance(version, dict) else None,
@@ -418,7 +424,8 @@ def render_table(views: list[dict[str, Any]]) -> str:
             out.append(f"{pad}{i['name']:<9} :{i['port']:<5}  {_gpu_label(i):<9}  "
                        f"{_condition(i):<9}  {i['version'] or '-':<8}  "
                        f"models {_names(i['models'])}  loaded {_placed(i['placement'])}"
-                       + (f"  ({i['api_error']})" if i["api_error"] else ""))
+                       + (f"  ({i['api_error']})" if i["api_error"] else "")
+                       + (f"  [{i['health_reason']}]" if i["health_reason"] else ""))
     answered = len(views) - unreachable
     out.append(f"{len(views)} hosts: {answered} answered, {unreachable} unreachable; "
                f"{instances} Ollama instances: {healthy} healthy")

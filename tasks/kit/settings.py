@@ -277,6 +277,9 @@ class Settings(BaseModel):
         "make nvidia Docker's default runtime (--set-as-default)"))
     nvidia_toolkit_cdi: bool = Field(False, description=(
         "enable CDI in Docker and generate /var/run/cdi/nvidia.yaml"))
+    nvidia_gpu_ready_timeout: int = Field(300, ge=30, le=3600, description=(
+        "seconds Docker waits at boot for the GPU stack (nvidia-smi lists every GPU, "
+        "Fabric Manager done with the fabric) before it starts the instances anyway"))
 
     nvidia_exporter: bool = Field(False, description=(
         "run NVIDIA's DCGM exporter (GPU metrics for Prometheus) on each GPU server"))

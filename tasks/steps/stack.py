@@ -45,6 +45,12 @@ from ollama_fleet.tasks.steps import gate, models
 
 TEMPLATES = paths.TEMPLATES / "stack"
 PROJECT = "ollama"
+# The GPU instances' start wait and healthcheck (templates/stack/ollama-gpu.sh): a file of
+# the stack directory, mounted read-only into each of them.
+GPU_SCRIPT_FILE = "ollama-gpu.sh"
+GPU_SCRIPT = "/usr/local/lib/ollama-fleet/ollama-gpu.sh"
+# How long a starting GPU instance waits for its GPUs before it exits to be restarted.
+GPU_WAIT_S = 120
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
         models_dir=model_store.MODELS, bind_mount_models=model_store.bind_mounted(settings),
         upstream_address=settings.local_host(),
         drained=drained,
+        gpu_script=GPU_SCRIPT, gpu_script_file=GPU_SCRIPT_FILE, gpu_wait=GPU_WAIT_S,
         peers=[p.address for p in models.peers(fleet) if is_ip(p.address)]
         + settings.ollama_fanout_allow,
     )
@@ -96,6 +103,8 @@ def stack_files(settings: Settings, instances: list[Instance], fleet: Fleet) -> 
         "compose.yaml": render("compose.yaml.j2", settings, instances, fleet, context),
         "nginx/ollama.conf": render("ollama.conf.j2", settings, instances, fleet, context),
     }
+    if any(i.gpus for i in instances):
+        files[GPU_SCRIPT_FILE] = script_text(f"stack/{GPU_SCRIPT_FILE}")
     if settings.ollama_fanout:
         files[models.FETCH_SCRIPT] = script_text("stack/fetch-model.sh")
     if len(instances) > 1:

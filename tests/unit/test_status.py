@@ -18,6 +18,7 @@ from ollama_fleet.fleetctl.status import (
     failed_view,
     given_gpus,
     host_view,
+    instance_view,
     parse_gpus,
     parse_os_release,
     placement,
@@ -42,7 +43,7 @@ CPU_1 = HostPlan("cpu-1", ("gpu_servers",), {}, (("ollama-0", 11434),), nginx_ur
 REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "driver_version", "gpu_error",
                   "gpus", "docker_version", "docker_error", "instances", "nginx"}
 INSTANCE_KEYS = {"name", "port", "state", "health", "healthy", "image", "gpus", "all_gpus",
-                 "version", "models", "loaded", "placement", "api_error"}
+                 "version", "models", "loaded", "placement", "api_error", "health_reason"}
 
 
 def recorded(name: str, plan: HostPlan) -> dict:
@@ -87,7 +88,8 @@ def test_gpu_host_every_gpu_and_instance():
                      "all_gpus": False, "version": "0.6.8", "models": ["tinyllama:latest"],
                      "loaded": ["tinyllama:latest"],
                      "placement": [{"name": "tinyllama:latest", "size": 2097595,
-                                    "size_vram": 2097595, "on": "GPU"}], "api_error": None}
+                                    "size_vram": 2097595, "on": "GPU"}], "api_error": None,
+                     "health_reason": None}
     assert second["gpus"] == [{"index": 1, "uuid": "GPU-4a3ee2ef-9b6d-9c85-902f-a2b980567921"}]
     assert second["loaded"] == []
     assert view["nginx"] == {"url": NGINX, "ok": True, "status": 200, "error": None}
@@ -270,6 +272,21 @@ def test_table_has_fixed_columns_and_unreachable_rows():
     assert "gpu-2  unreachable: Could not connect (timed out)" in lines
     assert lines[-1] == "3 hosts: 2 answered, 1 unreachable; 3 Ollama instances: 3 healthy"
     assert exit_status(views) == 1
+
+
+def test_an_unhealthy_instance_shows_why_from_its_health_log():
+    lost = ("gpu: nvidia-smi exit 255: Failed to initialize NVML: Unknown Error\n")
+    container = {"name": "ollama-0", "state": "running", "health": "unhealthy",
+                 "health_log": [{"ExitCode": 0, "Output": "ok: 1 GPUs\n"},
+                                {"ExitCode": 1, "Output": lost}]}
+    view = instance_view("ollama-0", 11434, container, {}, [])
+    assert (view["healthy"], view["health_reason"]) == (False, lost.strip())
+    assert instance_view("ollama-0", 11434, {**container, "health": "healthy", "health_log": [
+        {"ExitCode": 0, "Output": "ok: 1 GPUs\n"}]}, {}, [])["health_reason"] is None
+    table = render_table([{**recorded("gpu-host", GPU_1), "instances": [
+        {**recorded("gpu-host", GPU_1)["instances"][0], "health": "unhealthy",
+         "healthy": False, "health_reason": lost.strip()}]}])
+    assert f"[{lost.strip()}]" in table
 
 
 def test_json_document_is_stable():
