@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("host")
 
+    fabric = sub.add_parser("fabric-delay",
+                            help="seconds Fabric Manager on GPU HOST takes to bring the NVLink "
+                                 "fabric up, from its next start (default 0)")
+    fabric.add_argument("host")
+    fabric.add_argument("seconds", type=float)
+
     cert = sub.add_parser("cert", help="a certificate for HOST from the lab's CA (JSON paths)")
     cert.add_argument("host")
 
@@ -277,6 +283,8 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         if host.name == front_door:  # the first lb host also answers as llm.<lab>.test
             names.append(dns.front_door_name(lab.name))
         print(json.dumps(issue(lab.dir, host.name, host.address, tuple(names))))
+    elif args.command == "fabric-delay":
+        lab.set_fabric_init_seconds(args.host, args.seconds)
     elif args.command == "ollama-image":
         with machine_lock():
             lab.publish_ollama_image(args.tag, fault=args.fault, pad_mb=args.pad_mb)

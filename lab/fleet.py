@@ -291,7 +291,8 @@ class Lab(LabState):
         }
         for what, url in checks.items():
             wait_http(url, what, timeout=120)
-        wait_dns(services_ip, f"services.{dns.zone(self.name)}", services_ip, timeout=60)
+        # bounded, generous: three labs starting at once on two cores slow dnsmasq's start
+        wait_dns(services_ip, f"services.{dns.zone(self.name)}", services_ip, timeout=180)
 
     def _push_images(self, spec: Spec, app_base: str, services_ip: str) -> None:
         registry = f"http://{services_ip}:{MODEL_REGISTRY_PORT}"
@@ -483,6 +484,29 @@ class Lab(LabState):
         """Power HOST off without warning."""
         # Docker's restart policy leaves a killed container off until `restore` starts it.
         docker("kill", self.host(name).container(self.name), check=False)
+
+    def set_fabric_init_seconds(self, name: str, seconds: float) -> None:
+        """How long Fabric Manager on GPU host NAME takes to bring the NVLink fabric up from
+        its next start ("fabric_init_seconds" of its /etc/fleetlab/gpus.json; 0 when never
+        set): its GPUs show Fabric State "In Progress" and CUDA answers 802 until then. The
+        file is the host's read-only bind mount, rewritten in place (same inode) so that the
+        running host sees it; recreating the host (`up` after a change) resets it to 0."""
+        host = self.host(name)
+        if not host.gpus:
+            raise LabError(f"{name}: not a GPU host")
+        if not 0 <= seconds < 86400:
+            raise LabError(f"fabric-delay: {seconds}: must be 0 .. 86399 seconds")
+        path = self.dir / "hosts" / host.name / "gpus.json"
+        try:
+            with open(path, "r+", encoding="utf-8") as f:
+                doc = json.load(f)
+                doc["fabric_init_seconds"] = int(seconds) if float(seconds).is_integer() \
+                    else seconds
+                f.seek(0)
+                f.write(json.dumps(doc, indent=2) + "\n")
+                f.truncate()
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{name}: cannot set the fabric delay in {path}: {exc}") from None
 
     # -- status / down ----------------------------------------------------
     def status(self) -> dict:

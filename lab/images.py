@@ -1,7 +1,9 @@
 """Lab images, built locally and rebuilt only when their recipe changes.
 
 - the server image: a debootstrapped Debian 13 with systemd as PID 1, sshd and
-  python3, and nothing else (no Docker, no NVIDIA software);
+  python3, and nothing else (no Docker, no NVIDIA software); its `uname` reports the
+  kernel the host booted: the newest lab kernel package installed in /boot, else the
+  machine's own (lab/recipes/host/fleetlab-booted-kernel, fleetlab-uname);
 - the app base: a minimal Debian 13 with python3 only (no curl, no wget, like
   the official Ollama image), the base of the stand-in application images;
 - the services image: the server image plus Debian's docker-registry and nginx,
@@ -70,6 +72,10 @@ SERVER = Debootstrap(
         "host/fleetlab-uptime.service": "/etc/systemd/system/fleetlab-uptime.service",
         "host/fleetlab-sshd-keygen.service": "/etc/systemd/system/fleetlab-sshd-keygen.service",
         "host/sshd-fleetlab.conf": "/etc/ssh/sshd_config.d/fleetlab.conf",
+        "host/fleetlab-booted-kernel": "/usr/local/sbin/fleetlab-booted-kernel",
+        "host/fleetlab-booted-kernel.service":
+            "/etc/systemd/system/fleetlab-booted-kernel.service",
+        "host/fleetlab-uname": "/usr/local/lib/fleetlab/uname",  # customize.sh installs it
     },
     customize="host/customize.sh",
     # The stop signal systemd wants (SIGRTMIN+3) is set on the container: import can't.

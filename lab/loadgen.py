@@ -33,12 +33,13 @@ class LoadGenerator:
 
     def __init__(self, url: str, model: str, threads: int = 4, max_requests: int = 5000,
                  max_seconds: float = 900, num_predict: int = 24,
-                 request_timeout: float = 120) -> None:
+                 request_timeout: float = 120, pause: float = 0) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port or 80
         self.model, self.threads, self.num_predict = model, threads, num_predict
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.request_timeout = request_timeout
+        self.pause = pause  # seconds each thread waits between its requests (0: none)
         self.stats = LoadStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,6 +89,8 @@ class LoadGenerator:
             stream = (n + i) % 2 == 0
             i += 1
             self._one(stream)
+            if self.pause:
+                self._stop.wait(self.pause)  # a paced client; stop() still ends it at once
 
     def _connection(self) -> http.client.HTTPConnection:
         """A new connection for one request (a subclass may speak TLS)."""

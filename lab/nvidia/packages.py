@@ -15,7 +15,13 @@ Per repository (see lab/nvidia/repo.py for the layout):
   with ``nvidia-kernel-open-dkms`` or ``nvidia-kernel-dkms``, ``nvidia-persistenced``,
   ``nvidia-fabricmanager``;
 - kernel (the Debian archive's headers): ``linux-headers-<kernel>`` for the kernel the lab
-  hosts run (the building machine's: lab hosts are containers sharing its kernel).
+  hosts run (the building machine's: lab hosts are containers sharing its kernel), and
+  ``mokutil`` (Secure Boot's state and MOK keys as the lab simulates them);
+- updates (what arrives later, served apart so that a fresh deploy installs what it always
+  did; a test enables them on a host, see ``update_packages``): the next 590 driver
+  (UPDATE_VERSION) for debian13, and the next kernel of the running one's flavour
+  (``next_kernel``): ``linux-image-<next>``, ``linux-headers-<next>`` and the flavour's
+  meta-packages at its version.
 
 The packages that carry the kernel module build it with the lab's DKMS stand-in in
 postinst, only where the running kernel's headers are installed (they only recommend
@@ -35,7 +41,9 @@ from pathlib import Path
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 
-TOOLKIT_VERSIONS = ("1.17.8", "1.18.0")
+# 1.17.x: the runtime's "auto" mode is legacy (the prestart hook); from 1.18.0 it is
+# jit-cdi (CDI edits runc knows about), see standins/nvidia_container_runtime.py
+TOOLKIT_VERSIONS = ("1.17.8", "1.18.0", "1.18.1", "1.18.2", "1.19.1")
 # debian12: cuda-drivers-<branch> of every branch; open modules, Fabric Manager and
 # nvidia-persistenced of OPEN_BRANCH
 DRIVER_BRANCHES = {"550": "550.163.01", "570": "570.172.08"}
@@ -45,6 +53,9 @@ PINNED_BRANCH = "590"
 PINNED_VERSION = "590.44.01"
 PINNED_PACKAGES = ("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-kernel-dkms",
                    "nvidia-persistenced", "nvidia-fabricmanager")
+# the in-branch release after PINNED_VERSION in NVIDIA's debian13 repository (both are
+# there upstream: NVIDIA never prunes); the lab serves it from its updates tree only
+UPDATE_VERSION = "590.48.01"
 # what dkms recommends (Debian's dkms package): never the lab's headers package, so that
 # apt does not bring the running kernel's headers by itself
 HEADERS_RECOMMENDS = "linux-headers-amd64 | linux-headers-generic"
@@ -155,6 +166,8 @@ LAB_NOTE = ("This is NOT NVIDIA software: a stand-in of the ollama-fleet lab, wh
             "simulated GPUs of /etc/fleetlab/gpus.json.")
 
 TOOLKIT_HOME = "https://github.com/NVIDIA/nvidia-container-toolkit"
+# the lab's systemd generator (systemd runs generators at boot and at every daemon-reload)
+RELOAD_GENERATOR = "/usr/lib/systemd/system-generators/fleetlab-nvidia-daemon-reload"
 
 
 def toolkit_packages(upstream: str) -> list[Package]:
@@ -188,16 +201,32 @@ def toolkit_packages(upstream: str) -> list[Package]:
                 script("nvidia_container_runtime.py", "nvidia-container-toolkit-base"),
         },
     )
+    def unit(source: str) -> tuple[bytes, int]:
+        return render_standin(source, toolkit_version=upstream,
+                              package="nvidia-container-toolkit").encode(), 0o644
+
     toolkit = Package(
         "nvidia-container-toolkit", v, "NVIDIA Container toolkit",
         "nvidia-container-runtime-hook stand-in, which dockerd runs as a prestart hook\n"
-        "for containers that request GPUs.\n\n" + LAB_NOTE,
+        "for containers that request GPUs; and, standing for systemd, what a\n"
+        "`systemctl daemon-reload` does to containers whose devices the hook injected\n"
+        "(a generator, fleetlab-nvidia-device-cgroup.path and its service).\n\n" + LAB_NOTE,
         homepage=TOOLKIT_HOME,
         depends=[f"nvidia-container-toolkit-base (= {v})",
                  "libnvidia-container-tools (>= 1.17.8-1)",
                  "libnvidia-container-tools (<< 2.0.0)", "python3"],
         files={"/usr/bin/nvidia-container-runtime-hook":
-               script("nvidia_container_runtime_hook.py", "nvidia-container-toolkit")},
+               script("nvidia_container_runtime_hook.py", "nvidia-container-toolkit"),
+               RELOAD_GENERATOR: script("nvidia-daemon-reload-generator.sh",
+                                        "nvidia-container-toolkit"),
+               "/usr/lib/fleetlab/nvidia-device-cgroup-reset":
+               script("nvidia_device_cgroup_reset.py", "nvidia-container-toolkit"),
+               "/usr/lib/systemd/system/fleetlab-nvidia-device-cgroup.path":
+               unit("fleetlab-nvidia-device-cgroup.path"),
+               "/usr/lib/systemd/system/fleetlab-nvidia-device-cgroup.service":
+               unit("fleetlab-nvidia-device-cgroup.service")},
+        scripts={"postinst": render_standin("nvidia-container-toolkit.postinst",
+                                            package="nvidia-container-toolkit")},
     )
     for pkg in (lib, tools, base, toolkit):
         pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (
@@ -214,16 +243,24 @@ def _driver_scripts(name: str, upstream: str, *, dkms: str = "", unit: str = "",
     carries the module), UNIT to enable for the next boot, the reboot note."""
     values = {"FLEETLAB_DKMS": "yes" if dkms else "no", "FLEETLAB_UNIT": unit,
               "FLEETLAB_REBOOT_NOTE": "yes" if reboot_note else "no"}
+    # prerm: what dh_dkms's prerm does (the module's version out of every kernel)
     return {script: render_standin(f"nvidia.{script}", driver_version=upstream,
                                    package=name, values=values)
-            for script in ("postinst", "postrm")}
+            for script in ("postinst", "postrm", *(("prerm",) if dkms else ()))}
+
+
+# dkms's kernel hooks (Debian's dkms installs one script under both names)
+KERNEL_HOOKS = ("/etc/kernel/postinst.d/dkms", "/etc/kernel/header_postinst.d/dkms")
 
 
 def _module_files(name: str, upstream: str, flavour: str) -> dict[str, tuple[bytes, int]]:
-    """The lab's DKMS stand-in for a package carrying the FLAVOUR kernel module."""
+    """The lab's DKMS stand-in for a package carrying the FLAVOUR kernel module, with
+    dkms's kernel hooks, which build it for a kernel (or headers) installed later."""
     script = render_standin("nvidia-dkms.sh", driver_version=upstream, package=name,
                             values={"FLEETLAB_MODULE_FLAVOUR": flavour})
+    hook = render_standin("dkms-kernel-hook.sh", package=name).encode()
     return {"/usr/lib/fleetlab/nvidia-dkms": (script.encode(), 0o755),
+            **{path: (hook, 0o755) for path in KERNEL_HOOKS},
             f"/usr/src/nvidia-{upstream}/dkms.conf": (
                 (f"# fleet lab stand-in (not NVIDIA's module source; nothing is compiled)\n"
                  f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{upstream}"\n'
@@ -254,7 +291,8 @@ MODULE_NOTE = ("The package carries the kernel module ({flavour} modules): its p
                "the lab's DKMS stand-in build it for the running kernel, only where that\n"
                "kernel's headers (linux-headers-$(uname -r), recommended, not required)\n"
                "are installed; without them the build is skipped, the install succeeds\n"
-               "and the module is missing at the next boot.")
+               "and the module is missing at the next boot. A newer kernel installed is\n"
+               "built for too, and so is one installed later (dkms's kernel hooks).")
 BOOT_NOTE = ("nvidia-smi, and fleetlab-nvidia-kmod.service, which stands for the kernel\n"
              "loading the module at boot. The package enables that service but does not\n"
              "start it: nvidia-smi works after the next reboot.")
@@ -364,23 +402,25 @@ def pinning_text(branch: str = PINNED_BRANCH) -> str:
             "Pin-Priority: 1000\n")
 
 
-def pinning_package(branch: str = PINNED_BRANCH) -> Package:
+def pinning_package(branch: str = PINNED_BRANCH, upstream: str = PINNED_VERSION) -> Package:
+    """nvidia-driver-pinning-<branch>, built with every release of the branch (its
+    content is the same: the branch's versions)."""
     name = f"nvidia-driver-pinning-{branch}"
     path = PINNING_FILE
     what = (f"apt preferences ({path}) pinning NVIDIA's driver packages to\n"
             f"branch {branch}: {', '.join(PINNED_PACKAGES)},\n"
             f"version {branch}.*, priority 1000.")
     pkg = Package(
-        name, deb_version(PINNED_VERSION), f"APT driver pinning file for driver branch {branch}",
+        name, deb_version(upstream), f"APT driver pinning file for driver branch {branch}",
         what + "\n\n" + LAB_NOTE, arch="all", section="admin", homepage=CUDA_HOME,
         files={path: (pinning_text(branch).encode(), 0o644)}, conffiles=[path],
     )
     return _with_readme(pkg, what)
 
 
-def pinned_driver_packages() -> list[Package]:
-    """NVIDIA's debian13 repository: branch 590, no branch in the names."""
-    upstream = PINNED_VERSION
+def pinned_driver_packages(upstream: str = PINNED_VERSION) -> list[Package]:
+    """NVIDIA's debian13 repository: branch 590, no branch in the names (release
+    UPSTREAM of the branch)."""
     v = deb_version(upstream)
     cuda_what = ("Simulated NVIDIA driver for compute-only (headless) systems:\n" + BOOT_NOTE
                  + "\n\nThe kernel module comes from nvidia-kernel-open-dkms or "
@@ -406,7 +446,8 @@ def pinned_driver_packages() -> list[Package]:
             files=_module_files(name, upstream, flavour),
             scripts=_driver_scripts(name, upstream, dkms=flavour),
         ), what))
-    return [pinning_package(), cuda, *kernels, persistenced_package(upstream),
+    return [pinning_package(PINNED_BRANCH, upstream), cuda, *kernels,
+            persistenced_package(upstream),
             fabricmanager_package("nvidia-fabricmanager", upstream)]
 
 
@@ -418,24 +459,60 @@ def branched_driver_packages() -> list[Package]:
             persistenced_package(upstream)]
 
 
-def kernel_package_name(kernel: str) -> str:
-    """linux-headers-<kernel>, in the characters a Debian package name may have."""
-    return "linux-headers-" + re.sub(r"[^a-z0-9.+-]", "-", kernel.lower())
+def kernel_package_name(kernel: str, kind: str = "headers") -> str:
+    """linux-<kind>-<kernel> (headers, image), in the characters a Debian package name may
+    have."""
+    return f"linux-{kind}-" + re.sub(r"[^a-z0-9.+-]", "-", kernel.lower())
 
 
-def headers_package(kernel: str | None = None) -> Package:
-    """linux-headers-<kernel>: stands for the Debian archive's headers of the kernel the
-    lab hosts run; what DKMS needs to build the NVIDIA module."""
-    kernel = kernel or os.uname().release
+def kernel_flavour(kernel: str) -> str:
+    """The release's words after its version, numbers left out (Debian's naming of the
+    flavour meta-packages: 6.1.0-28-cloud-amd64 is cloud-amd64)."""
+    return "-".join(w for w in kernel.split("-")[1:] if not w.isdigit()) or "lab"
+
+
+def kernel_package_version(kernel: str) -> str:
+    """The lab's Debian version of KERNEL's packages: its numeric version and, as the
+    revision, its ABI number where the release has one (6.1.0-28-cloud-amd64: 6.1.0-28),
+    else 1 (6.18.44-fc-v1272: 6.18.44-1). The next kernel's version is always higher."""
     numeric = re.match(r"\d+(\.\d+)*", kernel)
-    version = f"{numeric[0] if numeric else '0'}-1"
+    abi = next((w for w in kernel.split("-")[1:] if w.isdigit()), "1")
+    return f"{numeric[0] if numeric else '0'}-{abi}"
+
+
+def next_kernel(kernel: str | None = None) -> str:
+    """The lab's next kernel of KERNEL's flavour, as the Debian archive's next one would be
+    named: its ABI number one up where the release has one (6.1.0-28-cloud-amd64 ->
+    6.1.0-29-cloud-amd64), else the last number of its version (6.18.44-fc-v1272 ->
+    6.18.45-fc-v1272, 6.12.48+deb13-amd64 -> 6.12.49+deb13-amd64)."""
+    kernel = kernel or os.uname().release
+    words = kernel.split("-")
+    for i, word in enumerate(words[1:], 1):
+        if word.isdigit():
+            words[i] = str(int(word) + 1)
+            return "-".join(words)
+    m = re.match(r"^(.*?)(\d+)(\D*)$", words[0].split("+")[0])
+    if m is None:
+        raise ValueError(f"{kernel}: no version number to count up")
+    rest = words[0][len(words[0].split("+")[0]):]
+    words[0] = f"{m[1]}{int(m[2]) + 1}{m[3]}{rest}"
+    return "-".join(words)
+
+
+def headers_package(kernel: str | None = None, *, with_image: bool = False) -> Package:
+    """linux-headers-<kernel>: stands for the Debian archive's headers of a kernel; what
+    DKMS needs to build the NVIDIA module. WITH_IMAGE: it depends on the kernel's image at
+    the same version, as Debian's do; the running kernel's headers do not (the lab hosts
+    run the machine's own kernel, which no package installed)."""
+    kernel = kernel or os.uname().release
+    version = kernel_package_version(kernel)
     src = f"/usr/src/linux-headers-{kernel}"
     what = (f"Stands for the headers of kernel {kernel}:\n"
             f"/lib/modules/{kernel}/build, a link to\n"
             f"{src},\n"
             "with an include directory, which is what dkms checks for (one header, no\n"
-            "others). Its postinst has DKMS build an installed NVIDIA module for this\n"
-            "kernel, as Debian's headers package does through /etc/kernel/header_postinst.d.")
+            "others). Its postinst runs the /etc/kernel/header_postinst.d hooks, as\n"
+            "Debian's does: dkms's builds the installed NVIDIA module for this kernel.")
     note = ("This is NOT Debian's package: a stand-in of the ollama-fleet lab (one\n"
             "placeholder header). It carries the name apt looks for on a host running\n"
             "this kernel.")
@@ -444,6 +521,7 @@ def headers_package(kernel: str | None = None) -> Package:
     return Package(
         name, version, f"Header files for Linux {kernel}", what + "\n\n" + note,
         section="kernel",
+        depends=[f"{kernel_package_name(kernel, 'image')} (= {version})"] if with_image else [],
         files={f"{src}/README.fleetlab": (readme, 0o644),
                f"{src}/include/generated/utsrelease.h":
                    (f'#define UTS_RELEASE "{kernel}"\n'.encode(), 0o644)},
@@ -453,19 +531,74 @@ def headers_package(kernel: str | None = None) -> Package:
     )
 
 
-def headers_meta_package(kernel: str | None = None) -> Package:
-    """linux-headers-<flavour>: stands for Debian's meta-package that follows the kernel's
-    flavour (`linux-headers-amd64`, `linux-headers-cloud-amd64`), so that each new kernel
-    of the flavour brings its headers. The flavour is the release's words after its
-    version, numbers left out (Debian's naming)."""
+def image_package(kernel: str) -> Package:
+    """linux-image-<kernel>: stands for the Debian archive's kernel image: /boot/vmlinuz-K
+    (which the lab's boot picks as GRUB would: the newest), /boot/config-K (how dkms finds
+    the newest kernel), /lib/modules/K; its postinst runs the /etc/kernel/postinst.d hooks
+    as Debian's does (dkms's builds the NVIDIA module for K where K's headers are there)."""
+    version = kernel_package_version(kernel)
+    what = (f"Stands for the image of kernel {kernel}: /boot/vmlinuz-{kernel} (no kernel\n"
+            f"in it), /boot/config-{kernel} and /lib/modules/{kernel}. A lab host boots\n"
+            "the newest /boot/vmlinuz-* (as GRUB's default entry): `uname -r` says so\n"
+            "after its next reboot. Its postinst runs the /etc/kernel/postinst.d hooks\n"
+            "with the version and the image's path, as Debian's does.")
+    note = ("This is NOT Debian's package: a stand-in of the ollama-fleet lab. Lab hosts\n"
+            "are containers: the kernel that runs is the machine's, whatever they boot.")
+    name = kernel_package_name(kernel, "image")
+    text = f"fleet lab stand-in of Linux {kernel}: not a kernel\n".encode()
+    pkg = Package(
+        name, version, f"Linux {kernel} kernel image", what + "\n\n" + note,
+        section="kernel",
+        files={f"/boot/vmlinuz-{kernel}": (text, 0o644),
+               f"/boot/config-{kernel}": (b"# fleet lab stand-in: no kernel configuration\n",
+                                          0o644),
+               f"/boot/System.map-{kernel}": (text, 0o644),
+               f"/lib/modules/{kernel}/modules.order": (b"", 0o644)},
+        scripts={"postinst": render_standin("linux-image.postinst",
+                                            values={"FLEETLAB_KERNEL": kernel})},
+    )
+    pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (
+        f"{pkg.name} -- fleet lab stand-in\n\n{note}\n\n{what}\n".encode(), 0o644)
+    return pkg
+
+
+def flavour_package(kernel: str | None = None, kind: str = "headers") -> Package:
+    """linux-<kind>-<flavour> (headers, image): stands for Debian's meta-package that
+    follows the kernel's flavour (`linux-headers-amd64`, `linux-image-cloud-amd64`), at the
+    version of KERNEL, the flavour's current kernel, on whose package it depends: each new
+    kernel of the flavour comes with the meta-package's next version."""
     kernel = kernel or os.uname().release
-    flavour = "-".join(w for w in kernel.split("-")[1:] if not w.isdigit()) or "lab"
-    headers = kernel_package_name(kernel)
-    what = f"Depends on {headers}: the headers of the flavour's current kernel."
+    flavour = kernel_flavour(kernel)
+    target = kernel_package_name(kernel, kind)
+    what = f"Depends on {target}: the {kind} of the flavour's current kernel."
     note = "This is NOT Debian's package: a stand-in of the ollama-fleet lab."
-    pkg = Package(f"linux-headers-{flavour}", headers_package(kernel).version,
-                  f"Header files for the {flavour} kernel flavour (meta-package)",
-                  what + "\n\n" + note, section="kernel", depends=[headers])
+    title = "Header files" if kind == "headers" else "Linux"
+    pkg = Package(f"linux-{kind}-{flavour}", kernel_package_version(kernel),
+                  f"{title} for the {flavour} kernel flavour (meta-package)",
+                  what + "\n\n" + note, section="kernel", depends=[target])
+    pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (
+        f"{pkg.name} -- fleet lab stand-in\n\n{note}\n\n{what}\n".encode(), 0o644)
+    return pkg
+
+
+MOKUTIL_VERSION = "0.7.2-1+fleetlab1"  # Debian 13's 0.7.2-1, told apart: a host picks it by version
+
+
+def mokutil_package() -> Package:
+    """mokutil: stands for the Debian archive's package (a Secure Boot machine has it:
+    shim-signed depends on it). Answers --sb-state and --test-key from the lab's
+    simulated firmware (/etc/fleetlab/secureboot, /etc/fleetlab/mok-enrolled/)."""
+    what = ("mokutil stand-in: --sb-state says whether the lab switched Secure Boot on\n"
+            "for this host (/etc/fleetlab/secureboot), --test-key whether a certificate\n"
+            "is enrolled in MOK (/etc/fleetlab/mok-enrolled/), in mokutil's words.")
+    note = "This is NOT Debian's package: a stand-in of the ollama-fleet lab (its mokutil)."
+    pkg = Package(
+        "mokutil", MOKUTIL_VERSION, "tools for manipulating machine owner keys",
+        what + "\n\n" + note, section="admin", depends=["python3"],
+        homepage="https://github.com/lcp/mokutil",
+        files={"/usr/bin/mokutil": (render_standin(
+            "mokutil.py", package="mokutil",
+            values={"FLEETLAB_MOKUTIL_VERSION": MOKUTIL_VERSION}).encode(), 0o755)})
     pkg.files[f"/usr/share/doc/{pkg.name}/README.fleetlab"] = (
         f"{pkg.name} -- fleet lab stand-in\n\n{note}\n\n{what}\n".encode(), 0o644)
     return pkg
@@ -476,7 +609,21 @@ def all_packages(kernel: str | None = None) -> dict[str, list[Package]]:
     toolkit = [p for v in TOOLKIT_VERSIONS for p in toolkit_packages(v)]
     return {"toolkit": toolkit, "debian12": branched_driver_packages(),
             "debian13": pinned_driver_packages(),
-            "kernel": [headers_package(kernel), headers_meta_package(kernel)]}
+            "kernel": [headers_package(kernel), flavour_package(kernel),
+                       mokutil_package()]}
+
+
+def update_packages(kernel: str | None = None) -> dict[str, list[Package]]:
+    """What arrives after a deploy, per repository of the lab's updates tree: "debian13",
+    the branch's next release (UPDATE_VERSION, every 590-scheme package); "kernel", the
+    next kernel of the running one's flavour (next_kernel): its image, its headers (which
+    depend on the image, as Debian's) and the flavour's meta-packages at its version, so
+    that `apt upgrade` (new packages allowed) brings it where linux-headers-<flavour> is
+    installed, as the deploy leaves a DKMS host."""
+    upcoming = next_kernel(kernel)
+    return {"debian13": pinned_driver_packages(UPDATE_VERSION),
+            "kernel": [image_package(upcoming), headers_package(upcoming, with_image=True),
+                       flavour_package(upcoming), flavour_package(upcoming, "image")]}
 
 
 def build_deb(pkg: Package, out_dir: Path) -> Path:

@@ -8,7 +8,16 @@
                                                                (like developer.download.nvidia.com)
     out_dir/debian-kernel/                                     flat repo + fleetlab.pub: the
                                                                running kernel's headers package
-                                                               (stands for the Debian archive)
+                                                               and mokutil (stand for the
+                                                               Debian archive)
+    out_dir/updates/compute/cuda/repos/debian13/x86_64/        what arrives after a deploy,
+    out_dir/updates/debian-kernel/                             flat repos signed as their
+                                                               namesakes: the next 590 release,
+                                                               the next kernel (see
+                                                               packages.update_packages)
+
+The updates are served apart so that a fresh deploy installs what it always did; a test
+enables them on a host (`updates_sources`), as a point release arrives on a server.
 
 Two lab signing keys, as NVIDIA signs its debian12 and debian13 repositories with two
 different keys (3bf863cc, 8793F200): the first signs the toolkit, debian12 and kernel
@@ -22,6 +31,8 @@ apt lines, with BASE the URL where out_dir is served:
     deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] \
         BASE/compute/cuda/repos/debian13/x86_64/ /      (debian12 alike)
     deb [signed-by=/usr/share/keyrings/fleetlab-debian-kernel.asc] BASE/debian-kernel/ /
+    (updates: the same keyrings, BASE/updates/compute/cuda/repos/debian13/x86_64/ and
+    BASE/updates/debian-kernel/)
 
 Usage: python -m lab.nvidia.repo OUT_DIR GNUPG_HOME [--base-url URL]
 """
@@ -61,12 +72,17 @@ CUDA_KEYS = {"debian12": f"{CUDA_REPOS['debian12']}/3bf863cc.pub",
              "debian13": f"{CUDA_REPOS['debian13']}/8793F200.pub"}
 KERNEL_REPO = "debian-kernel"
 KERNEL_KEY = f"{KERNEL_REPO}/fleetlab.pub"
+UPDATES_BASE = "updates"
+UPDATES_REPOS = {"debian13": f"{UPDATES_BASE}/{CUDA_REPOS['debian13']}",
+                 "kernel": f"{UPDATES_BASE}/{KERNEL_REPO}"}
 STATE_FILE = ".fleetlab-nvidia-build.json"
-TOPS = (TOOLKIT_BASE, "compute", KERNEL_REPO)  # out_dir's trees, swapped whole
+TOPS = (TOOLKIT_BASE, "compute", KERNEL_REPO, UPDATES_BASE)  # out_dir's trees, swapped whole
 
 TOOLKIT_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 DRIVER_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 KERNEL_KEYRING = "/usr/share/keyrings/fleetlab-debian-kernel.asc"  # armored, as published
+# an updates repository is trusted through its namesake's keyring (a converged host has it)
+UPDATES_KEYRINGS = {"debian13": DRIVER_KEYRING, "kernel": KERNEL_KEYRING}
 INDEXES = ("Packages", "Packages.gz", "Release", "Release.gpg", "InRelease")
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -223,6 +239,7 @@ def _repo_signer(name: str) -> str:
 
 def _layout(fprs: dict[str, str], kernel: str, base_url: str | None) -> dict:
     pkgs = packages.all_packages(kernel)
+    updates = packages.update_packages(kernel)
     headers = pkgs["kernel"][0]
     files = {"toolkit": [f"{TOOLKIT_REPO}/{p.filename}" for p in pkgs["toolkit"]],
              **{name: [f"{repo}/{p.filename}" for p in pkgs[name]]
@@ -249,6 +266,16 @@ def _layout(fprs: dict[str, str], kernel: str, base_url: str | None) -> dict:
         "kernel_headers": headers.name,
         "files": files,
         "fingerprint": fprs["lab"],
+        # what arrives after a deploy: {"debian13", "kernel"}, each a flat repository signed
+        # as its namesake, not in any host's sources until a test enables it
+        "updates": {name: {"repo": repo,
+                           "keyring": UPDATES_KEYRINGS[name],
+                           "fingerprint": fprs[_repo_signer(name)],
+                           "files": [f"{repo}/{p.filename}" for p in updates[name]],
+                           "packages": {p.name: p.version for p in updates[name]}}
+                    for name, repo in UPDATES_REPOS.items()},
+        "next_kernel": packages.next_kernel(kernel),
+        "update_version": packages.UPDATE_VERSION,
     }
     if base_url:
         base = base_url.rstrip("/")
@@ -259,13 +286,26 @@ def _layout(fprs: dict[str, str], kernel: str, base_url: str | None) -> dict:
                for name, repo in CUDA_REPOS.items()},
             "kernel": f"deb [signed-by={KERNEL_KEYRING}] {base}/{KERNEL_REPO}/ /",
         }
+        result["update_apt_lines"] = {name: updates_sources(base, name)
+                                      for name in UPDATES_REPOS}
     return result
+
+
+def updates_sources(base_url: str, *names: str) -> str:
+    """The apt sources lines of the updates repositories NAMES ("debian13", "kernel"; all
+    when none is named), served at BASE_URL: what a host adds to get what arrived after
+    its deploy. They name the keyrings a converged host has already (the deploy's NVIDIA
+    CUDA key, the lab's kernel repository key)."""
+    base = base_url.rstrip("/")
+    return "".join(f"deb [signed-by={UPDATES_KEYRINGS[name]}] {base}/{UPDATES_REPOS[name]}/ /\n"
+                   for name in (names or tuple(UPDATES_REPOS)))
 
 
 def expected_files(result: dict) -> list[str]:
     """Every file a complete build has under out_dir (relative paths)."""
-    repos = [TOOLKIT_REPO, *CUDA_REPOS.values(), KERNEL_REPO]
+    repos = [TOOLKIT_REPO, *CUDA_REPOS.values(), KERNEL_REPO, *UPDATES_REPOS.values()]
     return [*(f for names in result["files"].values() for f in names),
+            *(f for update in result["updates"].values() for f in update["files"]),
             TOOLKIT_KEY, *CUDA_KEYS.values(), KERNEL_KEY,
             *(f"{repo}/{name}" for repo in repos for name in INDEXES)]
 
@@ -304,8 +344,17 @@ def _build(staging: Path, home: Path, fprs: dict[str, str], kernel: str,
     kernel_debs = [packages.build_deb(p, kernel_repo) for p in pkgs["kernel"]]
     write_flat_repo(kernel_repo, kernel_debs, home, fprs["lab"], "Fleet lab",
                     "Fleet lab stand-in for the Debian archive's kernel headers",
-                    f"Lab stand-in of linux-headers-{kernel} (not Debian's package)")
+                    f"Lab stand-ins of linux-headers-{kernel} and mokutil (not Debian's "
+                    "packages)")
     (staging / KERNEL_KEY).write_bytes(armored["lab"])
+    for name, debs_of in packages.update_packages(kernel).items():
+        path = staging / UPDATES_REPOS[name]
+        debs = [packages.build_deb(p, path) for p in debs_of]
+        write_flat_repo(path, debs, home, fprs[_repo_signer(name)], "Fleet lab",
+                        f"Fleet lab stand-in for updates to the {name} repository",
+                        f"Lab stand-ins of what arrives after a deploy ({name}): "
+                        f"{', '.join(p.name for p in debs_of[:3])}... (not NVIDIA's or "
+                        "Debian's packages)")
     if base_url:
         base = base_url.rstrip("/")
         (staging / TOOLKIT_LIST).write_text(

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,62 @@ def test_hook_then_ollama(tmp_path, registry, servers, live_pid):
     assert m.size_vram == m.size > 0
     assert any(f"id={simulated_gpus('gpu-1', 1)[0]['uuid']} library=cuda" in line
                for line in srv2.lines)
+
+
+# ---------------------------------------------------------------- GPU access lost (#48)
+
+def lose_gpus(root: Path) -> None:
+    """What the host side writes into a container cut off its GPUs by a daemon-reload."""
+    (root / "etc/fleetlab/live.env").write_text("GPU_ACCESS=lost\n")
+
+
+def test_ollama_after_its_container_lost_the_gpus(tmp_path, registry, servers):
+    """v0.6.8 once the device nodes are gone: a loaded runner keeps its open device files
+    and answers; a new load refreshes the GPU list, which fails (the GPUs stay listed with
+    their old free memory), so the model is placed on the GPU; its runner cannot initialise
+    CUDA and computes on the CPU, while /api/ps reports the server's estimate (100% GPU)."""
+    root = container_root(tmp_path / "rootfs", {"init_error": 0})
+    (root / "etc/fleetlab/live.env").write_text("GPU_ACCESS=ok\n")
+    srv = start(servers, tmp_path, registry, root)
+    assert load(srv)["tinyllama:latest"].size_vram > 0
+    client = srv.client()
+    client.pull("qwen2.5:0.5b")
+    before = len(srv.lines)
+    lose_gpus(root)
+    answer = client.generate(model="tinyllama", prompt="still there?")
+    assert answer.done and answer.response
+    assert not any("gpu.go" in line for line in srv.lines[before:])
+    client.generate(model="qwen2.5:0.5b", prompt="hi", keep_alive="5m")
+    lines = srv.lines[before:]
+    assert any(line.startswith("cuda driver library failed to get device context 800time=")
+               and 'level=WARN source=gpu.go:434 msg="error looking up nvidia GPU memory"'
+               in line for line in lines), "".join(lines)
+    assert "ggml_cuda_init: failed to initialize CUDA: unknown error\n" in lines
+    models = {m.model: m for m in client.ps().models}
+    assert models["qwen2.5:0.5b"].size_vram == models["qwen2.5:0.5b"].size > 0
+    assert models["tinyllama:latest"].size_vram == models["tinyllama:latest"].size
+    ps = srv.cli("ps")
+    assert "CPU" not in ps.stdout, ps.stdout
+
+
+def test_an_unload_after_the_gpus_are_lost_waits_for_vram_that_never_comes_back(
+        tmp_path, registry, servers):
+    root = container_root(tmp_path / "rootfs", {"init_error": 0})
+    srv = start(servers, tmp_path, registry, root)
+    load(srv)
+    lose_gpus(root)
+    started = time.monotonic()
+    srv.client().generate(model="tinyllama", prompt="", keep_alive=0)  # unload now
+    wait_for(lambda: any("gpu VRAM usage didn't recover within timeout" in line
+                         for line in srv.lines), timeout=15, what="the VRAM recovery timeout")
+    assert time.monotonic() - started >= 4.5
+    line = next(line for line in srv.lines if "didn't recover" in line)
+    assert "level=WARN source=sched.go:655" in line and "model=" in line
+
+
+def test_a_cpu_instance_loses_nothing(tmp_path, registry, servers):
+    root = container_root(tmp_path / "rootfs", NOT_READY)
+    lose_gpus(root)
+    srv = start(servers, tmp_path, registry, root)
+    assert load(srv)["tinyllama:latest"].size_vram == 0
+    assert not any("gpu.go:434" in line or "ggml_cuda_init" in line for line in srv.lines)

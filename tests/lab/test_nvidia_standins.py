@@ -2,7 +2,8 @@
 
 The stand-ins run here as subprocesses, installed from the built .debs into a
 temporary root (dpkg-deb -x, then the package's postinst as dpkg would run it) and
-pointed at it with FLEETLAB_ROOT. No Docker needed.
+pointed at it with FLEETLAB_ROOT. No Docker needed, but for the `lab` tests at the end:
+a `systemctl daemon-reload` on a lab host whose Docker runs GPU containers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 from lab.nvidia import packages
 from lab.nvidia.hardware import MODELS, simulated_gpus
 from lab.nvidia.repo import build_repos, stop_gpg_agent
+from tests.conftest import running_lab
+from tests.labfleet import lab_cli
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("dpkg-deb", "gpg", "gpgv", "python3")),
@@ -298,7 +301,8 @@ def armored(repos, path: str) -> str:
 def test_repository_layout(repos):
     out = repos["out"]
     assert repos["toolkit_repo"] == "libnvidia-container/stable/deb/amd64"
-    assert repos["toolkit_versions"] == ["1.17.8-1", "1.18.0-1"]
+    assert repos["toolkit_versions"] == ["1.17.8-1", "1.18.0-1", "1.18.1-1", "1.18.2-1",
+                                         "1.19.1-1"]
     d12, d13 = repos["cuda_repos"]["debian12"], repos["cuda_repos"]["debian13"]
     assert set(repos["cuda_repos"]) == {"debian12", "debian13"}
     assert d12["repo"] == "compute/cuda/repos/debian12/x86_64"
@@ -427,10 +431,10 @@ def index(repos, repo: str) -> dict[str, dict]:
 
 def test_packages_index_lists_every_deb_with_its_hash(repos):
     out = repos["out"]
-    for repo, expected in ((repos["toolkit_repo"], 8),
+    for repo, expected in ((repos["toolkit_repo"], 4 * len(packages.TOOLKIT_VERSIONS)),
                            (repos["cuda_repos"]["debian12"]["repo"], 5),
                            (repos["cuda_repos"]["debian13"]["repo"], 6),
-                           (repos["kernel_repo"], 2)):
+                           (repos["kernel_repo"], 3)):
         path = out / repo
         text = (path / "Packages").read_text()
         assert gzip.decompress((path / "Packages.gz").read_bytes()).decode() == text
@@ -458,7 +462,7 @@ def test_packages_index_lists_every_deb_with_its_hash(repos):
 def test_package_relations(repos):
     toolkit = {(s["Package"], s["Version"]): s for s in
                parse_stanzas((repos["out"] / repos["toolkit_repo"] / "Packages").read_text())}
-    for version in ("1.17.8-1", "1.18.0-1"):
+    for version in ("1.17.8-1", "1.18.0-1", "1.18.1-1", "1.18.2-1", "1.19.1-1"):
         assert toolkit[("libnvidia-container-tools", version)]["Depends"].startswith(
             f"libnvidia-container1 (= {version})")
         depends = toolkit[("nvidia-container-toolkit", version)]["Depends"]
@@ -493,7 +497,8 @@ def test_package_relations(repos):
 
     kernel = index(repos, repos["kernel_repo"])
     flavour = "-".join(w for w in KERNEL.split("-")[1:] if not w.isdigit())
-    assert sorted(kernel) == sorted([repos["kernel_headers"], f"linux-headers-{flavour}"])
+    assert sorted(kernel) == sorted([repos["kernel_headers"], f"linux-headers-{flavour}",
+                                     "mokutil"])
     assert kernel[f"linux-headers-{flavour}"]["Depends"] == repos["kernel_headers"]
 
 
@@ -692,6 +697,135 @@ def test_headers_installed_later_build_the_module(repos, tmp_path):
             "Building module(s)... done.\n") in output
     assert f"Autoinstall on {KERNEL} succeeded for module(s) nvidia." in output
     assert (root / MODULE).read_text() == f"{PINNED} proprietary\n"
+
+
+# ---------------------------------------------------------------- what arrives later
+
+NEXT = packages.next_kernel(KERNEL)
+NEXT_MODULE = f"lib/modules/{NEXT}/updates/dkms/nvidia.ko"
+UPDATE = packages.UPDATE_VERSION
+
+
+def update_deb(repos, name: str, repo: str) -> Path:
+    """The .deb of package NAME in the updates repository REPO (debian13, kernel)."""
+    found = [f for f in repos["updates"][repo]["files"] if Path(f).name.startswith(f"{name}_")]
+    assert len(found) == 1, (name, repo, found)
+    return repos["out"] / found[0]
+
+
+def upgrade(root: Path, old: Path, new: Path) -> str:
+    """Upgrade OLD to NEW in ROOT as dpkg does: old prerm upgrade, unpack, old postrm
+    upgrade, new postinst configure. Returns the scripts' output."""
+    new_version = subprocess.run(["dpkg-deb", "-f", str(new), "Version"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    old_version = subprocess.run(["dpkg-deb", "-f", str(old), "Version"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    output = ""
+    for path, script, args in ((old, "prerm", ("upgrade", new_version)), (new, None, ()),
+                               (old, "postrm", ("upgrade", new_version)),
+                               (new, "postinst", ("configure", old_version))):
+        if script is None:
+            subprocess.run(["dpkg-deb", "-x", str(path), str(root)], check=True)
+            continue
+        result = maintainer_script(root, path, script, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        output += result.stdout + result.stderr
+    return output
+
+
+def test_updates_are_served_apart_signed_as_their_namesakes(repos, tmp_path):
+    """The next 590 release and the next kernel: a fresh deploy does not see them (not in
+    the repositories a host has), a host that adds the updates lines does."""
+    out = repos["out"]
+    updates = repos["updates"]
+    assert updates["debian13"]["packages"] == {name: f"{UPDATE}-1" for name in DEBIAN13}
+    assert UPDATE.startswith("590.") and UPDATE != PINNED
+    assert NEXT != KERNEL and packages.kernel_flavour(NEXT) == packages.kernel_flavour(KERNEL)
+    version = packages.kernel_package_version(NEXT)
+    flavour = packages.kernel_flavour(KERNEL)
+    assert updates["kernel"]["packages"] == {
+        f"linux-image-{NEXT}".lower(): version, f"linux-headers-{NEXT}".lower(): version,
+        f"linux-headers-{flavour}": version, f"linux-image-{flavour}": version}
+    assert subprocess.run(["dpkg", "--compare-versions", version, "gt",
+                           packages.kernel_package_version(KERNEL)]).returncode == 0
+    kernel = index(repos, updates["kernel"]["repo"])
+    # Debian's headers depend on their image; the flavour's meta-packages follow the kernel
+    assert kernel[f"linux-headers-{NEXT}".lower()]["Depends"] == \
+        f"linux-image-{NEXT} (= {version})".lower()
+    assert kernel[f"linux-headers-{flavour}"]["Depends"] == f"linux-headers-{NEXT}".lower()
+    assert kernel[f"linux-image-{flavour}"]["Depends"] == f"linux-image-{NEXT}".lower()
+    for name, key in (("debian13", repos["cuda_repos"]["debian13"]["key"]),
+                      ("kernel", repos["kernel_key"])):
+        repo = out / updates[name]["repo"]
+        keyring = dearmor(repos, key, tmp_path / f"{name}.gpg")
+        assert gpgv(keyring, repo / "InRelease").returncode == 0
+        assert updates[name]["fingerprint"] == (repos["cuda_repos"]["debian13"]["fingerprint"]
+                                                if name == "debian13" else repos["fingerprint"])
+    # none of it in the repositories a deploy installs from
+    assert {s["Version"] for s in index(repos, repos["cuda_repos"]["debian13"]["repo"]).values()
+            } == {f"{PINNED}-1"}
+    assert NEXT.lower() not in (out / repos["kernel_repo"] / "Packages").read_text()
+
+
+def test_a_new_kernel_gets_the_module_from_dkmss_kernel_hooks(repos, tmp_path):
+    """As on Debian: the image's postinst runs /etc/kernel/postinst.d, the headers'
+    header_postinst.d; dkms's hook there builds the module for the new kernel once its
+    headers are in. No /run/reboot-required: Debian's image postinst writes none."""
+    root = tmp_path / "root"
+    install(root, headers_deb(repos), deb(repos, "nvidia-kernel-open-dkms"))
+    assert (root / MODULE).read_text() == f"{PINNED} open\n"
+    image = install(root, update_deb(repos, f"linux-image-{NEXT}".lower(), "kernel"))
+    assert (f"Automatic installation of modules for kernel {NEXT} was skipped since the "
+            "kernel headers for this kernel do not seem to be installed.") in image
+    assert (root / "boot" / f"vmlinuz-{NEXT}").is_file()
+    assert (root / "boot" / f"config-{NEXT}").is_file()
+    assert not (root / NEXT_MODULE).exists()
+    headers = install(root, update_deb(repos, f"linux-headers-{NEXT}".lower(), "kernel"))
+    assert (f"Autoinstall of module nvidia/{PINNED} for kernel {NEXT} (x86_64)\n"
+            "Building module(s)... done.\n") in headers
+    assert (root / NEXT_MODULE).read_text() == f"{PINNED} open\n"
+    assert (root / MODULE).read_text() == f"{PINNED} open\n"  # the running kernel's stays
+    # configured again (both unpacked before either is configured): nothing to build
+    again = maintainer_script(root, update_deb(repos, f"linux-image-{NEXT}".lower(), "kernel"),
+                              "postinst", "configure")
+    assert again.returncode == 0 and "Autoinstall" not in again.stdout
+    assert not (root / "run/reboot-required").exists()
+    assert not (root / "var/run/reboot-required").exists()
+
+
+def test_an_in_branch_update_waits_for_the_reboot(repos, make_host):
+    """590.44.01 booted, 590.48.01 installed by an upgrade: the old version's module goes
+    from every kernel (dh_dkms's prerm), the new one is built for the running kernel and
+    the newest installed (dkms's common.postinst); until the reboot the loaded module is
+    the old one, nvidia-smi says so and Fabric Manager of the new version refuses it."""
+    root = pinned_host(make_host, repos, name="upd")
+    install(root, update_deb(repos, f"linux-image-{NEXT}".lower(), "kernel"),
+            update_deb(repos, f"linux-headers-{NEXT}".lower(), "kernel"))
+    assert (root / NEXT_MODULE).read_text() == f"{PINNED} open\n"
+    assert start_fm(root).returncode == 0
+    output = ""
+    for name in ("nvidia-kernel-open-dkms", "nvidia-driver-cuda", "nvidia-persistenced",
+                 "nvidia-fabricmanager"):
+        output += upgrade(root, deb(repos, name, repo="debian13"),
+                          update_deb(repos, name, "debian13"))
+    assert (f"Deleting /lib/modules/{KERNEL}/updates/dkms/nvidia.ko\n" in output
+            and f"Deleting /lib/modules/{NEXT}/updates/dkms/nvidia.ko\n" in output)
+    assert f"Building for {KERNEL} and {NEXT}\n" in output
+    for module in (MODULE, NEXT_MODULE):
+        assert (root / module).read_text() == f"{UPDATE} open\n"
+    assert (root / MARKER).read_text() == f"{PINNED}\n"
+    mismatch = smi(root, "--query-gpu=driver_version", "--format=csv,noheader")
+    assert mismatch.returncode == 18
+    assert mismatch.stdout == ("Failed to initialize NVML: Driver/library version mismatch\n"
+                               f"NVML library version: {UPDATE.rsplit('.', 1)[0]}\n")
+    kill_daemons(root)
+    refused = start_fm(root)
+    assert refused.returncode == 1 and "don't match with driver version" in refused.stderr
+    reboot(root)
+    assert (root / MARKER).read_text() == f"{UPDATE}\n"
+    assert smi(root, "--query-gpu=driver_version", "--format=csv,noheader").stdout == \
+        f"{UPDATE}\n" * len(root.gpus)
+    assert start_fm(root).returncode == 0
 
 
 # ---------------------------------------------------------------- driver package
@@ -1520,3 +1654,112 @@ def test_hook_cuda_needs_fabricmanager_on_an_nvswitch_board(repos, fm_host, tmp_
     assert hook(fm_host, stopped).returncode == 0
     assert json.loads((stopped / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] \
         == 802
+
+
+# ---------------------------------------------------------------- a daemon-reload, with Docker
+
+RELOAD_LAB = "fleetlab-reload"
+# a driver stand-in that is "loaded": enough for the toolkit (no DKMS, no reboot)
+FAKE_DRIVER = ("mkdir -p /usr/lib/fleetlab /run/fleetlab && "
+               f"echo {DRIVER} > /usr/lib/fleetlab/libnvidia-ml.version && "
+               f"echo {DRIVER} > /run/fleetlab/nvidia-driver-loaded")
+
+
+@pytest.fixture(scope="module")
+def reload_lab(tmp_path_factory):
+    """One GPU host (H100, 1 GPU) with Docker from Debian, the lab's registry as its mirror,
+    the toolkit's apt repository, and the driver stand-in's nvidia-smi."""
+    smi = tmp_path_factory.mktemp("smi") / "nvidia-smi"
+    smi.write_text(packages.render_standin("nvidia_smi.py", driver_version=DRIVER,
+                                           package="cuda-drivers-570"))
+    with running_lab(RELOAD_LAB, "--gpu-hosts", "1", "--gpus-per-host", "1",
+                     "--registry-port", "5070", "--model-scale", "0.05") as fleet:
+        apt = fleet.endpoint("apt_repository", "nvidia_container_toolkit")
+        mirror = fleet.endpoint("image_registry", "mirror")
+        fleet.ssh("gpu-1", "export DEBIAN_FRONTEND=noninteractive && "
+                           f"curl -fsS {apt}/gpgkey | gpg --dearmor --yes "
+                           "-o /usr/share/keyrings/tk.gpg && "
+                           "echo 'deb [signed-by=/usr/share/keyrings/tk.gpg] "
+                           f"{apt}/stable/deb/amd64 /' > /etc/apt/sources.list.d/tk.list && "
+                           "apt-get update -qq && apt-get install -y -qq docker.io && "
+                           f"echo '{{\"registry-mirrors\": [\"{mirror}\"]}}' "
+                           "> /etc/docker/daemon.json && " + FAKE_DRIVER, timeout=600)
+        client = fleet._client("gpu-1").open_sftp()
+        client.put(str(smi), "/usr/bin/nvidia-smi")
+        client.chmod("/usr/bin/nvidia-smi", 0o755)
+        client.close()
+        yield fleet
+
+
+def toolkit(fleet, version: str, daemon: dict) -> None:
+    """Install toolkit VERSION, write daemon.json (the mirror kept), restart Docker."""
+    mirror = fleet.endpoint("image_registry", "mirror")
+    names = ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
+             "libnvidia-container-tools", "libnvidia-container1")
+    pins = " ".join(f"{n}={version}-1" for n in names)
+    doc = json.dumps({**daemon, "registry-mirrors": [mirror]})
+    fleet.ssh("gpu-1", "docker rm -f $(docker ps -aq) >/dev/null 2>&1; "
+                       "export DEBIAN_FRONTEND=noninteractive && apt-get install -y -qq "
+                       f"--allow-downgrades {pins} && echo '{doc}' > /etc/docker/daemon.json && "
+                       "systemctl reset-failed docker.service docker.socket; "
+                       "systemctl restart docker && timeout 60 sh -c "
+                       "'until docker info >/dev/null 2>&1; do sleep 1; done'", timeout=300)
+
+
+def gpu_container(fleet, name: str, *options: str) -> None:
+    """A GPU container as the stack runs one: Compose's `driver: nvidia` is `--gpus`."""
+    fleet.ssh("gpu-1", f"docker run -d --name {name} --gpus all --read-only --cap-drop ALL "
+                       f"{' '.join(options)} --entrypoint sleep nginx:stable 600", timeout=300)
+
+
+def smi_in(fleet, name: str) -> tuple[int, str]:
+    status, out, _ = fleet.ssh("gpu-1", f"docker exec {name} nvidia-smi -L", check=False)
+    return status, out
+
+
+RUNTIME = {"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}}
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("version", "daemon", "options", "cut"), [
+    # --gpus with runc as the default runtime: dockerd's prestart hook, any version
+    ("1.17.8", RUNTIME, (), True),
+    ("1.18.1", RUNTIME, (), True),
+    # the nvidia runtime: legacy (the hook) in 1.17.x, jit-cdi (CDI edits) from 1.18.0
+    ("1.17.8", {**RUNTIME, "default-runtime": "nvidia"}, (), True),
+    ("1.18.1", {**RUNTIME, "default-runtime": "nvidia"}, (), False),
+    ("1.19.1", RUNTIME, ("--runtime", "nvidia"), False),
+    # Docker's cgroupfs driver: systemd does not manage the containers' cgroups
+    ("1.17.8", {**RUNTIME, "exec-opts": ["native.cgroupdriver=cgroupfs"]}, (), False),
+])
+def test_a_daemon_reload_cuts_the_containers_the_hook_gave_gpus(reload_lab, version, daemon,
+                                                                 options, cut):
+    fleet = reload_lab
+    toolkit(fleet, version, daemon)
+    gpu_container(fleet, "gpu-c", *options)
+    assert smi_in(fleet, "gpu-c") == (0, f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: "
+                                     f"{fleet.host('gpu-1')['gpus'][0]['uuid']})\n")
+    fleet.ssh("gpu-1", "systemctl daemon-reload")
+    # the reload itself cuts the container off (no wait)
+    status, out = smi_in(fleet, "gpu-c")
+    if cut:
+        assert (status, out) == (255, "Failed to initialize NVML: Unknown Error\n")
+        fleet.ssh("gpu-1", "docker restart gpu-c")  # the hook runs again
+        assert smi_in(fleet, "gpu-c")[0] == 0
+    else:
+        assert status == 0, out
+    # the host keeps its GPUs either way
+    assert fleet.ssh("gpu-1", "nvidia-smi -L")[1].startswith("GPU 0: NVIDIA H100")
+
+
+@pytest.mark.lab
+def test_a_reload_at_boot_cuts_nothing_and_the_fabric_delay_reaches_the_host(reload_lab):
+    fleet = reload_lab
+    toolkit(fleet, "1.17.8", RUNTIME)
+    lab_cli("fabric-delay", "gpu-1", "20", name=RELOAD_LAB)  # as tests set it
+    doc = json.loads(fleet.ssh("gpu-1", "cat /etc/fleetlab/gpus.json")[1])
+    assert doc["fabric_init_seconds"] == 20
+    # the generator ran at boot; the package noted a running system as booted
+    assert fleet.ssh("gpu-1", "test -e /run/fleetlab/systemd-generator-ran", check=False)[0] == 0
+    assert fleet.ssh("gpu-1", "systemctl is-active fleetlab-nvidia-device-cgroup.path")[1] \
+        .strip() == "active"

@@ -12,7 +12,19 @@
 #                                           nvidia-driver-cuda)
 #   /lib/modules/<kernel>/updates/dkms/nvidia.ko
 #                                           the module DKMS built: "<version> <flavour>"
+#   /run/fleetlab/booted-kernel             the kernel the lab host booted (the newest
+#                                           /boot/vmlinuz-*, written at boot by the host
+#                                           image; `uname -r` says it too); absent: the
+#                                           machine's own kernel
 #   /run/fleetlab/fabricmanager.pid         the Fabric Manager stand-in, while it runs
+#   /run/fleetlab/fabric.json               its fabric bring-up: {"pid", "completed_at"}
+#                                           (GPUs registered with the NVLink fabric from then)
+#   /var/lib/fleetlab/gpu-assignments.jsonl every GPU injection into a container (container
+#                                           id, GPUs, its root file system, how injected)
+#   /etc/fleetlab/live.env                  IN A CONTAINER: the host's live driver state as
+#                                           the host side last wrote it (KEY=VALUE lines)
+#   /run/fleetlab/daemon-reloads/           one file per `systemctl daemon-reload` (written
+#                                           by the toolkit's systemd generator)
 #   /run/nvidia-persistenced/nvidia-persistenced.pid
 #                                           the nvidia-persistenced stand-in, while it runs
 import datetime
@@ -35,6 +47,12 @@ NVML_LIBRARY = "/usr/lib/fleetlab/libnvidia-ml.version"
 ASSIGNMENTS_LOG = "/var/lib/fleetlab/gpu-assignments.jsonl"
 MODULE_FILE = "/lib/modules/{kernel}/updates/dkms/nvidia.ko"
 FM_PID_FILE = "/run/fleetlab/fabricmanager.pid"
+FABRIC_JSON = "/run/fleetlab/fabric.json"
+LIVE_ENV = "/etc/fleetlab/live.env"
+DAEMON_RELOADS = "/run/fleetlab/daemon-reloads"
+GENERATOR_RAN = "/run/fleetlab/systemd-generator-ran"
+DAEMON_JSON = "/etc/docker/daemon.json"
+RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
 PERSISTENCED_PID_FILE = "/run/nvidia-persistenced/nvidia-persistenced.pid"
 
 # PCI device ids (NVIDIA's supportedchips tables, pci.ids). Blackwell runs only with the
@@ -167,7 +185,11 @@ def read_board():
         if isinstance(doc.get("gpus"), list) else []
     switches = doc.get("nvswitches") if isinstance(doc.get("nvswitches"), list) else []
     board = doc.get("board") if doc.get("board") in ("hgx", "pcie") else "pcie"
-    return {"gpus": gpus, "board": board, "nvswitches": switches}
+    delay = doc.get("fabric_init_seconds")
+    delay = delay if isinstance(delay, (int, float)) and not isinstance(delay, bool) \
+        and 0 <= delay < 86400 else 0
+    return {"gpus": gpus, "board": board, "nvswitches": switches,
+            "fabric_init_seconds": delay}
 
 
 def gpu_device_id(gpu):
@@ -191,6 +213,327 @@ def board_needs_fabricmanager(board):
         gpu_device_id(g) in HGX_BLACKWELL_DEVICES for g in board["gpus"])
 
 
+def board_has_fabric_probe(board):
+    """Whether the board's GPUs register with the NVLink fabric, so that nvidia-smi shows a
+    Fabric State: Hopper and later GPUs (compute capability 9+) on an NVSwitch board. An A100
+    (and a PCIe card) shows N/A there."""
+    return board_needs_fabricmanager(board) and any(
+        int(model_spec(g)[0].split(".")[0]) >= 9 for g in board["gpus"])
+
+
+def fabric_manager_pid():
+    """The running Fabric Manager's pid, or None."""
+    pid = read_pid_file(FM_PID_FILE)
+    return pid if pid and pid_alive(pid) else None
+
+
+def host_fabric():
+    """The host's fabric: {"supported", "fm_running", "completed_at"} (epoch seconds, or 0)."""
+    board = read_board()
+    pid = fabric_manager_pid()
+    completed_at = 0
+    if pid is not None:
+        doc = read_json(FABRIC_JSON, {})
+        if isinstance(doc, dict) and doc.get("pid") == pid:
+            try:
+                completed_at = int(doc.get("completed_at") or 0)
+            except (TypeError, ValueError):
+                completed_at = 0
+    return {"supported": board_has_fabric_probe(board), "fm_running": pid is not None,
+            "completed_at": completed_at}
+
+
+def fabric_state(fabric, now=None):
+    """(State, Status) of the GPUs' fabric as nvidia-smi prints them: N/A where the GPUs do
+    not register with a fabric; In Progress until Fabric Manager has brought the fabric up
+    (not running: still In Progress); then Completed / Success."""
+    if not fabric.get("supported"):
+        return "N/A", "N/A"
+    now = time.time() if now is None else now
+    if not fabric.get("fm_running") or now < fabric.get("completed_at", 0):
+        return "In Progress", "N/A"
+    return "Completed", "Success"
+
+
+def fabric_ready(board, fabric, now=None):
+    """Whether CUDA initialises on this board now: Fabric Manager running where the board
+    needs it and, where the GPUs register with the fabric, the fabric Completed."""
+    if not board_needs_fabricmanager(board):
+        return True
+    if not fabric.get("fm_running"):
+        return False
+    return fabric_state(fabric, now)[0] != "In Progress"
+
+
+def live_text(values):
+    return "".join(f"{k}={values[k]}\n" for k in sorted(values))
+
+
+def parse_live(text):
+    values = {}
+    for line in (text or "").splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.strip():
+            values[key.strip()] = value.strip()
+    return values
+
+
+def read_live():
+    """In a container: the live state the host side wrote (/etc/fleetlab/live.env), else
+    None (on the host itself)."""
+    text = read_text(LIVE_ENV)
+    return None if text is None else parse_live(text)
+
+
+def fabric_from_live(live):
+    try:
+        completed_at = int(live.get("FABRIC_COMPLETED_AT") or 0)
+    except ValueError:
+        completed_at = 0
+    return {"supported": live.get("FABRIC") == "supported",
+            "fm_running": live.get("FM_RUNNING") == "1", "completed_at": completed_at}
+
+
+def live_fabric_values(fabric):
+    return {"FABRIC": "supported" if fabric["supported"] else "unsupported",
+            "FM_RUNNING": "1" if fabric["fm_running"] else "0",
+            "FABRIC_COMPLETED_AT": str(int(fabric["completed_at"]))}
+
+
+def resolve_in_root(root, path):
+    """Resolve `path` inside `root` the way a chroot would (symlinks stay inside)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    current = ""
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part) if current else part
+        full = os.path.join(root, candidate)
+        if os.path.islink(full):
+            hops += 1
+            if hops > 40:
+                raise ValueError(f"too many levels of symbolic links: {path}")
+            target = os.readlink(full)
+            if target.startswith("/"):
+                current = ""
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        current = candidate
+    return os.path.join(root, current)
+
+
+def write_in_root(root, path, data, mode=0o644):
+    """Write PATH inside the container root ROOT, from the host side (symlinks resolved
+    inside the root). ValueError when PATH is there and not a regular file."""
+    parent = resolve_in_root(root, os.path.dirname(path))
+    os.makedirs(parent, exist_ok=True)
+    target = resolve_in_root(root, path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise ValueError(f"cannot write {path} in the container: not a regular file")
+    tmp = target + ".fleetlab-tmp"
+    with open(tmp, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
+
+
+def gpu_containers():
+    """The GPU containers running now: the last injection record of every container whose
+    root file system still shows its live state (a stopped container's root is unmounted)."""
+    latest = {}
+    text = read_text(ASSIGNMENTS_LOG) or ""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("rootfs"):
+            latest[record.get("container_id", "")] = record
+    running = []
+    for record in latest.values():
+        try:
+            if os.path.isfile(resolve_in_root(record["rootfs"], LIVE_ENV)):
+                running.append(record)
+        except (OSError, ValueError):
+            continue
+    return running
+
+
+def update_live(record, values):
+    """Merge VALUES into a running GPU container's live state; False when it is gone."""
+    try:
+        path = resolve_in_root(record["rootfs"], LIVE_ENV)
+        with open(path, encoding="utf-8") as f:
+            live = parse_live(f.read())
+        live.update(values)
+        write_in_root(record["rootfs"], LIVE_ENV, live_text(live))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def publish_fabric():
+    """Tell every running GPU container the host's fabric as it is now."""
+    values = live_fabric_values(host_fabric())
+    for record in gpu_containers():
+        update_live(record, values)
+
+
+# ---------------------------------------------------------------- GPU injection
+
+# What cuInit answers in the container.
+CUDA_JSON = "/etc/fleetlab/cuda.json"
+CUDA_SYSTEM_NOT_READY = {"init_error": 802, "name": "CUDA_ERROR_SYSTEM_NOT_READY",
+                         "message": "system not yet initialized"}
+PYTHONS = ("usr/bin/python3", "usr/local/bin/python3", "bin/python3")
+
+
+class InjectError(Exception):
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def runtime_mode():
+    """nvidia-container-runtime.mode of /etc/nvidia-container-runtime/config.toml ("auto"
+    when the file or the key is not there)."""
+    section = ""
+    for raw in (read_text(RUNTIME_CONFIG) or "").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line.strip("[]").strip().strip('"')
+        elif section == "nvidia-container-runtime" and line.partition("=")[0].strip() == "mode":
+            value = line.partition("=")[2].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                return value[1:-1]
+    return "auto"
+
+
+def env_map(spec):
+    env = {}
+    for item in (spec.get("process") or {}).get("env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def requested_devices(env):
+    """getDevicesFromEnvvar: None means "no GPUs wanted, leave the container alone"."""
+    legacy_image = "CUDA_VERSION" in env and "NVIDIA_REQUIRE_CUDA" not in env
+    devices = env.get("NVIDIA_VISIBLE_DEVICES")
+    if devices is None:
+        return "all" if legacy_image else None
+    if devices == "" or devices == "void":
+        return None
+    return devices
+
+
+def resolve(requested, gpus):
+    if requested == "none":
+        return []
+    chosen = []
+    for token in (t.strip() for t in requested.split(",")):
+        if not token:
+            continue
+        if token == "all":  # noqa: S105 (a device list, no secret)
+            matches = gpus
+        else:
+            matches = [g for g in gpus if token in (str(g["index"]), g["uuid"])]
+        if not matches:
+            raise InjectError(f"nvidia-container-cli: device error: {token}: unknown device")
+        chosen.extend(g for g in matches if g not in chosen)
+    return sorted(chosen, key=lambda g: int(g["index"]))
+
+
+def cuda_state():
+    """What cuInit answers in a container started now (written as cuda.json): on an
+    NVSwitch board CUDA initialises only while Fabric Manager runs and, where the GPUs
+    register with the NVLink fabric, once it has brought the fabric up (Completed)."""
+    if not fabric_ready(read_board(), host_fabric()):
+        return dict(CUDA_SYSTEM_NOT_READY)
+    return {"init_error": 0}
+
+
+def nvidia_smi_for(root, container_gpus, driver, persistence):
+    if any(os.path.lexists(resolve_in_root(root, p)) for p in PYTHONS):
+        try:
+            with open(host_path("/usr/bin/nvidia-smi"), encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            text = None
+        if text is not None:
+            lines = text.split("\n", 1)
+            if lines[0].startswith("#!"):
+                text = "#!/usr/bin/env python3\n" + (lines[1] if len(lines) > 1 else "")
+            return text
+    return render_sh_nvidia_smi(container_gpus, driver, persistence)
+
+
+def inject_gpus(spec, bundle, container_id, injection):
+    """Give the container of SPEC (its bundle BUNDLE) the GPUs NVIDIA_VISIBLE_DEVICES asks
+    for, as nvidia-container-cli (INJECTION "legacy-hook") or the runtime's CDI edits
+    ("jit-cdi", "cdi") would; the lab's version of it: the assignment recorded, the
+    container's view of its GPUs written into its root file system. Returns the record,
+    or None for a container that asks for no GPU. InjectError when it cannot be done."""
+    env = env_map(spec)
+    requested = requested_devices(env)
+    if requested is None:
+        return None
+
+    library = installed_library_version()
+    if library is None:
+        raise InjectError("nvidia-container-cli: initialization error: load library failed: "
+                          "libnvidia-ml.so.1: cannot open shared object file: no such file "
+                          "or directory")
+    driver = loaded_driver_version()
+    if driver is None:
+        raise InjectError("nvidia-container-cli: initialization error: nvml error: "
+                          "driver not loaded")
+    if driver != library:
+        raise InjectError("nvidia-container-cli: initialization error: nvml error: "
+                          "driver/library version mismatch")
+
+    gpus = load_gpus()
+    chosen = resolve(requested, gpus)
+    root = (spec.get("root") or {}).get("path") or "rootfs"
+    if not os.path.isabs(root):
+        root = os.path.join(bundle, root)
+
+    record = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "container_id": container_id,
+        "requested": requested,
+        "indexes": [int(g["index"]) for g in chosen],
+        "uuids": [g["uuid"] for g in chosen],
+        "rootfs": root,
+        "injection": injection,
+    }
+    log_path = host_path(ASSIGNMENTS_LOG)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+    container_gpus = [{**g, "index": i} for i, g in enumerate(chosen)]
+    host_persistence = load_persistence()
+    persistence = {g["uuid"]: host_persistence[g["uuid"]] for g in chosen
+                   if g["uuid"] in host_persistence}
+    live = {"GPU_ACCESS": "ok", **live_fabric_values(host_fabric())}
+    try:
+        write_in_root(root, GPUS_JSON, json.dumps({"gpus": container_gpus}, indent=2) + "\n")
+        write_in_root(root, DRIVER_MARKER, driver + "\n")
+        write_in_root(root, PERSISTENCE_JSON, json.dumps(persistence, indent=2) + "\n")
+        write_in_root(root, CUDA_JSON, json.dumps(cuda_state(), indent=2) + "\n")
+        write_in_root(root, LIVE_ENV, live_text(live))
+        write_in_root(root, "/usr/bin/nvidia-smi",
+                      nvidia_smi_for(root, container_gpus, driver, persistence), 0o755)
+    except ValueError as exc:
+        raise InjectError(str(exc)) from None
+    return record
+
+
 def kernel_slot(pci_bus_id):
     """nvidia-smi's bus id (00000000:18:00.0) as the kernel names it (0000:18:00.0)."""
     domain, _, rest = str(pci_bus_id).partition(":")
@@ -200,8 +543,13 @@ def kernel_slot(pci_bus_id):
         return str(pci_bus_id).lower()
 
 
+BOOTED_KERNEL = "/run/fleetlab/booted-kernel"
+
+
 def kernel_release():
-    return os.uname().release
+    """The running kernel: the one the lab host booted (what its `uname -r` says), else
+    the machine's own (no lab kernel installed, or outside a lab host)."""
+    return (read_text(BOOTED_KERNEL) or "").strip() or os.uname().release
 
 
 def read_module(kernel=None):
@@ -249,11 +597,11 @@ def remove_file(path):
         pass
 
 
-def daemonize(pid_file, on_stop, log_path=None):
+def daemonize(pid_file, on_stop, log_path=None, on_ready=None):
     """Fork into the background as a Type=forking daemon does: the child starts a new
-    session, writes its pid to PID_FILE (under $FLEETLAB_ROOT) and tells the parent,
-    which then exits 0. On SIGTERM/SIGINT the child runs ON_STOP, removes the pid file
-    and exits 0. The child's output goes to LOG_PATH (or /dev/null)."""
+    session, writes its pid to PID_FILE (under $FLEETLAB_ROOT), runs ON_READY and tells
+    the parent, which then exits 0. On SIGTERM/SIGINT the child runs ON_STOP, removes the
+    pid file and exits 0. The child's output goes to LOG_PATH (or /dev/null)."""
     read_end, write_end = os.pipe()
     stopping = []
 
@@ -297,6 +645,8 @@ def daemonize(pid_file, on_stop, log_path=None):
     with open(full + ".tmp", "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()}\n")
     os.replace(full + ".tmp", full)
+    if on_ready is not None:
+        on_ready()
     os.write(write_end, b"1")
     os.close(write_end)
     while True:
@@ -339,7 +689,11 @@ QUERY_FIELDS = {
     "temperature.gpu": None,
     "power.draw": "W",
     "power.limit": "W",
+    "fabric.state": None,
+    "fabric.status": None,
 }
+# fields whose value is the live state, not the GPU's own
+LIVE_FIELDS = ("fabric.state", "fabric.status")
 QUERY_ALIASES = {
     "gpu_name": "name",
     "gpu_serial": "serial",
@@ -358,8 +712,9 @@ def csv_header(field):
     return f"{field} [{unit}]" if unit else field
 
 
-def gpu_state(gpu, driver_version, count, persistence, usage):
-    """All queryable values of one GPU, as strings without units."""
+def gpu_state(gpu, driver_version, count, persistence, usage, fabric=("N/A", "N/A")):
+    """All queryable values of one GPU, as strings without units (FABRIC: its fabric's
+    State and Status)."""
     compute_cap, power_limit, idle_power, idle_temp = model_spec(gpu)
     use = usage.get(gpu["uuid"])
     use = use if isinstance(use, dict) else {}
@@ -393,6 +748,8 @@ def gpu_state(gpu, driver_version, count, persistence, usage):
         "temperature.gpu": str(temp),
         "power.draw": f"{power:.2f}",
         "power.limit": f"{power_limit:.2f}",
+        "fabric.state": fabric[0],
+        "fabric.status": fabric[1],
     }
 
 
@@ -474,22 +831,101 @@ def render_version(driver_version):
             f"CUDA Version        : {cuda_version(driver_version)}\n")
 
 
+def _row(label, value, indent=4):
+    return f"{' ' * indent}{label:<{42 - indent}}: {value}\n"
+
+
+def render_full(gpus, states, driver, count):
+    """The start of `nvidia-smi -q`: its header and, per GPU, the identity, persistence
+    mode, Fabric, PCI and memory sections (the real tool prints many more). The Fabric
+    section is the GPU's registration with the NVLink fabric (State, Status, CliqueId,
+    ClusterUUID): all N/A where the GPU does not register with a fabric."""
+    out = ["\n==============NVSMI LOG==============\n\n",
+           _row("Timestamp", time.strftime("%a %b %d %H:%M:%S %Y"), 0),
+           _row("Driver Version", driver, 0),
+           _row("CUDA Version", cuda_version(driver), 0), "\n",
+           _row("Attached GPUs", str(count), 0)]
+    for gpu in gpus:
+        s = states[gpu["uuid"]]
+        bus = gpu["pci_bus_id"]
+        domain, bus_no, rest = (bus.split(":") + ["", ""])[:3]
+        device = gpu_device_id(gpu)
+        out.append(f"GPU {bus}\n")
+        out.append(_row("Product Name", gpu["name"]))
+        out.append(_row("Product Brand", "NVIDIA"))
+        out.append(_row("Display Mode", "Disabled"))
+        out.append(_row("Persistence Mode", s["persistence_mode"]))
+        out.append(_row("Serial Number", s["serial"]))
+        out.append(_row("GPU UUID", gpu["uuid"]))
+        out.append(_row("Minor Number", str(gpu["index"])))
+        out.append("    Fabric\n")
+        out.append(_row("State", s["fabric.state"], 8))
+        out.append(_row("Status", s["fabric.status"], 8))
+        done = s["fabric.state"] == "Completed"
+        out.append(_row("CliqueId", "0" if done else "N/A", 8))
+        out.append(_row("ClusterUUID", "00000000-0000-0000-0000-000000000000" if done
+                        else "N/A", 8))
+        out.append("    PCI\n")
+        out.append(_row("Bus", f"0x{bus_no}", 8))
+        out.append(_row("Device", f"0x{rest.split('.')[0]}", 8))
+        out.append(_row("Domain", f"0x{domain[-4:]}", 8))
+        out.append(_row("Device Id", f"0x{device:04X}10DE" if device is not None else "N/A",
+                        8))
+        out.append(_row("Bus Id", bus, 8))
+        out.append("    FB Memory Usage\n")
+        out.append(_row("Total", f"{s['memory.total']} MiB", 8))
+        out.append(_row("Used", f"{s['memory.used']} MiB", 8))
+        out.append(_row("Free", f"{s['memory.free']} MiB", 8))
+        out.append(_row("Compute Mode", s["compute_mode"]))
+        out.append("\n")
+    return "".join(out)
+
+
 def render_sh_nvidia_smi(gpus, driver_version, persistence):
     """A POSIX sh nvidia-smi for containers without python3.
 
     The outputs are rendered now (when the container starts); it answers plain
-    `nvidia-smi`, `-L`, `--version` and `--query-gpu=... --format=csv[,noheader][,nounits]`.
+    `nvidia-smi`, `-L`, `-q`, `--version` and `--query-gpu=... --format=csv[,noheader]
+    [,nounits]`. What is live it reads at every run from /etc/fleetlab/live.env (under
+    $FLEETLAB_ROOT): the fabric's state, and GPU_ACCESS=lost, when every command fails as
+    NVML does in a container cut off its devices ("Failed to initialize NVML: Unknown
+    Error", exit status 255).
     """
     states = {g["uuid"]: gpu_state(g, driver_version, len(gpus), persistence, {}) for g in gpus}
     q = shlex.quote
+
+    def full(fabric):
+        return render_full(gpus, {u: {**st, "fabric.state": fabric[0], "fabric.status": fabric[1]}
+                                  for u, st in states.items()}, driver_version, len(gpus))
+
     lines = [
         "#!/bin/sh",
         "# Fleet lab stand-in for nvidia-smi, written into this container by the",
         "# lab's nvidia-container-runtime-hook (the image has no python3). Its answers",
-        "# were rendered when the container started. Not the real nvidia-smi.",
+        "# were rendered when the container started, but for the live state the host side",
+        "# keeps in /etc/fleetlab/live.env. Not the real nvidia-smi.",
         f"TABLE={q(render_table(gpus, states, driver_version))}",
         f"LIST={q(render_list(gpus))}",
         f"VERSION={q(render_version(driver_version))}",
+        f"FULL_NA={q(full(('N/A', 'N/A')))}",
+        f"FULL_PROGRESS={q(full(('In Progress', 'N/A')))}",
+        f"FULL_DONE={q(full(('Completed', 'Success')))}",
+        'LIVE="${FLEETLAB_ROOT:-}/etc/fleetlab/live.env"',
+        "live() {",
+        '  [ -r "$LIVE" ] || return 0',
+        "  while IFS='=' read -r k v; do",
+        '    if [ "$k" = "$1" ]; then printf %s "$v"; return 0; fi',
+        '  done < "$LIVE"',
+        "}",
+        "fabric() {",
+        '  FSTATE=N/A; FSTATUS=N/A; FULL=$FULL_NA',
+        '  [ "$(live FABRIC)" = supported ] || return 0',
+        '  FSTATE="In Progress"; FULL=$FULL_PROGRESS',
+        '  [ "$(live FM_RUNNING)" = 1 ] || return 0',
+        '  at=$(live FABRIC_COMPLETED_AT)',
+        '  [ "$(date +%s)" -ge "${at:-0}" ] 2>/dev/null || return 0',
+        '  FSTATE=Completed; FSTATUS=Success; FULL=$FULL_DONE',
+        "}",
         "hdr() {",
         '  case "$1" in',
     ]
@@ -500,13 +936,15 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
     for gpu in gpus:
         state = states[gpu["uuid"]]
         for name, field in sorted(names.items()):
-            if field == "timestamp":
+            if field == "timestamp" or field in LIVE_FIELDS:
                 continue
             for nounits in (0, 1):
                 key = f"{gpu['index']}:{name}:{nounits}"
                 lines.append(f"    {q(key)}) printf %s {q(csv_value(field, state, nounits))} ;;")
     lines += [
         "    *:timestamp:*) date '+%Y/%m/%d %H:%M:%S.000' | tr -d '\\n' ;;",
+        '    *:fabric.state:*) printf %s "$FSTATE" ;;',
+        '    *:fabric.status:*) printf %s "$FSTATUS" ;;',
         "  esac",
         "}",
         f"COUNT={len(gpus)}",
@@ -514,6 +952,7 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         'while [ $# -gt 0 ]; do',
         '  case "$1" in',
         "    -L|--list-gpus) mode=list ;;",
+        "    -q|--query) mode=full ;;",
         "    --version) mode=version ;;",
         '    --query-gpu=*) mode=query; query="${1#--query-gpu=}" ;;',
         '    --query-gpu) mode=query; shift; query="$1" ;;',
@@ -524,9 +963,15 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         "  esac",
         "  shift",
         "done",
+        'if [ "$(live GPU_ACCESS)" = lost ]; then',
+        '  echo "Failed to initialize NVML: Unknown Error"; exit 255',
+        "fi",
+        "fabric",
         'case "$mode" in',
         '  list) printf %s "$LIST"; [ "$COUNT" -gt 0 ] || { echo "No devices were found";'
         " exit 6; } ;;",
+        '  full) [ "$COUNT" -gt 0 ] || { echo "No devices were found"; exit 6; };'
+        ' printf %s "$FULL" ;;',
         '  version) printf %s "$VERSION" ;;',
         '  table) [ "$COUNT" -gt 0 ] || { echo "No devices were found"; exit 6; };'
         ' printf %s "$TABLE" ;;',

@@ -13,6 +13,14 @@
 # /run/fleetlab/fabricmanager.pid, which the lab's container hook reads: on an NVSwitch
 # board CUDA initialises only while Fabric Manager runs. SIGTERM removes the pid file.
 # Logs go to LOG_FILE_NAME (stderr when empty). Paths are prefixed with $FLEETLAB_ROOT.
+#
+# Bringing the fabric up takes time: like the real one it has configured the NVSwitches
+# when it forks (the forking unit is active then), and the GPUs then register with the
+# NVLink fabric, which nvidia-smi shows as Fabric State "In Progress" until "Completed";
+# CUDA initialises only after that (802 before). The lab sets how long in gpus.json,
+# "fabric_init_seconds" (0 when absent); /run/fleetlab/fabric.json holds when it is done,
+# and every running GPU container's live view (/etc/fleetlab/live.env) is updated when
+# Fabric Manager starts and stops.
 import os
 import re
 import signal
@@ -23,6 +31,7 @@ import time
 # fleetlab:common-begin
 from fleetlab_common import (
     BAKED_DRIVER_VERSION,
+    FABRIC_JSON,
     FM_PID_FILE,
     baked,
     board_needs_fabricmanager,
@@ -30,10 +39,12 @@ from fleetlab_common import (
     host_path,
     loaded_driver_version,
     pid_alive,
+    publish_fabric,
     read_board,
     read_pid_file,
     read_text,
     remove_file,
+    write_json,
 )
 
 # fleetlab:common-end
@@ -176,11 +187,21 @@ def main(argv):
                       "NVLink traffic. NVLink Peer-to-Peer support will be enabled once the "
                       "GPUs are successfully registered with the NVLink fabric.")
 
+    def on_ready():
+        # the GPUs' registration with the fabric, from the moment Fabric Manager runs
+        delay = read_board()["fabric_init_seconds"]
+        done = -int(-(time.time() + delay) // 1) if delay else 0  # whole seconds, rounded up
+        write_json(FABRIC_JSON, {"pid": os.getpid(), "completed_at": done})
+        publish_fabric()
+
     def on_stop():
         log.write("INFO", "Received an interrupt to exit, cleaning up Fabric Manager")
+        remove_file(FABRIC_JSON)
+        remove_file(FM_PID_FILE)
+        publish_fabric()
 
     if config.get("DAEMONIZE", "1") != "0":
-        daemonize(FM_PID_FILE, on_stop)
+        daemonize(FM_PID_FILE, on_stop, on_ready=on_ready)
         return 0
     # DAEMONIZE=0: a normal process in the foreground
     def stop(signum, frame):
@@ -194,6 +215,7 @@ def main(argv):
     os.makedirs(os.path.dirname(full), exist_ok=True)
     with open(full, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()}\n")
+    on_ready()
     while True:
         signal.pause()
 

@@ -5,18 +5,25 @@
 # - a module that is already loaded stays as it is;
 # - no module built by DKMS for the running kernel
 #   (/lib/modules/$(uname -r)/updates/dkms/nvidia.ko): modprobe's FATAL, nothing loads;
+# - Secure Boot on (the lab's /etc/fleetlab/secureboot says "enabled"): a module not
+#   signed by a certificate enrolled in MOK (/etc/fleetlab/mok-enrolled/, the DER files
+#   mokutil's stand-in tests against) is refused as the kernel refuses it: its notice
+#   "Loading of unsigned module is rejected" (or "... module with unavailable key ..."),
+#   modprobe's "Key was rejected by service", nothing loads;
 # - no GPU: NVRM finds none, nothing loads;
 # - the proprietary module on a Blackwell GPU: NVRM refuses the GPU (Blackwell requires
 #   the open kernel modules), nothing loads;
 # - else the module's version is "loaded": /run/fleetlab/nvidia-driver-loaded.
 # It exits 0 in every case, as a boot goes on without the driver. Every absolute path
 # is prefixed with $FLEETLAB_ROOT (default /).
+import hashlib
 import os
 import sys
 
 # fleetlab:common-begin
 from fleetlab_common import (
     DRIVER_MARKER,
+    MODULE_FILE,
     gpu_device_id,
     host_path,
     is_blackwell,
@@ -25,9 +32,46 @@ from fleetlab_common import (
     load_gpus,
     loaded_driver_version,
     read_module,
+    read_text,
 )
 
 # fleetlab:common-end
+
+SECUREBOOT = "/etc/fleetlab/secureboot"
+MOK_ENROLLED = "/etc/fleetlab/mok-enrolled"
+
+
+def secure_boot():
+    return (read_text(SECUREBOOT) or "").strip() == "enabled"
+
+
+def enrolled_keys():
+    """sha256 of each certificate enrolled in the simulated MOK list."""
+    directory = host_path(MOK_ENROLLED)
+    found = set()
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        with open(os.path.join(directory, name), "rb") as f:
+            found.add(hashlib.sha256(f.read()).hexdigest())
+    return found
+
+
+def module_signer(kernel):
+    """The sha256 of the certificate the module was signed with ('' unsigned)."""
+    words = (read_text(MODULE_FILE.format(kernel=kernel)) or "").split()
+    return words[2] if len(words) > 2 else ""
+
+
+def refused_by_secure_boot(kernel):
+    """The kernel's reason to refuse the module under Secure Boot, or None (kernel/module/
+    signing.c module_sig_check with signatures enforced)."""
+    if not secure_boot():
+        return None
+    signer = module_signer(kernel)
+    if not signer:
+        return "unsigned module"
+    if signer not in enrolled_keys():
+        return "module with unavailable key"
+    return None
 
 
 def main():
@@ -42,6 +86,12 @@ def main():
                          f"/lib/modules/{kernel}\n")
         return 0
     version, flavour = module
+    reason = refused_by_secure_boot(kernel)
+    if reason:
+        sys.stderr.write(f"Loading of {reason} is rejected\n"
+                         "modprobe: ERROR: could not insert 'nvidia': Key was rejected by "
+                         "service\n")
+        return 0
     gpus = load_gpus()
     if not gpus:
         sys.stderr.write("NVRM: No NVIDIA GPU found. (fleet lab: /etc/fleetlab/gpus.json "

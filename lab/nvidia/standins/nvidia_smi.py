@@ -5,9 +5,15 @@
 # once the simulated kernel module is loaded (/run/fleetlab/nvidia-driver-loaded,
 # created at boot by fleetlab-nvidia-kmod.service), and fails like the real tool
 # otherwise. Every absolute path is prefixed with $FLEETLAB_ROOT (default /).
+#
+# The container hook copies it into containers whose image has python3. There it reads
+# the host's live state that the host side keeps in /etc/fleetlab/live.env: the fabric's
+# state, and whether the container lost access to its GPUs (a `systemctl daemon-reload`
+# under Docker's systemd cgroup driver, NVIDIA/nvidia-container-toolkit#48): then every
+# command that initialises NVML fails with "Failed to initialize NVML: Unknown Error",
+# exit status 255.
 import os
 import sys
-import time
 
 # fleetlab:common-begin
 from fleetlab_common import (
@@ -15,16 +21,19 @@ from fleetlab_common import (
     PERSISTENCE_JSON,
     baked,
     canonical_field,
-    cuda_version,
+    fabric_from_live,
+    fabric_state,
     fleetlab_root,
-    gpu_device_id,
     gpu_state,
+    host_fabric,
     load_gpus,
     load_persistence,
     load_usage,
     loaded_driver_version,
     nvml_version,
+    read_live,
     render_csv,
+    render_full,
     render_list,
     render_table,
     render_version,
@@ -37,6 +46,8 @@ NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVI
              "Make sure that the latest NVIDIA driver is installed and running.\n")
 INVALID_ARGS = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.\n"
 NO_DEVICES = "No devices were found\n"
+# NVML_ERROR_UNKNOWN at nvmlInit: what a container cut off its device nodes gets
+NVML_UNKNOWN = "Failed to initialize NVML: Unknown Error\n"
 
 HELP = """NVIDIA System Management Interface -- fleet lab stand-in (not the real nvidia-smi)
 
@@ -114,47 +125,6 @@ def select(gpus, ids):
     return chosen
 
 
-def _row(label, value, indent=4):
-    return f"{' ' * indent}{label:<{42 - indent}}: {value}\n"
-
-
-def render_full(gpus, states, driver, count):
-    """The start of `nvidia-smi -q`: its header and, per GPU, the identity, persistence
-    mode, PCI and memory sections (the real tool prints many more)."""
-    out = ["\n==============NVSMI LOG==============\n\n",
-           _row("Timestamp", time.strftime("%a %b %d %H:%M:%S %Y"), 0),
-           _row("Driver Version", driver, 0),
-           _row("CUDA Version", cuda_version(driver), 0), "\n",
-           _row("Attached GPUs", str(count), 0)]
-    for gpu in gpus:
-        s = states[gpu["uuid"]]
-        bus = gpu["pci_bus_id"]
-        domain, bus_no, rest = (bus.split(":") + ["", ""])[:3]
-        device = gpu_device_id(gpu)
-        out.append(f"GPU {bus}\n")
-        out.append(_row("Product Name", gpu["name"]))
-        out.append(_row("Product Brand", "NVIDIA"))
-        out.append(_row("Display Mode", "Disabled"))
-        out.append(_row("Persistence Mode", s["persistence_mode"]))
-        out.append(_row("Serial Number", s["serial"]))
-        out.append(_row("GPU UUID", gpu["uuid"]))
-        out.append(_row("Minor Number", str(gpu["index"])))
-        out.append("    PCI\n")
-        out.append(_row("Bus", f"0x{bus_no}", 8))
-        out.append(_row("Device", f"0x{rest.split('.')[0]}", 8))
-        out.append(_row("Domain", f"0x{domain[-4:]}", 8))
-        out.append(_row("Device Id", f"0x{device:04X}10DE" if device is not None else "N/A",
-                        8))
-        out.append(_row("Bus Id", bus, 8))
-        out.append("    FB Memory Usage\n")
-        out.append(_row("Total", f"{s['memory.total']} MiB", 8))
-        out.append(_row("Used", f"{s['memory.used']} MiB", 8))
-        out.append(_row("Free", f"{s['memory.free']} MiB", 8))
-        out.append(_row("Compute Mode", s["compute_mode"]))
-        out.append("\n")
-    return "".join(out)
-
-
 def main(argv):
     out = sys.stdout
     try:
@@ -186,6 +156,10 @@ def main(argv):
             out.write(INVALID_ARGS)
             return 2
 
+    live = read_live()
+    if live is not None and live.get("GPU_ACCESS") == "lost":
+        out.write(NVML_UNKNOWN)
+        return 255
     driver = loaded_driver_version()
     if driver is None:
         out.write(NO_DRIVER)
@@ -230,7 +204,9 @@ def main(argv):
         return 0
 
     usage = load_usage()
-    states = {g["uuid"]: gpu_state(g, driver, len(gpus), persistence, usage) for g in gpus}
+    fabric = fabric_state(host_fabric() if live is None else fabric_from_live(live))
+    states = {g["uuid"]: gpu_state(g, driver, len(gpus), persistence, usage, fabric)
+              for g in gpus}
     if opts["mode"] == "full":
         out.write(render_full(chosen, states, driver, len(gpus)))
         return 0

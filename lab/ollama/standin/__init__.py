@@ -83,6 +83,12 @@ prefixed with $FLEETLAB_ROOT when that is set, as the NVIDIA stand-ins do):
                               size_vram 0 ("100% CPU"). Read once, at start: a running
                               server stays on CPU until it restarts, as upstream's does.
     /run/fleetlab/nvidia-driver-loaded  the driver version (libcuda.so's name, CUDA version)
+    /etc/fleetlab/live.env    the host's live view, kept by the host side: GPU_ACCESS=lost
+                              once a `systemctl daemon-reload` took the container's device
+                              nodes (NVIDIA/nvidia-container-toolkit#48). Read at each
+                              load and unload: loaded runners keep answering; a new load
+                              logs the failed GPU refresh and runs on the CPU while
+                              /api/ps reports it on the GPU, as v0.6.8 does (scheduler.py)
 
 Store layout is upstream's: ``manifests/<host>/<namespace>/<model>/<tag>`` holds
 the manifest as Ollama re-encodes it (json.Marshal of its Manifest struct: compact,

@@ -16,6 +16,12 @@ from .goformat import human_bytes2
 FLEETLAB_GPUS_JSON = "/etc/fleetlab/gpus.json"
 FLEETLAB_CUDA_JSON = "/etc/fleetlab/cuda.json"
 FLEETLAB_DRIVER = "/run/fleetlab/nvidia-driver-loaded"
+# The host's live view for this container (the NVIDIA stand-ins keep it): GPU_ACCESS=lost
+# once a `systemctl daemon-reload` took the container's device nodes away.
+FLEETLAB_LIVE = "/etc/fleetlab/live.env"
+# CUresult of cuCtxCreate when the device nodes can no longer be opened
+# (CUDA_ERROR_NOT_PERMITTED), as the refresh in discover/gpu_info_nvcuda.c reports it
+CUDA_ERROR_NOT_PERMITTED = 800
 # The cudart library Ollama bundles (lib/ollama/cuda_v12), tried after libcuda fails.
 BUNDLED_CUDART = "/usr/lib/ollama/cuda_v12/libcudart.so.12.8.90"
 # gpu_info_nvcuda.h
@@ -58,6 +64,26 @@ def _fleetlab_json(path: str):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def gpu_access_lost() -> bool:
+    """Whether the container lost access to its GPU device nodes (read at each use: the
+    host side changes it while the server runs)."""
+    try:
+        with open(_fleetlab_path(FLEETLAB_LIVE), encoding="utf-8") as f:
+            return any(line.strip() == "GPU_ACCESS=lost" for line in f)
+    except OSError:
+        return False
+
+
+def log_refresh_failure(gpus: list[dict]) -> None:
+    """GetGPUInfo's refresh of free VRAM (discover/gpu.go, v0.6.8) once the device nodes are
+    gone: the CUDA library is already initialised in the server, but nvcuda_get_free's
+    cuCtxCreate fails; gpu_info_nvcuda.c prints that to stderr without a newline, then
+    gpu.go:434 warns, and the GPU keeps the free memory of its last refresh."""
+    for _ in gpus:
+        log("WARN", "gpu.go:434", "error looking up nvidia GPU memory",
+            _raw=f"cuda driver library failed to get device context {CUDA_ERROR_NOT_PERMITTED}")
 
 
 def _cuda_driver_version(driver: str) -> str:

@@ -162,17 +162,29 @@ def _slog_value(v) -> str:
     return s
 
 
-def log(level: str, source: str, msg: str, **attrs) -> None:
+def log(level: str, source: str, msg: str, _raw: str = "", **attrs) -> None:
+    """One slog line; _RAW is what a C library printed to stderr just before it, without
+    a newline, so that it starts the same line."""
     if _LEVELS[level] < _log_level():
         return
     now = datetime.datetime.now().astimezone()
     ts = now.strftime("%Y-%m-%dT%H:%M:%S") + f".{now.microsecond // 1000:03d}" + _tz_suffix(now)
     parts = [f"time={ts}", f"level={level}", f"source={source}", f"msg={_slog_value(msg)}"]
     parts += [f"{k}={_slog_value(v)}" for k, v in attrs.items()]
-    line = " ".join(parts) + "\n"
+    line = _raw + " ".join(parts) + "\n"
     with _LOG_LOCK:
         try:
             sys.stderr.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def log_raw(text: str) -> None:
+    """Text another program (a runner subprocess) wrote to stderr, passed on as it is."""
+    with _LOG_LOCK:
+        try:
+            sys.stderr.write(text)
             sys.stderr.flush()
         except (OSError, ValueError):
             pass

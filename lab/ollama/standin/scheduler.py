@@ -1,4 +1,18 @@
-"""The scheduler (server/sched.go): loaded models, keep-alive, parallelism, queue."""
+"""The scheduler (server/sched.go): loaded models, keep-alive, parallelism, queue.
+
+A container can lose its GPU device nodes while the server runs (a `systemctl
+daemon-reload` under Docker's systemd cgroup driver, NVIDIA/nvidia-container-toolkit#48;
+the lab's NVIDIA stand-ins set GPU_ACCESS=lost in /etc/fleetlab/live.env). As v0.6.8 does
+then: a runner already loaded keeps its open device files and goes on answering (the
+device cgroup is checked when a device is opened). A new load refreshes the GPU list
+(GetGPUInfo): the refresh fails (`cuda driver library failed to get device context 800`,
+WARN gpu.go:434) but the GPUs stay listed with their old free memory, so the model is
+placed on them; the new runner process cannot initialise CUDA (`ggml_cuda_init: failed
+to initialize CUDA: unknown error`) and runs the model on the CPU, while the server keeps
+its estimate: `/api/ps` reports size_vram as for a GPU load (`ollama ps`: 100% GPU). An
+unload waits for the VRAM to come back (waitForVRAMRecovery), which it never does: WARN
+sched.go:655 after 5 s, and a load that waits for that unload waits as long.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +20,17 @@ import threading
 import time
 
 from .apierror import ApiError
-from .discover import _nvidia_visible
-from .envconfig import env_float, log
+from .discover import _nvidia_visible, gpu_access_lost, log_refresh_failure
+from .envconfig import env_float, log, log_raw
 from .goformat import FOREVER_NS, go_time
 from .store import ModelInfo
 
 ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def log_runner(line: str) -> None:
+    """A line the runner subprocess writes to its stderr, which the server passes on."""
+    log_raw(line + "\n")
 
 
 class Runner:
@@ -23,6 +42,9 @@ class Runner:
         self.expires_ns: int | None = None
         self.unload_requested = False
         self.loaded_ns = time.time_ns()
+        # the runner process could not initialise CUDA: it computes on the CPU, although
+        # the server placed the model on the GPUs
+        self.cuda_failed = False
 
 
 class Scheduler:
@@ -35,6 +57,8 @@ class Scheduler:
         self.runners: dict[str, Runner] = {}
         self.pending = 0
         self.on_gpu = _nvidia_visible()  # set from GPU discovery when the server starts
+        self.gpus: list[dict] = []  # the GPUs discovery found (set with on_gpu)
+        self.vram_wait_until = 0.0  # monotonic: an unload's VRAM recovery wait ends
 
     def acquire(self, info: ModelInfo, keep_alive_ns: int | None) -> Runner:
         # A request without keep_alive leaves a loaded model's duration as it is; a load
@@ -52,8 +76,14 @@ class Scheduler:
                     if r is not None:
                         break
                     if len(self.runners) < self.max_loaded:
+                        lost = self.on_gpu and gpu_access_lost()
+                        if lost:  # the GetGPUInfo refresh before the load
+                            log_refresh_failure(self.gpus)
                         time.sleep(env_float("OLLAMA_LAB_LOAD_SECONDS", 0.3))  # the load
                         r = Runner(info, self.num_parallel)
+                        if lost:  # the runner process's ggml-cuda (its stderr, as is)
+                            r.cuda_failed = True
+                            log_runner("ggml_cuda_init: failed to initialize CUDA: unknown error")
                         self.runners[key] = r
                         log("INFO", "sched.go:788", "loaded lab runner",
                             model=info.short, parallel=self.num_parallel,
@@ -63,6 +93,10 @@ class Scheduler:
                     if idle:
                         victim = min(idle, key=lambda x: x.expires_ns or 0)
                         self._unload_locked(victim)
+                        # processPending waits for the unloaded event, which comes after
+                        # the VRAM recovery wait
+                        while time.monotonic() < self.vram_wait_until:
+                            self.cond.wait(self.vram_wait_until - time.monotonic())
                         continue
                     self.cond.wait(0.25)
                 r.refs += 1
@@ -106,7 +140,25 @@ class Scheduler:
             if v is r:
                 del self.runners[k]
                 log("DEBUG", "sched.go:401", "runner expired and unloaded", model=r.info.short)
+                if self.on_gpu and gpu_access_lost():
+                    self.vram_wait_until = time.monotonic() + 5.0
+                    threading.Thread(target=self._vram_recovery, args=(r,), daemon=True).start()
         self.cond.notify_all()
+
+    def _vram_recovery(self, r: Runner) -> None:
+        """waitForVRAMRecovery (server/sched.go, v0.6.8) with the GPUs gone: a refresh as the
+        baseline, one every 250 ms, no convergence; after 5 s the timeout warning, which its
+        loop repeats at the next two ticks before it blocks for good."""
+        start = time.monotonic()
+        log_refresh_failure(self.gpus)
+        warned = 0
+        while warned < 3:
+            time.sleep(0.25)
+            if time.monotonic() - start > 5.0:
+                log("WARN", "sched.go:655", "gpu VRAM usage didn't recover within timeout",
+                    seconds=round(time.monotonic() - start, 9), model=r.info.model_path)
+                warned += 1
+            log_refresh_failure(self.gpus)
 
     def _reap_locked(self) -> None:
         now = time.time_ns()

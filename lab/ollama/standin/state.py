@@ -34,6 +34,7 @@ class ServerState:
             keep_alive_ns=keep_alive_default_ns(),
         )
         self.sched.on_gpu = self.discovery.on_gpu
+        self.sched.gpus = self.discovery.gpus
         self.version = lab_version()
         self.unhealthy_env = env_bool("OLLAMA_LAB_UNHEALTHY")
         self.loopback = True
