@@ -75,10 +75,10 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from ollama_fleet.fleetctl.inventory import UsageError
-from ollama_fleet.tasks.kit.facts import parse_gpu_csv
+from ollama_fleet.tasks.kit.facts import parse_gpu_csv, reboot_required
 from ollama_fleet.tasks.kit.fleet import Member
 from ollama_fleet.tasks.kit.paths import CONFIG
-from ollama_fleet.tasks.kit.scripts import script_command
+from ollama_fleet.tasks.kit.scripts import script_command, script_text
 from ollama_fleet.tasks.steps.stack import PROJECT, expected_services
 
 DEFAULT_TIMEOUT_S = 20
@@ -142,12 +142,14 @@ def status_script(plan: HostPlan) -> str:
     """The command run on PLAN's host (templates/status/status.sh). It always exits 0 and
     prints one JSON object: `{"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)},
     ...}` with KEY os, nvidia_smi (absent without nvidia-smi), docker, containers (absent
-    without Docker), version:PORT, tags:PORT, ps:PORT (absent when curl is missing), nginx.
+    without Docker), version:PORT, tags:PORT, ps:PORT (absent when curl is missing), nginx,
+    reboot (templates/facts/reboot-required.sh's lines).
     Output is base64 so that nothing a command prints can break the document. Needs sh and
     coreutils (timeout, base64, tr, cat); every command is bounded by `timeout`, and an
     instance whose /api/version does not answer is not asked the rest."""
     return script_command("status/status.sh", PROJECT, ",".join(GPU_QUERY), INSPECT_FORMAT,
                           plan.api_address, plan.nginx_url or "",
+                          script_text("facts/reboot-required.sh"),
                           *(port for _, port in plan.instances))
 
 
@@ -333,9 +335,12 @@ def host_view(plan: HostPlan, report: dict[str, Any]) -> dict[str, Any]:
         docker_error = docker["out"].strip().splitlines()[-1] if docker["out"].strip() \
             else f"docker version exited {docker['rc']}"
     containers = parse_containers((report.get("containers") or {}).get("out", ""))
+    reboot = report.get("reboot")
     return {
         "host": plan.name, "reachable": True, "error": None, "groups": list(plan.groups),
         "os": parse_os_release(os_entry["out"]),
+        # why the host must reboot to run what is installed (a kernel, a driver): [] none
+        "reboot_required": reboot_required(reboot["out"].splitlines()) if reboot else [],
         "driver_version": driver, "gpu_error": gpu_error, "gpus": gpus,
         "docker_version": docker_version, "docker_error": docker_error,
         "instances": [instance_view(name, port, containers.get(name), report, gpus)
@@ -349,8 +354,9 @@ def failed_view(plan: HostPlan, error: str, reachable: bool = False) -> dict[str
     if not reachable:
         return {"host": plan.name, "reachable": False, "error": error}
     return {"host": plan.name, "reachable": True, "error": error, "groups": list(plan.groups),
-            "os": None, "driver_version": None, "gpu_error": None, "gpus": [],
-            "docker_version": None, "docker_error": None, "instances": [], "nginx": None}
+            "os": None, "reboot_required": [], "driver_version": None, "gpu_error": None,
+            "gpus": [], "docker_version": None, "docker_error": None, "instances": [],
+            "nginx": None}
 
 
 def exit_status(views: list[dict[str, Any]]) -> int:
@@ -409,6 +415,8 @@ def render_table(views: list[dict[str, Any]]) -> str:
         out.append(f"{v['host']:<{width}}  {(v['os'] or '?')[:32]:<32}  "
                    f"{v['driver_version'] or '-':<12}  {docker:<14}  {nginx_text}")
         pad = " " * (width + 2)
+        for reason in v.get("reboot_required") or []:
+            out.append(f"{pad}reboot required: {reason}")
         if v["gpu_error"]:
             out.append(f"{pad}GPU  {v['gpu_error']}")
         elif not v["gpus"]:

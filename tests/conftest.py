@@ -82,12 +82,14 @@ def backup_lab():
 
 SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
 # Seconds each group took in one serial run on the 2-core machine (December 2026): the
-# longest start first, so that two workers end together (xdist hands out groups in this
+# longest start first, so that the workers end together (xdist hands out groups in this
 # order with --no-loadscope-reorder; by default it would sort them by their test count).
 GROUP_SECONDS = {
     "deploy_lab": 700, "tests.lab.test_rolling": 620, "tests.lab.test_deploy_faults": 360,
     "backup_lab": 330, "tests.lab.test_models": 300, "tests.lab.test_gate": 200,
     "tests.lab.test_prod_shape": 190, "core_lab": 180, "tests.lab.test_driver_debian12": 120,
+    "tests.lab.test_between_deploys": 330, "tests.lab.test_updates_between_deploys": 150,
+    "tests.lab.test_secure_boot": 90,
     "tests.lab.test_lab_lifecycle": 80, "tests.lab.test_app_images": 70,
     "tests.lab.test_ollama_standin": 60, "tests.lab.test_modelregistry": 30,
 }
@@ -111,7 +113,7 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into node ids
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs the lab tests): every
+    """With pytest-xdist (`-n 3 --dist loadgroup`, as `make test` runs the lab tests): every
     test of a lab runs in the worker that started that lab, and the longest labs start
     first. A shared lab's modules are one group (the lab is set up once, in one worker);
     every other lab module is a group of its own. Within a group, file order is kept."""

@@ -5,8 +5,9 @@
 # debian13 repository carries 590 and later only: set 590 for Debian 13 hosts.
 nvidia_driver_branch = 580
 
-# Container Toolkit packages are pinned together to this version.
-nvidia_toolkit_version = "1.17.8"
+# Container Toolkit packages are pinned together to this version (1.18 and later: a
+# `systemctl daemon-reload` leaves running instances their GPUs).
+nvidia_toolkit_version = "1.18.2"
 
 # Pin images by tag; a rolling update changes this line.
 ollama_image = "ollama/ollama:0.6.8"

@@ -75,6 +75,14 @@ class DriverPackages:
     headers: str  # what the module is built against ('' precompiled: none)
     headers_meta: str = ""  # the headers of the kernels to come (their flavour's package)
     modules: str = ""  # "precompiled" or "dkms" where the knob chooses (Ubuntu); '' any
+    # How the branch is kept while its own updates (and each new kernel's module) come in:
+    # "pin" (the pin package's apt preferences), "hold" (`apt-mark hold` of the branch's
+    # packages: their dependencies do not hold the branch otherwise) or "preferences" (an
+    # apt preferences file of the deploy's pinning `branch_packages` to `{branch}.*`)
+    keep_branch: str = "pin"
+    branch_packages: tuple[str, ...] = ()  # what the apt preferences file pins to the branch
+    # the package whose version is the driver's (open, proprietary): Fabric Manager follows it
+    driver_version: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class Distribution:
     driver_source: str = ""  # where the driver comes from, for messages
     archive_components: tuple[str, ...] = ()  # components of the OS archive the driver needs
     ga_kernel: str = ""  # Ubuntu: the release's own kernel series; others are HWE kernels
+    # the key and certificate (DER) DKMS signs modules with when none is configured (dkms's
+    # prepare_mok: Ubuntu's update-secureboot-policy pair, else /var/lib/dkms/mok.*)
+    dkms_mok: tuple[str, str] = ("/var/lib/dkms/mok.key", "/var/lib/dkms/mok.pub")
 
     @property
     def name(self) -> str:
@@ -122,22 +133,45 @@ TOOLKIT_REPOSITORY = VendorRepository(
 # systems): up to 580 the branch is in the meta-package's name; from 590 the names
 # carry none and `nvidia-driver-pinning-<branch>` holds the branch. The kernel module is
 # built by DKMS against the running kernel's headers (only recommended by the packages).
+# Nothing but a hold keeps these names on their branch's versions: they are held, Fabric
+# Manager with them (both at the version installed together). DKMS still builds the held
+# module for every new kernel whose headers come (the flavour's headers meta-package).
 CUDA_BRANCHED = DriverPackages(
     first=550, last=579, pin="", open=("nvidia-open-{branch}",),
     proprietary=("cuda-drivers-{branch}",), fabricmanager="nvidia-fabricmanager-{branch}",
-    headers="linux-headers-{kernel}", headers_meta="linux-headers-{flavour}")
+    headers="linux-headers-{kernel}", headers_meta="linux-headers-{flavour}",
+    keep_branch="hold", driver_version=("nvidia-open-{branch}", "cuda-drivers-{branch}"))
 # From 580 the meta-packages depend on `>=` versions: without the pin a branch-named one
-# pulls the newest branch in (NVIDIA's guide: version locking, from 580).
+# pulls the newest branch in (NVIDIA's guide: version locking, from 580). The pin names
+# nvidia-fabricmanager too, so `apt upgrade` moves driver and Fabric Manager together
+# within the branch: only the pin is held. Our own preferences file keeps Fabric Manager
+# on the branch as well, whatever the pin names (not read from a real host here).
 CUDA_PINNED = DriverPackages(
     first=580, last=999, pin="nvidia-driver-pinning-{branch}",
     open=("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"),
     proprietary=("nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"),
     fabricmanager="nvidia-fabricmanager", headers="linux-headers-{kernel}",
-    headers_meta="linux-headers-{flavour}")
+    headers_meta="linux-headers-{flavour}", branch_packages=("nvidia-fabricmanager",),
+    driver_version=("nvidia-driver-cuda", "nvidia-driver-cuda"))
 
 # Ubuntu's GPU servers take Canonical's server packages from the archive: by default its
 # signed precompiled modules for the running kernel (what `ubuntu-drivers install --gpgpu`
 # picks; they load under Secure Boot and need no headers), or DKMS as an option.
+# Nothing is held (tests/unit/fixtures/ubuntu/noble-nvidia-580-server.Packages): the flavour
+# meta-package brings each new kernel's module, which needs `nvidia-kernel-common-<branch>
+# (>= the version it was built with)`; the userspace packages depend on each other with `=`
+# and Fabric Manager on `nvidia-kernel-common-<branch>-server-<version>`, so a hold anywhere
+# keeps the next kernel's module (or Canonical's in-branch fixes) out. The names keep the
+# branch; only a retired branch's transitional packages, whose versions are the next
+# branch's, would move it: an apt preferences file pins these names to `{branch}.*`.
+UBUNTU_BRANCH_PACKAGES = (
+    "nvidia-headless-no-dkms-{branch}-server", "nvidia-headless-no-dkms-{branch}-server-open",
+    "nvidia-headless-{branch}-server", "nvidia-headless-{branch}-server-open",
+    "nvidia-dkms-{branch}-server", "nvidia-dkms-{branch}-server-open",
+    "nvidia-kernel-source-{branch}-server", "nvidia-kernel-source-{branch}-server-open",
+    "nvidia-kernel-common-{branch}-server", "nvidia-compute-utils-{branch}-server",
+    "libnvidia-compute-{branch}-server", "libnvidia-cfg1-{branch}-server",
+    "nvidia-utils-{branch}-server", "nvidia-fabricmanager-{branch}", "libnvidia-nscq-{branch}")
 UBUNTU_PRECOMPILED = DriverPackages(
     first=550, last=999, pin="", modules="precompiled",
     open=("linux-modules-nvidia-{branch}-server-open-{kernel}",
@@ -146,13 +180,19 @@ UBUNTU_PRECOMPILED = DriverPackages(
     proprietary=("linux-modules-nvidia-{branch}-server-{kernel}",
                  "linux-modules-nvidia-{branch}-server-{flavour}",
                  "nvidia-headless-no-dkms-{branch}-server", "nvidia-utils-{branch}-server"),
-    fabricmanager="nvidia-fabricmanager-{branch}", headers="")
+    fabricmanager="nvidia-fabricmanager-{branch}", headers="",
+    keep_branch="preferences", branch_packages=UBUNTU_BRANCH_PACKAGES,
+    driver_version=("nvidia-kernel-common-{branch}-server",) * 2)
 UBUNTU_DKMS = DriverPackages(
     first=550, last=999, pin="", modules="dkms",
     open=("nvidia-headless-{branch}-server-open", "nvidia-utils-{branch}-server"),
     proprietary=("nvidia-headless-{branch}-server", "nvidia-utils-{branch}-server"),
     fabricmanager="nvidia-fabricmanager-{branch}", headers="linux-headers-{kernel}",
-    headers_meta="linux-headers-{flavour}")
+    headers_meta="linux-headers-{flavour}",
+    keep_branch="preferences", branch_packages=UBUNTU_BRANCH_PACKAGES,
+    driver_version=("nvidia-kernel-common-{branch}-server",) * 2)
+# Where the deploy writes that apt preferences file (Ubuntu)
+BRANCH_PREFERENCES = "/etc/apt/preferences.d/ollama-fleet-nvidia-branch"
 UBUNTU_DOCKER = ("docker.io", "docker-compose-v2")
 
 
@@ -207,6 +247,7 @@ def _ubuntu(major: int, codename: str) -> Distribution:
         },
         archive={DOCKER: UBUNTU_DOCKER}, drivers=(UBUNTU_PRECOMPILED, UBUNTU_DKMS),
         driver_source=f"Ubuntu {major}.04's archive", ga_kernel=UBUNTU_GA_KERNEL[major],
+        dkms_mok=("/var/lib/shim-signed/mok/MOK.priv", "/var/lib/shim-signed/mok/MOK.der"),
     )
 
 

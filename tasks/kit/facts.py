@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 import socket
 import struct
@@ -442,3 +443,157 @@ class DockerNetwork(FactBase):
 
     def process(self, output: list[str]) -> dict[str, Any]:
         return parse_routes(output)
+
+
+# -- the driver's boot: Secure Boot, persistence mode, reboot needed ---------------------
+
+# What `mokutil --test-key FILE` says after FILE's name (mokutil.c test_key and
+# print_skip_message, 0.7.2): only these two mean the kernel trusts the key now.
+MOK_ENROLLED = (" is already enrolled", " is already in db")
+
+
+def parse_secure_boot(lines: Iterable[str]) -> dict[str, Any]:
+    """The lines of templates/facts/secure-boot.sh: `{"enabled": bool, "via": "mokutil" |
+    "efivars" | "none", "state": mokutil's line, "host": test, "given": test}`; a test is
+    None (not made) or `{"enrolled": bool, "said": mokutil's line}`."""
+    found: dict[str, Any] = {"enabled": False, "via": "none", "state": "", "host": None,
+                             "given": None}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "via":
+            found["via"] = value.strip()
+        elif key == "sb":
+            found["state"] = value.strip()
+            found["enabled"] = value.strip() == "SecureBoot enabled"
+        elif key in ("host", "given"):
+            rc, _, said = value.strip().partition(" ")
+            found[key] = {"enrolled": rc == "0" and said.endswith(MOK_ENROLLED),
+                          "said": said}
+    return found
+
+
+class SecureBoot(FactBase):
+    """Whether Secure Boot is on (mokutil, else the EFI variables) and, when it is, whether
+    HOST_CERT (the certificate DKMS signs with on the host) and CERT (DER, the operator's)
+    are enrolled in MOK: see `parse_secure_boot`."""
+
+    def command(self, host_cert: str, cert_base64: str = "") -> str:
+        return script_command("facts/secure-boot.sh", host_cert, cert_base64)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_secure_boot(output)
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return parse_secure_boot([])
+
+
+NO_PERSISTENCE_FLAG = "--no-persistence-mode"
+
+
+def persistence_dropin(exec_lines: Sequence[str]) -> str | None:
+    """The drop-in that makes nvidia-persistenced keep persistence mode on, from the
+    packaged unit's `ExecStart=` lines: its command without `--no-persistence-mode`
+    (Ubuntu's unit); None where the packaged unit does not turn it off."""
+    commands = [line.partition("=")[2].strip() for line in exec_lines
+                if line.startswith("ExecStart=") and line.partition("=")[2].strip()]
+    if not commands or NO_PERSISTENCE_FLAG not in commands[-1].split():
+        return None
+    words = [w for w in commands[-1].split() if w != NO_PERSISTENCE_FLAG]
+    return ("# ollama-fleet (nvidia_persistence_mode): the packaged unit turns persistence "
+            "mode off\n[Service]\nExecStart=\nExecStart=" + " ".join(words) + "\n")
+
+
+class PersistencedUnit(FactBase):
+    """The packaged nvidia-persistenced unit's ExecStart lines and the deploy's drop-in:
+    `{"unit": path or "", "exec": [lines], "dropin": text or None}`."""
+
+    def command(self, unit: str, dropin: str) -> str:
+        return script_command("facts/persistenced-unit.sh", unit, dropin)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {"unit": "", "exec": [], "dropin": None}
+        dropin = []
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "unit":
+                found["unit"] = value
+            elif key == "exec":
+                found["exec"].append(value)
+            elif key == "dropin":
+                dropin.append(value)
+        if dropin:
+            found["dropin"] = "\n".join(dropin) + "\n"
+        return found
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"unit": "", "exec": [], "dropin": None}
+
+
+def _version_key(version: str) -> list[tuple[int, int | str]]:
+    """A kernel release in an order where 6.8.0-100 comes after 6.8.0-99."""
+    return [(0, int(part)) if part.isdigit() else (1, part)
+            for part in re.findall(r"\d+|[^\d.+~-]+", version)]
+
+
+def parse_reboot_state(lines: Iterable[str]) -> dict[str, Any]:
+    """The lines of templates/facts/reboot-required.sh: `{"running", "kernels": [...],
+    "modules": [...], "flag": bool, "packages": [...], "loaded", "library", "smi_rc":
+    int|None, "smi"}` (versions '' where unknown)."""
+    state: dict[str, Any] = {"running": "", "kernels": [], "modules": [], "flag": False,
+                             "packages": [], "loaded": "", "library": "", "smi_rc": None,
+                             "smi": ""}
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key in ("running", "loaded", "library", "smi"):
+            state[key] = value.strip()
+        elif key == "kernel" and value:
+            state["kernels"].append(value)
+        elif key == "module" and value:
+            state["modules"].append(value)
+        elif key == "flag":
+            state["flag"] = True
+        elif key == "pkg" and value:
+            state["packages"].append(value)
+        elif key == "smi_rc" and value.strip().isdigit():
+            state["smi_rc"] = int(value)
+    return state
+
+
+def reboot_required(lines: Iterable[str]) -> list[str]:
+    """Why the host must reboot to run what is installed, from the output LINES of
+    templates/facts/reboot-required.sh (script_command("facts/reboot-required.sh"), no
+    arguments); [] when it need not. One reason a line: the OS's flag (and the packages
+    that set it), a newer kernel installed than the one running, the loaded NVIDIA module
+    older or newer than the userspace driver installed (nvidia-smi's "Driver/library
+    version mismatch")."""
+    state = parse_reboot_state(lines)
+    reasons = []
+    if state["flag"]:
+        asked = f" ({', '.join(state['packages'])})" if state["packages"] else ""
+        reasons.append(f"/run/reboot-required{asked}")
+    newest = max(state["kernels"], key=_version_key, default="")
+    if newest and state["running"] and _version_key(newest) > _version_key(state["running"]):
+        reasons.append(f"kernel {newest} installed, {state['running']} running")
+    if state["loaded"] and state["library"] and state["loaded"] != state["library"]:
+        reasons.append(f"NVIDIA module {state['loaded']} loaded, driver {state['library']} "
+                       "installed")
+    elif "Driver/library version mismatch" in state["smi"]:
+        reasons.append("nvidia-smi: Driver/library version mismatch (the loaded NVIDIA "
+                       "module is not the installed driver's)")
+    return reasons
+
+
+class RebootRequired(FactBase):
+    """`reboot_required`'s reasons for this host ([]: no reboot needed)."""
+
+    def command(self) -> str:
+        return script_command("facts/reboot-required.sh")
+
+    def process(self, output: list[str]) -> list[str]:
+        return reboot_required(output)
+
+    @staticmethod
+    def default() -> list[str]:
+        return []

@@ -259,6 +259,23 @@ class Settings(BaseModel):
     nvidia_driver_reboot_all_at_once: bool = Field(False, description=(
         "a host whose driver serves already (a branch change) reboots one at a time; "
         "true: all such hosts at once. Hosts with no working driver reboot together"))
+    nvidia_driver_mok_key: Text = Field("", description=(
+        "Secure Boot with DKMS modules: the private key (PEM) on the operator's machine of "
+        "a MOK already enrolled on the hosts; installed where DKMS signs with it before "
+        "the driver. Empty: a DKMS host with Secure Boot on stops before the driver "
+        "unless its own DKMS key is enrolled"))
+    nvidia_driver_mok_cert: Text = Field("", description=(
+        "the certificate (DER or PEM) of nvidia_driver_mok_key, on the operator's machine; "
+        "the deploy checks with `mokutil --test-key` that it is enrolled"))
+
+    @field_validator("nvidia_driver_mok_cert")
+    @classmethod
+    def _mok_pair(cls, value: str, info: ValidationInfo) -> str:
+        if bool(value) != bool(info.data.get("nvidia_driver_mok_key")):
+            raise ValueError("nvidia_driver_mok_key and nvidia_driver_mok_cert go together: "
+                             "give both (a key enrolled in MOK and its certificate) or none")
+        return value
+
     nvidia_fabricmanager: Literal["auto", "always", "never"] = Field("auto", description=(
         "NVIDIA Fabric Manager, of the driver's version: auto installs and runs it where "
         "the host has NVSwitch devices (HGX/DGX boards), read from its PCI bus"))
@@ -271,8 +288,10 @@ class Settings(BaseModel):
                                                       "base (mirrors, air-gapped fleets)"))
     nvidia_toolkit_gpgkey_url: UrlOrEmpty = Field("", description=(
         "key of that repository; empty: `<repo>/gpgkey`"))
-    nvidia_toolkit_version: Version = Field("1.17.8", description=(
-        "toolkit version; its four packages are pinned together to `<version>-1`"))
+    nvidia_toolkit_version: Version = Field("1.18.2", description=(
+        "toolkit version; its four packages are pinned together to `<version>-1`. From "
+        "1.18 the nvidia runtime injects GPUs so that a `systemctl daemon-reload` leaves "
+        "running instances their GPUs; with 1.17 the GPU guard restarts those it cuts off"))
     nvidia_toolkit_default_runtime: bool = Field(False, description=(
         "make nvidia Docker's default runtime (--set-as-default)"))
     nvidia_toolkit_cdi: bool = Field(False, description=(

@@ -9,8 +9,10 @@ Guarantees:
   (templates/gpu_ready/gpu-ready.sh); past the bound Docker starts anyway and each GPU
   instance waits for its own GPUs (templates/stack/ollama-gpu.sh);
 - ollama-fleet-gpu-guard.timer restarts, every 15 s, an instance whose own healthcheck
-  says it lost its GPUs (NVML gone after a `systemctl daemon-reload`, GPUs missing, a
-  model on the CPU), at most once per `GUARD_HOLD_S`;
+  says it lost its GPUs (NVML gone after a `systemctl daemon-reload`, GPUs missing), and
+  starts one Docker could not start (at boot, before the driver answered): one instance
+  a run, each at most once per `GUARD_HOLD_S`, only while the host's nvidia-smi answers
+  and no deploy or roll holds the host's run lock;
 - systemd is reloaded only when one of these unit files changed; the deploy's GPU
   inference proof runs after it in the same run (deploy.py).
 """
@@ -23,7 +25,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from ollama_fleet.tasks.kit import distributions, paths
+from ollama_fleet.tasks.kit import distributions, lock, paths
 from ollama_fleet.tasks.kit.compose import templates
 from ollama_fleet.tasks.kit.scripts import script_text
 from ollama_fleet.tasks.kit.settings import Settings
@@ -64,7 +66,8 @@ def unit_files(settings: Settings, plan: nvidia_driver.DriverPlan) -> dict[str, 
             script=f"{LIBEXEC}/gpu-ready"),
         DOCKER_DROP_IN: (TEMPLATES / "ollama-fleet-gpu-ready.conf").read_text(),
         f"{UNITS}/{GUARD_UNIT}.service": env.get_template(f"{GUARD_UNIT}.service.j2").render(
-            script=f"{LIBEXEC}/gpu-guard", project=PROJECT, hold=GUARD_HOLD_S),
+            script=f"{LIBEXEC}/gpu-guard", project=PROJECT, hold=GUARD_HOLD_S,
+            lock=lock.LOCK_PATH),
         f"{UNITS}/{GUARD_UNIT}.timer": (TEMPLATES / f"{GUARD_UNIT}.timer").read_text(),
     }
 

@@ -9,21 +9,33 @@ Guarantees:
   distribution's source does not carry, or a flavour the GPUs cannot run, stops the host
   before anything is touched, naming the knob;
 - the running kernel's headers go in before any DKMS package; a headers package apt
-  cannot find stops the host at this step, named, before any reboot (install.sh);
-- the driver's packages are held, so an unattended upgrade cannot change the branch under
-  a serving fleet;
-- a new driver, or one installed but not loaded (a run that died before its reboot), is
-  rebooted into when reboots are allowed, else the run stops and says so. Hosts whose
-  driver serves already (a branch change) reboot one at a time unless the operator asks
-  for all at once; fresh hosts reboot together;
+  cannot find stops the host at this step, named, before any reboot (install.sh); the
+  flavour's headers meta-package too, so that DKMS builds the module for every new kernel;
+- with DKMS modules and Secure Boot on, a host stops before anything is installed unless
+  a key enrolled in MOK signs them (nvidia_driver_mok_key, installed where DKMS signs
+  with it, or the host's own DKMS key): it never reboots into a module the kernel refuses;
+- the branch is kept without blocking its own updates or the next kernel's module: by
+  NVIDIA's pinning package (held), by an apt preferences file on Ubuntu (nothing held:
+  the precompiled module meta-package brings each new kernel's module), or, for the
+  branch-named Debian 12 packages that have neither, by holding them; Fabric Manager
+  follows the driver's version;
+- a new driver, or one installed but not loaded (a run that died before its reboot, an
+  update whose module waits for the next boot), is rebooted into when reboots are
+  allowed, else the run stops and says so. Hosts whose driver serves already (a branch
+  change, or a loaded module older than its userspace) reboot one at a time unless the
+  operator asks for all at once; fresh hosts reboot together;
 - afterwards nvidia-smi must list `gpu_count` GPUs on the branch; Fabric Manager, where
-  the board has NVSwitch, of the driver's version, running; nvidia-persistenced enabled.
+  the board has NVSwitch, of the driver's version, running; nvidia-persistenced enabled
+  and, with nvidia_persistence_mode, every GPU in persistence mode (a drop-in where the
+  packaged unit runs `--no-persistence-mode`, as Ubuntu's does).
 """
 
 from __future__ import annotations
 
+import base64
+import os
 from dataclasses import dataclass
-from io import StringIO
+from io import BytesIO, StringIO
 
 from pyinfra import host
 from pyinfra.api import OperationError, operation
@@ -32,7 +44,14 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, server, systemd
 
 from ollama_fleet.tasks.kit import distributions
-from ollama_fleet.tasks.kit.facts import NvidiaGpus, NvidiaHost, planning
+from ollama_fleet.tasks.kit.facts import (
+    NvidiaGpus,
+    NvidiaHost,
+    PersistencedUnit,
+    SecureBoot,
+    persistence_dropin,
+    planning,
+)
 from ollama_fleet.tasks.kit.report import fail_command
 from ollama_fleet.tasks.kit.scripts import script_command
 from ollama_fleet.tasks.kit.settings import Settings
@@ -41,6 +60,11 @@ from ollama_fleet.tasks.steps import packages as apt_packages
 NOUVEAU_BLACKLIST = "blacklist nouveau\noptions nouveau modeset=0\n"
 FABRICMANAGER_UNIT = "nvidia-fabricmanager"
 PERSISTENCED_UNIT = "nvidia-persistenced"
+PERSISTENCE_DROPIN = (f"/etc/systemd/system/{PERSISTENCED_UNIT}.service.d/"
+                      "ollama-fleet-persistence-mode.conf")
+# nvidia-smi's answer while the loaded module is not the installed userspace's (an update
+# that waits for a reboot): the old module still serves the running containers
+MISMATCH = "Driver/library version mismatch"
 
 # PCI (NVIDIA's supportedchips tables, the Fabric Manager user guide, pci.ids): GPUs are
 # display controllers (class 0x03xxxx). Up to device 0x1df6 they are Volta or older, which
@@ -68,15 +92,34 @@ class DriverPlan:
     pin: str  # the package that holds the branch ('' none)
     packages: tuple[str, ...]  # the driver's (and Fabric Manager's) packages
     fabricmanager: str  # Fabric Manager's package ('' none)
+    keep_branch: str = "pin"  # "pin", "hold" or "preferences" (distributions.DriverPackages)
+    branch_packages: tuple[str, ...] = ()  # "preferences": the names pinned to the branch
+    driver_version: str = ""  # the package whose version is the driver's
 
     @property
     def held(self) -> tuple[str, ...]:
-        """What apt must not change under a serving fleet: the pin where there is one (it
-        keeps the branch and lets the branch's own updates through) and Fabric Manager
-        (which must match the driver); else the branch's packages themselves."""
-        if self.pin:
-            return tuple(p for p in (self.pin, self.fabricmanager) if p)
-        return self.packages
+        """What `apt-mark hold` keeps: the pin package where there is one (its preferences
+        keep the branch, Fabric Manager included, and let the branch's own updates and
+        each new kernel's module through); the branch's packages where nothing else
+        keeps them (Debian 12's branch-named ones, Fabric Manager with them); nothing on
+        Ubuntu, whose apt preferences file keeps the branch (a hold there would keep the
+        next kernel's module out)."""
+        if self.keep_branch == "pin" and self.pin:
+            return (self.pin,)
+        if self.keep_branch == "hold":
+            return self.packages
+        return ()
+
+    @property
+    def released(self) -> tuple[str, ...]:
+        """The plan's packages that must not be held (an older deploy held them)."""
+        return tuple(p for p in (*self.packages, self.headers_meta)
+                     if p and p not in self.held)
+
+    @property
+    def dkms(self) -> bool:
+        """Whether DKMS builds the module on the host (Secure Boot needs a key for it)."""
+        return bool(self.headers)
 
     @property
     def wanted(self) -> tuple[str, ...]:
@@ -140,11 +183,25 @@ def driver_plan(dist: distributions.Distribution, settings: Settings, kernel: st
         (settings.nvidia_fabricmanager == "auto" and needs_fabricmanager(devices))
     fabricmanager = fill(scheme.fabricmanager) if fm else ""
     packages = tuple(fill(p) for p in getattr(scheme, flavour))
+    version = scheme.driver_version[0 if flavour == "open" else 1]
     return DriverPlan(flavour=flavour, headers=fill(scheme.headers) if scheme.headers else "",
                       headers_meta=fill(scheme.headers_meta) if scheme.headers_meta else "",
                       pin=fill(scheme.pin) if scheme.pin else "",
                       packages=packages + ((fabricmanager,) if fabricmanager else ()),
-                      fabricmanager=fabricmanager)
+                      fabricmanager=fabricmanager, keep_branch=scheme.keep_branch,
+                      branch_packages=tuple(fill(p) for p in scheme.branch_packages),
+                      driver_version=fill(version) if version else "")
+
+
+def branch_preferences(plan: DriverPlan, branch: int) -> str:
+    """The apt preferences that keep PLAN's branch-named packages on BRANCH: only their
+    `BRANCH.*` versions are candidates, so in-branch updates come and a retired branch's
+    transitional packages (versioned as the next branch) do not."""
+    return (f"Explanation: ollama-fleet: NVIDIA driver branch {branch} (nvidia_driver_branch); "
+            "its own updates pass\n"
+            f"Package: {' '.join(plan.branch_packages)}\n"
+            f"Pin: version {branch}.*\n"
+            "Pin-Priority: 1000\n")
 
 
 def driver_answers(gpus: dict, branch: int) -> bool:
@@ -153,11 +210,99 @@ def driver_answers(gpus: dict, branch: int) -> bool:
         g["driver_version"].split(".")[0] == str(branch) for g in gpus["gpus"])
 
 
+def driver_serves(gpus: dict) -> bool:
+    """True when a driver module is loaded: nvidia-smi answers, or says the module is not
+    the installed userspace's (containers started before the update still use it)."""
+    return gpus["working"] or MISMATCH in gpus["error"]
+
+
+def read_mok(settings: Settings) -> tuple[bytes, bytes] | None:
+    """The operator's MOK key (PEM) and certificate (DER; a PEM one is converted), read on
+    the operator's machine; None when the knobs are empty. ValueError naming the knob."""
+    if not settings.nvidia_driver_mok_key:
+        return None
+    found = []
+    for knob in ("nvidia_driver_mok_key", "nvidia_driver_mok_cert"):
+        path = os.path.expanduser(getattr(settings, knob))
+        try:
+            with open(path, "rb") as handle:
+                found.append(handle.read())
+        except OSError as exc:
+            raise ValueError(f"{knob}: {path}: {exc.strerror}") from None
+    key, cert = found
+    if b"PRIVATE KEY-----" not in key:
+        raise ValueError(f"nvidia_driver_mok_key: {settings.nvidia_driver_mok_key}: not a "
+                         "private key in PEM (-----BEGIN PRIVATE KEY-----)")
+    if cert.lstrip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        body = cert.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END", 1)[0]
+        try:
+            cert = base64.b64decode(b"".join(body.split()), validate=True)
+        except ValueError:
+            cert = b""
+    if not cert.startswith(b"\x30"):  # an X.509 certificate is a DER SEQUENCE
+        raise ValueError(f"nvidia_driver_mok_cert: {settings.nvidia_driver_mok_cert}: not "
+                         "an X.509 certificate (DER, or PEM -----BEGIN CERTIFICATE-----)")
+    return key, cert
+
+
+def _mok_said(test: dict | None) -> str:
+    """What mokutil said of a certificate, without the file's name it starts with."""
+    if test is None:
+        return "mokutil is not installed to test it"
+    said = test["said"]
+    return said.split(" ", 1)[1] if said.startswith("/") and " " in said else said
+
+
+def secure_boot_problem(secure_boot: dict, plan: DriverPlan, settings: Settings,
+                        dist: distributions.Distribution) -> str | None:
+    """Why PLAN cannot go on this host under SECURE_BOOT (facts.SecureBoot), as
+    `knob: problem`; None when it can: no DKMS, Secure Boot off, or the key DKMS will
+    sign with (the operator's, else the host's own) enrolled in MOK."""
+    if not plan.dkms or not secure_boot["enabled"]:
+        return None
+    if settings.nvidia_driver_mok_cert:
+        if secure_boot["given"] and secure_boot["given"]["enrolled"]:
+            return None
+        return (f"nvidia_driver_mok_cert: Secure Boot is on and "
+                f"{settings.nvidia_driver_mok_cert} is not enrolled in MOK (mokutil --test-key: "
+                f"{_mok_said(secure_boot['given'])}); enroll it (mokutil --import, confirmed "
+                "at the console on the next boot) before the driver, or the kernel refuses "
+                "the modules DKMS signs with it")
+    if secure_boot["host"] and secure_boot["host"]["enrolled"]:
+        return None
+    other = (", or take Canonical's signed modules (nvidia_driver_ubuntu_modules: "
+             "precompiled)" if dist.os_id == "ubuntu" else "")
+    return ("nvidia_driver_mok_key: Secure Boot is on and the kernel refuses the NVIDIA "
+            "modules DKMS builds unless they are signed by a key enrolled in MOK; enroll one "
+            "(mokutil --import, confirmed at the console on the next boot) and give it in "
+            f"nvidia_driver_mok_key and nvidia_driver_mok_cert{other}")
+
+
+def signing_key(settings: Settings, dist: distributions.Distribution,
+                plan: DriverPlan) -> tuple[bytes, bytes] | None:
+    """The MOK key and certificate to install where DKMS signs with them (None: none), once
+    Secure Boot allows PLAN; OperationError naming the host and the knob, before any change,
+    where the kernel would refuse the modules DKMS builds."""
+    if not plan.dkms:
+        return None
+    try:
+        mok = read_mok(settings)
+    except ValueError as exc:
+        raise OperationError(f"{host.name}: {exc}") from None
+    cert = base64.b64encode(mok[1]).decode() if mok else ""
+    found = host.get_fact(SecureBoot, host_cert=dist.dkms_mok[1], cert_base64=cert)
+    problem = secure_boot_problem(found, plan, settings, dist)
+    if problem:
+        raise OperationError(f"{host.name}: {problem}")
+    return mok
+
+
 def install_driver(settings: Settings, dist: distributions.Distribution) -> None:
     """Install, reboot into and verify the driver (GPU hosts only)."""
     if settings.gpu_count == 0:
         return
     plan = host_plan(settings, dist)  # a knob this host cannot have stops it here
+    mok = signing_key(settings, dist, plan)  # as does Secure Boot refusing DKMS's modules
 
     files.put(name="Blacklist nouveau", src=StringIO(NOUVEAU_BLACKLIST),
               dest="/etc/modprobe.d/blacklist-nouveau.conf", mode="644")
@@ -169,38 +314,66 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
     if cuda is not None:
         apt_packages.repository(name="NVIDIA CUDA apt repository", **cuda.repository_args())
 
-    gpus = host.get_fact(NvidiaGpus)
     branch = settings.nvidia_driver_branch
+    if plan.branch_packages:
+        files.put(name=f"NVIDIA driver branch {branch} kept by apt preferences",
+                  src=StringIO(branch_preferences(plan, branch)),
+                  dest=distributions.BRANCH_PREFERENCES, mode="644")
+    if mok:
+        key, cert = dist.dkms_mok
+        files.put(name="MOK key DKMS signs the driver's modules with", src=BytesIO(mok[0]),
+                  dest=key, mode="600", user="root", group="root")
+        files.put(name="MOK certificate DKMS signs with", src=BytesIO(mok[1]), dest=cert,
+                  mode="644", user="root", group="root")
+
+    gpus = host.get_fact(NvidiaGpus)
     if driver_answers(gpus, branch):
         # the branch's module is loaded: what is missing (Fabric Manager for a board that
         # needs it since, nvidia-persistenced, the headers) goes in without a reboot
         apt_packages.installed(name=f"NVIDIA driver {branch}: its packages in place",
                                packages=list(plan.wanted))
+        fabricmanager_in_step(plan)
     else:
         install = driver(name=f"NVIDIA driver {branch} ({plan.flavour})", settings=settings,
                          dist=dist.name)
-        # installed but not answering: a run that died before its reboot, a lost module
+        fabricmanager_in_step(plan)
+        # installed but not answering: a run that died before its reboot, a lost module,
+        # an update whose module waits for the next boot
         unloaded = not apt_packages.missing_packages(
             list(plan.wanted), host.get_fact(DebPackages) or {})
         if settings.nvidia_driver_allow_reboot:
             reboot_args = {"delay": 5, "interval": 2,
                            "reboot_timeout": settings.nvidia_driver_reboot_timeout,
                            "_if": lambda: install.did_change() or unloaded}
-            if gpus["working"] and not settings.nvidia_driver_reboot_all_at_once:
-                # another branch serves now (a branch change): one host down at a time
+            if driver_serves(gpus) and not settings.nvidia_driver_reboot_all_at_once:
+                # a driver serves now (a branch change, an update waiting for its module):
+                # one host down at a time
                 server.reboot(name="Reboot into the new driver, one host at a time",
                               _serial=True, **reboot_args)
             else:
                 server.reboot(name="Reboot into the new driver", **reboot_args)
-    held(name="NVIDIA driver held", packages=list(plan.held))
+    held(name="NVIDIA driver branch held", packages=list(plan.held),
+         released=list(plan.released))
     verify_driver(name="nvidia-smi answers with every GPU", gpu_count=settings.gpu_count,
                   branch=branch, reboot_allowed=settings.nvidia_driver_allow_reboot,
                   fabricmanager=plan.fabricmanager)
     if plan.fabricmanager:
         fabricmanager_started(name="Fabric Manager enabled and started (NVSwitch board)")
+    if settings.nvidia_persistence_mode:
+        persistence_mode_kept(name="nvidia-persistenced keeps persistence mode on")
     systemd.service(name="nvidia-persistenced", service=PERSISTENCED_UNIT,
                     running=settings.nvidia_persistence_mode,
                     enabled=settings.nvidia_persistence_mode)
+    if settings.nvidia_persistence_mode:
+        verify_persistence(name="Persistence mode on every GPU", gpu_count=settings.gpu_count)
+
+
+def fabricmanager_in_step(plan: DriverPlan) -> None:
+    """Fabric Manager at the driver's version, where the plan has one."""
+    if plan.fabricmanager and plan.driver_version:
+        fabricmanager_follows_driver(name="Fabric Manager at the driver's version",
+                                     fabricmanager=plan.fabricmanager,
+                                     driver=plan.driver_version)
 
 
 def host_plan(settings: Settings, dist: distributions.Distribution) -> DriverPlan:
@@ -232,18 +405,92 @@ def driver(settings: Settings, dist: str):
 
 
 @operation()
-def held(packages: list[str]):
+def held(packages: list[str], released: list[str] | None = None):
     """
-    Hold PACKAGES, so that no upgrade changes them (a new branch is the deploy's choice).
+    Hold PACKAGES, so that no upgrade changes the branch (a new branch is the deploy's
+    choice); release RELEASED where an older deploy held them (a held module meta-package
+    or Fabric Manager keeps the next kernel's module, or the branch's own updates, out).
 
-    + packages: the driver's packages
+    + packages: what keeps the branch (the pin package, or the branch's packages)
+    + released: the plan's other packages
     """
     current = set(host.get_fact(NvidiaHost)["held"])
     unheld = [p for p in packages if p not in current]  # installed by now: the step before
-    if not unheld:
-        host.noop(f"held: {', '.join(packages)}")
+    stale = [p for p in released or [] if p in current]
+    if not unheld and not stale:
+        host.noop(f"held: {', '.join(packages) or 'nothing'}")
         return
-    yield "apt-mark hold " + " ".join(unheld)
+    if stale:
+        yield "apt-mark unhold " + " ".join(stale)
+    if unheld:
+        yield "apt-mark hold " + " ".join(unheld)
+
+
+def _upstream(version: str) -> str:
+    """A Debian version's upstream part: 1:580.95.05-0ubuntu1 -> 580.95.05."""
+    version = version.split(":", 1)[-1]
+    return version.rsplit("-", 1)[0] if "-" in version else version
+
+
+@operation()
+def fabricmanager_follows_driver(fabricmanager: str, driver: str):
+    """
+    Install Fabric Manager at the version of the installed driver where it is another
+    (templates/nvidia_driver/fabricmanager-version.sh): it refuses to start otherwise.
+
+    + fabricmanager: Fabric Manager's package
+    + driver: the package whose version is the driver's
+    """
+    installed = host.get_fact(DebPackages) or {}
+    want = {_upstream(v) for v in installed.get(driver) or ()}
+    have = {_upstream(v) for v in installed.get(fabricmanager) or ()}
+    if want and want == have:
+        host.noop(f"{fabricmanager} {', '.join(sorted(have))}, the driver's version")
+        return
+    yield script_command("nvidia_driver/fabricmanager-version.sh", driver, fabricmanager)
+
+
+@operation()
+def persistence_mode_kept():
+    """
+    Where the packaged nvidia-persistenced unit runs `--no-persistence-mode` (Ubuntu's),
+    a drop-in runs it without (templates/nvidia_driver/persistence-mode.sh); decided from
+    the unit's text once the driver's packages are installed.
+    """
+    if planning():
+        host.noop("the packaged nvidia-persistenced unit is read once the driver is installed")
+        return
+    unit = host.get_fact(PersistencedUnit, unit=f"{PERSISTENCED_UNIT}.service",
+                         dropin=PERSISTENCE_DROPIN)
+    wanted = persistence_dropin(unit["exec"])
+    if unit["dropin"] == wanted:
+        host.noop(f"{unit['unit'] or PERSISTENCED_UNIT}: persistence mode "
+                  + ("kept on by the drop-in" if wanted else "on as packaged"))
+        return
+    yield script_command("nvidia_driver/persistence-mode.sh", f"{PERSISTENCED_UNIT}.service",
+                         PERSISTENCE_DROPIN, wanted or "")
+
+
+@operation()
+def verify_persistence(gpu_count: int):
+    """
+    Fail unless every GPU is in persistence mode (nvidia_persistence_mode: the driver stays
+    loaded between jobs).
+
+    + gpu_count: GPUs the inventory says the host has
+    """
+    if planning():
+        host.noop("persistence mode is checked after nvidia-persistenced runs")
+        return
+    gpus = host.get_fact(NvidiaGpus)
+    off = [str(g["index"]) for g in gpus["gpus"] if not g["persistence_mode"]]
+    if not gpus["working"] or off:
+        which = f"GPU {', '.join(off)}" if off else "no GPU answers"
+        yield fail_command(f"nvidia_persistence_mode: persistence mode is off ({which}; "
+                           "nvidia-smi -q: Persistence Mode Disabled); check "
+                           f"`systemctl status {PERSISTENCED_UNIT}` and its ExecStart")
+        return
+    host.noop(f"persistence mode on {len(gpus['gpus'])} of {gpu_count} GPUs")
 
 
 @operation()

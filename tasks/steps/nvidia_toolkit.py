@@ -1,6 +1,7 @@
 """NVIDIA Container Toolkit from its documented repository, wired into Docker.
 
-Guarantees: the four toolkit packages at one pinned version; stale nvidia-docker
+Guarantees: the four toolkit packages at one pinned version, kept there between deploys
+by an apt preferences file; stale nvidia-docker
 sources removed; the nvidia runtime (and the wanted default-runtime/CDI setting)
 registered in Docker's daemon.json by NVIDIA's own `nvidia-ctk runtime configure
 --runtime=docker`, only while it is missing, so Docker restarts only then. nvidia-ctk
@@ -10,11 +11,13 @@ the staged copy (`runtime_configure_flags` says with which flags, or not at all)
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
 
 from ollama_fleet.tasks.kit import distributions
 from ollama_fleet.tasks.kit.settings import Settings
@@ -53,6 +56,18 @@ def runtime_configure_flags(daemon: dict[str, Any] | None, default_runtime: bool
     return flags
 
 
+TOOLKIT_PREFERENCES = "/etc/apt/preferences.d/ollama-fleet-nvidia-toolkit"
+
+
+def toolkit_preferences(packages: tuple[str, ...]) -> str:
+    """apt preferences that keep the toolkit's PACKAGES (`name=version` each) at their
+    version, so no upgrade between deploys moves them."""
+    pins = [p.partition("=") for p in packages]
+    return "".join(f"Explanation: ollama-fleet: nvidia_toolkit_version\n"
+                   f"Package: {name}\nPin: version {version}\nPin-Priority: 1000\n\n"
+                   for name, _, version in pins).rstrip("\n") + "\n"
+
+
 def install_container_toolkit(settings: Settings,
                               dist: distributions.Distribution) -> list[OperationMeta]:
     """Install the toolkit; return the operations that need a Docker restart."""
@@ -61,6 +76,11 @@ def install_container_toolkit(settings: Settings,
     repo = distributions.repository(dist, distributions.TOOLKIT, settings)
     apt_packages.repository(name="NVIDIA Container Toolkit apt repository",
                             **repo.repository_args())
+    # `apt upgrade` between deploys (unattended-upgrades) must not move the toolkit: the
+    # version is the deploy's (a reload cuts GPUs under 1.17, not under 1.18)
+    files.put(name=f"NVIDIA Container Toolkit kept at {settings.nvidia_toolkit_version}",
+              src=StringIO(toolkit_preferences(repo.packages)), dest=TOOLKIT_PREFERENCES,
+              mode="644")
     packages = apt_packages.installed(
         name=f"NVIDIA Container Toolkit {settings.nvidia_toolkit_version}",
         packages=list(repo.packages))

@@ -1,32 +1,33 @@
 #!/bin/sh
 # Installed in the stack directory by the deploy (tasks/steps/stack.py) and mounted
 # read-only into every GPU instance at /usr/local/lib/ollama-fleet/ollama-gpu.sh. POSIX sh
-# and what the Ollama image has: `ollama`, and `nvidia-smi`, which the NVIDIA runtime
-# mounts for NVIDIA_DRIVER_CAPABILITIES=utility.
+# and what the Ollama image has: `ollama`, coreutils' `timeout`, and `nvidia-smi`, which
+# the NVIDIA runtime mounts for NVIDIA_DRIVER_CAPABILITIES=utility.
 #
 # ollama-gpu.sh start GPUS WAIT_S ARGS...
 #   The instance's entrypoint. Ollama looks for its GPUs once, when it starts, and an
 #   instance that starts without them serves from the CPU until it is restarted. So wait
-#   (at most WAIT_S seconds) until nvidia-smi lists GPUS GPUs and no GPU's fabric is still
-#   being brought up (an NVSwitch board before Fabric Manager is done: CUDA answers 802),
+#   (at most about WAIT_S seconds) until nvidia-smi lists GPUS GPUs and every GPU's
+#   fabric is up (an NVSwitch board before Fabric Manager is done: CUDA answers 802),
 #   then `exec ollama ARGS`. Not ready by then: exit 1, and Docker's restart policy
 #   starts the instance again, until its GPUs are there.
 # ollama-gpu.sh health GPUS
 #   The instance's healthcheck. Unhealthy (exit 1, one line that Docker keeps in the
 #   health log) when Ollama does not answer, or, prefixed `gpu:`, when the instance lost
-#   its GPUs: nvidia-smi fails (after a `systemctl daemon-reload` under an affected
-#   toolkit: "Failed to initialize NVML: Unknown Error") or lists other than GPUS GPUs, or
-#   a loaded model is (partly) on the CPU. The host's ollama-fleet-gpu-guard restarts an
-#   instance that is unhealthy with a `gpu:` line.
+#   its GPUs: nvidia-smi fails (after a `systemctl daemon-reload` under the toolkit's
+#   legacy injection: "Failed to initialize NVML: Unknown Error") or lists other than GPUS
+#   GPUs. The host's ollama-fleet-gpu-guard restarts an instance unhealthy with a `gpu:`
+#   line. Where a model sits is not judged here: a client may ask for the CPU
+#   (`num_gpu: 0`) or a context that does not fit.
 # Exit: start: Ollama's own, or 1 when the GPUs are not ready in time; health: 0 healthy,
 # 1 unhealthy; 2 a usage error.
 mode=$1
 gpus=$2
 
 # gpu_problem [fabric]: prints what keeps the instance from its GPUs; nothing when they
-# are there. With `fabric`, also whether a GPU's fabric is still being brought up.
+# are there. With `fabric`, also whether a GPU's fabric is not (yet) up.
 gpu_problem() {
-    out=$(nvidia-smi -L 2>&1)
+    out=$(timeout 8 nvidia-smi -L 2>&1)
     rc=$?
     if [ "$rc" -ne 0 ]; then
         printf 'nvidia-smi exit %s: %s\n' "$rc" "$(printf '%s' "$out" | head -n 1)"
@@ -38,48 +39,50 @@ gpu_problem() {
         return
     fi
     [ "$1" = fabric ] || return
-    # the Fabric section of `nvidia-smi -q` (NVSwitch boards; "N/A" elsewhere)
-    states=$(nvidia-smi -q 2>/dev/null | awk '
-        /^[[:space:]]*Fabric[[:space:]]*$/ { fabric = 1; next }
-        fabric && /^[[:space:]]*State[[:space:]]*:/ { sub(/^[^:]*:[[:space:]]*/, ""); print; fabric = 0 }')
-    case $states in
-    *"In Progress"* | *"Not Started"*)
-        printf 'GPU fabric not ready (Fabric Manager still bringing it up)\n'
-        ;;
-    esac
+    # each GPU's Fabric section of `nvidia-smi -q` (NVSwitch boards; "N/A" elsewhere)
+    timeout 8 nvidia-smi -q 2>/dev/null | awk '
+        /^[[:space:]]*Fabric[[:space:]]*$/ { f = 1; next }
+        f && /^[[:space:]]*State[[:space:]]*:/ {
+            sub(/^[^:]*:[[:space:]]*/, ""); state = $0
+            if (state == "In Progress" || state == "Not Started") {
+                print "GPU fabric not up yet (Fabric State: " state ")"; exit
+            }
+            next
+        }
+        f && /^[[:space:]]*Status[[:space:]]*:/ {
+            sub(/^[^:]*:[[:space:]]*/, ""); f = 0
+            if (state == "Completed" && $0 != "Success" && $0 != "N/A") {
+                print "GPU fabric failed (Fabric Status: " $0 ")"; exit
+            }
+        }'
 }
 
 case $mode in
 start)
     wait_s=$3
     shift 3
-    waited=0
+    trap 'exit 143' TERM INT  # PID 1 while it waits: `docker stop` must not wait it out
+    started=$(date +%s)
+    said=
     while problem=$(gpu_problem fabric) && [ -n "$problem" ]; do
-        if [ "$waited" -ge "$wait_s" ]; then
+        if [ "$(($(date +%s) - started))" -ge "$wait_s" ]; then
             echo "ollama-fleet: GPUs not ready after ${wait_s} s: $problem; exiting for a restart" >&2
             exit 1
         fi
-        [ "$waited" -eq 0 ] && echo "ollama-fleet: waiting for the GPUs: $problem" >&2
+        [ "$problem" = "$said" ] || echo "ollama-fleet: waiting for the GPUs: $problem" >&2
+        said=$problem
         sleep 1
-        waited=$((waited + 1))
     done
     exec ollama "$@"
     ;;
 health)
-    # `ollama ps`: NAME ID SIZE PROCESSOR UNTIL; PROCESSOR "100% GPU", "100% CPU" or
-    # "48%/52% CPU/GPU"
-    if ! ps=$(ollama ps 2>&1); then
-        echo "ollama: $(printf '%s' "$ps" | head -n 1)"
+    if ! out=$(ollama list 2>&1); then
+        echo "ollama: $(printf '%s' "$out" | head -n 1)"
         exit 1
     fi
     problem=$(gpu_problem)
     if [ -n "$problem" ]; then
         echo "gpu: $problem"
-        exit 1
-    fi
-    cpu=$(printf '%s\n' "$ps" | awk 'NR > 1 && /CPU/ { printf "%s ", $1 }')
-    if [ -n "$cpu" ]; then
-        echo "gpu: loaded on the CPU: ${cpu% }"
         exit 1
     fi
     echo "ok: $gpus GPUs"

@@ -3,7 +3,7 @@
 # installed on the host. POSIX sh and coreutils (timeout, base64, tr, cat); nvidia-smi,
 # docker and curl are asked only where they are installed. Changes nothing on the host.
 #
-# status.sh PROJECT GPU_FIELDS INSPECT_FORMAT API_HOST NGINX_URL [PORT...]
+# status.sh PROJECT GPU_FIELDS INSPECT_FORMAT API_HOST NGINX_URL REBOOT_SCRIPT [PORT...]
 # Print one line, one JSON object:
 #   {"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)}, ...}
 # with KEY: os (/etc/os-release); nvidia_smi (`nvidia-smi --query-gpu=GPU_FIELDS
@@ -12,7 +12,9 @@
 # project PROJECT's containers; absent without Docker or containers); per PORT
 # version:PORT, tags:PORT and ps:PORT (GET http://API_HOST:PORT/api/...; tags and ps
 # only when version answered); nginx (GET NGINX_URL, `http_code=NNN`; none when
-# NGINX_URL is empty); none of the curl ones without curl. Output is base64 so that
+# NGINX_URL is empty); none of the curl ones without curl; reboot (REBOOT_SCRIPT's
+# output: templates/facts/reboot-required.sh, whether the host must reboot to run what
+# is installed). Output is base64 so that
 # nothing a command prints can break the document; every command is bounded by
 # `timeout`.
 # Exit: always 0.
@@ -21,7 +23,8 @@ gpu_fields=$2
 inspect_format=$3
 api_host=$4
 nginx_url=$5
-shift 5
+reboot_script=$6
+shift 6
 b() { base64 | tr -d '\n'; }
 # run KEY SECONDS COMMAND...: one `"KEY": {...}` member, bounded in time.
 run() {
@@ -37,6 +40,7 @@ api() {
 }
 printf '{"format": 1'
 run os 5 cat /etc/os-release
+run reboot 30 sh -c "$reboot_script" reboot-required.sh
 if command -v nvidia-smi >/dev/null 2>&1; then
     run nvidia_smi 10 nvidia-smi "--query-gpu=$gpu_fields" --format=csv,noheader,nounits
 fi

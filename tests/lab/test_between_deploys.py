@@ -17,7 +17,7 @@ import pytest
 
 from lab.loadgen import LoadGenerator
 from tests.conftest import running_lab
-from tests.labfleet import poll
+from tests.labfleet import lab_cli, poll
 
 pytestmark = pytest.mark.lab
 
@@ -76,17 +76,19 @@ def assert_serving_on_gpus(fleet) -> None:
 
 
 def test_a_reboot_waits_for_the_fabric_and_serves_from_the_gpus(fleet):
-    fleet.by_name("fabric-delay", "gpu-1", str(FABRIC_SECONDS))
+    lab_cli("fabric-delay", "gpu-1", str(FABRIC_SECONDS), name=NAME)
     front = f"http://{fleet.host('lb-1')['address']}"
-    with LoadGenerator(front, MODEL, threads=2, max_requests=2000, max_seconds=240,
-                       request_timeout=30) as load:
+    # a client through the front door all along: a request every half second, bounded
+    with LoadGenerator(front, MODEL, threads=1, max_requests=600, max_seconds=300,
+                       request_timeout=30, pause=0.5) as load:
         fleet.reboot("gpu-1")
         # the fabric takes its seconds: Docker waits for it, and the instances after Docker
         poll(lambda: all(health(fleet, i) == "healthy" for i in INSTANCES), 240, interval=2,
              what="instances healthy after the reboot")
         served_before = load.stats.sent - load.stats.failed
         poll(lambda: load.stats.sent - load.stats.failed > served_before, 60,
-             what="the front door answering again")
+             what=f"the front door answering again ({load.stats.summary()}, "
+                  f"{load.stats.errors[-3:]})")
     _, journal, _ = fleet.ssh("gpu-1", "journalctl -b -u ollama-fleet-gpu-ready --no-pager")
     assert "waiting: GPU fabric not ready yet" in journal, journal
     assert "2 GPUs ready after" in journal, journal
@@ -106,6 +108,11 @@ def test_a_daemon_reload_leaves_the_instances_on_their_gpus(fleet, toolkit, cut)
     if toolkit != "default":  # an older toolkit pinned by a deploy, before the event
         proc = fleet.pyinfra(*DEPLOY, "--data", f"nvidia_toolkit_version={toolkit}")
         assert proc.returncode == 0, proc.output[-4000:]
+        _, version, _ = fleet.ssh("gpu-1", "dpkg-query -W -f '${Version}' "
+                                           "nvidia-container-toolkit")
+        assert version == f"{toolkit}-1"
+        # containers keep the injection they were started with: start them under this one
+        fleet.ssh("gpu-1", f"docker restart {' '.join(INSTANCES)} >/dev/null")
     assert_serving_on_gpus(fleet)
     before = {i: started_at(fleet, i) for i in INSTANCES}
     fleet.ssh("gpu-1", "systemctl daemon-reload")

@@ -24,7 +24,11 @@ from ollama_fleet.tasks.kit.facts import NvidiaGpus
 from ollama_fleet.tasks.kit.settings import Settings
 from ollama_fleet.tasks.steps.docker import engine_packages, owned_daemon_settings
 from ollama_fleet.tasks.steps.nvidia_driver import driver_answers, driver_plan
-from ollama_fleet.tasks.steps.nvidia_toolkit import runtime_configure_flags, runtime_wanted
+from ollama_fleet.tasks.steps.nvidia_toolkit import (
+    runtime_configure_flags,
+    runtime_wanted,
+    toolkit_preferences,
+)
 from ollama_fleet.tasks.steps.packages import sources_entry
 from tests.unit.ophelper import FakeHost
 
@@ -174,8 +178,11 @@ def test_fabric_manager_follows_the_nvswitch_devices(knob, devices, fabricmanage
         gpu_count=1, nvidia_driver_branch=590, nvidia_fabricmanager=knob), "6.12.1-amd64",
         devices)
     assert plan.fabricmanager == fabricmanager
-    assert (fabricmanager in plan.held) == bool(fabricmanager)
-    assert plan.held[0] == "nvidia-driver-pinning-590"  # the branch is held with the rest
+    assert (fabricmanager in plan.packages) == bool(fabricmanager)
+    # the pin keeps the branch, Fabric Manager included: only the pin is held, so that
+    # apt moves driver and Fabric Manager together within the branch
+    assert plan.held == ("nvidia-driver-pinning-590",)
+    assert (fabricmanager in plan.released) == bool(fabricmanager)
 
 
 def test_key_url_knobs_replace_the_tables_key():
@@ -275,3 +282,14 @@ def test_daemon_json_is_written_by_tasks_docker_alone():
                      or re.search(r"[\"']nvidia-ctk runtime", p.read_text()))
     # tasks/steps/docker.py writes it, through its script: nvidia-ctk on the staged copy
     assert writers == ["tasks/steps/docker.py", "templates/docker/daemon-json.sh"]
+
+
+def test_the_toolkit_stays_at_its_version_between_deploys():
+    repo = distributions.repository(table("debian", 13), TOOLKIT,
+                                    Settings(nvidia_toolkit_version="1.18.2"))
+    text = toolkit_preferences(repo.packages)
+    stanzas = text.strip().split("\n\n")
+    assert len(stanzas) == 4
+    assert stanzas[0] == ("Explanation: ollama-fleet: nvidia_toolkit_version\n"
+                          "Package: nvidia-container-toolkit\nPin: version 1.18.2-1\n"
+                          "Pin-Priority: 1000")

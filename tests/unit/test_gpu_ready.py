@@ -6,6 +6,7 @@ tasks/steps/gpu_ready.py lays down. The lab tests run them on hosts through a re
 
 from __future__ import annotations
 
+import fcntl
 import shlex
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def ollama(ps_rows: str = "", fails: bool = False) -> str:
     if fails:
         return "echo 'Error: could not connect to ollama app, is it running?' >&2; exit 1\n"
     return (f'case "$1" in ps) echo {shlex.quote(PS_HEADER)}; {ps_rows or ":"} ;;'
-            ' serve) echo serving "$@" ;; esac\n')
+            ' list) echo NAME ;; serve) echo serving "$@" ;; esac\n')
 
 
 def health(tmp_path: Path, **stubs: str):
@@ -67,12 +68,11 @@ def test_an_instance_with_a_gpu_missing_is_unhealthy(tmp_path):
         1, "gpu: nvidia-smi lists 1 GPUs, the instance was given 2\n")
 
 
-def test_a_model_on_the_cpu_makes_the_instance_unhealthy(tmp_path):
-    rows = ("echo 'tinyllama:latest  2644915ede35    1.1 GB    100% CPU     4 minutes from now';"
-            "echo 'qwen2.5:0.5b  a8b0c5157701    0.9 GB    48%/52% CPU/GPU     Forever'")
+def test_a_model_on_the_cpu_is_not_a_gpu_fault(tmp_path):
+    # a client may ask for the CPU (num_gpu: 0): no restart for that
+    rows = "echo 'tinyllama:latest  2644915ede35    1.1 GB    100% CPU     4 minutes from now'"
     proc = health(tmp_path, **{"nvidia-smi": smi(), "ollama": ollama(rows)})
-    assert (proc.returncode, proc.stdout) == (
-        1, "gpu: loaded on the CPU: tinyllama:latest qwen2.5:0.5b\n")
+    assert (proc.returncode, proc.stdout) == (0, "ok: 2 GPUs\n")
 
 
 def test_an_instance_whose_ollama_does_not_answer_is_unhealthy_without_gpu_prefix(tmp_path):
@@ -91,7 +91,7 @@ def test_the_start_waits_for_the_fabric_then_runs_ollama(tmp_path):
                           tmp_path, {"nvidia-smi": stub, "ollama": ollama()},
                           (*TOOLS, "touch"))
     assert proc.returncode == 0, proc.stderr
-    assert "waiting for the GPUs: GPU fabric not ready" in proc.stderr
+    assert "waiting for the GPUs: GPU fabric not up yet (Fabric State: In Progress)" in proc.stderr
     assert proc.stdout == "serving serve\n"
 
 
@@ -103,12 +103,20 @@ def test_the_start_gives_up_in_time_so_that_docker_restarts_the_instance(tmp_pat
     assert "GPUs not ready after 2 s: nvidia-smi exit 255" in proc.stderr
 
 
+def test_a_fabric_that_completed_with_an_error_is_not_ready(tmp_path):
+    stub = smi().replace("Success", "Failure")
+    proc = run_with_stubs(script_command("stack/ollama-gpu.sh", "start", 2, 1, "serve"),
+                          tmp_path, {"nvidia-smi": stub, "ollama": ollama()}, TOOLS)
+    assert proc.returncode == 1
+    assert "GPU fabric failed (Fabric Status: Failure)" in proc.stderr
+
+
 def test_gpu_ready_waits_for_fabric_manager_and_the_fabric(tmp_path):
     systemctl = 'case "$*" in *--quiet*) exit 3 ;; *is-active*) echo inactive; exit 3 ;; esac\n'
     proc = run_with_stubs(script_command("gpu_ready/gpu-ready.sh", 2, 2,
                                          "nvidia-fabricmanager.service"),
                           tmp_path, {"nvidia-smi": smi(), "systemctl": systemctl}, TOOLS)
-    assert proc.returncode == 1
+    assert proc.returncode == 0  # done waiting: Docker starts, the instances wait on
     assert "not ready after 2 s: nvidia-fabricmanager.service is inactive" in proc.stderr
     proc = run_with_stubs(script_command("gpu_ready/gpu-ready.sh", 2, 2,
                                          "nvidia-fabricmanager.service"),
@@ -122,24 +130,59 @@ def test_gpu_ready_waits_for_fabric_manager_and_the_fabric(tmp_path):
     assert "2 GPUs ready after" in proc.stdout
 
 
-def test_the_guard_restarts_only_instances_that_lost_their_gpus_and_not_twice(tmp_path):
-    log = tmp_path / "restarts"
-    docker = (
-        'case "$1" in\n'
-        'ps) echo aaa; echo bbb ;;\n'
-        'inspect) case "$*" in *.Name*) [ "$4" = aaa ] && echo /ollama-0 || echo /ollama-1 ;;\n'
-        '  *) [ "$4" = aaa ] && printf "ok: 1 GPUs\\ngpu: nvidia-smi exit 255: Failed\\n" '
-        '|| printf "ollama: Error: 500\\n" ;; esac ;;\n'
-        f'restart) echo "$2" >> {log} ;;\n'
-        'esac\n')
+GUARD_DOCKER = (
+    'case "$1" in\n'
+    'ps) case "$*" in *unhealthy*) echo ollama-0; echo ollama-1 ;;'
+    ' *exited*) echo ollama-2; echo ollama-3 ;; esac ;;\n'
+    'inspect) case "$*" in *State.Error*) [ "$4" = ollama-2 ] && echo "error gathering device'
+    ' information" || echo ;;\n'
+    '  *) [ "$4" = ollama-0 ] && printf \'"ok: 1 GPUs\\\\n"\\n"gpu: nvidia-smi exit 255: '
+    'Failed\\\\n"\\n\\n\' || printf \'"Health check exceeded timeout (10s)"\\n\\n\' ;; esac ;;\n'
+    'restart|start) echo "$1 $2" >> "$LOG" ;;\n'
+    'esac\n')
+
+
+def guard(tmp_path: Path, smi_stub: str, lock: str = "/nonexistent"):
     state = tmp_path / "state"
-    command = script_command("gpu_ready/gpu-guard.sh", "ollama", 180).replace(
+    command = script_command("gpu_ready/gpu-guard.sh", "ollama", 180, lock).replace(
         "/run/ollama-fleet/gpu-guard", str(state))
-    passes = [run_with_stubs(command, tmp_path, {"docker": docker}, TOOLS) for _ in range(2)]
-    assert [p.returncode for p in passes] == [0, 0], passes[0].stderr
-    assert passes[0].stdout == "gpu-guard: restarting ollama-0: nvidia-smi exit 255: Failed\n"
-    assert passes[1].stdout == ""  # within the hold: not again
-    assert log.read_text() == "aaa\n"  # ollama-1 is unhealthy for another reason: left alone
+    log = tmp_path / "actions"
+    docker = GUARD_DOCKER.replace('"$LOG"', str(log))
+    proc = run_with_stubs(command, tmp_path, {"docker": docker, "nvidia-smi": smi_stub},
+                          (*TOOLS, "flock", "true"))
+    assert proc.returncode == 0, proc.stderr
+    return proc, (log.read_text() if log.exists() else "")
+
+
+def test_the_guard_acts_on_one_instance_a_run_and_not_twice_on_the_same(tmp_path):
+    first, actions = guard(tmp_path, smi())
+    assert first.stdout == "gpu-guard: restarting ollama-0: nvidia-smi exit 255: Failed\n"
+    second, actions = guard(tmp_path, smi())
+    # ollama-0 is within its hold; ollama-1's probe timed out (not a GPU line): left alone;
+    # ollama-2 could not start: started; ollama-3 was stopped by someone: left alone
+    assert second.stdout == ("gpu-guard: starting ollama-2: it could not start: error "
+                             "gathering device information\n")
+    third, actions = guard(tmp_path, smi())
+    assert third.stdout == ""
+    assert actions == "restart ollama-0\nstart ollama-2\n"
+
+
+def test_the_guard_does_nothing_while_the_hosts_gpus_do_not_answer(tmp_path):
+    proc, actions = guard(tmp_path, "echo 'Failed to initialize NVML: Driver/library version "
+                                    "mismatch'; exit 18\n")
+    assert actions == ""
+    assert "the host's nvidia-smi fails (Failed to initialize NVML: Driver/library" in proc.stderr
+
+
+def test_the_guard_leaves_a_host_alone_while_a_deploy_holds_its_lock(tmp_path):
+    lock = tmp_path / "ollama-fleet.lock"
+    lock.touch()
+    with open(lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc, actions = guard(tmp_path, smi(), str(lock))
+    assert (proc.stdout, actions) == ("", "")
+    proc, actions = guard(tmp_path, smi(), str(lock))  # released: the guard acts
+    assert actions == "restart ollama-0\n"
 
 
 def compose(data: dict | None = None) -> dict:
@@ -153,6 +196,7 @@ def test_gpu_instances_start_through_the_wait_and_check_their_gpus():
     service = out["compose"]["services"]["ollama-0"]
     assert service["entrypoint"] == ["/bin/sh", GPU_SCRIPT, "start", "1", "120"]
     assert service["command"] == ["serve"]
+    assert service["runtime"] == "nvidia"  # toolkit 1.18+: CDI injection, kept across reloads
     assert service["healthcheck"]["test"] == ["CMD", "/bin/sh", GPU_SCRIPT, "health", "1"]
     assert f"./ollama-gpu.sh:{GPU_SCRIPT}:ro" in service["volumes"]
     assert service["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
@@ -165,7 +209,7 @@ def test_a_cpu_instance_keeps_the_plain_healthcheck():
     settings = settings_for("cpu-1", {"gpu_count": 0})
     files = stack_files(settings, plan_instances(settings, []), Fleet())
     service = yaml.safe_load(files["compose.yaml"])["services"]["ollama-0"]
-    assert "entrypoint" not in service
+    assert "entrypoint" not in service and "runtime" not in service
     assert service["healthcheck"]["test"] == ["CMD", "ollama", "list"]
     assert "ollama-gpu.sh" not in files
 

@@ -57,7 +57,8 @@ def run_step(monkeypatch, gpus: dict, installed: tuple[str, ...], settings: Sett
                          (nvidia_driver.apt_packages, "installed"),
                          (nvidia_driver.apt_packages, "archive_components")):
         monkeypatch.setattr(target, name, rec.op(name))
-    for name in ("held", "verify_driver", "fabricmanager_started"):
+    for name in ("held", "verify_driver", "fabricmanager_started", "fabricmanager_follows_driver",
+                 "persistence_mode_kept", "verify_persistence"):
         monkeypatch.setattr(nvidia_driver, name, rec.op(name))
     monkeypatch.setattr(nvidia_driver, "driver", rec.op("driver", changed=install_changes))
     facts = {"ollama_fleet.tasks.kit.facts.NvidiaHost": {
@@ -115,12 +116,22 @@ def test_no_reboot_allowed_means_no_reboot_step(monkeypatch):
 def test_the_order_of_work(monkeypatch):
     rec = run_step(monkeypatch, smi(None), (), SETTINGS)
     assert [name for name, _ in rec.calls] == [
-        "put", "archive_components", "repository", "driver", "reboot", "held",
-        "verify_driver", "fabricmanager_started", "service"]
-    # the pin keeps the branch (and lets its own updates through); Fabric Manager must
-    # match the driver
-    assert dict(rec.calls)["held"]["packages"] == ["nvidia-driver-pinning-590",
-                                                   "nvidia-fabricmanager"]
+        "put", "archive_components", "repository", "put", "driver",
+        "fabricmanager_follows_driver",
+        "reboot", "held", "verify_driver", "fabricmanager_started", "persistence_mode_kept",
+        "service", "verify_persistence"]
+    # the pin keeps the branch (and lets its own updates through, Fabric Manager's with the
+    # driver's): only the pin is held; Fabric Manager follows the driver's version
+    assert dict(rec.calls)["held"]["packages"] == ["nvidia-driver-pinning-590"]
+    assert "nvidia-fabricmanager" in dict(rec.calls)["held"]["released"]
+    # and our own apt preferences keep it on the branch, whatever NVIDIA's pin names
+    preferences = [args for name, args in rec.calls if name == "put"][1]
+    assert preferences["dest"] == "/etc/apt/preferences.d/ollama-fleet-nvidia-branch"
+    assert "Package: nvidia-fabricmanager\nPin: version 590.*\n" in \
+        preferences["src"].getvalue()
+    assert dict(rec.calls)["fabricmanager_follows_driver"] == {
+        "name": "Fabric Manager at the driver's version", "fabricmanager": "nvidia-fabricmanager",
+        "driver": "nvidia-driver-cuda"}
 
 
 @pytest.mark.parametrize("knob", ["never"])

@@ -40,7 +40,8 @@ GPU_1 = HostPlan("gpu-1", ("gpu_servers",), {}, TWO_GPUS, nginx_url=NGINX)
 GPU_2 = HostPlan("gpu-2", ("gpu_servers",), {}, TWO_GPUS, nginx_url=NGINX)
 CPU_1 = HostPlan("cpu-1", ("gpu_servers",), {}, (("ollama-0", 11434),), nginx_url=NGINX)
 
-REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "driver_version", "gpu_error",
+REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "reboot_required",
+                  "driver_version", "gpu_error",
                   "gpus", "docker_version", "docker_error", "instances", "nginx"}
 INSTANCE_KEYS = {"name", "port", "state", "health", "healthy", "image", "gpus", "all_gpus",
                  "version", "models", "loaded", "placement", "api_error", "health_reason"}
@@ -201,7 +202,7 @@ def run_script(tmp_path: Path, plan: HostPlan, stubs: dict[str, str]) -> dict:
     """status_script under sh with only coreutils and STUBS on PATH; its decoded report."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("timeout", "base64", "tr", "cat"):
+    for tool in ("timeout", "base64", "tr", "cat", "sh"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     for name, body in stubs.items():
         _stub(bin_dir, name, body)
@@ -214,7 +215,7 @@ def run_script(tmp_path: Path, plan: HostPlan, stubs: dict[str, str]) -> dict:
 
 def test_script_on_a_bare_host_reports_what_is_missing(tmp_path):
     raw = run_script(tmp_path, GPU_1, {})
-    assert set(raw) == {"format", "os"}
+    assert set(raw) == {"format", "os", "reboot"}
     view = host_view(GPU_1, raw)
     assert view["gpus"] == [] and view["docker_error"] == "docker is not installed"
     assert [i["state"] for i in view["instances"]] == ["missing", "missing"]
@@ -289,6 +290,23 @@ def test_an_unhealthy_instance_shows_why_from_its_health_log():
     assert f"[{lost.strip()}]" in table
 
 
+def test_a_host_that_must_reboot_says_why(tmp_path):
+    raw = run_script(tmp_path, GPU_1, {
+        "uname": "echo 6.12.38+deb13-amd64\n",
+        "ls": "exit 0\n"})
+    assert raw["reboot"]["out"].splitlines()[0] == "running=6.12.38+deb13-amd64"
+    report = {"reboot": {"rc": 0, "out": "running=6.12.38+deb13-amd64\n"
+                         "kernel=6.12.38+deb13-amd64\nkernel=6.12.41+deb13-amd64\n"
+                         "loaded=590.44.01\nlibrary=590.48.01\n"}}
+    view = host_view(GPU_1, report)
+    assert view["reboot_required"] == [
+        "kernel 6.12.41+deb13-amd64 installed, 6.12.38+deb13-amd64 running",
+        "NVIDIA module 590.44.01 loaded, driver 590.48.01 installed"]
+    table = render_table([view])
+    assert "  reboot required: kernel 6.12.41+deb13-amd64 installed" in table
+    assert host_view(GPU_1, {})["reboot_required"] == []
+
+
 def test_json_document_is_stable():
     views = [recorded("gpu-host", GPU_1), failed_view(GPU_2, "Could not connect (timed out)"),
              failed_view(CPU_1, "no answer within 20s (running the status script)",
@@ -327,7 +345,7 @@ def test_script_asks_each_instance_at_its_address_and_nginx_at_its_url(tmp_path)
     plan = HostPlan("gpu-b", ("gpu_servers",), {}, (("ollama-0", 11434), ("ollama-1", 12003)),
                     api_address="[::1]", nginx_url="https://127.0.0.1:8443/health")
     raw = run_script(tmp_path, plan, {"curl": 'for a; do url=$a; done\necho "$url"\n'})
-    asked = {key: entry["out"] for key, entry in raw.items() if key != "format"}
+    asked = {key: entry["out"] for key, entry in raw.items() if key not in ("format", "reboot")}
     assert asked == {"os": asked["os"], "nginx": "https://127.0.0.1:8443/health", **{
         f"{what}:{port}": f"http://[::1]:{port}/api/{what}"
         for port in (11434, 12003) for what in ("version", "tags", "ps")}}

@@ -1,0 +1,118 @@
+"""Reboot benchmark: from `systemctl reboot` of a converged GPU host to all its instances
+serving from their GPUs again, with no deploy run.
+
+One lab GPU host, an HGX H100 board with 2 simulated GPUs (one Ollama instance per GPU),
+converged with one model. The host is rebooted twice, side by side:
+
+- **fabric 0 s**: Fabric Manager brings the fabric up at once (the baseline);
+- **fabric N s** (`--fabric-seconds`, 20): the fabric stays "In Progress" N seconds after
+  Fabric Manager starts, as a real NVSwitch board's does, and CUDA answers 802 until then.
+
+For each it prints the seconds from the reboot command to: the host answering SSH; the
+boot wait (ollama-fleet-gpu-ready) done; Docker started; every instance healthy; every
+instance answering a generate with its model wholly in GPU memory (`/api/ps` `size_vram`
+equal to `size`), and the last as a ratio of the baseline. The lab (`bench-reboot`,
+registry port 5085) is removed before and after (unless `--keep`).
+
+    .venv/bin/python bench/reboot.py [--fabric-seconds 20] [--keep]
+
+Wall clock on this machine: lab hosts are containers, so "the reboot" is a container
+restart with systemd's whole boot inside it, not firmware and a kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.labfleet import LabFleet, lab_cli, poll  # noqa: E402
+
+NAME = "bench-reboot"
+MODEL = "tinyllama"
+INSTANCES = {"ollama-0": 11434, "ollama-1": 11435}
+
+
+def seconds_since(start: float) -> float:
+    return round(time.monotonic() - start, 1)
+
+
+def serving_from_gpus(fleet: LabFleet) -> bool:
+    for port in INSTANCES.values():
+        code, _, _ = fleet.ssh("gpu-1", f"curl -sf --max-time 30 -d '{{\"model\":\"{MODEL}\","
+                                        f"\"prompt\":\"hi\",\"stream\":false}}' "
+                                        f"http://127.0.0.1:{port}/api/generate >/dev/null",
+                               check=False, timeout=60)
+        if code != 0:
+            return False
+        _, out, _ = fleet.ssh("gpu-1", f"curl -sf http://127.0.0.1:{port}/api/ps", check=False)
+        models = (json.loads(out) if out.strip() else {}).get("models") or []
+        if not models or models[0]["size_vram"] != models[0]["size"]:
+            return False
+    return True
+
+
+def measure(fleet: LabFleet, fabric: float) -> dict[str, float]:
+    lab_cli("fabric-delay", "gpu-1", str(fabric), name=NAME)
+    marks: dict[str, float] = {}
+    before = fleet.started_at("gpu-1")
+    fleet.forget("gpu-1")
+    start = time.monotonic()
+    fleet.ssh("gpu-1", "systemctl reboot", check=False)
+    fleet.forget("gpu-1")
+    poll(lambda: fleet.started_at("gpu-1") != before, 120, what="restarting")
+    poll(lambda: fleet.ssh("gpu-1", "true", timeout=10, check=False)[0] == 0, 300,
+         interval=0.2, what="ssh")
+    marks["ssh"] = seconds_since(start)
+    poll(lambda: fleet.ssh("gpu-1", "systemctl is-active -q ollama-fleet-gpu-ready",
+                           check=False)[0] == 0, 600, interval=0.2, what="gpu-ready")
+    marks["gpu-ready"] = seconds_since(start)
+    poll(lambda: fleet.ssh("gpu-1", "systemctl is-active -q docker", check=False)[0] == 0,
+         600, interval=0.2, what="docker")
+    marks["docker"] = seconds_since(start)
+    poll(lambda: all(fleet.ssh("gpu-1", f"docker inspect -f '{{{{.State.Health.Status}}}}' {i}",
+                               check=False)[1].strip() == "healthy" for i in INSTANCES),
+         600, interval=0.5, what="healthy")
+    marks["healthy"] = seconds_since(start)
+    poll(lambda: serving_from_gpus(fleet), 600, interval=0.5, what="serving from the GPUs")
+    marks["serving on GPUs"] = seconds_since(start)
+    return marks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fabric-seconds", type=float, default=20)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    lab_cli("down", name=NAME, check=False)
+    try:
+        lab_cli("up", "--gpu-hosts", "1", "--gpus-per-host", "2", "--registry-port", "5085",
+                "--model-scale", "0.1", name=NAME)
+        fleet = LabFleet(NAME)
+        fleet.refresh()
+        proc = fleet.pyinfra("deploy.py", "--data", f'ollama_models=["{MODEL}"]')
+        if proc.returncode != 0:
+            print(proc.output[-3000:], file=sys.stderr)
+            return 1
+        runs = {f"fabric {0:g} s": measure(fleet, 0),
+                f"fabric {args.fabric_seconds:g} s": measure(fleet, args.fabric_seconds)}
+        names = list(runs)
+        print(f"{'seconds after `systemctl reboot`':<34}" + "".join(f"{n:>16}" for n in names))
+        for mark in runs[names[0]]:
+            print(f"{mark:<34}" + "".join(f"{runs[n][mark]:>16}" for n in names))
+        base = runs[names[0]]["serving on GPUs"]
+        print(f"{'serving on GPUs, ratio':<34}{1.0:>16.2f}"
+              f"{runs[names[1]]['serving on GPUs'] / base:>16.2f}")
+        fleet.close()
+        return 0
+    finally:
+        if not args.keep:
+            lab_cli("down", name=NAME, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
