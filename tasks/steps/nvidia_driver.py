@@ -496,8 +496,9 @@ def verify_persistence(gpu_count: int):
 @operation()
 def fabricmanager_started():
     """
-    Enable and start Fabric Manager where it is not running; a start that fails is said,
-    not fatal here (templates/nvidia_driver/fabricmanager.sh): the inference proof names it.
+    Enable and start Fabric Manager where it is not running; a start that fails stops the
+    host here, named (templates/nvidia_driver/fabricmanager.sh): without it CUDA does not
+    initialise, and Docker waits for it at every boot.
     """
     unit = f"{FABRICMANAGER_UNIT}.service"
     running = (host.get_fact(SystemdStatus, services=unit) or {}).get(unit)

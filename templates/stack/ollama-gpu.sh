@@ -13,7 +13,8 @@
 #   starts the instance again, until its GPUs are there.
 # ollama-gpu.sh health GPUS
 #   The instance's healthcheck. Unhealthy (exit 1, one line that Docker keeps in the
-#   health log) when Ollama does not answer, or, prefixed `gpu:`, when the instance lost
+#   health log) when Ollama does not answer (its own error line), or, prefixed `gpu:`,
+#   when the instance lost
 #   its GPUs: nvidia-smi fails (after a `systemctl daemon-reload` under the toolkit's
 #   legacy injection: "Failed to initialize NVML: Unknown Error") or lists other than GPUS
 #   GPUs. The host's ollama-fleet-gpu-guard restarts an instance unhealthy with a `gpu:`
@@ -45,7 +46,7 @@ gpu_problem() {
         f && /^[[:space:]]*State[[:space:]]*:/ {
             sub(/^[^:]*:[[:space:]]*/, ""); state = $0
             if (state == "In Progress" || state == "Not Started") {
-                print "GPU fabric not up yet (Fabric State: " state ")"; exit
+                print "GPU fabric not up yet (Fabric State: " state "; is Fabric Manager running?)"; exit
             }
             next
         }
@@ -77,7 +78,7 @@ start)
     ;;
 health)
     if ! out=$(ollama list 2>&1); then
-        echo "ollama: $(printf '%s' "$out" | head -n 1)"
+        printf '%s\n' "$out" | head -n 1  # Ollama's own words, as the plain check had them
         exit 1
     fi
     problem=$(gpu_problem)

@@ -195,25 +195,36 @@ def _instances_on_gpu(fleet, host: str) -> bool:
 
 
 def test_fabric_manager_unable_to_start_fails_the_host_naming_it_then_heals(fleet):
-    """Without Fabric Manager an NVSwitch board's CUDA does not initialise: nvidia-smi lists
-    every GPU and Ollama runs on the CPU. The deploy says so; once Fabric Manager can
-    start again, the next deploy heals the host."""
+    """Without Fabric Manager an NVSwitch board's CUDA does not initialise, and an Ollama
+    started then would serve from the CPU for good. So at boot Docker waits for it
+    (bounded: 30 s here), each GPU instance then waits for its fabric instead of serving,
+    and the deploy stops at Fabric Manager, naming it; once Fabric Manager can start
+    again, the next deploy heals the host."""
     cfg = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+    quick = ("--data", "nvidia_gpu_ready_timeout=30")
+    proc = fleet.pyinfra("deploy.py", *quick, limit="gpu-1")
+    assert proc.returncode == 0, proc.output[-3000:]
     fleet.ssh("gpu-1", f"cp {cfg} /root/fabricmanager.cfg && echo 'not a setting' >> {cfg}")
     try:
-        fleet.reboot("gpu-1")  # Fabric Manager fails at boot; Ollama starts on the CPU
-        poll(lambda: fleet.ssh("gpu-1", "curl -sf http://127.0.0.1/api/version",
-                               check=False)[0] == 0, 120, what="gpu-1 serving again")
-        assert fleet.ssh("gpu-1", "nvidia-smi -L")[1].count("GPU ") == 1
-        proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+        fleet.reboot("gpu-1")  # Fabric Manager fails at boot
+        poll(lambda: "not ready after 30 s: nvidia-fabricmanager.service is failed" in fleet.ssh(
+            "gpu-1", "journalctl -b -u ollama-fleet-gpu-ready --no-pager", check=False)[1],
+            120, what="the boot's GPU wait giving up")
+        poll(lambda: "waiting for the GPUs: GPU fabric not up yet (Fabric State: In Progress; "
+             "is Fabric Manager running?)" in fleet.ssh(
+                 "gpu-1", "docker logs ollama-0 2>&1", check=False)[1], 120,
+             what="ollama-0 waiting for its fabric")
+        # nothing serves from the CPU meanwhile
+        assert fleet.ssh("gpu-1", "curl -sf http://127.0.0.1:11434/api/version",
+                         check=False)[0] != 0
+        proc = fleet.pyinfra("deploy.py", *quick, limit="gpu-1")
         assert proc.returncode == 1, proc.output[-3000:]
-        assert '--> gpu-1: failed at step "Every GPU instance infers on its GPU"' in proc.output
-        line = next(x for x in proc.output.splitlines() if "runs on the CPU" in x)
-        uuid = fleet.host("gpu-1")["gpus"][0]["uuid"]
-        assert f"ollama-0 (GPU 0 {uuid}): " in line and "Fabric Manager is not running" in line
+        assert '--> gpu-1: failed at step "Fabric Manager enabled and started (NVSwitch ' \
+               'board)"' in proc.output, proc.output[-3000:]
+        assert "nvidia-fabricmanager did not start" in proc.output
     finally:
         fleet.ssh("gpu-1", f"cp /root/fabricmanager.cfg {cfg}")
-    proc = fleet.pyinfra("deploy.py", limit="gpu-1")
+    proc = fleet.pyinfra("deploy.py", *quick, limit="gpu-1")
     assert proc.returncode == 0, proc.output[-3000:]
     assert fleet.ssh("gpu-1", "systemctl is-active nvidia-fabricmanager")[1] == "active\n"
     assert _instances_on_gpu(fleet, "gpu-1")
