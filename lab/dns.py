@@ -2,8 +2,10 @@
 
 Records: every lab host as `<host>.<lab>.test`; the front door as `llm.<lab>.test` (the
 first lb host, when the lab has one); the services container as `services.`,
-`registry.` and `blobs.<lab>.test`. Every other name is forwarded to the services
-container's own Docker resolver, so apt on the hosts still finds the Debian mirror.
+`registry.` and `blobs.<lab>.test`; the cloud stand-in (lab/cloud) as `cloud.<lab>.test`
+and as `ollama.com`, the host Ollama's cloud calls, as the lab's registry stands in for
+registry.ollama.ai. Every other name is forwarded to the services container's own
+Docker resolver, so apt on the hosts still finds the Debian mirror.
 
 Lab hosts get `/etc/resolv.conf` naming that server (a read-only bind mount of
 RESOLV_CONF), and their inner Docker engines copy it into their containers. On the
@@ -28,6 +30,10 @@ from lab.state import LabState
 TLD = "test"  # reserved for testing by RFC 6761: never a real zone
 FRONT_DOOR = "llm"
 SERVICE_NAMES = ("services", "registry", "blobs")
+CLOUD_NAME = "cloud"
+# Ollama's cloud (server/cloud_proxy.go defaultCloudProxyBaseURL): a release build
+# accepts no other address than loopback, so the lab answers this name instead
+CLOUD_HOSTS = ("ollama.com",)
 UPSTREAM = "127.0.0.11"  # the services container's own Docker resolver
 HOSTS_DIR = "/etc/fleetlab/dns"  # in the services container: dnsmasq's --hostsdir
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -50,9 +56,16 @@ def front_door_name(lab_name: str) -> str:
     return f"{FRONT_DOOR}.{zone(lab_name)}"
 
 
-def records(lab_name: str, services_ip: str, hosts: list[dict]) -> list[tuple[str, list[str]]]:
+def cloud_name(lab_name: str) -> str:
+    return f"{CLOUD_NAME}.{zone(lab_name)}"
+
+
+def records(lab_name: str, services_ip: str, hosts: list[dict], cloud_ip: str | None = None
+            ) -> list[tuple[str, list[str]]]:
     """(address, names) of every record in the zone; the first name is the address's PTR."""
     rows = [(services_ip, [f"{n}.{zone(lab_name)}" for n in SERVICE_NAMES])]
+    if cloud_ip:
+        rows.append((cloud_ip, [cloud_name(lab_name), *CLOUD_HOSTS]))
     front_door = next((h for h in hosts if h["role"] == "lb"), None)
     for h in hosts:
         names = [host_name(lab_name, h["name"])]
@@ -62,11 +75,12 @@ def records(lab_name: str, services_ip: str, hosts: list[dict]) -> list[tuple[st
     return rows
 
 
-def hosts_file(lab_name: str, services_ip: str, hosts: list[dict]) -> str:
+def hosts_file(lab_name: str, services_ip: str, hosts: list[dict],
+               cloud_ip: str | None = None) -> str:
     lines = [f"# The zone {zone(lab_name)}, written by `python -m lab up`; dnsmasq rereads "
              "it when it changes."]
     lines += [f"{address} {' '.join(names)}" for address, names in
-              records(lab_name, services_ip, hosts)]
+              records(lab_name, services_ip, hosts, cloud_ip)]
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +110,8 @@ def resolv_conf_path(lab: LabState) -> Path:
     return lab.dir / "resolv.conf"
 
 
-def write_files(lab: LabState, services_ip: str, hosts: list[dict]) -> None:
+def write_files(lab: LabState, services_ip: str, hosts: list[dict],
+                cloud_ip: str | None = None) -> None:
     """Write the resolv.conf, dnsmasq's configuration and the zone into the lab's state dir.
 
     The zone file is replaced by a rename into its directory, so dnsmasq (watching the
@@ -108,7 +123,7 @@ def write_files(lab: LabState, services_ip: str, hosts: list[dict]) -> None:
     (config / "dns").chmod(0o755)  # dnsmasq reads as nobody, whatever this umask is
     _write_if_changed(config / "dnsmasq.conf", dnsmasq_conf(lab.name, services_ip))
     _write_if_changed(resolv_conf_path(lab), resolv_conf(lab.name, services_ip))
-    text = hosts_file(lab.name, services_ip, hosts)
+    text = hosts_file(lab.name, services_ip, hosts, cloud_ip)
     target = config / "dns" / "zone"
     if not target.exists() or target.read_text() != text:
         tmp = config / "zone.tmp"

@@ -6,10 +6,12 @@ the part of theirs. It lives in the lab's state directory and is made once.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 from pathlib import Path
 
 from lab.engine import LabError
+from lab.state import state_root
 
 
 def _openssl(*args: str) -> None:
@@ -30,12 +32,31 @@ def ca(state_dir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def issue(state_dir: Path, name: str, address: str, dns_names: tuple[str, ...] = ()
-          ) -> dict[str, str]:
+def cloud_ca() -> Path:
+    """The directory whose CA (`ca/ca.pem`) vouches for the cloud stand-in's `ollama.com`:
+    one for every lab of this machine, so that the stand-in Ollama images, which trust it
+    as the official image trusts the public CAs, are the same in every lab (built once,
+    never rebuilt by a lab starting beside another). Made under a lock; renewed when it
+    has less than 7 days left (the images then change with it)."""
+    root = state_root() / "cloud-ca"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cert = root / "ca" / "ca.pem"
+        if cert.exists() and subprocess.run(
+                ["openssl", "x509", "-checkend", str(7 * 86400), "-noout", "-in", str(cert)],
+                capture_output=True).returncode != 0:
+            cert.unlink()
+        ca(root)
+    return root
+
+
+def issue(state_dir: Path, name: str, address: str, dns_names: tuple[str, ...] = (),
+          ca_dir: Path | None = None) -> dict[str, str]:
     """A certificate for lab host NAME at ADDRESS, and its DNS_NAMES (`gpu-1.<lab>.test`,
-    the front door's `llm.<lab>.test`), signed by the lab's CA: paths of the CA
-    certificate, the host's certificate and its key."""
-    ca_cert, ca_key = ca(state_dir)
+    the front door's `llm.<lab>.test`), in STATE_DIR, signed by the lab's CA (or the one
+    in CA_DIR): paths of the CA certificate, the host's certificate and its key."""
+    ca_cert, ca_key = ca(ca_dir or state_dir)
     directory = state_dir / "ca" / name
     directory.mkdir(parents=True, exist_ok=True)
     cert, key, csr = directory / "cert.pem", directory / "key.pem", directory / "req.csr"

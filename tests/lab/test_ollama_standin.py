@@ -839,6 +839,24 @@ def test_the_stored_manifest_is_ollamas_own_encoding(registry, start_server):
     assert row.split()[1] == tag["digest"][:12]
 
 
+def test_a_0_32_pull_stores_the_registrys_own_bytes(registry, start_server, tmp_path):
+    """v0.32.15 PullModel writes pullModelManifest's data as it came: the ID is the
+    registry's manifest digest; the progress lines are 0.6.8's."""
+    srv = start_server(OLLAMA_LAB_REGISTRY=registry.url, OLLAMA_LAB_VERSION="0.32.15",
+                       HOME=str(tmp_path / "home"))
+    _, _, lines = pull_lines(srv.url, "tinyllama")
+    statuses = [x["status"] for x in lines]
+    assert statuses[0] == "pulling manifest" and statuses[-3:] == [
+        "verifying sha256 digest", "writing manifest", "success"]
+    model = registry.models["tinyllama:latest"]
+    stored = manifest_file(srv.models, "tinyllama").read_bytes()
+    assert stored == model["manifest"]
+    (tag,) = httpx.get(srv.url + "/api/tags").json()["models"]
+    assert "sha256:" + tag["digest"] == model["digest"]
+    assert srv.cli("list", OLLAMA_LAB_VERSION="0.32.15").stdout.splitlines()[0].split() == [
+        "NAME", "ID", "SIZE", "MODIFIED"]
+
+
 def test_a_model_whose_layer_blob_is_missing_is_still_listed(fake_registry, start_server):
     """ListHandler reads only the manifest and the config blob: a missing layer blob
     leaves the model listed; show, generate and chat then fail as GetModel and
@@ -1181,3 +1199,311 @@ def test_openai_errors_are_typed_by_status_from_0_18(start_server):
     with pytest.raises(openai.BadRequestError) as exc:
         oai.chat.completions.create(model="", messages=[{"role": "user", "content": "x"}])
     assert exc.value.response.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------------------
+# v0.32.15 images (lab/ollama/standin/releases.py: from 0.32.0 on)
+# ---------------------------------------------------------------------------
+
+CURRENT = "0.32.15"
+CLOUD_PY = REPO / "lab" / "cloud" / "cloud.py"
+
+
+class Cloud:
+    """The lab's cloud stand-in (lab/cloud/cloud.py) on loopback, plain HTTP: a v0.32
+    server reaches it through OLLAMA_CLOUD_BASE_URL, a loopback override being the only
+    one a release build accepts."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen([sys.executable, str(CLOUD_PY), "--bind", "127.0.0.1",
+                                      "--port", "0"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._ready.wait(15) or self.port is None:
+            self.stop()
+            raise AssertionError("cloud stand-in did not start:\n" + "".join(self.lines))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m[1])
+                self._ready.set()
+        self._ready.set()
+
+    def requests(self) -> list[dict]:
+        return httpx.get(self.url + "/_lab/requests", timeout=10).json()["requests"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def cloud():
+    c = Cloud()
+    yield c
+    c.stop()
+
+
+def start_current(start_server, tmp_path, **env) -> Server:
+    return start_server(OLLAMA_LAB_VERSION=CURRENT, HOME=str(tmp_path / "home"), **env)
+
+
+CURRENT_ONLY = [("GET", "/api/status"), ("POST", "/api/me"), ("POST", "/api/signout"),
+                ("POST", "/api/experimental/web_search"), ("POST", "/api/experimental/web_fetch"),
+                ("GET", "/api/experimental/model-recommendations"), ("POST", "/v1/responses"),
+                ("POST", "/v1/audio/transcriptions"), ("POST", "/v1/messages")]
+
+
+def test_routes_of_0_32_are_404_under_0_6_8(start_server, tmp_path):
+    old = start_server(HOME=str(tmp_path / "home"))
+    for method, path in CURRENT_ONLY:
+        r = httpx.request(method, old.url + path, content=b"{}", timeout=10)
+        assert (r.status_code, r.text) == (404, "404 page not found"), (method, path)
+    new = start_current(start_server, tmp_path, OLLAMA_NO_CLOUD="1")
+    # /api/me and /api/signout call ollama.com whatever OLLAMA_NO_CLOUD says (upstream's
+    # WhoamiHandler, SignoutHandler): not from this machine
+    for method, path in [x for x in CURRENT_ONLY if x[1] not in ("/api/me", "/api/signout")]:
+        r = httpx.request(method, new.url + path, content=b"{}", timeout=10)
+        assert r.status_code != 404 or r.text != "404 page not found", (method, path)
+
+
+def test_status_says_whether_the_cloud_is_off(start_server, tmp_path):
+    on = start_current(start_server, tmp_path)
+    assert httpx.get(on.url + "/api/status").json() == {
+        "cloud": {"disabled": False, "source": "none"}}
+    off = start_current(start_server, tmp_path, OLLAMA_NO_CLOUD="1")
+    assert httpx.get(off.url + "/api/status").json() == {
+        "cloud": {"disabled": True, "source": "env"}}
+    assert any('msg="Ollama cloud disabled: true"' in line for line in off.lines)
+    recs = httpx.get(off.url + "/api/experimental/model-recommendations").json()
+    assert recs["recommendations"][0]["model"] == "kimi-k2.6:cloud"
+
+
+def test_cloud_models_go_to_the_cloud_unless_it_is_off(start_server, tmp_path, cloud):
+    srv = start_current(start_server, tmp_path, OLLAMA_CLOUD_BASE_URL=cloud.url)
+    assert any('msg="cloud base URL override enabled"' in line for line in srv.lines)
+    oai = openai_client(srv)
+    chat = oai.chat.completions.create(model="gpt-oss:120b-cloud",
+                                       messages=[{"role": "user", "content": "secret plan"}])
+    assert chat.choices[0].message.content.startswith("cloud answer")
+    native = httpx.post(srv.url + "/api/chat", json={
+        "model": "qwen3:cloud", "messages": [{"role": "user", "content": "other secret"}],
+        "stream": False}, timeout=30).json()
+    assert native["message"]["content"].startswith("cloud answer")
+    local = httpx.post(srv.url + "/api/chat", json={"model": "qwen3:local", "messages": []},
+                       timeout=30)
+    assert local.status_code == 404  # a local name stays here (no such model)
+    got = cloud.requests()
+    assert [(r["method"], r["path"]) for r in got] == [("POST", "/v1/chat/completions"),
+                                                       ("POST", "/api/chat")]
+    first = json.loads(got[0]["body"])
+    assert first["model"] == "gpt-oss:120b" and "secret plan" in got[0]["body"]
+    assert json.loads(got[1]["body"])["model"] == "qwen3"
+    assert all(r["headers"].get("Authorization") and
+               r["headers"].get("X-Ollama-Client-Version") == CURRENT for r in got)
+    assert all("ts=" in r["query"] for r in got)
+
+    web = httpx.post(srv.url + "/api/experimental/web_search", json={"query": "fleet"},
+                     headers={"Authorization": "Bearer client-key"}, timeout=30)
+    assert web.status_code == 200 and web.json()["results"]
+    assert cloud.requests()[-1]["path"] == "/api/web_search"
+    assert cloud.requests()[-1]["headers"]["Authorization"] != "Bearer client-key"
+    empty = httpx.post(srv.url + "/api/experimental/web_fetch", content=b" ", timeout=30)
+    assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
+
+
+def test_a_disabled_cloud_refuses_and_nothing_leaves(start_server, tmp_path, cloud):
+    srv = start_current(start_server, tmp_path, OLLAMA_CLOUD_BASE_URL=cloud.url,
+                        OLLAMA_NO_CLOUD="1")
+    for path, body in [("/v1/chat/completions", {"model": "gpt-oss:120b-cloud", "messages": [
+                            {"role": "user", "content": "secret"}]}),
+                       ("/v1/responses", {"model": "gpt-oss:cloud", "input": "secret"}),
+                       ("/v1/messages", {"model": "glm-5.1:cloud", "max_tokens": 9,
+                                         "messages": [{"role": "user", "content": "secret"}]}),
+                       ("/api/generate", {"model": "gpt-oss:cloud", "prompt": "secret"}),
+                       ("/api/chat", {"model": "gpt-oss:cloud", "messages": []})]:
+        r = httpx.post(srv.url + path, json=body, timeout=30)
+        assert (r.status_code, r.json()) == (
+            403, {"error": "ollama cloud is disabled: remote model is unavailable"}), path
+    r = httpx.get(srv.url + "/v1/models/gpt-oss:cloud", timeout=30)
+    assert (r.status_code, r.json()) == (
+        403, {"error": "ollama cloud is disabled: remote model details are unavailable"})
+    for path, what in [("/api/experimental/web_search", "web search"),
+                       ("/api/experimental/web_fetch", "web fetch")]:
+        r = httpx.post(srv.url + path, json={"query": "secret"}, timeout=30)
+        assert (r.status_code, r.json()) == (
+            403, {"error": f"ollama cloud is disabled: {what} is unavailable"})
+    assert cloud.requests() == []
+
+
+def test_a_cloud_override_off_loopback_is_ignored(start_server, tmp_path):
+    srv = start_current(start_server, tmp_path, OLLAMA_CLOUD_BASE_URL="https://10.9.9.9")
+    assert any('msg="ignoring cloud base URL override"' in line and
+               "non-loopback cloud override is not allowed in release mode" in line
+               for line in srv.lines)
+
+
+def _sse(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_responses_api_with_official_client(fake_registry, start_server, tmp_path):
+    srv = start_current(start_server, tmp_path, OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    oai = openai_client(srv)
+    resp = oai.responses.create(model="tinyllama", input="hello there",
+                                instructions="be brief")
+    assert resp.object == "response" and resp.status == "completed"
+    assert re.fullmatch(r"resp_\d{1,6}", resp.id)
+    assert resp.output_text.startswith("lab answer to: hello there")
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+
+    events = list(oai.responses.create(model="tinyllama", input="hello there", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:5] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added",
+                         "response.output_text.delta"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == resp.output_text == events[-1].response.output_text
+
+    raw = httpx.post(srv.url + "/v1/responses", json={
+        "model": "tinyllama", "input": "hi", "stream": True}, timeout=30)
+    assert raw.headers["content-type"] == "text/event-stream"
+    assert raw.text.startswith("event: response.created\ndata: {")
+    missing = httpx.post(srv.url + "/v1/responses", json={"model": "nope", "input": "hi"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found_error"
+    bad = httpx.post(srv.url + "/v1/responses", json={"model": "tinyllama", "input": [
+        {"type": "bogus"}]})
+    assert (bad.status_code, bad.json()["error"]["message"]) == (
+        400, 'input[0]: unknown input item type: "bogus"')
+
+
+def test_messages_api_streams_anthropic_events(fake_registry, start_server, tmp_path):
+    srv = start_current(start_server, tmp_path, OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    body = {"model": "tinyllama", "max_tokens": 64, "system": "be brief",
+            "messages": [{"role": "user", "content": "hello there"}]}
+    one = httpx.post(srv.url + "/v1/messages", json=body, timeout=30).json()
+    assert one["type"] == "message" and one["role"] == "assistant"
+    assert re.fullmatch(r"msg_[0-9a-f]{24}", one["id"])
+    assert one["stop_reason"] == "end_turn"
+    assert one["content"][0]["text"].startswith("lab answer to: hello there")
+    raw = httpx.post(srv.url + "/v1/messages", json={**body, "stream": True}, timeout=30)
+    assert raw.headers["content-type"] == "text/event-stream"
+    events = _sse(raw.text)
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["message_start", "content_block_start", "content_block_delta"]
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(k == d["type"] for k, d in events)
+    text = "".join(d["delta"]["text"] for k, d in events if k == "content_block_delta")
+    assert text == one["content"][0]["text"]
+    assert events[-2][1]["delta"] == {"stop_reason": "end_turn"}
+    no_tokens = httpx.post(srv.url + "/v1/messages", json={**body, "max_tokens": 0})
+    assert no_tokens.status_code == 400
+    assert no_tokens.json()["error"] == {
+        "type": "invalid_request_error", "message": "max_tokens is required and must be positive"}
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=srv.url, api_key="ollama", max_retries=0)
+    with client.messages.stream(model="tinyllama", max_tokens=64,
+                                messages=body["messages"]) as stream:
+        streamed = "".join(stream.text_stream)
+    assert streamed == text
+
+
+def test_audio_transcriptions_take_a_multipart_form(fake_registry, start_server, tmp_path):
+    srv = start_current(start_server, tmp_path, OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    r = httpx.post(srv.url + "/v1/audio/transcriptions", data={"model": "tinyllama"},
+                   files={"file": ("a.wav", b"RIFF....WAVE", "audio/wav")}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json()["text"]
+    text = httpx.post(srv.url + "/v1/audio/transcriptions",
+                      data={"model": "tinyllama", "response_format": "text"},
+                      files={"file": ("a.wav", b"RIFF", "audio/wav")}, timeout=30)
+    assert text.headers["content-type"] == "text/plain" and text.text == r.json()["text"]
+    for data, files, message in [
+            ({}, {"file": ("a.wav", b"x", "audio/wav")}, "model is required"),
+            ({"model": "tinyllama"}, {"other": ("a.wav", b"x", "audio/wav")},
+             "file is required: http: no such file"),
+            ({"model": "tinyllama"}, {"file": ("a.wav", b"", "audio/wav")},
+             "audio file is empty")]:
+        bad = httpx.post(srv.url + "/v1/audio/transcriptions", data=data, files=files)
+        assert (bad.status_code, bad.json()["error"]["message"]) == (400, message)
+    not_form = httpx.post(srv.url + "/v1/audio/transcriptions", json={"model": "tinyllama"})
+    assert not_form.json()["error"]["message"].startswith("failed to parse multipart form: ")
+
+
+def test_tags_drop_a_model_without_its_template_from_0_32(fake_registry, start_server,
+                                                          tmp_path):
+    models = tmp_path / "shared-models"
+    old = start_server(models, OLLAMA_LAB_REGISTRY=fake_registry.url, OLLAMA_NOPRUNE="1")
+    old.client().pull("tinyllama")
+    mf = json.loads(manifest_file(models, "tinyllama").read_bytes())
+    template = [x for x in mf["layers"] if x["mediaType"].endswith(".template")]
+    assert template, "the fake registry's model has a template layer"
+    old.stop()
+    # a roll from 0.6.8 to 0.32.15 keeps the store as it is: same paths
+    new = start_current(start_server, tmp_path, OLLAMA_MODELS=str(models), OLLAMA_NOPRUNE="1")
+    assert [m["name"] for m in httpx.get(new.url + "/api/tags").json()["models"]] == [
+        "tinyllama:latest"]
+    assert "completion" in httpx.get(new.url + "/api/tags").json()["models"][0]["capabilities"]
+    blob(models, template[0]["digest"]).unlink()
+    assert httpx.get(new.url + "/api/tags").json() == {"models": []}
+    assert any('msg="failed to refresh model list cache"' in line for line in new.lines)
+    again = start_server(models, OLLAMA_NOPRUNE="1")
+    assert [m["name"] for m in httpx.get(again.url + "/api/tags").json()["models"]] == [
+        "tinyllama:latest"]
+
+
+def test_ps_reports_the_vram_tier_context_from_0_32(fake_registry, start_server, tmp_path):
+    srv = start_current(start_server, tmp_path, OLLAMA_LAB_REGISTRY=fake_registry.url)
+    srv.client().pull("tinyllama")
+    httpx.post(srv.url + "/api/generate", json={"model": "tinyllama", "keep_alive": -1},
+               timeout=30)
+    (m,) = httpx.get(srv.url + "/api/ps").json()["models"]
+    assert m["context_length"] == 4096  # no GPU: under 23 GiB of VRAM
+    assert any('msg="vram-based default context"' in line and "default_num_ctx=4096" in line
+               for line in srv.lines)
+    table = srv.cli("ps", OLLAMA_LAB_VERSION=CURRENT).stdout.splitlines()
+    assert table[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert table[1].split()[4:7] == ["100%", "CPU", "4096"]
+    old = start_server(OLLAMA_LAB_REGISTRY=fake_registry.url)
+    old.client().pull("tinyllama")
+    httpx.post(old.url + "/api/generate", json={"model": "tinyllama"}, timeout=30)
+    assert "context_length" not in httpx.get(old.url + "/api/ps").json()["models"][0]
+
+
+def test_link_local_hosts_are_refused_by_both_lines(start_server, tmp_path):
+    for srv in (start_server(), start_current(start_server, tmp_path)):
+        def status(host: str, url: str = srv.url) -> int:
+            return httpx.get(url + "/api/version", headers={"Host": host}).status_code
+        assert status("169.254.10.1") == 403  # link-local: not an address of this machine
+        assert status("[fe80::1]:11434") == 403
+        assert status("100.64.0.1") == 403  # CGNAT is not private to Go
+        assert status("10.1.2.3:11434") == status("[fd00::1]:80") == 200
+        assert status("[::1]") == 403  # brackets without a port: no address, no name
+        assert status("gpu-1.internal") == 200
+        opt = httpx.options(srv.url + "/api/tags", headers={"Host": "gpu-1.internal"})
+        assert opt.status_code == 204

@@ -18,6 +18,14 @@ into the native one, the native handler runs unchanged (model lookup, load,
 keep-alive, tokens), and its answer is translated back, streamed as Server-Sent
 Events when asked, errors as ``{"error": {"message", "type", "param", "code"}}``.
 
+Images of 0.32.0 and later behave as v0.32.15 where it differs (releases.py): its extra
+routes (``/api/status``, ``/api/me``, ``/api/signout``, ``/api/experimental/web_search``,
+``web_fetch`` and ``model-recommendations``, ``/v1/responses``, ``/v1/messages``,
+``/v1/audio/transcriptions``), the cloud passthrough of ``:cloud``/``-cloud`` models to
+ollama.com unless OLLAMA_NO_CLOUD (server/cloud_proxy.go), /api/tags per manifest
+(model_list_cache.go), the VRAM-tier default context, GPUs left out that no CUDA build
+of the image supports, the registry's own manifest bytes stored by a pull.
+
 Commands (as real ``ollama``)::
 
     ollama serve                   HTTP server on $OLLAMA_HOST
@@ -41,6 +49,9 @@ Environment read with upstream's names and semantics:
                               removed at startup and after a pull replaces a model
     OLLAMA_DEBUG              debug logging
     OLLAMA_ORIGINS            extra allowed CORS origins
+    OLLAMA_NO_CLOUD           (0.32) refuse every cloud request (403 "ollama cloud is disabled")
+    OLLAMA_CLOUD_BASE_URL     (0.32) the cloud's address: a loopback override only (release build)
+    OLLAMA_CONTEXT_LENGTH     (0.32) default context instead of the VRAM tier
     NVIDIA_VISIBLE_DEVICES    set (not empty/void/none): GPU discovery finds the container's
                               GPUs and loaded models report size_vram=size, unless CUDA
                               fails to initialise (see /etc/fleetlab/cuda.json below)
@@ -108,8 +119,10 @@ lists every manifest whose config blob reads, even when a layer blob is missing.
 Rooms, as upstream's packages (each module imports only the ones listed above it):
 
     goformat       Go's time, encoding/json and format texts (format/, Go's stdlib)
+    releases       which release a behaviour follows; each release's CUDA builds
     envconfig      environment variables (envconfig/) and the slog/gin log lines
     names          model names (types/model/name.go)
+    cloud          cloud model names, the cloud's on/off and its requests (cloud_proxy.go)
     apierror       the error a handler answers with
     store          manifests and blobs on disk (server/images.go, manifest.go, layer.go)
     registry       the registry client: requests, redirects, network errors (server/images.go)
@@ -121,6 +134,8 @@ Rooms, as upstream's packages (each module imports only the ones listed above it
     inference      fake inference and what /api/show answers
     validation     request decoding and checks (gin ShouldBindJSON + api types)
     openai_compat  the OpenAI-compatible routes' translation (openai/openai.go)
+    responses      the Responses API and audio transcriptions (openai/responses.go)
+    anthropic      the Anthropic Messages API (anthropic/anthropic.go)
     routes         the HTTP API: routes, CORS, allowed hosts, handlers (server/routes.go)
     server         ``ollama serve``: listener, start, reaper, signals
     cli            the CLI client and ``main`` (cmd/cmd.go)

@@ -12,6 +12,7 @@ import time
 from .envconfig import lab_version, parse_ollama_host
 from .goformat import go_json, human_bytes, human_time, parse_rfc3339
 from .registry import go_net_error
+from .releases import is_current
 from .server import serve
 
 CONNECT_ERROR = "could not connect to ollama app, is it running?"
@@ -150,6 +151,7 @@ def cmd_ps(args: list[str]) -> int:
     c = Client()
     c.heartbeat()
     models = (c.do("GET", "/api/ps") or {}).get("models") or []
+    current = is_current(lab_version())
     rows = []
     for m in models:
         name = m.get("name", "")
@@ -167,8 +169,14 @@ def cmd_ps(args: list[str]) -> int:
             proc = f"{cpu}%/{100 - cpu}% CPU/GPU"
         exp = parse_rfc3339(m.get("expires_at", ""))
         until = "Stopping..." if exp is not None and exp < time.time() else human_time(exp, "Never")
-        rows.append([name, (m.get("digest") or "")[:12], human_bytes(size), proc, until])
-    sys.stdout.write(_table(["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"], rows))
+        row = [name, (m.get("digest") or "")[:12], human_bytes(size), proc, until]
+        if current:  # v0.32.15 cmd.go ListRunningHandler: a CONTEXT column
+            row.insert(4, str(int(m.get("context_length") or 0)))
+        rows.append(row)
+    header = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]
+    if current:
+        header.insert(4, "CONTEXT")
+    sys.stdout.write(_table(header, rows))
     return 0
 
 

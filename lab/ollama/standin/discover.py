@@ -1,5 +1,10 @@
 """GPU discovery (discover/gpu.go, discover/gpu_info_nvcuda.c, discover/types.go of
-v0.6.0 to v0.7.1: the same lines in every one of them).
+v0.6.0 to v0.7.1: the same lines in every one of them; discover/llama_server.go,
+discover/types.go of v0.32.15 for images from 0.32 on).
+
+A GPU whose compute capability no CUDA build of the image carries is left out, and with
+none left the server runs on the CPU, as upstream's does (the image's builds:
+/usr/lib/ollama/lab-cuda-archs, else the release's list in releases.py).
 
 The container's GPUs come from the files the lab's NVIDIA hook writes (every path
 prefixed with $FLEETLAB_ROOT when that is set, as the NVIDIA stand-ins do).
@@ -10,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from .envconfig import log
+from .envconfig import LAB_DIR, log
 from .goformat import human_bytes2
+from .releases import cuda_archs, is_current
 
 FLEETLAB_GPUS_JSON = "/etc/fleetlab/gpus.json"
 FLEETLAB_CUDA_JSON = "/etc/fleetlab/cuda.json"
@@ -30,8 +36,12 @@ CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803
 CUDA_ERROR_UNKNOWN = 999
 # cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR/MINOR) of the simulated cards
-_COMPUTE = {"NVIDIA H100 80GB HBM3": "9.0", "NVIDIA A100-SXM4-80GB": "8.0",
-            "NVIDIA L40S": "8.9", "NVIDIA B200": "10.0"}
+_COMPUTE = {"NVIDIA H100 80GB HBM3": "9.0", "NVIDIA H200": "9.0",
+            "NVIDIA A100-SXM4-80GB": "8.0", "NVIDIA L40S": "8.9", "NVIDIA B200": "10.0",
+            "NVIDIA B100": "10.0", "NVIDIA B300 SXM6 AC": "10.3", "NVIDIA B300": "10.3"}
+# The CUDA runtime a library directory needs of the driver (cudaDriverGetVersion):
+# cuda_v13 does not load on a driver older than CUDA 13.0 (branch 580).
+_LIB_MIN_DRIVER = {"cuda_v12": (12, 0), "cuda_v13": (13, 0)}
 # cuDriverGetVersion by driver branch (the CUDA version a branch ships with)
 _CUDA_BY_BRANCH = {535: "12.2", 550: "12.4", 560: "12.6", 565: "12.7", 570: "12.8",
                    575: "12.9", 580: "13.0", 590: "13.1"}
@@ -86,6 +96,31 @@ def log_refresh_failure(gpus: list[dict]) -> None:
             _raw=f"cuda driver library failed to get device context {CUDA_ERROR_NOT_PERMITTED}")
 
 
+def image_cuda_archs(version: str) -> dict[str, str]:
+    """The CUDA builds the image carries, as its recipe wrote them (`lib=archs` lines),
+    else the release's own list."""
+    try:
+        with open(os.path.join(LAB_DIR, "lab-cuda-archs"), encoding="utf-8") as f:
+            pairs = [line.strip().partition("=") for line in f if "=" in line]
+        archs = {k.strip(): v.strip() for k, _, v in pairs if k.strip()}
+        if archs:
+            return archs
+    except OSError:
+        pass
+    return cuda_archs(version)
+
+
+def _arch_numbers(archs: str) -> list[str]:
+    """What llama-server's system_info reports as ARCHS: each compiled architecture as
+    __CUDA_ARCH_LIST__ numbers it (`90a`, `100-virtual` -> 900, 1000)."""
+    out = []
+    for a in archs.split(";"):
+        digits = a.strip().partition("-")[0].rstrip("af")
+        if digits.isdigit() and f"{digits}0" not in out:
+            out.append(f"{digits}0")
+    return out
+
+
 def _cuda_driver_version(driver: str) -> str:
     try:
         branch = int(driver.split(".")[0])
@@ -100,10 +135,13 @@ def _cuda_driver_version(driver: str) -> str:
 class Discovery:
     """What GetGPUInfo finds when the server starts: the CUDA GPUs, or none (CPU)."""
 
-    def __init__(self):
+    def __init__(self, version: str = "0.0.0"):
         self.visible = _nvidia_visible()
+        self.current = is_current(version)
+        self.archs = image_cuda_archs(version)
         self.init_error = 0
         self.gpus: list[dict] = []
+        self.skipped: list[dict] = []  # GPUs no build of the image supports
         self.driver = ""
         if not self.visible:
             return
@@ -123,22 +161,30 @@ class Discovery:
         doc = _fleetlab_json(FLEETLAB_GPUS_JSON)
         gpus = doc.get("gpus") if isinstance(doc, dict) else doc
         cuda_version = _cuda_driver_version(self.driver) if self.driver else "12.4"
+        driver_cuda = tuple(int(x) for x in cuda_version.split("."))
+        libs = {lib: a for lib, a in self.archs.items()
+                if driver_cuda >= _LIB_MIN_DRIVER.get(lib, (0, 0))}
         for g in gpus if isinstance(gpus, list) else []:
             try:
                 total = int(g["memory_total_mib"]) * MIB
-                self.gpus.append({
+                name = str(g.get("name", ""))
+                compute = str(g.get("compute_cap") or _COMPUTE.get(name, "8.9"))
+                lib = _library_for(libs, compute)
+                gpu = {
                     "id": str(g["uuid"]), "library": "cuda", "variant": "v12",
-                    "compute": _COMPUTE.get(g.get("name", ""), "8.9"),
-                    "driver": cuda_version, "name": str(g.get("name", "")),
-                    "total": human_bytes2(total),
-                    "available": human_bytes2(max(0, total - _CONTEXT_MIB * MIB))})
+                    "compute": compute, "driver": cuda_version, "name": name,
+                    "total": human_bytes2(total), "total_bytes": total,
+                    "available": human_bytes2(max(0, total - _CONTEXT_MIB * MIB)),
+                    "libdir": lib or "", "pci_id": str(g.get("pci_bus_id") or "")}
             except (KeyError, TypeError, ValueError):
                 continue
-        if not self.gpus:  # no description of the container's GPUs: the old generic one
+            (self.gpus if lib else self.skipped).append(gpu)
+        if not self.gpus and not self.skipped:  # no description of the GPUs: a generic one
             self.gpus.append({"id": "GPU-lab-0", "library": "cuda", "variant": "v12",
                               "compute": "8.9", "driver": "12.4",
                               "name": "Lab stand-in GPU", "total": "23.6 GiB",
-                              "available": "23.2 GiB"})
+                              "total_bytes": 24 * 1024 * MIB, "libdir": "cuda_v12",
+                              "pci_id": "", "available": "23.2 GiB"})
 
     @property
     def on_gpu(self) -> bool:
@@ -167,10 +213,56 @@ class Discovery:
             # then the bundled cudart: cudaSetDevice fails the same way (a debug line)
             log("DEBUG", "gpu.go:574", f"Unable to load cudart library {BUNDLED_CUDART}: "
                 f"cudart init failure: {err}")
+        if self.current:
+            self._log_current()
+            return
         if self.gpus:
             for g in self.gpus:
-                log("INFO", "types.go:130", "inference compute", **g)
+                log("INFO", "types.go:130", "inference compute", **_v06_fields(g))
             return
         log("INFO", "gpu.go:377", "no compatible GPUs were discovered")
         log("INFO", "types.go:130", "inference compute", id="0", library="cpu", variant="",
             compute="", driver="0.0", name="", total="7.6 GiB", available="6.9 GiB")
+
+    def total_vram(self) -> int:
+        """What Serve sums for the default context: every GPU's total memory (less
+        OLLAMA_GPU_OVERHEAD, 0 by default)."""
+        return sum(int(g.get("total_bytes") or 0) for g in self.gpus)
+
+    def _log_current(self) -> None:
+        """v0.32.15: discover/llama_server.go skips a CUDA device whose capability is not
+        among a build's ARCHS; discover/types.go LogDetails then writes one line per GPU
+        kept, or the CPU line."""
+        for g in self.skipped:
+            for lib in sorted(self.archs):
+                arch = "".join(g["compute"].split(".")[:2]) + "0"
+                log("INFO", "llama_server.go:299", "skipping CUDA device \u2014 compute "
+                    "capability not in compiled architectures", device=g["name"], cc=arch,
+                    archs="[" + " ".join(_arch_numbers(self.archs[lib])) + "]",
+                    libDirs=f"[/usr/lib/ollama /usr/lib/ollama/{lib}]")
+        for i, g in enumerate(self.gpus):
+            log("INFO", "types.go:32", "inference compute", id=str(i), filter_id="",
+                library="CUDA", compute=g["compute"], name=f"CUDA{i}", description=g["name"],
+                libdirs=f"ollama,{g['libdir']}", driver=g["driver"], pci_id=g["pci_id"],
+                type="discrete", total=g["total"], available=g["available"])
+        if not self.gpus:
+            log("INFO", "types.go:50", "inference compute", id="cpu", library="cpu",
+                compute="", name="cpu", description="cpu", libdirs="ollama", driver="",
+                pci_id="", type="", total="7.6 GiB", available="6.9 GiB")
+
+
+def _library_for(libs: dict[str, str], compute: str) -> str | None:
+    """The newest build whose ARCHS hold the capability exactly (llama_server.go:
+    `cudaArchSet[cc.arch]`, cc.arch = major, minor, 0)."""
+    arch = "".join(compute.split(".")[:2]) + "0"
+    for lib in sorted(libs, reverse=True):
+        if arch in _arch_numbers(libs[lib]):
+            return lib
+    return None
+
+
+def _v06_fields(g: dict) -> dict:
+    """LogDetails of v0.6/v0.7: id, library, variant, compute, driver, name, total,
+    available."""
+    return {k: g[k] for k in ("id", "library", "variant", "compute", "driver", "name", "total",
+                              "available")}

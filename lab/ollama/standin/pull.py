@@ -131,8 +131,12 @@ def verify_blob(store: Store, digest: str) -> None:
                         f"got {got}")
 
 
-def pull_model(store: Store, name: Name, insecure: bool, emit) -> None:
-    """PullModel: emit progress dicts; raise PullError on failure."""
+def pull_model(store: Store, name: Name, insecure: bool, emit,
+               registry_bytes: bool = False) -> None:
+    """PullModel: emit progress dicts; raise PullError on failure. The manifest stored is
+    Ollama's re-encoding of the registry's (v0.6.8, v0.7.1: json.Marshal), or with
+    REGISTRY_BYTES the registry's own bytes (v0.32.15: pullModelManifest's data written
+    as it came), so the model ID is then the registry's manifest digest."""
     try:
         old = store.read_manifest(name)
     except StoreError as e:
@@ -158,6 +162,8 @@ def pull_model(store: Store, name: Name, insecure: bool, emit) -> None:
         _, raw = go_manifest(body)
     except PullError as e:
         raise PullError(f"pull model manifest: {e}") from None
+    if registry_bytes:
+        raw = body
     mf = Manifest(name, raw, json.loads(raw), 0)
     layers = mf.all_layers()
     for layer in layers:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -10,7 +12,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
-from . import state
+from . import cloud, state
+from .anthropic import AnthropicWriter, anthropic_error, messages_chat_request
 from .apierror import ApiError
 from .envconfig import _log_level, _split_host_port, env_float, gin_log, log
 from .goformat import _json_kind, go_json, go_time
@@ -29,6 +32,12 @@ from .openai_compat import (
 )
 from .pull import pull_model
 from .registry import PullError
+from .responses import (
+    ResponsesWriter,
+    TranscriptionWriter,
+    responses_chat_request,
+    transcription_request,
+)
 from .store import ModelInfo, StoreError
 from .validation import (
     SPEC_CHAT,
@@ -64,20 +73,77 @@ def _origin_allowed(origin: str, allowed: list[str]) -> bool:
     return False
 
 
+def _go_netip(h: str):
+    """netip.ParseAddr: an address literal (no brackets; an IPv6 zone allowed), else None."""
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        return None
+
+
+def _unmap(ip):
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+
+
+_GO_PRIVATE = [ipaddress.ip_network(n) for n in
+               ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+
+
+def _go_is_private(ip) -> bool:
+    """netip.Addr.IsPrivate: RFC 1918 and RFC 4193 only (not link-local, not CGNAT)."""
+    ip = _unmap(ip)
+    return any(ip.version == n.version and ip in n for n in _GO_PRIVATE)
+
+
+def _local_addresses() -> set[str]:
+    """The addresses of this machine's interfaces (net.Interfaces, Addrs), as strings."""
+    found: set[str] = set()
+    try:
+        with open("/proc/net/fib_trie", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines[1:], 1):
+            if "/32 host LOCAL" in line and "|--" in lines[i - 1]:
+                found.add(lines[i - 1].split("|--")[1].strip())
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as f:
+            for line in f:
+                hexaddr = line.split()[0]
+                found.add(str(ipaddress.IPv6Address(int(hexaddr, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def _is_local_ip(ip) -> bool:
+    """isLocalIP: the address (as written, zone included) is one of an interface's."""
+    return str(ip) in _local_addresses()
+
+
 def _host_allowed(host: str) -> bool:
-    """allowedHostsMiddleware for a loopback listener."""
-    h, port = _split_host_port(host)
+    """allowedHostsMiddleware for a loopback listener (v0.6.8 and v0.32.15 alike): an IP
+    literal that is loopback, private (Go's IsPrivate), unspecified or one of this
+    machine's own addresses; else `localhost`, the machine's name or a name under
+    `.localhost`, `.local`, `.internal`. A link-local address is not allowed unless an
+    interface has it."""
+    h, _port = _split_host_port(host)
     if h is None:
         h = host
-    h = h.strip("[]").lower()
-    try:
-        ip = ipaddress.ip_address(h)
-        return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
-    except ValueError:
-        pass
+    if _host_allowed_ip_only(h):
+        return True
+    h = h.lower()
     if h in ("", "localhost") or h == socket.gethostname().lower():
         return True
     return h.endswith((".localhost", ".local", ".internal"))
+
+
+def _host_allowed_ip_only(h: str) -> bool:
+    ip = _go_netip(h)
+    if ip is None:
+        return False
+    return _unmap(ip).is_loopback or _go_is_private(ip) or str(ip) in ("0.0.0.0", "::") \
+        or _is_local_ip(ip)
 
 
 ROUTES: dict[str, dict[str, str]] = {
@@ -104,15 +170,64 @@ PARAM_ROUTES = [
     (re.compile(r"^/api/blobs/[^/]+$"), {"POST": "unsupported", "HEAD": "head_blob"}),
     (re.compile(r"^/v1/models/[^/]+$"), {"GET": "openai_retrieve"}),
 ]
+# server/routes.go GenerateRoutes of v0.32.15: the routes 0.6/0.7 do not have (404 there)
+ROUTES_CURRENT: dict[str, dict[str, str]] = {
+    "/api/status": {"GET": "status"},
+    "/api/me": {"POST": "whoami"},
+    "/api/signout": {"POST": "signout"},
+    "/api/experimental/web_search": {"POST": "web_search"},
+    "/api/experimental/web_fetch": {"POST": "web_fetch"},
+    "/api/experimental/model-recommendations": {"GET": "model_recommendations"},
+    "/v1/responses": {"POST": "openai_responses"},
+    "/v1/audio/transcriptions": {"POST": "openai_transcriptions"},
+    "/v1/messages": {"POST": "anthropic_messages"},
+}
+PARAM_ROUTES_CURRENT = [
+    (re.compile(r"^/api/user/keys/[^/]+$"), {"DELETE": "signout"}),
+]
+# cloudPassthroughMiddleware sits on these (v0.32.15)
+CLOUD_PASSTHROUGH = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                     "/v1/responses", "/v1/messages"}
+# defaultModelRecommendations (server/model_recommendations.go, v0.32.15), the first ones
+MODEL_RECOMMENDATIONS = [
+    {"model": "kimi-k2.6:cloud", "description": "State-of-the-art coding, long-horizon "
+     "execution, and multimodal agent swarm capability", "context_length": 262144,
+     "max_output_tokens": 262144},
+    {"model": "glm-5.1:cloud", "description": "Reasoning and code generation",
+     "context_length": 202752, "max_output_tokens": 131072},
+    {"model": "gemma4", "description": "Reasoning and code generation locally",
+     "vram_bytes": 12 * 10**9},
+]
 
 
-def _match_route(path: str) -> dict[str, str] | None:
+def _match_route(path: str, current: bool = False) -> dict[str, str] | None:
     if path in ROUTES:
         return ROUTES[path]
-    for rx, methods in PARAM_ROUTES:
+    if current and path in ROUTES_CURRENT:
+        return ROUTES_CURRENT[path]
+    for rx, methods in PARAM_ROUTES + (PARAM_ROUTES_CURRENT if current else []):
         if rx.match(path):
             return methods
     return None
+
+
+def _list_capabilities(caps: list[str]) -> list[str]:
+    """buildModelListSummary's order: the model file's (completion or embedding), then
+    tools, insert, thinking from the template, vision from a projector."""
+    order = ["completion", "embedding", "tools", "insert", "thinking", "vision"]
+    return sorted(caps, key=lambda c: order.index(c) if c in order else len(order))
+
+
+def _has_web_search_tool(path: str, payload: dict) -> bool:
+    """hasWebSearchTool: a Responses `web_search` tool, or a Messages tool whose type
+    starts with `web_search`."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return False
+    types = [str(t.get("type") or "").strip() for t in tools if isinstance(t, dict)]
+    if path == "/v1/responses":
+        return "web_search" in types
+    return path == "/v1/messages" and any(t.startswith("web_search") for t in types)
 
 
 class _ClientGone(Exception):
@@ -175,7 +290,8 @@ class Handler(BaseHTTPRequestHandler):
         elif status != 200:
             self._send(status, w.error(status, obj), "application/json")
         elif w.stream:
-            self._send(status, w.frames(obj), "text/event-stream")
+            self._send(status, w.frames(obj),
+                       getattr(w, "content_type", "text/event-stream"))
         else:
             self._send(status, w.document(obj), "application/json")
 
@@ -189,7 +305,7 @@ class Handler(BaseHTTPRequestHandler):
         self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson" if self._oai is None
-                         else "text/event-stream")
+                         else getattr(self._oai, "content_type", "text/event-stream"))
         for k, v in self._cors.items():
             self.send_header(k, v)
         if self._chunked:
@@ -202,6 +318,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def stream_line(self, obj) -> None:
         data = go_json(obj) + b"\n" if self._oai is None else self._oai.frames(obj)
+        if not data:  # a writer that holds its answer until the end (transcriptions)
+            return
         try:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
             self.wfile.flush()
@@ -253,9 +371,9 @@ class Handler(BaseHTTPRequestHandler):
         if st.unhealthy():
             self.send_error_json(500, UNHEALTHY_MSG)
             return
-        methods = _match_route(path)
+        methods = _match_route(path, st.current)
         if methods is None and path != "/" and path.endswith("/"):
-            if _match_route(path.rstrip("/")) is not None:
+            if _match_route(path.rstrip("/"), st.current) is not None:
                 code = 301 if self.command == "GET" else 307
                 self._send(code, b"", None, {"Location": path.rstrip("/")})
                 return
@@ -278,8 +396,15 @@ class Handler(BaseHTTPRequestHandler):
         if st.loopback and not _host_allowed(host):
             self._send(403, b"", None)
             return
+        if st.loopback and self.command == "OPTIONS" and not _host_allowed_ip_only(
+                _split_host_port(host)[0] or host):
+            self._send(204, b"", None)  # allowed by name: an OPTIONS ends here
+            return
         if methods is None:
             self._send(404, b"404 page not found", "text/plain")
+            return
+        if st.current and self.command == "GET" and path.startswith("/v1/models/") and \
+                self._cloud_model_path(path):
             return
         if self.command == "OPTIONS" and "OPTIONS" not in methods:
             self._send(204, b"", None)
@@ -288,6 +413,8 @@ class Handler(BaseHTTPRequestHandler):
         if action is None:
             self._send(405, b"405 method not allowed", "text/plain",
                        {"Allow": ", ".join(sorted(methods))})
+            return
+        if st.current and self._cloud_passthrough(path, body):
             return
         try:
             getattr(self, "h_" + action)(body, path)
@@ -305,6 +432,219 @@ class Handler(BaseHTTPRequestHandler):
 
     def h_version(self, body, path):
         self.send_json(200, {"version": state.STATE.version})
+
+    # -- v0.32: the cloud (server/cloud_proxy.go) ------------------------------------
+
+    def _send_gin_json(self, status: int, obj) -> None:
+        """c.JSON from a middleware or handler that answers before any OpenAI writer."""
+        self._send(status, go_json(obj), "application/json; charset=utf-8")
+
+    def _proxy(self, body: bytes, path: str, operation: str, *, base_url: str | None = None,
+               headers: list[tuple[str, str]] | None = None) -> None:
+        """proxyCloudRequestWithPath: refused while the cloud is disabled, else the
+        request goes to the cloud and its answer is copied back as it arrives."""
+        if cloud.disabled():
+            self._send_gin_json(403, {"error": cloud.disabled_error(operation)})
+            return
+        query = urllib.parse.urlsplit(self.path).query
+        try:
+            answer = cloud.request(self.command, path, query, body,
+                                   list(self.headers.items()) if headers is None else headers,
+                                   state.STATE.version, base_url=base_url)
+        except cloud.CloudError as e:
+            self._send_gin_json(e.status, {"error": e.message, **e.extra})
+            return
+        self._chunked = self.request_version != "HTTP/1.0"
+        self.send_response(answer.status)
+        for k, v in answer.headers:
+            self.send_header(k, v)
+        for k, v in self._cors.items():
+            self.send_header(k, v)
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self._streaming = True
+        try:
+            for data in answer.chunks():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+                self.wfile.flush()
+        except OSError as e:
+            log("WARN", "cloud_proxy.go:262", "cloud proxy response copy failed", path=path,
+                upstream_path=path, status=answer.status, error=str(e))
+            self.close_connection = True
+            return
+        self.end_stream()
+
+    def _cloud_passthrough(self, path: str, body: bytes) -> bool:
+        """cloudPassthroughMiddleware: a POST whose JSON `model` names a cloud model goes
+        to the cloud with the model's base name (the body re-encoded as Go encodes a
+        map: keys sorted); anything else goes on to the local handler."""
+        if self.command != "POST" or path not in CLOUD_PASSTHROUGH:
+            return False
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            return False
+        model = payload.get("model") if isinstance(payload, dict) else None
+        if not isinstance(model, str) or not model.strip():
+            return False
+        base = cloud.cloud_base(model.strip())
+        if base is None:
+            return False
+        payload["model"] = base
+        if _has_web_search_tool(path, payload):
+            return False  # kept on the local middleware path, as upstream keeps it
+        self._proxy(go_json({k: payload[k] for k in sorted(payload)}), path,
+                    cloud.ERR_REMOTE_INFERENCE)
+        return True
+
+    def _cloud_model_path(self, path: str) -> bool:
+        """cloudModelPathPassthroughMiddleware for GET /v1/models/:model."""
+        base = cloud.cloud_base(urllib.parse.unquote(path[len("/v1/models/"):]).strip())
+        if base is None:
+            return False
+        self._proxy(b"", "/v1/models/" + base, cloud.ERR_REMOTE_MODEL_DETAILS)
+        return True
+
+    def _native_cloud(self, req: dict, fallback_status: int, fallback_message: str | None,
+                      operation: str) -> bool:
+        """The native handlers' parseAndValidateModelRef (v0.32): a cloud model's request
+        goes to the cloud under the same path, re-encoded with its base name."""
+        if not state.STATE.current:
+            return False
+        raw = req.get("model") or ""
+        try:
+            base, source = cloud.parse_ref(raw)
+        except cloud.ConflictingSource as e:
+            raise ApiError(400, str(e)) from None
+        except ValueError as e:
+            raise ApiError(fallback_status, fallback_message or str(e)) from None
+        if not parse_name(base).is_valid():
+            raise ApiError(400, "invalid model name")
+        if source != "cloud":
+            return False
+        self._proxy(go_json(dict(req, model=base)), urllib.parse.urlsplit(self.path).path,
+                    operation)
+        return True
+
+    def h_status(self, body, path):
+        """StatusHandler."""
+        self._send_gin_json(200, {"cloud": {"disabled": cloud.disabled(),
+                                            "source": cloud.source()}})
+
+    def _web(self, body: bytes, proxy_path: str, operation: str) -> None:
+        """webExperimentalProxyHandler: the client's Authorization is dropped, an empty
+        body refused, the rest proxied to the cloud's web endpoint."""
+        if not body.strip():
+            raise ApiError(400, "missing request body")
+        headers = [(k, v) for k, v in self.headers.items() if k.lower() != "authorization"]
+        self._proxy(body, proxy_path, operation, headers=headers)
+
+    def h_web_search(self, body, path):
+        self._web(body, "/api/web_search", cloud.ERR_WEB_SEARCH)
+
+    def h_web_fetch(self, body, path):
+        self._web(body, "/api/web_fetch", cloud.ERR_WEB_FETCH)
+
+    def h_model_recommendations(self, body, path):
+        """ModelRecommendationsExperimentalHandler with the built-in defaults (the
+        stand-in never refreshes them from ollama.com)."""
+        self._send_gin_json(200, {"recommendations": MODEL_RECOMMENDATIONS})
+
+    def _account_call(self, method: str, path: str):
+        """api.Client.do against https://ollama.com (signed): (status, decoded body)."""
+        try:
+            answer = cloud.request(method, path, "", b"", [
+                ("Content-Type", "application/json"), ("Accept", "application/json"),
+                ("User-Agent", f"ollama/{state.STATE.version} (amd64 linux) Go/go1.24")],
+                state.STATE.version, base_url="https://ollama.com")
+        except cloud.CloudError as e:
+            if e.status == 401:
+                return 401, {"error": "unauthorized", **e.extra}
+            return None, {"error": e.message}
+        data = b"".join(answer.chunks())
+        try:
+            doc = json.loads(data) if data else None
+        except ValueError:
+            doc = {"error": data.decode("utf-8", "replace")}
+        return answer.status, doc
+
+    def h_whoami(self, body, path):
+        """WhoamiHandler: always ollama.com, whatever the cloud settings."""
+        status, doc = self._account_call("POST", "/api/me")
+        signin = cloud.signin_url()
+        if status == 401:
+            url = (doc or {}).get("signin_url") or signin
+            if not url:
+                self._send_gin_json(500, {"error": "error getting authorization details"})
+                return
+            self._send_gin_json(401, {"error": "unauthorized", "signin_url": url})
+            return
+        if status is None or status >= 400:
+            log("ERROR", "routes.go:2215", str((doc or {}).get("error") or status))
+            self._send_gin_json(503, {"error": "account unavailable"})
+            return
+        user = doc if isinstance(doc, dict) else {}
+        if not user.get("name"):
+            if not signin:
+                self._send_gin_json(500, {"error": "error getting authorization details"})
+                return
+            self._send_gin_json(401, {"error": "unauthorized", "signin_url": signin})
+            return
+        out = {"id": user.get("id") or "00000000-0000-0000-0000-000000000000",
+               "email": user.get("email") or "", "name": user["name"]}
+        for k in ("bio", "avatarurl", "firstname", "lastname"):
+            if user.get(k):
+                out[k] = user[k]
+        out["plan"] = (user.get("plan") or "").strip() or "free"
+        self._send_gin_json(200, out)
+
+    def h_signout(self, body, path):
+        """SignoutHandler: DELETE /api/user/keys/<key> at ollama.com."""
+        pub = cloud.public_key()
+        if pub is None:
+            self._send_gin_json(500, {"error": "there was an error signing out"})
+            return
+        enc = base64.urlsafe_b64encode(pub.encode()).decode().rstrip("=")
+        status, _doc = self._account_call("DELETE", f"/api/user/keys/{enc}")
+        if status == 401:
+            self._send_gin_json(401, {"error": "you are not currently signed in"})
+        elif status is None or status >= 400:
+            self._send_gin_json(500, {"error": "there was an error signing out"})
+        else:
+            self._send_gin_json(200, None)
+
+    # -- v0.32: Responses, Anthropic Messages, transcriptions ---------------------------
+
+    def h_openai_responses(self, body, path):
+        try:
+            req, native = responses_chat_request(body)
+        except ApiError as e:
+            self._oai_abort(e)
+            return
+        self._oai = ResponsesWriter(req)
+        self.h_chat(go_json(native), path)
+
+    def h_anthropic_messages(self, body, path):
+        try:
+            req, native = messages_chat_request(body)
+        except ApiError as e:
+            self.send_json(e.status, anthropic_error(e.status, e.message))
+            return
+        self._oai = AnthropicWriter(req)
+        self.h_chat(go_json(native), path)
+
+    def h_openai_transcriptions(self, body, path):
+        try:
+            native, fmt = transcription_request(self.headers.get("Content-Type") or "", body)
+        except ApiError as e:
+            self._oai_abort(e)
+            return
+        self._oai = TranscriptionWriter(fmt)
+        self.h_chat(go_json(native), path)
 
     def h_unsupported(self, body, path):
         self.send_error_json(500, f"lab: {self.command} {path} is not implemented by the lab "
@@ -374,7 +714,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_empty(200)
 
     def _sorted_models(self) -> list[ModelInfo]:
-        models = state.STATE.store.models()
+        models = state.STATE.store.models(current=state.STATE.current)
         models.sort(key=lambda m: m.manifest.mtime_ns // 10**9, reverse=True)
         return models
 
@@ -389,6 +729,13 @@ class Handler(BaseHTTPRequestHandler):
                 "digest": m.manifest.digest,
                 "details": m.details(),
             })
+            if state.STATE.current:  # modelListSummary: parent model and capabilities
+                out[-1]["details"]["parent_model"] = next(
+                    (str(x.get("from") or "") for x in m.manifest.layers
+                     if x.get("mediaType") == "application/vnd.ollama.image.model"), "")
+                caps = _list_capabilities(m.capabilities())
+                if caps:
+                    out[-1]["capabilities"] = caps
         self.send_json(200, {"models": out})
 
     def h_ps(self, body, path):
@@ -411,14 +758,16 @@ class Handler(BaseHTTPRequestHandler):
                 latest.update(obj)
 
             try:
-                pull_model(state.STATE.store, name, insecure, keep)
+                pull_model(state.STATE.store, name, insecure, keep,
+                           registry_bytes=state.STATE.current)
             except PullError as e:
                 raise ApiError(500, str(e)) from None
             self.send_json(200, latest)
             return
         self.start_stream()
         try:
-            pull_model(state.STATE.store, name, insecure, self.stream_line)
+            pull_model(state.STATE.store, name, insecure, self.stream_line,
+                       registry_bytes=state.STATE.current)
         except PullError as e:
             log("INFO", "routes.go:611", "pull failed", model=raw_name, error=str(e))
             self.stream_line({"error": str(e)})
@@ -429,6 +778,9 @@ class Handler(BaseHTTPRequestHandler):
         raw = req.get("model") or req.get("name") or ""
         if not raw:
             raise ApiError(400, "model is required")
+        if self._oai is None and self._native_cloud(dict(req, model=raw), 400, None,
+                                                    cloud.ERR_REMOTE_MODEL_DETAILS):
+            return
         name = parse_name(raw)
         if not name.is_valid():
             raise ApiError(500, "invalid model path")
@@ -470,7 +822,9 @@ class Handler(BaseHTTPRequestHandler):
         keep_alive = parse_keep_alive(req)
         num_predict = parse_num_predict(req)
         fmt = check_format(req)
-        runner = state.STATE.sched.acquire(info, keep_alive)
+        num_ctx = (req.get("options") or {}).get("num_ctx")
+        runner = state.STATE.sched.acquire(
+            info, keep_alive, num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None)
         try:
             t_loaded = time.monotonic_ns()
             empty = (not req.get("messages")) if chat else (not req.get("prompt"))
@@ -545,6 +899,9 @@ class Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic_ns()
         req = parse_body(body, SPEC_GENERATE)
         raw = req.get("model") or ""
+        if self._native_cloud(req, 404, f"model '{raw}' not found",
+                              cloud.ERR_REMOTE_INFERENCE):
+            return
         name = parse_name(raw)
         if not name.is_valid():
             raise ApiError(404, f"model '{raw}' not found")
@@ -573,6 +930,9 @@ class Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic_ns()
         req = parse_body(body, SPEC_CHAT)
         raw = req.get("model") or ""
+        if self._oai is None and self._native_cloud(req, 400, "model is required",
+                                                    cloud.ERR_REMOTE_INFERENCE):
+            return
         messages = req.get("messages") or []
         for msg in messages:
             if not isinstance(msg, dict):
@@ -629,6 +989,9 @@ class Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic_ns()
         req = parse_body(body, SPEC_EMBED)
         raw = req.get("model") or ""
+        if self._oai is None and self._native_cloud(req, 404, f"model '{raw}' not found",
+                                                    cloud.ERR_REMOTE_INFERENCE):
+            return
         inp = req.get("input")
         if isinstance(inp, str):
             inputs = [inp] if inp else []

@@ -45,6 +45,7 @@ class Runner:
         # the runner process could not initialise CUDA: it computes on the CPU, although
         # the server placed the model on the GPUs
         self.cuda_failed = False
+        self.num_ctx = 0  # the context it was loaded with (v0.32: /api/ps context_length)
 
 
 class Scheduler:
@@ -58,9 +59,12 @@ class Scheduler:
         self.pending = 0
         self.on_gpu = _nvidia_visible()  # set from GPU discovery when the server starts
         self.gpus: list[dict] = []  # the GPUs discovery found (set with on_gpu)
+        # v0.32 images: the default context (Serve's VRAM tier) and /api/ps context_length
+        self.default_num_ctx: int | None = None
         self.vram_wait_until = 0.0  # monotonic: an unload's VRAM recovery wait ends
 
-    def acquire(self, info: ModelInfo, keep_alive_ns: int | None) -> Runner:
+    def acquire(self, info: ModelInfo, keep_alive_ns: int | None,
+                num_ctx: int | None = None) -> Runner:
         # A request without keep_alive leaves a loaded model's duration as it is; a load
         # without one takes OLLAMA_KEEP_ALIVE (server/sched.go: useLoadedRunner, load).
         key = info.runner_key()
@@ -81,6 +85,7 @@ class Scheduler:
                             log_refresh_failure(self.gpus)
                         time.sleep(env_float("OLLAMA_LAB_LOAD_SECONDS", 0.3))  # the load
                         r = Runner(info, self.num_parallel)
+                        r.num_ctx = num_ctx or _model_num_ctx(info) or self.default_num_ctx or 0
                         if lost:  # the runner process's ggml-cuda (its stderr, as is)
                             r.cuda_failed = True
                             log_runner("ggml_cuda_init: failed to initialize CUDA: unknown error")
@@ -191,7 +196,15 @@ class Scheduler:
                     "expires_at": exp,
                     "size_vram": size if vram else 0,
                 })
+                if self.default_num_ctx is not None:
+                    out[-1]["context_length"] = r.num_ctx
         out.sort(key=lambda m: m["expires_at"], reverse=True)
         for m in out:
             m["expires_at"] = go_time(m["expires_at"])
         return out
+
+
+def _model_num_ctx(info: ModelInfo) -> int:
+    """num_ctx of the model's own parameters (its params layer), 0 when it sets none."""
+    v = (info.params or {}).get("num_ctx")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0

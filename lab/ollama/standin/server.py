@@ -13,8 +13,9 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 
-from . import state
+from . import cloud, state
 from .envconfig import LAB_DIR, env_bool, env_var, log, parse_ollama_host
+from .goformat import human_bytes2
 from .routes import Handler
 from .scheduler import Scheduler
 from .state import ServerState
@@ -79,11 +80,19 @@ def serve() -> int:
     env_keys = ["CUDA_VISIBLE_DEVICES", "OLLAMA_DEBUG", "OLLAMA_HOST", "OLLAMA_KEEP_ALIVE",
                 "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_MAX_QUEUE", "OLLAMA_MODELS",
                 "OLLAMA_NOPRUNE", "OLLAMA_NUM_PARALLEL", "OLLAMA_ORIGINS"]
+    if st.current:
+        env_keys += ["OLLAMA_CONTEXT_LENGTH", "OLLAMA_NO_CLOUD"]
+        env_keys.sort()
     env_map = {k: env_var(k) for k in env_keys}
     env_map["OLLAMA_HOST"] = f"{scheme}://{host}:{port_s}"
     env_map["OLLAMA_MODELS"] = st.store.root
+    if st.current:
+        cloud.init()  # cloud_proxy.go's init(), before Serve
     log("INFO", "routes.go:1205", "server config",
         env="map[" + " ".join(f"{k}:{v}" for k, v in env_map.items()) + "]")
+    if st.current:
+        log("INFO", "routes.go:1952", f"Ollama cloud disabled: {str(cloud.disabled()).lower()}")
+        cloud.ensure_key()  # cmd.go RunServer: initializeKeypair
     if os.path.exists(os.path.join(LAB_DIR, "lab-exit-at-start")):
         sys.stderr.write("Error: lab: this build exits at start (a deliberately broken "
                          "release)\n")
@@ -117,6 +126,10 @@ def serve() -> int:
     if crash_after is not None:
         _crash(crash_after)  # as a panic in GPU discovery: bound, never answering
     st.discovery.log()
+    if st.current:
+        log("INFO", "routes.go:2058", "vram-based default context",
+            total_vram=human_bytes2(st.discovery.total_vram()),
+            default_num_ctx=st.default_num_ctx)
     stop = threading.Event()
     threading.Thread(target=_reaper, args=(st.sched, stop), daemon=True).start()
 

@@ -17,14 +17,17 @@ from .envconfig import (
     lab_version,
     models_dir,
 )
+from .releases import is_current
 from .scheduler import Scheduler
 from .store import Store
 
 
 class ServerState:
     def __init__(self):
+        self.version = lab_version()
+        self.current = is_current(self.version)  # the behaviours read at v0.32.15
         self.store = Store(models_dir())
-        self.discovery = Discovery()
+        self.discovery = Discovery(self.version)
         # defaultModelsPerGPU (3) per GPU; on CPU the one CPU "GPU" of GetGPUInfo
         gpus = _gpu_count() if self.discovery.on_gpu else 0
         self.sched = Scheduler(
@@ -35,7 +38,9 @@ class ServerState:
         )
         self.sched.on_gpu = self.discovery.on_gpu
         self.sched.gpus = self.discovery.gpus
-        self.version = lab_version()
+        self.default_num_ctx = default_num_ctx(self.discovery.total_vram())
+        if self.current:
+            self.sched.default_num_ctx = self.default_num_ctx
         self.unhealthy_env = env_bool("OLLAMA_LAB_UNHEALTHY")
         self.loopback = True
         self.origins = _allowed_origins()
@@ -45,6 +50,22 @@ class ServerState:
 
 
 STATE: ServerState | None = None
+
+GIB = 1 << 30
+
+
+def default_num_ctx(total_vram: int) -> int:
+    """server/routes.go Serve (v0.32.15): the default context by the GPUs' total memory,
+    with thresholds a little under 48 and 24 GiB; OLLAMA_CONTEXT_LENGTH, when set, is
+    used instead (envconfig.ContextLength)."""
+    configured = env_uint("OLLAMA_CONTEXT_LENGTH", 0)
+    if configured:
+        return configured
+    if total_vram >= 47 * GIB:
+        return 262144
+    if total_vram >= 23 * GIB:
+        return 32768
+    return 4096
 
 
 def _allowed_origins() -> list[str]:

@@ -249,10 +249,15 @@ class Store:
                 return None
         return ModelInfo(self, mf)
 
-    def models(self) -> list[ModelInfo]:
+    def models(self, current: bool = False) -> list[ModelInfo]:
         """What ListHandler (v0.6.8 server/routes.go) lists: every manifest that parses
         and whose config blob opens and decodes, whether or not its layer blobs are
-        there; a missing or broken config blob leaves the model out (a warning)."""
+        there; a missing or broken config blob leaves the model out (a warning).
+
+        CURRENT (v0.32.15 server/model_list_cache.go buildModelListSummary): also left
+        out is a model whose template (or prompt) blob cannot be read, or one with a
+        model, template or prompt layer digest that is not a sha256 one; a config that
+        decodes to null is an empty one."""
         out = []
         for n in self.list_names():
             try:
@@ -262,12 +267,50 @@ class Store:
                 continue
             if mf is None:
                 continue
-            if self.read_config(mf) is None:
+            if current:
+                why = self._list_summary_error(mf)
+                if why:
+                    log("WARN", "model_list_cache.go:205", "failed to refresh model list cache",
+                        model=str(n), error=why)
+                    continue
+            elif self.read_config(mf) is None:
                 log("WARN", "routes.go:916", "bad manifest filepath", name=str(n),
                     error=f"config blob {mf.config.get('digest') if mf.config else ''}")
                 continue
             out.append(ModelInfo(self, mf))
         return out
+
+    def _list_summary_error(self, mf: Manifest) -> str:
+        """Why buildModelListSummary fails for MF ('' when it does not)."""
+        if mf.config:
+            digest = str(mf.config.get("digest", ""))
+            try:
+                with open(self.blob_path(digest), "rb") as f:
+                    cfg = json.loads(f.read())
+            except StoreError as e:
+                return str(e)
+            except OSError as e:
+                return f"open {os.path.join(self.blobs, 'sha256-' + digest[7:])}: " \
+                       f"{(e.strerror or str(e)).lower()}"
+            except ValueError as e:
+                return str(e)
+            if cfg is not None and not isinstance(cfg, dict):
+                return "json: cannot unmarshal into Go value of type model.ConfigV2"
+        for layer in mf.layers:
+            mt = layer.get("mediaType")
+            if mt not in (MT_MODEL, MT_TEMPLATE, "application/vnd.ollama.image.prompt"):
+                continue
+            try:
+                path = self.blob_path(str(layer.get("digest", "")))
+            except StoreError as e:
+                return str(e)
+            if mt != MT_MODEL:
+                try:
+                    with open(path, "rb") as f:
+                        f.read()
+                except OSError as e:
+                    return f"open {path}: {(e.strerror or str(e)).lower()}"
+        return ""
 
     def in_use_digests(self, exclude: Name | None = None) -> set[str] | None:
         used: set[str] = set()
