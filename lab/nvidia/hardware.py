@@ -4,7 +4,7 @@ The lab writes :func:`gpus_json` (the document :func:`board_doc` makes) as
 ``/etc/fleetlab/gpus.json`` on every GPU host; the NVIDIA stand-ins read it::
 
     {"gpus": [{"index", "uuid", "name", "memory_total_mib", "pci_bus_id",
-               "pci_device_id", "serial"}, ...],
+               "pci_device_id", "compute_cap", "serial"}, ...],
      "board": "hgx" | "pcie",
      "nvswitches": [{"slot": "0000:05:00.0", "device": "0x22a3"}, ...]}
 
@@ -15,8 +15,9 @@ what a deploy reads of a fresh server to tell an NVSwitch (HGX) board from a PCI
 Nothing here is real hardware: names, memory sizes and PCI ids are those the real
 data-centre cards report (NVIDIA's supportedchips tables, pci.ids, the Fabric Manager
 user guide). NVSwitch boards: HGX A100 has six NVSwitch chips (0x1af1), HGX H100/H200
-four (0x22a3), all PCI bridges (class 0x0680) on the host; HGX B200's NVSwitches are
-not PCI devices on the host at all (its SXM GPUs say the board is one). The lab
+four (0x22a3), all PCI bridges (class 0x0680) on the host; HGX B100/B200/B300's NVSwitches
+are not PCI devices on the host at all (their SXM GPUs say the board is one, and an NVLink 5
+one: Fabric Manager needs NVLSM there). The lab
 models every H100/A100 host as an (8-GPU) HGX board whatever its GPU count: real
 4-GPU HGX boards have no NVSwitch.
 """
@@ -30,20 +31,29 @@ NVIDIA_VENDOR = 0x10DE
 GPU_CLASS = 0x030200  # display controller, 3D controller
 NVSWITCH_CLASS = 0x068000  # bridge, other bridge
 
-# Model key -> what nvidia-smi and sysfs report for the card, and the board it sits on.
+# Model key -> what nvidia-smi and sysfs report for the card, the board it sits on, its
+# compute capability (nvidia-smi --query-gpu=compute_cap) and its NVLink generation.
+# Device ids as pci.ids names them: 2330 GH100 [H100 SXM5 80GB], 20b2 GA100 [A100 SXM4
+# 80GB], 26b9 AD102GL [L40S], 2901 GB100 [B200], 2920 GB100 [TS4 / B100], 29bc GB102
+# [B100], 3182 (B300 SXM6 AC). NVLink 5 (HGX B100/B200/B300) boards need NVLSM with
+# Fabric Manager.
 MODELS: dict[str, dict] = {
     "H100": {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
-             "pci_device_id": 0x2330, "board": "hgx"},
+             "pci_device_id": 0x2330, "board": "hgx", "compute_cap": "9.0", "nvlink": 4},
     "A100": {"name": "NVIDIA A100-SXM4-80GB", "memory_total_mib": 81920,
-             "pci_device_id": 0x20B2, "board": "hgx"},
+             "pci_device_id": 0x20B2, "board": "hgx", "compute_cap": "8.0", "nvlink": 3},
     "L40S": {"name": "NVIDIA L40S", "memory_total_mib": 46068,
-             "pci_device_id": 0x26B9, "board": "pcie"},
+             "pci_device_id": 0x26B9, "board": "pcie", "compute_cap": "8.9", "nvlink": 0},
     "B200": {"name": "NVIDIA B200", "memory_total_mib": 183359,
-             "pci_device_id": 0x2901, "board": "hgx"},
+             "pci_device_id": 0x2901, "board": "hgx", "compute_cap": "10.0", "nvlink": 5},
+    "B100": {"name": "NVIDIA B100", "memory_total_mib": 183359,
+             "pci_device_id": 0x2920, "board": "hgx", "compute_cap": "10.0", "nvlink": 5},
+    "B300": {"name": "NVIDIA B300 SXM6 AC", "memory_total_mib": 275040,
+             "pci_device_id": 0x3182, "board": "hgx", "compute_cap": "10.3", "nvlink": 5},
 }
 
 # Model key -> (NVSwitch PCI device id, how many) on its HGX board, where they are PCI
-# devices of the host. B200: none on PCI; L40S: a PCIe card, no NVSwitch.
+# devices of the host. B100/B200/B300: none on PCI; L40S: a PCIe card, no NVSwitch.
 NVSWITCHES: dict[str, tuple[int, int]] = {
     "H100": (0x22A3, 4),  # GH100 [H100 NVSwitch]
     "A100": (0x1AF1, 6),  # GA100 [A100 NVSwitch]
@@ -108,6 +118,7 @@ def simulated_gpus(host_name: str, count: int, model: str = "H100") -> list[dict
             "memory_total_mib": info["memory_total_mib"],
             "pci_bus_id": _bus_id(index),
             "pci_device_id": f"0x{info['pci_device_id']:04x}",
+            "compute_cap": info["compute_cap"],
             "serial": serial,
         })
     return gpus

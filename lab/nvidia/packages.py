@@ -365,7 +365,8 @@ FM_CONFIG = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
 def fabricmanager_package(name: str, upstream: str) -> Package:
     what = ("nv-fabricmanager stand-in, nvidia-fabricmanager.service (enabled, not\n"
             "started) and its config file. It starts only with the driver of its own\n"
-            "version loaded, on a board with NVSwitch (HGX/DGX).")
+            "version loaded, on a board with NVSwitch (HGX/DGX), and on an NVLink 5 board\n"
+            "(HGX B100/B200/B300) only where nvlsm is installed.")
 
     def render(source: str) -> bytes:
         return render_standin(source, driver_version=upstream, package=name).encode()
@@ -385,6 +386,36 @@ def fabricmanager_package(name: str, upstream: str) -> Package:
         },
         conffiles=[FM_CONFIG],
         scripts=_driver_scripts(name, upstream, unit="nvidia-fabricmanager.service"),
+    )
+    return _with_readme(pkg, what)
+
+
+# NVIDIA's NVLink Subnet Manager, in the CUDA repositories beside Fabric Manager (its own
+# version scheme, not the driver's): Fabric Manager on an NVLink 5 board (HGX B100/B200/
+# B300) starts only where it is installed
+NVLSM_VERSION = "2025.10.14"
+NVLSM_BINARY = "/opt/nvidia/nvlsm/sbin/nvlsm"
+NVLSM_CONFIG = "/usr/share/nvidia/nvlsm/nvlsm.conf"
+
+
+def nvlsm_package(upstream: str = NVLSM_VERSION) -> Package:
+    """nvlsm: the binary whose presence Fabric Manager's start checks on NVLink 5 boards,
+    and its config file. Nothing here manages a subnet: the lab has no NVSwitch."""
+    what = ("nvlsm stand-in (" + NVLSM_BINARY + ") and its config file. On an NVLink 5\n"
+            "board (HGX B100/B200/B300) Fabric Manager's start requires it and starts it\n"
+            "first; without it Fabric Manager refuses to start.")
+    binary = ("#!/bin/sh\n"
+              "# Fleet lab stand-in for NVIDIA's NVLink Subnet Manager (package nvlsm);\n"
+              "# not NVIDIA software: there is no NVSwitch to manage in the lab.\n"
+              f'echo "OpenSM {upstream} (fleet lab stand-in, not NVIDIA software)"\n'
+              "exit 0\n")
+    config = ("# NVLink Subnet Manager configuration -- fleet lab stand-in (not NVIDIA "
+              "software)\nlog_file /var/log/nvlsm.log\n")
+    pkg = Package(
+        "nvlsm", deb_version(upstream), "NVIDIA NVLink Subnet Manager",
+        what + "\n\n" + LAB_NOTE, section="net", homepage=CUDA_HOME,
+        files={NVLSM_BINARY: (binary.encode(), 0o755), NVLSM_CONFIG: (config.encode(), 0o644)},
+        conffiles=[NVLSM_CONFIG],
     )
     return _with_readme(pkg, what)
 
@@ -448,7 +479,7 @@ def pinned_driver_packages(upstream: str = PINNED_VERSION) -> list[Package]:
         ), what))
     return [pinning_package(PINNED_BRANCH, upstream), cuda, *kernels,
             persistenced_package(upstream),
-            fabricmanager_package("nvidia-fabricmanager", upstream)]
+            fabricmanager_package("nvidia-fabricmanager", upstream), nvlsm_package()]
 
 
 def branched_driver_packages() -> list[Package]:
@@ -456,7 +487,7 @@ def branched_driver_packages() -> list[Package]:
     upstream = DRIVER_BRANCHES[OPEN_BRANCH]
     return [*(driver_package(b) for b in DRIVER_BRANCHES), open_package(OPEN_BRANCH),
             fabricmanager_package(f"nvidia-fabricmanager-{OPEN_BRANCH}", upstream),
-            persistenced_package(upstream)]
+            persistenced_package(upstream), nvlsm_package()]
 
 
 def kernel_package_name(kernel: str, kind: str = "headers") -> str:
@@ -621,7 +652,7 @@ def update_packages(kernel: str | None = None) -> dict[str, list[Package]]:
     that `apt upgrade` (new packages allowed) brings it where linux-headers-<flavour> is
     installed, as the deploy leaves a DKMS host."""
     upcoming = next_kernel(kernel)
-    return {"debian13": pinned_driver_packages(UPDATE_VERSION),
+    return {"debian13": [p for p in pinned_driver_packages(UPDATE_VERSION) if p.name != "nvlsm"],
             "kernel": [image_package(upcoming), headers_package(upcoming, with_image=True),
                        flavour_package(upcoming), flavour_package(upcoming, "image")]}
 

@@ -9,16 +9,18 @@ them tests which OS it is on.
 Values are shapes that `repository()` and `archive_packages()` fill in:
 `{docker_repo_url}`, `{nvidia_driver_repo_url}` and `{nvidia_toolkit_repo_url}` are the
 operator's knobs (tasks/kit/settings.py), `{distro}` (inside nvidia_driver_repo_url) is the
-distribution's id and major version (`debian12`); in package names `{branch}` is the
-driver branch and `{version}` the toolkit version. The keyring's and the sources file's
-extensions say their format, as they do to apt: `.asc` an armored key, `.gpg` a
-dearmored one; `.sources` deb822, `.list` one-line entries.
+name NVIDIA's CUDA repository gives the distribution (`debian12`, `ubuntu2404`) and
+`{nvidia_driver_repo_host}` that knob's host (an apt pin's origin); in package names
+`{branch}` is the driver branch and `{version}` the toolkit version. The keyring's and
+the sources file's extensions say their format, as they do to apt: `.asc` an armored key,
+`.gpg` a dearmored one; `.sources` deb822, `.list` one-line entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api import OperationError
@@ -29,9 +31,20 @@ from ollama_fleet.tasks.kit.settings import Settings
 DOCKER = "docker"
 CUDA = "cuda"
 TOOLKIT = "nvidia_container_toolkit"
+# NVIDIA's CUDA repository where the driver comes from elsewhere (Ubuntu): nvlsm only
+NVLSM = "nvlsm"
 
 # The knob that, when set, replaces a repository's key URL (Docker's key has none).
-KEY_URL_KNOBS = {CUDA: "nvidia_driver_gpgkey_url", TOOLKIT: "nvidia_toolkit_gpgkey_url"}
+KEY_URL_KNOBS = {CUDA: "nvidia_driver_gpgkey_url", NVLSM: "nvidia_driver_gpgkey_url",
+                 TOOLKIT: "nvidia_toolkit_gpgkey_url"}
+
+# NVIDIA's NVLink Subnet Manager: Fabric Manager on an NVLink 5 board (HGX B100/B200/
+# B300) starts only with it (Fabric Manager user guide, "Systems Using Fourth Generation
+# NVSwitches"). NVIDIA's CUDA repositories carry it (its own versions, not the driver's);
+# Ubuntu's archive does not. It talks to the NVSwitches through InfiniBand management
+# datagrams: the ib_umad kernel module must be loaded before Fabric Manager starts.
+NVLSM_PACKAGE = "nvlsm"
+NVLSM_MODULES = ("ib_umad",)
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,15 @@ class Distribution:
     # the key and certificate (DER) DKMS signs modules with when none is configured (dkms's
     # prepare_mok: Ubuntu's update-secureboot-policy pair, else /var/lib/dkms/mok.*)
     dkms_mok: tuple[str, str] = ("/var/lib/dkms/mok.key", "/var/lib/dkms/mok.pub")
+    # the branch installed when nvidia_driver_branch is not set: one the driver's source
+    # carries as a supported (not transitional) branch
+    default_branch: int = 580
+    cuda_distro: str = ""  # NVIDIA's CUDA repository's name for it ('' os_id + major)
+    # the repository nvlsm comes from on NVLink 5 boards (CUDA, or NVLSM where the driver
+    # comes from the distribution)
+    nvlsm_repository: str = CUDA
+    # components of the OS archive Fabric Manager needs (Ubuntu: multiverse)
+    fabricmanager_components: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -199,7 +221,8 @@ UBUNTU_DOCKER = ("docker.io", "docker-compose-v2")
 # -- one table per distribution ----------------------------------------------------------
 
 def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]],
-            cuda_key: str, drivers: tuple[DriverPackages, ...]) -> Distribution:
+            cuda_key: str, drivers: tuple[DriverPackages, ...],
+            default_branch: int) -> Distribution:
     """Debian MAJOR: Docker's repository for its CODENAME, NVIDIA's CUDA and toolkit ones."""
     return Distribution(
         os_id="debian", major=major, codename=codename,
@@ -216,22 +239,37 @@ def _debian(major: int, codename: str, archive: dict[str, tuple[str, ...]],
         },
         archive=archive, drivers=drivers, driver_source=f"NVIDIA's debian{major} repository",
         # NVIDIA's guide: the driver's dependencies need Debian's contrib component
-        archive_components=("contrib",),
+        archive_components=("contrib",), default_branch=default_branch,
     )
 
 
 # bookworm's archive has no Compose v2 package: Docker comes from Docker's repository
 DEBIAN_12 = _debian(12, "bookworm", archive={}, cuda_key="3bf863cc.pub",
-                    drivers=(CUDA_BRANCHED, CUDA_PINNED))
+                    drivers=(CUDA_BRANCHED, CUDA_PINNED), default_branch=580)
 # trixie splits the client out of docker.io (and only recommends it). NVIDIA signs its
 # debian13 repository with another key (the old one's SHA-1 binding is refused by trixie's
 # apt) and carries 590 and later only.
 DEBIAN_13 = _debian(13, "trixie", archive={DOCKER: ("docker.io", "docker-cli", "docker-compose")},
-                    cuda_key="8793F200.pub", drivers=(dataclasses.replace(CUDA_PINNED, first=590),))
+                    cuda_key="8793F200.pub", drivers=(dataclasses.replace(CUDA_PINNED, first=590),),
+                    default_branch=590)
 
-# The release's own (GA) kernel series: another series is a hardware-enablement kernel,
-# whose meta-packages are named `<flavour>-hwe-<release>`.
+# The release's own (GA) kernel series: another series of these flavours is a
+# hardware-enablement kernel, whose meta-packages are named `<flavour>-hwe-<release>`
+# (linux-modules-nvidia-580-server-open-generic-hwe-24.04). Cloud kernels (aws, gcp,
+# azure, oracle...) roll to newer series under their own flavour's name, with no -hwe-
+# meta-package: linux-modules-nvidia-580-server-open-aws follows the newest aws kernel
+# (its -aws-6.8 or -aws-lts-22.04 variants pin a series, which the running kernel does
+# not tell; tests/unit/fixtures/ubuntu/ holds the names as the archive lists them).
 UBUNTU_GA_KERNEL = {22: "5.15", 24: "6.8"}
+UBUNTU_HWE_FLAVOURS = ("generic", "generic-64k", "lowlatency", "lowlatency-64k")
+# NVIDIA's CUDA repository for Ubuntu, where the driver is Canonical's: nvlsm alone is
+# taken from it (apt preferences: its other packages never)
+UBUNTU_NVLSM_PIN = (
+    "Explanation: ollama-fleet: only nvlsm from NVIDIA's CUDA repository (the driver is "
+    "Canonical's)\n"
+    "Package: *\nPin: origin \"{nvidia_driver_repo_host}\"\nPin-Priority: -1\n\n"
+    "Package: " + NVLSM_PACKAGE + "\nPin: origin \"{nvidia_driver_repo_host}\"\n"
+    "Pin-Priority: 500\n")
 
 
 def _ubuntu(major: int, codename: str) -> Distribution:
@@ -244,10 +282,19 @@ def _ubuntu(major: int, codename: str) -> Distribution:
                 key_url="{docker_repo_url}/ubuntu/gpg", keyring=DOCKER_KEYRING,
                 sources_file=DOCKER_SOURCES, packages=DOCKER_CE),
             TOOLKIT: TOOLKIT_REPOSITORY,
+            NVLSM: VendorRepository(
+                url="{nvidia_driver_repo_url}/", suite="/",
+                key_url="{nvidia_driver_repo_url}/3bf863cc.pub", keyring=CUDA_KEYRING,
+                sources_file=CUDA_SOURCES, packages=(NVLSM_PACKAGE,), pin=UBUNTU_NVLSM_PIN),
         },
         archive={DOCKER: UBUNTU_DOCKER}, drivers=(UBUNTU_PRECOMPILED, UBUNTU_DKMS),
         driver_source=f"Ubuntu {major}.04's archive", ga_kernel=UBUNTU_GA_KERNEL[major],
         dkms_mok=("/var/lib/shim-signed/mok/MOK.priv", "/var/lib/shim-signed/mok/MOK.der"),
+        # 580 is the long-term branch; Canonical's 590-server packages are transitional
+        # (to 595), which the deploy refuses
+        default_branch=580, cuda_distro=f"ubuntu{major}04", nvlsm_repository=NVLSM,
+        # Canonical's nvidia-fabricmanager-<branch> is in multiverse
+        fabricmanager_components=("multiverse",),
     )
 
 
@@ -297,9 +344,24 @@ def _values(dist: Distribution, settings: Settings) -> dict[str, str]:
     return {"docker_repo_url": settings.docker_repo_url,
             "nvidia_driver_repo_url": settings.nvidia_driver_repo_url,
             "nvidia_toolkit_repo_url": settings.nvidia_toolkit_repo_url,
-            "distro": f"{dist.os_id}{dist.major}",
-            "branch": str(settings.nvidia_driver_branch),
+            "nvidia_driver_repo_host": urlsplit(settings.nvidia_driver_repo_url).hostname or "",
+            "distro": dist.cuda_distro or f"{dist.os_id}{dist.major}",
+            "branch": str(driver_branch(dist, settings)),
             "version": settings.nvidia_toolkit_version}
+
+
+def driver_branch(dist: Distribution, settings: Settings) -> int:
+    """The driver branch for DIST: nvidia_driver_branch, else the distribution's default."""
+    return settings.nvidia_driver_branch or dist.default_branch
+
+
+def with_branch(dist: Distribution, settings: Settings) -> Settings:
+    """SETTINGS with nvidia_driver_branch set to the branch for DIST (the knob's, else the
+    distribution's default), so that every step names the same branch."""
+    branch = driver_branch(dist, settings)
+    if settings.nvidia_driver_branch == branch:
+        return settings
+    return settings.model_copy(update={"nvidia_driver_branch": branch})
 
 
 def repository(dist: Distribution, vendor: str, settings: Settings) -> VendorRepository | None:
@@ -311,7 +373,8 @@ def repository(dist: Distribution, vendor: str, settings: Settings) -> VendorRep
     knob = KEY_URL_KNOBS.get(vendor)
     key_url = (knob and getattr(settings, knob)) or _fill(shape.key_url, values)
     return dataclasses.replace(shape, url=_fill(shape.url, values), key_url=key_url,
-                               packages=tuple(_fill(p, values) for p in shape.packages))
+                               packages=tuple(_fill(p, values) for p in shape.packages),
+                               pin=_fill(shape.pin, values))
 
 
 def archive_packages(dist: Distribution, purpose: str, settings: Settings) -> list[str] | None:
@@ -326,7 +389,7 @@ def archive_packages(dist: Distribution, purpose: str, settings: Settings) -> li
 def driver_packages(dist: Distribution, settings: Settings) -> DriverPackages:
     """DIST's driver scheme for the branch (and, on Ubuntu, the modules knob); a branch the
     distribution's source does not carry is a ValueError naming the knob."""
-    branch = settings.nvidia_driver_branch
+    branch = driver_branch(dist, settings)
     for scheme in dist.drivers:
         if scheme.first <= branch <= scheme.last and \
                 scheme.modules in ("", settings.nvidia_driver_ubuntu_modules):
@@ -344,9 +407,11 @@ def fill(shape: str, **values: str) -> str:
 def kernel_flavour(dist: Distribution, kernel: str) -> str:
     """The flavour of KERNEL (`uname -r`) as DIST names its meta-packages: Debian's
     `6.1.0-40-cloud-amd64` and `6.12.48+deb13-amd64` are `cloud-amd64` and `amd64`; Ubuntu's
-    `6.8.0-49-generic` on 24.04 is `generic`, a 6.8 kernel on 22.04 `generic-hwe-22.04`."""
+    `6.8.0-49-generic` on 24.04 is `generic`, a 6.8 kernel on 22.04 `generic-hwe-22.04`; a
+    cloud kernel is its own flavour whatever its series (`6.8.0-1015-aws` on 22.04: `aws`)."""
     words = kernel.split("-")
     flavour = "-".join(w for w in words[1:] if not w.isdigit())
-    if dist.ga_kernel and ".".join(words[0].split(".")[:2]) != dist.ga_kernel:
+    if dist.ga_kernel and flavour in UBUNTU_HWE_FLAVOURS and \
+            ".".join(words[0].split(".")[:2]) != dist.ga_kernel:
         flavour += f"-hwe-{dist.major}.04"
     return flavour

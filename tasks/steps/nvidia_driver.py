@@ -24,6 +24,10 @@ Guarantees:
   allowed, else the run stops and says so. Hosts whose driver serves already (a branch
   change, or a loaded module older than its userspace) reboot one at a time unless the
   operator asks for all at once; fresh hosts reboot together;
+- an NVLink 5 board (HGX B100/B200/B300) gets NVIDIA's NVLink Subnet Manager (nvlsm,
+  from NVIDIA's CUDA repository, which on Ubuntu serves nothing else) with Fabric
+  Manager, and ib_umad loaded at every boot: Fabric Manager does not start without them;
+  on Ubuntu the archive's multiverse component, where Fabric Manager is, is ensured;
 - afterwards nvidia-smi must list `gpu_count` GPUs on the branch; Fabric Manager, where
   the board has NVSwitch, of the driver's version, running; nvidia-persistenced enabled
   and, with nvidia_persistence_mode, every GPU in persistence mode (a drop-in where the
@@ -78,8 +82,13 @@ DISPLAY_CLASS = 0x03
 # H100/H200. Other NVIDIA bridges exist (old chipsets), so only these ids count.
 NVSWITCH_CLASS = 0x0680
 NVSWITCH_DEVICES = (0x1AC2, 0x1AF1, 0x22A3)
-# HGX B200/B300's NVSwitches are not PCI devices on the host: their SXM GPUs say it.
-HGX_BLACKWELL_GPUS = (0x2901, 0x3182)
+# HGX B100/B200/B300's NVSwitches are not PCI devices on the host: their SXM GPUs say it
+# (pci.ids: 2901 GB100 [B200], 2920 GB100 [TS4 / B100], 29bc GB102 [B100], 3182 B300),
+# and that the board is an NVLink 5 one, whose Fabric Manager needs NVLSM.
+HGX_BLACKWELL_GPUS = (0x2901, 0x2920, 0x29BC, 0x3182)
+NVLINK5_GPUS = HGX_BLACKWELL_GPUS
+# ib_umad at every boot (Fabric Manager's start on NVLink 5 boards needs it loaded)
+NVLSM_MODULES_LOAD = "/etc/modules-load.d/ollama-fleet-nvlsm.conf"
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ class DriverPlan:
     keep_branch: str = "pin"  # "pin", "hold" or "preferences" (distributions.DriverPackages)
     branch_packages: tuple[str, ...] = ()  # "preferences": the names pinned to the branch
     driver_version: str = ""  # the package whose version is the driver's
+    nvlsm: str = ""  # NVLink Subnet Manager's package (NVLink 5 boards; '' none)
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -125,7 +135,7 @@ class DriverPlan:
     def wanted(self) -> tuple[str, ...]:
         """Every package the plan must have installed (the headers meta-package is taken
         where apt has it: a kernel of no known flavour has none)."""
-        return tuple(p for p in (self.headers, self.pin, *self.packages) if p)
+        return tuple(p for p in (self.headers, self.pin, *self.packages, self.nvlsm) if p)
 
 
 def gpu_devices(devices: list[dict]) -> list[int]:
@@ -137,6 +147,12 @@ def needs_fabricmanager(devices: list[dict]) -> bool:
     """Whether the board is an NVSwitch one (HGX/DGX), where Fabric Manager must run."""
     return any(d["class"] >> 8 == NVSWITCH_CLASS and d["device"] in NVSWITCH_DEVICES
                for d in devices) or any(d in HGX_BLACKWELL_GPUS for d in gpu_devices(devices))
+
+
+def needs_nvlsm(devices: list[dict]) -> bool:
+    """Whether the board is an NVLink 5 one (HGX B100/B200/B300): Fabric Manager starts
+    there only with the NVLink Subnet Manager."""
+    return any(d in NVLINK5_GPUS for d in gpu_devices(devices))
 
 
 def is_blackwell(device: int) -> bool:
@@ -174,6 +190,7 @@ def driver_plan(dist: distributions.Distribution, settings: Settings, kernel: st
                 devices: list[dict]) -> DriverPlan:
     """The packages for DIST, the running KERNEL and the PCI DEVICES; ValueError naming the
     knob where the distribution or the GPUs rule the settings out."""
+    settings = distributions.with_branch(dist, settings)
     scheme = distributions.driver_packages(dist, settings)
     flavour = choose_flavour(settings, devices)
     values = {"branch": str(settings.nvidia_driver_branch), "kernel": kernel,
@@ -190,7 +207,9 @@ def driver_plan(dist: distributions.Distribution, settings: Settings, kernel: st
                       packages=packages + ((fabricmanager,) if fabricmanager else ()),
                       fabricmanager=fabricmanager, keep_branch=scheme.keep_branch,
                       branch_packages=tuple(fill(p) for p in scheme.branch_packages),
-                      driver_version=fill(version) if version else "")
+                      driver_version=fill(version) if version else "",
+                      nvlsm=distributions.NVLSM_PACKAGE
+                      if fabricmanager and needs_nvlsm(devices) else "")
 
 
 def branch_preferences(plan: DriverPlan, branch: int) -> str:
@@ -301,18 +320,29 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
     """Install, reboot into and verify the driver (GPU hosts only)."""
     if settings.gpu_count == 0:
         return
+    settings = distributions.with_branch(dist, settings)  # the knob's, else the distribution's
     plan = host_plan(settings, dist)  # a knob this host cannot have stops it here
     mok = signing_key(settings, dist, plan)  # as does Secure Boot refusing DKMS's modules
 
     files.put(name="Blacklist nouveau", src=StringIO(NOUVEAU_BLACKLIST),
               dest="/etc/modprobe.d/blacklist-nouveau.conf", mode="644")
-    if dist.archive_components:
+    components = archive_components(dist, plan)
+    if components:
         apt_packages.archive_components(
-            name=f"{dist.name} archive: {', '.join(dist.archive_components)}",
-            components=list(dist.archive_components), codename=dist.codename)
+            name=f"{dist.name} archive: {', '.join(components)}",
+            components=list(components), codename=dist.codename)
     cuda = distributions.repository(dist, distributions.CUDA, settings)
     if cuda is not None:
         apt_packages.repository(name="NVIDIA CUDA apt repository", **cuda.repository_args())
+    if plan.nvlsm:
+        # where the driver is the distribution's, NVIDIA's repository serves nvlsm alone
+        nvlsm = distributions.repository(dist, dist.nvlsm_repository, settings)
+        if nvlsm is not None and dist.nvlsm_repository != distributions.CUDA:
+            apt_packages.repository(name="NVIDIA CUDA apt repository, for nvlsm only",
+                                    **nvlsm.repository_args())
+        files.put(name="ib_umad loaded at boot (Fabric Manager's NVLink Subnet Manager)",
+                  src=StringIO("".join(f"{m}\n" for m in distributions.NVLSM_MODULES)),
+                  dest=NVLSM_MODULES_LOAD, mode="644")
 
     branch = settings.nvidia_driver_branch
     if plan.branch_packages:
@@ -358,7 +388,8 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
                   branch=branch, reboot_allowed=settings.nvidia_driver_allow_reboot,
                   fabricmanager=plan.fabricmanager)
     if plan.fabricmanager:
-        fabricmanager_started(name="Fabric Manager enabled and started (NVSwitch board)")
+        fabricmanager_started(name="Fabric Manager enabled and started (NVSwitch board)",
+                              modules=list(distributions.NVLSM_MODULES) if plan.nvlsm else [])
     if settings.nvidia_persistence_mode:
         persistence_mode_kept(name="nvidia-persistenced keeps persistence mode on")
     systemd.service(name="nvidia-persistenced", service=PERSISTENCED_UNIT,
@@ -366,6 +397,14 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
                     enabled=settings.nvidia_persistence_mode)
     if settings.nvidia_persistence_mode:
         verify_persistence(name="Persistence mode on every GPU", gpu_count=settings.gpu_count)
+
+
+def archive_components(dist: distributions.Distribution, plan: DriverPlan) -> tuple[str, ...]:
+    """The components of DIST's own archive PLAN needs: the driver's, and Fabric Manager's
+    where the plan has it (Ubuntu's multiverse)."""
+    extra = dist.fabricmanager_components if plan.fabricmanager else ()
+    return dist.archive_components + tuple(c for c in extra
+                                           if c not in dist.archive_components)
 
 
 def fabricmanager_in_step(plan: DriverPlan) -> None:
@@ -395,13 +434,15 @@ def driver(settings: Settings, dist: str):
     + settings: the host's settings (branch, flavour, modules, Fabric Manager)
     + dist: the distribution's name in tasks/kit/distributions.py, e.g. "debian 13"
     """
-    plan = host_plan(settings, distributions.by_name(dist))
+    table = distributions.by_name(dist)
+    settings = distributions.with_branch(table, settings)
+    plan = host_plan(settings, table)
     missing = apt_packages.missing_packages(list(plan.wanted), host.get_fact(DebPackages) or {})
     if not missing:
         host.noop(f"driver {settings.nvidia_driver_branch} packages installed")
         return
     yield script_command("nvidia_driver/install.sh", plan.headers, plan.headers_meta, plan.pin,
-                         *plan.packages)
+                         *plan.packages, *((plan.nvlsm,) if plan.nvlsm else ()))
 
 
 @operation()
@@ -494,11 +535,14 @@ def verify_persistence(gpu_count: int):
 
 
 @operation()
-def fabricmanager_started():
+def fabricmanager_started(modules: list[str] | None = None):
     """
     Enable and start Fabric Manager where it is not running; a start that fails stops the
     host here, named (templates/nvidia_driver/fabricmanager.sh): without it CUDA does not
     initialise, and Docker waits for it at every boot.
+
+    + modules: kernel modules loaded first where the kernel has them and they are not
+      loaded (ib_umad on NVLink 5 boards)
     """
     unit = f"{FABRICMANAGER_UNIT}.service"
     running = (host.get_fact(SystemdStatus, services=unit) or {}).get(unit)
@@ -506,7 +550,7 @@ def fabricmanager_started():
     if running and enabled:
         host.noop(f"{unit} running")
         return
-    yield script_command("nvidia_driver/fabricmanager.sh", FABRICMANAGER_UNIT)
+    yield script_command("nvidia_driver/fabricmanager.sh", FABRICMANAGER_UNIT, *(modules or []))
 
 
 @operation()

@@ -12,8 +12,10 @@
 #   PACKAGE       the driver's packages (Fabric Manager with them on NVSwitch boards)
 # Before anything is installed it stops, with one line naming the package, where the
 # headers are not in the host's apt sources (the module would silently not be built and
-# nvidia-smi would fail after the reboot) or where a driver package is a transitional
-# one (Canonical turns a retired branch into one that installs a newer branch).
+# nvidia-smi would fail after the reboot), where a precompiled module package of the
+# running kernel (a PACKAGE named `...-$(uname -r)`: Canonical builds one per kernel it
+# publishes) is not in them, or where a driver package is a transitional one (Canonical
+# turns a retired branch into one that installs a newer branch).
 # Exit: 0 installed; 1 a package named above is missing or transitional, or apt failed.
 set -eu
 headers=$1
@@ -33,6 +35,18 @@ if [ -n "$headers" ]; then
         exit 1
     fi
 fi
+kernel=$(uname -r)
+for package in "$@"; do
+    case $package in
+        *-"$kernel")
+            found=$(candidate "$package")
+            if [ -z "$found" ] || [ "$found" = "(none)" ]; then
+                echo "$package: not in this host's apt sources; no precompiled NVIDIA module for the running kernel $kernel (boot a kernel the archive builds modules for, or take nvidia_driver_ubuntu_modules: dkms)" >&2
+                exit 1
+            fi
+            ;;
+    esac
+done
 for package in "$@"; do
     if apt-cache show --no-all-versions "$package" 2>/dev/null \
             | grep -qi '^Description:.*transitional'; then

@@ -27,9 +27,22 @@ SLOT_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 def test_models_carry_their_pci_id_and_board():
     assert {k: (m["pci_device_id"], m["board"]) for k, m in MODELS.items()} == {
         "H100": (0x2330, "hgx"), "A100": (0x20B2, "hgx"), "L40S": (0x26B9, "pcie"),
-        "B200": (0x2901, "hgx")}
+        "B200": (0x2901, "hgx"), "B100": (0x2920, "hgx"), "B300": (0x3182, "hgx")}
     assert MODELS["B200"]["name"] == "NVIDIA B200"
     assert MODELS["B200"]["memory_total_mib"] == 183359
+    assert MODELS["B300"]["name"] == "NVIDIA B300 SXM6 AC"
+
+
+def test_models_carry_their_compute_capability_into_gpus_json():
+    """What `nvidia-smi --query-gpu=compute_cap` answers (CUDA's compute capability)."""
+    assert {k: m["compute_cap"] for k, m in MODELS.items()} == {
+        "H100": "9.0", "A100": "8.0", "L40S": "8.9", "B200": "10.0", "B100": "10.0",
+        "B300": "10.3"}
+    assert {k: m["nvlink"] for k, m in MODELS.items() if m["nvlink"] == 5} == {
+        "B200": 5, "B100": 5, "B300": 5}
+    for key in MODELS:
+        assert {g["compute_cap"] for g in simulated_gpus("g", 2, key)} == {
+            MODELS[key]["compute_cap"]}
 
 
 def test_simulated_gpus_say_their_device_id_as_sysfs_does():
@@ -45,6 +58,8 @@ def test_simulated_gpus_say_their_device_id_as_sysfs_does():
     ("H100", "hgx", ["0x22a3"] * 4),
     ("A100", "hgx", ["0x1af1"] * 6),
     ("B200", "hgx", []),  # HGX B200's NVSwitches are not PCI devices of the host
+    ("B100", "hgx", []),
+    ("B300", "hgx", []),
     ("L40S", "pcie", []),
 ])
 def test_board_doc(model, board, switches):
@@ -110,7 +125,8 @@ def test_pci_tree_of_an_hgx_h100():
 
 
 @pytest.mark.parametrize("model, device, switches", [
-    ("A100", "0x20b2\n", 6), ("B200", "0x2901\n", 0), ("L40S", "0x26b9\n", 0)])
+    ("A100", "0x20b2\n", 6), ("B200", "0x2901\n", 0), ("B100", "0x2920\n", 0),
+    ("B300", "0x3182\n", 0), ("L40S", "0x26b9\n", 0)])
 def test_pci_tree_of_other_boards(model, device, switches):
     nvidia = _nvidia(pci_tree(board_doc("gpu-1", 2, model)))
     assert sorted(v for v in nvidia.values() if v[1] == "0x030200\n") == [
@@ -127,11 +143,14 @@ def test_pci_tree_of_an_old_document_and_of_a_cpu_host():
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
-@pytest.mark.parametrize("model, needs", [("H100", True), ("A100", True), ("B200", True),
-                                          ("L40S", False)])
-def test_the_deploy_reads_the_tree_as_the_hook_reads_the_document(tmp_path, model, needs):
+@pytest.mark.parametrize("model, needs, nvlsm", [
+    ("H100", True, False), ("A100", True, False), ("B200", True, True), ("B100", True, True),
+    ("B300", True, True), ("L40S", False, False)])
+def test_the_deploy_reads_the_tree_as_the_hook_reads_the_document(tmp_path, model, needs,
+                                                                   nvlsm):
     """The tree, written out, read by the deploy's own fact script and parser, tells the
-    same board apart as the NVIDIA hook does from gpus.json."""
+    same board apart as the NVIDIA stand-ins do from gpus.json: an NVSwitch board, and an
+    NVLink 5 one whose Fabric Manager needs NVLSM."""
     script = REPO / "templates/facts/nvidia-host.sh"
     facts = pytest.importorskip("ollama_fleet.tasks.kit.facts")
     driver = pytest.importorskip("ollama_fleet.tasks.steps.nvidia_driver")
@@ -149,3 +168,17 @@ def test_the_deploy_reads_the_tree_as_the_hook_reads_the_document(tmp_path, mode
     found = facts.parse_nvidia_host(out.splitlines())
     assert len(found["devices"]) == 4 + len(doc["nvswitches"])
     assert driver.needs_fabricmanager(found["devices"]) is needs
+    assert driver.needs_nvlsm(found["devices"]) is nvlsm
+    common = _standins_common()
+    board = {"gpus": doc["gpus"], "board": doc["board"], "nvswitches": doc["nvswitches"]}
+    assert common.board_needs_fabricmanager(board) is needs
+    assert common.board_needs_nvlsm(board) is nvlsm
+
+
+def _standins_common():
+    import importlib.util
+    path = REPO / "lab/nvidia/standins/fleetlab_common.py"
+    spec = importlib.util.spec_from_file_location("fleetlab_common_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -45,12 +45,13 @@ PERSISTENCED_PID = "run/nvidia-persistenced/nvidia-persistenced.pid"
 UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
              "Make sure that the latest NVIDIA driver is installed and running.\n")
+NVLSM = f"{packages.NVLSM_VERSION}-1"  # NVLSM's own version scheme, not the driver's
 DEBIAN12 = {"cuda-drivers-550": "550.163.01-1", "cuda-drivers-570": "570.172.08-1",
             "nvidia-open-570": "570.172.08-1", "nvidia-fabricmanager-570": "570.172.08-1",
-            "nvidia-persistenced": "570.172.08-1"}
-DEBIAN13 = {name: "590.44.01-1" for name in (
+            "nvidia-persistenced": "570.172.08-1", "nvlsm": NVLSM}
+DEBIAN13 = {**{name: "590.44.01-1" for name in (
     "nvidia-driver-pinning-590", "nvidia-driver-cuda", "nvidia-kernel-open-dkms",
-    "nvidia-kernel-dkms", "nvidia-persistenced", "nvidia-fabricmanager")}
+    "nvidia-kernel-dkms", "nvidia-persistenced", "nvidia-fabricmanager")}, "nvlsm": NVLSM}
 H100_NVSWITCHES = [{"slot": f"0000:{bus:02x}:00.0", "device": "0x22a3"} for bus in range(5, 9)]
 
 
@@ -149,8 +150,7 @@ def write_gpus(root: Path, count: int = 4, host: str = "gpu-1", model: str = "H1
             gpu["pci_device_id"] = device
     if nvswitches is None:
         nvswitches = H100_NVSWITCHES if model == "H100" and count else []
-    doc = {"gpus": gpus, "board": board or ("hgx" if model in ("H100", "A100", "B200")
-                                            else "pcie"), "nvswitches": nvswitches}
+    doc = {"gpus": gpus, "board": board or MODELS[model]["board"], "nvswitches": nvswitches}
     path = root / "etc/fleetlab/gpus.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
@@ -286,7 +286,8 @@ def test_simulated_gpus_are_stable_and_real():
     assert all(re.fullmatch(r"\d{13}", g["serial"]) for g in gpus)
     assert simulated_gpus("h", 1, "A100")[0]["memory_total_mib"] == 81920
     assert simulated_gpus("h", 1, "NVIDIA L40S")[0]["memory_total_mib"] == 46068
-    assert {"H100", "A100", "L40S"} <= set(MODELS) <= {"H100", "A100", "L40S", "B200"}
+    assert {"H100", "A100", "L40S"} <= set(MODELS) <= {"H100", "A100", "L40S", "B200", "B100",
+                                                       "B300"}
     assert simulated_gpus("cpu-1", 0) == []
     with pytest.raises(ValueError):
         simulated_gpus("h", 1, "RTX 9999")
@@ -432,8 +433,8 @@ def index(repos, repo: str) -> dict[str, dict]:
 def test_packages_index_lists_every_deb_with_its_hash(repos):
     out = repos["out"]
     for repo, expected in ((repos["toolkit_repo"], 4 * len(packages.TOOLKIT_VERSIONS)),
-                           (repos["cuda_repos"]["debian12"]["repo"], 5),
-                           (repos["cuda_repos"]["debian13"]["repo"], 6),
+                           (repos["cuda_repos"]["debian12"]["repo"], 6),
+                           (repos["cuda_repos"]["debian13"]["repo"], 7),
                            (repos["kernel_repo"], 3)):
         path = out / repo
         text = (path / "Packages").read_text()
@@ -738,7 +739,9 @@ def test_updates_are_served_apart_signed_as_their_namesakes(repos, tmp_path):
     the repositories a host has), a host that adds the updates lines does."""
     out = repos["out"]
     updates = repos["updates"]
-    assert updates["debian13"]["packages"] == {name: f"{UPDATE}-1" for name in DEBIAN13}
+    # the driver's packages (nvlsm has its own versions and no update here)
+    assert updates["debian13"]["packages"] == {name: f"{UPDATE}-1" for name in DEBIAN13
+                                               if name != "nvlsm"}
     assert UPDATE.startswith("590.") and UPDATE != PINNED
     assert NEXT != KERNEL and packages.kernel_flavour(NEXT) == packages.kernel_flavour(KERNEL)
     version = packages.kernel_package_version(NEXT)
@@ -762,8 +765,8 @@ def test_updates_are_served_apart_signed_as_their_namesakes(repos, tmp_path):
         assert updates[name]["fingerprint"] == (repos["cuda_repos"]["debian13"]["fingerprint"]
                                                 if name == "debian13" else repos["fingerprint"])
     # none of it in the repositories a deploy installs from
-    assert {s["Version"] for s in index(repos, repos["cuda_repos"]["debian13"]["repo"]).values()
-            } == {f"{PINNED}-1"}
+    assert {s["Version"] for n, s in index(repos, repos["cuda_repos"]["debian13"]["repo"]).items()
+            if n != "nvlsm"} == {f"{PINNED}-1"}
     assert NEXT.lower() not in (out / repos["kernel_repo"] / "Packages").read_text()
 
 
@@ -1284,15 +1287,61 @@ def test_fabricmanager_in_the_foreground(fm_host):
         proc.wait()
 
 
-def test_fabricmanager_on_hgx_b200(repos, make_host):
-    """HGX B200's NVSwitches are not on the host's PCI bus: its GPUs say the board needs
-    Fabric Manager."""
+@pytest.mark.parametrize("model", ["B200", "B100", "B300"])
+def test_fabricmanager_on_hgx_b200(repos, make_host, tmp_path, model):
+    """HGX B100/B200/B300's NVSwitches are not on the host's PCI bus: its GPUs say the
+    board needs Fabric Manager, and that it is an NVLink 5 one: without NVLSM Fabric
+    Manager's start refuses, naming the package, the GPUs stay In Progress with the fabric
+    and CUDA answers 802 in a container; with nvlsm installed it runs."""
     root = make_host("hgx-b200", deb(repos, "nvidia-open-570"),
-                     deb(repos, "nvidia-fabricmanager-570"), count=8, device="0x2901",
-                     nvswitches=[])
+                     deb(repos, "nvidia-fabricmanager-570"), *toolkit_debs(repos), count=8,
+                     model=model, nvswitches=[])
     boot(root)
+    refused = start_fm(root)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        '/opt/nvidia/nvlsm/sbin/nvlsm does not exist. Please install "Nvidia NVLink Subnet '
+        'Manager" (nvlsm) package\n')
+    log = (root / "var/log/fabricmanager.log").read_text()
+    assert "Detected NVL5+ system" in log and "Nvidia NVLink Subnet Manager" in log
+    assert not (root / FM_PID).exists()
+    fabric = smi(root, "--query-gpu=fabric.state,fabric.status", "--format=csv,noheader")
+    assert fabric.stdout == "In Progress, N/A\n" * 8
+    before = make_bundle(tmp_path / "before", ["NVIDIA_VISIBLE_DEVICES=all"])
+    assert hook(root, before).returncode == 0
+    assert json.loads((before / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] \
+        == 802
+
+    install(root, deb(repos, "nvlsm", repo="debian12"))
     assert start_fm(root).returncode == 0
     assert alive(read_pid(root, FM_PID))
+    log = (root / "var/log/fabricmanager.log").read_text()
+    assert 'Started "Nvidia NVLink Subnet Manager"' in log
+    fabric = smi(root, "--query-gpu=fabric.state,fabric.status", "--format=csv,noheader")
+    assert fabric.stdout == "Completed, Success\n" * 8
+    after = make_bundle(tmp_path / "after", ["NVIDIA_VISIBLE_DEVICES=all"])
+    assert hook(root, after).returncode == 0
+    assert json.loads((after / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] == 0
+
+
+def test_fabricmanager_on_hgx_h100_needs_no_nvlsm(fm_host):
+    boot(fm_host)
+    assert start_fm(fm_host).returncode == 0
+    assert "Detected Pre-NVL5 system" in (fm_host / "var/log/fabricmanager.log").read_text()
+
+
+@pytest.mark.parametrize("model, cap", [("H100", "9.0"), ("A100", "8.0"), ("L40S", "8.9"),
+                                        ("B200", "10.0"), ("B100", "10.0"), ("B300", "10.3")])
+def test_nvidia_smi_compute_cap(repos, make_host, model, cap):
+    """`nvidia-smi --query-gpu=index,uuid,compute_cap --format=csv,noheader`: one line per
+    GPU, the values joined by `, `, the capability as MAJOR.MINOR."""
+    root = make_host("cc", deb(repos, "nvidia-open-570"), count=2, model=model)
+    boot(root)
+    result = smi(root, "--query-gpu=index,uuid,compute_cap", "--format=csv,noheader")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout == "".join(f"{g['index']}, {g['uuid']}, {cap}\n" for g in root.gpus)
+    header = smi(root, "--query-gpu=compute_cap", "--format=csv")
+    assert header.stdout.splitlines() == ["compute_cap", cap, cap]
 
 
 def test_fabricmanager_debian13(repos, make_host):

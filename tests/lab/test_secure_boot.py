@@ -1,4 +1,6 @@
-"""Secure Boot on a GPU host whose driver DKMS builds (Debian 13, NVIDIA's repository).
+"""Secure Boot on a GPU host whose driver DKMS builds (Debian 13, NVIDIA's repository), an
+HGX B200 board: NVLink 5, so its Fabric Manager runs only with NVIDIA's NVLink Subnet
+Manager (nvlsm), which the driver step installs with it.
 
 The kernel refuses a module that no key enrolled in MOK signed. The deploy reads
 Secure Boot (the lab's mokutil, installed as shim-signed brings it) before it installs
@@ -19,7 +21,7 @@ import subprocess
 
 import pytest
 
-from lab.nvidia.packages import MOKUTIL_VERSION
+from lab.nvidia.packages import MOKUTIL_VERSION, NVLSM_VERSION
 from tests.conftest import running_lab
 
 pytestmark = pytest.mark.lab
@@ -31,7 +33,7 @@ STATE = "dpkg-query -W | md5sum; apt-mark showhold | md5sum; ls /var/lib/dkms 2>
 
 @pytest.fixture(scope="module")
 def fleet():
-    with running_lab(NAME, "--gpu-hosts", "1", "--gpus-per-host", "1",
+    with running_lab(NAME, "--gpu-hosts", "1", "--gpus-per-host", "1", "--gpu-model", "B200",
                      "--registry-port", "5075") as lab:
         # a Secure Boot machine has mokutil (shim-signed depends on it); the lab's stands in
         # (named by its version: the Debian mirror has the real one, which finds no EFI here)
@@ -95,9 +97,47 @@ def test_an_enrolled_key_signs_the_module_that_then_loads(fleet, mok):
     _, smi, _ = fleet.ssh("gpu-1", "nvidia-smi --query-gpu=driver_version,persistence_mode "
                                    "--format=csv,noheader")
     assert smi == "590.44.01, Enabled\n"
+    _assert_fabric_manager_runs_with_nvlsm(fleet)
     again = fleet.pyinfra(DRIVER, "--data", f"nvidia_driver_mok_key={key}",
                           "--data", f"nvidia_driver_mok_cert={cert}")
     assert again.returncode == 0, again.output[-3000:]
     grand_total = next(line for line in again.output.split("--> Results:")[-1].splitlines()
                        if "Grand total" in line).split()
     assert grand_total[3:5] == ["-", "-"], again.output[-3000:]
+
+
+def _assert_fabric_manager_runs_with_nvlsm(fleet):
+    """An HGX B200: Fabric Manager of the driver's version with nvlsm, ib_umad loaded at
+    every boot, the GPUs registered with the fabric, compute capability 10.0."""
+    _, versions, _ = fleet.ssh("gpu-1", "dpkg-query -W -f '${Package} ${Version}\\n' "
+                                        "nvidia-fabricmanager nvlsm")
+    assert dict(line.split() for line in versions.splitlines()) == {
+        "nvidia-fabricmanager": "590.44.01-1", "nvlsm": f"{NVLSM_VERSION}-1"}
+    assert fleet.ssh("gpu-1", "cat /etc/modules-load.d/ollama-fleet-nvlsm.conf")[1] == \
+        "ib_umad\n"
+    assert fleet.ssh("gpu-1", "systemctl is-active nvidia-fabricmanager")[1] == "active\n"
+    _, fabric, _ = fleet.ssh("gpu-1", "nvidia-smi --query-gpu=fabric.state,fabric.status,"
+                                      "compute_cap --format=csv,noheader")
+    assert fabric == "Completed, Success, 10.0\n"
+
+
+def test_without_nvlsm_fabric_manager_fails_as_upstream_and_the_deploy_restores_it(fleet, mok):
+    """NVLink 5 without NVLSM: the unit fails naming the package (what upstream's
+    nvidia-fabricmanager-start.sh says), the GPUs stay In Progress with the fabric; the
+    next run puts nvlsm back and starts Fabric Manager, without a reboot."""
+    key, cert = mok
+    fleet.ssh("gpu-1", "systemctl stop nvidia-fabricmanager && dpkg --remove nvlsm >/dev/null")
+    booted = fleet.started_at("gpu-1")
+    assert fleet.ssh("gpu-1", "systemctl start nvidia-fabricmanager", check=False)[0] != 0
+    _, journal, _ = fleet.ssh("gpu-1", "journalctl -u nvidia-fabricmanager --no-pager",
+                              check=False)
+    assert ('/opt/nvidia/nvlsm/sbin/nvlsm does not exist. Please install "Nvidia NVLink '
+            'Subnet Manager" (nvlsm) package') in journal, journal[-2000:]
+    _, fabric, _ = fleet.ssh("gpu-1", "nvidia-smi --query-gpu=fabric.state,fabric.status "
+                                      "--format=csv,noheader")
+    assert fabric == "In Progress, N/A\n"
+    proc = fleet.pyinfra(DRIVER, "--data", f"nvidia_driver_mok_key={key}",
+                         "--data", f"nvidia_driver_mok_cert={cert}")
+    assert proc.returncode == 0, proc.output[-4000:]
+    assert fleet.started_at("gpu-1") == booted  # the driver serves: no reboot for nvlsm
+    _assert_fabric_manager_runs_with_nvlsm(fleet)

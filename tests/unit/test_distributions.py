@@ -250,7 +250,8 @@ def test_nvidia_smi_two_h100():
     assert gpus["working"] and [g["index"] for g in gpus["gpus"]] == [0, 1]
     assert gpus["gpus"][0] == {"index": 0, "uuid": "GPU-2b6c3e7a-5f1d-9a3e-8c41-7d0e6f9b2a15",
                                "name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
-                               "driver_version": "570.172.08", "persistence_mode": True}
+                               "driver_version": "570.172.08", "persistence_mode": True,
+                               "compute_cap": "9.0"}
     assert gpus["gpus"][1]["persistence_mode"] is False
     assert driver_answers(gpus, 570) and not driver_answers(gpus, 550)
 

@@ -56,10 +56,13 @@ RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
 PERSISTENCED_PID_FILE = "/run/nvidia-persistenced/nvidia-persistenced.pid"
 
 # PCI device ids (NVIDIA's supportedchips tables, pci.ids). Blackwell runs only with the
-# open kernel modules; the SXM parts of HGX B200/B300 mean an NVSwitch board although
-# their NVSwitches are not PCI devices of the host.
+# open kernel modules; the SXM parts of HGX B100/B200/B300 (pci.ids: 2901 GB100 [B200],
+# 2920 GB100 [TS4 / B100], 29bc GB102 [B100], 3182 B300) mean an NVSwitch board although
+# their NVSwitches are not PCI devices of the host, and an NVLink 5 one, whose Fabric
+# Manager needs the NVLink Subnet Manager (NVLSM).
 BLACKWELL_DEVICE_RANGES = ((0x2900, 0x2FFF), (0x3182, 0x3182), (0x31C2, 0x31C3))
-HGX_BLACKWELL_DEVICES = (0x2901, 0x3182)
+HGX_BLACKWELL_DEVICES = (0x2901, 0x2920, 0x29BC, 0x3182)
+NVLSM_BINARY = "/opt/nvidia/nvlsm/sbin/nvlsm"
 
 # name -> (compute capability, power limit W, idle power W, idle temperature C)
 MODEL_SPECS = {
@@ -67,6 +70,8 @@ MODEL_SPECS = {
     "NVIDIA A100-SXM4-80GB": ("8.0", 400.0, 61.2, 30),
     "NVIDIA L40S": ("8.9", 350.0, 34.5, 28),
     "NVIDIA B200": ("10.0", 1000.0, 140.0, 32),
+    "NVIDIA B100": ("10.0", 700.0, 120.0, 31),
+    "NVIDIA B300 SXM6 AC": ("10.3", 1100.0, 150.0, 32),
 }
 DEFAULT_SPEC = ("9.0", 300.0, 50.0, 30)
 
@@ -165,7 +170,11 @@ def nvml_version(driver_version):
 
 
 def model_spec(gpu):
-    return MODEL_SPECS.get(gpu.get("name", ""), DEFAULT_SPEC)
+    """(compute capability, power limit, idle power, idle temperature) of GPU: the compute
+    capability gpus.json gives (lab/nvidia/hardware.py MODELS), else the model's."""
+    spec = MODEL_SPECS.get(gpu.get("name", ""), DEFAULT_SPEC)
+    cap = gpu.get("compute_cap")
+    return (cap, *spec[1:]) if isinstance(cap, str) and cap else spec
 
 
 def read_board():
@@ -211,6 +220,11 @@ def board_needs_fabricmanager(board):
     """An NVSwitch board (HGX/DGX): NVSwitches on the PCI bus, or HGX Blackwell GPUs."""
     return bool(board["nvswitches"]) or any(
         gpu_device_id(g) in HGX_BLACKWELL_DEVICES for g in board["gpus"])
+
+
+def board_needs_nvlsm(board):
+    """An NVLink 5 board (HGX B100/B200/B300): Fabric Manager runs with NVLSM only."""
+    return any(gpu_device_id(g) in HGX_BLACKWELL_DEVICES for g in board["gpus"])
 
 
 def board_has_fabric_probe(board):

@@ -8,7 +8,11 @@
 # - the loaded driver is not of its own version (Fabric Manager and the driver must be
 #   the same version);
 # - the board needs no Fabric Manager: /etc/fleetlab/gpus.json lists no NVSwitch and no
-#   HGX B200/B300 GPU (NV_WARN_NOTHING_TO_DO).
+#   HGX B100/B200/B300 GPU (NV_WARN_NOTHING_TO_DO);
+# - the board is an NVLink 5 one (HGX B100/B200/B300) and the NVLink Subnet Manager is not
+#   installed (/opt/nvidia/nvlsm/sbin/nvlsm, package nvlsm): upstream's
+#   nvidia-fabricmanager-start.sh says "Detected NVL5+ system" and refuses, naming the
+#   package; with it, NVLSM is started first ("Started "Nvidia NVLink Subnet Manager"").
 # Otherwise it runs (in the background when DAEMONIZE=1) with its pid in
 # /run/fleetlab/fabricmanager.pid, which the lab's container hook reads: on an NVSwitch
 # board CUDA initialises only while Fabric Manager runs. SIGTERM removes the pid file.
@@ -33,8 +37,10 @@ from fleetlab_common import (
     BAKED_DRIVER_VERSION,
     FABRIC_JSON,
     FM_PID_FILE,
+    NVLSM_BINARY,
     baked,
     board_needs_fabricmanager,
+    board_needs_nvlsm,
     daemonize,
     host_path,
     loaded_driver_version,
@@ -138,6 +144,19 @@ class Log:
         sys.stderr.write(line)
 
 
+def check_nvlsm(log):
+    """What nvidia-fabricmanager-start.sh does before Fabric Manager: on an NVLink 5 board
+    NVLSM must be installed (StartError), and is started; else nothing."""
+    if not board_needs_nvlsm(read_board()):
+        log.write("INFO", "Detected Pre-NVL5 system")
+        return
+    log.write("INFO", "Detected NVL5+ system")
+    if not os.path.exists(host_path(NVLSM_BINARY)):
+        raise StartError(f'{NVLSM_BINARY} does not exist. Please install "Nvidia NVLink '
+                         'Subnet Manager" (nvlsm) package')
+    log.write("INFO", 'Started "Nvidia NVLink Subnet Manager"')
+
+
 def check(config):
     """Why Fabric Manager cannot start here (StartError), else None."""
     running = read_pid_file(FM_PID_FILE)
@@ -177,6 +196,7 @@ def main(argv):
         log = Log(config.get("LOG_FILE_NAME") or None)
         log.write("INFO", f"Fabric Manager version {version()} is running with the "
                           f"following configuration options (file {opts['config']})")
+        check_nvlsm(log)
         check(config)
     except StartError as exc:
         log.write("ERROR", str(exc))
