@@ -28,7 +28,11 @@ Requests, each at concurrency 1 and 16 (threads, one keep-alive connection each)
 - **stream**: the same with `"stream": true`: time to the first byte of the first chunk of the
   body (the rest is read and checked, untimed, before the connection's next request);
 - **version**: `GET /api/version`, a request with no model in it: what the proxies cost
-  without the instance's model routing and scheduling (to tell proxy cost from routing cost).
+  without the instance's model routing and scheduling (to tell proxy cost from routing cost);
+- **stream 220 KB**: the stream request with a prompt of 220 KB (a long chat's context),
+  at c=1 only: the front door reads a request's whole body to find the model it names
+  (fleet.js), where the host's nginx streams it on; the table gives `front door / nginx` as
+  a ratio too.
 
 Per cell (hop x request x concurrency) 500 requests at c=1 and 2000 at c=16 (`--requests`)
 are timed, after 5 untimed requests per connection that open the connections and load the
@@ -65,6 +69,7 @@ Run it (needs Docker, like the lab tests; about 3 minutes here, mostly lab up an
     .venv/bin/python bench/proxy.py                     # lab up, deploy, measure, lab down
     .venv/bin/python bench/proxy.py --requests 100 400  # fewer requests per cell (c=1, c=16)
     .venv/bin/python bench/proxy.py --keep              # leave the lab up to look at it
+    .venv/bin/python bench/proxy.py --kinds stream-220k  # only the 220 KB prompt
 
 The lab is removed before it is started (so the hosts are fresh) and again at the end, also on
 failure or Ctrl-C (unless `--keep`). The full output of every command is kept in a log
@@ -128,13 +133,24 @@ KINDS = {
     "stream": 'POST /api/generate, "stream": true: first chunk (ms), request sent -> first '
               "byte of the body's first chunk",
     "version": "GET /api/version (no model): latency (ms), request sent -> whole answer read",
+    "stream-220k": 'POST /api/generate, "stream": true, a 220 KB prompt: first chunk (ms), '
+                   "request sent -> first byte of the body's first chunk",
 }
+KIND_CONCURRENCY = {"stream-220k": (1,)}  # the body, not concurrency, is what it measures
+BIG_PROMPT_BYTES = 220 * 1024
+STREAMED = ("stream", "stream-220k")
 
 
 # --- the client: runs on a lab host (stdlib only) -------------------------------------------
 
-def _generate_body(stream: bool) -> bytes:
-    return json.dumps({"model": MODEL, "prompt": "hi", "stream": stream,
+def _generate_body(kind: str) -> bytes:
+    """The body of a KIND request (none for version)."""
+    if kind == "version":
+        return b""
+    # words, as a prompt has them (a JSON string the parsers must walk, no escapes)
+    words = "the fleet answers by model " * (BIG_PROMPT_BYTES // 27 + 1)
+    prompt = words[:BIG_PROMPT_BYTES] if kind == "stream-220k" else "hi"
+    return json.dumps({"model": MODEL, "prompt": prompt, "stream": kind in STREAMED,
                        "options": {"num_predict": 1}}).encode()
 
 
@@ -147,7 +163,7 @@ def _one(conn: http.client.HTTPConnection, kind: str, body: bytes
     else:
         conn.request("POST", "/api/generate", body, {"Content-Type": "application/json"})
     response = conn.getresponse()
-    if kind == "stream":
+    if kind in STREAMED:
         first = response.read1(65536)
         t1 = time.perf_counter()
         data = first + response.read()
@@ -163,7 +179,7 @@ def _one(conn: http.client.HTTPConnection, kind: str, body: bytes
     except ValueError:
         return ms, f"not JSON: {data[-200:]!r}", True
     ok = "version" in last if kind == "version" else last.get("done") is True
-    if not ok or (kind == "stream" and len(lines) < 2):
+    if not ok or (kind in STREAMED and len(lines) < 2):
         return ms, f"unexpected answer: {data[-200:]!r}", True
     return ms, None, response.will_close
 
@@ -183,7 +199,7 @@ class _Cell:
 
 def _worker(cell: _Cell, barrier: threading.Barrier, deadline: list[float]) -> None:
     spec = cell.spec
-    body = _generate_body(spec["kind"] == "stream")
+    body = _generate_body(spec["kind"])
     conn: http.client.HTTPConnection | None = None
 
     def connect() -> http.client.HTTPConnection:
@@ -353,6 +369,8 @@ class Results:
     hops: list[Hop] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
     cells: dict[tuple[str, str, int], dict] = field(default_factory=dict)  # (hop, kind, c)
+    kinds: tuple[str, ...] = tuple(KINDS)  # the request kinds measured (--kinds)
+    deploy_data: tuple[str, ...] = ()  # more `--data KEY=VALUE` for the deploy (--data)
     up_s: float | None = None
     deploy_s: float | None = None
     measure_s: float | None = None
@@ -362,7 +380,7 @@ def preflight(result: Results, logs: Path) -> None:
     """A few requests of each kind at each hop: everything answers, the model is loaded."""
     for name in (GPU, CLIENT):
         cells = [cell_spec(hop, kind, 1, PREFLIGHT_REQUESTS)
-                 for hop in result.hops if hop.host == name for kind in KINDS]
+                 for hop in result.hops if hop.host == name for kind in result.kinds]
         for got in run_client(result.hosts[name], cells, f"preflight-{name}", logs):
             if got["failed"] or len(got["latencies"]) != PREFLIGHT_REQUESTS:
                 raise BenchError(f"pre-flight: {got['hop']} {got['kind']} from {name}: "
@@ -374,7 +392,9 @@ def measure(result: Results, requests: dict[int, int], logs: Path) -> None:
     hops of one kind are measured close together in time."""
     started = time.monotonic()
     for c in CONCURRENCY:
-        for kind in KINDS:
+        for kind in result.kinds:
+            if c not in KIND_CONCURRENCY.get(kind, CONCURRENCY):
+                continue
             for name in (GPU, CLIENT):
                 cells = [cell_spec(hop, kind, c, requests[c])
                          for hop in result.hops if hop.host == name]
@@ -415,6 +435,10 @@ def _diff(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a - b:+.2f}"
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"x{a / b:.2f}"
+
+
 def report(result: Results, requests: dict[int, int]) -> str:
     if not result.cells:
         return ""
@@ -444,6 +468,8 @@ def report(result: Results, requests: dict[int, int]) -> str:
              ("nginx-lo", "direct", "nginx (loopback) - direct (nginx only)"),
              ("front", "nginx", "front door - nginx (1 network hop + front door)"))
     for kind, title in KINDS.items():
+        if kind not in result.kinds:
+            continue
         rows = [headers]
         for hop in result.hops:
             row = [f"{hop.label} {hop.where()}", hop.host]
@@ -467,6 +493,13 @@ def report(result: Results, requests: dict[int, int]) -> str:
                 row += ["", _diff(percentile(la, 50), percentile(lb, 50)),
                         _diff(percentile(la, 99), percentile(lb, 99)), "", ""]
             rows.append(row)
+        row = ["front door / nginx (ratio)", ""]
+        for c in CONCURRENCY:
+            ca, cb = result.cells.get(("front", kind, c)), result.cells.get(("nginx", kind, c))
+            la, lb = (ca or {}).get("latencies", []), (cb or {}).get("latencies", [])
+            row += ["", _ratio(percentile(la, 50), percentile(lb, 50)),
+                    _ratio(percentile(la, 99), percentile(lb, 99)), "", ""]
+        rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
 
         def line(cells: list[str], widths: list[int] = widths) -> str:
@@ -497,8 +530,9 @@ def report(result: Results, requests: dict[int, int]) -> str:
 
 # --- main -----------------------------------------------------------------------------------
 
-def deploy(inventory: str, logs: Path) -> float:
+def deploy(inventory: str, logs: Path, data: tuple[str, ...] = ()) -> float:
     cmd = [str(PYINFRA), "-y", "--limit", GPU, "--limit", FRONT, inventory, "deploy.py",
+           *(arg for item in data for arg in ("--data", item)),
            "--data", f"ollama_base_port={OLLAMA_PORT}",
            "--data", f"nginx_port={NGINX_PORT}",
            "--data", f"front_door_port={FRONT_DOOR_PORT}",
@@ -521,7 +555,7 @@ def bench(result: Results, requests: dict[int, int], logs: Path) -> None:
     if set(by_name) != {GPU, FRONT, CLIENT} or len(by_name[GPU]["gpus"]) != 1:
         raise BenchError(f"expected {GPU} (1 GPU), {FRONT} and {CLIENT}; lab has "
                          f"{info['hosts']}")
-    result.deploy_s = deploy(info["inventory"], logs)
+    result.deploy_s = deploy(info["inventory"], logs, result.deploy_data)
     result.hops = hops(by_name[GPU], by_name[FRONT])
     for name in (GPU, CLIENT):
         h = by_name[name]
@@ -539,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(DEFAULT_REQUESTS),
                         help="timed requests per cell at concurrency 1 and 16 "
                              f"(default {DEFAULT_REQUESTS[0]} {DEFAULT_REQUESTS[1]})")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
+                        help="the request kinds to measure (default: all)")
+    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="more host data for the deploy (e.g. an image tag the lab "
+                             "carries), as pyinfra's --data")
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab up afterwards (it is still removed and recreated "
                              "at the start of the next run)")
@@ -550,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--requests: 1 to {MAX_REQUESTS} each")
     requests = dict(zip(CONCURRENCY, args.requests, strict=True))
     logs = start(parser, "bench/proxy.py", "bench-proxy-")
-    result = Results()
+    result = Results(kinds=tuple(k for k in KINDS if k in args.kinds),
+                     deploy_data=tuple(args.data))
     return run_on_lab(LAB, logs, args.keep,
                       lambda: bench(result, requests, logs),
                       lambda: report(result, requests))

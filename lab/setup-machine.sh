@@ -66,6 +66,7 @@ if ! $lint_only; then
     [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
     have openssl || missing+=(openssl)
     have make || missing+=(make)
+    have node || missing+=(nodejs)  # the unit tests run the front door's fleet.js with it
     # Debian's Python has venv's ensurepip in a package of its own: python3-venv, python3.N-venv
     "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=("${python##*/}-venv")
 fi

@@ -6,6 +6,8 @@ the inventory picks the upstream of the hosts that serve it, balanced by outstan
 requests and weighted by each host's Ollama instances; a model no host serves gets a
 404 from the front door itself. `/api/tags`, `/api/ps` and `/v1/models` answer the union
 of the hosts in rotation; admin calls go to one host only when the operator names it.
+Unless `ollama_allow_cloud` is on, a request that names an Ollama cloud model or asks for
+its web search or fetch is refused at the front door, to every key (fleet.js, the gate).
 
 Guarantees: the upstreams are rendered from the inventory (a host added or removed
 is followed on the next run; drained hosts are marked `down`: those the inventory

@@ -8,7 +8,8 @@ the nginx config it guards (`nginx/` in the Compose project):
   for nginx `map`s (mode 600), read on the operator's machine from the SecretRef
   the knob names, never from the repository; a re-run rewrites them and nginx is
   reloaded, not restarted, so a rotated key stops working at once and no stream in
-  flight is cut.
+  flight is cut. A key comes as `Authorization: Bearer <key>` or, as Anthropic's clients
+  send it, `x-api-key: <key>` (templates/nginx/gate.j2 reads it as the same bearer key).
 - `nginx/tls/cert.pem`, `nginx/tls/key.pem` (mode 600): the operator's files for
   `nginx_tls: files`, or a pair generated once on the host for `self_signed`.
 

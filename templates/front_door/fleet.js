@@ -4,7 +4,9 @@
 // hosts serve which model ($fleet_route), which host an admin names ($fleet_named), the
 // hosts in rotation ($fleet_members). This only reads what a request asks for and hands
 // it to the location that proxies it; it never proxies a byte itself, so streams stay
-// unbuffered.
+// unbuffered. It also keeps prompts in the fleet: unless ollama_allow_cloud is on
+// ($fleet_allow_cloud), a request for an Ollama cloud model, or one that asks Ollama to
+// search the web for it, is refused here.
 
 // The lists the front door merges from every host in rotation: field, and the key that
 // makes two entries the same.
@@ -14,60 +16,217 @@ const LISTS = {
     '/v1/models': ['data', 'id'],
 };
 
+// Top-level fields besides `model` and `name` that name a model Ollama may fetch from
+// its cloud: a model created from a cloud one, or a copy of one, runs there too.
+const MORE_MODEL_FIELDS = {
+    '/api/create': ['from'],
+    '/api/copy': ['source'],
+};
+
+const CLOUD_OFF = 'ollama_allow_cloud is off for this fleet: ';
+
 function reply(r, status, doc) {
     r.headersOut['Content-Type'] = 'application/json; charset=utf-8';
     r.return(status, JSON.stringify(doc));
 }
 
+// An error as Ollama answers it on that route: Anthropic's shape on /v1/messages
+// (anthropic.NewError), OpenAI's on the other /v1/ routes (openai.NewError), else
+// {"error": message}.
 function ollamaError(r, status, message) {
-    if (r.uri.startsWith('/v1/')) {  // the shape of Ollama's OpenAI-compatible endpoints
-        const type = status === 404 ? 'not_found_error' : 'api_error';
-        reply(r, status, {error: {message: message, type: type, param: null, code: null}});
+    if (r.uri === '/v1/messages' || r.uri.startsWith('/v1/messages/')) {
+        const types = {400: 'invalid_request_error', 401: 'authentication_error',
+            403: 'permission_error', 404: 'not_found_error', 429: 'rate_limit_error',
+            503: 'overloaded_error'};
+        reply(r, status, {type: 'error',
+            error: {type: types[status] || 'api_error', message: message}});
+    } else if (r.uri.startsWith('/v1/')) {
+        const types = {400: 'invalid_request_error', 404: 'not_found_error'};
+        reply(r, status, {error: {message: message, type: types[status] || 'api_error',
+            param: null, code: null}});
     } else {
         reply(r, status, {error: message});
     }
 }
 
-// The request's JSON body, or null. nginx has read it whole (in memory, or in its
-// temporary file, which njs 0.8.10 and later read too).
-function body(r) {
-    try {
-        return JSON.parse(r.requestText || '');
-    } catch (e) {
-        return null;
+// Whether NAME is a cloud model as Ollama reads it (internal/modelref: parseSourceSuffix):
+// the part after its last `:`, spaces trimmed and in any case, is `cloud`, or ends in
+// `-cloud` and holds no `/` (`gpt-oss:cloud`, `gpt-oss:20b:cloud`, `gpt-oss:20b-cloud`).
+function isCloud(name) {
+    if (typeof name !== 'string') {
+        return false;
     }
+    const raw = name.trim();
+    const colon = raw.lastIndexOf(':');
+    if (colon < 0) {
+        return false;
+    }
+    const suffix = raw.substring(colon + 1).trim();
+    const lower = suffix.toLowerCase();
+    return lower === 'cloud' || (lower.endsWith('-cloud') && suffix.indexOf('/') < 0);
 }
 
-// A top-level string `"model": "..."`, for a body JSON.parse refused though Ollama may
-// not (njs parses 32 levels deep at most): the first such pair, or ''.
-const MODEL_PAIR = /"model"\s*:\s*"((?:[^"\\]|\\.)*)"/;
-
-function scannedModel(r) {
+// The request's body as text: '' when it has none, null when nginx holds one that njs
+// cannot read (in nginx's temporary file before njs 0.8.10).
+function bodyText(r) {
     let text;
     try {
-        text = r.requestText || '';
+        text = r.requestText;
     } catch (e) {
-        return '';
+        text = undefined;
     }
-    const found = MODEL_PAIR.exec(text);
-    return found ? found[1] : '';
+    if (typeof text === 'string' && text !== '') {
+        return text;
+    }
+    const length = r.headersIn['Content-Length'];
+    const sent = (length !== undefined && length !== '0') || r.headersIn['Transfer-Encoding'];
+    return sent ? null : '';
 }
 
-// The model a request names: GET /v1/models/{model}, else the body's `model` (`name` on
-// /api/show, which Ollama still reads); '' when it names none.
-function requestedModel(r) {
+// The values of DOC's top-level fields named NAMES. Ollama (Go's encoding/json) reads a
+// field whatever the case of its key (Unicode's simple folding: `MODEL`, and `ſ` for `s`).
+function folded(key) {
+    return key.toLowerCase().replace(/\u017f/g, 's').replace(/\u212a/g, 'k');
+}
+
+function fieldValues(doc, names) {
+    const values = [];
+    if (doc && typeof doc === 'object' && !Array.isArray(doc)) {
+        Object.keys(doc).forEach((key) => {
+            if (names.indexOf(folded(key)) >= 0) {
+                values.push(doc[key]);
+            }
+        });
+    }
+    return values;
+}
+
+// What a JSON body asks for: the model it names (its `model`, else its `name`, which
+// /api/show still reads) and every model name in it. For a body JSON.parse refuses though
+// Ollama may not (njs parses 32 levels deep at most): every `"model": "..."` and
+// `"name": "..."` pair at any depth, escapes undone (more than Ollama reads: only to
+// refuse), the first `model` routing.
+const NAME_PAIRS = /"(model|name)"\s*:\s*"((?:[^"\\]|\\.)*)"/gi;
+
+function unescaped(text) {
+    return text.replace(/\\u([0-9a-fA-F]{4})/g,
+        (m, hex) => String.fromCharCode(parseInt(hex, 16))).replace(/\\\//g, '/');
+}
+
+function scannedAsks(text) {
+    const models = [];
+    const names = [];
+    let found;
+    NAME_PAIRS.lastIndex = 0;
+    const plain = unescaped(text);
+    while ((found = NAME_PAIRS.exec(plain)) !== null) {
+        (found[1].toLowerCase() === 'model' ? models : names).push(found[2]);
+    }
+    return {model: models[0] || '', names: models.concat(names), doc: null,
+        webSearch: /"type"\s*:\s*"\s*web_search/i.test(plain)};
+}
+
+function jsonAsks(r, text) {
+    let doc;
+    try {
+        doc = JSON.parse(text);
+    } catch (e) {
+        return scannedAsks(text);
+    }
+    const models = fieldValues(doc, ['model']);
+    const named = fieldValues(doc, ['name']);
+    const more = fieldValues(doc, MORE_MODEL_FIELDS[r.uri] || []);
+    const model = models.filter((m) => typeof m === 'string' && m !== '').pop() ||
+        named.filter((m) => typeof m === 'string').pop() || '';
+    return {model: model, names: models.concat(named, more), doc: doc};
+}
+
+// What a multipart form (/v1/audio/transcriptions) asks for: its `model` field, which Go's
+// FormValue reads from the query string first, then from the form's parts (a part may be
+// quoted-printable: Go decodes it).
+function formAsks(r, text) {
+    const names = [];
+    const query = r.args.model;
+    (Array.isArray(query) ? query : query === undefined ? [] : [query])
+        .forEach((m) => names.push(String(m)));
+    const type = /boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(r.headersIn['Content-Type'] || '');
+    if (type) {
+        text.split('--' + (type[1] || type[2])).forEach((part) => {
+            const end = part.indexOf('\r\n\r\n');
+            const head = end < 0 ? '' : part.substring(0, end);
+            const disposition = /^content-disposition:\s*form-data\s*;(.*)$/im.exec(head);
+            if (!disposition || !/(^|;)\s*name\*?\s*=\s*"?model"?\s*(;|$)/i.test(disposition[1]) ||
+                /(^|;)\s*filename\*?\s*=/i.test(disposition[1])) {
+                return;
+            }
+            let value = part.substring(end + 4).replace(/\r\n$/, '');
+            if (/^content-transfer-encoding:\s*quoted-printable\s*$/im.test(head)) {
+                value = value.replace(/=\r?\n/g, '').replace(/=([0-9a-fA-F]{2})/g,
+                    (m, hex) => String.fromCharCode(parseInt(hex, 16)));
+            }
+            names.push(value);
+        });
+    }
+    return {model: names[0] || '', names: names, doc: null};
+}
+
+// What the request asks for: {model: the one to route by ('' for none), names: every
+// model name in it, doc: the JSON body or null, unread: why its body could not be read}.
+function asks(r) {
     if (r.uri.startsWith('/v1/models/')) {
-        return r.uri.substring('/v1/models/'.length);
+        const model = r.uri.substring('/v1/models/'.length);
+        return {model: model, names: [model], doc: null};
     }
-    const doc = body(r);
-    if (doc === null) {
-        return scannedModel(r);
+    const text = bodyText(r);
+    if (text === '') {
+        return {model: '', names: [], doc: null};
     }
-    if (typeof doc !== 'object') {
-        return '';
+    if (text === null) {
+        return {model: '', names: [], doc: null, unread: [413, 'the request body is too ' +
+            'large for the front door to check the model it names']};
     }
-    const model = doc.model || doc.name;
-    return typeof model === 'string' ? model : '';
+    const encoding = (r.headersIn['Content-Encoding'] || 'identity').trim().toLowerCase();
+    if (encoding !== 'identity') {
+        return {model: '', names: [], doc: null, unread: [415, 'the front door checks the ' +
+            'model a request names: send its body uncompressed (no Content-Encoding)']};
+    }
+    if (r.uri === '/v1/audio/transcriptions') {
+        return formAsks(r, text);
+    }
+    return jsonAsks(r, text);
+}
+
+// Whether a /v1/responses or /v1/messages request declares the server-side web search
+// tool, which Ollama runs against ollama.com with the queries the model writes.
+function asksWebSearch(r, asked) {
+    if (r.uri !== '/v1/responses' && r.uri !== '/v1/messages') {
+        return false;
+    }
+    if (asked.doc === null) {
+        return Boolean(asked.webSearch);
+    }
+    return fieldValues(asked.doc, ['tools']).some((tools) => Array.isArray(tools) &&
+        tools.some((tool) => fieldValues(tool, ['type']).some((type) =>
+            typeof type === 'string' && type.trim().startsWith('web_search'))));
+}
+
+// Why the request must not go on while the cloud is off: [status, message], or null.
+function cloudRefusal(r, asked) {
+    if (r.variables.fleet_allow_cloud === '1') {
+        return null;
+    }
+    if (asked.unread) {
+        return [asked.unread[0], CLOUD_OFF + asked.unread[1]];
+    }
+    const cloud = asked.names.filter(isCloud);
+    if (cloud.length) {
+        return [403, CLOUD_OFF + 'model ' + JSON.stringify(cloud[0]) + ' is an Ollama ' +
+            'cloud model: it would run on ollama.com, outside the fleet'];
+    }
+    if (asksWebSearch(r, asked)) {
+        return [403, CLOUD_OFF + "Ollama's web_search tool sends its queries to ollama.com"];
+    }
+    return null;
 }
 
 // One list, merged from every host in rotation (asked on the front door's loopback
@@ -111,8 +270,16 @@ function inference(r) {
         union(r, list[0], list[1]);
         return;
     }
-    const model = requestedModel(r);
-    if (model === '') {  // /api/version, /, or a request Ollama itself will refuse
+    const asked = asks(r);
+    const refused = cloudRefusal(r, asked);
+    if (refused) {
+        ollamaError(r, refused[0], refused[1]);
+        return;
+    }
+    const model = asked.model;
+    // /api/version, /api/status, /, a cloud model (when allowed: any host asks ollama.com),
+    // or a request Ollama itself will refuse
+    if (model === '' || isCloud(model)) {
         r.internalRedirect('@fleet_any');
         return;
     }
@@ -127,6 +294,13 @@ function inference(r) {
 // Admin endpoints (pull, delete, create, copy, push, blobs, ...), past the admin gate:
 // models are the inventory's, so only a call that names one host goes anywhere.
 function admin(r) {
+    // a blob is a model's layer, gigabytes that name no model: not read
+    const asked = r.uri.startsWith('/api/blobs/') ? {model: '', names: [], doc: null} : asks(r);
+    const refused = cloudRefusal(r, asked);
+    if (refused) {
+        ollamaError(r, refused[0], refused[1]);
+        return;
+    }
     const named = r.headersIn['X-Fleet-Host'];
     if (!named) {
         ollamaError(r, 403, 'models are managed by the inventory (ollama_models) and put ' +

@@ -147,6 +147,18 @@ def test_no_key_or_a_wrong_key_gets_401_and_a_valid_key_streams(fleet):
     assert len(lines) > 10 and lines[-1]["done"] is True
 
 
+def test_a_key_in_anthropics_x_api_key_header_is_a_key_too(fleet):
+    """Anthropic's clients send their key as `x-api-key`: the gate reads it as a bearer key
+    (a wrong one is refused like any wrong key; admin endpoints stay closed to a user key)."""
+    with httpx.Client(base_url=https(fleet), verify=ssl.create_default_context(
+            cafile=fleet.ca), timeout=60) as c:
+        assert c.get("/api/tags", headers={"x-api-key": BOB}).status_code == 200
+        wrong = c.get("/api/tags", headers={"x-api-key": "not-a-key-0123456789abcdef"})
+        assert wrong.status_code == 401, wrong.text
+        refused = c.post("/api/pull", json={"model": "x"}, headers={"x-api-key": BOB})
+        assert refused.status_code == 403, refused.text
+
+
 def test_admin_endpoints_need_an_admin_key(fleet):
     body = {"model": "no-such-model:latest"}
     with client(fleet, ALICE) as c:

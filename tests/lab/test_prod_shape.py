@@ -6,8 +6,10 @@ changes (addresses, the lab's mirrors, the GPU count the lab host has, the netwo
 fan-out may copy over) and the secrets prod.py names by reference: the lab's certificate
 for the front door (from the lab's CA) and keys generated here, in files.
 
-Clients are the official `ollama` and `openai` Python clients, as applications use them:
-over https, the certificate verified against the lab's CA, with an API key."""
+Clients are the official `ollama`, `openai` and `anthropic` Python clients, as applications
+use them: over https, the certificate verified against the lab's CA, with an API key. Prod
+leaves Ollama's cloud off (ollama_allow_cloud): cloud models and web search are refused at
+the front door, and nothing reaches the lab's ollama.com."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -267,14 +270,126 @@ def test_official_clients_call_the_front_door_by_its_dns_name(fleet):
     """`https://llm.fleetlab-prod.test`, as an application names the fleet (tests/lab/
     clients.py, run under the lab's resolver), its certificate verified against the lab's
     CA, with an API key: the front door and the GPU hosts' nginx behind it send Ollama a
-    Host it accepts."""
+    Host it accepts. All three clients stream: `ollama`, `openai` (chat completions and the
+    Responses API) and `anthropic` (the Messages API, its key in `x-api-key`)."""
     proc = fleet.by_name(sys.executable, "-m", "tests.lab.clients", f"https://{FRONT_NAME}",
                          "--model", "llama3.2:1b", "--ca", fleet.ca, "--key", fleet.key,
-                         check=False)
+                         "--also", "responses", "messages", check=False)
     answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     assert proc.returncode == 0, proc.output[-3000:]
     assert answer.pop("address") == fleet.host("lb-1")["address"]
-    assert set(answer.values()) == {"ok"} and len(answer) == 6, answer
+    assert set(answer.values()) == {"ok"} and len(answer) == 8, answer
+
+
+CLOUD_OFF = "ollama_allow_cloud is off for this fleet: "
+GPU_HOSTS = ("gpu-1", "gpu-2", "cpu-1")
+
+
+def anthropic_client(fleet, timeout: float) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=front(fleet), api_key=fleet.key, max_retries=0,
+                               http_client=anthropic.DefaultHttpxClient(
+                                   verify=ssl.create_default_context(cafile=fleet.ca),
+                                   timeout=timeout))
+
+
+def cloud_requests(fleet) -> list[dict]:
+    """What the lab's ollama.com (lab/cloud/cloud.py, named so by the lab's DNS) has been
+    asked, oldest first."""
+    return json.loads(lab_cli("cloud-requests", name=fleet.name).stdout)
+
+
+def host_clocks(fleet) -> dict[str, str]:
+    return {host: fleet.ssh(host, "date +%s.%N")[1].strip() for host in GPU_HOSTS}
+
+
+def nginx_requests_since(fleet, clocks: dict[str, str]) -> dict[str, list[str]]:
+    """Each GPU host's nginx access log since CLOCKS (its own clock): what reached the hosts
+    behind the front door (their nginx logs every API request; /health it does not)."""
+    return {host: fleet.ssh(host, f"docker logs --since {since} ollama-nginx 2>/dev/null"
+                            )[1].splitlines() for host, since in clocks.items()}
+
+
+def test_cloud_models_and_web_search_stop_at_the_front_door(fleet):
+    """Prod leaves ollama_allow_cloud off: whatever client and endpoint names a cloud model
+    (`:cloud`, `-cloud`), or asks for Ollama's web search or fetch, the front door answers
+    403 itself, in the shape that client reads, naming the knob; not one of these requests
+    reaches a GPU host, nor the lab's ollama.com."""
+    clocks, cloud_before = host_clocks(fleet), cloud_requests(fleet)
+    with pytest.raises(ollama.ResponseError) as native:
+        native_client(fleet, timeout=30).chat(model="gpt-oss:20b-cloud",
+                                              messages=[{"role": "user", "content": "hi"}])
+    assert native.value.status_code == 403 and native.value.error.startswith(CLOUD_OFF)
+    oai = openai_client(fleet, timeout=30)
+    with pytest.raises(openai.PermissionDeniedError) as chat:
+        oai.chat.completions.create(model="gpt-oss:120b:cloud",
+                                    messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.PermissionDeniedError) as responses:
+        oai.responses.create(model="qwen3-coder:480b-cloud", input="hi", stream=True)
+    with pytest.raises(openai.PermissionDeniedError) as web_tool:
+        oai.responses.create(model="llama3.2:1b", input="news?", tools=[{"type": "web_search"}])
+    for refused in (chat, responses, web_tool):  # OpenAI's shape, as Ollama's /v1/ answers
+        error = refused.value.response.json()["error"]
+        assert error["type"] == "api_error" and error["message"].startswith(CLOUD_OFF), error
+    with pytest.raises(anthropic.PermissionDeniedError) as messages:
+        with anthropic_client(fleet, timeout=30).messages.stream(
+                model="gpt-oss:cloud", max_tokens=8,
+                messages=[{"role": "user", "content": "hi"}]) as stream:
+            list(stream.text_stream)
+    answer = messages.value.response.json()  # Anthropic's shape, as Ollama's /v1/messages
+    assert answer == {"type": "error", "error": {"type": "permission_error",
+                                                 "message": answer["error"]["message"]}}
+    assert answer["error"]["message"].startswith(CLOUD_OFF)
+    with httpx.Client(base_url=front(fleet), timeout=30,
+                      verify=ssl.create_default_context(cafile=fleet.ca)) as web:
+        for path, body in (("/api/experimental/web_search", {"query": "fleet news"}),
+                           ("/api/experimental/web_fetch", {"url": "https://ollama.com"})):
+            for headers in ({"Authorization": f"Bearer {fleet.key}"}, {}):  # keys or none
+                answer = web.post(path, json=body, headers=headers)
+                assert answer.status_code == 403, (path, answer.text)
+                assert answer.json()["error"].startswith(CLOUD_OFF), answer.text
+        listed = web.get("/v1/models/gpt-oss:20b-cloud",
+                         headers={"Authorization": f"Bearer {fleet.key}"})
+        assert listed.status_code == 403 and \
+            listed.json()["error"]["message"].startswith(CLOUD_OFF), listed.text
+        # the ways Ollama reads a model that a plain `"model"` lookup would miss
+        key = {"Authorization": f"Bearer {fleet.key}"}
+        deep = "[" * 40 + "]" * 40  # deeper than njs's JSON.parse goes
+        form = {"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")}
+        tricks = [
+            web.post("/api/chat", headers=key, content=b'{"MODEL": "gpt-oss:cloud"}'),
+            web.post("/api/generate", headers=key,
+                     content=b'{"mod\\u0065l": "gpt-oss:cloud", "x": ' + deep.encode() + b"}"),
+            web.post("/v1/responses", headers=key, content='{"model": "llama3.2:1b", '
+                     '"tool\u017f": [{"type": "web_search"}]}'.encode()),
+            web.post("/v1/audio/transcriptions", headers=key, data={"model": "whisper:cloud"},
+                     files=form),
+            web.post("/v1/audio/transcriptions", headers=key, params={"model": "whisper:cloud"},
+                     data={"model": "llama3.2:1b"}, files=form),
+            web.post("/api/chat", headers={**key, "Content-Encoding": "zstd"},
+                     content=b"\x28\xb5\x2f\xfd not readable here"),
+        ]
+        assert [t.status_code for t in tricks] == [403] * 5 + [415], [t.text for t in tricks]
+    assert nginx_requests_since(fleet, clocks) == {h: [] for h in GPU_HOSTS}
+    assert cloud_requests(fleet)[len(cloud_before):] == []
+
+
+def test_the_gpu_hosts_nginx_refuses_web_search_itself(fleet):
+    """Behind the front door, a GPU host's own nginx (asked from the front door, its one
+    trusted caller) refuses the web endpoints too, and its Ollama (OLLAMA_NO_CLOUD) a cloud
+    model: neither reaches the lab's ollama.com."""
+    cloud_before = cloud_requests(fleet)
+    address = fleet.host("gpu-1")["address"]
+    _, out, _ = fleet.ssh("lb-1", "curl -sS -m 10 -w ' %{http_code}' "
+                          f"http://{address}/api/experimental/web_search "
+                          "-d '{\"query\":\"fleet news\"}'")
+    body, status = out.rsplit(" ", 1)
+    assert status == "403" and json.loads(body)["error"].startswith(CLOUD_OFF), out
+    _, out, _ = fleet.ssh("lb-1", "curl -sS -m 30 -w ' %{http_code}' "
+                          f"http://{address}/api/chat "
+                          "-d '{\"model\":\"gpt-oss:20b-cloud\",\"messages\":[]}'")
+    body, status = out.rsplit(" ", 1)
+    assert status == "403" and "ollama cloud is disabled" in json.loads(body)["error"], out
+    assert cloud_requests(fleet)[len(cloud_before):] == []
 
 
 def test_a_roll_of_gpu_hosts_named_by_dns_passes_its_smoke_test(fleet):

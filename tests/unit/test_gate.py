@@ -118,7 +118,9 @@ def test_front_door_and_host_nginx_carry_the_same_gate(tmp_path):
         assert "include /etc/nginx/conf.d/api-keys.map;" in conf
         assert "limit_req_zone $api_rate_key zone=api:10m rate=5r/s;" in conf
         assert "client_max_body_size 1m;" in conf
-        assert "location ~ ^/(api/(generate|chat|embed|embeddings|tags|show|ps|version)|" in conf
+        assert "location ~ ^/(api/(generate|chat|embed|embeddings|tags|show|ps|version|status)|" \
+            "v1/(chat/completions|completions|embeddings|models(/.*)?|responses|messages|" \
+            "audio/transcriptions))$ {" in conf
         assert "server_tokens off;" in conf
         # the verdicts come from the access phase, after the limits: inference and `/`
         # ask /__gate, the admin catch-all /__gate_admin; wrong keys count per address
@@ -225,3 +227,34 @@ def test_the_hosts_app_services_need_no_key_but_no_admin_either(tmp_path):
     for bad in ("10.77.0.1/24", "8.8.8.0/24", "10.77.0.0/30", "fd00::/64"):
         with pytest.raises(SettingsError, match="gpu-1: app_network: "):
             settings_for("gpu-1", {"gpu_count": 1, "app_network": bad})
+
+
+def test_a_key_is_read_from_authorization_or_anthropics_x_api_key():
+    conf = front_door_files(settings_for("lb-1", {}), [Upstream("gpu-1", "10.0.0.1", 80,
+                                                                False)])["nginx/front.conf"]
+    assert 'map $http_x_api_key $api_x_api_key {\n    default "Bearer $http_x_api_key";\n' \
+        '    "" "";\n}' in conf
+    assert "map $http_authorization $api_credential {\n    default $http_authorization;\n" \
+        '    "" $api_x_api_key;\n}' in conf
+    assert "map $api_credential $api_client {" in conf and \
+        "map $api_credential $api_admin {" in conf
+    assert "map $http_authorization $api_client" not in conf
+
+
+def test_the_hosts_nginx_refuses_web_search_to_everyone_unless_the_cloud_is_allowed():
+    """Defence in depth behind the front door: the GPU host's own nginx answers Ollama's web
+    endpoints itself (it reads no body: cloud model names are its Ollama's to refuse, with
+    OLLAMA_NO_CLOUD)."""
+    def web(data: dict) -> str:
+        gpu = settings_for("gpu-1", {"gpu_count": 1, **data})
+        conf = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]),
+                           Fleet())["nginx/ollama.conf"]
+        return conf.split("location ~ ^/api/experimental/web_(search|fetch)$ {")[1].split(
+            "\n    }")[0]
+
+    off = web({})
+    assert "return 403 '{\"error\":\"ollama_allow_cloud is off for this fleet: web search " \
+        "and fetch send their queries to ollama.com\"}';" in off
+    assert "proxy_pass" not in off and "auth_request" not in off
+    on = web({"ollama_allow_cloud": True})
+    assert "proxy_pass http://ollama;" in on and "return 403" not in on
