@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: machine have-shellcheck venv test test-unit test-lab lint demo demo-down lab-down clean
+.PHONY: machine have-shellcheck venv test test-unit test-lab lint versions demo demo-down lab-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-lab: machine venv
 lint: venv have-shellcheck
 	$(BIN)/ruff check .
 	find templates lab -name '*.sh' -exec shellcheck {} +
+
+## Every pinned default beside the newest upstream release the lab's table knows (stale ones: BEHIND).
+versions: venv
+	@$(BIN)/python -m lab.upstream_versions
 
 ## A lab fleet (2 GPU hosts with 2 GPUs, 1 CPU host, 1 front door), deployed, answering a request.
 demo: machine venv

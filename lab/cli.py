@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cpu-hosts", type=_nonneg_int, default=0)
     up.add_argument("--lb-hosts", type=_nonneg_int, default=0)
     up.add_argument("--gpu-model", default="H100", metavar="MODEL[,MODEL...]",
-                    help="the GPU hosts' board: H100, A100, B200 (HGX) or L40S (PCIe); one "
-                         "per GPU host in order, the last one repeating")
+                    help="the GPU hosts' board: H100, A100, B100, B200, B300 (HGX) or L40S "
+                         "(PCIe); one per GPU host in order, the last one repeating")
     up.add_argument("--gpu-suites", default="trixie", metavar="SUITE[,SUITE...]",
                     help="the GPU hosts' Debian release: trixie (13) or bookworm (12), as "
                          "--gpu-model")
@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command that resolves lab names (gpu-1.<lab>.test) "
                                      "through the lab DNS; this machine's own files untouched")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+
+    cloud = sub.add_parser("cloud-requests",
+                           help="what the lab's cloud stand-in (ollama.com) has received, "
+                                "as JSON: did a prompt leave the fleet?")
+    cloud.add_argument("--clear", action="store_true", help="then forget them")
 
     image = sub.add_parser("ollama-image",
                            help="build and publish a stand-in ollama/ollama:TAG (e.g. a bad one)")
@@ -238,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # These change nothing and may run for long (`run -- pyinfra ...`): no lock.
         if args.command == "run":
             return run_by_name(lab, args.cmd)
+        if args.command == "cloud-requests":
+            print(json.dumps(lab.cloud_requests(clear=args.clear), indent=2))
+            return 0
         if args.command == "ask":
             if args.url:
                 stream_generate(args.url, args.model, args.prompt)

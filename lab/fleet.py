@@ -18,14 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lab import dns, engine, images
+from lab import dns, engine, images, tls
 from lab.engine import LabError, docker
 from lab.inventory import inventory_path, remove_inventory, write_inventory
+from lab.ollama.standin.releases import cuda_archs
 from lab.state import APT_PORT, MODEL_REGISTRY_PORT, REGISTRY_PORT, REPO, LabState, endpoints
 from lab.state import state_root as state_root  # lab.cli takes it from here
 
 LABEL = "fleetlab.lab"
 SERVICES_IP_OFFSET = 2
+CLOUD_IP_OFFSET = 3  # the cloud stand-in (lab/cloud), `ollama.com` in the lab's DNS
+CLOUD_PORT = 443
 ROLE_OFFSETS = {"gpu": 10, "cpu": 100, "lb": 200}
 ROLE_LIMITS = {"gpu": 89, "cpu": 99, "lb": 50}
 KERNEL_KEYRING = "/usr/share/keyrings/fleetlab-debian-kernel.asc"
@@ -41,8 +44,9 @@ FAULT_FILES = {
     "exits": "touch /usr/lib/ollama/lab-exit-at-start",
     "crashes": "echo 2 > /usr/lib/ollama/lab-crash-after",
 }
-DEFAULT_OLLAMA_TAGS = ("0.6.8", "0.7.0")
-DEFAULT_NGINX_TAGS = ("1.27", "stable")
+# 0.6.8 and 0.7.0 behave as those releases; 0.32.15 as the current one (releases.py)
+DEFAULT_OLLAMA_TAGS = ("0.6.8", "0.7.0", "0.32.15")
+DEFAULT_NGINX_TAGS = ("1.30", "stable")
 DEFAULT_REDIS_TAGS = ("7",)
 DEFAULT_APP_TAGS = ("1.0",)
 SSH_WAIT_S = 90
@@ -136,12 +140,14 @@ class Lab(LabState):
         subnet = self._ensure_network(state)
         net = ipaddress.ip_network(subnet)
         services_ip = str(net.network_address + SERVICES_IP_OFFSET)
+        cloud_ip = str(net.network_address + CLOUD_IP_OFFSET)
         apt_info = self._build_apt_repo()
         self._kernel_source = self._kernel_source_files(apt_info, services_ip)
         hosts = self._plan_hosts(spec, net)
-        dns.write_files(self, services_ip, [asdict(h) for h in hosts])
+        dns.write_files(self, services_ip, [asdict(h) for h in hosts], cloud_ip)
         self._ensure_services(spec, server_image, services_ip)
         self._wait_services(spec, services_ip)
+        self._ensure_cloud(app_base, cloud_ip)
         self._push_images(spec, app_base, services_ip)
         self._reconcile_hosts(hosts, host_images, services_ip)
         state = {
@@ -149,6 +155,7 @@ class Lab(LabState):
             "spec": asdict(spec),
             "subnet": subnet,
             "services_ip": services_ip,
+            "cloud_ip": cloud_ip,
             "apt": apt_info,
             "hosts": [asdict(h) for h in hosts],
         }
@@ -258,6 +265,72 @@ class Lab(LabState):
                "-v", f"{config}:/etc/fleetlab:ro",
                tag)
 
+    @property
+    def cloud(self) -> str:
+        return f"{self.name}-cloud"
+
+    def _ensure_cloud(self, app_base: str, cloud_ip: str) -> None:
+        """The cloud stand-in (lab/cloud/cloud.py) at CLOUD_IP:443, HTTPS with a
+        certificate of the lab's CA for `ollama.com`; it runs from the checkout (bind
+        mounts, no image of its own) and is recreated when its code changes."""
+        paths = tls.issue(self.dir, dns.CLOUD_NAME, cloud_ip,
+                          (dns.cloud_name(self.name), *dns.CLOUD_HOSTS), ca_dir=tls.cloud_ca())
+        code = hashlib.sha256()
+        for f in [REPO / "lab/cloud/cloud.py", *standin_files().values()]:
+            code.update(f.read_bytes())
+        wanted = json.dumps({"image": engine.inspect("image", app_base)["Id"],
+                             "ip": cloud_ip, "code": code.hexdigest()[:16]})
+        current = engine.inspect("container", self.cloud)
+        if current and current["Config"]["Labels"].get("fleetlab.config") == wanted:
+            if not current["State"]["Running"]:
+                docker("start", self.cloud)
+        else:
+            if current:
+                docker("rm", "-f", self.cloud)
+            cert_dir = Path(paths["cert"]).parent
+            docker("run", "-d", "--name", self.cloud, "--hostname", "ollama-cloud",
+                   "--network", self.network, "--ip", cloud_ip,
+                   "--label", f"{LABEL}={self.name}", "--label", "fleetlab.role=cloud",
+                   "--label", f"fleetlab.config={wanted}", "--restart", "unless-stopped",
+                   "-v", f"{REPO / 'lab/cloud'}:/srv/fleetlab-cloud:ro",
+                   "-v", f"{REPO / 'lab/ollama'}:/srv/fleetlab-ollama:ro",
+                   "-v", f"{cert_dir}:/etc/fleetlab-cloud:ro",
+                   app_base, "python3", "-B", "/srv/fleetlab-cloud/cloud.py",
+                   "--port", str(CLOUD_PORT), "--cert", "/etc/fleetlab-cloud/cert.pem",
+                   "--key", "/etc/fleetlab-cloud/key.pem")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.cloud_requests(cloud_ip=cloud_ip)
+                return
+            except LabError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(f"the cloud stand-in at {cloud_ip}:{CLOUD_PORT} did not "
+                                   f"answer within 60s ({exc})") from None
+            time.sleep(0.5)
+
+    def cloud_requests(self, clear: bool = False, cloud_ip: str | None = None) -> list[dict]:
+        """What the cloud stand-in has received, oldest first (CLEAR: then forget it)."""
+        import ssl
+        import urllib.request
+
+        if cloud_ip is None:
+            state = self.load()
+            if state is None or not state.get("cloud_ip"):
+                raise LabError(f"no lab named {self.name} with a cloud stand-in is up "
+                               "(run: python -m lab up)")
+            cloud_ip = state["cloud_ip"]
+        ctx = ssl.create_default_context(cafile=str(tls.ca(tls.cloud_ca())[0]))
+        ctx.check_hostname = False  # asked by address; the CA still vouches for it
+        ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)  # the lab CA has no keyUsage
+        req = urllib.request.Request(f"https://{cloud_ip}:{CLOUD_PORT}/_lab/requests",
+                                     method="DELETE" if clear else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+                return json.loads(resp.read())["requests"]
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cloud stand-in: {exc}") from exc
+
     def _check_registry_port(self, port: int) -> None:
         """Fail before anything is created when the push port is taken by someone else."""
         current = engine.inspect("container", self.services)
@@ -321,14 +394,19 @@ class Lab(LabState):
         takes time)."""
         recipe = images.RECIPES / "ollama/Dockerfile"
         version = tag.split("-")[0].lstrip("v")
+        # the labs' cloud CA: the image trusts it as the official image trusts the public
+        # CAs, so the cloud stand-in can answer for ollama.com over HTTPS
         files: dict[str, Path | bytes] = {"ollama.py": REPO / "lab/ollama/ollama.py",
+                                          "lab-ca.crt": tls.ca(tls.cloud_ca())[0],
                                           **standin_files()}
+        archs = " ".join(f"'{lib}={a}'" for lib, a in sorted(cuda_archs(version).items()))
         if pad_mb:
             rng = random.Random(tag)  # noqa: S311 (padding, no secret)
             files["lab-padding"] = b"".join(rng.randbytes(1 << 20) for _ in range(pad_mb))
         dockerfile = recipe.read_text().replace("{version}", version).replace(
             "{registry}", registry).replace(
             "{fault}", f"&& {FAULT_FILES[fault]}" if fault else "").replace(
+            "{cuda_archs}", archs).replace(
             "{padding}", "COPY lab-padding /usr/lib/ollama/lab-padding" if pad_mb else "")
         local = images.build_image(f"fleetlab/ollama:{tag}", app_base, files, dockerfile,
                                    log=self.log)

@@ -89,7 +89,7 @@ GROUP_SECONDS = {
     "backup_lab": 330, "tests.lab.test_models": 300, "tests.lab.test_gate": 200,
     "tests.lab.test_prod_shape": 190, "core_lab": 180, "tests.lab.test_driver_debian12": 120,
     "tests.lab.test_between_deploys": 330, "tests.lab.test_updates_between_deploys": 150,
-    "tests.lab.test_secure_boot": 90,
+    "tests.lab.test_secure_boot": 120,
     "tests.lab.test_lab_lifecycle": 80, "tests.lab.test_app_images": 70,
     "tests.lab.test_ollama_standin": 60, "tests.lab.test_modelregistry": 30,
 }

@@ -1,17 +1,17 @@
 """Defaults for every GPU (and CPU-only) Ollama server."""
 
-# Driver branch pinned for the whole fleet (held: upgrades cannot change it); Ollama needs
-# 550 or newer. 580 is in NVIDIA's debian12 repository and Ubuntu's archive; NVIDIA's
-# debian13 repository carries 590 and later only: set 590 for Debian 13 hosts.
-nvidia_driver_branch = 580
+# Driver branch, kept for the whole fleet (upgrades cannot change it); Ollama needs 550 or
+# newer. Unset, each host takes its distribution's: 580 (the long-term branch) on Debian 12
+# and Ubuntu, 590 on Debian 13, whose NVIDIA repository carries 590 and later only.
+# nvidia_driver_branch = 580
 
 # Container Toolkit packages are pinned together to this version (1.18 and later: a
 # `systemctl daemon-reload` leaves running instances their GPUs).
-nvidia_toolkit_version = "1.18.2"
+nvidia_toolkit_version = "1.19.1"
 
 # Pin images by tag; a rolling update changes this line.
-ollama_image = "ollama/ollama:0.6.8"
-nginx_image = "nginx:1.27"
+ollama_image = "ollama/ollama:0.32.15"
+nginx_image = "nginx:1.30"
 
 # Generations can run for minutes; keep models loaded for 30 minutes after use.
 ollama_keep_alive = "30m"

@@ -18,4 +18,6 @@ report_failures()
 lock.take("ollama-fleet roll (pull)")  # one run at a time per host (tasks/kit/lock.py)
 
 if "gpu_servers" in host.groups:
+    # an image that would leave the GPUs idle stops here, before the batch is drained
+    stack.image_fits_gpus(name="Ollama image has a build for these GPUs", settings=settings)
     stack.pull_images(settings)

@@ -27,7 +27,8 @@ def planning() -> bool:
     return not host.state.is_executing
 
 
-GPU_FIELDS = ("index", "uuid", "name", "memory.total", "driver_version", "persistence_mode")
+GPU_FIELDS = ("index", "uuid", "name", "memory.total", "driver_version", "persistence_mode",
+              "compute_cap")
 
 
 def _number(text: str) -> int | None:
@@ -55,6 +56,7 @@ GPU_COLUMNS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "utilization.gpu": ("utilization_pct", _number),
     "driver_version": ("driver_version", str),
     "persistence_mode": ("persistence_mode", lambda text: text == "Enabled"),
+    "compute_cap": ("compute_cap", str),  # "9.0": which builds of Ollama can use the GPU
 }
 
 

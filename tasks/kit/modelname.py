@@ -86,6 +86,19 @@ def parse(text: str) -> ModelName:
                      tag or DEFAULT_TAG)
 
 
+def is_cloud(text: str) -> bool:
+    """Whether Ollama runs TEXT on ollama.com, not here: a `:cloud` tag, or a tag ending in
+    `-cloud` (any case, spaces around it ignored), as `parseSourceSuffix` reads it
+    (internal/modelref/modelref.go, v0.32.15). `gpt-oss-cloud` with no tag is local."""
+    text = text.strip()
+    idx = text.rfind(":")
+    if idx < 0:
+        return False
+    suffix = text[idx + 1:].strip()
+    return suffix.lower() == "cloud" or ("/" not in suffix
+                                         and suffix.lower().endswith("-cloud"))
+
+
 def canonical(text: str) -> str:
     """The one spelling the deploy uses for TEXT: as Ollama lists it."""
     return parse(text).shortest

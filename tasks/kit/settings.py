@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from ollama_fleet.tasks.kit.ollama_builds import image_release
+
 # Data keys that belong to pyinfra itself (connectors, global operation arguments).
 PYINFRA_KEY = re.compile(r"^(ssh_|_)")
 
@@ -234,9 +236,10 @@ class Settings(BaseModel):
         "restarts, as when a deploy changes daemon.json; off only for Swarm mode"))
 
     # -- NVIDIA driver -----------------------------------------------------
-    nvidia_driver_branch: int = Field(580, ge=550, le=999, description=(
-        "driver branch to install (Ollama needs 550 or newer); NVIDIA's debian13 "
-        "repository carries 590 and later only"))
+    nvidia_driver_branch: int | None = Field(None, ge=550, le=999, description=(
+        "driver branch to install (Ollama needs 550 or newer); unset: the distribution's "
+        "own (580, the long-term branch; 590 on Debian 13, whose NVIDIA repository "
+        "carries 590 and later only)"))
     nvidia_driver_flavour: Literal["auto", "open", "proprietary"] = Field("auto", description=(
         "kernel modules: open or proprietary; auto: open from branch 560 on (NVIDIA's "
         "default) unless a GPU older than Turing needs the proprietary ones"))
@@ -288,7 +291,7 @@ class Settings(BaseModel):
                                                       "base (mirrors, air-gapped fleets)"))
     nvidia_toolkit_gpgkey_url: UrlOrEmpty = Field("", description=(
         "key of that repository; empty: `<repo>/gpgkey`"))
-    nvidia_toolkit_version: Version = Field("1.18.2", description=(
+    nvidia_toolkit_version: Version = Field("1.19.1", description=(
         "toolkit version; its four packages are pinned together to `<version>-1`. From "
         "1.18 the nvidia runtime injects GPUs so that a `systemctl daemon-reload` leaves "
         "running instances their GPUs; with 1.17 the GPU guard restarts those it cuts off"))
@@ -315,7 +318,13 @@ class Settings(BaseModel):
         "GPU. Unset: per_gpu with GPUs, cpu without"))
     ollama_gpus: list[int] | None = Field(None, description=(
         "GPU indexes the stack uses (default: all of them)"))
-    ollama_image: ImageRef = Field("ollama/ollama:0.6.8", description="Ollama image, pinned by tag")
+    ollama_image: ImageRef = Field("ollama/ollama:0.32.15", description=(
+        "Ollama image, pinned by tag; the deploy refuses one with no CUDA build for the "
+        "host's GPUs (it would serve from the CPU)"))
+    ollama_allow_cloud: bool = Field(False, description=(
+        "let prompts leave the fleet: Ollama's cloud models (`:cloud`, `-cloud` names) and "
+        "its web search/fetch endpoints, which call ollama.com. False (the default): every "
+        "instance runs with OLLAMA_NO_CLOUD=1 and the front doors refuse both"))
     ollama_base_port: int = Field(11434, ge=1024, le=65000, description=(
         "port of the first instance; instance N listens on base + N"))
     ollama_bind_address: Address = Field("127.0.0.1", description=(
@@ -373,7 +382,8 @@ class Settings(BaseModel):
         "failures 10 s apart make it unhealthy and fail the deploy)"))
 
     # -- nginx in front of the instances -----------------------------------
-    nginx_image: ImageRef = Field("nginx:1.27", description="nginx image, pinned by tag")
+    nginx_image: ImageRef = Field("nginx:1.30", description=(
+        "nginx image, pinned by tag (1.30: the stable branch, with njs)"))
     nginx_port: int = Field(80, ge=1, le=65535, description=(
         "port the host's nginx listens on (the host's inference entry point)"))
     nginx_timeout: NginxTime = Field("600s", description=(
@@ -508,6 +518,9 @@ class Settings(BaseModel):
                                  "OLLAMA_HOST, set from ollama_base_port")
             if key in ("OLLAMA_HOST", "OLLAMA_MODELS"):
                 raise ValueError(f"{key} is set by the deploy (use the ollama_* knobs)")
+            if key in ("OLLAMA_NO_CLOUD", "OLLAMA_CLOUD_BASE_URL", "OLLAMA_REMOTES"):
+                raise ValueError(f"{key} is set by the deploy: cloud models are allowed by "
+                                 "ollama_allow_cloud alone, so the front doors agree")
         return value
 
     @model_validator(mode="after")
@@ -523,8 +536,20 @@ class Settings(BaseModel):
             raise ValueError("ollama_gpus: a GPU is listed twice")
         if self.ollama_gpus == [] and topology != "cpu":
             raise ValueError("ollama_gpus: empty list; use ollama_topology 'cpu' for no GPU")
-        from ollama_fleet.tasks.kit.modelname import parse
+        from ollama_fleet.tasks.kit.modelname import is_cloud, parse
 
+        if not self.ollama_allow_cloud:
+            for model in self.ollama_models:
+                if is_cloud(model):
+                    raise ValueError(f"ollama_models: {model!r} is a cloud model (it runs on "
+                                     "ollama.com, prompts leave the fleet); set "
+                                     "ollama_allow_cloud: true to allow cloud models")
+            release = image_release(self.ollama_image)
+            if release and (0, 12, 0) <= release[0] < (0, 16, 2):
+                raise ValueError(f"ollama_image: {self.ollama_image} runs cloud models but "
+                                 "ignores OLLAMA_NO_CLOUD (read from 0.16.2 on), so prompts "
+                                 "could leave the fleet; use 0.16.2 or later, or set "
+                                 "ollama_allow_cloud: true")
         known = {parse(m).key for m in self.all_models}  # as Ollama compares names
         for model in self.ollama_warm_models:
             if parse(model).key not in known:

@@ -38,6 +38,7 @@ from ollama_fleet.tasks.kit.facts import (
     planning,
 )
 from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.ollama_builds import unsupported_gpus
 from ollama_fleet.tasks.kit.report import fail_command
 from ollama_fleet.tasks.kit.scripts import script_text
 from ollama_fleet.tasks.kit.settings import Settings, is_ip, nginx_seconds
@@ -137,9 +138,15 @@ def rendered_files(settings: Settings, fleet: Fleet):
     + fleet: the fleet (front doors and fan-out peers)
     """
     try:
-        instances = plan_instances(settings, host_gpus(settings))
+        gpus = host_gpus(settings)
+        instances = plan_instances(settings, gpus)
     except OperationError as exc:
         yield fail_command(str(exc))
+        return
+    used = [g for i in instances for g in i.gpus]
+    why = unsupported_gpus(settings.ollama_image, used)
+    if why:  # before any file or container changes: the running stack keeps serving
+        yield fail_command(f"ollama_image: {why}")
         return
     try:
         gate_files, secret = gate.gate_files(settings)  # checked with the config that uses them
@@ -149,6 +156,28 @@ def rendered_files(settings: Settings, fleet: Fleet):
     yield from checked_files._inner(root=settings.ollama_stack_dir,
                                     wanted=stack_files(settings, instances, fleet) | gate_files,
                                     nginx_image=settings.nginx_image, secret=tuple(secret))
+
+
+@operation(is_idempotent=False)
+def image_fits_gpus(settings: Settings):
+    """
+    Fail the host when the Ollama image has no CUDA build for its GPUs (it would serve from
+    the CPU); the roll asks this before it drains a host, the deploy before it renders.
+
+    + settings: the host's validated settings
+    """
+    if not settings.gpu_indexes:
+        return
+    gpus = host.get_fact(NvidiaGpus)
+    if not gpus["working"]:
+        host.noop("no GPU answers yet: the stack step checks the image")
+        return
+    wanted = set(settings.gpu_indexes)
+    why = unsupported_gpus(settings.ollama_image, [g for g in gpus["gpus"] if g["index"] in wanted])
+    if why:
+        yield fail_command(f"ollama_image: {why}")
+        return
+    host.noop(f"{settings.ollama_image} has a CUDA build for every GPU")
 
 
 def stack_images(settings: Settings) -> tuple[str, ...]:
@@ -220,9 +249,15 @@ def gpus_assigned(settings: Settings):
         return
 
     try:
-        instances = plan_instances(settings, host_gpus(settings))
+        gpus = host_gpus(settings)
+        instances = plan_instances(settings, gpus)
     except OperationError as exc:
         yield fail_command(str(exc))
+        return
+    used = [g for i in instances for g in i.gpus]
+    why = unsupported_gpus(settings.ollama_image, used)
+    if why:  # before any file or container changes: the running stack keeps serving
+        yield fail_command(f"ollama_image: {why}")
         return
     for instance in instances:
         if not instance.gpus:

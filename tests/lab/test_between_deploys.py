@@ -70,7 +70,9 @@ def assert_serving_on_gpus(fleet) -> None:
         poll(lambda i=instance: health(fleet, i) == "healthy", 180, interval=2,
              what=f"{instance} healthy")
         found = discovery_since_start(fleet, instance)
-        assert "library=cuda" in found and "no compatible GPUs" not in found, (instance, found)
+        # 0.6.8 logs `library=cuda`, 0.32 `library=CUDA`; the CPU alone is `library=cpu`
+        assert "library=cuda" in found.lower() and "library=cpu" not in found.lower() \
+            and "no compatible GPUs" not in found, (instance, found)
         model = on_gpu(fleet, instance)
         assert model["size_vram"] == model["size"] > 0, (instance, model)
 

@@ -173,6 +173,34 @@ def test_a_blackwell_board_gets_the_open_modules_by_itself(fleet):
     assert fleet.ssh("gpu-2", "nvidia-smi --query-gpu=name --format=csv,noheader")[1] == \
         "NVIDIA B200\n"
     assert fleet.ssh("gpu-2", "systemctl is-active nvidia-fabricmanager")[1] == "active\n"
+    # NVLink 5: Fabric Manager runs only with the NVLink Subnet Manager beside it
+    assert fleet.ssh("gpu-2", "dpkg-query -W -f '${Status}' nvlsm")[1] == "install ok installed"
+    # and the deploy's GPU proof passes on it: with a model to prove with, a model loaded
+    # on the CPU would fail the run ("... runs on the CPU")
+    proc = fleet.pyinfra("deploy.py", "--data", 'ollama_models=["tinyllama"]', limit="gpu-2")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert _instances_on_gpu(fleet, "gpu-2")
+
+
+STACK = ("docker ps -aq | sort | xargs -r docker inspect -f "
+         "'{{.Name}} {{.Config.Image}} {{.State.Status}} {{.State.StartedAt}}'; "
+         "md5sum /opt/ollama/compose.yaml")
+
+
+def test_an_image_with_no_build_for_the_board_is_refused_before_the_stack_changes(fleet):
+    """0.6.8 has no CUDA build for compute capability 10.0: on the B200 it would serve from
+    the CPU. The deploy stops at the stack step, naming image, GPU and the way out, with
+    the running stack untouched (upstream's CMakePresets.json, ollama/ollama#12860)."""
+    before = fleet.ssh("gpu-2", STACK)[1]
+    proc = fleet.pyinfra("deploy.py", "--data", "ollama_image=ollama/ollama:0.6.8",
+                         limit="gpu-2")
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert ("ollama_image: ollama/ollama:0.6.8 has no CUDA build for compute capability 10.0 "
+            "(NVIDIA B200); Ollama would serve from the CPU; use ollama/ollama:0.11.11 or "
+            "later") in proc.output, proc.output[-3000:]
+    assert '--> gpu-2: failed at step "Compose file and nginx config (checked, then live)"' \
+        in proc.output, proc.output[-3000:]
+    assert fleet.ssh("gpu-2", STACK)[1] == before
 
 
 def test_the_proprietary_flavour_on_blackwell_stops_that_host_untouched(fleet):

@@ -25,7 +25,9 @@ from tests.labfleet import REPO, lab_cli
 pytestmark = pytest.mark.lab
 
 NAME = "fleetlab-roll"
-A, B, BAD = "ollama/ollama:0.6.8", "ollama/ollama:0.7.0", "ollama/ollama:0.7.1-bad"
+# A -> B is the upgrade users make: from the release of spring 2025 to the current default
+A, B, BAD = "ollama/ollama:0.6.8", "ollama/ollama:0.32.15", "ollama/ollama:0.7.1-bad"
+B_VERSION = B.rpartition(":")[2]
 EXITS, CRASHES = "ollama/ollama:0.7.2-exits", "ollama/ollama:0.7.3-crashes"
 GPU_HOSTS = ["gpu-1", "gpu-2", "gpu-3", "gpu-4"]
 # Broken releases are called by Docker's own evidence, not by the health timeout (300 s):
@@ -40,7 +42,7 @@ def fleet():
         lab_cli("ollama-image", "0.7.1-bad", "--fault", "unhealthy", name=NAME)
         lab_cli("ollama-image", "0.7.2-exits", "--fault", "exits", name=NAME)
         lab_cli("ollama-image", "0.7.3-crashes", "--fault", "crashes", name=NAME)
-        proc = lab.pyinfra("deploy.py")
+        proc = lab.pyinfra("deploy.py", "--data", f"ollama_image={A}")
         assert proc.returncode == 0, proc.output[-4000:]
         yield lab
 
@@ -80,15 +82,42 @@ def test_front_door_sends_to_every_gpu_host(fleet):
     assert answer["done"] is True
 
 
+MANIFESTS = ("find \"$(docker volume inspect -f '{{.Mountpoint}}' ollama-models)/manifests\" "
+             "-type f -printf '%P %T@\\n' | sort")
+
+
+def stores(fleet) -> dict[str, tuple[dict[str, str], str]]:
+    """Each GPU host's models as its Ollama lists them (name -> digest), and its store's
+    manifest files with their times (a model pulled again writes its manifest again)."""
+    out = {}
+    for host in GPU_HOSTS:
+        tags = json.loads(fleet.ssh(host, "curl -sS -m 10 http://127.0.0.1:11434/api/tags")[1])
+        out[host] = ({m["name"]: m["digest"] for m in tags["models"]},
+                     fleet.ssh(host, MANIFESTS)[1])
+    return out
+
+
 def test_roll_a_to_b_in_batches_of_2_drops_no_request(fleet):
     assert set(versions(fleet).values()) == {"0.6.8"}
+    before = stores(fleet)
+    assert all("tinyllama:latest" in models for models, _ in before.values()), before
     with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
-        proc = roll(fleet, "--data", f"ollama_image={B}", "--batch-size", "2")
+        proc = roll(fleet, "--data", f"ollama_image={B}", "--batch-size", "2",
+                    "--data", 'ollama_warm_models=["tinyllama"]')
     stats = load.stats
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert stats.sent >= 20, stats.summary()
     assert (stats.failed, stats.streams_cut) == (0, 0), stats.errors
-    assert set(versions(fleet).values()) == {"0.7.0"}
+    assert set(versions(fleet).values()) == {B_VERSION}
+    # the new release reads the store the old one wrote: the same models, nothing pulled
+    assert stores(fleet) == before
+    # the warm model loaded again before the front door took each host back, for good
+    loads = smoke_loads(proc)
+    assert set(loads) == set(GPU_HOSTS) and all(s < LOAD_S for s in loads.values()), loads
+    for name in GPU_HOSTS:
+        out = fleet.ssh(name, "curl -sS -m 5 http://127.0.0.1:11434/api/ps")[1]
+        kept = {m["name"]: m["expires_at"] for m in json.loads(out)["models"]}
+        assert kept.get("tinyllama:latest", "")[:4] >= "2200", (name, kept)
     # the canary alone, then 2, then the 1 left, in inventory order
     order = [line.split(": ")[-1] for line in proc.stderr.splitlines()
              if line.startswith("--> roll: canary") or line.startswith("--> roll: batch")]
@@ -126,7 +155,7 @@ def test_a_dry_roll_and_a_declined_roll_change_nothing_on_any_host(fleet):
     assert declined.returncode == 1, declined.stderr
     assert "Roll 4 serving hosts? not asked: no terminal to ask on" in declined.stderr
     assert fingerprints(fleet) == before
-    assert set(versions(fleet).values()) == {"0.7.0"}
+    assert set(versions(fleet).values()) == {B_VERSION}
 
 
 def test_roll_output_is_streamed_and_limit_takes_a_glob(fleet):
@@ -208,8 +237,8 @@ def test_unhealthy_b_with_rollback_stops_at_canary_and_restores_it(fleet):
                            '"Error: '), last
     assert "untouched: gpu-2, gpu-3, gpu-4" in last
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
-    assert "--> roll: gpu-1 is back on ollama/ollama:0.7.0 and in the front door" in proc.stderr
-    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, "0.7.0")
+    assert f"--> roll: gpu-1 is back on {B} and in the front door" in proc.stderr
+    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, B_VERSION)
     assert " down;" not in front_conf(fleet)
 
 
@@ -225,7 +254,7 @@ def stopped_at_canary(fleet, release: str, evidence: str) -> str:
     assert f"--limit gpu-1 --data ollama_image={B}" in last
     assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
     got = versions(fleet)
-    assert got["gpu-2"] == got["gpu-3"] == got["gpu-4"] == "0.7.0" and got["gpu-1"] != "0.7.0"
+    assert got["gpu-2"] == got["gpu-3"] == got["gpu-4"] == B_VERSION and got["gpu-1"] != B_VERSION
     gpu1 = fleet.host("gpu-1")["address"]
     assert re.search(rf"server {re.escape(gpu1)}:80 [^;]* down;", front_conf(fleet))
     return last.split("Roll back: ", 1)[1]
@@ -237,7 +266,7 @@ def roll_back(fleet, command: str) -> None:
     assert words[:2] == ["ollama-fleet", fleet.inventory], command
     proc = roll(fleet, *[w for w in words[2:] if w not in ("roll", "-y")])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, "0.7.0")
+    assert versions(fleet) == dict.fromkeys(GPU_HOSTS, B_VERSION)
     assert " down;" not in front_conf(fleet)
 
 
@@ -327,22 +356,10 @@ def smoke_loads(proc: subprocess.CompletedProcess) -> dict[str, float]:
         proc.stderr, re.M)}
 
 
-def test_a_roll_with_warm_models_sends_no_user_to_a_cold_instance(fleet):
+def test_a_roll_without_warm_models_still_leaves_the_model_loaded(fleet):
     # without warm models, the GPU inference proof still leaves each recreated instance
-    # with its first model loaded (for a while) before the host serves again
+    # with its first model loaded (for a while) before the host serves again; with them,
+    # the first roll (A -> B) showed every host loaded before the front door took it back
     proc = roll(fleet, "--limit", "gpu-1", "--data", f"ollama_image={A}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert smoke_loads(proc)["gpu-1"] < LOAD_S, proc.stderr[-2000:]
-
-    with LoadGenerator(front_door(fleet), "tinyllama", threads=4, num_predict=40) as load:
-        proc = roll(fleet, "--data", f"ollama_image={A}",
-                    "--data", 'ollama_warm_models=["tinyllama"]')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (load.stats.failed, load.stats.streams_cut) == (0, 0), load.stats.errors
-    # every host's instances loaded the model before the front door took it back
-    loads = smoke_loads(proc)
-    assert set(loads) == set(GPU_HOSTS) and all(s < LOAD_S for s in loads.values()), loads
-    for name in GPU_HOSTS:
-        out = fleet.ssh(name, "curl -sS -m 5 http://127.0.0.1:11434/api/ps")[1]
-        kept = {m["name"]: m["expires_at"] for m in json.loads(out)["models"]}
-        assert kept.get("tinyllama:latest", "")[:4] >= "2200", (name, kept)

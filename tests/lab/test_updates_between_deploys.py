@@ -7,8 +7,8 @@ debian13 repository publish after the deploy: the next kernel of the running one
 and driver 590.48.01. The host gets them as a server does, by adding their sources, then
 `apt-get update` and `apt-get upgrade`. The Debian archive's own updates are held back for
 the test (an apt preference: the mirror moves on its own schedule); the lab's repositories
-move whatever apt upgrades where the deploy holds nothing: the first upgrade also takes the
-Container Toolkit from the deploy's 1.18.2 to the repository's newest (1.19.1).
+move whatever apt upgrades where the deploy holds nothing (the Container Toolkit stays: an
+apt preferences file keeps it at the deploy's version).
 
 Before each reboot the host says it needs one (the deploy's RebootRequired fact, run as
 the deploy runs it); after it, the module is there for the kernel that runs, Fabric

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ollama_fleet.tasks.kit.modelname import canonical, parse, spellings_pattern
+from ollama_fleet.tasks.kit.modelname import canonical, is_cloud, parse, spellings_pattern
 
 SPELLINGS = [
     "tinyllama", "tinyllama:latest", "TinyLlama:Latest", "library/tinyllama",
@@ -33,3 +33,12 @@ def test_names_are_listed_in_their_shortest_form():
     assert [canonical(n) for n in ("registry.ollama.ai/library/tinyllama", "user/m",
                                    "hf.co/user/model:Q4")] == \
         ["tinyllama:latest", "user/m:latest", "hf.co/user/model:Q4"]
+
+
+@pytest.mark.parametrize(("name", "cloud"), [
+    ("gpt-oss:120b-cloud", True), ("deepseek-v3.1:671B-CLOUD", True), ("qwen3:cloud", True),
+    (" kimi-k2:1t-cloud ", True), ("gpt-oss-cloud", False), ("llama3.2:1b", False),
+    ("registry.example:5000/team/model-cloud", False), ("x:local", False),
+])
+def test_cloud_model_names_as_ollama_reads_them(name, cloud):
+    assert is_cloud(name) is cloud

@@ -59,8 +59,8 @@ def test_the_smoke_test_asks_each_host_its_own_nginx_from_loopback():
                                                "nginx_tls": "self_signed",
                                                "nginx_tls_port": 8443})])
     assert roll_hosts(list(fleet.gpu_servers)) == [
-        RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama:0.6.8"),
-        RollHost("gpu-2", "https://127.0.0.1:8443", None, "ollama/ollama:0.6.8")]
+        RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama:0.32.15"),
+        RollHost("gpu-2", "https://127.0.0.1:8443", None, "ollama/ollama:0.32.15")]
 
 
 # -- the steps of each batch ---------------------------------------------------------------

@@ -3,10 +3,11 @@ config -q` and run on hosts by the lab tests): what Ollama reads from its enviro
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from ollama_fleet.tasks.kit.fleet import Fleet
-from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
 from ollama_fleet.tasks.steps.stack import plan_instances, stack_files
 
 GPUS = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]
@@ -40,3 +41,31 @@ def test_extra_environment_reaches_ollama_as_written():
                                               "ODD": "a \"quoted\" $VALUE: # not a comment"}})
     assert env["HTTPS_PROXY"] == "http://p:3128"
     assert env["ODD"] == "a \"quoted\" $$VALUE: # not a comment"  # Compose reads $$ as $
+
+
+def test_no_instance_may_send_a_prompt_to_the_cloud_unless_the_operator_allows_it():
+    assert environment({})["OLLAMA_NO_CLOUD"] == "1"
+    assert environment({}, "ollama-1")["OLLAMA_NO_CLOUD"] == "1"
+    assert "OLLAMA_NO_CLOUD" not in environment({"ollama_allow_cloud": True})
+
+
+def test_the_cloud_is_one_knob_not_an_environment_variable():
+    for key in ("OLLAMA_NO_CLOUD", "OLLAMA_CLOUD_BASE_URL", "OLLAMA_REMOTES"):
+        with pytest.raises(SettingsError, match=f"gpu-1: ollama_environment: {key} is set by "
+                                                "the deploy: cloud models are allowed by"):
+            settings_for("gpu-1", {"ollama_environment": {key: "0"}})
+
+
+def test_cloud_models_and_images_that_ignore_no_cloud_are_refused_while_the_cloud_is_off():
+    with pytest.raises(SettingsError, match="gpu-1: ollama_models: 'gpt-oss:120b-cloud' is a "
+                                            "cloud model"):
+        settings_for("gpu-1", {"ollama_models": ["gpt-oss:120b-cloud"]})
+    with pytest.raises(SettingsError, match="gpu-1: ollama_image: ollama/ollama:0.14.0 runs "
+                                            "cloud models but ignores OLLAMA_NO_CLOUD"):
+        settings_for("gpu-1", {"ollama_image": "ollama/ollama:0.14.0"})
+    allowed = {"ollama_allow_cloud": True, "ollama_image": "ollama/ollama:0.14.0",
+               "ollama_models": ["gpt-oss:120b-cloud"]}
+    assert settings_for("gpu-1", allowed).ollama_models == ["gpt-oss:120b-cloud"]
+    # 0.6.8 knows no cloud at all; a name that merely ends in -cloud with no tag is local
+    assert settings_for("gpu-1", {"ollama_image": "ollama/ollama:0.6.8",
+                                  "ollama_models": ["my-cloud"]})
