@@ -54,7 +54,7 @@ demo: machine venv
 	@echo "(asked by name: llm.fleetlab.test, the front door, in the lab's own DNS zone)"
 	@echo "Next: .venv/bin/ollama-fleet inventory/lab.py status (the fleet view);"
 	@echo "      .venv/bin/pyinfra -y inventory/lab.py deploy.py (changes nothing);"
-	@echo "      .venv/bin/ollama-fleet inventory/lab.py roll --data ollama_image=ollama/ollama:0.7.0;"
+	@echo "      .venv/bin/ollama-fleet inventory/lab.py roll --data ollama_image=ollama/ollama:0.6.8 (and back);"
 	@echo "      .venv/bin/python -m lab run -- curl -s http://llm.fleetlab.test/api/tags (by name);"
 	@echo "      .venv/bin/python -m lab cut gpu-2 (then deploy again); make lab-down when done."
 

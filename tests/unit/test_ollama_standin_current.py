@@ -6,7 +6,10 @@ default context (server/routes.go Serve), read at v0.32.15 (and v0.6.8 for the o
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
+import threading
 
 import pytest
 
@@ -164,3 +167,169 @@ def test_releases_by_version():
 def test_the_lab_names_its_cloud_ollama_com():
     rows = dns.records("fleetlab", "172.29.9.2", [], cloud_ip="172.29.9.3")
     assert ("172.29.9.3", ["cloud.fleetlab.test", "ollama.com"]) in rows
+
+
+def test_0_32_0_and_0_32_1_build_no_sm_100_for_cuda_v12():
+    """llama/server/CMakePresets.json llama_cuda_v12_linux: `100` from v0.32.2 on
+    (ollama/ollama#17025); cuda_v13 the same list throughout."""
+    for v in ("0.32.0", "0.32.1", "0.32.1-rc0"):
+        archs = releases.cuda_archs(v)
+        assert archs["cuda_v12"] == "50-virtual;52-virtual;60;61;70;75;80;86;89;90;90a;120"
+        assert archs["cuda_v13"] == releases.cuda_archs("0.32.15")["cuda_v13"]
+    for v in ("0.32.2", "0.32.15"):
+        assert "100" in releases.cuda_archs(v)["cuda_v12"].split(";")
+
+
+# -- a stand-in served in this process, with a cloud it can be pointed at ------------
+
+class _Cloud(http.server.BaseHTTPRequestHandler):
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Cloud.seen.append((self.path, json.loads(body) if body else None))
+        doc = {"model": "m", "created_at": "2026-01-01T00:00:00Z",
+               "message": {"role": "assistant", "content": "from the cloud"},
+               "done_reason": "stop", "done": True, "prompt_eval_count": 3, "eval_count": 2}
+        data = json.dumps(doc).encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    """serve() in short: a 0.32.15 ServerState and the Handler on a loopback port."""
+    from lab.ollama.standin import server
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("OLLAMA_LAB_VERSION", "0.32.15")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("FLEETLAB_ROOT", str(tmp_path / "root"))
+    monkeypatch.setattr(discover, "LAB_DIR", str(tmp_path / "no-lab-dir"))
+    monkeypatch.setattr(cloud, "_SERVER_CFG", None)
+    monkeypatch.delenv("OLLAMA_NO_CLOUD", raising=False)
+    cloud_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cloud)
+    threading.Thread(target=cloud_srv.serve_forever, args=(0.05,), daemon=True).start()
+    monkeypatch.setattr(cloud, "BASE_URL", f"http://127.0.0.1:{cloud_srv.server_port}")
+    monkeypatch.setattr(cloud, "SIGNING_HOST", "ollama.com")
+    _Cloud.seen = []
+    monkeypatch.setattr(state, "STATE", state.ServerState())
+    srv = server._bind("127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+
+    def post(path, doc):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=10)
+        conn.request("POST", path, json.dumps(doc), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, resp.getheader("Content-Type"), data
+
+    yield post
+    srv.shutdown()
+    cloud_srv.shutdown()
+
+
+_DISABLED = "ollama cloud is disabled: remote model is unavailable"
+
+
+def _oai_error(status: int, message: str) -> dict:
+    return {"error": {"message": message, "type": {400: "invalid_request_error",
+                                                   404: "not_found_error"}.get(status,
+                                                                               "api_error"),
+                      "param": None, "code": None}}
+
+
+_CHAT = {"model": "x:cloud", "messages": [{"role": "user", "content": "hi"}]}
+_RESP_WS = {"model": "x:cloud", "input": "hi", "tools": [{"type": "web_search"}]}
+_MSG_WS = {"model": "x:cloud", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+           "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+
+
+@pytest.mark.parametrize("path, doc", [
+    ("/v1/chat/completions", _CHAT),
+    ("/v1/completions", {"model": "x:cloud", "prompt": "hi"}),
+    ("/v1/embeddings", {"model": "x:cloud", "input": "hi"}),
+    ("/v1/responses", {"model": "x:cloud", "input": "hi"}),
+    ("/v1/messages", dict(_MSG_WS, tools=[])),
+    ("/api/embeddings", {"model": "x:cloud", "prompt": "hi"}),
+    ("/api/chat", _CHAT),
+])
+def test_a_disabled_cloud_refuses_a_cloud_model_as_gin_json(standin, monkeypatch, path, doc):
+    """cloudPassthroughMiddleware (before any compatibility writer) and the native
+    handlers (EmbeddingsHandler, ChatHandler): 403 `{"error": ...}`, nothing sent."""
+    monkeypatch.setenv("OLLAMA_NO_CLOUD", "1")
+    status, ctype, data = standin(path, doc)
+    assert (status, ctype, json.loads(data)) == (403, "application/json; charset=utf-8",
+                                                 {"error": _DISABLED})
+    assert _Cloud.seen == []
+
+
+def test_the_legacy_embeddings_route_sends_a_cloud_model_to_the_cloud(standin):
+    """EmbeddingsHandler: the request re-encoded with the base name, to /api/embeddings."""
+    status, _ctype, _data = standin("/api/embeddings", {"model": "x:cloud", "prompt": "hi"})
+    assert status == 200
+    assert _Cloud.seen == [("/api/embeddings", {"model": "x", "prompt": "hi"})]
+    status, _ctype, data = standin("/api/embeddings", {"model": "", "prompt": "hi"})
+    assert (status, json.loads(data)) == (400, {"error": "model is required"})
+
+
+def test_a_responses_web_search_with_the_cloud_off_fails_as_the_web_search_writer(
+        standin, monkeypatch):
+    """ChatHandler's 403 through WebSearchResponsesWriter.writeWebSearchError: an OpenAI
+    error, or, streamed, a 200 stream that ends in response.failed."""
+    monkeypatch.setenv("OLLAMA_NO_CLOUD", "1")
+    status, ctype, data = standin("/v1/responses", _RESP_WS)
+    assert (status, ctype, json.loads(data)) == (403, "application/json",
+                                                 _oai_error(403, _DISABLED))
+    status, ctype, data = standin("/v1/responses", dict(_RESP_WS, stream=True))
+    assert (status, ctype) == (200, "text/event-stream")
+    events = [ln[len("event: "):] for ln in data.decode().splitlines()
+              if ln.startswith("event: ")]
+    assert events == ["response.created", "response.in_progress", "response.failed"]
+    failed = json.loads(data.decode().rstrip().splitlines()[-1][len("data: "):])
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["error"] == {"code": "api_error", "message": _DISABLED}
+    assert _Cloud.seen == []
+
+
+def test_a_messages_web_search_with_the_cloud_off_is_refused_anthropic_typed(
+        standin, monkeypatch):
+    """AnthropicMessagesMiddleware's web_search guard: 403 permission_error."""
+    monkeypatch.setenv("OLLAMA_NO_CLOUD", "1")
+    for stream, want_ctype in ((False, "application/json; charset=utf-8"),
+                               (True, "text/event-stream")):
+        status, ctype, data = standin("/v1/messages", dict(_MSG_WS, stream=stream))
+        doc = json.loads(data)
+        assert (status, ctype, doc["type"], doc["error"]) == (403, want_ctype, "error", {
+            "type": "permission_error",
+            "message": "ollama cloud is disabled: web search is unavailable"})
+    assert _Cloud.seen == []
+
+
+@pytest.mark.parametrize("path, doc", [("/v1/responses", _RESP_WS),
+                                       ("/v1/messages", _MSG_WS)])
+def test_a_web_search_request_for_a_cloud_model_goes_to_the_clouds_api_chat(standin, path,
+                                                                            doc):
+    """cloudPassthroughMiddleware leaves it to ChatHandler, which sends the native chat to
+    the cloud's /api/chat; the answer comes back in the route's own shape."""
+    status, _ctype, data = standin(path, doc)
+    assert status == 200
+    assert [(p, d["model"]) for p, d in _Cloud.seen] == [("/api/chat", "x")]
+    out = json.loads(data)
+    text = out["output"][0]["content"][0]["text"] if path == "/v1/responses" else \
+        out["content"][0]["text"]
+    assert text == "from the cloud"
+
+
+def test_a_conflicting_source_on_an_openai_route_is_the_handlers_400(standin):
+    """The passthrough lets a name that does not parse through; ChatHandler's
+    writeModelRefParseError answers through the ChatWriter."""
+    status, _ctype, data = standin("/v1/chat/completions", dict(_CHAT, model="m:local:cloud"))
+    assert (status, json.loads(data)) == (400, _oai_error(
+        400, 'use either :local or :cloud, not both: "m:local:cloud"'))

@@ -84,6 +84,15 @@ def cloud_base(raw: str) -> str | None:
     return base
 
 
+def explicit_cloud(raw: str) -> bool:
+    """modelref.HasExplicitCloudSource: RAW parses and names the cloud (the base name is
+    not validated)."""
+    try:
+        return parse_ref(raw)[1] == "cloud"
+    except ValueError:
+        return False
+
+
 def _server_config_disabled() -> bool:
     """~/.ollama/server.json `disable_ollama_cloud` (read once, as envconfig caches it)."""
     global _SERVER_CFG

@@ -139,10 +139,37 @@ class ResponsesWriter:
         self.first = True
         self.started = False
         self.text = ""
+        self.web_search = False  # a web_search tool: WebSearchResponsesWriter wraps it
 
     def error(self, status: int, obj) -> bytes:
         return go_json(oai_error(oai_handler_error_status(status), _status_error_text(obj))) \
             + b"\n"
+
+    @staticmethod
+    def _web_search_error(status: int, obj) -> tuple[int, str, str]:
+        """decodeWebSearchResponseError and writeWebSearchError's (status, code, text)."""
+        obj = obj if isinstance(obj, dict) else {}
+        text = str(obj.get("error") or "") or ("something went wrong, please see the ollama "
+                                               "server logs for details")
+        if status == 401:
+            url = str(obj.get("signin_url") or "")
+            return status, "authentication_error", text + (f"; sign in at {url}" if url else "")
+        return status, "rate_limit_exceeded" if status == 429 else "api_error", text
+
+    def web_search_error(self, status: int, obj) -> bytes:
+        """WebSearchResponsesWriter.writeWebSearchError, not streamed."""
+        status, _code, text = self._web_search_error(status, obj)
+        return go_json(oai_error(status, text)) + b"\n"
+
+    def failed_frames(self, status: int, obj) -> bytes:
+        """WebSearchResponsesWriter.writeWebSearchError, streamed: the converter's first
+        events, then response.failed."""
+        _status, code, text = self._web_search_error(status, obj)
+        out = self.frames({"done": False}) if self.first else b""
+        return out + self._event("response.failed", {"response": {
+            "id": self.response_id, "object": "response", "status": "failed",
+            "model": self.model, "output": [], "error": {"code": code, "message": text},
+            "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}})
 
     def _echo(self) -> dict:
         r = self.req

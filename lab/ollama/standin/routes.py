@@ -224,10 +224,10 @@ def _has_web_search_tool(path: str, payload: dict) -> bool:
     tools = payload.get("tools")
     if not isinstance(tools, list):
         return False
-    types = [str(t.get("type") or "").strip() for t in tools if isinstance(t, dict)]
-    if path == "/v1/responses":
+    types = [str(t.get("type") or "") for t in tools if isinstance(t, dict)]
+    if path == "/v1/responses":  # openai.HasWebSearchTool: the type exactly, not trimmed
         return "web_search" in types
-    return path == "/v1/messages" and any(t.startswith("web_search") for t in types)
+    return path == "/v1/messages" and any(t.strip().startswith("web_search") for t in types)
 
 
 class _ClientGone(Exception):
@@ -341,6 +341,7 @@ class Handler(BaseHTTPRequestHandler):
         self._streaming = False
         self._cors: dict[str, str] = {}
         self._oai: OpenAIWriter | None = None  # set by the OpenAI-compatible routes
+        self._cloud_web_search = False  # cloudWebSearchOrchestrationKey
         path = urllib.parse.urlsplit(self.path).path or "/"
         try:
             body = self._read_body()
@@ -444,7 +445,7 @@ class Handler(BaseHTTPRequestHandler):
         """proxyCloudRequestWithPath: refused while the cloud is disabled, else the
         request goes to the cloud and its answer is copied back as it arrives."""
         if cloud.disabled():
-            self._send_gin_json(403, {"error": cloud.disabled_error(operation)})
+            self._proxy_error(403, {"error": cloud.disabled_error(operation)})
             return
         query = urllib.parse.urlsplit(self.path).query
         try:
@@ -452,7 +453,10 @@ class Handler(BaseHTTPRequestHandler):
                                    list(self.headers.items()) if headers is None else headers,
                                    state.STATE.version, base_url=base_url)
         except cloud.CloudError as e:
-            self._send_gin_json(e.status, {"error": e.message, **e.extra})
+            self._proxy_error(e.status, {"error": e.message, **e.extra})
+            return
+        if self._oai is not None:
+            self._proxy_through_writer(answer)
             return
         self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(answer.status)
@@ -478,6 +482,46 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.end_stream()
 
+    def _proxy_error(self, status: int, obj: dict) -> None:
+        """c.JSON(status, ...) in proxyCloudRequestWithPath: a plain gin answer from the
+        passthrough middleware; from a handler behind a compatibility middleware its
+        writer shapes it (ChatWriter/ResponsesWriter/AnthropicWriter.writeError), and the
+        Responses web_search writer answers with writeWebSearchError."""
+        w = self._oai
+        if isinstance(w, ResponsesWriter) and w.web_search:
+            if w.stream:  # the status stays with the wrapper: the stream goes out as 200
+                self._send(200, w.failed_frames(status, obj), "text/event-stream",
+                           {"Cache-Control": "no-cache", "Connection": "keep-alive"})
+            else:
+                self._send(status, w.web_search_error(status, obj), "application/json")
+            return
+        self.send_json(status, obj)
+
+    def _proxy_through_writer(self, answer) -> None:
+        """The cloud's answer copied into c.Writer, which is the compatibility writer: a
+        200's native lines are translated by it, anything else is its error."""
+        data = b"".join(answer.chunks())
+        lines = [ln for ln in data.splitlines() if ln.strip()]
+        docs = []
+        for ln in lines:
+            try:
+                docs.append(json.loads(ln))
+            except ValueError:
+                docs.append(None)
+        if answer.status != 200:
+            doc = docs[0] if len(docs) == 1 and isinstance(docs[0], dict) else \
+                {"error": data.decode("utf-8", "replace")}
+            self._proxy_error(answer.status, doc)
+            return
+        docs = [d for d in docs if isinstance(d, dict)]
+        if getattr(self._oai, "stream", False):
+            self.start_stream()
+            for d in docs:
+                self.stream_line(d)
+            self.end_stream()
+        else:
+            self.send_json(200, docs[-1] if docs else {})
+
     def _cloud_passthrough(self, path: str, body: bytes) -> bool:
         """cloudPassthroughMiddleware: a POST whose JSON `model` names a cloud model goes
         to the cloud with the model's base name (the body re-encoded as Go encodes a
@@ -496,7 +540,10 @@ class Handler(BaseHTTPRequestHandler):
             return False
         payload["model"] = base
         if _has_web_search_tool(path, payload):
-            return False  # kept on the local middleware path, as upstream keeps it
+            # kept on the local middleware path; ChatHandler sends it to the cloud's
+            # /api/chat (cloudWebSearchOrchestrationKey)
+            self._cloud_web_search = True
+            return False
         self._proxy(go_json({k: payload[k] for k in sorted(payload)}), path,
                     cloud.ERR_REMOTE_INFERENCE)
         return True
@@ -526,8 +573,10 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid model name")
         if source != "cloud":
             return False
-        self._proxy(go_json(dict(req, model=base)), urllib.parse.urlsplit(self.path).path,
-                    operation)
+        path = urllib.parse.urlsplit(self.path).path
+        if self._cloud_web_search and operation == cloud.ERR_REMOTE_INFERENCE:
+            path = "/api/chat"  # ChatHandler: proxyCloudJSONRequestWithPath(.., "/api/chat")
+        self._proxy(go_json(dict(req, model=base)), path, operation)
         return True
 
     def h_status(self, body, path):
@@ -626,6 +675,7 @@ class Handler(BaseHTTPRequestHandler):
             self._oai_abort(e)
             return
         self._oai = ResponsesWriter(req)
+        self._oai.web_search = _has_web_search_tool(path, req)  # WebSearchResponsesWriter
         self.h_chat(go_json(native), path)
 
     def h_anthropic_messages(self, body, path):
@@ -633,6 +683,18 @@ class Handler(BaseHTTPRequestHandler):
             req, native = messages_chat_request(body)
         except ApiError as e:
             self.send_json(e.status, anthropic_error(e.status, e.message))
+            return
+        tools = req.get("tools") if isinstance(req.get("tools"), list) else []
+        if any(isinstance(t, dict) and str(t.get("type") or "").startswith("web_search")
+               for t in tools) and cloud.explicit_cloud(req["model"]) and cloud.disabled():
+            # AnthropicMessagesMiddleware: the web_search guard, after the stream headers
+            # are set (gin's c.JSON then keeps their Content-Type)
+            err = go_json(anthropic_error(403, cloud.disabled_error(cloud.ERR_WEB_SEARCH)))
+            if req.get("stream") is True:
+                self._send(403, err, "text/event-stream",
+                           {"Cache-Control": "no-cache", "Connection": "keep-alive"})
+            else:
+                self._send(403, err, "application/json; charset=utf-8")
             return
         self._oai = AnthropicWriter(req)
         self.h_chat(go_json(native), path)
@@ -778,8 +840,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = req.get("model") or req.get("name") or ""
         if not raw:
             raise ApiError(400, "model is required")
-        if self._oai is None and self._native_cloud(dict(req, model=raw), 400, None,
-                                                    cloud.ERR_REMOTE_MODEL_DETAILS):
+        if self._native_cloud(dict(req, model=raw), 400, None, cloud.ERR_REMOTE_MODEL_DETAILS):
             return
         name = parse_name(raw)
         if not name.is_valid():
@@ -930,8 +991,7 @@ class Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic_ns()
         req = parse_body(body, SPEC_CHAT)
         raw = req.get("model") or ""
-        if self._oai is None and self._native_cloud(req, 400, "model is required",
-                                                    cloud.ERR_REMOTE_INFERENCE):
+        if self._native_cloud(req, 400, "model is required", cloud.ERR_REMOTE_INFERENCE):
             return
         messages = req.get("messages") or []
         for msg in messages:
@@ -989,8 +1049,7 @@ class Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic_ns()
         req = parse_body(body, SPEC_EMBED)
         raw = req.get("model") or ""
-        if self._oai is None and self._native_cloud(req, 404, f"model '{raw}' not found",
-                                                    cloud.ERR_REMOTE_INFERENCE):
+        if self._native_cloud(req, 404, f"model '{raw}' not found", cloud.ERR_REMOTE_INFERENCE):
             return
         inp = req.get("input")
         if isinstance(inp, str):
@@ -1032,6 +1091,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def h_embeddings(self, body, path):
         req = parse_body(body, SPEC_EMBEDDINGS)
+        if self._native_cloud(req, 400, "model is required", cloud.ERR_REMOTE_INFERENCE):
+            return  # EmbeddingsHandler: a cloud model goes to the cloud's /api/embeddings
         info = self._embed_model(req.get("model") or "", legacy=True)
         keep_alive = parse_keep_alive(req)
         runner = state.STATE.sched.acquire(info, keep_alive)
