@@ -76,6 +76,7 @@ SERVER = Debootstrap(
         "host/fleetlab-booted-kernel.service":
             "/etc/systemd/system/fleetlab-booted-kernel.service",
         "host/fleetlab-uname": "/usr/local/lib/fleetlab/uname",  # customize.sh installs it
+        "host/fleetlab-kmod": "/usr/local/sbin/modprobe",  # and links modinfo to it
     },
     customize="host/customize.sh",
     # The stop signal systemd wants (SIGRTMIN+3) is set on the container: import can't.

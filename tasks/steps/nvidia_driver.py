@@ -89,6 +89,9 @@ HGX_BLACKWELL_GPUS = (0x2901, 0x2920, 0x29BC, 0x3182)
 NVLINK5_GPUS = HGX_BLACKWELL_GPUS
 # ib_umad at every boot (Fabric Manager's start on NVLink 5 boards needs it loaded)
 NVLSM_MODULES_LOAD = "/etc/modules-load.d/ollama-fleet-nvlsm.conf"
+# where Ubuntu's kernels keep ib_umad: not in linux-modules-K but in
+# linux-modules-extra-K, which cloud images leave out (NVIDIA/gpu-operator#2781)
+UBUNTU_MODULES_EXTRA = "linux-modules-extra"
 
 
 @dataclass(frozen=True)
@@ -388,8 +391,11 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
                   branch=branch, reboot_allowed=settings.nvidia_driver_allow_reboot,
                   fabricmanager=plan.fabricmanager)
     if plan.fabricmanager:
-        fabricmanager_started(name="Fabric Manager enabled and started (NVSwitch board)",
-                              modules=list(distributions.NVLSM_MODULES) if plan.nvlsm else [])
+        fabricmanager_started(
+            name="Fabric Manager enabled and started (NVSwitch board)",
+            modules=list(distributions.NVLSM_MODULES) if plan.nvlsm else [],
+            modules_package=UBUNTU_MODULES_EXTRA if plan.nvlsm and dist.os_id == "ubuntu"
+            else "")
     if settings.nvidia_persistence_mode:
         persistence_mode_kept(name="nvidia-persistenced keeps persistence mode on")
     systemd.service(name="nvidia-persistenced", service=PERSISTENCED_UNIT,
@@ -535,14 +541,16 @@ def verify_persistence(gpu_count: int):
 
 
 @operation()
-def fabricmanager_started(modules: list[str] | None = None):
+def fabricmanager_started(modules: list[str] | None = None, modules_package: str = ""):
     """
     Enable and start Fabric Manager where it is not running; a start that fails stops the
     host here, named (templates/nvidia_driver/fabricmanager.sh): without it CUDA does not
     initialise, and Docker waits for it at every boot.
 
-    + modules: kernel modules loaded first where the kernel has them and they are not
-      loaded (ib_umad on NVLink 5 boards)
+    + modules: kernel modules loaded first where they are not loaded (ib_umad on NVLink 5
+      boards); a running kernel without one, or one that will not load, stops the host
+    + modules_package: the package that ships them, `-$(uname -r)` appended, named in that
+      line ('' the kernel's own; Ubuntu: linux-modules-extra)
     """
     unit = f"{FABRICMANAGER_UNIT}.service"
     running = (host.get_fact(SystemdStatus, services=unit) or {}).get(unit)
@@ -550,7 +558,9 @@ def fabricmanager_started(modules: list[str] | None = None):
     if running and enabled:
         host.noop(f"{unit} running")
         return
-    yield script_command("nvidia_driver/fabricmanager.sh", FABRICMANAGER_UNIT, *(modules or []))
+    package = ["-p", modules_package] if modules and modules_package else []
+    yield script_command("nvidia_driver/fabricmanager.sh", *package, FABRICMANAGER_UNIT,
+                         *(modules or []))
 
 
 @operation()

@@ -1324,6 +1324,49 @@ def test_fabricmanager_on_hgx_b200(repos, make_host, tmp_path, model):
     assert json.loads((after / "rootfs/etc/fleetlab/cuda.json").read_text())["init_error"] == 0
 
 
+def test_fabricmanager_on_hgx_b200_needs_ib_umad(repos, make_host):
+    """NVLink 5 with NVLSM installed but a kernel without ib_umad (the lab lists it in
+    /etc/fleetlab/kernel-modules-missing, as an Ubuntu kernel without
+    linux-modules-extra-$(uname -r)): Fabric Manager's start refuses with upstream's line
+    (nvidia-fabricmanager-start.sh, spectrocloud/CanvOS#700), nothing runs and the fabric
+    stays In Progress; with the module it starts."""
+    root = make_host("hgx-b200-umad", deb(repos, "nvidia-open-570"),
+                     deb(repos, "nvidia-fabricmanager-570"), deb(repos, "nvlsm", repo="debian12"),
+                     count=8, model="B200", nvswitches=[])
+    boot(root)
+    missing = root / "etc/fleetlab/kernel-modules-missing"
+    missing.parent.mkdir(parents=True, exist_ok=True)
+    missing.write_text("ib_umad\n")
+    refused = start_fm(root)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith('Kernel module "ib_umad" has not been loaded, fabric '
+                                     "manager cannot be started\n")
+    log = (root / "var/log/fabricmanager.log").read_text()
+    assert "Detected NVL5+ system" in log
+    assert '[ERROR]' in log and 'Kernel module "ib_umad" has not been loaded' in log
+    assert "Nvidia NVLink Subnet Manager" not in log  # refused before NVLSM
+    assert not (root / FM_PID).exists()
+    fabric = smi(root, "--query-gpu=fabric.state,fabric.status", "--format=csv,noheader")
+    assert fabric.stdout == "In Progress, N/A\n" * 8
+
+    missing.unlink()  # the module is there (linux-modules-extra installed, modprobe'd)
+    assert start_fm(root).returncode == 0
+    assert alive(read_pid(root, FM_PID))
+    assert 'Started "Nvidia NVLink Subnet Manager"' in \
+        (root / "var/log/fabricmanager.log").read_text()
+    stop_daemon(root, FM_PID)
+
+
+def test_fabricmanager_on_hgx_h100_needs_no_ib_umad(fm_host):
+    """ib_umad is NVLSM's: a pre-NVL5 board starts without it."""
+    missing = fm_host / "etc/fleetlab/kernel-modules-missing"
+    missing.parent.mkdir(parents=True, exist_ok=True)
+    missing.write_text("ib_umad\n")
+    boot(fm_host)
+    assert start_fm(fm_host).returncode == 0
+    stop_daemon(fm_host, FM_PID)
+
+
 def test_fabricmanager_on_hgx_h100_needs_no_nvlsm(fm_host):
     boot(fm_host)
     assert start_fm(fm_host).returncode == 0

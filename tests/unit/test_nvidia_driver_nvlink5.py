@@ -89,12 +89,22 @@ def test_ubuntu_takes_nvlsm_alone_from_nvidias_cuda_repository(dist, distro):
 
 
 # -- ib_umad before Fabric Manager (templates/nvidia_driver/fabricmanager.sh) ---------------
+# Upstream's nvidia-fabricmanager-start.sh (570+) refuses on an NVLink 5 board without it:
+# 'Kernel module "ib_umad" has not been loaded, fabric manager cannot be started'
+# (spectrocloud/CanvOS#700); Ubuntu's cloud kernels keep it in linux-modules-extra-K, which
+# their images leave out (NVIDIA/gpu-operator#2781).
 
-def start_fabricmanager(tmp_path, modinfo: str, modprobe: str = "exit 0\n"):
+KERNEL = "6.8.0-1015-aws"
+
+
+def start_fabricmanager(tmp_path, modinfo: str, modprobe: str = "exit 0\n",
+                        package: str = ""):
     stubs = {"systemctl": 'echo "$*" >> "${0%/*}/systemctl.log"\n', "modinfo": modinfo,
-             "modprobe": 'echo "$*" >> "${0%/*}/modprobe.log"\n' + modprobe}
-    proc = run_with_stubs(script_command("nvidia_driver/fabricmanager.sh", "nvidia-fabricmanager",
-                                         "ib_umad"), tmp_path, stubs)
+             "modprobe": 'echo "$*" >> "${0%/*}/modprobe.log"\n' + modprobe,
+             "uname": f"echo {KERNEL}\n"}
+    options = ("-p", package) if package else ()
+    proc = run_with_stubs(script_command("nvidia_driver/fabricmanager.sh", *options,
+                                         "nvidia-fabricmanager", "ib_umad"), tmp_path, stubs)
     logs = {name: (tmp_path / "stub-bin" / f"{name}.log").read_text().splitlines()
             if (tmp_path / "stub-bin" / f"{name}.log").exists() else []
             for name in ("systemctl", "modprobe")}
@@ -108,10 +118,28 @@ def test_ib_umad_is_loaded_before_fabric_manager_starts(tmp_path):
                     "systemctl": ["enable nvidia-fabricmanager", "start nvidia-fabricmanager"]}
 
 
-def test_a_kernel_without_ib_umad_leaves_fabric_manager_to_say_so(tmp_path):
+def test_nvlink5_a_kernel_without_ib_umad_stops_the_host_naming_the_package(tmp_path):
+    """Ubuntu: one line naming the module, the running kernel and linux-modules-extra-K;
+    Fabric Manager is neither enabled nor started (it would only fail)."""
+    proc, logs = start_fabricmanager(tmp_path, modinfo="exit 1\n",
+                                     package="linux-modules-extra")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"ib_umad: the running kernel {KERNEL} has no such module (modinfo ib_umad); it "
+        f"ships in linux-modules-extra-{KERNEL} (apt-get install linux-modules-extra-"
+        f"{KERNEL}); nvidia-fabricmanager cannot start on this NVLink 5 board without it "
+        "loaded\n")
+    assert logs == {"modprobe": [], "systemctl": []}
+
+
+def test_nvlink5_a_kernel_without_ib_umad_stops_the_host_elsewhere_too(tmp_path):
+    """Debian (the kernel's own package ships it): the line names the module and kernel."""
     proc, logs = start_fabricmanager(tmp_path, modinfo="exit 1\n")
-    assert proc.returncode == 0 and logs["modprobe"] == []
-    assert logs["systemctl"][-1] == "start nvidia-fabricmanager"
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"ib_umad: the running kernel {KERNEL} has no such module (modinfo ib_umad); "
+        "nvidia-fabricmanager cannot start on this NVLink 5 board without it loaded\n")
+    assert logs == {"modprobe": [], "systemctl": []}
 
 
 def test_ib_umad_that_will_not_load_stops_the_host_naming_it(tmp_path):
@@ -120,3 +148,62 @@ def test_ib_umad_that_will_not_load_stops_the_host_naming_it(tmp_path):
     assert proc.stderr == ("ib_umad: the kernel module did not load (modprobe ib_umad); "
                            "nvidia-fabricmanager cannot start without it\n")
     assert logs["systemctl"] == []
+
+
+def test_nvlink5_modprobes_reason_is_folded_into_the_one_line(tmp_path):
+    fail = ('echo "modprobe: ERROR: could not insert \'ib_umad\': Key was rejected by '
+            'service" >&2\nexit 1\n')
+    proc, logs = start_fabricmanager(tmp_path, modinfo="exit 0\n", modprobe=fail,
+                                     package="linux-modules-extra")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "ib_umad: the kernel module did not load (modprobe ib_umad: modprobe: ERROR: could "
+        "not insert 'ib_umad': Key was rejected by service); it ships in "
+        f"linux-modules-extra-{KERNEL} (apt-get install linux-modules-extra-{KERNEL}); "
+        "nvidia-fabricmanager cannot start without it\n")
+    assert logs["systemctl"] == []
+
+
+@pytest.mark.parametrize("dist, kernel, package", [
+    (UBUNTU_24_04, "6.8.0-1015-aws", "linux-modules-extra"),
+    (UBUNTU_22_04, "5.15.0-130-generic", "linux-modules-extra"),
+    (DEBIAN_12, "6.1.0-28-amd64", ""), (DEBIAN_13, "6.12.48+deb13-amd64", "")],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_nvlink5_the_deploy_names_ubuntus_modules_extra(monkeypatch, dist, kernel, package):
+    """install_driver passes ib_umad to Fabric Manager's start, with the package that ships
+    it on Ubuntu (linux-modules-extra, `-$(uname -r)` appended by the script)."""
+    from ollama_fleet.tasks.steps import nvidia_driver
+    from tests.unit.test_nvidia_driver import FakeHost, Recorder, ctx_host, smi
+
+    rec = Recorder()
+    for target, name in ((nvidia_driver.files, "put"), (nvidia_driver.server, "reboot"),
+                         (nvidia_driver.systemd, "service"),
+                         (nvidia_driver.apt_packages, "repository"),
+                         (nvidia_driver.apt_packages, "installed"),
+                         (nvidia_driver.apt_packages, "archive_components")):
+        monkeypatch.setattr(target, name, rec.op(name))
+    for name in ("held", "verify_driver", "fabricmanager_started", "fabricmanager_follows_driver",
+                 "persistence_mode_kept", "verify_persistence", "driver"):
+        monkeypatch.setattr(nvidia_driver, name, rec.op(name))
+    facts = {"ollama_fleet.tasks.kit.facts.NvidiaHost": {
+        "kernel": kernel, "devices": board(0x2901), "held": []},
+             "ollama_fleet.tasks.kit.facts.NvidiaGpus": smi(None), "deb.DebPackages": {}}
+    with ctx_host.use(FakeHost(facts=facts)):
+        nvidia_driver.install_driver(Settings(gpu_count=8), dist)  # the distribution's branch
+    started = dict(rec.calls)["fabricmanager_started"]
+    assert started["modules"] == ["ib_umad"] and started["modules_package"] == package
+
+
+def test_nvlink5_fabricmanager_started_passes_the_package_to_the_script():
+    from tests.unit.ophelper import run_op
+
+    unit = "nvidia-fabricmanager.service"
+    facts = {f'systemd.SystemdStatus:{{"services": "{unit}"}}': {unit: False},
+             f'systemd.SystemdEnabled:{{"services": "{unit}"}}': {unit: False}}
+    op = "ollama_fleet.tasks.steps.nvidia_driver.fabricmanager_started"
+    commands, _ = run_op(op, {"modules": ["ib_umad"],
+                              "modules_package": "linux-modules-extra"}, facts)
+    assert commands == [script_command("nvidia_driver/fabricmanager.sh", "-p",
+                                       "linux-modules-extra", "nvidia-fabricmanager", "ib_umad")]
+    commands, _ = run_op(op, {"modules": [], "modules_package": "linux-modules-extra"}, facts)
+    assert commands == [script_command("nvidia_driver/fabricmanager.sh", "nvidia-fabricmanager")]

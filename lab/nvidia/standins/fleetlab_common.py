@@ -27,6 +27,11 @@
 #                                           by the toolkit's systemd generator)
 #   /run/nvidia-persistenced/nvidia-persistenced.pid
 #                                           the nvidia-persistenced stand-in, while it runs
+#   /etc/fleetlab/kernel-modules-missing    modules the lab's kernel lacks, one a line
+#                                           (written by the lab or a test; e.g. ib_umad,
+#                                           as on an Ubuntu kernel without
+#                                           linux-modules-extra-$(uname -r)); every other
+#                                           module the stand-ins ask for counts as loaded
 import datetime
 import json
 import os
@@ -63,6 +68,7 @@ PERSISTENCED_PID_FILE = "/run/nvidia-persistenced/nvidia-persistenced.pid"
 BLACKWELL_DEVICE_RANGES = ((0x2900, 0x2FFF), (0x3182, 0x3182), (0x31C2, 0x31C3))
 HGX_BLACKWELL_DEVICES = (0x2901, 0x2920, 0x29BC, 0x3182)
 NVLSM_BINARY = "/opt/nvidia/nvlsm/sbin/nvlsm"
+KERNEL_MODULES_MISSING = "/etc/fleetlab/kernel-modules-missing"
 
 # name -> (compute capability, power limit W, idle power W, idle temperature C)
 MODEL_SPECS = {
@@ -225,6 +231,14 @@ def board_needs_fabricmanager(board):
 def board_needs_nvlsm(board):
     """An NVLink 5 board (HGX B100/B200/B300): Fabric Manager runs with NVLSM only."""
     return any(gpu_device_id(g) in HGX_BLACKWELL_DEVICES for g in board["gpus"])
+
+
+def kernel_module_loaded(name):
+    """Whether kernel module NAME is loaded: the lab's kernel has every module (the deploy
+    loads what it needs, and /etc/modules-load.d at boot) except those the lab lists in
+    /etc/fleetlab/kernel-modules-missing, which no modprobe can load."""
+    missing = (read_text(KERNEL_MODULES_MISSING) or "").split()
+    return name not in missing
 
 
 def board_has_fabric_probe(board):

@@ -12,7 +12,11 @@
 # - the board is an NVLink 5 one (HGX B100/B200/B300) and the NVLink Subnet Manager is not
 #   installed (/opt/nvidia/nvlsm/sbin/nvlsm, package nvlsm): upstream's
 #   nvidia-fabricmanager-start.sh says "Detected NVL5+ system" and refuses, naming the
-#   package; with it, NVLSM is started first ("Started "Nvidia NVLink Subnet Manager"").
+#   package; with it, NVLSM is started first ("Started "Nvidia NVLink Subnet Manager"");
+# - the board is an NVLink 5 one and the ib_umad kernel module is not loaded (the lab's
+#   kernel lacks it: /etc/fleetlab/kernel-modules-missing lists it): the same script says
+#   "Kernel module "ib_umad" has not been loaded, fabric manager cannot be started"
+#   (checked right after "Detected NVL5+ system", before NVLSM).
 # Otherwise it runs (in the background when DAEMONIZE=1) with its pid in
 # /run/fleetlab/fabricmanager.pid, which the lab's container hook reads: on an NVSwitch
 # board CUDA initialises only while Fabric Manager runs. SIGTERM removes the pid file.
@@ -43,6 +47,7 @@ from fleetlab_common import (
     board_needs_nvlsm,
     daemonize,
     host_path,
+    kernel_module_loaded,
     loaded_driver_version,
     pid_alive,
     publish_fabric,
@@ -56,6 +61,8 @@ from fleetlab_common import (
 # fleetlab:common-end
 
 DEFAULT_CONFIG = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+# the kernel module NVLSM talks to the NVSwitches through (InfiniBand management datagrams)
+NVLSM_MODULE = "ib_umad"
 LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=.*$")
 USAGE = """NVIDIA Fabric Manager (fleet lab stand-in, not NVIDIA software)
 Runs as a background process to configure the NVSwitches to form
@@ -146,11 +153,15 @@ class Log:
 
 def check_nvlsm(log):
     """What nvidia-fabricmanager-start.sh does before Fabric Manager: on an NVLink 5 board
-    NVLSM must be installed (StartError), and is started; else nothing."""
+    ib_umad must be loaded and NVLSM installed (StartError), and NVLSM is started; else
+    nothing."""
     if not board_needs_nvlsm(read_board()):
         log.write("INFO", "Detected Pre-NVL5 system")
         return
     log.write("INFO", "Detected NVL5+ system")
+    if not kernel_module_loaded(NVLSM_MODULE):
+        raise StartError(f'Kernel module "{NVLSM_MODULE}" has not been loaded, fabric '
+                         "manager cannot be started")
     if not os.path.exists(host_path(NVLSM_BINARY)):
         raise StartError(f'{NVLSM_BINARY} does not exist. Please install "Nvidia NVLink '
                          'Subnet Manager" (nvlsm) package')

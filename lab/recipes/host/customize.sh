@@ -9,6 +9,8 @@ systemctl enable fleetlab-uptime.service fleetlab-sshd-keygen.service ssh.servic
 uname_path=$(dpkg-query -L coreutils | grep -E '^(/usr)?/bin/uname$' | head -n 1)
 dpkg-divert --local --rename --divert "$uname_path.distrib" --add "$uname_path"
 install -m 755 /usr/local/lib/fleetlab/uname "$uname_path"
+# modinfo/modprobe know the lab kernel's fabric modules (fleetlab-kmod), else ask kmod
+ln -s modprobe /usr/local/sbin/modinfo
 # systemd-modules-load always fails in a container; nothing else here needs it.
 systemctl mask systemd-modules-load.service getty@tty1.service console-getty.service \
     systemd-remount-fs.service sys-kernel-config.mount sys-kernel-debug.mount
