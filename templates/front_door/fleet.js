@@ -49,6 +49,11 @@ function ollamaError(r, status, message) {
     }
 }
 
+// strings.TrimSpace: JavaScript's white space and U+0085, which Go counts too.
+function goTrim(text) {
+    return text.replace(/^[\s\u0085]+|[\s\u0085]+$/g, '');
+}
+
 // Whether NAME is a cloud model as Ollama reads it (internal/modelref: parseSourceSuffix):
 // the part after its last `:`, spaces trimmed and in any case, is `cloud`, or ends in
 // `-cloud` and holds no `/` (`gpt-oss:cloud`, `gpt-oss:20b:cloud`, `gpt-oss:20b-cloud`).
@@ -56,12 +61,12 @@ function isCloud(name) {
     if (typeof name !== 'string') {
         return false;
     }
-    const raw = name.trim();
+    const raw = goTrim(name);
     const colon = raw.lastIndexOf(':');
     if (colon < 0) {
         return false;
     }
-    const suffix = raw.substring(colon + 1).trim();
+    const suffix = goTrim(raw.substring(colon + 1));
     const lower = suffix.toLowerCase();
     return lower === 'cloud' || (lower.endsWith('-cloud') && suffix.indexOf('/') < 0);
 }
@@ -103,27 +108,67 @@ function fieldValues(doc, names) {
 
 // What a JSON body asks for: the model it names (its `model`, else its `name`, which
 // /api/show still reads) and every model name in it. For a body JSON.parse refuses though
-// Ollama may not (njs parses 32 levels deep at most): every `"model": "..."` and
-// `"name": "..."` pair at any depth, escapes undone (more than Ollama reads: only to
-// refuse), the first `model` routing.
-const NAME_PAIRS = /"(model|name)"\s*:\s*"((?:[^"\\]|\\.)*)"/gi;
+// Ollama may not (trailing data after the object, more than the 32 levels njs parses):
+// every `"model"`/`"name"` key at any depth (any case) whose value is a string, each
+// string read whole as JSON reads it, so that an escape cannot hide the next key (more
+// than Ollama reads: only to refuse); the first `model` routes.
+function stringEnd(text, start) {
+    let i = start + 1;
+    while (i < text.length) {
+        const c = text.charCodeAt(i);
+        if (c === 92) {  // a backslash: the next character is escaped
+            i += 2;
+        } else if (c === 34) {
+            return i + 1;
+        } else {
+            i += 1;
+        }
+    }
+    return -1;
+}
 
-function unescaped(text) {
-    return text.replace(/\\u([0-9a-fA-F]{4})/g,
-        (m, hex) => String.fromCharCode(parseInt(hex, 16))).replace(/\\\//g, '/');
+function decoded(token) {
+    try {
+        return JSON.parse(token);
+    } catch (e) {
+        return null;
+    }
 }
 
 function scannedAsks(text) {
     const models = [];
     const names = [];
-    let found;
-    NAME_PAIRS.lastIndex = 0;
-    const plain = unescaped(text);
-    while ((found = NAME_PAIRS.exec(plain)) !== null) {
-        (found[1].toLowerCase() === 'model' ? models : names).push(found[2]);
+    let webSearch = false;
+    let key = null;  // the key whose value comes next
+    let i = text.indexOf('"');
+    while (i >= 0) {
+        const end = stringEnd(text, i);
+        if (end < 0) {
+            break;
+        }
+        const token = decoded(text.substring(i, end));
+        let next = end;
+        while (next < text.length && ' \t\r\n'.indexOf(text[next]) >= 0) {
+            next += 1;
+        }
+        if (text[next] === ':') {
+            key = typeof token === 'string' ? folded(token) : null;
+        } else if (key !== null && typeof token === 'string') {
+            if (key === 'model') {
+                models.push(token);
+            } else if (key === 'name') {
+                names.push(token);
+            } else if (key === 'type' && goTrim(token).startsWith('web_search')) {
+                webSearch = true;
+            }
+            key = null;
+        } else {
+            key = null;
+        }
+        i = text.indexOf('"', end);
     }
     return {model: models[0] || '', names: models.concat(names), doc: null,
-        webSearch: /"type"\s*:\s*"\s*web_search/i.test(plain)};
+        webSearch: webSearch};
 }
 
 function jsonAsks(r, text) {
@@ -190,10 +235,9 @@ function asks(r) {
         return {model: '', names: [], doc: null, unread: [415, 'the front door checks the ' +
             'model a request names: send its body uncompressed (no Content-Encoding)']};
     }
-    if (r.uri === '/v1/audio/transcriptions') {
-        return formAsks(r, text);
-    }
-    return jsonAsks(r, text);
+    const asked = r.uri === '/v1/audio/transcriptions' ? formAsks(r, text) : jsonAsks(r, text);
+    asked.body = true;
+    return asked;
 }
 
 // Whether a /v1/responses or /v1/messages request declares the server-side web search
@@ -222,6 +266,13 @@ function cloudRefusal(r, asked) {
     if (cloud.length) {
         return [403, CLOUD_OFF + 'model ' + JSON.stringify(cloud[0]) + ' is an Ollama ' +
             'cloud model: it would run on ollama.com, outside the fleet'];
+    }
+    const remote = fieldValues(asked.doc, r.uri === '/api/create' ? ['remote_host'] : []);
+    if (remote.some((host) => typeof host === 'string' && host !== '') ||
+            (r.uri === '/api/create' && asked.doc === null && /remote_host/i.test(
+                bodyText(r) || ''))) {
+        return [403, CLOUD_OFF + 'a model created with remote_host runs on that host, ' +
+            'outside the fleet'];
     }
     if (asksWebSearch(r, asked)) {
         return [403, CLOUD_OFF + "Ollama's web_search tool sends its queries to ollama.com"];
@@ -277,6 +328,13 @@ function inference(r) {
         return;
     }
     const model = asked.model;
+    if (model === '' && asked.body && r.variables.fleet_allow_cloud !== '1') {
+        // a body whose model the front door cannot read may name one Ollama reads (a cloud
+        // one too): it goes nowhere while the cloud is off
+        ollamaError(r, 400, CLOUD_OFF + 'the front door found no model in this request ' +
+            '(send JSON with a "model" string, or a form with a model field)');
+        return;
+    }
     // /api/version, /api/status, /, a cloud model (when allowed: any host asks ollama.com),
     // or a request Ollama itself will refuse
     if (model === '' || isCloud(model)) {

@@ -258,3 +258,45 @@ def test_the_gate_lists_the_new_endpoints_and_refuses_web_search_unless_allowed(
     web = allowed.split("location ~ ^/api/experimental/web_(search|fetch)$ {")[1].split("}")[0]
     assert "js_content fleet.inference;" in web and "return 403" not in web
     assert "set $fleet_allow_cloud 1;" in allowed
+
+
+@needs_node
+def test_with_the_cloud_off_a_request_whose_model_the_front_door_cannot_read_goes_nowhere(
+        tmp_path):
+    """Ways a body can name a model Ollama reads while a lenient reader sees none, or
+    another one (found by a review): Go's decoder ignores data after the object, takes the
+    last of keys differing in case, and trims U+0085; Go's multipart reader takes LF-only
+    forms and RFC 2231 names. Each is refused, never sent to any host."""
+    lf_form = ('--b0undary\nContent-Disposition: form-data; name="model"\n\n'
+               'whisper:cloud\n--b0undary--\n')
+    rfc2231 = ("--b0undary\r\nContent-Disposition: form-data; name*=UTF-8''model\r\n\r\n"
+               "whisper:cloud\r\n--b0undary--\r\n")
+    form_type = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+    cases = [
+        # an escaped backslash must not hide the key after it from the scanner
+        {"uri": "/api/chat", "body": '{"name":"a\\u005c","model":"gpt-oss:cloud"} x'},
+        {"uri": "/api/chat",
+         "body": '{"model":"x","Model":"tinyllama","model":"gpt-oss:cloud\\u0085"}'},
+        {"uri": "/v1/audio/transcriptions", "headers": form_type, "body": lf_form},
+        {"uri": "/v1/audio/transcriptions", "headers": form_type, "body": rfc2231},
+        {"uri": "/api/generate", "body": '{"prompt": "no model at all"}'},
+        {"uri": "/api/create", "handler": "admin", "headers": {"X-Fleet-Host": "gpu-1"},
+         "body": '{"model": "mine", "from": "gpt-oss:120b", "remote_host": "https://x"}'},
+    ]
+    got = run_fleet_js(tmp_path, cases)
+    assert [g.get("status") for g in got] == [403, 403, 400, 400, 400, 403], got
+    assert all("to" not in g for g in got)
+    assert got[2]["body"]["error"]["message"].startswith(CLOUD_OFF + "the front door found "
+                                                         "no model in this request")
+    assert "remote_host" in got[5]["body"]["error"]
+    # the cloud allowed: nothing to keep in, Ollama itself answers what it cannot read
+    assert run_fleet_js(tmp_path, [{"allow": True, "uri": "/api/generate",
+                                    "body": '{"prompt": "x"}'}]) == [{"to": "@fleet_any"}]
+
+
+def test_no_key_in_anthropics_header_travels_past_the_gate():
+    """The gate reads a fleet key from x-api-key too; nothing behind it needs the key, and
+    Ollama would pass that header on to ollama.com with a cloud request."""
+    text = conf()
+    proxies = text.count("proxy_pass ")
+    assert proxies and text.count('proxy_set_header X-Api-Key "";') == proxies

@@ -69,3 +69,9 @@ def test_cloud_models_and_images_that_ignore_no_cloud_are_refused_while_the_clou
     # 0.6.8 knows no cloud at all; a name that merely ends in -cloud with no tag is local
     assert settings_for("gpu-1", {"ollama_image": "ollama/ollama:0.6.8",
                                   "ollama_models": ["my-cloud"]})
+
+
+def test_the_hosts_nginx_gives_ollama_no_key_in_anthropics_header():
+    settings = settings_for("gpu-1", {"gpu_count": 2})
+    conf = stack_files(settings, plan_instances(settings, GPUS), Fleet())["nginx/ollama.conf"]
+    assert conf.count("proxy_pass ") == conf.count('proxy_set_header X-Api-Key "";') > 0
