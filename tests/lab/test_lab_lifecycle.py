@@ -39,7 +39,8 @@ def test_up_twice_then_interrupted_then_down():
         info = fleet.refresh()
         inventory = info["inventory"]
         first_ids, first_inventory = _ids(), open(inventory).read()
-        assert set(first_ids) == {f"{NAME}-services", f"{NAME}-cpu-1"}
+        # the services (registries, apt, DNS), the stand-in of ollama.com, and the host
+        assert set(first_ids) == {f"{NAME}-services", f"{NAME}-cloud", f"{NAME}-cpu-1"}
 
         # same arguments: nothing changes
         lab_cli(*UP, name=NAME)

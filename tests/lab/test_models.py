@@ -207,10 +207,12 @@ def test_a_host_that_joins_later_gets_the_model_over_the_lan(fleet):
 
 
 def test_a_damaged_store_is_named_and_repaired_from_a_peer(fleet):
-    """Ollama lists a model whose layer blob is gone; the next run says so and copies it."""
+    """A blob of a model gone from the store: whether Ollama still lists the model depends
+    on the release and the layer (0.6.8 lists it; 0.32.15 drops a model whose template is
+    gone, server/model_list_cache.go), so the deploy reads the store itself: the next run
+    says so and copies the blob from a peer."""
     smallest = min(blob_digests(fleet).items(), key=lambda item: item[1])[0]
     fleet.ssh("gpu-3", f"rm {STORE}/blobs/sha256-{smallest[7:]}")
-    assert MODEL in listed(fleet, "gpu-3")  # as upstream Ollama: still listed
     before = registry(fleet, "/_lab/stats")["blob_bytes_sent"]
     proc = fleet.pyinfra("deploy.py", "--data", MODELS, limit="gpu-3")
     assert proc.returncode == 0, proc.output[-3000:]

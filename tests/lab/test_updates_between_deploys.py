@@ -121,7 +121,9 @@ def assert_serving_on_gpus(fleet) -> None:
         _, found, _ = fleet.ssh("gpu-1", f"docker logs --since {started.strip()} {instance} "
                                          "2>&1 | grep -E 'inference compute|no compatible "
                                          "GPUs' || true")
-        assert "library=cuda" in found and "no compatible GPUs" not in found, (instance, found)
+        # 0.6.8 logs `library=cuda`, 0.32 `library=CUDA`; the CPU alone is `library=cpu`
+        assert "library=cuda" in found.lower() and "library=cpu" not in found.lower() \
+            and "no compatible GPUs" not in found, (instance, found)
         fleet.ssh("gpu-1", f"curl -sS --max-time 60 -d '{{\"model\":\"{MODEL}\",\"prompt\":"
                            f"\"hi\",\"stream\":false}}' http://127.0.0.1:{port}/api/generate "
                            ">/dev/null", check=False)
