@@ -89,7 +89,9 @@ def dnsmasq_conf(lab_name: str, services_ip: str) -> str:
     return "\n".join([
         f"# DNS of the lab {lab_name!r}, written by `python -m lab up`.",
         f"listen-address={services_ip}",
-        "bind-interfaces",
+        # binds the address when it appears: at the container's start it may come after
+        # dnsmasq does (bind-interfaces then fails "Cannot assign requested address")
+        "bind-dynamic",
         "no-hosts",  # not the container's own /etc/hosts
         f"hostsdir={HOSTS_DIR}",  # the zone's records, reread when the lab rewrites them
         f"local=/{zone(lab_name)}/",  # never forwarded: a name not in the zone does not exist

@@ -56,7 +56,7 @@ def test_a_lab_name_that_is_no_dns_label_is_refused(name):
 
 def test_dnsmasq_answers_the_zone_itself_and_forwards_the_rest():
     lines = dns.dnsmasq_conf("fleetlab", "172.29.9.2").splitlines()
-    for line in ("listen-address=172.29.9.2", "bind-interfaces", "no-hosts",
+    for line in ("listen-address=172.29.9.2", "bind-dynamic", "no-hosts",
                  "hostsdir=/etc/fleetlab/dns", "local=/fleetlab.test/", "no-resolv",
                  "server=127.0.0.11"):
         assert line in lines
