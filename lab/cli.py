@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from lab import dns
 from lab.engine import LabError
-from lab.fleet import FAULTS, Lab, Spec, state_root
+from lab.fleet import FAULTS, HOST_FAULTS, Lab, Spec, state_root
 from lab.tls import issue
 
 
@@ -89,9 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("cut", "take a host off the network"),
                        ("restore", "reconnect a host and power it on if it is off"),
                        ("stop", "shut a host down cleanly"),
-                       ("kill", "power a host off without warning")):
+                       ("kill", "power a host off without warning"),
+                       ("reboot", "reboot a host as `systemctl reboot` does (its /run, /dev "
+                                  "and faults are new) and wait for its sshd")):
         p = sub.add_parser(name, help=text)
         p.add_argument("host")
+
+    fault = sub.add_parser("fault", help="break a host as a GPU, driver or Ollama fault "
+                                         "would: " + "; ".join(
+                                             f"{k}: {v}" for k, v in HOST_FAULTS.items()))
+    fault.add_argument("host")
+    fault.add_argument("kind", choices=list(HOST_FAULTS))
+    fault.add_argument("--gpu", type=_nonneg_int, default=None,
+                       help="the GPU (host index; default 0) or the instance that has it")
+    fault.add_argument("--container", default=None,
+                       help="the instance by its container name (nvml-lost, cpu, hang, crash)")
 
     fabric = sub.add_parser("fabric-delay",
                             help="seconds Fabric Manager on GPU HOST takes to bring the NVLink "
@@ -291,6 +303,14 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         if host.name == front_door:  # the first lb host also answers as llm.<lab>.test
             names.append(dns.front_door_name(lab.name))
         print(json.dumps(issue(lab.dir, host.name, host.address, tuple(names))))
+    elif args.command == "fault":
+        if args.container and args.gpu is not None:
+            raise _UsageError("fault: give --gpu or --container, not both")
+        if args.container and args.kind not in ("nvml-lost", "cpu", "hang", "crash"):
+            raise _UsageError(f"fault {args.kind}: --container is for nvml-lost, cpu, hang "
+                              "and crash")
+        result = lab.fault(args.host, args.kind, gpu=args.gpu, container=args.container)
+        print(f"{args.host}: {args.kind}: {result['result']}")
     elif args.command == "fabric-delay":
         lab.set_fabric_init_seconds(args.host, args.seconds)
     elif args.command == "ollama-image":

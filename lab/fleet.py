@@ -50,6 +50,32 @@ DEFAULT_NGINX_TAGS = ("1.30", "stable")
 DEFAULT_REDIS_TAGS = ("7",)
 DEFAULT_APP_TAGS = ("1.0",)
 SSH_WAIT_S = 90
+# A GPU host's kernel log: /dev/kmsg as a regular file made at every boot, journald kept
+# off it (lab/recipes/host/fleetlab-kmsg*); recipe file -> path in the host
+KMSG_FILES = {
+    "fleetlab-kmsg": "/usr/local/sbin/fleetlab-kmsg",
+    "fleetlab-kmsg.service": "/etc/systemd/system/fleetlab-kmsg.service",
+    "journald-fleetlab-kmsg.conf": "/etc/systemd/journald.conf.d/fleetlab-kmsg.conf",
+    "systemd-journald-fleetlab-kmsg.conf":
+        "/etc/systemd/system/systemd-journald.service.d/fleetlab-kmsg.conf",
+}
+# `python -m lab fault HOST KIND`: what each kind breaks (lab/nvidia/standins/fleetlab_fault.py)
+HOST_FAULTS = {
+    "xid79": "GPU N falls off the bus (Xid 79): nvidia-smi has no handle for it, Ollama "
+             "fails on it; only a reboot clears it",
+    "xid48": "a double-bit ECC error on GPU N (Xid 48): its volatile uncorrected ECC count "
+             "rises, Ollama fails on it until `nvidia-smi -r -i N`",
+    "nvml-lost": "the instance on GPU N (or --container) loses its GPUs (Failed to "
+                 "initialize NVML); a restart through the runtime heals it",
+    "fm-down": "Fabric Manager is killed (NVSwitch boards): its unit fails, new CUDA "
+               "initialisation fails (802)",
+    "cpu": "the instance on GPU N runs on the CPU (size_vram 0, slow) until its process "
+           "restarts",
+    "hang": "the instance on GPU N accepts connections and never answers (SIGSTOP)",
+    "crash": "the instance on GPU N dies (SIGKILL)",
+    "clear": "undo what can be undone without a reboot (xid79 stays until one)",
+}
+GPU_HOST_FAULTS = ("xid79", "xid48", "nvml-lost", "fm-down")
 
 
 @dataclass
@@ -478,10 +504,13 @@ class Lab(LabState):
 
     def _host_label(self, host: Host, image: str, services_ip: str) -> str:
         # the resolver is part of the creation spec: a host made before (or without) the
-        # lab DNS is recreated
-        return json.dumps({"image": image, "address": host.address, "gpus": host.gpus,
-                           "board": host.board, "resolver": services_ip,
-                           "kernel_source": self._kernel_source["sources"]}, sort_keys=True)
+        # lab DNS is recreated; so is a GPU host made before its kernel log (kmsg)
+        spec = {"image": image, "address": host.address, "gpus": host.gpus,
+                "board": host.board, "resolver": services_ip,
+                "kernel_source": self._kernel_source["sources"]}
+        if host.gpus:
+            spec["kmsg"] = kmsg_digest()
+        return json.dumps(spec, sort_keys=True)
 
     def _create_host(self, host: Host, image: str, services_ip: str) -> None:
         cname = host.container(self.name)
@@ -502,6 +531,15 @@ class Lab(LabState):
                 (pci / rel).write_text(text)
             mounts = ["-v", f"{hw / 'gpus.json'}:/etc/fleetlab/gpus.json:ro",
                       "-v", f"{pci}:/sys/bus/pci/devices:ro"]
+            kmsg = hw / "kmsg"
+            shutil.rmtree(kmsg, ignore_errors=True)
+            for name, target in KMSG_FILES.items():
+                dest = kmsg / target.lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(images.RECIPES / "host" / name, dest)
+            wants = kmsg / "etc/systemd/system/sysinit.target.wants"
+            wants.mkdir(parents=True, exist_ok=True)
+            (wants / "fleetlab-kmsg.service").symlink_to(KMSG_FILES["fleetlab-kmsg.service"])
         docker("volume", "create", "--label", f"{LABEL}={self.name}", f"{cname}-docker")
         docker("create", "--name", cname, "--hostname", host.name,
                "--network", self.network, "--ip", host.address,
@@ -522,6 +560,8 @@ class Lab(LabState):
         docker("cp", str(sources), f"{cname}:/etc/apt/sources.list.d/{sources.name}")
         docker("cp", str(self.dir / "apt" / self._kernel_source["key"]),
                f"{cname}:{KERNEL_KEYRING}")
+        if host.gpus:
+            docker("cp", f"{hw / 'kmsg'}/.", f"{cname}:/")
 
     # -- operations on one host -----------------------------------------
     def host(self, name: str) -> Host:
@@ -562,6 +602,55 @@ class Lab(LabState):
         """Power HOST off without warning."""
         # Docker's restart policy leaves a killed container off until `restore` starts it.
         docker("kill", self.host(name).container(self.name), check=False)
+
+    def reboot(self, name: str) -> None:
+        """Reboot HOST as `systemctl reboot` does (the container starts again by its restart
+        policy: /run, /dev and the lab's faults are new), and wait for its sshd."""
+        host = self.host(name)
+        cname = host.container(self.name)
+        info = engine.inspect("container", cname)
+        if info is None or not info["State"]["Running"]:
+            raise LabError(f"{name}: not running (python -m lab restore {name})")
+        started = info["State"]["StartedAt"]
+        docker("exec", cname, "systemctl", "reboot", check=False, timeout=60)
+        deadline = time.monotonic() + 180
+        while True:
+            info = engine.inspect("container", cname) or {}
+            state = info.get("State") or {}
+            if state.get("Running") and state.get("StartedAt") != started:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"{name}: did not come back within 180s of `systemctl reboot`")
+            time.sleep(0.5)
+        wait_ssh(host.address, name)
+
+    def fault(self, name: str, kind: str, gpu: int | None = None,
+              container: str | None = None) -> dict:
+        """Break HOST as fault KIND would (HOST_FAULTS), in the places the stand-ins read:
+        run lab/nvidia/standins/fleetlab_fault.py there. Returns {"kind", "result"}."""
+        from lab.nvidia.packages import render_standin
+
+        if kind not in HOST_FAULTS:
+            raise LabError(f"fault: {kind!r} is none of {', '.join(HOST_FAULTS)}")
+        host = self.host(name)
+        if kind in GPU_HOST_FAULTS and not host.gpus:
+            raise LabError(f"fault {kind}: {name} is not a GPU host")
+        if gpu is not None and not 0 <= gpu < max(1, len(host.gpus)):
+            raise LabError(f"fault {kind}: {name} has no GPU {gpu} "
+                           f"(GPUs 0..{len(host.gpus) - 1})")
+        args = [kind]
+        if gpu is not None:
+            args += ["--gpu", str(gpu)]
+        if container:
+            args += ["--container", container]
+        script = render_standin("fleetlab_fault.py", package="fleetlab-lab")
+        proc = docker("exec", "-i", host.container(self.name), "python3", "-", *args,
+                      input=script.encode(), check=False, timeout=360)
+        if proc.returncode != 0:
+            reason = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise LabError(f"fault {kind} on {name}: "
+                           f"{reason[-1] if reason else f'exit {proc.returncode}'}")
+        return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
     def set_fabric_init_seconds(self, name: str, seconds: float) -> None:
         """How long Fabric Manager on GPU host NAME takes to bring the NVLink fabric up from
@@ -638,6 +727,14 @@ class Lab(LabState):
         remove_inventory(self)
         if self.state_file.exists():
             self.state_file.unlink()
+
+
+def kmsg_digest() -> str:
+    """The kernel-log recipe of GPU hosts, as a short hash (a change recreates them)."""
+    h = hashlib.sha256()
+    for name in sorted(KMSG_FILES):
+        h.update(name.encode() + b"\0" + (images.RECIPES / "host" / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def standin_files() -> dict[str, Path]:

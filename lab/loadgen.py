@@ -22,6 +22,8 @@ class LoadStats:
     streams_cut: int = 0
     errors: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
+    # (time.time() at the end, streamed, error) of each failed request, the first 1000
+    failures: list[tuple[float, bool, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.sent} sent, {self.failed} failed, {self.streams} streams "
@@ -82,6 +84,8 @@ class LoadGenerator:
                 self.stats.failed += 1
                 if len(self.stats.errors) < 20:
                     self.stats.errors.append(error)
+                if len(self.stats.failures) < 1000:
+                    self.stats.failures.append((time.time(), stream, error[:200]))
 
     def _work(self, n: int) -> None:
         i = 0

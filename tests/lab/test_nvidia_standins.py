@@ -1855,3 +1855,4 @@ def test_a_reload_at_boot_cuts_nothing_and_the_fabric_delay_reaches_the_host(rel
     assert fleet.ssh("gpu-1", "test -e /run/fleetlab/systemd-generator-ran", check=False)[0] == 0
     assert fleet.ssh("gpu-1", "systemctl is-active fleetlab-nvidia-device-cgroup.path")[1] \
         .strip() == "active"
+

@@ -24,6 +24,13 @@ from tests.labfleet import lab_cli
     (["run"], 2, "run: give a command after --"),
     (["run", "--"], 2, "run: give a command after --"),
     (["run", "--", "true"], 1, "no lab named fleetlab-badinput is up"),
+    (["fault", "gpu-1", "xid99"], 2, "argument kind: invalid choice: 'xid99'"),
+    (["fault", "gpu-1", "hang", "--gpu", "0", "--container", "ollama-0"], 2,
+     "fault: give --gpu or --container, not both"),
+    (["fault", "gpu-1", "xid79", "--container", "ollama-0"], 2,
+     "fault xid79: --container is for nvml-lost, cpu, hang and crash"),
+    (["fault", "gpu-1", "xid79"], 1, "no lab named fleetlab-badinput is up"),
+    (["reboot", "gpu-1"], 1, "no lab named fleetlab-badinput is up"),
 ])
 def test_bad_input_is_one_line(args, code, message):
     proc = lab_cli(*args, name="fleetlab-badinput", check=False, timeout=60)

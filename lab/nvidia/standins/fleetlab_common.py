@@ -27,6 +27,19 @@
 #                                           by the toolkit's systemd generator)
 #   /run/nvidia-persistenced/nvidia-persistenced.pid
 #                                           the nvidia-persistenced stand-in, while it runs
+#   /run/fleetlab/gpu-faults.json           GPUs the lab broke (`python -m lab fault`):
+#                                           {"<uuid>": {"lost": true} (Xid 79, off the bus
+#                                           until a reboot), {"ecc_dbe_volatile": N,
+#                                           "reset_required": true} (Xid 48, until a GPU
+#                                           reset)}; lost at a reboot, as /run is
+#   /dev/kmsg                               ON A LAB GPU HOST: a regular file the lab
+#                                           creates at boot (fleetlab-kmsg.service) and
+#                                           appends kernel records to (NVRM Xid lines),
+#                                           in the kernel's /dev/kmsg record format
+#   /tmp/.fleetlab-gpu-usage.json           IN A CONTAINER: the GPU memory the stand-in
+#                                           Ollama's loaded models hold, per GPU UUID (the
+#                                           host's nvidia-smi reads it through
+#                                           /proc/PID/root of the container's processes)
 #   /etc/fleetlab/kernel-modules-missing    modules the lab's kernel lacks, one a line
 #                                           (written by the lab or a test; e.g. ib_umad,
 #                                           as on an Ubuntu kernel without
@@ -59,6 +72,12 @@ GENERATOR_RAN = "/run/fleetlab/systemd-generator-ran"
 DAEMON_JSON = "/etc/docker/daemon.json"
 RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
 PERSISTENCED_PID_FILE = "/run/nvidia-persistenced/nvidia-persistenced.pid"
+GPU_FAULTS_JSON = "/run/fleetlab/gpu-faults.json"
+KMSG = "/dev/kmsg"
+# written by the stand-in Ollama in its container (lab/ollama/standin/scheduler.py)
+CONTAINER_GPU_USAGE = "/tmp/.fleetlab-gpu-usage.json"
+# what a CUDA context (one runner process) takes of a GPU's memory, beside its model
+CUDA_CONTEXT_MIB = 512
 
 # PCI device ids (NVIDIA's supportedchips tables, pci.ids). Blackwell runs only with the
 # open kernel modules; the SXM parts of HGX B100/B200/B300 (pci.ids: 2901 GB100 [B200],
@@ -268,7 +287,7 @@ def host_fabric():
             except (TypeError, ValueError):
                 completed_at = 0
     return {"supported": board_has_fabric_probe(board), "fm_running": pid is not None,
-            "completed_at": completed_at}
+            "completed_at": completed_at, "required": board_needs_fabricmanager(board)}
 
 
 def fabric_state(fabric, now=None):
@@ -319,13 +338,17 @@ def fabric_from_live(live):
     except ValueError:
         completed_at = 0
     return {"supported": live.get("FABRIC") == "supported",
-            "fm_running": live.get("FM_RUNNING") == "1", "completed_at": completed_at}
+            "fm_running": live.get("FM_RUNNING") == "1", "completed_at": completed_at,
+            "required": live.get("FM_REQUIRED") == "1"}
 
 
 def live_fabric_values(fabric):
+    """FM_REQUIRED: the board needs Fabric Manager for CUDA (an NVSwitch board); a runner
+    that starts while it is not running cannot initialise CUDA there (802)."""
     return {"FABRIC": "supported" if fabric["supported"] else "unsupported",
             "FM_RUNNING": "1" if fabric["fm_running"] else "0",
-            "FABRIC_COMPLETED_AT": str(int(fabric["completed_at"]))}
+            "FABRIC_COMPLETED_AT": str(int(fabric["completed_at"])),
+            "FM_REQUIRED": "1" if fabric.get("required") else "0"}
 
 
 def resolve_in_root(root, path):
@@ -408,6 +431,128 @@ def publish_fabric():
     values = live_fabric_values(host_fabric())
     for record in gpu_containers():
         update_live(record, values)
+
+
+# ---------------------------------------------------------------- GPUs the lab broke
+
+def load_gpu_faults():
+    """{uuid: {"lost": bool, "reset_required": bool, "ecc_dbe_volatile": int}} of the
+    host's GPUs the lab broke since the boot (`python -m lab fault`)."""
+    data = read_json(GPU_FAULTS_JSON, {})
+    out = {}
+    for uuid, fault in (data.items() if isinstance(data, dict) else ()):
+        if not isinstance(fault, dict):
+            continue
+        try:
+            count = max(0, int(fault.get("ecc_dbe_volatile") or 0))
+        except (TypeError, ValueError):
+            count = 0
+        out[str(uuid)] = {"lost": fault.get("lost") is True,
+                          "reset_required": fault.get("reset_required") is True,
+                          "ecc_dbe_volatile": count}
+    return out
+
+
+def save_gpu_faults(faults):
+    kept = {u: f for u, f in faults.items()
+            if f.get("lost") or f.get("reset_required") or f.get("ecc_dbe_volatile")}
+    write_json(GPU_FAULTS_JSON, kept)
+
+
+def fault_live_values(uuids, faults):
+    """A container's view of the faults of its GPUs UUIDS (live.env): GPU_LOST and
+    GPU_RESET_REQUIRED list UUIDs, GPU_ECC_DBE is `uuid:count` pairs."""
+    mine = [u for u in uuids if u in faults]
+    return {
+        "GPU_LOST": ",".join(u for u in mine if faults[u]["lost"]),
+        "GPU_RESET_REQUIRED": ",".join(u for u in mine if faults[u]["reset_required"]),
+        "GPU_ECC_DBE": ",".join(f"{u}:{faults[u]['ecc_dbe_volatile']}" for u in mine
+                                if faults[u]["ecc_dbe_volatile"]),
+    }
+
+
+def faults_from_live(live):
+    """The faults a container's live.env reports, as load_gpu_faults() returns them."""
+    faults = {}
+
+    def entry(uuid):
+        return faults.setdefault(uuid, {"lost": False, "reset_required": False,
+                                        "ecc_dbe_volatile": 0})
+
+    for uuid in filter(None, (live.get("GPU_LOST") or "").split(",")):
+        entry(uuid.strip())["lost"] = True
+    for uuid in filter(None, (live.get("GPU_RESET_REQUIRED") or "").split(",")):
+        entry(uuid.strip())["reset_required"] = True
+    for pair in filter(None, (live.get("GPU_ECC_DBE") or "").split(",")):
+        uuid, _, count = pair.rpartition(":")
+        try:
+            entry(uuid.strip())["ecc_dbe_volatile"] = max(0, int(count))
+        except ValueError:
+            continue
+    return faults
+
+
+def publish_gpu_faults():
+    """Tell every running GPU container the faults of its GPUs as they are now."""
+    faults = load_gpu_faults()
+    for record in gpu_containers():
+        update_live(record, fault_live_values(record.get("uuids") or [], faults))
+
+
+def handle_error_line(gpu, list_form=False):
+    """What nvidia-smi prints in place of a GPU NVML has no handle for (a GPU off the bus):
+    `-L` says "gpu" and a space, the other views "GPU" and the bus id without one, both with
+    a 4-digit domain."""
+    domain, _, rest = str(gpu["pci_bus_id"]).partition(":")
+    bus = f"{domain[-4:]}:{rest}".upper()
+    if list_form:
+        return f"Unable to determine the device handle for gpu {bus}: Unknown Error\n"
+    return f"Unable to determine the device handle for GPU{bus}: Unknown Error\n"
+
+
+def kmsg_pci(gpu):
+    """The PCI part of an NVRM Xid line: DOMAIN:BUS:DEVICE, lower case, no function."""
+    domain, _, rest = str(gpu["pci_bus_id"]).partition(":")
+    return f"{domain[-4:]}:{rest.rsplit('.', 1)[0]}".lower()
+
+
+def kmsg_records(text):
+    """[(prio, seq, usec, message)] of the records in TEXT (the /dev/kmsg format:
+    `PRIO,SEQ,USEC,FLAGS[,...];MESSAGE`, continuation lines start with a space)."""
+    out = []
+    for line in (text or "").splitlines():
+        head, sep, message = line.partition(";")
+        fields = head.split(",")
+        if not sep or len(fields) < 4:
+            continue
+        try:
+            out.append((int(fields[0]), int(fields[1]), int(fields[2]), message))
+        except ValueError:
+            continue
+    return out
+
+
+def kmsg_append(messages, prio=4):
+    """Append MESSAGES to the lab host's /dev/kmsg as kernel records, sequence numbers
+    going on from the last one, time stamps from the boot's uptime. ValueError when the
+    host has no lab kernel log (a regular /dev/kmsg)."""
+    path = host_path(KMSG)
+    if not os.path.isfile(path):
+        raise ValueError(f"{KMSG} is not the lab's kernel log here (a regular file the lab "
+                         "creates at boot on GPU hosts: recreate the host with "
+                         "`python -m lab up`)")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        records = kmsg_records(f.read())
+    seq = records[-1][1] + 1 if records else 0
+    try:
+        usec = int(float((read_text("/proc/uptime") or "").split()[0]) * 1e6)
+    except (IndexError, ValueError):
+        usec = int(time.monotonic() * 1e6)
+    usec = max(usec, records[-1][2] if records else 0)
+    text = "".join(f"{prio},{seq + i},{usec},-;{m}\n" for i, m in enumerate(messages))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+    return text
 
 
 # ---------------------------------------------------------------- GPU injection
@@ -526,6 +671,16 @@ def inject_gpus(spec, bundle, container_id, injection):
 
     gpus = load_gpus()
     chosen = resolve(requested, gpus)
+    faults = load_gpu_faults()
+    # a GPU off the bus has no NVML handle: nvidia-container-cli's device information
+    # walks every GPU of the host, the runtime's CDI spec the GPUs it injects
+    lost = [g for g in (gpus if injection == "legacy-hook" else chosen)
+            if faults.get(g["uuid"], {}).get("lost")]
+    if lost and injection == "legacy-hook":
+        raise InjectError("nvidia-container-cli: detection error: nvml error: unknown error")
+    if lost:
+        raise InjectError(f"failed to create CDI spec: failed to get device handle for "
+                          f"{lost[0]['uuid']}: Unknown Error")
     root = (spec.get("root") or {}).get("path") or "rootfs"
     if not os.path.isabs(root):
         root = os.path.join(bundle, root)
@@ -548,7 +703,8 @@ def inject_gpus(spec, bundle, container_id, injection):
     host_persistence = load_persistence()
     persistence = {g["uuid"]: host_persistence[g["uuid"]] for g in chosen
                    if g["uuid"] in host_persistence}
-    live = {"GPU_ACCESS": "ok", **live_fabric_values(host_fabric())}
+    live = {"GPU_ACCESS": "ok", **live_fabric_values(host_fabric()),
+            **fault_live_values([g["uuid"] for g in chosen], faults)}
     try:
         write_in_root(root, GPUS_JSON, json.dumps({"gpus": container_gpus}, indent=2) + "\n")
         write_in_root(root, DRIVER_MARKER, driver + "\n")
@@ -691,6 +847,101 @@ def load_usage():
     return data if isinstance(data, dict) else {}
 
 
+# ---------------------------------------------------------------- GPU memory in use
+
+def _proc_text(pid, name):
+    try:
+        with open(host_path(f"/proc/{pid}/{name}"), encoding="utf-8",
+                  errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _start_time(pid):
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22): the same
+    seen from the host and from the container."""
+    text = _proc_text(pid, "stat")
+    try:
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def _ns_pid(pid):
+    """The pid in its own (innermost) PID namespace (NSpid of /proc/PID/status)."""
+    for line in (_proc_text(pid, "status") or "").splitlines():
+        if line.startswith("NSpid:"):
+            try:
+                return int(line.split()[-1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def container_pids(container_ids):
+    """{container id: [host pids]} of the processes in those containers (their cgroup
+    path names the container id, whatever Docker's cgroup driver)."""
+    out = {}
+    wanted = [c for c in container_ids if c]
+    if not wanted:
+        return out
+    try:
+        names = os.listdir(host_path("/proc"))
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        text = _proc_text(name, "cgroup")
+        if not text:
+            continue
+        for cid in wanted:
+            if cid in text:
+                out.setdefault(cid, []).append(int(name))
+                break
+    return out
+
+
+def gpu_processes():
+    """[{"pid", "uuid", "used_mib", "name"}]: the processes of the running GPU containers
+    that hold GPU memory, by host pid, as the stand-in Ollama in each container reports
+    its loaded models (/tmp/.fleetlab-gpu-usage.json in the container: its pid and start
+    time there, and MiB per GPU UUID; a file whose process is gone counts for nothing)."""
+    records = {r["container_id"]: r for r in gpu_containers() if r.get("container_id")}
+    out = []
+    for cid, pids in sorted(container_pids(list(records)).items()):
+        allowed = set(records[cid].get("uuids") or [])
+        doc = None
+        for pid in pids:
+            text = _proc_text(pid, "root" + CONTAINER_GPU_USAGE)
+            if text is not None:
+                try:
+                    doc = json.loads(text)
+                except ValueError:
+                    doc = None
+                break
+        if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), dict):
+            continue
+        owner = next((p for p in pids if _ns_pid(p) == doc.get("pid")
+                      and _start_time(p) == doc.get("starttime")), None)
+        if owner is None:
+            continue
+        for uuid, mib in sorted(doc["gpus"].items()):
+            if uuid in allowed and isinstance(mib, int) and mib > 0:
+                out.append({"pid": owner, "uuid": uuid, "used_mib": mib,
+                            "name": str(doc.get("name") or "ollama")})
+    return out
+
+
+def own_container_usage():
+    """In a container: {uuid: MiB} its own stand-in Ollama holds (a container sees no
+    other container's processes)."""
+    doc = read_json(CONTAINER_GPU_USAGE, {})
+    gpus = doc.get("gpus") if isinstance(doc, dict) else None
+    return {u: m for u, m in (gpus or {}).items() if isinstance(m, int) and m > 0}
+
+
 # ---------------------------------------------------------------- nvidia-smi model
 
 # canonical field -> unit shown in the CSV header and after values (None: no unit)
@@ -719,9 +970,11 @@ QUERY_FIELDS = {
     "power.limit": "W",
     "fabric.state": None,
     "fabric.status": None,
+    "ecc.mode.current": None,
+    "ecc.errors.uncorrected.volatile.total": None,
 }
 # fields whose value is the live state, not the GPU's own
-LIVE_FIELDS = ("fabric.state", "fabric.status")
+LIVE_FIELDS = ("fabric.state", "fabric.status", "ecc.errors.uncorrected.volatile.total")
 QUERY_ALIASES = {
     "gpu_name": "name",
     "gpu_serial": "serial",
@@ -740,14 +993,16 @@ def csv_header(field):
     return f"{field} [{unit}]" if unit else field
 
 
-def gpu_state(gpu, driver_version, count, persistence, usage, fabric=("N/A", "N/A")):
+def gpu_state(gpu, driver_version, count, persistence, usage, fabric=("N/A", "N/A"),
+              faults=None, held_mib=0):
     """All queryable values of one GPU, as strings without units (FABRIC: its fabric's
-    State and Status)."""
+    State and Status; FAULTS: the lab's faults by UUID; HELD_MIB: what processes hold)."""
     compute_cap, power_limit, idle_power, idle_temp = model_spec(gpu)
     use = usage.get(gpu["uuid"])
     use = use if isinstance(use, dict) else {}
     total = int(gpu["memory_total_mib"])
-    used = int(use.get("memory_used_mib", IDLE_MEMORY_USED_MIB))
+    used = int(use.get("memory_used_mib", IDLE_MEMORY_USED_MIB + held_mib))
+    fault = (faults or {}).get(gpu["uuid"]) or {}
     used = max(0, min(used, total))
     util = max(0, min(100, int(use.get("utilization_gpu", 0))))
     util_mem = max(0, min(100, int(use.get("utilization_memory", util // 2))))
@@ -778,6 +1033,8 @@ def gpu_state(gpu, driver_version, count, persistence, usage, fabric=("N/A", "N/
         "power.limit": f"{power_limit:.2f}",
         "fabric.state": fabric[0],
         "fabric.status": fabric[1],
+        "ecc.mode.current": "Enabled",
+        "ecc.errors.uncorrected.volatile.total": str(fault.get("ecc_dbe_volatile", 0)),
     }
 
 
@@ -789,26 +1046,47 @@ def csv_value(field, state, nounits):
     return value
 
 
-def render_list(gpus):
-    return "".join(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n" for g in gpus)
+def render_list(gpus, lost=()):
+    """`nvidia-smi -L`; a GPU in LOST (UUIDs: off the bus) is its handle error instead."""
+    return "".join(handle_error_line(g, list_form=True) if g["uuid"] in lost else
+                   f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n" for g in gpus)
 
 
-def render_csv(fields, gpus, states, noheader, nounits):
+def render_csv(fields, gpus, states, noheader, nounits, lost=()):
+    """`--query-gpu`; a GPU in LOST (UUIDs) is its handle error in place of its row."""
     lines = []
     if not noheader:
-        lines.append(", ".join(csv_header(f) for f in fields))
+        lines.append(", ".join(csv_header(f) for f in fields) + "\n")
     for gpu in gpus:
+        if gpu["uuid"] in lost:
+            lines.append(handle_error_line(gpu))
+            continue
         state = states[gpu["uuid"]]
-        lines.append(", ".join(csv_value(f, state, nounits) for f in fields))
-    return "".join(line + "\n" for line in lines)
+        lines.append(", ".join(csv_value(f, state, nounits) for f in fields) + "\n")
+    return "".join(lines)
+
+
+def render_processes(gpus, processes):
+    """The Processes section's rows (compute processes, "C"), or its "No running processes
+    found" line."""
+    index = {g["uuid"]: g["index"] for g in gpus}
+    rows = []
+    for proc in processes:
+        if proc["uuid"] not in index:
+            continue
+        name = proc["name"] if len(proc["name"]) <= 36 else "..." + proc["name"][-33:]
+        rows.append(f"{index[proc['uuid']]:>5}{'N/A':>6}{'N/A':>5}{proc['pid']:>16}"
+                    f"{'C':>7}   {name:<36}{str(proc['used_mib']) + 'MiB':>10} ")
+    return rows or ["  No running processes found"]
 
 
 def _cell(text, width):
     return text[:width].ljust(width)
 
 
-def render_table(gpus, states, driver_version):
-    """The default nvidia-smi view (layout of the 550/570 drivers)."""
+def render_table(gpus, states, driver_version, processes=()):
+    """The default nvidia-smi view (layout of the 550/570 drivers); PROCESSES as
+    gpu_processes() returns them."""
     cuda = cuda_version(driver_version)
     out = [time.strftime("%a %b %d %H:%M:%S %Y") + "       "]
     full = "+" + "-" * 89 + "+"
@@ -830,7 +1108,7 @@ def render_table(gpus, states, driver_version):
         name = gpu["name"] if len(gpu["name"]) <= 29 else gpu["name"][:26] + "..."
         c1 = f"{gpu['index']:>4}  {name:<29}{pm:>4}  "
         c2 = f"   {gpu['pci_bus_id']:<16} Off "
-        c3 = f"{'0':>21} "
+        c3 = f"{s['ecc.errors.uncorrected.volatile.total']:>21} "
         out.append(f"|{_cell(c1, 41)}|{_cell(c2, 24)}|{_cell(c3, 22)}|")
         power = f"{round(float(s['power.draw']))}W / {round(float(s['power.limit'])):>4}W"
         c1 = f" N/A  {s['temperature.gpu']:>3}C    {s['pstate']}{power:>24} "
@@ -847,7 +1125,7 @@ def render_table(gpus, states, driver_version):
     out.append("|" + _cell("        ID   ID                                        "
                            "                       Usage      ", 89) + "|")
     out.append("|" + "=" * 89 + "|")
-    out.append("|" + _cell("  No running processes found", 89) + "|")
+    out += ["|" + _cell(row, 89) + "|" for row in render_processes(gpus, processes)]
     out.append(full)
     return "\n".join(out) + "\n"
 
@@ -917,7 +1195,8 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
     [,nounits]`. What is live it reads at every run from /etc/fleetlab/live.env (under
     $FLEETLAB_ROOT): the fabric's state, and GPU_ACCESS=lost, when every command fails as
     NVML does in a container cut off its devices ("Failed to initialize NVML: Unknown
-    Error", exit status 255).
+    Error", exit status 255); the GPUs off the bus (GPU_LOST: their handle error in place
+    of their line, exit status 255) and their volatile uncorrected ECC count (GPU_ECC_DBE).
     """
     states = {g["uuid"]: gpu_state(g, driver_version, len(gpus), persistence, {}) for g in gpus}
     q = shlex.quote
@@ -954,6 +1233,37 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         '  [ "$(date +%s)" -ge "${at:-0}" ] 2>/dev/null || return 0',
         '  FSTATE=Completed; FSTATUS=Success; FULL=$FULL_DONE',
         "}",
+        "uuid_of() {",
+        '  case "$1" in',
+        *[f"    {g['index']}) printf %s {q(g['uuid'])} ;;" for g in gpus],
+        "  esac",
+        "}",
+        "handle() {",
+        '  case "$1:$2" in',
+        *[f"    {g['index']}:{form}) printf %s {q(handle_error_line(g, form == 'list'))} ;;"
+          for g in gpus for form in ("list", "other")],
+        *[f"    {g['index']}:ok) printf %s {q(render_list([g]))} ;;" for g in gpus],
+        "  esac",
+        "}",
+        "lost() {",
+        '  case ",$(live GPU_LOST)," in *,"$(uuid_of "$1")",*) return 0 ;; esac',
+        "  return 1",
+        "}",
+        "any_lost() {",
+        "  i=0",
+        '  while [ "$i" -lt "$COUNT" ]; do',
+        '    if lost "$i"; then LOST=$i; return 0; fi',
+        "    i=$((i + 1))",
+        "  done",
+        "  return 1",
+        "}",
+        "ecc() {",
+        "  IFS=,",
+        '  for p in $(live GPU_ECC_DBE); do',
+        '    if [ "${p%:*}" = "$1" ]; then printf %s "${p##*:}"; return 0; fi',
+        "  done",
+        "  printf 0",
+        "}",
         "hdr() {",
         '  case "$1" in',
     ]
@@ -973,6 +1283,7 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         "    *:timestamp:*) date '+%Y/%m/%d %H:%M:%S.000' | tr -d '\\n' ;;",
         '    *:fabric.state:*) printf %s "$FSTATE" ;;',
         '    *:fabric.status:*) printf %s "$FSTATUS" ;;',
+        '    *:ecc.errors.uncorrected.volatile.total:*) ecc "$(uuid_of "$1")" ;;',
         "  esac",
         "}",
         f"COUNT={len(gpus)}",
@@ -995,14 +1306,21 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         '  echo "Failed to initialize NVML: Unknown Error"; exit 255',
         "fi",
         "fabric",
+        "rc=0",
         'case "$mode" in',
-        '  list) printf %s "$LIST"; [ "$COUNT" -gt 0 ] || { echo "No devices were found";'
-        " exit 6; } ;;",
+        "  list)",
+        '    [ "$COUNT" -gt 0 ] || { echo "No devices were found"; exit 6; }',
+        '    if ! any_lost; then printf %s "$LIST"; exit 0; fi',
+        "    i=0",
+        '    while [ "$i" -lt "$COUNT" ]; do',
+        '      if lost "$i"; then handle "$i" list; rc=255; else handle "$i" ok; fi',
+        "      i=$((i + 1))",
+        "    done ;;",
         '  full) [ "$COUNT" -gt 0 ] || { echo "No devices were found"; exit 6; };'
-        ' printf %s "$FULL" ;;',
+        ' if any_lost; then handle "$LOST" other; exit 255; fi; printf %s "$FULL" ;;',
         '  version) printf %s "$VERSION" ;;',
         '  table) [ "$COUNT" -gt 0 ] || { echo "No devices were found"; exit 6; };'
-        ' printf %s "$TABLE" ;;',
+        ' if any_lost; then handle "$LOST" other; exit 255; fi; printf %s "$TABLE" ;;',
         "  query)",
         '    case ",$format," in *,csv,*) ;; *) echo "Invalid combination of input arguments.'
         " Please run 'nvidia-smi -h' for help.\"; exit 2 ;; esac",
@@ -1017,12 +1335,14 @@ def render_sh_nvidia_smi(gpus, driver_version, persistence):
         ' "$(hdr "$f")"; sep=", "; done; echo; fi',
         "    i=0",
         '    while [ "$i" -lt "$COUNT" ]; do',
+        '      if lost "$i"; then handle "$i" other; rc=255; i=$((i + 1)); continue; fi',
         '      sep=; for f in $query; do printf "%s%s" "$sep" "$(val "$i" "$f" "$nounits")";'
         ' sep=", "; done; echo',
         "      i=$((i + 1))",
         "    done",
         "    IFS=$oldifs ;;",
         "esac",
+        'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"
 

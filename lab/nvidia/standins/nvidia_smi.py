@@ -12,6 +12,16 @@
 # under Docker's systemd cgroup driver, NVIDIA/nvidia-container-toolkit#48): then every
 # command that initialises NVML fails with "Failed to initialize NVML: Unknown Error",
 # exit status 255.
+#
+# GPUs the lab broke (`python -m lab fault`; /run/fleetlab/gpu-faults.json on the host,
+# GPU_LOST / GPU_RESET_REQUIRED / GPU_ECC_DBE in a container's live.env): a GPU off the bus
+# (Xid 79) has no NVML handle, so every view prints "Unable to determine the device handle
+# for GPU0000:3B:00.0: Unknown Error" for it (in place of its line in -L and --query-gpu,
+# instead of the whole table or -q) and exits 255, and `-r` cannot reset it; a double-bit
+# ECC error (Xid 48) counts in ecc.errors.uncorrected.volatile.total until a GPU reset
+# (`-r [-i N]`, refused while a container holds the GPU). memory.used and the process list
+# show what the stand-in Ollama's loaded models hold, per process of the GPU containers
+# (inside a container: its own; a container sees no other's processes).
 import os
 import sys
 
@@ -23,20 +33,28 @@ from fleetlab_common import (
     canonical_field,
     fabric_from_live,
     fabric_state,
+    faults_from_live,
     fleetlab_root,
+    gpu_containers,
+    gpu_processes,
     gpu_state,
+    handle_error_line,
     host_fabric,
+    load_gpu_faults,
     load_gpus,
     load_persistence,
     load_usage,
     loaded_driver_version,
     nvml_version,
+    own_container_usage,
+    publish_gpu_faults,
     read_live,
     render_csv,
     render_full,
     render_list,
     render_table,
     render_version,
+    save_gpu_faults,
     write_json,
 )
 
@@ -61,7 +79,13 @@ nvidia-smi [OPTION1 [ARG1]] [OPTION2 [ARG2]] ...
           --query-gpu=          Information about GPU (fields as the real tool).
           --format=             csv[,noheader][,nounits]
     -pm,  --persistence-mode=   Set persistence mode: 0/DISABLED, 1/ENABLED
+    -r,   --gpu-reset           Trigger reset of the GPU (all GPUs without -i).
 """
+RESET_IN_USE = ("currently being used by one or more other processes (e.g., "
+                "Fabric Manager, CUDA application, graphics application such as an X "
+                "server, or a monitoring application such as another instance of "
+                "nvidia-smi). Please first kill all processes using this device and all "
+                "compute applications running in the system.\n")
 
 
 class UsageError(Exception):
@@ -103,6 +127,8 @@ def parse(argv):
         elif name in ("-pm", "--persistence-mode"):
             opts["pm"] = value(arg, ("-pm", "--persistence-mode"))
             opts["mode"] = "pm"
+        elif arg in ("-r", "--gpu-reset"):
+            opts["mode"] = "reset"
         else:
             raise UsageError(arg)
         i += 1
@@ -180,6 +206,15 @@ def main(argv):
         out.write(NO_DEVICES)
         return 6
 
+    faults = load_gpu_faults() if live is None else faults_from_live(live)
+    lost = {u for u, f in faults.items() if f["lost"]}
+    if opts["mode"] == "reset":
+        return reset(out, chosen, live, faults)
+    if opts["mode"] not in ("list", "query"):
+        for gpu in chosen:
+            if gpu["uuid"] in lost:  # no handle: nothing of the table or -q prints
+                out.write(handle_error_line(gpu))
+                return 255
     persistence = load_persistence()
     if opts["mode"] == "pm":
         if fleetlab_root() == "/" and os.geteuid() != 0:
@@ -199,22 +234,59 @@ def main(argv):
         out.write("All done.\n")
         return 0
 
+    failed = 255 if any(g["uuid"] in lost for g in chosen) else 0
     if opts["mode"] == "list":
-        out.write(render_list(chosen))
-        return 0
+        out.write(render_list(chosen, lost))
+        return failed
 
     usage = load_usage()
     fabric = fabric_state(host_fabric() if live is None else fabric_from_live(live))
-    states = {g["uuid"]: gpu_state(g, driver, len(gpus), persistence, usage, fabric)
-              for g in gpus}
+    processes = gpu_processes() if live is None else []
+    held = {}
+    for proc in processes:
+        held[proc["uuid"]] = held.get(proc["uuid"], 0) + proc["used_mib"]
+    if live is not None:
+        held = own_container_usage()
+    states = {g["uuid"]: gpu_state(g, driver, len(gpus), persistence, usage, fabric,
+                                   faults, held.get(g["uuid"], 0)) for g in gpus}
     if opts["mode"] == "full":
         out.write(render_full(chosen, states, driver, len(gpus)))
         return 0
     if opts["mode"] == "query":
         fmt = opts["format"].split(",")
-        out.write(render_csv(fields, chosen, states, "noheader" in fmt, "nounits" in fmt))
-        return 0
-    out.write(render_table(chosen, states, driver))
+        out.write(render_csv(fields, chosen, states, "noheader" in fmt, "nounits" in fmt,
+                             lost))
+        return failed
+    out.write(render_table(chosen, states, driver, processes))
+    return 0
+
+
+def reset(out, chosen, live, faults):
+    """`nvidia-smi -r`: a GPU reset clears a double-bit ECC error's pending state and the
+    volatile ECC counts. Refused for a GPU off the bus (no handle), while any container
+    holds one of the GPUs (its processes have the device open), and without root."""
+    if live is not None or (fleetlab_root() == "/" and os.geteuid() != 0):
+        out.write(f"Unable to reset GPU {chosen[0]['pci_bus_id']}: Insufficient "
+                  "Permissions\nTerminating early due to previous errors.\n")
+        return 4
+    for gpu in chosen:
+        if faults.get(gpu["uuid"], {}).get("lost"):
+            out.write(handle_error_line(gpu))
+            return 255
+    held = {u for r in gpu_containers() for u in r.get("uuids") or []}
+    busy = [g for g in chosen if g["uuid"] in held]
+    if busy:
+        out.write("The following GPUs could not be reset:\n")
+        for gpu in busy:
+            out.write(f"  GPU {gpu['pci_bus_id']}: In use by another client\n")
+        count = f"{len(busy)} device is" if len(busy) == 1 else f"{len(busy)} devices are"
+        out.write(f"\n{count} {RESET_IN_USE}")
+        return 255
+    for gpu in chosen:
+        faults.pop(gpu["uuid"], None)
+        out.write(f"GPU {gpu['pci_bus_id']} was successfully reset.\n")
+    save_gpu_faults(faults)
+    publish_gpu_faults()
     return 0
 
 

@@ -75,6 +75,12 @@ Lab-only settings (set by the lab's image recipe, never by deploy files):
     OLLAMA_LAB_REGISTRY       base URL (e.g. http://10.20.0.2:8081) used instead of
                               https://registry.ollama.ai for names on the default host
     OLLAMA_LAB_TOKEN_DELAY    seconds before each generated token (default 0.02)
+    OLLAMA_LAB_CPU_SLOWDOWN   how many times slower a runner on the CPU makes each token
+                              (default 10)
+    SIGUSR1 / SIGUSR2         (lab only, `python -m lab fault HOST cpu` and its clear) the
+                              server falls back to the CPU until its process ends: its
+                              runners reload there (/api/ps size_vram 0, slow tokens) /
+                              back to its GPUs
     OLLAMA_LAB_LOAD_SECONDS   seconds a model takes to load when it is not loaded yet
                               (default 0.3; reported in load_duration, as Ollama reports
                               its load); one load at a time, as Ollama's scheduler does
@@ -99,7 +105,14 @@ prefixed with $FLEETLAB_ROOT when that is set, as the NVIDIA stand-ins do):
                               nodes (NVIDIA/nvidia-container-toolkit#48). Read at each
                               load and unload: loaded runners keep answering; a new load
                               logs the failed GPU refresh and runs on the CPU while
-                              /api/ps reports it on the GPU, as v0.6.8 does (scheduler.py)
+                              /api/ps reports it on the GPU, as v0.6.8 does (scheduler.py);
+                              FM_REQUIRED=1 with FM_RUNNING=0 (Fabric Manager dead on an
+                              NVSwitch board): a new runner computes on the CPU too;
+                              GPU_LOST / GPU_RESET_REQUIRED (Xid 79 / Xid 48 on a GPU): the
+                              runner on that GPU aborts on a CUDA error at its next step,
+                              a new one there fails to start (scheduler.py)
+    /tmp/.fleetlab-gpu-usage.json   (written) the MiB the runners hold per GPU, with the
+                              server's pid and start time: the host's nvidia-smi shows it
 
 Store layout is upstream's: ``manifests/<host>/<namespace>/<model>/<tag>`` holds
 the manifest as Ollama re-encodes it (json.Marshal of its Manifest struct: compact,

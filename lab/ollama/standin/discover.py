@@ -76,14 +76,55 @@ def _fleetlab_json(path: str):
         return None
 
 
-def gpu_access_lost() -> bool:
-    """Whether the container lost access to its GPU device nodes (read at each use: the
-    host side changes it while the server runs)."""
+_LIVE_CACHE: dict = {"key": None, "values": {}}
+
+
+def live_values() -> dict[str, str]:
+    """The host's live view for this container (/etc/fleetlab/live.env, KEY=VALUE lines),
+    read again whenever the file changes: the host side changes it while the server runs."""
+    path = _fleetlab_path(FLEETLAB_LIVE)
     try:
-        with open(_fleetlab_path(FLEETLAB_LIVE), encoding="utf-8") as f:
-            return any(line.strip() == "GPU_ACCESS=lost" for line in f)
+        st = os.stat(path)
     except OSError:
-        return False
+        return {}
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if _LIVE_CACHE["key"] != key:
+        values = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    k, eq, v = line.partition("=")
+                    if eq and k.strip():
+                        values[k.strip()] = v.strip()
+        except OSError:
+            return {}
+        _LIVE_CACHE.update(key=key, values=values)
+    return _LIVE_CACHE["values"]
+
+
+def gpu_access_lost() -> bool:
+    """Whether the container lost access to its GPU device nodes."""
+    return live_values().get("GPU_ACCESS") == "lost"
+
+
+def fabric_down() -> bool:
+    """An NVSwitch board whose Fabric Manager is not running: a runner started now cannot
+    initialise CUDA (CUDA_ERROR_SYSTEM_NOT_READY, 802)."""
+    live = live_values()
+    return live.get("FM_REQUIRED") == "1" and live.get("FM_RUNNING") != "1"
+
+
+def gpu_fault(uuid: str | None) -> str | None:
+    """What the GPU UUID suffers now: "lost" (it fell off the bus, Xid 79), "ecc" (a
+    double-bit ECC error waits for a GPU reset, Xid 48), or None."""
+    if not uuid:
+        return None
+    live = live_values()
+    if uuid in (live.get("GPU_LOST") or "").split(","):
+        return "lost"
+    if uuid in (live.get("GPU_RESET_REQUIRED") or "").split(","):
+        return "ecc"
+    return None
 
 
 def log_refresh_failure(gpus: list[dict]) -> None:

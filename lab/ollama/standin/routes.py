@@ -884,11 +884,18 @@ class Handler(BaseHTTPRequestHandler):
         num_predict = parse_num_predict(req)
         fmt = check_format(req)
         num_ctx = (req.get("options") or {}).get("num_ctx")
-        runner = state.STATE.sched.acquire(
+        sched = state.STATE.sched
+        runner = sched.acquire(
             info, keep_alive, num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None)
         try:
             t_loaded = time.monotonic_ns()
             empty = (not req.get("messages")) if chat else (not req.get("prompt"))
+            stream = req.get("stream") is not False
+            fault = None if empty else sched.runner_fault(runner)
+            if fault:  # the runner aborts at its first step: a stream has begun by then
+                if stream:
+                    self.start_stream()
+                raise ApiError(500, fault)
             if empty:
                 resp = {"model": model_raw, "created_at": go_time(time.time_ns(), utc=True)}
                 if chat:
@@ -901,7 +908,8 @@ class Handler(BaseHTTPRequestHandler):
                 return
             tokens, reason = plan_tokens(prompt_text, fmt, num_predict)
             delay = env_float("OLLAMA_LAB_TOKEN_DELAY", 0.02)
-            stream = req.get("stream") is not False
+            if runner.slow:  # on the CPU
+                delay *= env_float("OLLAMA_LAB_CPU_SLOWDOWN", 10.0)
             prompt_count = max(1, eval_words)
             if stream:
                 self.start_stream()
@@ -910,6 +918,9 @@ class Handler(BaseHTTPRequestHandler):
             for tok in tokens:
                 if delay:
                     time.sleep(delay)
+                fault = sched.runner_fault(runner)
+                if fault:  # its GPU broke under it: the request ends with the error
+                    raise ApiError(500, fault)
                 pieces.append(tok)
                 if stream:
                     line = {"model": model_raw, "created_at": go_time(time.time_ns(), utc=True)}
@@ -1067,6 +1078,9 @@ class Handler(BaseHTTPRequestHandler):
         runner = state.STATE.sched.acquire(info, keep_alive)
         try:
             t_loaded = time.monotonic_ns()
+            fault = state.STATE.sched.runner_fault(runner) if inputs else None
+            if fault:
+                raise ApiError(500, fault)
             if not inputs:
                 self.send_json(200, {"model": raw, "embeddings": []})
                 return
@@ -1098,6 +1112,9 @@ class Handler(BaseHTTPRequestHandler):
         runner = state.STATE.sched.acquire(info, keep_alive)
         try:
             prompt = req.get("prompt") or ""
+            fault = state.STATE.sched.runner_fault(runner) if prompt else None
+            if fault:
+                raise ApiError(500, fault)
             self.send_json(200, {"embedding": embed_vector(prompt) if prompt else []})
         finally:
             state.STATE.sched.release(runner)

@@ -132,13 +132,20 @@ def serve() -> int:
             default_num_ctx=st.default_num_ctx)
     stop = threading.Event()
     threading.Thread(target=_reaper, args=(st.sched, stop), daemon=True).start()
+    st.sched.publish_usage()  # nothing held yet: a file of an earlier process is void
 
     def _on_signal(signum, frame):
         stop.set()
         threading.Thread(target=httpd.shutdown, daemon=True).start()
 
+    def _on_cpu(signum, frame):  # lab only (`python -m lab fault HOST cpu`, and its clear)
+        threading.Thread(target=st.sched.set_cpu_fallback, args=(signum == signal.SIGUSR1,),
+                         daemon=True).start()
+
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGUSR1, _on_cpu)
+    signal.signal(signal.SIGUSR2, _on_cpu)
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:

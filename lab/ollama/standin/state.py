@@ -38,6 +38,7 @@ class ServerState:
         )
         self.sched.on_gpu = self.discovery.on_gpu
         self.sched.gpus = self.discovery.gpus
+        self.sched.version = self.version
         self.default_num_ctx = default_num_ctx(self.discovery.total_vram())
         if self.current:
             self.sched.default_num_ctx = self.default_num_ctx
