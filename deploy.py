@@ -18,6 +18,7 @@ from ollama_fleet.tasks.steps import (
     docker,
     front_door,
     gpu_ready,
+    health,
     inference,
     metrics,
     models,
@@ -48,6 +49,7 @@ if "gpu_servers" in host.groups:
     models.pull_models(settings, fleet)  # fan-out waves over the fleet's gpu_servers
     models.warm_models(settings)  # loaded before the host serves again: no user pays the load
     inference.prove_gpu_inference(settings)  # each GPU instance: a model in GPU memory
+    health.watch_health(settings, fleet, dist)  # from now on: sick instances out, healed
     apps.deploy_apps(settings)  # after Ollama is healthy and its models are present
     metrics.deploy_metrics(settings)  # optional GPU metrics (off by default)
 

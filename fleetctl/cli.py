@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS",
                         help="per host, connecting included (default 20)")
 
+    events = sub.add_parser("events", parents=[data, limit, yes],
+                            help="the health agents' last actions on every GPU host",
+                            description="What each GPU host's health agent saw and did "
+                            "(evicted, restarted, reset, returned, left out), oldest first; "
+                            "exit 1 when a host is unreachable.")
+    events.add_argument("--last", type=int, default=20, metavar="N",
+                        help="events per host (default 20)")
+    events.add_argument("--json", action="store_true",
+                        help="one JSON document: {host: [event, ...]}")
+    events.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS",
+                        help="per host, connecting included (default 20)")
+
     backup = sub.add_parser("backup", parents=[data],
                             help="back HOST's model store up to a checked tarball")
     backup.add_argument("host", metavar="HOST")
@@ -265,6 +277,7 @@ def cmd_roll(fleet: Fleet, args: argparse.Namespace) -> int:
 
 def cmd_status(fleet: Fleet, args: argparse.Namespace) -> int:
     from ollama_fleet.fleetctl.status import (
+        attach_rotation,
         collect,
         exit_status,
         plan_hosts,
@@ -272,14 +285,33 @@ def cmd_status(fleet: Fleet, args: argparse.Namespace) -> int:
         render_table,
     )
 
-    plans = plan_hosts(fleet.select(args.limit))
+    # every front door's view is read, whatever --limit keeps: rotation is theirs to tell
+    selected = fleet.select(args.limit)
+    names = {m.name for m in selected}
+    doors = [m for m in fleet.members if m.front_door and m.name not in names]
+    plans = plan_hosts([*selected, *doors])
     config = pyinfra_config(args.timeout)
-    views = collect(plans, args.timeout, config) if plans else []
+    views = attach_rotation(collect(plans, args.timeout, config) if plans else [])
+    views = [v for v in views if v["host"] in names]
     if args.json:
         print(json.dumps(views, indent=2))
     else:
         sys.stdout.write(render_table(views))
     return exit_status(views)
+
+
+def cmd_events(fleet: Fleet, args: argparse.Namespace) -> int:
+    from ollama_fleet.fleetctl.status import collect, plan_hosts, pyinfra_config, render_events
+
+    if not 1 <= args.last <= 500:
+        raise UsageError(f"--last: {args.last}: between 1 and 500")
+    plans = [p for p in plan_hosts(fleet.select(args.limit), events=args.last) if p.verdict]
+    views = collect(plans, args.timeout, pyinfra_config(args.timeout)) if plans else []
+    if args.json:
+        print(json.dumps({v["host"]: v.get("events", []) for v in views}, indent=2))
+    else:
+        sys.stdout.write(render_events(views))
+    return 1 if any(not v["reachable"] or v["error"] for v in views) else EXIT_OK
 
 
 def cmd_backup(fleet: Fleet, args: argparse.Namespace) -> int:
@@ -304,9 +336,10 @@ def cmd_restore(fleet: Fleet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def front_door_run(fleet: Fleet, out: list[str], args: argparse.Namespace,
+def front_door_run(fleet: Fleet, out: dict[str, str], args: argparse.Namespace,
                    what: str) -> int:
-    """deploy.py on the front doors, holding OUT out (front_door_out; kept on them)."""
+    """deploy.py on the front doors, holding OUT out (host -> why: drain or roll;
+    front_door_out and front_door_out_roll, kept on them)."""
     lb = [h.name for h in fleet.lb_servers]
     if not lb:
         raise UsageError(f"{fleet.inventory}: no lb_servers host: there is no front door "
@@ -314,20 +347,22 @@ def front_door_run(fleet: Fleet, out: list[str], args: argparse.Namespace,
     log_stderr(f"{args.command}: front door {', '.join(lb)}: {what}")
     if not args.dry and not confirm(f"Change the front door ({', '.join(lb)})?", args.yes):
         return declined(args.command)
-    result = run_pyinfra(fleet, "deploy.py", lb, {**fleet.data, "front_door_out": out},
-                         dry=args.dry)
+    held = {"front_door_out": list(out),
+            "front_door_out_roll": [name for name, why in out.items() if why == "roll"]}
+    result = run_pyinfra(fleet, "deploy.py", lb, {**fleet.data, **held}, dry=args.dry)
     if not result.ok:
         log_stderr(f"{args.command}: {result.failure(lb[0])}")
         return EXIT_FAILED
     return EXIT_OK
 
 
-def held_now(fleet: Fleet) -> list[str]:
-    """What the front doors hold out now (a roll's stopped batch, an earlier `drain`)."""
+def held_now(fleet: Fleet) -> dict[str, str]:
+    """What the front doors hold out now and why (roll: a roll's stopped batch; drain: an
+    earlier `drain`)."""
     from ollama_fleet.fleetctl.backup import CommandError
-    from ollama_fleet.fleetctl.runner import held_out
+    from ollama_fleet.fleetctl.runner import held_causes
 
-    out = held_out(fleet, fleet.data) if fleet.lb_servers else []
+    out = held_causes(fleet, fleet.data) if fleet.lb_servers else {}
     if out is None:
         raise CommandError(f"{', '.join(h.name for h in fleet.lb_servers)}: cannot read "
                            "which hosts the front door holds out; is it reachable?")
@@ -337,7 +372,8 @@ def held_now(fleet: Fleet) -> list[str]:
 def cmd_drain(fleet: Fleet, args: argparse.Namespace) -> int:
     named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
                                           what="gpu_servers host", option="drain")]
-    out = list(dict.fromkeys([*held_now(fleet), *named]))
+    # an operator's drain of a host a roll holds makes it the operator's
+    out = held_now(fleet) | dict.fromkeys(named, "drain")
     return front_door_run(fleet, out, args, f"out: {', '.join(out)}")
 
 
@@ -345,7 +381,8 @@ def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
     kept = list(fleet.lb_servers[0].settings.front_door_drained) if fleet.lb_servers else []
     named = [h.name for h in fleet.select(args.hosts, among=fleet.gpu_servers,
                                           what="gpu_servers host", option="undrain")]
-    out = [h for h in held_now(fleet) if h not in named] if args.hosts else []
+    out = {h: why for h, why in held_now(fleet).items() if h not in named} \
+        if args.hosts else {}
     back = "every gpu_servers host" if not args.hosts else ", ".join(named)
     return front_door_run(fleet, out, args, f"{back} in"
                           + (f" but {', '.join(kept)} (front_door_drained)" if kept else ""))
@@ -353,6 +390,7 @@ def cmd_undrain(fleet: Fleet, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], int]] = {
     "check": cmd_check, "deploy": cmd_deploy, "roll": cmd_roll, "status": cmd_status,
+    "events": cmd_events,
     "backup": cmd_backup, "restore": cmd_restore, "drain": cmd_drain, "undrain": cmd_undrain,
 }
 

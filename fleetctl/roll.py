@@ -41,7 +41,7 @@ from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.runner import (
     DEFAULT_TIMEOUT_S,
     Log,
-    held_out,
+    held_causes,
     log_stderr,
     read_fact,
     run_pyinfra,
@@ -184,17 +184,24 @@ class Roll:
 
     def front_door(self, step: str, host: str, out: Sequence[str] = (),
                    back: Sequence[str] = ()) -> None:
-        """Hold OUT out of the front door too, or take BACK in; the front doors keep what
-        they hold (tasks.steps.front_door.HELD_OUT), so a plain deploy cannot undo it."""
+        """Hold OUT out of the front door too (held by a roll), or take BACK in; the front
+        doors keep what they hold and why (tasks.steps.front_door.HELD_OUT), so a plain
+        deploy cannot undo it and the rotation view tells a roll from an operator's drain."""
         if not self.lb:
             return
         # read again each time: another operator's drain or undrain since is kept
-        held = [n for n in dict.fromkeys([*self.read_held_out(), *out]) if n not in back]
-        self.pyinfra(self.lb, {**self.data, "front_door_out": held}, step, host)
+        why = dict(self.read_held_out())
+        for name in out:
+            why.setdefault(name, "roll")  # one an operator drained stays the operator's
+        held = [n for n in why if n not in back]
+        self.pyinfra(self.lb, {**self.data, "front_door_out": held,
+                               "front_door_out_roll": [n for n in held if why[n] == "roll"]},
+                     step, host)
 
-    def read_held_out(self) -> list[str]:
-        """What the front doors hold out now (another roll's stopped batch, a `drain`)."""
-        out = held_out(self.fleet, self.data)
+    def read_held_out(self) -> dict[str, str]:
+        """What the front doors hold out now and why (roll: another roll's stopped batch;
+        drain: an operator's `drain`)."""
+        out = held_causes(self.fleet, self.data)
         if out is None:
             raise RollError(self.lb[0], "drain", "cannot read which hosts the front door "
                             "holds out; is it reachable?")

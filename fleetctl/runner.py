@@ -177,16 +177,27 @@ def read_fact(fleet: Fleet, hosts: Sequence[str], fact: str, args: Sequence[str]
     return by_host if isinstance(by_host, dict) else None
 
 
-def held_out(fleet: Fleet, data: dict[str, Any]) -> list[str] | None:
-    """The hosts the front doors hold out for ollama-fleet (tasks.steps.front_door.HELD_OUT), all
-    front doors together, in inventory order; None when a front door cannot be read."""
-    from ollama_fleet.tasks.steps.front_door import HELD_OUT
+def held_causes(fleet: Fleet, data: dict[str, Any]) -> dict[str, str] | None:
+    """The hosts the front doors hold out for ollama-fleet (tasks.steps.front_door.HELD_OUT)
+    and why (drain: an operator's `drain`; roll: a roll's batch), all front doors together,
+    in inventory order (a drain at any of them makes it a drain); None when a front door
+    cannot be read."""
+    from ollama_fleet.tasks.steps.front_door import HELD_OUT, Held
 
-    out: set[str] = set()
+    why: dict[str, str] = {}
     for lb in fleet.lb_servers:
         got = read_fact(fleet, [lb.name], "ollama_fleet.tasks.kit.facts.Lines",
                         [f"path={lb.settings.front_door_dir}/{HELD_OUT}"], data)
         if got is None or not isinstance(got.get(lb.name), list):
             return None
-        out |= set(got[lb.name])
-    return [h.name for h in fleet.gpu_servers if h.name in out]
+        for held in map(Held.parse, got[lb.name]):
+            why[held.host] = "drain" if "drain" in (held.cause, why.get(held.host)) \
+                else held.cause
+    return {h.name: why[h.name] for h in fleet.gpu_servers if h.name in why}
+
+
+def held_out(fleet: Fleet, data: dict[str, Any]) -> list[str] | None:
+    """The hosts the front doors hold out for ollama-fleet (held_causes), in inventory
+    order; None when a front door cannot be read."""
+    causes = held_causes(fleet, data)
+    return None if causes is None else list(causes)

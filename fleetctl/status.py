@@ -67,6 +67,7 @@ import json
 import math
 import re
 import runpy
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ from ollama_fleet.tasks.kit.facts import parse_gpu_csv, reboot_required
 from ollama_fleet.tasks.kit.fleet import Member
 from ollama_fleet.tasks.kit.paths import CONFIG
 from ollama_fleet.tasks.kit.scripts import script_command, script_text
+from ollama_fleet.tasks.steps import health
 from ollama_fleet.tasks.steps.stack import PROJECT, expected_services
 
 DEFAULT_TIMEOUT_S = 20
@@ -107,6 +109,9 @@ class HostPlan:
     instances: tuple[tuple[str, int], ...] = ()
     api_address: str = "127.0.0.1"
     nginx_url: str | None = None
+    verdict: str = ""  # the health agent's verdict file (gpu_servers)
+    events: int = 0  # how many of the agent's last events to read (gpu_servers)
+    rotation_url: str = ""  # a front door's /fleet/rotation, from the front door itself
 
 
 def nginx_health_url(settings: Any, front_door: bool) -> str:
@@ -117,21 +122,25 @@ def nginx_health_url(settings: Any, front_door: bool) -> str:
     return f"http://127.0.0.1:{port}/health"
 
 
-def plan_hosts(hosts: list[Member]) -> list[HostPlan]:
-    """What to ask each of HOSTS, from its validated settings."""
+def plan_hosts(hosts: list[Member], events: int = 5) -> list[HostPlan]:
+    """What to ask each of HOSTS, from its validated settings; EVENTS: how many of each GPU
+    host's last health events."""
     plans = []
     for h in hosts:
         s = h.settings
         instances: tuple[tuple[str, int], ...] = ()
         url = None
+        verdict = rotation = ""
         if h.gpu_server:
             names = [name for name in expected_services(s) if name != "nginx"]
             instances = tuple(zip(names, (port for _, port in s.instance_ports()), strict=True))
             url = nginx_health_url(s, front_door=False)
+            verdict = health.VERDICT
         elif h.front_door:
             url = nginx_health_url(s, front_door=True)
+            rotation = f"http://127.0.0.1:{s.front_door_health_port}/fleet/rotation"
         plans.append(HostPlan(h.name, h.groups, h.data, instances,
-                              s.local_host(), url))
+                              s.local_host(), url, verdict, events if verdict else 0, rotation))
     return plans
 
 
@@ -149,7 +158,8 @@ def status_script(plan: HostPlan) -> str:
     instance whose /api/version does not answer is not asked the rest."""
     return script_command("status/status.sh", PROJECT, ",".join(GPU_QUERY), INSPECT_FORMAT,
                           plan.api_address, plan.nginx_url or "",
-                          script_text("facts/reboot-required.sh"),
+                          script_text("facts/reboot-required.sh"), plan.verdict,
+                          health.EVENTS if plan.events else "", plan.events, plan.rotation_url,
                           *(port for _, port in plan.instances))
 
 
@@ -336,6 +346,14 @@ def host_view(plan: HostPlan, report: dict[str, Any]) -> dict[str, Any]:
             else f"docker version exited {docker['rc']}"
     containers = parse_containers((report.get("containers") or {}).get("out", ""))
     reboot = report.get("reboot")
+    verdict = json_entry(report.get("health"))
+    agent = {i.get("name"): i for i in (verdict or {}).get("instances") or []
+             if isinstance(i, dict)}
+    instances = [instance_view(name, port, containers.get(name), report, gpus)
+                 for name, port in plan.instances]
+    for view in instances:  # the agent's word (null where none was asked)
+        view["agent"] = agent_view(agent.get(view["name"])) if plan.verdict else None
+        view["healthy"] = view["healthy"] and (view["agent"] or {}).get("state") != "out"
     return {
         "host": plan.name, "reachable": True, "error": None, "groups": list(plan.groups),
         "os": parse_os_release(os_entry["out"]),
@@ -343,10 +361,91 @@ def host_view(plan: HostPlan, report: dict[str, Any]) -> dict[str, Any]:
         "reboot_required": reboot_required(reboot["out"].splitlines()) if reboot else [],
         "driver_version": driver, "gpu_error": gpu_error, "gpus": gpus,
         "docker_version": docker_version, "docker_error": docker_error,
-        "instances": [instance_view(name, port, containers.get(name), report, gpus)
-                      for name, port in plan.instances],
+        "instances": instances,
         "nginx": nginx_view(plan.nginx_url, report.get("nginx")),
+        # the health agent's verdict on the host (null: no agent answers there)
+        "health": agent_view(verdict, host=True, now=host_clock(report)) if plan.verdict
+        else None,
+        "events": parse_events((report.get("events") or {}).get("out", "")),
+        # a front door's view of every host (its /fleet/rotation); null elsewhere
+        "rotation_view": json_entry(report.get("rotation")) if plan.rotation_url else None,
+        # this host at every front door: {front door: {state, cause, reason, since}}
+        "rotation": {},
     }
+
+
+def json_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON object a report entry printed; None when absent, failed or not an object."""
+    if not entry or entry.get("rc"):
+        return None
+    try:
+        doc = json.loads(entry["out"])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+# A verdict not renewed for this long: its agent is silent (it renews it every second).
+SILENT_AFTER_S = 10
+
+
+def host_clock(report: dict[str, Any]) -> float | None:
+    entry = report.get("now") or {}
+    try:
+        return float(entry.get("out", "").strip())
+    except ValueError:
+        return None
+
+
+def agent_view(entry: dict[str, Any] | None, host: bool = False,
+               now: float | None = None) -> dict[str, Any]:
+    """The health agent's word on a host or an instance: state ok/out/unknown/silent (a
+    verdict older than SILENT_AFTER_S by the host's own clock), and why."""
+    if not entry:
+        return {"state": "unknown", "kind": "", "reason": "no verdict from the health agent",
+                "since": None, "action": ""}
+    view = {key: entry.get(key) for key in ("state", "kind", "reason", "since", "action")}
+    if host:
+        checked = entry.get("checked_at")
+        view["checked_at"] = checked
+        if now is not None and isinstance(checked, (int, float)) \
+                and now - checked > SILENT_AFTER_S:
+            view["state"] = "silent"
+            view["reason"] = f"the health agent's verdict is {now - checked:.0f} s old"
+    return view
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """The agent's events (one JSON object a line), oldest first; broken lines skipped."""
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+# The front doors' word for each state (their /fleet/rotation: templates/front_door/fleet.js).
+ROTATION_WORDS = {"in": "in rotation", "drained": "drained by an operator",
+                  "held": "held out by a roll", "evicted": "evicted by the health agent",
+                  "unreachable": "evicted: its verdict does not answer"}
+
+
+def attach_rotation(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every GPU host's view its state at every front door that reported one."""
+    by_name = {v["host"]: v for v in views}
+    for door in views:
+        doc = door.get("rotation_view")
+        if not doc:
+            continue
+        for name, state in (doc.get("hosts") or {}).items():
+            view = by_name.get(name)
+            if view is not None and view.get("reachable") and isinstance(state, dict):
+                view.setdefault("rotation", {})[door["host"]] = state
+    return views
 
 
 def failed_view(plan: HostPlan, error: str, reachable: bool = False) -> dict[str, Any]:
@@ -356,7 +455,8 @@ def failed_view(plan: HostPlan, error: str, reachable: bool = False) -> dict[str
     return {"host": plan.name, "reachable": True, "error": error, "groups": list(plan.groups),
             "os": None, "reboot_required": [], "driver_version": None, "gpu_error": None,
             "gpus": [], "docker_version": None, "docker_error": None, "instances": [],
-            "nginx": None}
+            "nginx": None, "health": None, "events": [], "rotation_view": None,
+            "rotation": {}}
 
 
 def exit_status(views: list[dict[str, Any]]) -> int:
@@ -395,6 +495,51 @@ def _placed(models: list[dict[str, Any]]) -> str:
     return ", ".join(f"{m['name']} ({m['on']})" for m in models) if models else "-"
 
 
+def _since(when: Any) -> str:
+    if not isinstance(when, (int, float)):
+        return ""
+    return " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _fault(view: dict[str, Any]) -> str:
+    """`kind: reason (since ...; action)` of an agent's verdict."""
+    action = f"; {view['action']}" if view.get("action") else ""
+    return f"{view.get('kind')}: {view.get('reason')} ({_since(view.get('since')).strip()}{action})"
+
+
+def _rotation(state: dict[str, Any]) -> str:
+    word = ROTATION_WORDS.get(state.get("state"), str(state.get("state")))
+    cause = state.get("cause")
+    text = word + (f" ({cause})" if cause and state.get("state") in ("drained", "held") else "")
+    if state.get("reason"):
+        text += f": {state['reason']}"
+    text += _since(state.get("since"))
+    out = [f"{name} {s.get('state')}" for name, s in (state.get("instances") or {}).items()
+           if s.get("state") != "in"]
+    return text + (f"; instances out: {', '.join(out)}" if out else "")
+
+
+def render_events(views: list[dict[str, Any]]) -> str:
+    """The health agents' last actions, a line each, per host in inventory order."""
+    lines = []
+    for v in views:
+        if not v.get("reachable") or v.get("error"):
+            where = "unreachable: " if not v.get("reachable") else ""
+            lines.append(f"{v['host']}: {where}{v.get('error')}")
+            continue
+        if v.get("health") is None:
+            continue  # not a GPU host
+        if not v["events"]:
+            lines.append(f"{v['host']}: no health events")
+        for e in v["events"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("at") or 0))
+            target = e.get("instance") or "host"
+            lines.append(f"{when}  {v['host']:<10} {target:<10} {e.get('kind', ''):<10} "
+                         f"{e.get('action', '')}: {e.get('result', '')}"
+                         + (f" ({e['reason']})" if e.get("reason") else ""))
+    return "\n".join(lines) + "\n"
+
+
 def render_table(views: list[dict[str, Any]]) -> str:
     """Fixed columns: a line per host, under it a line per GPU and per Ollama instance."""
     width = max([4, *(len(v["host"]) for v in views)])
@@ -429,11 +574,20 @@ def render_table(views: list[dict[str, Any]]) -> str:
         for i in v["instances"]:
             instances += 1
             healthy += i["healthy"]
+            agent = i.get("agent") or {}
             out.append(f"{pad}{i['name']:<9} :{i['port']:<5}  {_gpu_label(i):<9}  "
                        f"{_condition(i):<9}  {i['version'] or '-':<8}  "
                        f"models {_names(i['models'])}  loaded {_placed(i['placement'])}"
                        + (f"  ({i['api_error']})" if i["api_error"] else "")
-                       + (f"  [{i['health_reason']}]" if i["health_reason"] else ""))
+                       + (f"  [{i['health_reason']}]" if i["health_reason"] else "")
+                       + (f"  OUT {_fault(agent)}" if agent.get("state") == "out" else ""))
+        if v.get("health") is not None:
+            h = v["health"]
+            out.append(f"{pad}health agent: " + (f"OUT {_fault(h)}" if h["state"] == "out"
+                                                  else h["reason"] if h["state"] in
+                                                  ("unknown", "silent") else h["state"]))
+        for door, state in sorted((v.get("rotation") or {}).items()):
+            out.append(f"{pad}front door {door}: {_rotation(state)}")
     answered = len(views) - unreachable
     out.append(f"{len(views)} hosts: {answered} answered, {unreachable} unreachable; "
                f"{instances} Ollama instances: {healthy} healthy")

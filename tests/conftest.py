@@ -85,7 +85,8 @@ SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
 # longest start first, so that the workers end together (xdist hands out groups in this
 # order with --no-loadscope-reorder; by default it would sort them by their test count).
 GROUP_SECONDS = {
-    "deploy_lab": 700, "tests.lab.test_rolling": 620, "tests.lab.test_deploy_faults": 360,
+    "deploy_lab": 700, "tests.lab.test_health": 650, "tests.lab.test_rolling": 620,
+    "tests.lab.test_benches": 400, "tests.lab.test_deploy_faults": 360,
     "backup_lab": 330, "tests.lab.test_models": 300, "tests.lab.test_gate": 200,
     "tests.lab.test_prod_shape": 190, "core_lab": 180, "tests.lab.test_driver_debian12": 120,
     "tests.lab.test_between_deploys": 330, "tests.lab.test_updates_between_deploys": 150,

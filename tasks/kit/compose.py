@@ -38,7 +38,7 @@ def templates(directory: Path) -> Environment:
 
 @operation()
 def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
-                  secret: tuple[str, ...] = ()):
+                  secret: tuple[str, ...] = (), tmpfs: tuple[str, ...] = ()):
     """
     Install WANTED files under ROOT only after they pass `docker compose config -q` and
     `nginx -t` in ROOT/.staged; the live files are untouched by a bad render.
@@ -48,6 +48,7 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
     + wanted: relative path -> content
     + nginx_image: the image whose nginx checks the config (None: no nginx config)
     + secret: the paths in WANTED that only root may read (keys)
+    + tmpfs: directories the nginx container has as tmpfs (where its unix sockets live)
     """
     stale = [rel for rel, text in wanted.items()
              if host.get_fact(Sha1File, path=f"{root}/{rel}")
@@ -69,8 +70,9 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
     if nginx_image:
         main = (f"-v {q(staged)}/nginx.conf:/etc/nginx/nginx.conf:ro "
                 if "nginx.conf" in wanted else "")
-        yield (f"docker run --rm --network host {main}-v {q(staged)}/nginx:/etc/nginx/conf.d:ro "
-               f"{q(nginx_image)} nginx -t -q")
+        scratch = "".join(f"--tmpfs {q(path)} " for path in tmpfs)
+        yield (f"docker run --rm --network host {main}{scratch}"
+               f"-v {q(staged)}/nginx:/etc/nginx/conf.d:ro {q(nginx_image)} nginx -t -q")
     for rel in wanted:
         yield f"mkdir -p {q(str(Path(f'{root}/{rel}').parent))}"
         yield (f"cp -p {q(staged)}/{rel} {q(root)}/{rel}.new "

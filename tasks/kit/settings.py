@@ -303,6 +303,22 @@ class Settings(BaseModel):
         "seconds Docker waits at boot for the GPU stack (nvidia-smi lists every GPU, "
         "Fabric Manager done with the fabric) before it starts the instances anyway"))
 
+    # The health agent on every gpu_servers host (tasks/steps/health.py)
+    health_heal: bool = Field(True, description=(
+        "the health agent heals what it takes out (restarts, recreates, GPU resets, "
+        "Fabric Manager restarts); false: it detects and evicts only"))
+    health_allow_reboot: bool = Field(False, description=(
+        "the health agent may reboot a host whose fault only a reboot clears (a GPU off "
+        "the bus); off: it keeps the host's sick GPUs out and reports it"))
+    health_max_unavailable: int = Field(1, ge=0, le=1000, description=(
+        "at most this many hosts out of rotation at the front doors (drained, held out by "
+        "a roll, evicted) when the health agent reboots one; 0: it never reboots"))
+    health_interval: int = Field(1, ge=1, le=30, description=(
+        "seconds between the health agent's checks"))
+    health_return_after: int = Field(3, ge=1, le=100, description=(
+        "good checks in a row before an instance the agent took out may return (after the "
+        "GPU proof)"))
+
     nvidia_exporter: bool = Field(False, description=(
         "run NVIDIA's DCGM exporter (GPU metrics for Prometheus) on each GPU server"))
     nvidia_exporter_image: ImageRef = Field(
@@ -446,6 +462,10 @@ class Settings(BaseModel):
     front_door_lists_port: int = Field(11390, ge=1024, le=65535, description=(
         "loopback-only port on which the front door asks itself for one host's lists "
         "(/api/tags, /api/ps, /v1/models), which it merges into the fleet's"))
+    front_door_health_port: int = Field(11391, ge=1024, le=65535, description=(
+        "plain-HTTP port of the front door's rotation view (GET /fleet/rotation: each host "
+        "in, drained, held, evicted or unreachable, and why), open to loopback and the "
+        "gpu_servers' addresses only"))
     front_door_upstream: Literal["nginx", "instances"] = Field("nginx", description=(
         "`nginx`: each GPU server's nginx (its gate: keys, admin endpoints, limits). "
         "`instances` (Ollama's ports directly) is refused: it would open them, admin "
@@ -456,6 +476,10 @@ class Settings(BaseModel):
         "set by `ollama-fleet` roll, drain and undrain (--data), not in inventories: the "
         "hosts they hold out of the front door, kept on it (FRONT_DIR/held-out) so that a "
         "plain deploy keeps them out; unset: what the front door holds now"))
+    front_door_out_roll: list[Text] | None = Field(None, description=(
+        "set by `ollama-fleet` with front_door_out, not in inventories: those of its hosts "
+        "that a roll holds out (`held` at the front door; the others an operator's `drain`); "
+        "unset: the causes the front door kept"))
     front_door_drain_timeout: int = Field(600, ge=0, le=3600, description=(
         "seconds a reload waits for requests in flight on the old config to finish; at "
         "least nginx_timeout, the longest a request may wait for its answer"))
@@ -583,6 +607,14 @@ class Settings(BaseModel):
         if self.front_door_lists_port in (self.front_door_port, self.nginx_tls_port):
             raise ValueError(f"front_door_lists_port: {self.front_door_lists_port} is also the "
                              "front door's own port")
+        if self.front_door_health_port in (self.front_door_port, self.nginx_tls_port,
+                                           self.front_door_lists_port):
+            raise ValueError(f"front_door_health_port: {self.front_door_health_port} is also "
+                             "the front door's own port or its lists port")
+        if self.front_door_out_roll and not set(self.front_door_out_roll) <= set(
+                self.front_door_out or []):
+            raise ValueError("front_door_out_roll: names hosts that front_door_out does not "
+                             "hold out")
         if ports[-1] > 65535:
             raise ValueError(f"ollama_base_port: instances would need ports up to {ports[-1]}")
         taken = {p: f"Ollama instance port {p}" for p in ports}

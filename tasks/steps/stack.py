@@ -52,6 +52,11 @@ GPU_SCRIPT_FILE = "ollama-gpu.sh"
 GPU_SCRIPT = "/usr/local/lib/ollama-fleet/ollama-gpu.sh"
 # How long a starting GPU instance waits for its GPUs before it exits to be restarted.
 GPU_WAIT_S = 120
+# The instances' gates in the host's nginx (unix sockets, on a tmpfs of its container).
+GATE_DIR = "/run/ollama-fleet-gate"
+# The health agent's verdict and the flags of what it holds out (tasks/steps/health.py),
+# mounted read-only into the host's nginx.
+HEALTH_DIR = "/run/ollama-fleet/health"
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
         models_dir=model_store.MODELS, bind_mount_models=model_store.bind_mounted(settings),
         upstream_address=settings.local_host(),
         drained=drained,
+        health_dir=HEALTH_DIR, gate_dir=GATE_DIR,
+        health_readers=[*gate_context["trusted"], *(settings.nginx_allow or []),
+                        *[p.address for p in models.peers(fleet) if is_ip(p.address)]],
         gpu_script=GPU_SCRIPT, gpu_script_file=GPU_SCRIPT_FILE, gpu_wait=GPU_WAIT_S,
         peers=[p.address for p in models.peers(fleet) if is_ip(p.address)]
         + settings.ollama_fanout_allow,
@@ -155,7 +163,8 @@ def rendered_files(settings: Settings, fleet: Fleet):
         return
     yield from checked_files._inner(root=settings.ollama_stack_dir,
                                     wanted=stack_files(settings, instances, fleet) | gate_files,
-                                    nginx_image=settings.nginx_image, secret=tuple(secret))
+                                    nginx_image=settings.nginx_image, secret=tuple(secret),
+                                    tmpfs=(GATE_DIR,))
 
 
 @operation(is_idempotent=False)

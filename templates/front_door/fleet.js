@@ -1,12 +1,28 @@
 // Copied by the deploy from templates/front_door/fleet.js; edits here are overwritten.
-// The front door's router, in nginx's JavaScript (njs 0.7 and later; front.conf imports
-// it). The fleet itself lives in front.conf's maps, rendered from the inventory: which
-// hosts serve which model ($fleet_route), which host an admin names ($fleet_named), the
-// hosts in rotation ($fleet_members). This only reads what a request asks for and hands
-// it to the location that proxies it; it never proxies a byte itself, so streams stay
-// unbuffered. It also keeps prompts in the fleet: unless ollama_allow_cloud is on
+// The front door's router, in nginx's JavaScript (njs 0.8.1 and later: js_periodic and
+// js_shared_dict_zone; front.conf imports it). The fleet itself lives in front.conf's maps,
+// rendered from the inventory: which hosts serve which model ($fleet_route), which host an
+// admin names ($fleet_named), the hosts in rotation ($fleet_members). This only reads what
+// a request asks for and hands it to the location that proxies it; it never proxies a byte
+// itself, so streams stay unbuffered. It also keeps prompts in the fleet: unless ollama_allow_cloud is on
 // ($fleet_allow_cloud), a request for an Ollama cloud model, or one that asks Ollama to
 // search the web for it, is refused here.
+//
+// And it keeps the rotation: every second (js_periodic) it asks each host's nginx for its
+// health agent's verdict and keeps what it learns in a shared dictionary (fleet_rotation);
+// each host's gate (a server of front.conf) reads it to refuse a host out of rotation at
+// once, and /fleet/rotation shows it. The hosts and routes come from fleet_inventory.js,
+// rendered with front.conf and loaded with it.
+
+import FLEET from './fleet_inventory.js';
+
+// The rotation's rules (tasks/steps/front_door.py's docstring and the README say them too).
+const ROTATION = {
+    unreachableAfter: 2,  // polls in a row without an answer: out, unreachable
+    backAfter: 3,  // good polls in a row: an evicted or unreachable host is back
+    silentAfter: 10,  // seconds a verdict may go unrenewed before the agent counts as silent
+    reasonMax: 400,  // characters of a reason kept (the dictionary is small)
+};
 
 // The lists the front door merges from every host in rotation: field, and the key that
 // makes two entries the same.
@@ -283,7 +299,8 @@ function cloudRefusal(r, asked) {
 // One list, merged from every host in rotation (asked on the front door's loopback
 // server); hosts that do not answer are left out.
 function union(r, field, key) {
-    const members = r.variables.fleet_members.split(' ').filter((m) => m !== '');
+    const members = r.variables.fleet_members.split(' ').filter((m) => m !== '' &&
+        !outNow(hostOf(m)));
     const base = 'http://127.0.0.1:' + r.variables.fleet_lists_port + '/';
     const asks = members.map((m) => ngx.fetch(base + m + r.uri)
         .then((answer) => (answer.status === 200 ? answer.json() : null))
@@ -338,15 +355,21 @@ function inference(r) {
     // /api/version, /api/status, /, a cloud model (when allowed: any host asks ollama.com),
     // or a request Ollama itself will refuse
     if (model === '' || isCloud(model)) {
-        r.internalRedirect('@fleet_any');
+        if (!refusedAllOut(r, FLEET.hosts.map((h, n) => n), 'no host of the fleet')) {
+            r.internalRedirect('@fleet_any');
+        }
         return;
     }
     r.variables.fleet_model = model;
-    if (!r.variables.fleet_route) {
+    const route = r.variables.fleet_route;
+    if (!route) {
         ollamaError(r, 404, 'model "' + model + '" not found: no host of this fleet serves it');
         return;
     }
-    r.internalRedirect('@fleet_route');
+    if (!refusedAllOut(r, FLEET.routes[route] || [],
+            'no host that serves model "' + model + '"')) {
+        r.internalRedirect('@fleet_route');
+    }
 }
 
 // Admin endpoints (pull, delete, create, copy, push, blobs, ...), past the admin gate:
@@ -374,4 +397,250 @@ function admin(r) {
     r.internalRedirect('@fleet_named');
 }
 
-export default {inference, admin};
+// -- the rotation ---------------------------------------------------------------------
+
+const WHY_HELD = {inventory: 'drained by the inventory (front_door_drained)',
+    drain: 'drained by an operator (ollama-fleet drain)', roll: 'held out by a roll'};
+
+function dict() {
+    return ngx.shared.fleet_rotation;
+}
+
+function hostOf(upstream) {
+    return FLEET.hosts.find((h) => h.upstream === upstream);
+}
+
+// Why HOST is out of rotation now ('' when it is in): held out by the config, or by the
+// poll (kept under `out:NAME` for the gates, which read it on every request).
+function outNow(host) {
+    if (!host) {
+        return '';
+    }
+    if (host.out) {
+        return WHY_HELD[host.out] || host.out;
+    }
+    return dict().get('out:' + host.name) || '';
+}
+
+// 503 in the route's shape when every host of MEMBERS (indices into FLEET.hosts) is out of
+// rotation, naming why each is; false (nothing answered) otherwise.
+function refusedAllOut(r, members, what) {
+    if (!members.length) {
+        return false;
+    }
+    const why = [];
+    for (let i = 0; i < members.length; i++) {
+        const host = FLEET.hosts[members[i]];
+        const out = outNow(host);
+        if (!out) {
+            return false;
+        }
+        why.push(host.name + ': ' + out);
+    }
+    ollamaError(r, 503, what + ' is in rotation at this front door (' + why.join('; ') + ')');
+    return true;
+}
+
+// js_set $fleet_gate_out, in a host's gate ($fleet_gate: its upstream): '' while the host is
+// in rotation, else the error the gate answers (503) so that the route tries the next host.
+function gateOut(r) {
+    const host = hostOf(r.variables.fleet_gate);
+    const out = host ? dict().get('out:' + host.name) : '';
+    return out ? JSON.stringify({error: host.name + ' is out of rotation at this front door: ' +
+        out}) : '';
+}
+
+function text(value) {
+    return typeof value === 'string' ? value.substring(0, ROTATION.reasonMax) : '';
+}
+
+function seconds(value) {
+    return typeof value === 'number' && isFinite(value) ? value : null;
+}
+
+// A verdict's instances as the rotation view shows them.
+function instancesOf(verdict) {
+    const view = {};
+    (Array.isArray(verdict.instances) ? verdict.instances : []).forEach((i) => {
+        if (i && typeof i === 'object' && typeof i.name === 'string') {
+            view[i.name] = {state: i.state === 'ok' ? 'in' : 'evicted',
+                reason: text((i.kind ? i.kind + ': ' : '') + (i.reason || '')),
+                since: seconds(i.since)};
+        }
+    });
+    return view;
+}
+
+// Why a fresh verdict takes its host out ('' when it does not).
+function verdictOut(verdict, instances) {
+    if (verdict.state === 'out') {
+        return (verdict.kind ? verdict.kind + ': ' : '') +
+            (verdict.reason || 'the health agent takes the host out');
+    }
+    const names = Object.keys(instances);
+    if (!names.some((n) => instances[n].state === 'in')) {
+        return names.length ? 'no instance is ok (' + names.map((n) => n + ': ' +
+            (instances[n].reason || 'out')).join('; ') + ')' : 'the verdict lists no instance';
+    }
+    return '';
+}
+
+// What one poll of a host makes of its record. ANSWER: {verdict} (its health agent's
+// verdict), {unreachable: why} (its nginx did not answer), {silent: why} (its nginx answered
+// without a verdict). NOW: unix seconds. A record: state (in, evicted, unreachable), reason,
+// kind, since (out since), verdict_at (the verdict's checked_at), instances, and the counts
+// and times the rules need. Rules: a fresh verdict that says out, or has no instance ok,
+// evicts at once; ROTATION.unreachableAfter polls without an answer make it unreachable;
+// ROTATION.backAfter good polls in a row bring it back; a verdict not renewed for
+// ROTATION.silentAfter seconds (or none at all) keeps the host in, flagged `agent silent`.
+function observe(previous, answer, now) {
+    const rec = Object.assign({state: 'in', reason: '', kind: '', since: null,
+        verdict_at: null, instances: {}, failed: 0, good: 0, renewed_at: null}, previous || {});
+    rec.polled_at = now;
+    if (answer.unreachable !== undefined) {
+        rec.failed += 1;
+        rec.good = 0;
+        if (rec.failed >= ROTATION.unreachableAfter) {
+            if (rec.state === 'in') {
+                rec.since = now;
+            }
+            rec.state = 'unreachable';
+            rec.kind = 'unreachable';
+            rec.reason = text('no answer to ' + rec.failed + ' polls in a row: ' +
+                answer.unreachable);
+        }
+        return rec;
+    }
+    rec.failed = 0;
+    let out = '';
+    let silent = '';
+    const verdict = answer.verdict;
+    if (verdict) {
+        const at = seconds(verdict.checked_at);
+        if (at !== null && (rec.verdict_at === null || at > rec.verdict_at)) {
+            // renewed: seen now (the host's clock may differ from ours), or, the first time,
+            // when it says, if that is not later than now
+            rec.renewed_at = rec.verdict_at === null ? Math.min(now, at) : now;
+        }
+        rec.verdict_at = at;
+        rec.instances = instancesOf(verdict);
+        const age = rec.renewed_at === null ? Infinity : now - rec.renewed_at;
+        if (at === null || age > ROTATION.silentAfter) {
+            silent = 'agent silent: its verdict ' + (at === null ? 'has no checked_at' :
+                'was last renewed ' + Math.round(age) + ' s ago');
+        } else if ((verdict.state !== 'ok' && verdict.state !== 'out') ||
+                !Array.isArray(verdict.instances)) {
+            // not a verdict this front door can read: no reason to take the host out
+            silent = 'agent silent: its verdict has no state ok or out and list of instances';
+        } else {
+            out = verdictOut(verdict, rec.instances);
+        }
+    } else {
+        silent = 'agent silent: ' + answer.silent;
+    }
+    if (out) {
+        rec.good = 0;
+        if (rec.state === 'in') {
+            rec.since = now;
+        }
+        rec.state = 'evicted';
+        rec.kind = verdict.state === 'out' ? text(verdict.kind || 'out') : 'instances';
+        rec.reason = text(out);
+        return rec;
+    }
+    if (rec.state !== 'in') {
+        rec.good += 1;
+        if (rec.good < ROTATION.backAfter) {
+            return rec;
+        }
+    }
+    rec.good = 0;
+    rec.state = 'in';
+    rec.since = null;
+    rec.kind = silent ? 'silent' : '';
+    rec.reason = text(silent);
+    return rec;
+}
+
+// One host's verdict, asked through the front door's loopback server (its `fleet_host_N`
+// upstream: keepalive, bounded at 400 ms a step; 599: the host's nginx did not answer).
+function ask(host) {
+    const url = 'http://127.0.0.1:' + FLEET.lists_port + '/' + host.upstream + '/fleet/health';
+    return ngx.fetch(url).then((answer) => answer.text().then((body) => {
+        if (answer.status === 599) {
+            return {unreachable: body || 'no answer'};
+        }
+        if (answer.status !== 200) {
+            return {silent: 'no verdict (HTTP ' + answer.status + ' from its nginx)'};
+        }
+        let verdict;
+        try {
+            verdict = JSON.parse(body);
+        } catch (e) {
+            verdict = null;
+        }
+        if (!verdict || typeof verdict !== 'object' || Array.isArray(verdict)) {
+            return {silent: 'its verdict is not a JSON object'};
+        }
+        return {verdict: verdict};
+    })).catch((e) => ({unreachable: String(e && e.message || e)}));
+}
+
+function parsed(value) {
+    try {
+        return value ? JSON.parse(value) : null;
+    } catch (e) {
+        return null;
+    }
+}
+
+// js_periodic (every second, one worker): every host's verdict, into the dictionary.
+function poll() {
+    const names = {};
+    FLEET.hosts.forEach((h) => { names[h.name] = true; });
+    // a host the inventory no longer has leaves no state behind
+    dict().keys().forEach((key) => {
+        if (!names[key.substring(key.indexOf(':') + 1)]) {
+            dict().delete(key);
+        }
+    });
+    return Promise.all(FLEET.hosts.map((host) => ask(host).then((answer) => {
+        const before = parsed(dict().get('host:' + host.name));
+        const rec = observe(before, answer, Date.now() / 1000);
+        if (rec.state !== (before ? before.state : 'in')) {
+            ngx.log(ngx.WARN, 'fleet rotation: ' + host.name + ' ' + rec.state +
+                (rec.reason ? ': ' + rec.reason : ''));
+        }
+        try {
+            dict().set('host:' + host.name, JSON.stringify(rec));
+            if (rec.state === 'in') {
+                dict().delete('out:' + host.name);
+            } else {
+                dict().set('out:' + host.name, rec.state + ' (' + rec.reason + ')');
+            }
+        } catch (e) {
+            ngx.log(ngx.ERR, 'fleet rotation: ' + host.name + ': ' + e.message);
+        }
+    })));
+}
+
+// GET /fleet/rotation: each host as this front door sees it (the interface note's shape).
+function rotation(r) {
+    const hosts = {};
+    FLEET.hosts.forEach((h) => {
+        const rec = Object.assign({state: 'in', reason: '', since: null, verdict_at: null,
+            instances: {}}, parsed(dict().get('host:' + h.name)) || {});
+        const view = {state: rec.state, cause: '', reason: rec.reason, since: rec.since,
+            verdict_at: rec.verdict_at, instances: rec.instances};
+        if (h.out) {  // held out by the config: that state, whatever the verdict says
+            view.state = h.out === 'roll' ? 'held' : 'drained';
+            view.cause = h.out;
+            view.since = h.since;
+        }
+        hosts[h.name] = view;
+    });
+    reply(r, 200, {version: 1, front_door: FLEET.front_door, at: Date.now() / 1000,
+        hosts: hosts});
+}
+
+export default {inference, admin, gateOut, poll, rotation, observe};

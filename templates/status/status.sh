@@ -3,7 +3,8 @@
 # installed on the host. POSIX sh and coreutils (timeout, base64, tr, cat); nvidia-smi,
 # docker and curl are asked only where they are installed. Changes nothing on the host.
 #
-# status.sh PROJECT GPU_FIELDS INSPECT_FORMAT API_HOST NGINX_URL REBOOT_SCRIPT [PORT...]
+# status.sh PROJECT GPU_FIELDS INSPECT_FORMAT API_HOST NGINX_URL REBOOT_SCRIPT VERDICT
+#           EVENTS EVENTS_COUNT ROTATION_URL [PORT...]
 # Print one line, one JSON object:
 #   {"format": 1, KEY: {"rc": EXIT, "out": BASE64(stdout+stderr)}, ...}
 # with KEY: os (/etc/os-release); nvidia_smi (`nvidia-smi --query-gpu=GPU_FIELDS
@@ -14,7 +15,10 @@
 # only when version answered); nginx (GET NGINX_URL, `http_code=NNN`; none when
 # NGINX_URL is empty); none of the curl ones without curl; reboot (REBOOT_SCRIPT's
 # output: templates/facts/reboot-required.sh, whether the host must reboot to run what
-# is installed). Output is base64 so that
+# is installed); health (the health agent's VERDICT file, when there is one); events (the
+# last EVENTS_COUNT lines of the agent's EVENTS file, when there is one); now (the host's
+# clock, with health); rotation (GET
+# ROTATION_URL: a front door's view of every host; none when empty). Output is base64 so that
 # nothing a command prints can break the document; every command is bounded by
 # `timeout`.
 # Exit: always 0.
@@ -24,7 +28,11 @@ inspect_format=$3
 api_host=$4
 nginx_url=$5
 reboot_script=$6
-shift 6
+verdict=$7
+events=$8
+events_count=$9
+rotation_url=${10}
+shift 10
 b() { base64 | tr -d '\n'; }
 # run KEY SECONDS COMMAND...: one `"KEY": {...}` member, bounded in time.
 run() {
@@ -41,6 +49,13 @@ api() {
 printf '{"format": 1'
 run os 5 cat /etc/os-release
 run reboot 30 sh -c "$reboot_script" reboot-required.sh
+if [ -n "$verdict" ] && [ -f "$verdict" ]; then
+    run health 5 cat "$verdict"
+    run now 2 date +%s  # the host's clock, to tell a verdict the agent stopped renewing
+fi
+if [ -n "$events" ] && [ -f "$events" ]; then
+    run events 5 tail -n "$events_count" "$events"
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     run nvidia_smi 10 nvidia-smi "--query-gpu=$gpu_fields" --format=csv,noheader,nounits
 fi
@@ -61,6 +76,9 @@ if command -v curl >/dev/null 2>&1; then
     done
     if [ -n "$nginx_url" ]; then
         api nginx -o /dev/null -w 'http_code=%{http_code}' "$nginx_url"
+    fi
+    if [ -n "$rotation_url" ]; then
+        api rotation "$rotation_url"
     fi
 fi
 printf '}\n'

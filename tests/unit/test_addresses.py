@@ -34,4 +34,4 @@ def test_nginx_server_lines_bracket_ipv6_upstreams():
     assert "server 10.0.0.2:80 max_fails=" in conf and " down;  # gpu-2 (drained)" in conf
     gpu = settings_for("gpu-1", {"gpu_count": 1, "ollama_bind_address": "::1"})
     host = stack_files(gpu, plan_instances(gpu, [{"index": 0, "uuid": "GPU-0"}]), Fleet())
-    assert "server [::1]:11434 max_fails=3" in host["nginx/ollama.conf"]
+    assert "server [::1]:11434;" in host["nginx/ollama.conf"]

@@ -60,8 +60,8 @@ def test_help_lists_every_command_from_any_directory(tmp_path):
     (["INV", "backup", "gpu-1", "--data", "ollama_models"],
      "backup: --data 'ollama_models': expected KEY=VALUE"),
     (["INV", "copy", "gpu-1"], "ollama-fleet: argument COMMAND: invalid choice: 'copy' "
-                                 "(choose from 'check', 'deploy', 'roll', 'status', 'backup', "
-                                 "'restore', 'drain', 'undrain')"),
+                                 "(choose from 'check', 'deploy', 'roll', 'status', 'events', "
+                                 "'backup', 'restore', 'drain', 'undrain')"),
     (["nope/inv.py", "backup", "gpu-1"], "backup: nope/inv.py: no such inventory file"),
     (["INV", "backup", "gpu-9"], "backup: gpu-9: not a host of INV (hosts: gpu-1, gpu-2, lb-1)"),
     (["INV", "backup", "lb-1"], "backup: lb-1: not a gpu_servers host: it has no Ollama model "

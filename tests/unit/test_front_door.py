@@ -11,11 +11,16 @@ import subprocess
 import pytest
 
 from ollama_fleet.tasks.kit.fleet import build
-from ollama_fleet.tasks.kit.settings import settings_for
+from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
+from ollama_fleet.tasks.steps import front_door
 from ollama_fleet.tasks.steps.front_door import (
     FRONT_TEMPLATES,
+    INVENTORY_JS,
+    Held,
     Upstream,
     front_door_files,
+    held_out,
+    rotation_readers,
     routes,
     upstreams,
 )
@@ -36,8 +41,13 @@ FLEET = build([
 LB = FLEET.member("lb-1").settings
 
 
-def conf(out: list[str] | None = None) -> str:
-    return front_door_files(LB, upstreams(LB, FLEET, out))["nginx/front.conf"]
+def files(out: list[Held | str] | None = None, settings=LB) -> dict[str, str]:
+    return front_door_files(settings, upstreams(settings, FLEET, out), "lb-1",
+                            rotation_readers(FLEET))
+
+
+def conf(out: list[Held | str] | None = None) -> str:
+    return files(out)["nginx/front.conf"]
 
 
 def test_each_host_weighs_as_its_instances_and_lists_its_models_as_ollama_does():
@@ -77,12 +87,16 @@ def test_the_rendered_map_sends_every_spelling_to_the_hosts_that_serve_it():
         "TinyLlama:latest": ["cpu-1"], "http://registry.ollama.ai/library/tinyllama": ["cpu-1"],
         "all-minilm": ["gpu-1", "gpu-2", "cpu-1"], "llama3.2": None, "tiny": None,
         "user/tinyllama": None}
-    assert "server 10.0.0.1:80 weight=4 " in text
+    # each route's members are the hosts' gates, weighed by their instances
+    assert "server unix:/run/fleet_host_0.sock weight=4 max_fails=2 fail_timeout=10s;" in text
+    alone = text.split("upstream fleet_host_0 {  # gpu-1")[1].split("}")[0]
+    assert "server 10.0.0.1:80 max_fails=0;" in alone
 
 
 def test_a_held_out_host_is_down_in_every_route_and_out_of_the_merged_lists():
     text = conf(out=["gpu-2"])
-    assert len(re.findall(r"server 10\.0\.0\.2:80 [^;]* down;", text)) == 3  # fleet + 2 routes
+    # the fleet's upstream and 2 routes
+    assert len(re.findall(r"server unix:/run/fleet_host_1\.sock [^;]* down;", text)) == 3
     assert 'set $fleet_members "fleet_host_0 fleet_host_2";' in text
     # an admin may still name it: the host-alone upstreams are never down
     alone = text.split("upstream fleet_host_1 {  # gpu-2")[1].split("}")[0]
@@ -95,13 +109,16 @@ def test_the_front_door_loads_njs_and_mounts_its_own_nginx_conf():
     assert files["nginx.conf"].startswith("# Copied") and \
         "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in files["nginx.conf"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in files["compose.yaml"]
-    assert "export default {inference, admin};" in files["nginx/fleet.js"]
+    assert "export default {inference, admin, gateOut, poll, rotation, observe};" in \
+        files["nginx/fleet.js"]
+    assert "import FLEET from './fleet_inventory.js';" in files["nginx/fleet.js"]
 
 
 # fleet.js's decisions, run by Node with a stand-in for nginx's request object (njs runs
 # the same file in nginx; the lab's front door runs it there, tests/lab/test_prod_shape.py).
 RUNNER = r"""
-import fleet from %(module)s;
+import fleet from './fleet.js';
+globalThis.ngx = {shared: {fleet_rotation: new Map()}, log() {}, ERR: 4, WARN: 5};
 const cases = JSON.parse(process.argv[2]);
 const served = ['tinyllama', 'tinyllama:latest'];
 console.log(JSON.stringify(cases.map((c) => {
@@ -125,16 +142,27 @@ console.log(JSON.stringify(cases.map((c) => {
 FLEET_JS = FRONT_TEMPLATES / "fleet.js"
 
 
-def run_fleet_js(tmp_path, cases: list[dict]) -> list[dict]:
-    """What fleet.js does with each request of CASES: {to, model} or {status, body}."""
-    module = tmp_path / "fleet.mjs"
-    module.write_text(FLEET_JS.read_text())
-    runner = tmp_path / "run.mjs"
-    runner.write_text(RUNNER % {"module": json.dumps(module.as_uri())})
-    proc = subprocess.run([NODE, str(runner), json.dumps(cases)], capture_output=True,
-                          text=True, timeout=30, check=False)
+def node_files(tmp_path, runner: str, out: list[Held | str] | None = None):
+    """fleet.js as nginx loads it (with the fleet_inventory.js rendered for FLEET), and
+    RUNNER, in TMP_PATH as ES modules for Node."""
+    rendered = files(out)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "fleet.js").write_text(rendered["nginx/fleet.js"])
+    (tmp_path / "fleet_inventory.js").write_text(rendered[INVENTORY_JS])
+    (tmp_path / "run.js").write_text(runner)
+    return tmp_path / "run.js"
+
+
+def run_node(script, *args: str):
+    proc = subprocess.run([NODE, str(script), *args], capture_output=True, text=True,
+                          timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def run_fleet_js(tmp_path, cases: list[dict]) -> list[dict]:
+    """What fleet.js does with each request of CASES: {to, model} or {status, body}."""
+    return run_node(node_files(tmp_path, RUNNER), json.dumps(cases))
 
 
 def multipart(fields: dict[str, str], boundary: str = "b0undary") -> tuple[dict, str]:
@@ -300,3 +328,329 @@ def test_no_key_in_anthropics_header_travels_past_the_gate():
     text = conf()
     proxies = text.count("proxy_pass ")
     assert proxies and text.count('proxy_set_header X-Api-Key "";') == proxies
+
+
+# -- active health: the rotation ---------------------------------------------------------------
+
+def test_each_host_has_a_gate_that_refuses_it_at_once_when_out_and_passes_the_client_on():
+    """A route's members are the hosts' gates: 503 at once for a host out of rotation (the
+    route passes the request to the next host), else straight to the host's nginx with the
+    headers the host saw before (the client's address; no key, no X-Fleet-Host), unbuffered
+    both ways."""
+    text = conf()
+    gates = re.findall(r"server \{\n    listen unix:/run/(fleet_host_\d+)\.sock;(.*?)\n\}\n",
+                       text, re.S)
+    assert [name for name, _ in gates] == ["fleet_host_0", "fleet_host_1", "fleet_host_2"]
+    name, body = gates[1]
+    assert "set $fleet_gate fleet_host_1;" in body
+    assert "if ($fleet_gate_out) {\n        return 503 $fleet_gate_out;\n    }" in body
+    assert "proxy_pass http://fleet_host_1;" in body
+    for line in ("proxy_set_header X-Real-IP $http_x_real_ip;",
+                 "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
+                 "proxy_set_header X-Forwarded-Host $http_x_forwarded_host;",
+                 "proxy_set_header Host localhost;", 'proxy_set_header X-Api-Key "";',
+                 'proxy_set_header X-Fleet-Host "";', "proxy_buffering off;",
+                 "proxy_request_buffering on;", "client_max_body_size 0;",
+                 # a kept-alive connection the host closed is tried once more, nothing else
+                 "proxy_next_upstream error non_idempotent;",
+                 "proxy_next_upstream_tries 1;"):
+        assert line in body, line
+    # the routes set the client's headers, and pass a gate's 503 (or 502/504) on
+    route = text.split("location @fleet_route {")[1].split("}")[0]
+    assert "proxy_set_header X-Real-IP $remote_addr;" in route
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" \
+        in route
+    assert "js_set $fleet_gate_out fleet.gateOut;" in text
+    assert "js_shared_dict_zone zone=fleet_rotation:1m;" in text
+
+
+def test_the_rotation_view_listens_on_its_own_port_for_loopback_and_the_gpu_hosts_only():
+    text = conf()
+    view = text.split("listen 11391;")[1]
+    allowed = re.findall(r"^    allow (\S+);", view.split("deny all;")[0], re.M)
+    assert allowed == ["127.0.0.1", "::1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert "location = /fleet/rotation {\n        js_content fleet.rotation;" in view
+    assert "js_periodic fleet.poll interval=1s;" in view
+    # the poll asks each host through the loopback server, bounded well within its second
+    health = text.split("(?<fleet_member>fleet_host_[0-9]+)/fleet/health$ {")[1].split("}")[0]
+    assert "proxy_pass http://$fleet_member/fleet/health;" in health
+    assert "proxy_connect_timeout 400ms;" in health and "proxy_read_timeout 400ms;" in health
+    with pytest.raises(SettingsError, match="front_door_health_port: 11390 is also"):
+        settings_for("lb-1", {"front_door_health_port": 11390})
+
+
+def test_the_gates_sockets_live_in_a_tmpfs_fresh_at_every_start():
+    assert "tmpfs: [/var/cache/nginx, /var/lib/nginx, /run, /tmp]" in files()["compose.yaml"]
+    writable = settings_for("lb-1", {"ssh_hostname": "10.0.0.9", "ollama_read_only": False})
+    assert "tmpfs: [/run]" in files(settings=writable)["compose.yaml"]
+
+
+def test_held_hosts_keep_why_a_roll_or_an_operator_holds_them(monkeypatch):
+    """FRONT_DIR/held-out keeps each host's cause and since; a bare name (before causes were
+    kept) is an operator's drain; a plain deploy keeps the file's, ollama-fleet's run says
+    (front_door_out, front_door_out_roll)."""
+    assert Held.parse("gpu-1") == Held("gpu-1", "drain", None)
+    assert Held.parse("gpu-2\troll\t1765000000") == Held("gpu-2", "roll", 1765000000.0)
+    assert Held("gpu-2", "roll", 1765000000.0).line == "gpu-2\troll\t1765000000"
+
+    class Host:
+        @staticmethod
+        def get_fact(fact, path):
+            assert path == "/opt/ollama-front/held-out"
+            return ["gpu-1", "gpu-2\troll\t1765000000"]
+
+    monkeypatch.setattr(front_door, "host", Host)
+    assert held_out(settings_for("lb-1", {})) == [Held("gpu-1", "drain", None),
+                                                  Held("gpu-2", "roll", 1765000000.0)]
+    # a roll holds gpu-3 too, keeps gpu-2's since; an operator's drain keeps gpu-1
+    run = settings_for("lb-1", {"front_door_out": ["gpu-1", "gpu-2", "gpu-3"],
+                                "front_door_out_roll": ["gpu-2", "gpu-3"]})
+    assert held_out(run, now=1765000100) == [Held("gpu-1", "drain", 1765000100),
+                                             Held("gpu-2", "roll", 1765000000.0),
+                                             Held("gpu-3", "roll", 1765000100)]
+    # an older ollama-fleet (no front_door_out_roll): the kept causes, a new host a drain
+    old = settings_for("lb-1", {"front_door_out": ["gpu-2", "gpu-3"]})
+    assert [h.cause for h in held_out(old, now=1)] == ["roll", "drain"]
+    with pytest.raises(SettingsError, match="front_door_out_roll: names hosts that "):
+        settings_for("lb-1", {"front_door_out": [], "front_door_out_roll": ["gpu-1"]})
+
+
+def test_fleet_js_is_told_why_each_host_is_held_and_which_hosts_each_route_has():
+    module = files([Held("gpu-2", "roll", 1765000000.0), "cpu-1"])[INVENTORY_JS]
+    doc = json.loads(module.split("export default ", 1)[1].rstrip().rstrip(";"))
+    assert doc == {"front_door": "lb-1", "lists_port": 11390, "hosts": [
+        {"name": "gpu-1", "upstream": "fleet_host_0", "out": "", "since": None},
+        {"name": "gpu-2", "upstream": "fleet_host_1", "out": "roll", "since": 1765000000.0},
+        {"name": "cpu-1", "upstream": "fleet_host_2", "out": "drain", "since": None}],
+        "routes": {"fleet_route_0": [0, 1], "fleet_route_1": [0, 1, 2], "fleet_route_2": [2]}}
+    inventory = settings_for("lb-1", {"front_door_drained": ["gpu-1"]})
+    assert [u.cause for u in upstreams(inventory, FLEET, [Held("gpu-1", "roll")])] == \
+        ["inventory", "", ""]
+
+
+def nginx_image() -> str | None:
+    """An nginx image with njs that is here already (never pulled by a unit test): the
+    official one the deploy uses, else the lab's stand-in for it (njs 0.8.9)."""
+    if shutil.which("docker") is None:
+        return None
+    for image in ("nginx:1.30", "fleetlab/nginx:1.30"):
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                          timeout=30, check=False).returncode == 0:
+            return image
+    return None
+
+
+def test_the_rendered_front_door_passes_nginx_t(tmp_path):
+    """As the deploy checks it (tasks.kit.compose.checked_files): nginx -t in a bare
+    container of the image, the front door's nginx.conf and conf.d mounted."""
+    image = nginx_image()
+    if image is None:
+        pytest.skip("no nginx image with njs here (make machine builds the lab's)")
+    for rel, text in files([Held("gpu-2", "roll", 1765000000.0)]).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    proc = subprocess.run(["docker", "run", "--rm", "-v",
+                           f"{tmp_path}/nginx.conf:/etc/nginx/nginx.conf:ro", "-v",
+                           f"{tmp_path}/nginx:/etc/nginx/conf.d:ro", image, "nginx", "-t", "-q"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+# fleet.js's rotation, run by Node with stand-ins for nginx's shared dictionary and ngx.fetch.
+ROTATION_RUNNER = r"""
+import fleet from './fleet.js';
+const store = new Map();
+const answers = {};  // upstream -> [status, body] of the next poll
+globalThis.ngx = {
+    ERR: 4, WARN: 5, logged: [], log(level, text) { ngx.logged.push(text); },
+    shared: {fleet_rotation: {get: (k) => store.get(k), set: (k, v) => store.set(k, v),
+                              delete: (k) => store.delete(k), keys: () => [...store.keys()]}},
+    fetch(url) {
+        const got = answers[url.split('/')[3]] || [599, 'no answer within 400 ms'];
+        return Promise.resolve({status: got[0], text: () => Promise.resolve(got[1])});
+    },
+};
+let now = 1765000000;
+Date.now = () => now * 1000;
+function request(uri, body, routeName) {
+    const out = {};
+    const r = {uri: uri, method: 'POST', args: {}, headersIn: {}, headersOut: {},
+               requestText: body,
+               variables: {fleet_allow_cloud: '0', fleet_model: '', fleet_route: routeName,
+                           fleet_members: 'fleet_host_0 fleet_host_1 fleet_host_2',
+                           fleet_lists_port: '11390'},
+               return(status, text) { out.status = status; out.body = JSON.parse(text); },
+               internalRedirect(to) { out.to = to; }};
+    fleet.inference(r);
+    return out;
+}
+const steps = JSON.parse(process.argv[2]);
+const seen = [];
+(async () => {
+    for (const step of steps) {
+        now = step.at;
+        Object.assign(answers, step.answers || {});
+        if (step.poll) { await fleet.poll(); }
+        const gates = {};
+        ['fleet_host_0', 'fleet_host_1', 'fleet_host_2'].forEach((g) => {
+            gates[g] = fleet.gateOut({variables: {fleet_gate: g}}); });
+        const view = {};
+        fleet.rotation({headersOut: {},
+                        return(status, text) { Object.assign(view, JSON.parse(text)); }});
+        seen.push({gates: gates, view: view,
+                   route: step.route ? request('/api/chat', '{"model": "llama3.2:1b"}',
+                                               step.route) : null});
+    }
+    console.log(JSON.stringify({seen: seen, logged: ngx.logged}));
+})();
+"""
+
+
+def verdict(at: float, state: str = "ok", instances: tuple[str, ...] = ("ok",), **more) -> str:
+    return json.dumps({"version": 1, "host": "h", "checked_at": at, "state": state,
+                       "kind": more.get("kind", ""), "reason": more.get("reason", ""),
+                       "since": None, "action": "",
+                       "instances": [{"name": f"ollama-{n}", "port": 11434 + n, "gpus": [str(n)],
+                                      "state": s, "kind": "" if s == "ok" else "hang",
+                                      "reason": "" if s == "ok" else "no answer in 1 s",
+                                      "since": None if s == "ok" else at, "action": ""}
+                                     for n, s in enumerate(instances)]})
+
+
+def rotation(tmp_path, steps: list[dict], out=None) -> dict:
+    return run_node(node_files(tmp_path, ROTATION_RUNNER, out), json.dumps(steps))
+
+
+def states(run: dict, host: str = "gpu-1") -> list[str]:
+    return [s["view"]["hosts"][host]["state"] for s in run["seen"]]
+
+
+T = 1765000000
+
+
+@needs_node
+def test_a_bad_verdict_evicts_at_once_and_three_good_polls_bring_the_host_back(tmp_path):
+    bad = verdict(T, "out", kind="xid79", reason="NVRM: Xid (PCI:0000:3b:00): 79, GPU has "
+                                                 "fallen off the bus.")
+    run = rotation(tmp_path, [
+        {"at": T, "poll": True, "answers": {h: [200, verdict(T)] for h in
+                                            ("fleet_host_0", "fleet_host_1", "fleet_host_2")}},
+        {"at": T + 1, "poll": True, "answers": {"fleet_host_0": [200, bad]}},
+        *({"at": T + 2 + n, "poll": True, "answers": {"fleet_host_0": [200, verdict(T + 2 + n)]}}
+          for n in range(3))])
+    assert states(run) == ["in", "evicted", "evicted", "evicted", "in"]
+    evicted = run["seen"][1]["view"]["hosts"]["gpu-1"]
+    assert evicted == {"state": "evicted", "cause": "", "since": T + 1, "verdict_at": T,
+                       "reason": "xid79: NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off "
+                                 "the bus.",
+                       "instances": {"ollama-0": {"state": "in", "reason": "", "since": None}}}
+    # its gate refuses it (the route's next host gets the request); the others pass
+    gates = run["seen"][1]["gates"]
+    assert json.loads(gates["fleet_host_0"]) == {"error": "gpu-1 is out of rotation at this "
+                                                 "front door: evicted (" + evicted["reason"] + ")"}
+    assert gates["fleet_host_1"] == gates["fleet_host_2"] == ""
+    assert run["seen"][4]["gates"]["fleet_host_0"] == ""
+    assert run["logged"] == ["fleet rotation: gpu-1 evicted: " + evicted["reason"],
+                             "fleet rotation: gpu-1 in"]
+
+
+@needs_node
+def test_a_host_with_no_instance_ok_is_evicted_and_its_instances_are_shown(tmp_path):
+    run = rotation(tmp_path, [{"at": T, "poll": True, "answers": {
+        "fleet_host_0": [200, verdict(T, instances=("out", "ok"))],
+        "fleet_host_1": [200, verdict(T, instances=("out",))]}}])
+    hosts = run["seen"][0]["view"]["hosts"]
+    assert hosts["gpu-1"]["state"] == "in"  # one instance out: the host's nginx skips it
+    assert hosts["gpu-1"]["instances"]["ollama-0"] == {"state": "evicted",
+                                                       "reason": "hang: no answer in 1 s",
+                                                       "since": T}
+    assert hosts["gpu-2"]["state"] == "evicted"
+    assert hosts["gpu-2"]["reason"] == "no instance is ok (ollama-0: hang: no answer in 1 s)"
+
+
+@needs_node
+def test_a_host_that_does_not_answer_twice_in_a_row_is_unreachable(tmp_path):
+    good = {"fleet_host_0": [200, verdict(T)]}
+    run = rotation(tmp_path, [
+        {"at": T, "poll": True, "answers": good},
+        {"at": T + 1, "poll": True, "answers": {"fleet_host_0": [599, "refused, reset or closed"]}},
+        {"at": T + 2, "poll": True},
+        {"at": T + 3, "poll": True, "answers": {"fleet_host_0": [200, verdict(T + 3)]}},
+        {"at": T + 4, "poll": True, "answers": {"fleet_host_0": [599, "no answer"]}},
+        {"at": T + 5, "poll": True, "answers": {"fleet_host_0": [200, verdict(T + 5)]}},
+        {"at": T + 6, "poll": True, "answers": {"fleet_host_0": [200, verdict(T + 6)]}},
+        {"at": T + 7, "poll": True, "answers": {"fleet_host_0": [200, verdict(T + 7)]}}])
+    # one failed poll is not enough; a failure among the good ones starts the count again
+    assert states(run) == ["in", "in", "unreachable", "unreachable", "unreachable",
+                           "unreachable", "unreachable", "in"]
+    gone = run["seen"][2]["view"]["hosts"]["gpu-1"]
+    assert (gone["since"], gone["reason"]) == (T + 2, "no answer to 2 polls in a row: "
+                                                      "refused, reset or closed")
+
+
+@needs_node
+def test_a_silent_agent_keeps_its_host_in_flagged(tmp_path):
+    stale = verdict(T, "out", kind="xid79", reason="old news")
+    odd = json.dumps({**json.loads(verdict(T + 11)), "state": "degraded"})
+    run = rotation(tmp_path, [
+        {"at": T + 11, "poll": True, "answers": {"fleet_host_0": [200, stale],
+                                                 "fleet_host_1": [404, "not found"],
+                                                 "fleet_host_2": [200, verdict(T)]}},
+        {"at": T + 12, "poll": True, "answers": {"fleet_host_2": [200, verdict(T + 12)],
+                                                 "fleet_host_1": [200, odd]}},
+        *({"at": T + 13 + n, "poll": True} for n in range(11))])
+    first = run["seen"][0]["view"]["hosts"]
+    assert (first["gpu-1"]["state"], first["gpu-1"]["reason"]) == (
+        "in", "agent silent: its verdict was last renewed 11 s ago")
+    assert (first["gpu-2"]["state"], first["gpu-2"]["reason"]) == (
+        "in", "agent silent: no verdict (HTTP 404 from its nginx)")
+    assert first["gpu-2"]["verdict_at"] is None
+    # a verdict it cannot read takes no host out either
+    assert run["seen"][1]["view"]["hosts"]["gpu-2"]["reason"] == (
+        "agent silent: its verdict has no state ok or out and list of instances")
+    # cpu-1's verdict, renewed at T+12 and then no more, counts as silent 10 s after that
+    # (the host's own clock is not compared with this one's)
+    last = [s["view"]["hosts"]["cpu-1"]["reason"] for s in run["seen"]]
+    assert last[1:12] == [""] * 11 and last[12] == "agent silent: its verdict was last " \
+                                                  "renewed 11 s ago"
+    assert all(s["gates"] == {g: "" for g in s["gates"]} for s in run["seen"])
+
+
+@needs_node
+def test_drained_and_held_hosts_show_why_and_a_route_with_no_host_in_answers_503(tmp_path):
+    bad = verdict(T, "out", kind="fm-down", reason="nvidia-fabricmanager is inactive")
+    run = rotation(tmp_path, [
+        {"at": T, "poll": True, "route": "fleet_route_0",
+         "answers": {"fleet_host_0": [200, verdict(T)], "fleet_host_1": [200, bad],
+                     "fleet_host_2": [200, verdict(T)]}},
+        {"at": T + 1, "poll": True, "route": "fleet_route_0",
+         "answers": {"fleet_host_0": [200, bad]}}],
+        out=[Held("gpu-2", "roll", T - 60), Held("cpu-1", "drain", T - 30)])
+    hosts = run["seen"][0]["view"]["hosts"]
+    assert {h: (v["state"], v["cause"], v["since"]) for h, v in hosts.items()} == {
+        "gpu-1": ("in", "", None), "gpu-2": ("held", "roll", T - 60),
+        "cpu-1": ("drained", "drain", T - 30)}
+    assert hosts["gpu-2"]["reason"] == "fm-down: nvidia-fabricmanager is inactive"
+    assert run["seen"][0]["view"]["front_door"] == "lb-1"
+    assert run["seen"][0]["route"] == {"to": "@fleet_route"}
+    assert run["seen"][1]["route"] == {"status": 503, "body": {"error": (
+        'no host that serves model "llama3.2:1b" is in rotation at this front door (gpu-1: '
+        "evicted (fm-down: nvidia-fabricmanager is inactive); gpu-2: held out by a roll)")}}
+
+
+@needs_node
+def test_the_merged_lists_leave_out_hosts_out_of_rotation(tmp_path):
+    last = "console.log(JSON.stringify({seen: seen, logged: ngx.logged}));"
+    runner = ROTATION_RUNNER.replace(last, """
+        const asked = [];
+        ngx.fetch = (url) => { asked.push(url.split('/')[3]);
+            return Promise.resolve({status: 200, json: () => Promise.resolve({models: []})}); };
+        const r = {uri: '/api/tags', method: 'GET', headersOut: {},
+                   variables: {fleet_members: 'fleet_host_0 fleet_host_1',
+                               fleet_lists_port: '11390'},
+                   return() {}};
+        fleet.inference(r);
+        console.log(JSON.stringify(asked));""")
+    steps = [{"at": T, "poll": True, "answers": {"fleet_host_0": [200, verdict(T, "out")],
+                                                 "fleet_host_1": [200, verdict(T)]}}]
+    assert run_node(node_files(tmp_path, runner), json.dumps(steps)) == ["fleet_host_1"]

@@ -1,12 +1,11 @@
 """Between deploys: the GPU instances' start wait and healthcheck (templates/stack/
-ollama-gpu.sh), the boot wait (templates/gpu_ready/gpu-ready.sh) and the guard
-(gpu-guard.sh), run here with stand-in nvidia-smi, ollama, docker and systemctl; the units
+ollama-gpu.sh) and the boot wait (templates/gpu_ready/gpu-ready.sh), run here with
+stand-in nvidia-smi, ollama, docker and systemctl; the units
 tasks/steps/gpu_ready.py lays down. The lab tests run them on hosts through a reboot and a
 `systemctl daemon-reload` (tests/lab/test_between_deploys.py)."""
 
 from __future__ import annotations
 
-import fcntl
 import shlex
 from pathlib import Path
 
@@ -129,61 +128,6 @@ def test_gpu_ready_waits_for_fabric_manager_and_the_fabric(tmp_path):
                           tmp_path, {"nvidia-smi": smi(), "systemctl": "exit 0\n"}, TOOLS)
     assert proc.returncode == 0, proc.stderr
     assert "2 GPUs ready after" in proc.stdout
-
-
-GUARD_DOCKER = (
-    'case "$1" in\n'
-    'ps) case "$*" in *unhealthy*) echo ollama-0; echo ollama-1 ;;'
-    ' *exited*) echo ollama-2; echo ollama-3 ;; esac ;;\n'
-    'inspect) case "$*" in *State.Error*) [ "$4" = ollama-2 ] && echo "error gathering device'
-    ' information" || echo ;;\n'
-    '  *) [ "$4" = ollama-0 ] && printf \'"ok: 1 GPUs\\\\n"\\n"gpu: nvidia-smi exit 255: '
-    'Failed\\\\n"\\n\\n\' || printf \'"Health check exceeded timeout (10s)"\\n\\n\' ;; esac ;;\n'
-    'restart|start) echo "$1 $2" >> "$LOG" ;;\n'
-    'esac\n')
-
-
-def guard(tmp_path: Path, smi_stub: str, lock: str = "/nonexistent"):
-    state = tmp_path / "state"
-    command = script_command("gpu_ready/gpu-guard.sh", "ollama", 180, lock).replace(
-        "/run/ollama-fleet/gpu-guard", str(state))
-    log = tmp_path / "actions"
-    docker = GUARD_DOCKER.replace('"$LOG"', str(log))
-    proc = run_with_stubs(command, tmp_path, {"docker": docker, "nvidia-smi": smi_stub},
-                          (*TOOLS, "flock", "true"))
-    assert proc.returncode == 0, proc.stderr
-    return proc, (log.read_text() if log.exists() else "")
-
-
-def test_the_guard_acts_on_one_instance_a_run_and_not_twice_on_the_same(tmp_path):
-    first, actions = guard(tmp_path, smi())
-    assert first.stdout == "gpu-guard: restarting ollama-0: nvidia-smi exit 255: Failed\n"
-    second, actions = guard(tmp_path, smi())
-    # ollama-0 is within its hold; ollama-1's probe timed out (not a GPU line): left alone;
-    # ollama-2 could not start: started; ollama-3 was stopped by someone: left alone
-    assert second.stdout == ("gpu-guard: starting ollama-2: it could not start: error "
-                             "gathering device information\n")
-    third, actions = guard(tmp_path, smi())
-    assert third.stdout == ""
-    assert actions == "restart ollama-0\nstart ollama-2\n"
-
-
-def test_the_guard_does_nothing_while_the_hosts_gpus_do_not_answer(tmp_path):
-    proc, actions = guard(tmp_path, "echo 'Failed to initialize NVML: Driver/library version "
-                                    "mismatch'; exit 18\n")
-    assert actions == ""
-    assert "the host's nvidia-smi fails (Failed to initialize NVML: Driver/library" in proc.stderr
-
-
-def test_the_guard_leaves_a_host_alone_while_a_deploy_holds_its_lock(tmp_path):
-    lock = tmp_path / "ollama-fleet.lock"
-    lock.touch()
-    with open(lock) as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        proc, actions = guard(tmp_path, smi(), str(lock))
-    assert (proc.stdout, actions) == ("", "")
-    proc, actions = guard(tmp_path, smi(), str(lock))  # released: the guard acts
-    assert actions == "restart ollama-0\n"
 
 
 def compose(data: dict | None = None) -> dict:

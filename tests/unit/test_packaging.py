@@ -68,7 +68,7 @@ def test_pip_install_gives_the_command_that_works_from_anywhere(tmp_path):
     proc = subprocess.run([command, "--help"], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for name in ("roll", "status", "backup", "restore", "drain", "undrain"):
+    for name in ("roll", "status", "events", "backup", "restore", "drain", "undrain"):
         assert f"    {name} " in proc.stdout, name
     proc = subprocess.run([command, "--version"], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -85,8 +85,10 @@ def test_pip_install_gives_the_command_that_works_from_anywhere(tmp_path):
         assert (package / name).is_file(), name
     templates = sorted(p.relative_to(REPO / "templates").as_posix()
                        for p in (REPO / "templates").rglob("*") if p.is_file())
+    # (pip compiles every .py it installs, the health agent's too: its bytecode aside)
     assert sorted(p.relative_to(package / "templates").as_posix()
-                  for p in (package / "templates").rglob("*") if p.is_file()) == templates
+                  for p in (package / "templates").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts) == templates
     # a folder with an invoke tasks.py, a fleetctl.py: names of the checkout, not the package's
     (elsewhere / "tasks.py").write_text("raise SystemExit('the wrong tasks')\n")
     (elsewhere / "fleetctl.py").write_text("raise SystemExit('the wrong fleetctl')\n")

@@ -68,13 +68,15 @@ def test_the_smoke_test_asks_each_host_its_own_nginx_from_loopback():
 class RecordedRoll(Roll):
     """A roll whose pyinfra runs and smoke tests are recorded; FAIL = (step, host) fails."""
 
-    def __init__(self, fail: tuple[str, str] | None = None, held: tuple[str, ...] = ()) -> None:
+    def __init__(self, fail: tuple[str, str] | None = None,
+                 held: dict[str, str] | None = None) -> None:
         lb = Member("lb-1", ("lb_servers",), {}, settings_for("lb-1", {}))
         self.lines: list[str] = []  # what the roll logged
         super().__init__(Fleet((lb,), inventory="inv.py", path="/inv.py"), log=self.lines.append)
         self.steps: list[str] = []
         self.fail = fail
-        self.held = list(held)  # what the front door holds out before the roll
+        self.held = dict(held or {})  # what the front door holds out before the roll, and why
+        self.rolled: list[list[str]] = []  # front_door_out_roll of each front door run
 
     def read_held_out(self):
         return self.held
@@ -83,6 +85,8 @@ class RecordedRoll(Roll):
         self.steps.append(f"{step} {','.join(limit)}" + (
             f" drained={','.join(data['front_door_out']) or '-'}"
             if "front_door_out" in data else "") + f" ({deploy})")
+        if "front_door_out_roll" in data:
+            self.rolled.append(data["front_door_out_roll"])
         if self.fail == (step, host):
             raise RollError(host, step, "boom")
 
@@ -108,11 +112,26 @@ def test_each_batch_pulls_while_serving_then_drains_applies_smokes_undrains():
 
 
 def test_what_the_front_door_holds_out_stays_out_through_the_roll():
-    roll = RecordedRoll(held=("gpu-9",))  # another host drained by hand, or a stopped roll's
+    roll = RecordedRoll(held={"gpu-9": "drain"})  # another host drained by hand
     assert roll.run(hosts(2), 1, rollback=False) == 0
     assert [s for s in roll.steps if "drained=" in s] == [
         "drain lb-1 drained=gpu-9,gpu-1 (deploy.py)", "undrain lb-1 drained=gpu-9 (deploy.py)",
         "drain lb-1 drained=gpu-9,gpu-2 (deploy.py)", "undrain lb-1 drained=gpu-9 (deploy.py)"]
+
+
+def test_the_front_door_is_told_which_hosts_a_roll_holds_and_which_an_operator_drained():
+    """front_door_out_roll: the rotation view shows a roll's batch as `held`, an operator's
+    drain as `drained` (tasks.steps.front_door.Held), and a stopped roll's batch stays a
+    roll's until an operator drains it."""
+    roll = RecordedRoll(held={"gpu-9": "drain", "gpu-8": "roll"}, fail=("apply", "gpu-2"))
+    assert roll.run(hosts(2), 1, rollback=False) == 1
+    assert roll.rolled == [["gpu-8", "gpu-1"], ["gpu-8"], ["gpu-8", "gpu-2"]]
+    assert [s for s in roll.steps if "drained=" in s][-1] == \
+        "drain lb-1 drained=gpu-9,gpu-8,gpu-2 (deploy.py)"
+    # a host an operator drained stays the operator's through a roll's drain of it
+    again = RecordedRoll(held={"gpu-1": "drain"})
+    again.front_door("drain", "gpu-1", out=["gpu-1", "gpu-2"])
+    assert again.rolled == [["gpu-2"]]
 
 
 def test_a_failed_pull_stops_the_roll_before_any_drain():
@@ -187,3 +206,35 @@ def test_a_smoke_test_that_gets_no_good_answer_names_what_it_got(answer, problem
     with pytest.raises(RollError, match=re.escape(problem)):
         smoke_result(RollHost("gpu-1", "http://127.0.0.1:80", "tinyllama", "ollama/ollama"),
                      answer)
+
+
+def test_drain_and_undrain_keep_why_each_host_is_held(monkeypatch):
+    """`ollama-fleet drain` makes the hosts it names the operator's (a roll's stopped batch
+    too); the others keep their cause; `undrain` of some keeps the rest as they were."""
+    import argparse
+
+    from ollama_fleet.fleetctl import cli, runner
+
+    fleet = Fleet(tuple(Member(n, (g,), {}, settings_for(n, {})) for n, g in (
+        ("gpu-1", "gpu_servers"), ("gpu-2", "gpu_servers"), ("gpu-3", "gpu_servers"),
+        ("lb-1", "lb_servers"))), inventory="inv.py", path="/inv.py")
+    kept = ["gpu-3\troll\t1765000000", "gpu-2\troll\t1765000000"]  # a stopped roll's batch
+    monkeypatch.setattr(runner, "read_fact", lambda fleet, hosts, *a, **k: {"lb-1": kept})
+    sent: list[dict] = []
+
+    def deploy(fleet, deploy, limit, data, dry=False):  # the front door keeps what it is told
+        sent.append(data)
+        kept[:] = [f"{n}\t{'roll' if n in data['front_door_out_roll'] else 'drain'}"
+                   for n in data["front_door_out"]]
+        return runner.Result(0, "")
+
+    monkeypatch.setattr(cli, "run_pyinfra", deploy)
+
+    def args(command, *hosts):
+        return argparse.Namespace(command=command, hosts=list(hosts), dry=False, yes=True)
+
+    assert cli.cmd_drain(fleet, args("drain", "gpu-1", "gpu-3")) == 0
+    assert cli.cmd_undrain(fleet, args("undrain", "gpu-1")) == 0
+    assert [(d["front_door_out"], d["front_door_out_roll"]) for d in sent] == [
+        (["gpu-2", "gpu-3", "gpu-1"], ["gpu-2"]),  # in inventory order, as the front door says
+        (["gpu-2", "gpu-3"], ["gpu-2"])]

@@ -140,7 +140,7 @@ def test_a_host_reaches_its_instances_on_its_bind_address(bind, url):
 
 def test_every_knob_has_a_meaning_and_a_task_prefix():
     prefixes = ("gpu_count", "fleet_", "docker_", "nvidia_", "ollama_", "nginx_", "front_door_",
-                "app_")
+                "app_", "health_")
     for name, field in KNOBS.items():
         assert field.description, name
         assert name.startswith(prefixes), name

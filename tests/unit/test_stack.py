@@ -75,3 +75,24 @@ def test_the_hosts_nginx_gives_ollama_no_key_in_anthropics_header():
     settings = settings_for("gpu-1", {"gpu_count": 2})
     conf = stack_files(settings, plan_instances(settings, GPUS), Fleet())["nginx/ollama.conf"]
     assert conf.count("proxy_pass ") == conf.count('proxy_set_header X-Api-Key "";') > 0
+
+
+def test_an_instance_out_of_rotation_is_refused_by_its_gate_and_inference_goes_on():
+    settings = settings_for("gpu-1", {"gpu_count": 2})
+    conf = stack_files(settings, plan_instances(settings, GPUS), Fleet())["nginx/ollama.conf"]
+    # each instance behind its gate, which refuses it while the health agent's flag is there
+    assert "server unix:/run/ollama-fleet-gate/ollama-1.sock max_fails=3" in conf
+    gate = conf.split("listen unix:/run/ollama-fleet-gate/ollama-1.sock;")[1].split(
+        "location /")[0]
+    assert "if (-f /run/ollama-fleet/health/out/ollama-1) {\n        return 502 " in gate
+    assert "client_max_body_size 0;" in gate
+    assert "if (-f /run/ollama-fleet/health/out/host) {" in gate
+    # inference (buffered, safe to resend) goes on to the next instance; admin calls do not
+    inference = conf.split("location ~ ^/(api/(generate")[1].split("}")[0]
+    admin = conf.split("    location / {")[1].split("}")[0]
+    assert "http_502 non_idempotent;" in inference and "proxy_request_buffering on;" in inference
+    assert "http_503" not in inference  # Ollama's full queue is not a reason to retry
+    assert "non_idempotent" not in admin
+    # the verdict, to loopback and the front doors only
+    verdict = conf.split("location = /fleet/health {")[1].split("}")[0]
+    assert "alias /run/ollama-fleet/health/verdict.json;" in verdict and "deny all;" in verdict

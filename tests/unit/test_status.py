@@ -13,6 +13,7 @@ import pytest
 from ollama_fleet.fleetctl.inventory import UsageError
 from ollama_fleet.fleetctl.status import (
     HostPlan,
+    attach_rotation,
     decode_report,
     exit_status,
     failed_view,
@@ -24,6 +25,7 @@ from ollama_fleet.fleetctl.status import (
     placement,
     plan_hosts,
     pyinfra_config,
+    render_events,
     render_table,
     status_script,
 )
@@ -42,9 +44,11 @@ CPU_1 = HostPlan("cpu-1", ("gpu_servers",), {}, (("ollama-0", 11434),), nginx_ur
 
 REACHABLE_KEYS = {"host", "reachable", "error", "groups", "os", "reboot_required",
                   "driver_version", "gpu_error",
-                  "gpus", "docker_version", "docker_error", "instances", "nginx"}
+                  "gpus", "docker_version", "docker_error", "instances", "nginx", "health",
+                  "events", "rotation_view", "rotation"}
 INSTANCE_KEYS = {"name", "port", "state", "health", "healthy", "image", "gpus", "all_gpus",
-                 "version", "models", "loaded", "placement", "api_error", "health_reason"}
+                 "version", "models", "loaded", "placement", "api_error", "health_reason",
+                 "agent"}
 
 
 def recorded(name: str, plan: HostPlan) -> dict:
@@ -83,7 +87,7 @@ def test_gpu_host_every_gpu_and_instance():
     ]
     first, second = view["instances"]
     assert set(first) == INSTANCE_KEYS
-    assert first == {"name": "ollama-0", "port": 11434, "state": "running",
+    assert first == {"name": "ollama-0", "port": 11434, "state": "running", "agent": None,
                      "health": "healthy", "healthy": True, "image": "ollama/ollama:0.6.8",
                      "gpus": [{"index": 0, "uuid": "GPU-b0ab98e5-665d-5ac8-a1c3-ee72b1ab259a"}],
                      "all_gpus": False, "version": "0.6.8", "models": ["tinyllama:latest"],
@@ -370,3 +374,75 @@ def test_base64_is_what_the_script_uses():
     encoded = subprocess.run("base64 | tr -d '\\n'", shell=True, input=text.encode(),
                              capture_output=True, check=True).stdout.decode()
     assert base64.b64decode(encoded).decode() == text
+
+
+# -- the health agent's verdict, the front doors' rotation, the events -------------
+
+VERDICT = {"version": 1, "host": "gpu-1", "checked_at": 1765000000.0, "state": "ok",
+           "kind": "", "reason": "", "since": None, "action": "", "instances": [
+               {"name": "ollama-0", "state": "ok", "kind": "", "reason": "", "since": None,
+                "action": ""},
+               {"name": "ollama-1", "state": "out", "kind": "xid79",
+                "reason": "GPU 1: NVRM: Xid (PCI:0000:5e:00): 79, GPU has fallen off the bus.",
+                "since": 1765000000.0, "action": "waits: a reboot is needed and "
+                "health_allow_reboot is off"}]}
+ROTATION = {"version": 1, "front_door": "lb-1", "hosts": {
+    "gpu-1": {"state": "drained", "cause": "drain", "reason": "", "since": 1765000000.0,
+              "instances": {"ollama-0": {"state": "in"}, "ollama-1": {"state": "evicted"}}},
+    "gpu-2": {"state": "evicted", "cause": "", "reason": "fm-down: Fabric Manager is not "
+              "running", "since": 1765000000.0, "instances": {}}}}
+EVENT = {"at": 1765000000.0, "host": "gpu-1", "instance": "ollama-1", "kind": "xid79",
+         "action": "evicted", "result": "out of rotation", "reason": "GPU 1 fell off"}
+
+
+def agent_plan() -> HostPlan:
+    return HostPlan("gpu-1", ("gpu_servers",), {}, TWO_GPUS, nginx_url=NGINX,
+                    verdict="/run/ollama-fleet/health/verdict.json", events=5)
+
+
+def test_an_instance_the_agent_holds_out_is_not_healthy_and_says_why():
+    view = host_view(agent_plan(), report(health=(0, json.dumps(VERDICT)),
+                                          events=(0, json.dumps(EVENT) + "\nbroken\n")))
+    one = view["instances"][1]
+    assert one["agent"]["state"] == "out" and one["agent"]["kind"] == "xid79"
+    assert not one["healthy"]
+    assert view["health"]["state"] == "ok"
+    assert view["events"] == [EVENT]
+    table = render_table([view])
+    assert "OUT xid79: GPU 1: NVRM: Xid (PCI:0000:5e:00): 79" in table
+    assert "health_allow_reboot is off" in table
+    assert exit_status([view]) == 1
+
+
+def test_a_host_without_a_verdict_says_no_agent_answers():
+    view = host_view(agent_plan(), report())
+    assert view["health"]["state"] == "unknown"
+    assert "health agent: no verdict from the health agent" in render_table([view])
+
+
+def test_every_front_doors_word_on_a_host_is_shown_under_it():
+    gpu = host_view(agent_plan(), report(health=(0, json.dumps(VERDICT))))
+    door = host_view(HostPlan("lb-1", ("lb_servers",), {}, (), nginx_url=NGINX,
+                              rotation_url="http://127.0.0.1:11391/fleet/rotation"),
+                     report(rotation=(0, json.dumps(ROTATION))))
+    views = attach_rotation([gpu, door])
+    assert gpu["rotation"] == {"lb-1": ROTATION["hosts"]["gpu-1"]}
+    table = render_table(views)
+    assert "front door lb-1: drained by an operator (drain)" in table
+    assert "instances out: ollama-1 evicted" in table
+
+
+def test_events_are_listed_per_host_and_a_host_that_does_not_answer_is_named():
+    gpu = host_view(agent_plan(), report(health=(0, json.dumps(VERDICT)),
+                                         events=(0, json.dumps(EVENT))))
+    gone = failed_view(GPU_2, "Could not connect")
+    text = render_events([gpu, gone])
+    assert "gpu-1      ollama-1   xid79      evicted: out of rotation (GPU 1 fell off)" in text
+    assert "gpu-2: unreachable: Could not connect" in text
+
+
+def test_a_verdict_the_agent_stopped_renewing_says_so():
+    old = {**VERDICT, "checked_at": 1765000000.0}
+    view = host_view(agent_plan(), report(health=(0, json.dumps(old)), now=(0, "1765000060\n")))
+    assert view["health"]["state"] == "silent"
+    assert "health agent: the health agent's verdict is 60 s old" in render_table([view])
