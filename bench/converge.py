@@ -40,6 +40,11 @@ Run it from anywhere (needs Docker, like the lab tests; several minutes for 8 ho
     .venv/bin/python bench/converge.py                  # sizes 1 and 8
     .venv/bin/python bench/converge.py --sizes 1        # one size only
     .venv/bin/python bench/converge.py --sizes 3 --keep # leave the lab up to look at it
+    .venv/bin/python bench/converge.py --lab fleetlab --quick  # `make demo`'s lab, as it is
+
+With `--lab NAME` it measures that lab (already up, every host of it; not made, not removed):
+its "fresh converge" is then the first deploy on hosts as they are. `--quick` times one run
+where it would take the median of 3.
 
 The full output of every command is kept in a log directory (printed at the start).
 Timings are wall clock on this machine and include pyinfra's own start-up; other work on
@@ -61,10 +66,10 @@ from labrun import (
     PYINFRA,
     BenchError,
     Run,
-    lab_fresh_up,
+    lab_options,
     lab_status,
     lab_teardown,
-    require_running,
+    open_lab,
     run,
     say,
     start,
@@ -225,28 +230,41 @@ def per_host_counts(output: str, hosts: list[str]) -> dict[str, HostCounts]:
 
 # --- one size -------------------------------------------------------------------------------
 
-def bench_size(size: Size, logs: Path, keep: bool) -> Result:
+def attached_size(lab: str) -> Size:
+    """The Size of a lab that is already up (`--lab`): every host of it, as it is."""
+    hosts = lab_status(lab)["hosts"]
+    roles = {role: sum(h["role"] == role for h in hosts) for role in ("gpu", "cpu", "lb")}
+    return Size(len(hosts), lab, (), f"lab {lab} as it is: " + ", ".join(
+        f"{n} {role}" for role, n in roles.items() if n))
+
+
+def bench_size(size: Size, logs: Path, keep: bool, attached: bool = False,
+               repeats: int = REPEATS) -> Result:
+    """SIZE measured on its own lab, made fresh (or, ATTACHED, on the lab of its name as it
+    is); medians of REPEATS runs."""
     result = Result(size)
     prefix = logs / size.lab
     say(f"[{size.lab}] {size.describe}")
     try:
-        result.up_s = lab_fresh_up(size.lab, size.up_args, logs, f"{size.lab}-").seconds
-
-        info = lab_status(size.lab)
-        result.hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
+        _, info, up = open_lab(size.lab if attached else None, size.lab, size.up_args, logs,
+                               f"{size.lab}-")
+        result.up_s = up.seconds if up else None
+        # every host the deploy runs on (the sizes made here have no lb hosts)
+        result.hosts = info["hosts"]
         inventory = info["inventory"]
         if len(result.hosts) != size.hosts:
-            raise BenchError(f"expected {size.hosts} GPU/CPU hosts, lab has {result.hosts}")
-        require_running(result.hosts)
+            raise BenchError(f"expected {size.hosts} hosts, lab has {result.hosts}")
 
         deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
-        say(f"[{size.lab}] fresh converge: {' '.join(deploy[1:])}")
+        say(f"[{size.lab}] {'first deploy' if attached else 'fresh converge'}: "
+            f"{' '.join(deploy[1:])}")
         result.fresh = run(deploy, CONVERGE_TIMEOUT_S, Path(f"{prefix}-fresh.log"))
         if not result.fresh.ok:
             raise BenchError(f"fresh converge failed ({why(result.fresh)}):\n"
                              f"{tail(result.fresh.output)}")
         result.fresh_totals = grand_total(result.fresh.output)
-        say(f"[{size.lab}] fresh converge in {result.fresh.seconds:.1f} s")
+        say(f"[{size.lab}] {'first deploy' if attached else 'fresh converge'} in "
+            f"{result.fresh.seconds:.1f} s")
 
         say(f"[{size.lab}] no-op re-run: {' '.join(deploy[1:])} -vv")
         result.noop = run([*deploy, "-vv"], NOOP_TIMEOUT_S, Path(f"{prefix}-noop.log"))
@@ -258,28 +276,28 @@ def bench_size(size: Size, logs: Path, keep: bool) -> Result:
         _check_counts(result)
         every = info["hosts"]
         controller, hosts = children_cpu_s(), hosts_cpu_s(every)
-        result.noop_s = median(deploy, NOOP_TIMEOUT_S, prefix, "noop")  # plain, not -vv
-        result.controller_cpu_s = (children_cpu_s() - controller) / REPEATS
+        result.noop_s = median(deploy, NOOP_TIMEOUT_S, prefix, "noop", repeats)  # not -vv
+        result.controller_cpu_s = (children_cpu_s() - controller) / repeats
         after = hosts_cpu_s(every)
         if hosts is not None and after is not None:
-            result.hosts_cpu_s = (after - hosts) / REPEATS
-        say(f"[{size.lab}] no-op re-run in {result.noop_s:.2f} s (median of {REPEATS})")
+            result.hosts_cpu_s = (after - hosts) / repeats
+        say(f"[{size.lab}] no-op re-run in {result.noop_s:.2f} s (median of {repeats})")
         floor = [str(PYINFRA), "-y", inventory, "exec", "--", "true"]
-        result.floor_s = median(floor, NOOP_TIMEOUT_S, prefix, "floor")
+        result.floor_s = median(floor, NOOP_TIMEOUT_S, prefix, "floor", repeats)
         say(f"[{size.lab}] floor ({' '.join(floor[1:])}) in {result.floor_s:.2f} s")
     except BenchError as exc:
         result.error = str(exc)
         say(f"[{size.lab}] FAILED: {exc}")
     finally:
-        lab_teardown(size.lab, Path(f"{prefix}-down.log"), keep)
+        lab_teardown(size.lab, Path(f"{prefix}-down.log"), keep, owned=not attached)
     return result
 
 
-def median(cmd: list[str], timeout: float, prefix: Path, what: str,
+def median(cmd: list[str], timeout: float, prefix: Path, what: str, repeats: int = REPEATS,
            first: float | None = None) -> float:
     """The median wall clock of REPEATS runs of CMD (FIRST: one already measured)."""
     times = [first] if first is not None else []
-    while len(times) < REPEATS:
+    while len(times) < repeats:
         done = run(cmd, timeout, Path(f"{prefix}-{what}-{len(times)}.log"))
         if not done.ok:
             raise BenchError(f"{what} failed ({why(done)}):\n{tail(done.output)}")
@@ -403,12 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave the labs up afterwards (for debugging); they are still "
                              "removed and recreated at the start of the next run")
+    lab_options(parser, "one run each instead of the median of 3 (with --lab: its one size)")
     args = parser.parse_args(argv)
     logs = start(parser, "bench/converge.py", "bench-converge-")
     results: list[Result] = []
+    repeats = 1 if args.quick else REPEATS
     try:
-        for n in args.sizes:
-            results.append(bench_size(SIZES[n], logs, args.keep))
+        if args.lab:
+            results.append(bench_size(attached_size(args.lab), logs, args.keep, attached=True,
+                                      repeats=repeats))
+        for n in [] if args.lab else args.sizes:
+            results.append(bench_size(SIZES[n], logs, args.keep, repeats=repeats))
     except KeyboardInterrupt:
         say("interrupted; labs were removed (unless --keep)")
         if results:

@@ -8,6 +8,11 @@ folder, bench/, first on sys.path). Everything here that touches a lab takes the
   else). `Child` is the same start/wait/stop for a caller that reads the output itself.
 - `lab_fresh_up` / `lab_status` / `lab_teardown`: `python -m lab --name LAB down` then `up`,
   `status --json`, and the final `down` (shielded from Ctrl-C, skipped with `--keep`).
+- `lab_options` / `open_lab`: every bench's `--lab NAME` (measure on a lab that is already
+  up, e.g. the one tests/lab/test_benches.py shares: neither made nor removed here) and
+  `--quick` (the bench's smallest run, which still prints every figure).
+- `copy_to_host`: files copied into a lab host, for a bench part that must run there (a lab
+  host's Debian python3 runs this file: stdlib only).
 - `start`: what both `main`s do first (pyinfra check, SIGTERM as Ctrl-C, a log directory).
 """
 
@@ -81,7 +86,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class Child:
-    """CMD started from the repository root as its own session (POPEN: where its output goes).
+    """CMD started from the repository root as its own session (POPEN: where its output goes;
+    its stdin is /dev/null unless POPEN says otherwise).
 
     wait() bounds it by a timeout; if it is still running when wait() ends (timeout, Ctrl-C)
     its whole process group is stopped. `status`, `rc` and `seconds` say how it ended.
@@ -93,8 +99,8 @@ class Child:
         self.status = "interrupted"
         self.rc: int | None = None
         self.seconds = 0.0
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, text=True,
-                                     start_new_session=True,
+        popen = {"stdin": subprocess.DEVNULL, **popen}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, text=True, start_new_session=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
 
     def wait(self, timeout: float) -> None:
@@ -187,8 +193,45 @@ def require_running(hosts: list[dict]) -> None:
         raise BenchError(f"lab hosts not running: {not_running}")
 
 
-def lab_teardown(lab: str, log: Path, keep: bool) -> None:
-    """The final `lab down` (never raises: a failure is a warning), or with KEEP a hint."""
+def lab_options(parser: argparse.ArgumentParser, quick: str) -> None:
+    """`--lab NAME` and `--quick` (QUICK: what the bench's quick run leaves out or shrinks)."""
+    parser.add_argument("--lab", metavar="NAME",
+                        help="measure on this lab, already up (e.g. the one the bench tests "
+                             "share): it is neither made nor removed here, and its hosts are "
+                             "measured as they are (not fresh)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a brief run that still prints every figure: {quick}")
+
+
+def open_lab(attach: str | None, lab: str, up_args: tuple[str, ...], logs: Path,
+             prefix: str = "") -> tuple[str, dict, Run | None]:
+    """The lab to measure on, its `status --json` and the `up` run: ATTACH (`--lab`), which
+    must be up with every host running, else LAB made fresh by `lab_fresh_up` (no `up`
+    run for an attached lab)."""
+    up = None if attach else lab_fresh_up(lab, up_args, logs, prefix)
+    name = attach or lab
+    info = lab_status(name)
+    require_running(info["hosts"])
+    return name, info, up
+
+
+def copy_to_host(container: str, files: list[Path], remote_dir: str, logs: Path,
+                 timeout: float = 60) -> None:
+    """FILES copied into the lab host CONTAINER's REMOTE_DIR (made if missing)."""
+    steps = [["docker", "exec", container, "mkdir", "-p", remote_dir],
+             *(["docker", "cp", str(f), f"{container}:{remote_dir}/{f.name}"] for f in files)]
+    for i, cmd in enumerate(steps):
+        proc = run(cmd, timeout, logs / f"copy-{container}-{i}.log")
+        if not proc.ok:
+            raise BenchError(f"`{' '.join(cmd)}` failed ({why(proc)}):\n{tail(proc.output)}")
+
+
+def lab_teardown(lab: str, log: Path, keep: bool, owned: bool = True) -> None:
+    """The final `lab down` (never raises: a failure is a warning), or with KEEP a hint;
+    a lab not OWNED (`--lab`: up before the bench) is left as it is."""
+    if not owned:
+        say(f"[{lab}] --lab: the lab was up before; left up")
+        return
     if keep:
         say(f"[{lab}] --keep: lab left up; remove it with "
             f"`{Path(sys.executable).name} -m lab --name {lab} down`")
@@ -219,9 +262,10 @@ def start(parser: argparse.ArgumentParser, script: str, log_prefix: str) -> Path
 
 
 def run_on_lab(lab: str, logs: Path, keep: bool, body: Callable[[], None],
-               summary: Callable[[], str]) -> int:
-    """A benchmark's main part: BODY, then the lab's teardown and SUMMARY (what was
-    measured, even when BODY failed part way), whatever happened; the exit status."""
+               summary: Callable[[], str], owned: bool = True) -> int:
+    """A benchmark's main part: BODY, then the lab's teardown (unless not OWNED) and
+    SUMMARY (what was measured, even when BODY failed part way), whatever happened; the
+    exit status."""
     try:
         body()
     except BenchError as exc:
@@ -231,7 +275,7 @@ def run_on_lab(lab: str, logs: Path, keep: bool, body: Callable[[], None],
         say("interrupted")
         return 130
     finally:
-        lab_teardown(lab, logs / "down.log", keep)
+        lab_teardown(lab, logs / "down.log", keep, owned)
         text = summary()
         if text:
             say("\n" + text)

@@ -15,6 +15,10 @@ A mode that has not reported the lost host within `--bound` seconds is stopped a
 shown as "not within BOUND s". Run it (about 6 minutes here; Docker as for the lab):
 
     .venv/bin/python bench/lost_host.py [--hold 90] [--bound 240] [--keep]
+    .venv/bin/python bench/lost_host.py --lab NAME --quick  # a lab already up, watched only
+
+`--lab NAME` measures on a lab that is already up (every host of its inventory runs the
+command; its gpu-2 is cut and restored; the lab is neither made nor removed here).
 """
 
 from __future__ import annotations
@@ -29,11 +33,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import labrun
-from labrun import BenchError, Child, lab_cmd, lab_fresh_up, lab_status, run, run_on_lab, say, start
+from labrun import (
+    BenchError,
+    Child,
+    lab_cmd,
+    lab_options,
+    open_lab,
+    run,
+    run_on_lab,
+    say,
+    start,
+)
 
 LAB = "bench-lost-host"
 LOST = "gpu-2"
 PLAIN_CONFIG = "from pyinfra import config\n\nconfig.CONNECT_TIMEOUT = 15\n"
+# --quick: --hold, --bound (the watched connection gives up after about 60 s), watched only
+QUICK = (10, 80)
 
 
 @dataclass
@@ -61,6 +77,7 @@ def wait_for(what: str, predicate, timeout: float) -> None:
 
 
 def measure(info: dict, mode: str, config: Path, hold: int, bound: int, logs: Path) -> Result:
+    lab = info["name"]
     say(f"[{mode}] sleep {hold} on both hosts, then cut {LOST}")
     marker = f"sleep {hold}"
     cmd = [str(labrun.PYINFRA), "-y", "--config", str(config), info["inventory"], "exec", "--",
@@ -79,7 +96,7 @@ def measure(info: dict, mode: str, config: Path, hold: int, bound: int, logs: Pa
     try:
         wait_for(f"{LOST} running the command", lambda: child.proc.poll() is None
                  and ssh_ok(info, LOST, f"pgrep -f '^{marker}$' >/dev/null"), 60)
-        proc = run(lab_cmd(LAB, "cut", LOST), 60, logs / f"{mode}-cut.log")
+        proc = run(lab_cmd(lab, "cut", LOST), 60, logs / f"{mode}-cut.log")
         if not proc.ok:
             raise BenchError(f"lab cut failed: {labrun.tail(proc.output)}")
         cut_at = time.monotonic()
@@ -89,7 +106,7 @@ def measure(info: dict, mode: str, config: Path, hold: int, bound: int, logs: Pa
             child.wait(0)
         reader.join(timeout=10)
         (logs / f"{mode}.log").write_text(child.log_header() + "".join(t for _, t in lines))
-        restore = run(lab_cmd(LAB, "restore", LOST), 120, logs / f"{mode}-restore.log")
+        restore = run(lab_cmd(lab, "restore", LOST), 120, logs / f"{mode}-restore.log")
         if not restore.ok:
             say(f"WARNING: lab restore {LOST} failed: {labrun.tail(restore.output)}")
     named = next((at for at, text in lines if lost.search(text) and at >= cut_at), None)
@@ -127,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bound", type=int, default=240,
                         help="seconds after the cut a mode is given (default 240)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    lab_options(parser, f"--hold {QUICK[0]} --bound {QUICK[1]}, the watched mode only")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.hold, args.bound = QUICK
     if not 10 <= args.hold <= 600 or not args.hold < args.bound <= 1800:
         parser.error("--hold: 10 to 600; --bound: more than --hold, at most 1800")
     logs = start(parser, "bench/lost_host.py", "bench-lost-host-")
@@ -136,15 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
 
     def body() -> None:
-        lab_fresh_up(LAB, ("--gpu-hosts", "2", "--gpus-per-host", "1", "--registry-port",
-                           "5078"), logs)
-        info = lab_status(LAB)
-        for mode, config in (("watched", labrun.REPO / "config.py"), ("pyinfra alone", plain)):
+        _, info, _ = open_lab(args.lab, LAB, ("--gpu-hosts", "2", "--gpus-per-host", "1",
+                                              "--registry-port", "5078"), logs)
+        if LOST not in {h["name"] for h in info["hosts"]}:
+            raise BenchError(f"lab {info['name']} has no {LOST}")
+        modes = (("watched", labrun.REPO / "config.py"), ("pyinfra alone", plain))
+        for mode, config in modes[:1] if args.quick else modes:
             results.append(measure(info, mode, config, args.hold, args.bound, logs))
             wait_for(f"{LOST} back after restore", lambda: ssh_ok(info, LOST, "true"), 120)
 
-    return run_on_lab(LAB, logs, args.keep, body,
-                      lambda: report(results, args.hold, args.bound) if results else "")
+    return run_on_lab(args.lab or LAB, logs, args.keep, body,
+                      lambda: report(results, args.hold, args.bound) if results else "",
+                      owned=not args.lab)
 
 if __name__ == "__main__":
     sys.exit(main())

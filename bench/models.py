@@ -20,6 +20,11 @@ each fleet size N in 1, 2, 4, with the first N hosts:
 Run it (about 4 minutes here; needs Docker like the lab tests):
 
     .venv/bin/python bench/models.py [--internet-rate 50] [--keep]
+    .venv/bin/python bench/models.py --lab NAME --quick  # a lab already up, one size
+
+`--lab NAME` measures on a lab that is already up (fleet sizes up to its GPU hosts; the
+model at that lab's --model-scale; neither made nor removed here, its registry's rate put
+back afterwards); `--quick` measures only the largest size.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import labrun
-from labrun import PYINFRA, BenchError, lab_fresh_up, lab_status, run, run_on_lab, say, start
+from labrun import PYINFRA, BenchError, lab_options, open_lab, run, run_on_lab, say, start
 
 LAB = "bench-models"
 SIZES = (1, 2, 4)
@@ -98,14 +103,15 @@ def measure(info: dict, mode: str, n: int, logs: Path) -> Result:
     return result
 
 
-def report(results: list[Result], rate: int) -> str:
+def report(results: list[Result], rate: int, lab: str) -> str:
     by = {(r.mode, r.hosts): r for r in results}
-    lines = [f"model {MODEL} (300 MiB), registry capped at {rate} MB/s, LAN uncapped",
+    lines = [f"model {MODEL} (300 MiB at the lab's full size; lab {lab}), registry capped at "
+             f"{rate} MB/s, LAN uncapped",
              "",
              "| hosts | fan-out upstream | fan-out time | every host pulls upstream "
              "| every host pulls time | upstream ratio | time ratio |",
              "|---|---|---|---|---|---|---|"]
-    for n in SIZES:
+    for n in sorted({r.hosts for r in results}):
         f, p = by.get(("fan-out", n)), by.get(("every host pulls", n))
         if not (f and p):
             continue
@@ -121,23 +127,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--internet-rate", type=int, default=50,
                         help="the registry's cap in MB/s, shared by all hosts (default 50)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    lab_options(parser, "only the largest fleet size (all the lab's GPU hosts, at most 4)")
     args = parser.parse_args(argv)
     if args.internet_rate <= 0:
         parser.error("--internet-rate: must be a positive number of MB/s")
     logs = start(parser, "bench/models.py", "bench-models-")
     results: list[Result] = []
+    lab = args.lab or LAB
 
     def body() -> None:
-        lab_fresh_up(LAB, ("--gpu-hosts", "4", "--gpus-per-host", "1", "--registry-port",
-                           "5077", "--model-scale", "1"), logs)
-        info = lab_status(LAB)
+        _, info, _ = open_lab(args.lab, LAB, ("--gpu-hosts", "4", "--gpus-per-host", "1",
+                                              "--registry-port", "5077", "--model-scale", "1"),
+                              logs)
+        gpus = sum(h["role"] == "gpu" for h in info["hosts"])
+        sizes = [n for n in SIZES if n <= gpus]
+        if not sizes:
+            raise BenchError(f"lab {lab} has no GPU host")
+        before = registry(info, "/_lab/rate")["bytes_per_sec"]
         registry(info, "/_lab/rate", {"bytes_per_sec": args.internet_rate * 1000 * 1000})
-        for mode in ("fan-out", "every host pulls"):
-            for n in SIZES:
-                results.append(measure(info, mode, n, logs))
+        try:
+            for mode in ("fan-out", "every host pulls"):
+                for n in sizes[-1:] if args.quick else sizes:
+                    results.append(measure(info, mode, n, logs))
+        finally:  # a lab that was up before is left as it was found
+            registry(info, "/_lab/rate", {"bytes_per_sec": before})
 
-    return run_on_lab(LAB, logs, args.keep, body,
-                      lambda: report(results, args.internet_rate) if results else "")
+    return run_on_lab(lab, logs, args.keep, body,
+                      lambda: report(results, args.internet_rate, lab) if results else "",
+                      owned=not args.lab)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,6 +70,10 @@ Run it (needs Docker, like the lab tests; about 3 minutes here, mostly lab up an
     .venv/bin/python bench/proxy.py --requests 100 400  # fewer requests per cell (c=1, c=16)
     .venv/bin/python bench/proxy.py --keep              # leave the lab up to look at it
     .venv/bin/python bench/proxy.py --kinds stream-220k  # only the 220 KB prompt
+    .venv/bin/python bench/proxy.py --lab NAME --quick   # on a lab already up, 20/40 requests
+
+`--lab NAME` measures on a lab that is already up and has gpu-1 (1 GPU), lb-1 and lb-2 (it
+may have more hosts; it is neither made nor removed here); the deploy is the same.
 
 The lab is removed before it is started (so the hosts are fresh) and again at the end, also on
 failure or Ctrl-C (unless `--keep`). The full output of every command is kept in a log
@@ -95,9 +99,9 @@ from pathlib import Path
 from labrun import (
     PYINFRA,
     BenchError,
-    lab_fresh_up,
-    lab_status,
-    require_running,
+    copy_to_host,
+    lab_options,
+    open_lab,
     run,
     run_on_lab,
     say,
@@ -117,6 +121,7 @@ NUM_PARALLEL = 16
 
 CONCURRENCY = (1, 16)
 DEFAULT_REQUESTS = (500, 2000)  # per cell, at c=1 and c=16
+QUICK_REQUESTS = (20, 40)  # --quick
 MAX_REQUESTS = 100_000
 WARMUP_PER_CONNECTION = 5
 REQUEST_TIMEOUT_S = 10.0
@@ -305,14 +310,8 @@ class Host:
 def install_client(host: Host, logs: Path) -> None:
     """Copy this file and labrun.py (its only import) to HOST:REMOTE_DIR."""
     here = Path(__file__).resolve().parent
-    steps = [["docker", "exec", host.container, "mkdir", "-p", REMOTE_DIR],
-             *(["docker", "cp", str(here / name), f"{host.container}:{REMOTE_DIR}/{name}"]
-               for name in ("proxy.py", "labrun.py"))]
-    for i, cmd in enumerate(steps):
-        proc = run(cmd, COPY_TIMEOUT_S, logs / f"install-{host.name}-{i}.log")
-        if not proc.ok:
-            raise BenchError(f"{host.name}: `{' '.join(cmd)}` failed ({why(proc)}):\n"
-                             f"{tail(proc.output)}")
+    copy_to_host(host.container, [here / "proxy.py", here / "labrun.py"], REMOTE_DIR, logs,
+                 COPY_TIMEOUT_S)
 
 
 def run_client(host: Host, cells: list[dict], label: str, logs: Path) -> list[dict]:
@@ -371,6 +370,8 @@ class Results:
     cells: dict[tuple[str, str, int], dict] = field(default_factory=dict)  # (hop, kind, c)
     kinds: tuple[str, ...] = tuple(KINDS)  # the request kinds measured (--kinds)
     deploy_data: tuple[str, ...] = ()  # more `--data KEY=VALUE` for the deploy (--data)
+    lab: str = LAB
+    attached: bool = False  # the lab was up before (--lab)
     up_s: float | None = None
     deploy_s: float | None = None
     measure_s: float | None = None
@@ -399,7 +400,7 @@ def measure(result: Results, requests: dict[int, int], logs: Path) -> None:
                 cells = [cell_spec(hop, kind, c, requests[c])
                          for hop in result.hops if hop.host == name]
                 label = f"{kind}-c{c}-{name}"
-                say(f"[{LAB}] {kind}, c={c}, from {name}: "
+                say(f"[{result.lab}] {kind}, c={c}, from {name}: "
                     f"{', '.join(cell['hop'] for cell in cells)}")
                 for got in run_client(result.hosts[name], cells, label, logs):
                     result.cells[(got["hop"], kind, c)] = got
@@ -445,8 +446,9 @@ def report(result: Results, requests: dict[int, int]) -> str:
     by_key = {h.key: h for h in result.hops}
     gpu_info = result.hosts[GPU].info if GPU in result.hosts else {}
     client_info = result.hosts[CLIENT].info if CLIENT in result.hosts else {}
-    out = [f"proxy cost (lab {LAB}: {GPU} with 1 GPU, 1 Ollama instance; front door {FRONT}; "
-           f"client host {CLIENT}, not deployed to)",
+    out = [f"proxy cost (lab {result.lab}: {GPU} with 1 GPU, 1 Ollama instance; front door "
+           f"{FRONT}; client host {CLIENT}"
+           f"{', as the lab has it' if result.attached else ', not deployed to'})",
            f"stand-in Ollama: {', '.join(f'{k}={v}' for k, v in STANDIN_ENV.items())}, "
            f"OLLAMA_NUM_PARALLEL={NUM_PARALLEL}, {MODEL} kept loaded, num_predict 1",
            f"clients: python {gpu_info.get('python', '?')} on {GPU}, "
@@ -530,7 +532,7 @@ def report(result: Results, requests: dict[int, int]) -> str:
 
 # --- main -----------------------------------------------------------------------------------
 
-def deploy(inventory: str, logs: Path, data: tuple[str, ...] = ()) -> float:
+def deploy(lab: str, inventory: str, logs: Path, data: tuple[str, ...] = ()) -> float:
     cmd = [str(PYINFRA), "-y", "--limit", GPU, "--limit", FRONT, inventory, "deploy.py",
            *(arg for item in data for arg in ("--data", item)),
            "--data", f"ollama_base_port={OLLAMA_PORT}",
@@ -539,29 +541,31 @@ def deploy(inventory: str, logs: Path, data: tuple[str, ...] = ()) -> float:
            "--data", f'ollama_warm_models=["{MODEL}"]',
            "--data", f"ollama_environment={json.dumps(STANDIN_ENV)}",
            "--data", f"ollama_num_parallel={NUM_PARALLEL}"]
-    say(f"[{LAB}] deploy: {' '.join([PYINFRA.name, *cmd[1:]])}")
+    say(f"[{lab}] deploy: {' '.join([PYINFRA.name, *cmd[1:]])}")
     proc = run(cmd, DEPLOY_TIMEOUT_S, logs / "deploy.log")
     if not proc.ok or "No host matches" in proc.output:
         raise BenchError(f"deploy failed ({why(proc)}):\n{tail(proc.output)}")
-    say(f"[{LAB}] deploy in {proc.seconds:.1f} s")
+    say(f"[{lab}] deploy in {proc.seconds:.1f} s")
     return proc.seconds
 
 
-def bench(result: Results, requests: dict[int, int], logs: Path) -> None:
-    result.up_s = lab_fresh_up(LAB, UP_ARGS, logs).seconds
-    info = lab_status(LAB)
-    require_running(info["hosts"])
+def bench(result: Results, requests: dict[int, int], logs: Path, attach: str | None) -> None:
+    lab, info, up = open_lab(attach, LAB, UP_ARGS, logs)
+    result.lab, result.attached, result.up_s = lab, bool(attach), up.seconds if up else None
     by_name = {h["name"]: h for h in info["hosts"]}
-    if set(by_name) != {GPU, FRONT, CLIENT} or len(by_name[GPU]["gpus"]) != 1:
+    # a lab given by --lab may have more hosts (its front door then shares the requests
+    # among its GPU hosts), not fewer
+    wanted, names = {GPU, FRONT, CLIENT}, set(by_name)
+    if not (wanted <= names if attach else wanted == names) or len(by_name[GPU]["gpus"]) != 1:
         raise BenchError(f"expected {GPU} (1 GPU), {FRONT} and {CLIENT}; lab has "
                          f"{info['hosts']}")
-    result.deploy_s = deploy(info["inventory"], logs, result.deploy_data)
+    result.deploy_s = deploy(lab, info["inventory"], logs, result.deploy_data)
     result.hops = hops(by_name[GPU], by_name[FRONT])
     for name in (GPU, CLIENT):
         h = by_name[name]
         result.hosts[name] = Host(name, h["address"], h["container"])
         install_client(result.hosts[name], logs)
-    say(f"[{LAB}] pre-flight: {PREFLIGHT_REQUESTS} requests of each kind at each hop")
+    say(f"[{lab}] pre-flight: {PREFLIGHT_REQUESTS} requests of each kind at each hop")
     preflight(result, logs)
     measure(result, requests, logs)
 
@@ -581,19 +585,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab up afterwards (it is still removed and recreated "
                              "at the start of the next run)")
+    lab_options(parser, f"--requests {QUICK_REQUESTS[0]} {QUICK_REQUESTS[1]}")
     parser.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)  # on a lab host
     args = parser.parse_args(argv)
     if args.client is not None:
         return client_main(args.client)
     if not all(1 <= n <= MAX_REQUESTS for n in args.requests):
         parser.error(f"--requests: 1 to {MAX_REQUESTS} each")
-    requests = dict(zip(CONCURRENCY, args.requests, strict=True))
+    requests = dict(zip(CONCURRENCY, QUICK_REQUESTS if args.quick else args.requests,
+                        strict=True))
     logs = start(parser, "bench/proxy.py", "bench-proxy-")
     result = Results(kinds=tuple(k for k in KINDS if k in args.kinds),
                      deploy_data=tuple(args.data))
-    return run_on_lab(LAB, logs, args.keep,
-                      lambda: bench(result, requests, logs),
-                      lambda: report(result, requests))
+    return run_on_lab(args.lab or LAB, logs, args.keep,
+                      lambda: bench(result, requests, logs, args.lab),
+                      lambda: report(result, requests), owned=not args.lab)
 
 
 if __name__ == "__main__":

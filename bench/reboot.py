@@ -15,6 +15,10 @@ equal to `size`), and the last as a ratio of the baseline. The lab (`bench-reboo
 registry port 5085) is removed before and after (unless `--keep`).
 
     .venv/bin/python bench/reboot.py [--fabric-seconds 20] [--keep]
+    .venv/bin/python bench/reboot.py --lab NAME --quick  # gpu-1 of a lab already up, 5 s
+
+With `--lab NAME` it reboots gpu-1 of that lab (already up; deployed with `--limit gpu-1`;
+one instance per GPU it has), which is neither made nor removed here.
 
 Wall clock on this machine: lab hosts are containers, so "the reboot" is a container
 restart with systemd's whole boot inside it, not firmware and a kernel.
@@ -33,8 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.labfleet import LabFleet, lab_cli, poll  # noqa: E402
 
 NAME = "bench-reboot"
+HOST = "gpu-1"
 MODEL = "tinyllama"
-INSTANCES = {"ollama-0": 11434, "ollama-1": 11435}
+QUICK_FABRIC_S = 5  # --quick: --fabric-seconds
+
+
+def instances(fleet: LabFleet) -> dict[str, int]:
+    """HOST's Ollama instances, one per GPU: name -> port."""
+    return {f"ollama-{i}": 11434 + i for i in range(len(fleet.host(HOST)["gpus"]))}
 
 
 def seconds_since(start: float) -> float:
@@ -42,14 +52,14 @@ def seconds_since(start: float) -> float:
 
 
 def serving_from_gpus(fleet: LabFleet) -> bool:
-    for port in INSTANCES.values():
-        code, _, _ = fleet.ssh("gpu-1", f"curl -sf --max-time 30 -d '{{\"model\":\"{MODEL}\","
+    for port in instances(fleet).values():
+        code, _, _ = fleet.ssh(HOST, f"curl -sf --max-time 30 -d '{{\"model\":\"{MODEL}\","
                                         f"\"prompt\":\"hi\",\"stream\":false}}' "
                                         f"http://127.0.0.1:{port}/api/generate >/dev/null",
                                check=False, timeout=60)
         if code != 0:
             return False
-        _, out, _ = fleet.ssh("gpu-1", f"curl -sf http://127.0.0.1:{port}/api/ps", check=False)
+        _, out, _ = fleet.ssh(HOST, f"curl -sf http://127.0.0.1:{port}/api/ps", check=False)
         models = (json.loads(out) if out.strip() else {}).get("models") or []
         if not models or models[0]["size_vram"] != models[0]["size"]:
             return False
@@ -57,25 +67,25 @@ def serving_from_gpus(fleet: LabFleet) -> bool:
 
 
 def measure(fleet: LabFleet, fabric: float) -> dict[str, float]:
-    lab_cli("fabric-delay", "gpu-1", str(fabric), name=NAME)
+    lab_cli("fabric-delay", HOST, str(fabric), name=fleet.name)
     marks: dict[str, float] = {}
-    before = fleet.started_at("gpu-1")
-    fleet.forget("gpu-1")
+    before = fleet.started_at(HOST)
+    fleet.forget(HOST)
     start = time.monotonic()
-    fleet.ssh("gpu-1", "systemctl reboot", check=False)
-    fleet.forget("gpu-1")
-    poll(lambda: fleet.started_at("gpu-1") != before, 120, what="restarting")
-    poll(lambda: fleet.ssh("gpu-1", "true", timeout=10, check=False)[0] == 0, 300,
+    fleet.ssh(HOST, "systemctl reboot", check=False)
+    fleet.forget(HOST)
+    poll(lambda: fleet.started_at(HOST) != before, 120, what="restarting")
+    poll(lambda: fleet.ssh(HOST, "true", timeout=10, check=False)[0] == 0, 300,
          interval=0.2, what="ssh")
     marks["ssh"] = seconds_since(start)
-    poll(lambda: fleet.ssh("gpu-1", "systemctl is-active -q ollama-fleet-gpu-ready",
+    poll(lambda: fleet.ssh(HOST, "systemctl is-active -q ollama-fleet-gpu-ready",
                            check=False)[0] == 0, 600, interval=0.2, what="gpu-ready")
     marks["gpu-ready"] = seconds_since(start)
-    poll(lambda: fleet.ssh("gpu-1", "systemctl is-active -q docker", check=False)[0] == 0,
+    poll(lambda: fleet.ssh(HOST, "systemctl is-active -q docker", check=False)[0] == 0,
          600, interval=0.2, what="docker")
     marks["docker"] = seconds_since(start)
-    poll(lambda: all(fleet.ssh("gpu-1", f"docker inspect -f '{{{{.State.Health.Status}}}}' {i}",
-                               check=False)[1].strip() == "healthy" for i in INSTANCES),
+    poll(lambda: all(fleet.ssh(HOST, f"docker inspect -f '{{{{.State.Health.Status}}}}' {i}",
+                               check=False)[1].strip() == "healthy" for i in instances(fleet)),
          600, interval=0.5, what="healthy")
     marks["healthy"] = seconds_since(start)
     poll(lambda: serving_from_gpus(fleet), 600, interval=0.5, what="serving from the GPUs")
@@ -87,14 +97,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fabric-seconds", type=float, default=20)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--lab", metavar="NAME",
+                        help="reboot gpu-1 of this lab, already up (its GPUs as they are; "
+                             "neither made nor removed here)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a brief run: --fabric-seconds {QUICK_FABRIC_S}")
     args = parser.parse_args()
-    lab_cli("down", name=NAME, check=False)
+    if args.quick:
+        args.fabric_seconds = QUICK_FABRIC_S
+    name = args.lab or NAME
+    if not args.lab:
+        lab_cli("down", name=NAME, check=False)
     try:
-        lab_cli("up", "--gpu-hosts", "1", "--gpus-per-host", "2", "--registry-port", "5085",
-                "--model-scale", "0.1", name=NAME)
-        fleet = LabFleet(NAME)
+        if not args.lab:
+            lab_cli("up", "--gpu-hosts", "1", "--gpus-per-host", "2", "--registry-port", "5085",
+                    "--model-scale", "0.1", name=NAME)
+        fleet = LabFleet(name)
         fleet.refresh()
-        proc = fleet.pyinfra("deploy.py", "--data", f'ollama_models=["{MODEL}"]')
+        proc = fleet.pyinfra("deploy.py", "--data", f'ollama_models=["{MODEL}"]', limit=HOST)
         if proc.returncode != 0:
             print(proc.output[-3000:], file=sys.stderr)
             return 1
@@ -110,7 +130,7 @@ def main() -> int:
         fleet.close()
         return 0
     finally:
-        if not args.keep:
+        if not args.keep and not args.lab:
             lab_cli("down", name=NAME, check=False)
 
 

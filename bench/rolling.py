@@ -5,8 +5,9 @@ registry port 5075), under the same load through the front door (lab.loadgen.Loa
 4 threads, half streamed, num_predict 40), this runs one after the other:
 
 1. **roll**: `ollama-fleet INVENTORY roll -y --data ollama_image=ollama/ollama:0.7.0`
-   (from 0.6.8, which the first deploy installs): canary first, one host at a time, each
-   drained from the front door, updated, smoke-tested and put back;
+   (from 0.6.8, which the first deploy installs, `--data ollama_image=ollama/ollama:0.6.8`):
+   canary first, one host at a time, each drained from the front door, updated,
+   smoke-tested and put back;
 2. **naive**: `pyinfra -y INVENTORY deploy.py --data ollama_image=ollama/ollama:0.6.8`: back
    to 0.6.8 on every host at once, nothing drained;
 
@@ -21,9 +22,12 @@ and how long hosts were out of service:
   lower bound (drain run finished -> undrain run started) is printed next to it;
 - **host not answering**: for both runs, per host, the longest time the host's own nginx
   (`http://HOST:80/api/version`, polled every 0.2 s, 1 s timeout, in a thread per host)
-  did not answer 200: from the first failed poll to the next poll that got 200 (start times);
+  did not answer 200: from the first failed poll to the next poll that got 200 (start times).
+  A GPU host's nginx answers only its front doors, so these polls run on the front door host
+  (this file copied there and run by its python3, `--watch`), not on this machine;
 - **front door not answering**: the same for the front door's `/api/version` (which goes to
-  a GPU host), and the most hosts that were not answering at the same moment.
+  a GPU host), polled from here as its clients call it, and the most hosts that were not
+  answering at the same moment.
 
 Each run has 3 s of load before the command starts and 3 s after it ends (the same for both),
 so requests hit at the edges are counted.
@@ -45,12 +49,16 @@ Then, on the same lab, **where a roll's time goes** (issue: pull before drain, f
    canary's `--> roll: canary` line to the line that calls it (`rolling gpu-1 back`), next
    to `ollama_health_timeout` (300 s), the bound the deploy waited for before.
 
-`--phases-only` runs 3 and 4 without the roll-vs-naive comparison.
+`--phases-only` runs 3 and 4 without the roll-vs-naive comparison; `--quick` runs 1 and 2
+only. `--lab NAME` measures on a lab that is already up (any number of GPU hosts, its first
+lb host the front door; neither made nor removed here; the lab tests of the benches run
+`--lab NAME --quick`, tests/lab/test_benches.py).
 
 Run it (needs Docker, like the lab tests; a few minutes):
 
     .venv/bin/python bench/rolling.py           # lab up, first deploy, roll, naive, lab down
     .venv/bin/python bench/rolling.py --keep    # leave the lab up to look at it
+    .venv/bin/python bench/rolling.py --lab fleetlab --quick  # on `make demo`'s lab
 
 The lab is removed before it is started (so the hosts are fresh) and again at the end, also on
 failure or Ctrl-C (unless `--keep`). The full output of every command is kept in a log
@@ -69,6 +77,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,11 +88,11 @@ from labrun import (
     BenchError,
     Child,
     Run,
+    copy_to_host,
     lab_cmd,
-    lab_fresh_up,
-    lab_status,
+    lab_options,
     lab_teardown,
-    require_running,
+    open_lab,
     run,
     say,
     start,
@@ -160,6 +169,15 @@ def run_timestamped(cmd: list[str], timeout: float, log: Path) -> TimedRun:
 
 
 # --- watching hosts -------------------------------------------------------------------------
+# A GPU host's nginx answers only its front doors (and loopback), so the hosts are polled
+# from the front door host: this file and labrun.py are copied there and run by its python3
+# (`rolling.py --watch SPEC`), one thread per host, each poll printed as a WATCH line that
+# the bench reads as it comes. The front door itself is polled from here, where its
+# clients are. Lab hosts are containers: their monotonic clock is this machine's.
+
+WATCH = "ROLLWATCH "
+REMOTE_DIR = "/root/bench-rolling"
+
 
 def get_version(address: str, port: int = 80, timeout: float = POLL_TIMEOUT_S) -> str | None:
     """The version a GET /api/version answers with 200, or None."""
@@ -186,33 +204,12 @@ class Outages:
     intervals: list[tuple[float, float]] = field(default_factory=list)
 
 
-class Poller:
-    """A thread polling ADDRESS:80/api/version every POLL_INTERVAL_S until stop() (bounded)."""
+class Samples:
+    """One target's polls, (poll start, answered 200), and the outages they show."""
 
-    def __init__(self, name: str, address: str, max_seconds: float) -> None:
-        self.name, self.address = name, address
-        self.max_polls = int(max_seconds / POLL_INTERVAL_S) + 1
-        self.max_seconds = max_seconds
-        self.samples: list[tuple[float, bool]] = []  # (poll start, answered 200)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def start(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=POLL_TIMEOUT_S + 5)
-
-    def _poll(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        for _ in range(self.max_polls):
-            started = time.monotonic()
-            if self._stop.is_set() or started > deadline:
-                return
-            self.samples.append((started, get_version(self.address) is not None))
-            self._stop.wait(max(0.0, started + POLL_INTERVAL_S - time.monotonic()))
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.samples: list[tuple[float, bool]] = []
 
     def outages(self) -> Outages:
         """Periods without a 200: first failed poll -> next poll answered 200 (start times)."""
@@ -235,6 +232,138 @@ class Poller:
         return result
 
 
+class Poller(Samples):
+    """A thread polling ADDRESS:80/api/version every POLL_INTERVAL_S until stop() (bounded);
+    REPORT, if given, is called with each poll (name, start, version or None)."""
+
+    def __init__(self, name: str, address: str, max_seconds: float,
+                 report: Callable[[str, float, str | None], None] | None = None) -> None:
+        super().__init__(name)
+        self.address, self.report = address, report
+        self.max_polls = int(max_seconds / POLL_INTERVAL_S) + 1
+        self.max_seconds = max_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=POLL_TIMEOUT_S + 5)
+
+    def _poll(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.max_polls):
+            started = time.monotonic()
+            if self._stop.is_set() or started > deadline:
+                return
+            version = get_version(self.address)
+            self.samples.append((started, version is not None))
+            if self.report:
+                self.report(self.name, started, version)
+            self._stop.wait(max(0.0, started + POLL_INTERVAL_S - time.monotonic()))
+
+
+def watch_main(spec_json: str) -> int:
+    """`rolling.py --watch SPEC` on the front door host: poll SPEC's targets ({name:
+    address}), once each (`once`) or every POLL_INTERVAL_S until this process's stdin closes
+    (the bench is done) or SPEC's `seconds` pass; one WATCH line (JSON) per poll."""
+    spec = json.loads(spec_json)
+    lock = threading.Lock()
+
+    def report(name: str, t: float, version: str | None) -> None:
+        with lock:
+            print(WATCH + json.dumps({"host": name, "t": t, "version": version}), flush=True)
+
+    if spec.get("once"):
+        for name, address in spec["targets"].items():
+            report(name, time.monotonic(), get_version(address, timeout=5))
+        return 0
+    pollers = [Poller(name, address, spec["seconds"], report).start()
+               for name, address in spec["targets"].items()]
+    stdin_closed = threading.Thread(target=sys.stdin.read, daemon=True)
+    stdin_closed.start()
+    stdin_closed.join(spec["seconds"])
+    for poller in pollers:
+        poller.stop()
+    return 0
+
+
+def watch_command(front: dict, spec: dict, bound: float) -> list[str]:
+    """`rolling.py --watch SPEC` on the front door host FRONT (`lab status` entry)."""
+    return ["docker", "exec", "-i", front["container"], "timeout", "-s", "KILL",
+            str(int(bound)), "python3", f"{REMOTE_DIR}/rolling.py", "--watch", json.dumps(spec)]
+
+
+def install_watch(front: dict, logs: Path) -> None:
+    here = Path(__file__).resolve().parent
+    copy_to_host(front["container"], [here / "rolling.py", here / "labrun.py"], REMOTE_DIR, logs)
+
+
+def _watch_line(line: str) -> dict | None:
+    return json.loads(line[len(WATCH):]) if line.startswith(WATCH) else None
+
+
+class HostWatch:
+    """Every host's nginx polled from the front door host FRONT until stop() (bounded by
+    MAX_SECONDS there and here): `hosts`, one Samples per host."""
+
+    def __init__(self, front: dict, hosts: list[dict], max_seconds: float, log: Path) -> None:
+        self.hosts = {h["name"]: Samples(h["name"]) for h in hosts}
+        self.other: list[str] = []  # lines that are not polls (errors), for the log
+        self.log = log
+        spec = {"targets": {h["name"]: h["address"] for h in hosts}, "seconds": max_seconds}
+        self.child = Child(watch_command(front, spec, max_seconds + 10), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
+                           errors="replace")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:  # ends when the pipe closes (the watcher exits)
+        assert self.child.proc.stdout is not None  # noqa: S101 (stdout=PIPE)
+        for line in self.child.proc.stdout:
+            try:
+                got = _watch_line(line)
+            except ValueError:
+                got = None
+            if got and got["host"] in self.hosts:
+                self.hosts[got["host"]].samples.append((got["t"], got["version"] is not None))
+            else:
+                self.other.append(line)
+
+    def stop(self) -> None:
+        """Close the watcher's stdin (it stops polling and exits), wait for it (bounded)."""
+        try:
+            assert self.child.proc.stdin is not None  # noqa: S101 (stdin=PIPE)
+            self.child.proc.stdin.close()
+        except OSError:
+            pass
+        self.child.wait(POLL_TIMEOUT_S + 15)
+        self._reader.join(timeout=10)
+        polls = sum(len(s.samples) for s in self.hosts.values())
+        self.log.write_text(f"{self.child.log_header()}{polls} polls\n{''.join(self.other)}")
+        if not polls:
+            say(f"WARNING: no poll came back from the front door host ({self.child.status}): "
+                f"{tail(''.join(self.other), 5)}")
+
+
+def host_versions(front: dict, hosts: list[dict], log: Path) -> dict[str, str | None]:
+    """Each host's /api/version, asked once from the front door host FRONT."""
+    spec = {"targets": {h["name"]: h["address"] for h in hosts}, "once": True}
+    done = run(watch_command(front, spec, 30), 60, log)
+    got: dict[str, str | None] = dict.fromkeys(spec["targets"])
+    for line in done.output.splitlines():
+        try:
+            polled = _watch_line(line)
+        except ValueError:
+            polled = None
+        if polled and polled["host"] in got:
+            got[polled["host"]] = polled["version"]
+    return got
+
+
 def most_down_at_once(outages: list[Outages]) -> int:
     events = sorted([(s, 1) for o in outages for s, _ in o.intervals]
                     + [(e, -1) for o in outages for _, e in o.intervals],
@@ -246,12 +375,14 @@ def most_down_at_once(outages: list[Outages]) -> int:
     return most
 
 
-def wait_ready(hosts: list[dict], front: str) -> dict[str, str | None]:
-    """Wait (bounded) until every host's nginx and the front door answer; their versions."""
+def wait_ready(hosts: list[dict], front: dict, logs: Path, label: str
+               ) -> dict[str, str | None]:
+    """Wait (bounded) until every host's nginx (asked from the front door host) and the
+    front door (asked from here) answer; their versions."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
-        got = {h["name"]: get_version(h["address"], timeout=5) for h in hosts}
-        got["front door"] = get_version(front, timeout=5)
+        got = host_versions(front, hosts, logs / f"{label}-ready.log")
+        got["front door"] = get_version(front["address"], timeout=5)
         if all(got.values()) or time.monotonic() > deadline:
             return got
         time.sleep(1)
@@ -275,33 +406,35 @@ class Measured:
     error: str | None = None
 
 
-def measured(label: str, cmd: list[str], timeout: float, log: Path, hosts: list[dict],
-             front: str, timestamped: bool) -> Measured:
-    """CMD under the load through the front door, every host's nginx and the front door polled."""
+def measured(label: str, cmd: list[str], timeout: float, logs: Path, hosts: list[dict],
+             front: dict, timestamped: bool) -> Measured:
+    """CMD under the load through the front door (FRONT, its `lab status` entry), every
+    host's nginx polled from the front door host and the front door from here."""
     from lab.loadgen import LoadGenerator
 
     result = Measured(label, " ".join([Path(cmd[0]).name, *cmd[1:]]))
-    result.before = wait_ready(hosts, front)
+    result.before = wait_ready(hosts, front, logs, f"{label}-before")
     if not all(result.before.values()):
         raise BenchError(f"{label}: not everything answers before the run: {result.before}")
     bound = timeout + 4 * SETTLE_S + 60
-    pollers = [Poller(h["name"], h["address"], bound).start() for h in hosts]
-    front_poller = Poller("front door", front, bound).start()
-    load = LoadGenerator(f"http://{front}", MODEL, threads=THREADS, num_predict=NUM_PREDICT,
-                         max_requests=1_000_000, max_seconds=bound)
+    watch = HostWatch(front, hosts, bound, logs / f"{label}-watch.log")
+    front_poller = Poller("front door", front["address"], bound).start()
+    load = LoadGenerator(f"http://{front['address']}", MODEL, threads=THREADS,
+                         num_predict=NUM_PREDICT, max_requests=1_000_000, max_seconds=bound)
     load_started = time.monotonic()
     load.start()
     try:
         time.sleep(SETTLE_S)
         say(f"[{label}] {result.command}")
-        result.run = (run_timestamped if timestamped else run)(cmd, timeout, log)
+        result.run = (run_timestamped if timestamped else run)(cmd, timeout,
+                                                               logs / f"{label}.log")
         time.sleep(SETTLE_S)
     finally:
         result.stats = load.stop()
         result.load_seconds = time.monotonic() - load_started
-        for p in [*pollers, front_poller]:
-            p.stop()
-    result.hosts = {p.name: p.outages() for p in pollers}
+        front_poller.stop()
+        watch.stop()
+    result.hosts = {name: samples.outages() for name, samples in watch.hosts.items()}
     result.front = front_poller.outages()
     result.at_once = most_down_at_once(list(result.hosts.values()))
     if result.stats.sent >= load.max_requests:
@@ -311,7 +444,7 @@ def measured(label: str, cmd: list[str], timeout: float, log: Path, hosts: list[
     if not result.run.ok:
         result.error = f"{label} failed ({why(result.run)}):\n{tail(result.run.output, 60)}"
         say(f"[{label}] FAILED ({why(result.run)}); its output:\n{tail(result.run.output, 60)}")
-    result.after = wait_ready(hosts, front)
+    result.after = wait_ready(hosts, front, logs, f"{label}-after")
     return result
 
 
@@ -432,26 +565,26 @@ class Phases:
     evidence: dict[str, str] = field(default_factory=dict)
 
 
-def phases(inventory: str, front: str, logs: Path) -> Phases:
-    """Rolls 3 and 4 of the module's docstring."""
+def phases(lab: str, inventory: str, front: str, logs: Path) -> Phases:
+    """Rolls 3 and 4 of the module's docstring, on LAB (FRONT: the front door's address)."""
     from lab.loadgen import LoadGenerator
 
     result = Phases()
     for image in (BIG_BEFORE, BIG_AFTER):
         tag = image.split(":")[1]
-        say(f"[{LAB}] publishing {image} with a {BIG_MB} MiB layer")
-        published = run(lab_cmd(LAB, "ollama-image", tag, "--pad-mb", str(BIG_MB)), 900,
+        say(f"[{lab}] publishing {image} with a {BIG_MB} MiB layer")
+        published = run(lab_cmd(lab, "ollama-image", tag, "--pad-mb", str(BIG_MB)), 900,
                         logs / f"publish-{tag}.log")
         if not published.ok:
             raise BenchError(f"publishing {image} failed:\n{tail(published.output)}")
     for tag, fault in BROKEN.values():
-        published = run(lab_cmd(LAB, "ollama-image", tag, "--fault", fault), 900,
+        published = run(lab_cmd(lab, "ollama-image", tag, "--fault", fault), 900,
                         logs / f"publish-{tag}.log")
         if not published.ok:
             raise BenchError(f"publishing {tag} failed:\n{tail(published.output)}")
     for label, image, ahead in (("before (pull after drain)", BIG_BEFORE, False),
                                 ("after (pull ahead)", BIG_AFTER, True)):
-        say(f"[{LAB}] roll to {image}: {label}")
+        say(f"[{lab}] roll to {image}: {label}")
         with LoadGenerator(f"http://{front}", MODEL, threads=THREADS,
                            num_predict=NUM_PREDICT) as load:
             timed = run_timestamped(roll_command(inventory, "--data", f"ollama_image={image}",
@@ -465,7 +598,7 @@ def phases(inventory: str, front: str, logs: Path) -> Phases:
         result.seconds[label] = timed.seconds
         result.failed[label] = load.stats.failed + load.stats.streams_cut
     for kind, (tag, _) in BROKEN.items():
-        say(f"[{LAB}] roll to ollama/ollama:{tag} ({kind}), --rollback")
+        say(f"[{lab}] roll to ollama/ollama:{tag} ({kind}), --rollback")
         timed = run_timestamped(roll_command(inventory, "--rollback", "--data",
                                              f"ollama_image=ollama/ollama:{tag}"),
                                 ROLL_TIMEOUT_S, logs / f"roll-{tag}.log")
@@ -475,9 +608,9 @@ def phases(inventory: str, front: str, logs: Path) -> Phases:
     return result
 
 
-def phases_report(p: Phases) -> str:
-    out = [f"where a roll's time goes (3 hosts, one at a time; releases with a {BIG_MB} MiB "
-           "layer; load through the front door):", ""]
+def phases_report(p: Phases, shape: str) -> str:
+    out = [f"where a roll's time goes ({shape}; one host at a time; releases with a "
+           f"{BIG_MB} MiB layer; load through the front door):", ""]
     rows = [("", *STEPS, "out of front door", "roll", "failed requests")]
     longest: dict[str, float] = {}
     for label, split in p.splits.items():
@@ -519,7 +652,7 @@ def _ratio(naive: float | None, roll: float | None, fmt: str = "{:.2f}x") -> str
 
 
 def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | None,
-           up_s: float | None) -> str:
+           up_s: float | None, shape: str, fresh: bool = True) -> str:
     def stat(m: Measured | None, what: str):
         if m is None or m.stats is None:
             return None
@@ -552,7 +685,7 @@ def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | No
         return f"{n} ({100 * n / sent:.1f}%)" if sent else str(n)
 
     rows = [
-        ("", "roll (0.6.8 -> 0.7.0)", "naive (0.7.0 -> 0.6.8)", "naive/roll"),
+        ("", f"roll ({_tag(A)} -> {_tag(B)})", f"naive ({_tag(B)} -> {_tag(A)})", "naive/roll"),
         ("requests sent", count(stat(roll, "sent")), count(stat(naive, "sent")), ""),
         ("requests failed", pct(roll, "failed"), pct(naive, "failed"),
          _ratio(stat(naive, "failed"), stat(roll, "failed"))),
@@ -577,13 +710,14 @@ def report(roll: Measured | None, naive: Measured | None, first_deploy: Run | No
     def line(cells) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    out = [f"rolling update vs naive redeploy (lab {LAB}: 3 GPU hosts x 1 GPU, 1 front door; "
-           f"load {THREADS} threads, num_predict {NUM_PREDICT}, half streamed, "
-           "through the front door)"]
+    out = [f"rolling update vs naive redeploy ({shape}; load {THREADS} threads, num_predict "
+           f"{NUM_PREDICT}, half streamed, through the front door; hosts polled from the "
+           "front door host)"]
     if up_s is not None:
         out.append(f"lab up: {up_s:.1f} s")
     if first_deploy is not None:
-        out.append(f"first deploy (pyinfra -y INVENTORY deploy.py, fresh hosts): "
+        out.append(f"first deploy (pyinfra -y INVENTORY deploy.py --data ollama_image={A}, "
+                   f"{'fresh hosts' if fresh else 'hosts as the lab had them'}): "
                    f"{first_deploy.seconds:.1f} s ({why(first_deploy)})")
     out += ["", *(line(r) for r in rows)]
     out += ["", "notes: the load is closed-loop (each thread sends its next request as soon as "
@@ -645,66 +779,78 @@ def _error_kind(error: str) -> str:
     return " ".join(error.split())[:160]
 
 
+def _tag(image: str) -> str:
+    return image.rpartition(":")[2]
+
+
 def _versions(got: dict[str, str | None]) -> str:
     return ", ".join(f"{k} {v or 'not answering'}" for k, v in got.items()) or "-"
 
 
 # --- main -----------------------------------------------------------------------------------
 
-def bench(logs: Path, keep: bool, phases_only: bool = False) -> int:
+def bench(logs: Path, keep: bool, phases_only: bool = False, attach: str | None = None,
+          quick: bool = False) -> int:
     roll = naive = None
     split: Phases | None = None
     first_deploy: Run | None = None
     up_s: float | None = None
     failed = False
+    lab, shape = attach or LAB, f"lab {attach or LAB}"
     try:
-        up_s = lab_fresh_up(LAB, UP_ARGS, logs).seconds
-
-        info = lab_status(LAB)
+        lab, info, up = open_lab(attach, LAB, UP_ARGS, logs)
+        up_s = up.seconds if up else None
         hosts = [h for h in info["hosts"] if h["role"] in ("gpu", "cpu")]
         lbs = [h for h in info["hosts"] if h["role"] not in ("gpu", "cpu")]
-        if len(hosts) != 3 or len(lbs) != 1:
-            raise BenchError(f"expected 3 GPU hosts and 1 front door, lab has {info['hosts']}")
-        require_running(info["hosts"])
-        inventory, front = info["inventory"], lbs[0]["address"]
+        # its own lab has the shape above; a lab given by --lab needs a host and a front door
+        if not (hosts and lbs if attach else (len(hosts), len(lbs)) == (3, 1)):
+            raise BenchError(f"expected {'GPU' if attach else '3 GPU'} hosts and a front door, "
+                             f"lab has {info['hosts']}")
+        inventory, front = info["inventory"], lbs[0]
+        shape = (f"lab {lab}: {len(hosts)} GPU/CPU hosts, front door {front['name']}"
+                 + (f" of {len(lbs)} lb hosts" if len(lbs) > 1 else ""))
+        install_watch(front, logs)
 
         deploy = [str(PYINFRA), "-y", inventory, "deploy.py"]
-        say(f"[{LAB}] first deploy: pyinfra -y {inventory} deploy.py")
-        first_deploy = run(deploy, DEPLOY_TIMEOUT_S, logs / "first-deploy.log")
+        say(f"[{lab}] first deploy: pyinfra -y {inventory} deploy.py --data ollama_image={A}")
+        first_deploy = run([*deploy, "--data", f"ollama_image={A}"], DEPLOY_TIMEOUT_S,
+                           logs / "first-deploy.log")
         if not first_deploy.ok:
             raise BenchError(f"first deploy failed ({why(first_deploy)}):\n"
                              f"{tail(first_deploy.output)}")
-        say(f"[{LAB}] first deploy in {first_deploy.seconds:.1f} s")
+        say(f"[{lab}] first deploy in {first_deploy.seconds:.1f} s")
 
         if phases_only:
-            split = phases(inventory, front, logs)
+            split = phases(lab, inventory, front["address"], logs)
             return 0
         roll_cmd = [sys.executable, "-m", "ollama_fleet", inventory, "roll", "-y",
                     "--data", f"ollama_image={B}"]
-        roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs / "roll.log", hosts, front,
-                        timestamped=True)
+        roll = measured("roll", roll_cmd, ROLL_TIMEOUT_S, logs, hosts, front, timestamped=True)
         assert isinstance(roll.run, TimedRun)  # noqa: S101 (type narrowing)
         roll_end = roll.run.lines[-1][0] if roll.run.lines else time.monotonic()
         roll.out_of_front = out_of_front_door(roll.run.lines, max(roll_end, time.monotonic()))
         failed |= roll.error is not None
 
         naive = measured("naive", [*deploy, "--data", f"ollama_image={A}"], NAIVE_TIMEOUT_S,
-                         logs / "naive.log", hosts, front, timestamped=False)
+                         logs, hosts, front, timestamped=False)
         failed |= naive.error is not None
-        split = phases(inventory, front, logs)
+        if quick:
+            say(f"[{lab}] --quick: where a roll's time goes (rolls 3 and 4) not measured")
+        else:
+            split = phases(lab, inventory, front["address"], logs)
     except BenchError as exc:
         failed = True
-        say(f"[{LAB}] FAILED: {exc}")
+        say(f"[{lab}] FAILED: {exc}")
     except KeyboardInterrupt:
         say("interrupted")
         failed = True
         raise
     finally:
-        lab_teardown(LAB, logs / "down.log", keep)
+        lab_teardown(lab, logs / "down.log", keep, owned=not attach)
         if not phases_only:
-            say("\n" + report(roll, naive, first_deploy, up_s))
+            say("\n" + report(roll, naive, first_deploy, up_s, shape, fresh=not attach))
         if split is not None:
-            say("\n" + phases_report(split))
+            say("\n" + phases_report(split, shape))
         say(f"\nlogs: {logs}")
     return 1 if failed else 0
 
@@ -717,14 +863,20 @@ def main(argv: list[str] | None = None) -> int:
                              "at the start of the next run)")
     parser.add_argument("--phases-only", action="store_true",
                         help="only where a roll's time goes (pull ahead, broken releases)")
+    lab_options(parser, "the roll and the naive redeploy only (not where a roll's time goes)")
+    parser.add_argument("--watch", metavar="SPEC", help=argparse.SUPPRESS)  # on the front door
     args = parser.parse_args(argv)
+    if args.watch is not None:
+        return watch_main(args.watch)
+    if args.quick and args.phases_only:
+        parser.error("--quick leaves out what --phases-only measures")
     logs = start(parser, "bench/rolling.py", "bench-rolling-")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # lab.loadgen
     try:
-        return bench(logs, args.keep, args.phases_only)
+        return bench(logs, args.keep, args.phases_only, args.lab, args.quick)
     except KeyboardInterrupt:
-        say("interrupted; the lab was removed (unless --keep)")
+        say("interrupted; the lab was removed (unless --keep or --lab)")
         return 130
 
 
