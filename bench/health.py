@@ -34,6 +34,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -150,6 +151,8 @@ def inner(args: argparse.Namespace) -> int:
     gpus = len([g for g in fleet.host("gpu-1").get("gpus", [])]) or 2
     url = f"http://{dns.front_door_name(args.lab)}"
     results = []
+    # the load starts once the fleet is whole (a deploy just ran: instances may be proving)
+    poll(lambda: whole(rotation.read()), BACK_WITHIN_S, interval=1, what="the fleet whole")
     with LoadGenerator(url, MODEL, threads=4, max_requests=100000, max_seconds=3000,
                        request_timeout=60, num_predict=16) as load:
         for kind in kinds:
@@ -170,7 +173,9 @@ def inner(args: argparse.Namespace) -> int:
               f"{r['hung']:>5}  {back}")
     counted = sum(r["failed"] + r["cut"] for r in results)
     print(f"failed outside those counts (within a fault's first second, or while the operator "
-          f"rebooted after xid79): {max(0, failed - counted)}")
+          f"rebooted after xid79): {max(0, failed - counted)}"
+          + "".join(f"\n  {n} x {e}" for e, n in Counter(
+              e[:120] for _, _, e in load.stats.failures).most_common(3)))
     goals = [r for r in results if r["out_s"] is None or r["out_s"] > 5 or r["failed"]
              or r["hung"]]
     print("goals (out within 5 s, no plain request failed after 1 s, none hung): "
