@@ -16,8 +16,10 @@ Guarantees:
   only with `health_allow_reboot` and while at most `health_max_unavailable` hosts are out
   at the front doors, drained ones counted; `health_heal: false` detects and evicts only;
   an instance returns only after `health_return_after` good checks and the GPU proof;
-- it acts on nothing while a deploy or a roll holds the host's run lock, and it never
-  puts back what an operator or a roll drained at the front doors (those are theirs);
+- while a deploy or a roll holds the host's run lock it takes nothing new out and acts on
+  nothing (they recreate and prove the instances themselves; a roll's smoke test asks them
+  through the host's nginx), and it never puts back what an operator or a roll drained at
+  the front doors (those are theirs);
 - every action is a line of EVENTS (`ollama-fleet INVENTORY events`) and of the journal;
 - the agent is restarted only when its script, its configuration or its unit changed.
 """

@@ -24,8 +24,8 @@ reboot the host only when `allow_reboot` is set and fewer than `max_unavailable`
 are out at the front doors (drained ones count). An instance comes back only after its
 fault has been gone for `return_after` checks and it passed the GPU proof (its proof model
 loaded with weights in GPU memory). With `heal` off it detects and evicts only. While a
-deploy or a roll holds the host's run lock it acts on nothing. Every action is a line of
-/var/lib/ollama-fleet/health/events.jsonl and of the journal.
+deploy or a roll holds the host's run lock it takes nothing new out and acts on nothing.
+Every action is a line of /var/lib/ollama-fleet/health/events.jsonl and of the journal.
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ class Agent:
         self.smi_rows: dict[int, dict] = {}
         self.resetting = False  # a GPU reset runs: no nvidia-smi of ours may hold a GPU
         self.out_view: list[str] | None = None  # the other hosts out, at the front doors
+        self.held = False  # a deploy or a roll holds the host's run lock
         os.makedirs(f"{RUN}/out", exist_ok=True)
         os.makedirs(os.path.dirname(EVENTS), exist_ok=True)
         self.load_state()
@@ -496,6 +497,10 @@ class Agent:
     def check(self) -> None:
         now = time.time()
         self.cycle += 1
+        # a deploy or a roll is at work on this host: it recreates and proves the instances
+        # itself (a roll's smoke test asks them through this nginx), so nothing new is
+        # taken out and nothing is done until it ends; what is out stays out until proven
+        self.held = self.locked()
         kind, reason = "", ""
         if self.c["gpu_count"] and not self.resetting:
             # the kernel's records name GPUs by PCI address: read once nvidia-smi mapped them
@@ -543,7 +548,7 @@ class Agent:
 
     def observe_host(self, kind: str, reason: str, now: float) -> None:
         fault = self.host_fault
-        if kind and fault is None:
+        if kind and fault is None and not self.held:
             self.host_fault = Fault(kind, reason, CHAINS.get(kind, []), now)
             self.event("", kind, "evicted", "out of rotation", reason)
         elif kind and fault:
@@ -559,6 +564,8 @@ class Agent:
     def observe_instance(self, inst: dict, kind: str, reason: str, now: float) -> None:
         name = inst["name"]
         fault = self.faults.get(name)
+        if kind and fault is None and self.held:
+            return
         if kind and fault is None:
             chain = next((c for k, _, c in [self.gpu_faults.get(g, ("", "", []))
                                              for g in inst["gpus"]] if k == kind), None)
@@ -655,7 +662,7 @@ class Agent:
                                else "no action heals this")
                 self.event(name, fault.kind, "left out", "needs an operator", fault.stuck)
                 continue
-            if self.locked():
+            if self.held:
                 return
             action = fault.chain[fault.step + 1]
             allowed = self.allowed(action)

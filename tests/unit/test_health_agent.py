@@ -321,6 +321,21 @@ def test_an_instance_that_lost_nvml_is_recreated(host):
             "--no-deps ollama-0") in host.actions()
 
 
+def test_while_a_deploy_or_roll_holds_the_lock_nothing_new_is_taken_out(host):
+    import fcntl
+
+    lock = host.root / "lock"
+    lock.write_text("")
+    agent = agent_module.Agent(host.config())
+    with open(lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        host.instances[0].models = [on_gpu(vram=0)]  # a deploy's own proof restarts it
+        checks(agent, 3)
+        assert host.flagged() == set() and host.actions() == []
+    checks(agent, 2)  # the deploy is done and it is still on the CPU: now it is the agent's
+    assert host.instance("ollama-0")["kind"] == "cpu"
+
+
 def test_an_instance_that_could_not_start_is_started_but_not_while_a_deploy_holds_the_lock(
         host):
     import fcntl
@@ -328,15 +343,15 @@ def test_an_instance_that_could_not_start_is_started_but_not_while_a_deploy_hold
     (host.fake / "ps.out").write_text("ollama-0\texited\nollama-1\trunning\n")
     (host.fake / "inspect.out").write_text("2026-12-06T10:00:00Z error gathering device "
                                            "information\n")
+    agent = agent_module.Agent(host.config())
     lock = host.root / "lock"
     lock.write_text("")
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        agent = agent_module.Agent(host.config())
         checks(agent, 2)
-        assert host.instance("ollama-0")["kind"] == "down"
-        assert host.actions() == []  # a deploy is at work here
+        assert host.flagged() == set() and host.actions() == []  # a deploy is at work here
     checks(agent)
+    assert host.instance("ollama-0")["kind"] == "down"
     assert host.actions() == ["docker start ollama-0"]
 
 
