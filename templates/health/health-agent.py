@@ -72,6 +72,7 @@ XIDS = {
 CHAINS = {
     "down": ["start", "restart", "recreate"],
     "stopped": [],  # an operator's `docker stop`: theirs
+    "missing": [],  # a removed container: the operator's, or the next deploy's
     "hang": ["restart", "recreate"],
     "nvml-lost": ["recreate", "restart"],
     "cpu": ["restart", "reset-gpu", "reboot"],
@@ -451,7 +452,9 @@ class Agent:
                 if error:
                     return "down", f"container {state}: it could not start: {first_line(error)}"
                 return "down", f"container {state} (a crash: Docker's restart policy is due)"
-            return "down", f"container {state or 'missing'}"
+            if not state:  # removed (compose down, a deploy that changed the topology)
+                return "missing", "no container: left to the operator and the next deploy"
+            return "down", f"container {state}"
         if state == "starting":
             self.hang_count[name] = 0
             return "starting", "in its start period (waiting for its GPUs, or starting)"

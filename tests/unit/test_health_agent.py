@@ -444,3 +444,11 @@ def test_a_crash_just_now_is_not_an_operators_stop(host):
     checks(agent, 2)
     assert host.instance("ollama-0")["kind"] == "down"
     assert "docker start ollama-0" in host.actions()
+
+
+def test_a_removed_container_is_out_but_never_recreated_by_the_agent(host):
+    (host.fake / "ps.out").write_text("ollama-1\trunning\n")  # ollama-0 is gone
+    agent = agent_module.Agent(host.config())
+    checks(agent, 3)
+    assert host.instance("ollama-0")["kind"] == "missing"
+    assert host.actions() == []
