@@ -272,7 +272,8 @@ class Agent:
         self.smi_rows: dict[int, dict] = {}
         self.resetting = False  # a GPU reset runs: no nvidia-smi of ours may hold a GPU
         self.out_view: list[str] | None = None  # the other hosts out, at the front doors
-        self.held = False  # a deploy or a roll holds the host's run lock
+        self.held = False  # a deploy or a roll holds the run lock, or the host is held out
+        self.held_by = ""  # this host drained or held at a front door, and by what
         os.makedirs(f"{RUN}/out", exist_ok=True)
         os.makedirs(os.path.dirname(EVENTS), exist_ok=True)
         self.load_state()
@@ -503,7 +504,11 @@ class Agent:
         # a deploy or a roll is at work on this host: it recreates and proves the instances
         # itself (a roll's smoke test asks them through this nginx), so nothing new is
         # taken out and nothing is done until it ends; what is out stays out until proven
-        self.held = self.locked()
+        done, view, _ = self.background("fleet", self.fleet_view)
+        if done:
+            self.out_view, self.held_by = view
+        # a host an operator drained or a roll holds is theirs: nothing new out, no action
+        self.held = self.locked() or bool(self.held_by)
         kind, reason = "", ""
         if self.c["gpu_count"] and not self.resetting:
             # the kernel's records name GPUs by PCI address: read once nvidia-smi mapped them
@@ -538,10 +543,6 @@ class Agent:
             problem = self.instance_problem(inst, states.get(inst["name"], ""),
                                             futures[inst["name"]].result())
             self.observe_instance(inst, *problem, now)
-        if any(f.step + 1 < len(f.chain) and f.chain[f.step + 1] == "reboot"
-               for f in self.all_faults()):
-            done, result, _ = self.background("fleet", self.hosts_out)
-            self.out_view = result if done else self.out_view
         self.heal(now)
         self.publish(now)
         self.save_state()
@@ -707,9 +708,11 @@ class Agent:
                     f"health_max_unavailable {self.c['max_unavailable']}")
         return ""
 
-    def hosts_out(self) -> list[str] | None:
-        """The other hosts out of rotation at any front door (drained, held, evicted)."""
+    def fleet_view(self) -> tuple[list[str] | None, str]:
+        """(the other hosts out of rotation at any front door: drained, held, evicted; None
+        when no front door answered), and whether this host is drained or held there."""
         out: set[str] = set()
+        mine = ""
         answered = False
         for url in self.c["front_doors"]:
             outcome, doc = http_json(url, 3)
@@ -717,9 +720,14 @@ class Agent:
                 continue
             answered = True
             for name, state in (doc.get("hosts") or {}).items():
-                if name != self.c["host"] and state.get("state") != "in":
+                if not isinstance(state, dict):
+                    continue
+                if name == self.c["host"]:
+                    if state.get("state") in ("drained", "held"):
+                        mine = f"{state.get('state')} ({state.get('cause')})"
+                elif state.get("state") != "in":
                     out.add(f"{name}: {state.get('state')}")
-        return sorted(out) if answered or not self.c["front_doors"] else None
+        return (sorted(out) if answered or not self.c["front_doors"] else None), mine
 
     def act(self, name: str, fault: Fault, kind: str, action: str) -> None:
         try:

@@ -452,3 +452,29 @@ def test_a_removed_container_is_out_but_never_recreated_by_the_agent(host):
     checks(agent, 3)
     assert host.instance("ollama-0")["kind"] == "missing"
     assert host.actions() == []
+
+
+def test_a_host_a_roll_holds_out_is_the_rolls_nothing_new_out_no_action(host):
+    class FrontDoor(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps({"hosts": {"gpu-1": {"state": "held", "cause": "roll"}}})
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FrontDoor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/fleet/rotation"
+        agent = agent_module.Agent(host.config(front_doors=[url]))
+        checks(agent, 2)  # the front door's word arrives
+        host.instances[0].models = [on_gpu(vram=0)]  # the roll's new release, proving
+        checks(agent, 3)
+        assert host.flagged() == set() and host.actions() == []
+    finally:
+        server.shutdown()
+        server.server_close()
