@@ -24,7 +24,9 @@ reboot the host only when `allow_reboot` is set and fewer than `max_unavailable`
 are out at the front doors (drained ones count). An instance comes back only after its
 fault has been gone for `return_after` checks and it passed the GPU proof (its proof model
 loaded with weights in GPU memory). With `heal` off it detects and evicts only. While a
-deploy or a roll holds the host's run lock it takes nothing new out and acts on nothing.
+deploy or a roll holds the host's run lock it takes nothing new out and acts on nothing;
+each action holds that lock itself while it runs, so a deploy or roll that starts meanwhile
+waits for it (templates/lock/hold.sh) instead of racing it.
 Every action is a line of /var/lib/ollama-fleet/health/events.jsonl and of the journal.
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -44,6 +47,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 
 CONFIG = "/etc/ollama-fleet/health.json"
+AGENT_OWNER = "ollama-fleet-health"  # how the run lock's owner line names the agent
 RUN = "/run/ollama-fleet/health"  # the stack's HEALTH_DIR (tasks/steps/stack.py)
 EVENTS = "/var/lib/ollama-fleet/health/events.jsonl"
 EVENTS_KEPT = 500
@@ -273,6 +277,7 @@ class Agent:
         self.resetting = False  # a GPU reset runs: no nvidia-smi of ours may hold a GPU
         self.out_view: list[str] | None = None  # the other hosts out, at the front doors
         self.held = False  # a deploy or a roll holds the run lock, or the host is held out
+        self.holding_lock = False  # an action of the agent's holds the run lock
         self.held_by = ""  # this host drained or held at a front door, and by what
         os.makedirs(f"{RUN}/out", exist_ok=True)
         os.makedirs(os.path.dirname(EVENTS), exist_ok=True)
@@ -636,7 +641,10 @@ class Agent:
     # ---- healing ----
     def locked(self) -> bool:
         """Whether a deploy or a roll holds the host's run lock (read in /proc/locks: taking
-        the lock, even for a moment, could make a starting deploy stop)."""
+        the lock, even for a moment, could make a starting deploy stop). Not while the
+        agent's own action holds it."""
+        if self.holding_lock:
+            return False
         try:
             st = os.stat(self.c["lock"], follow_symlinks=False)
             with open("/proc/locks", encoding="utf-8") as f:
@@ -644,8 +652,8 @@ class Agent:
         except OSError:
             return False
         wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        return any(line.split()[5] == wanted for line in locks.splitlines()
-                   if len(line.split()) > 5 and line.split()[1] == "FLOCK")
+        return any(f[5] == wanted for f in (line.split() for line in locks.splitlines())
+                   if len(f) > 5 and f[1] == "FLOCK")
 
     def heal(self, now: float) -> None:
         if not self.c["heal"] or self.busy.locked():
@@ -729,16 +737,63 @@ class Agent:
                     out.add(f"{name}: {state.get('state')}")
         return (sorted(out) if answered or not self.c["front_doors"] else None), mine
 
+    @contextlib.contextmanager
+    def run_lock(self, name: str, action: str):
+        """Hold the host's run lock for one action (yields False when a deploy or a roll
+        has it): a deploy that starts meanwhile waits for the action, never races it. The
+        owner line says who holds it; it is removed while the lock is still held."""
+        path = self.c["lock"]
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            log(f"health: cannot open the run lock {path}: {exc}")
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            line = (f"{AGENT_OWNER} on {self.c['host']}: {action} {name or 'host'} since "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                    f"(agent pid {os.getpid()})\n")
+            owner = f"{path}.owner"
+            with contextlib.suppress(OSError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(owner)  # never written through a link someone left there
+                ofd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                              0o644)
+                with os.fdopen(ofd, "w", encoding="utf-8") as f:
+                    f.write(line)
+            self.holding_lock = True
+            try:
+                yield True
+            finally:
+                self.holding_lock = False
+                with contextlib.suppress(OSError):
+                    with open(owner, encoding="utf-8") as f:
+                        if f.read() == line:
+                            os.unlink(owner)
+        finally:
+            os.close(fd)  # lets the lock go
+
     def act(self, name: str, fault: Fault, kind: str, action: str) -> None:
         try:
             reason = fault.reason
-            status, output = self.do(name, action)
-            self.event(name, kind, action, "done" if status == 0 else "failed",
-                       reason if status == 0 else first_line(output))
-            if status == 0 and action in ("reset-gpu",):
-                for index in self.fault_gpus(name):
-                    self.gpu_faults.pop(index, None)
-                self.save_state()
+            with self.run_lock(name, action) as mine:
+                if not mine:  # a deploy or a roll took the host first: theirs, not ours
+                    fault.step -= 1
+                    fault.action = fault.chain[fault.step] if fault.step >= 0 else ""
+                    return
+                status, output = self.do(name, action)
+                self.event(name, kind, action, "done" if status == 0 else "failed",
+                           reason if status == 0 else first_line(output))
+                if status == 0 and action in ("reset-gpu",):
+                    for index in self.fault_gpus(name):
+                        self.gpu_faults.pop(index, None)
+                    self.save_state()
         finally:
             self.busy.release()
 

@@ -9,7 +9,9 @@
 # then lets go. OWNER (who runs what) is kept in LOCK.owner meanwhile, with the holder's
 # pid, so a second run can say who it waits for. The holder looks five times a second,
 # so a run that follows one that just ended waits at most that long (up to 3 s are
-# allowed); one held by a live run is not waited for.
+# allowed); one held by a live run is not waited for, but one held by the host's health
+# agent for a healing action (its owner line starts with ollama-fleet-health) is, for up
+# to 10 minutes: the action is bounded and the run goes on once it is done.
 # Exit: 0 held for this connection; 1 another run holds it (LOCK.owner on stdout);
 # 2 no SSH connection found to hold it for.
 #
@@ -52,7 +54,12 @@ rm -f "$ready"
 # shellcheck disable=SC2016
 setsid -w sh -c '
     exec 9>>"$1"
-    flock -w 3 9 || exit 1
+    if ! flock -w 3 9; then
+        case $(cat "$1.owner" 2>/dev/null) in
+            ollama-fleet-health*) flock -w 600 9 || exit 1 ;;
+            *) exit 1 ;;
+        esac
+    fi
     printf "%s (holder %s, connection %s)\n" "$2" "$$" "$3" > "$1.owner"
     : > "$4"
     while [ -e "/proc/$3" ]; do sleep 0.2; done
@@ -60,7 +67,8 @@ setsid -w sh -c '
 ' hold "$lock" "$owner" "$conn" "$ready" </dev/null >/dev/null 2>&1 &
 holder=$!
 i=0
-while [ "$i" -lt 100 ]; do  # at most 10 s: the holder takes the lock or gives up in 3 s
+# at most 610 s: the holder takes the lock or gives up in 3 s (600 s for the agent)
+while [ "$i" -lt 6100 ]; do
     if [ -e "$ready" ]; then
         rm -f "$ready"
         exit 0

@@ -97,7 +97,9 @@ def host(tmp_path, monkeypatch):
                   f'ps) cat {fake}/ps.out ;;\n'
                   f'inspect) cat {fake}/inspect.out 2>/dev/null || true ;;\n'
                   f'exec) cat {fake}/exec.out; exit "$(cat {fake}/exec.rc)" ;;\n'
-                  f'*) echo "docker $*" >>{fake}/actions ;;\n'
+                  f'*) echo "docker $*" >>{fake}/actions\n'
+                  f'   flock -n {tmp_path}/lock true; echo "$?" >>{fake}/lock-free\n'
+                  f'   cat {tmp_path}/lock.owner >>{fake}/lock-owner 2>/dev/null ;;\n'
                   f'esac',
         "systemctl": f'case "$1" in\n'
                      f'is-active) rc=$(cat {fake}/fm.rc); '
@@ -478,3 +480,50 @@ def test_a_host_a_roll_holds_out_is_the_rolls_nothing_new_out_no_action(host):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_action_holds_the_run_lock_so_a_deploy_waits_for_it_and_lets_it_go_after(host):
+    host.instances[0].models = [on_gpu(vram=0)]
+    agent = agent_module.Agent(host.config())
+    checks(agent, 2)
+    assert host.actions() == ["docker restart -t 10 ollama-0"]
+    assert (host.fake / "lock-free").read_text() == "1\n"  # held while docker ran
+    owner = (host.fake / "lock-owner").read_text()
+    assert owner.startswith("ollama-fleet-health on gpu-1: restart ollama-0 since ")
+    assert not (host.root / "lock.owner").exists()  # removed before the lock went
+    import fcntl
+
+    with open(host.root / "lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+
+
+def test_an_action_whose_lock_a_deploy_took_first_is_not_taken_and_comes_again(host):
+    import fcntl
+
+    host.instances[0].models = [on_gpu(vram=0)]
+    agent = agent_module.Agent(host.config(heal=False))
+    checks(agent, 2)
+    agent.c["heal"] = True
+    fault = agent.faults["ollama-0"]
+    lock = host.root / "lock"
+    lock.write_text("")
+    with open(lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a deploy took it between the check and the act
+        fault.step, fault.action = 0, "restart"
+        agent.busy.acquire()
+        agent.act("ollama-0", fault, "cpu", "restart")
+        assert host.actions() == [] and not agent.busy.locked()
+        assert (fault.step, fault.action) == (-1, "")
+    checks(agent, 1)
+    assert host.actions() == ["docker restart -t 10 ollama-0"]
+
+
+def test_the_lock_is_never_opened_through_a_link(host, tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("root only\n")
+    (host.root / "lock").symlink_to(target)
+    host.instances[0].models = [on_gpu(vram=0)]
+    agent = agent_module.Agent(host.config())
+    checks(agent, 2)
+    assert host.actions() == []  # no lock, no action
+    assert target.read_text() == "root only\n"
