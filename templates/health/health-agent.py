@@ -640,20 +640,28 @@ class Agent:
 
     # ---- healing ----
     def locked(self) -> bool:
-        """Whether a deploy or a roll holds the host's run lock (read in /proc/locks: taking
-        the lock, even for a moment, could make a starting deploy stop). Not while the
-        agent's own action holds it."""
+        """Whether a deploy or a roll holds the host's run lock: asked of the lock itself
+        (a try that lets go at once; a deploy's holder waits up to 3 s for it, so a starting
+        deploy never stops on it). Not /proc/locks: inside a PID namespace (a container)
+        it leaves out a lock whose taker (flock(1)) has exited, as the deploy's has. Not
+        while the agent's own action holds it."""
         if self.holding_lock:
             return False
         try:
-            st = os.stat(self.c["lock"], follow_symlinks=False)
-            with open("/proc/locks", encoding="utf-8") as f:
-                locks = f.read()
+            fd = os.open(self.c["lock"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False  # no lock file: no run has taken it since boot
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
         except OSError:
             return False
-        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        return any(f[5] == wanted for f in (line.split() for line in locks.splitlines())
-                   if len(f) > 5 and f[1] == "FLOCK")
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     def heal(self, now: float) -> None:
         if not self.c["heal"] or self.busy.locked():
