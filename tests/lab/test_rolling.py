@@ -323,7 +323,8 @@ def test_a_plain_deploy_keeps_what_ollama_fleet_holds_out(fleet):
     proc = fleet.pyinfra("deploy.py", "--data", f"ollama_image={B}", limit="lb_servers")
     assert proc.returncode == 0, proc.output[-3000:]
     assert held_out(fleet) == {"gpu-2"}
-    assert fleet.ssh("lb-1", "cat /opt/ollama-front/held-out")[1].split() == ["gpu-2"]
+    held = fleet.ssh("lb-1", "cat /opt/ollama-front/held-out")[1].splitlines()
+    assert [line.split()[:2] for line in held] == [["gpu-2", "drain"]]  # host, cause, since
     proc = fleetctl(fleet, "undrain", "gpu-2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert held_out(fleet) == set()
