@@ -45,8 +45,9 @@ from tests.labfleet import LabFleet, lab_cli, poll  # noqa: E402
 
 NAME = "bench-health"
 MODEL = "tinyllama"
+# production's health_interval (1 s), whatever the lab's inventory sets
 DEPLOY = ("deploy.py", "--data", f'ollama_models=["{MODEL}"]',
-          "--data", f'ollama_warm_models=["{MODEL}"]')
+          "--data", f'ollama_warm_models=["{MODEL}"]', "--data", "health_interval=1")
 # kind -> (host, GPU, what leaves rotation: an instance or the host), in the order measured;
 # xid79 last: only a reboot brings its GPU back
 KINDS = {"hang": ("gpu-1", 0, "instance"), "crash": ("gpu-2", 0, "instance"),

@@ -385,7 +385,8 @@ def json_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-# A verdict not renewed for this long: its agent is silent (it renews it every second).
+# A verdict not renewed for this long (or three of its agent's intervals, when longer): its
+# agent is silent (it renews it every health_interval, 1 s by default).
 SILENT_AFTER_S = 10
 
 
@@ -408,8 +409,10 @@ def agent_view(entry: dict[str, Any] | None, host: bool = False,
     if host:
         checked = entry.get("checked_at")
         view["checked_at"] = checked
+        interval = entry.get("interval_s")
+        interval = interval if isinstance(interval, (int, float)) and interval > 0 else 1
         if now is not None and isinstance(checked, (int, float)) \
-                and now - checked > SILENT_AFTER_S:
+                and now - checked > max(SILENT_AFTER_S, 3 * interval):
             view["state"] = "silent"
             view["reason"] = f"the health agent's verdict is {now - checked:.0f} s old"
     return view

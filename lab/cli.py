@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loopback port the lab image registry is published on for pushes")
     up.add_argument("--model-scale", type=float, default=1.0,
                     help="multiply the lab model registry's model sizes (e.g. 0.05 for tests)")
+    up.add_argument("--health-interval", type=int, default=5,
+                    help="health_interval the lab's inventory sets (seconds between the "
+                         "health agent's checks; 1, production's default, where health is "
+                         "tested: 5 spares this machine's CPUs)")
     up.add_argument("--ollama-tags", type=_tags, default=None,
                     help="stand-in ollama/ollama tags to publish, comma-separated")
     up.add_argument("--nginx-tags", type=_tags, default=None)
@@ -280,7 +284,8 @@ def _run(args: argparse.Namespace, lab: Lab) -> int:
         spec = Spec(gpu_hosts=args.gpu_hosts, gpus_per_host=args.gpus_per_host,
                     cpu_hosts=args.cpu_hosts, lb_hosts=args.lb_hosts, gpu_model=args.gpu_model,
                     gpu_suites=args.gpu_suites,
-                    registry_port=args.registry_port, model_scale=args.model_scale)
+                    registry_port=args.registry_port, model_scale=args.model_scale,
+                    health_interval=args.health_interval)
         if args.ollama_tags:
             spec.ollama_tags = args.ollama_tags
         if args.nginx_tags:

@@ -90,6 +90,10 @@ class Spec:
     gpu_suites: str = "trixie"  # the GPU hosts' Debian release, as gpu_model (bookworm: 12)
     registry_port: int = 5000
     model_scale: float = 1.0
+    # the health agent's check interval the lab's inventory sets (health_interval): each
+    # check runs the stand-in nvidia-smi (Python) on the host and in every GPU instance, so
+    # a dozen lab hosts at 1 s would take a 2-core machine; the health tests ask for 1
+    health_interval: int = 5
     ollama_tags: list[str] = field(default_factory=lambda: list(DEFAULT_OLLAMA_TAGS))
     nginx_tags: list[str] = field(default_factory=lambda: list(DEFAULT_NGINX_TAGS))
     redis_tags: list[str] = field(default_factory=lambda: list(DEFAULT_REDIS_TAGS))
@@ -118,6 +122,8 @@ class Spec:
             raise LabError(f"up: --registry-port {self.registry_port}: must be 1024..65535")
         if self.model_scale <= 0:
             raise LabError(f"up: --model-scale {self.model_scale}: must be > 0")
+        if not 1 <= self.health_interval <= 30:
+            raise LabError(f"up: --health-interval {self.health_interval}: must be 1..30")
 
 
 @dataclass

@@ -41,6 +41,8 @@ def inventory_data(lab: LabState, state: dict) -> dict:
         "nvidia_driver_repo_url": apt["cuda"],  # NVIDIA's keys per release, as in production
         "nvidia_driver_branch": 590,  # the lab's hosts are Debian 13: NVIDIA's 590 and later
         "ollama_registry": ep["model_registry"],
+        # (lab/fleet.py Spec: 1 where health is tested, else 5 to spare this machine)
+        "health_interval": state["spec"].get("health_interval", 5),
     }
 
 

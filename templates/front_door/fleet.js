@@ -525,7 +525,9 @@ function observe(previous, answer, now) {
         rec.verdict_at = at;
         rec.instances = instancesOf(verdict);
         const age = rec.renewed_at === null ? Infinity : now - rec.renewed_at;
-        if (at === null || age > ROTATION.silentAfter) {
+        // (three of its own intervals, for an agent whose health_interval is long)
+        const interval = Number(verdict.interval_s) > 0 ? Number(verdict.interval_s) : 1;
+        if (at === null || age > Math.max(ROTATION.silentAfter, 3 * interval)) {
             silent = 'agent silent: its verdict ' + (at === null ? 'has no checked_at' :
                 'was last renewed ' + Math.round(age) + ' s ago');
         } else if ((verdict.state !== 'ok' && verdict.state !== 'out') ||

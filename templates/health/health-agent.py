@@ -11,7 +11,7 @@ Each cycle reads:
   uncorrected ECC count rise;
 - Fabric Manager's unit, on boards that need it;
 - every Ollama instance on loopback (/api/ps: refused, no answer, the proof model on the
-  CPU) and, every other cycle, nvidia-smi inside each GPU instance (NVML lost).
+  CPU) and, every NVML_EVERY_S seconds, nvidia-smi inside each GPU instance (NVML lost).
 
 It writes /run/ollama-fleet/health/verdict.json (served by the host's nginx at /fleet/health
 to the front doors and the fleet's other GPU hosts) and a flag file per instance taken out
@@ -90,6 +90,9 @@ CHAINS = {
 # How long an action gets to show its effect before the next one of the chain is taken.
 ACTION_WAIT_S = {"start": 60, "restart": 90, "recreate": 120, "reset-gpu": 120,
                  "restart-fm": 120, "reboot": 600}
+# NVML inside an instance (a `docker exec` of nvidia-smi: the costliest check, one per GPU
+# instance) is asked at most this often; a lost NVML still leaves within 5 s.
+NVML_EVERY_S = 3.0
 # An instance exited this long with no error and not by the agent: someone stopped it
 # (a crash is started again by Docker's restart policy well within it).
 STOPPED_AFTER_S = 15
@@ -264,6 +267,7 @@ class Agent:
         self.agent_stopped: set[str] = set()  # containers a GPU reset stopped (not an operator)
         self.hang_count: dict[str, int] = {}
         self.cycle = 0
+        self.started: dict[str, float] = {}  # when each background check last started
         self.nvml: dict[str, str] = {}  # instance -> why NVML failed, "" when it answers
         self.cpu: dict[str, str] = {}  # instance -> why its proof model is on the CPU
         self.kmsg = KernelLog()
@@ -487,18 +491,21 @@ class Agent:
         return "", ""
 
     # ---- a cycle ----
-    def background(self, key: str, call, *args, repeat: bool = True,
+    def background(self, key: str, call, *args, repeat: bool = True, every: float = 0.0,
                    ) -> tuple[bool, object, float]:
         """CALL(*ARGS) in the pool, one at a time per KEY: (finished, its last result, seconds
         the current one has run). A check that hangs (nvidia-smi on a sick driver) never
-        holds up the cycle. With REPEAT a finished one is started again at once; without,
-        only when its result was taken (`self.results.pop(KEY)`)."""
+        holds up the cycle. With REPEAT a finished one is started again at once (or once
+        EVERY seconds have passed since it last started); without, only when its result
+        was taken (`self.results.pop(KEY)`)."""
         job = self.jobs.get(key)
         if job and job[0].done():
             self.results[key] = job[0].result()
             del self.jobs[key]
             job = None
-        if job is None and (repeat or key not in self.results):
+        due = time.monotonic() - self.started.get(key, float("-inf")) >= every
+        if job is None and ((repeat and due) or key not in self.results):
+            self.started[key] = time.monotonic()
             self.jobs[key] = job = (self.pool.submit(call, *args), time.monotonic())
         return key in self.results, self.results.get(key), \
             time.monotonic() - job[1] if job else 0.0
@@ -536,7 +543,7 @@ class Agent:
             name = i["name"]
             if i["gpus"] and states.get(name) == "running" and not self.resetting:
                 done, result, _ = self.background(f"nvml:{name}", self.check_nvml, name,
-                                                  len(i["gpus"]))
+                                                  len(i["gpus"]), every=NVML_EVERY_S)
                 self.nvml[name] = result if done else ""
                 done, result, _ = self.background(f"cpu:{name}", self.on_cpu, i["port"])
                 self.cpu[name] = result if done else ""

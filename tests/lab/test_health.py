@@ -30,7 +30,8 @@ DEPLOY = ("deploy.py", "--data", f'ollama_models=["{MODEL}"]',
 @pytest.fixture(scope="module")
 def fleet():
     with running_lab(NAME, "--gpu-hosts", "2", "--gpus-per-host", "2", "--lb-hosts", "1",
-                     "--registry-port", "5107", "--model-scale", "0.1") as lab:
+                     "--registry-port", "5107", "--model-scale", "0.1",
+                     "--health-interval", "1") as lab:
         proc = lab.pyinfra(*DEPLOY)
         assert proc.returncode == 0, proc.output[-4000:]
         yield lab
