@@ -158,10 +158,6 @@ def xid48(gpu):
     faults = load_gpu_faults()
     if faults.get(g["uuid"], {}).get("lost"):
         raise FaultError(f"GPU {g['index']} is off the bus: it reports nothing more")
-    fault = faults.setdefault(g["uuid"], {})
-    fault["ecc_dbe_volatile"] = int(fault.get("ecc_dbe_volatile") or 0) + 1
-    fault["reset_required"] = True
-    save_gpu_faults(faults)
     try:
         running = instances()
     except FaultError:  # no Docker (yet): nothing runs on the GPU
@@ -169,10 +165,18 @@ def xid48(gpu):
     users = [i for i in running if i["record"] and g["uuid"] in i["record"]["uuids"]]
     who = (f"pid={users[0]['pid']}, name=ollama" if users
            else "pid='<unknown>', name=<unknown>")
+    # as the driver does it: the Xid record and the count together, the record first (the
+    # count read after the docker calls above, so a reset in between is not undone); a
+    # record that came after a reset would describe an error the reset already cleared
     kmsg_append([*gpu_header(g),
                  f"NVRM: Xid (PCI:{kmsg_pci(g)}): 48, {who}, An uncorrectable double bit "
                  "error (DBE) has been detected on GPU in the framebuffer at partition 0, "
                  "subpartition 0."])
+    faults = load_gpu_faults()
+    fault = faults.setdefault(g["uuid"], {})
+    fault["ecc_dbe_volatile"] = int(fault.get("ecc_dbe_volatile") or 0) + 1
+    fault["reset_required"] = True
+    save_gpu_faults(faults)
     publish_gpu_faults()
     return (f"GPU {g['index']} ({g['pci_bus_id']}): double-bit ECC error (Xid 48), volatile "
             f"uncorrected ECC {fault['ecc_dbe_volatile']}; Ollama fails on it until "
