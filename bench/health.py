@@ -10,9 +10,11 @@ lab/UPSTREAM.md), one at a time, each after the fleet is whole again. Printed pe
 - **out**: seconds from the fault (the `lab fault` command done) to the front door's
   rotation view (/fleet/rotation, polled on the front door every 0.25 s) showing the GPU's
   instance (or the host) out;
-- **failed**: plain requests that failed from 1 s after the fault until it was back;
-- **cut**: streams that ended with an error the client saw (none may hang: **hung** counts
-  requests that ended at their own 60 s timeout);
+- **failed**: plain requests sent from 1 s after the fault until it was back that failed
+  (one sent before, into a hang, may be lost with it: it counts in the total only);
+- **cut**: streams begun since the fleet was whole before the fault that ended with an
+  error the client saw (none may hang: **hung** counts requests that ended at their own
+  60 s timeout);
 - **back**: seconds from the fault to the instance (or host) back in rotation, healed with
   no operator; or the state it was left in and why (a GPU off the bus with reboots off).
 
@@ -108,6 +110,7 @@ def left_as(fleet: LabFleet, host: str, gpu: int | None) -> str:
 
 def measure(fleet: LabFleet, rotation: Rotation, load: LoadGenerator, kind: str,
             host: str, gpu: int | None, what: str) -> dict:
+    since = time.time()
     poll(lambda: whole(rotation.read()), BACK_WITHIN_S, interval=1,
          what=f"{kind}: the fleet whole before the fault")
     lab_cli("fault", host, kind, *(["--gpu", str(gpu)] if gpu is not None else []),
@@ -132,7 +135,8 @@ def measure(fleet: LabFleet, rotation: Rotation, load: LoadGenerator, kind: str,
     end = time.time()
     if result["back_s"] is None:
         result["left"] = left_as(fleet, host, gpu)
-    window = [f for f in list(load.stats.failures) if fault_at <= f[0] <= end]
+    # each failure where its request began
+    window = [f for f in list(load.stats.failures) if since <= f[0] <= end]
     result["failed"] = sum(1 for t, stream, _ in window if not stream and t > fault_at + 1)
     result["cut"] = sum(1 for _, stream, _ in window if stream)
     result["hung"] = sum(1 for _, _, error in window if "timed out" in error)
@@ -173,8 +177,8 @@ def inner(args: argparse.Namespace) -> int:
         print(f"{r['kind']:<10} {r['where']:<12} {out:>8} {r['failed']:>7} {r['cut']:>5} "
               f"{r['hung']:>5}  {back}")
     counted = sum(r["failed"] + r["cut"] for r in results)
-    print(f"failed outside those counts (within a fault's first second, or while the operator "
-          f"rebooted after xid79): {max(0, failed - counted)}"
+    print(f"failed outside those counts (plain ones sent before a fault's first second was "
+          f"over, or while the operator rebooted after xid79): {max(0, failed - counted)}"
           + "".join(f"\n  {n} x {e}" for e, n in Counter(
               e[:120] for _, _, e in load.stats.failures).most_common(3)))
     goals = [r for r in results if r["out_s"] is None or r["out_s"] > 5 or r["failed"]

@@ -22,7 +22,8 @@ class LoadStats:
     streams_cut: int = 0
     errors: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
-    # (time.time() at the end, streamed, error) of each failed request, the first 1000
+    # (time.time() at its start, streamed, error) of each failed request, the first 100000
+    # (a fleet that fails fast fails thousands a second: each one counts where it began)
     failures: list[tuple[float, bool, str]] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -75,7 +76,8 @@ class LoadGenerator:
             self.stats.sent += 1
             return True
 
-    def _record(self, ok: bool, stream: bool, cut: bool, error: str = "") -> None:
+    def _record(self, ok: bool, stream: bool, cut: bool, error: str = "",
+                started: float = 0.0) -> None:
         with self._lock:
             if stream:
                 self.stats.streams += 1
@@ -84,8 +86,8 @@ class LoadGenerator:
                 self.stats.failed += 1
                 if len(self.stats.errors) < 20:
                     self.stats.errors.append(error)
-                if len(self.stats.failures) < 1000:
-                    self.stats.failures.append((time.time(), stream, error[:200]))
+                if len(self.stats.failures) < 100000:
+                    self.stats.failures.append((started or time.time(), stream, error[:200]))
 
     def _work(self, n: int) -> None:
         i = 0
@@ -108,19 +110,20 @@ class LoadGenerator:
         body = json.dumps({"model": self.model, "prompt": "load", "stream": stream,
                            "options": {"num_predict": self.num_predict}})
         conn = self._connection()
+        started = time.time()
         try:
             conn.request("POST", "/api/generate", body, self._headers())
             response = conn.getresponse()
             if response.status != 200:
                 self._record(False, stream, False, f"HTTP {response.status}: "
-                             f"{response.read()[:200]!r}")
+                             f"{response.read()[:200]!r}", started)
                 return
             lines = [json.loads(raw) for raw in response if raw.strip()]
             done = bool(lines) and lines[-1].get("done") is True
             error = next((line["error"] for line in lines if "error" in line), "")
             self._record(done and not error, stream, stream and not done,
-                         error or ("" if done else "stream ended before done"))
+                         error or ("" if done else "stream ended before done"), started)
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            self._record(False, stream, stream, f"{type(exc).__name__}: {exc}")
+            self._record(False, stream, stream, f"{type(exc).__name__}: {exc}", started)
         finally:
             conn.close()

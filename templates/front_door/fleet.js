@@ -442,7 +442,7 @@ function refusedAllOut(r, members, what) {
 }
 
 // js_set $fleet_gate_out, in a host's gate ($fleet_gate: its upstream): '' while the host is
-// in rotation, else the error the gate answers (503) so that the route tries the next host.
+// in rotation, else the error the gate answers (404) so that the route tries the next host.
 function gateOut(r) {
     const host = hostOf(r.variables.fleet_gate);
     const out = host ? dict().get('out:' + host.name) : '';

@@ -802,7 +802,7 @@ class Agent:
                     fault.step -= 1
                     fault.action = fault.chain[fault.step] if fault.step >= 0 else ""
                     return
-                status, output = self.do(name, action)
+                status, output = self.do(name, action, kind)
                 self.event(name, kind, action, "done" if status == 0 else "failed",
                            reason if status == 0 else first_line(output))
                 if status == 0 and action in ("reset-gpu",):
@@ -841,13 +841,17 @@ class Agent:
             self.agent_stopped.difference_update(started)
             self.resetting = False
 
-    def do(self, name: str, action: str) -> tuple[int, str]:
+    def do(self, name: str, action: str, kind: str = "") -> tuple[int, str]:
         compose = ["docker", "compose", "--project-directory", self.c["stack_dir"],
                    "-p", self.c["project"]]
         if action == "start":
             return run(["docker", "start", name], 120)
         if action == "restart":
-            return run(["docker", "restart", "-t", "10", name], 120)
+            # a hung instance answers nothing, SIGTERM included: killed at once, so that the
+            # requests it holds fail now, when the front door can still send them to another
+            # host (within its retry window), instead of after a grace period
+            grace = "0" if kind == "hang" else "10"
+            return run(["docker", "restart", "-t", grace, name], 120)
         if action == "recreate":
             return run([*compose, "up", "-d", "--force-recreate", "--no-deps", name], 300)
         if action == "reset-gpu":

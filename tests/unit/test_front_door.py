@@ -89,6 +89,14 @@ def test_the_rendered_map_sends_every_spelling_to_the_hosts_that_serve_it():
         "user/tinyllama": None}
     # each route's members are the hosts' gates, weighed by their instances
     assert "server unix:/run/fleet_host_0.sock weight=4 max_fails=2 fail_timeout=10s;" in text
+    # and again as backups never counted out: passive health never leaves a route with no
+    # live upstream while a host of it is in rotation
+    route = text.split("upstream fleet_route_0 {")[1].split("}")[0]
+    assert route.index("fleet_host_1.sock weight=1 max_fails=2") < route.index(
+        "server unix:/run/fleet_host_0.sock weight=4 max_fails=0 backup;")
+    assert "server unix:/run/fleet_host_1.sock weight=1 max_fails=0 backup;" in route
+    no_passive = LB.model_copy(update={"front_door_max_fails": 0})
+    assert " backup;" not in files(settings=no_passive)["nginx/front.conf"]
     alone = text.split("upstream fleet_host_0 {  # gpu-1")[1].split("}")[0]
     assert "server 10.0.0.1:80 max_fails=0;" in alone
 
@@ -97,6 +105,7 @@ def test_a_held_out_host_is_down_in_every_route_and_out_of_the_merged_lists():
     text = conf(out=["gpu-2"])
     # the fleet's upstream and 2 routes
     assert len(re.findall(r"server unix:/run/fleet_host_1\.sock [^;]* down;", text)) == 3
+    assert "fleet_host_1.sock weight=1 max_fails=0 backup" not in text  # nor a backup
     assert 'set $fleet_members "fleet_host_0 fleet_host_2";' in text
     # an admin may still name it: the host-alone upstreams are never down
     alone = text.split("upstream fleet_host_1 {  # gpu-2")[1].split("}")[0]
@@ -333,17 +342,18 @@ def test_no_key_in_anthropics_header_travels_past_the_gate():
 # -- active health: the rotation ---------------------------------------------------------------
 
 def test_each_host_has_a_gate_that_refuses_it_at_once_when_out_and_passes_the_client_on():
-    """A route's members are the hosts' gates: 503 at once for a host out of rotation (the
-    route passes the request to the next host), else straight to the host's nginx with the
-    headers the host saw before (the client's address; no key, no X-Fleet-Host), unbuffered
-    both ways."""
+    """A route's members are the hosts' gates: 404 at once for a host out of rotation (the
+    route passes the request to the next host; a 404 never counts against a host's max_fails,
+    so one back in rotation is not shunned for fail_timeout), else straight to the host's
+    nginx with the headers the host saw before (the client's address; no key, no
+    X-Fleet-Host), unbuffered both ways."""
     text = conf()
     gates = re.findall(r"server \{\n    listen unix:/run/(fleet_host_\d+)\.sock;(.*?)\n\}\n",
                        text, re.S)
     assert [name for name, _ in gates] == ["fleet_host_0", "fleet_host_1", "fleet_host_2"]
     name, body = gates[1]
     assert "set $fleet_gate fleet_host_1;" in body
-    assert "if ($fleet_gate_out) {\n        return 503 $fleet_gate_out;\n    }" in body
+    assert "if ($fleet_gate_out) {\n        return 404 $fleet_gate_out;\n    }" in body
     assert "proxy_pass http://fleet_host_1;" in body
     for line in ("proxy_set_header X-Real-IP $http_x_real_ip;",
                  "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
@@ -355,11 +365,11 @@ def test_each_host_has_a_gate_that_refuses_it_at_once_when_out_and_passes_the_cl
                  "proxy_next_upstream error non_idempotent;",
                  "proxy_next_upstream_tries 1;"):
         assert line in body, line
-    # the routes set the client's headers, and pass a gate's 503 (or 502/504) on
+    # the routes set the client's headers, and pass a gate's 404 (or 502/503/504) on
     route = text.split("location @fleet_route {")[1].split("}")[0]
     assert "proxy_set_header X-Real-IP $remote_addr;" in route
-    assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" \
-        in route
+    assert ("proxy_next_upstream error timeout http_502 http_503 http_504 http_404 "
+            "non_idempotent;") in route
     assert "js_set $fleet_gate_out fleet.gateOut;" in text
     assert "js_shared_dict_zone zone=fleet_rotation:1m;" in text
 
