@@ -38,6 +38,7 @@ from ollama_fleet.tasks.kit import lock, paths
 from ollama_fleet.tasks.kit.addresses import url_host
 from ollama_fleet.tasks.kit.compose import templates
 from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.modelname import canonical, parse
 from ollama_fleet.tasks.kit.scripts import script_text
 from ollama_fleet.tasks.kit.settings import Settings
 from ollama_fleet.tasks.steps import nvidia_driver, packages
@@ -70,7 +71,10 @@ def agent_config(settings: Settings, fleet: Fleet, name: str, fabricmanager: boo
     instances = [{"name": f"{PROJECT}-{n}", "port": port, "gpus": gpus}
                  for (n, port), gpus in zip(settings.instance_ports(), instance_gpus(settings),
                                             strict=True)]
-    proof = settings.first_model
+    # one spelling whichever the inventory uses from one run to the next: the shortest, in
+    # lower case (Ollama compares names case-insensitively: tasks/kit/modelname.py)
+    proof = canonical(settings.first_model).lower() if settings.first_model else None
+    warm = {parse(model).key for model in settings.ollama_warm_models}
     return {
         "host": name,
         "interval_s": settings.health_interval,
@@ -86,7 +90,7 @@ def agent_config(settings: Settings, fleet: Fleet, name: str, fabricmanager: boo
         "max_unavailable": settings.health_max_unavailable,
         "return_after": settings.health_return_after,
         "proof_model": proof,
-        "proof_warm": proof is not None and proof in settings.ollama_warm_models,
+        "proof_warm": proof is not None and parse(proof).key in warm,
         "proof_timeout_s": settings.ollama_health_timeout,
         "front_doors": [
             f"http://{url_host(lb.address)}:{lb.settings.front_door_health_port}/fleet/rotation"
