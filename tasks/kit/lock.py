@@ -34,7 +34,9 @@ from pyinfra.api.exceptions import PyinfraError
 
 from ollama_fleet.tasks.kit.scripts import script_command
 
-LOCK_PATH = "/run/lock/ollama-fleet.lock"
+# In a directory of root's alone (mode 0700, made by hold.sh under /run): /run/lock is
+# world-writable, and a lock there could be planted, held or linked by any local user.
+LOCK_PATH = "/run/ollama-fleet-lock/run.lock"
 
 
 class HostBusy(PyinfraError):
@@ -65,20 +67,26 @@ def take(what: str) -> None:
     """Hold this host's run lock for the rest of the run; HostBusy when another run has
     it (the whole run stops before any operation, as for bad inventory data)."""
     me = owner(what)
+    # as root: the lock's directory is root's alone (ssh_user root, or _sudo in the data)
+    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
     for _ in range(2):
         ok, output = host.run_shell_command(script_command("lock/hold.sh", "take", LOCK_PATH,
-                                                           me))
+                                                           me), **sudo)
         said = " ".join(output.stdout_lines).strip() or " ".join(output.stderr_lines).strip()
         if ok:
             return
         if "no SSH connection" in said:
             logger.warning(f"[{host.name}] {said}: this run goes without it")
             return
+        if "the run lock" in said and ("refused" in said or "needs root" in said):
+            raise HostBusy(f"{host.name}: {said}; nothing was changed")
         holder = _gone_from_here(said)
         if holder is None:
             break
         logger.warning(f"[{host.name}] the run lock is held by a run of this machine that "
                        f"is gone ({said}): ending its holder")
-        host.run_shell_command(script_command("lock/hold.sh", "break", LOCK_PATH, holder))
+        # hold.sh ends it only when /proc shows it is this lock's holder for that connection
+        host.run_shell_command(script_command("lock/hold.sh", "break", LOCK_PATH, holder),
+                               **sudo)
     raise HostBusy(f"{host.name}: another run holds this host ({said}); nothing was "
                    "changed. Wait for it, or stop it: the lock goes with its connection")

@@ -759,7 +759,10 @@ class Agent:
         owner line says who holds it; it is removed while the lock is still held."""
         path = self.c["lock"]
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            st = os.stat(os.path.dirname(path), follow_symlinks=False)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise OSError(f"{os.path.dirname(path)} is not this user's alone")
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             log(f"health: cannot open the run lock {path}: {exc}")

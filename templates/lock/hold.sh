@@ -1,6 +1,12 @@
 #!/bin/sh
 # Sent by tasks/kit/lock.py through ollama_fleet.tasks.kit.scripts.script_command when a run starts on a host;
-# not installed on the host. POSIX sh, flock and setsid (util-linux), /proc (Linux).
+# not installed on the host. POSIX sh, flock, setsid and stat (util-linux, coreutils), /proc
+# (Linux). Runs as root (ssh_user root, or _sudo).
+#
+# The lock lives in a directory only root can enter (mode 0700, owned by root, made here
+# under /run, itself root's): no other local user can create, replace or link anything
+# in it, so a lock or owner file cannot be planted, blocked or redirected. The lock must
+# be a regular file owned by root and is never followed through a link.
 #
 # hold.sh take LOCK OWNER
 # Takes the host's run lock (flock on the file LOCK) for as long as the SSH connection
@@ -13,17 +19,33 @@
 # agent for a healing action (its owner line starts with ollama-fleet-health) is, for up
 # to 10 minutes: the action is bounded and the run goes on once it is done.
 # Exit: 0 held for this connection; 1 another run holds it (LOCK.owner on stdout);
-# 2 no SSH connection found to hold it for.
+# 2 no SSH connection found to hold it for; 3 the lock's directory or file is not root's
+# alone, or this is not root (one line on stdout says which).
 #
 # hold.sh break LOCK HOLDER
 # Ends the holder HOLDER of LOCK (a run that is known to be gone but whose connection
-# the host has not noticed yet, after a network cut): its lock goes with it.
-# Exit: 0; 1 HOLDER is not LOCK's holder.
+# the host has not noticed yet, after a network cut): its lock goes with it. Only when
+# /proc shows HOLDER is that holder: root's process, started by this script for LOCK and
+# for the connection LOCK.owner names, with LOCK open and locked. A pid from a file is
+# never killed on the file's word alone.
+# Exit: 0 ended; 1 HOLDER is not LOCK's holder.
 mode=$1
 lock=$2
+dir=${lock%/*}
 if [ "$mode" = break ]; then
     holder=$3
-    grep -q "(holder $holder," "$lock.owner" 2>/dev/null || exit 1
+    case $holder in '' | *[!0-9]*) exit 1 ;; esac
+    [ ! -L "$lock.owner" ] && [ -f "$lock.owner" ] || exit 1
+    conn=$(sed -n "s/.* (holder $holder, connection \([0-9][0-9]*\))\$/\1/p" "$lock.owner")
+    [ -n "$conn" ] || exit 1
+    [ "$(stat -c %u "/proc/$holder" 2>/dev/null)" = 0 ] || exit 1
+    # its arguments: sh -c SCRIPT hold LOCK OWNER CONNECTION READY (see take below)
+    # (NULs between them; the script's own newlines made spaces first)
+    args=$(tr '\n\000' ' \n' <"/proc/$holder/cmdline" 2>/dev/null | sed -n '4p;5p;7p' | tr '\n' ' ')
+    [ "$args" = "hold $lock $conn " ] || exit 1
+    [ "$(readlink "/proc/$holder/fd/9")" = "$lock" ] || exit 1
+    inode=$(stat -c %i "$lock") || exit 1
+    grep -Eq "^lock:.* FLOCK .*:$inode " "/proc/$holder/fdinfo/9" 2>/dev/null || exit 1
     kill "$holder" 2>/dev/null
     i=0
     while [ -e "/proc/$holder" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
@@ -46,7 +68,21 @@ if [ -z "$conn" ]; then
     exit 2
 fi
 
-mkdir -p "$(dirname "$lock")"
+if [ "$(id -u)" != 0 ]; then
+    echo "the run lock needs root: connect as root, or set _sudo"
+    exit 3
+fi
+if [ -L "$dir" ] || { [ -e "$dir" ] && [ ! -d "$dir" ]; }; then
+    echo "$dir is not a directory: the run lock is refused"
+    exit 3
+fi
+(umask 077 && mkdir -p "$dir") || exit 3
+[ "$(stat -c %u "$dir")" = 0 ] || { echo "$dir is not owned by root: the run lock is refused"; exit 3; }
+chmod 0700 "$dir" || exit 3
+if [ -L "$lock" ] || { [ -e "$lock" ] && { [ ! -f "$lock" ] || [ "$(stat -c %u "$lock")" != 0 ]; }; }; then
+    echo "$lock is not a regular file of root's: the run lock is refused"
+    exit 3
+fi
 ready="$lock.ready.$$"
 rm -f "$ready"
 # the holder: its own session, no terminal, nothing of the SSH channel kept open (its

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -88,7 +89,7 @@ def test_a_second_run_on_a_host_stops_at_once_naming_the_first(fleet):
     try:
         # (an earlier run's holder lets go within 0.2 s of its run's end)
         poll(lambda: "a test's long run" in fleet.ssh(
-            "gpu-1", "cat /run/lock/ollama-fleet.lock.owner", check=False)[1], timeout=120,
+            "gpu-1", "cat /run/ollama-fleet-lock/run.lock.owner", check=False)[1], timeout=120,
             what="the first run holding gpu-1")
         before = fleet.ssh("gpu-1", STATE)[1]
         second = fleet.pyinfra("deploy.py", limit="gpu-1")
@@ -107,6 +108,53 @@ def test_a_second_run_on_a_host_stops_at_once_naming_the_first(fleet):
         fleet.ssh("gpu-1", "rm -f /tmp/hold-lock")
     third = fleet.pyinfra("deploy.py", limit="gpu-1")
     assert third.returncode == 0, third.output[-3000:]
+
+
+LOCK_DIR = "/run/ollama-fleet-lock"
+
+
+def test_a_local_user_cannot_block_the_lock_make_a_run_kill_or_redirect_a_write(fleet):
+    """The lock is root's alone: a local user's tries at the old world-writable place and
+    at the new one change nothing, and a forged owner line makes nothing be killed."""
+    fleet.ssh("gpu-1", "id intruder >/dev/null 2>&1 || useradd -M -s /bin/sh intruder")
+    fleet.ssh("gpu-1", "printf 'root only\\n' >/root/precious && chmod 600 /root/precious")
+    # the user holds the old lock, links its owner file to a root-only file, and tries the
+    # new directory (each refused by the kernel, not by our code)
+    tries = ("exec 9>>/run/lock/ollama-fleet.lock && flock 9 && "
+             "ln -sf /root/precious /run/lock/ollama-fleet.lock.owner && "
+             "(mkdir -p /run/ollama-fleet-lock 2>/dev/null; "
+             f"ln -s /root/precious {LOCK_DIR}/run.lock.owner 2>&1; "
+             f"echo x >>{LOCK_DIR}/run.lock 2>&1; "
+             "touch /tmp/intruder-ready; sleep 120)")
+    fleet.ssh("gpu-1", "rm -f /tmp/intruder-ready /run/lock/ollama-fleet.lock*; "
+                       f"setsid su intruder -c '{tries}' >/tmp/intruder.out 2>&1 </dev/null &")
+    holder = None
+    try:
+        poll(lambda: fleet.ssh("gpu-1", "test -e /tmp/intruder-ready", check=False)[0] == 0,
+             timeout=30, what="the local user's tries")
+        said = fleet.ssh("gpu-1", "cat /tmp/intruder.out")[1]
+        assert said.count("Permission denied") >= 2, said
+        # a root process a forged owner line names: only root could write one, and even
+        # then hold.sh ends no pid that /proc does not show is the lock's holder
+        holder = fleet.ssh("gpu-1", "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!")[1]
+        holder = holder.strip()
+        proc = fleet.pyinfra("deploy.py", limit="gpu-1")  # cannot block
+        assert proc.returncode == 0, proc.output[-3000:]
+        assert fleet.ssh("gpu-1", "cat /root/precious")[1] == "root only\n"  # not redirected
+        assert fleet.ssh("gpu-1", f"stat -c '%u %a' {LOCK_DIR}")[1].strip() == "0 700"
+        forged = (f"ops@{os.uname().nodename} pid 1: deploy.py since 2026-12-06T00:00:00Z "
+                  f"(holder {holder}, connection 1)")
+        fleet.ssh("gpu-1", f"echo '{forged}' >{LOCK_DIR}/run.lock.owner")
+        hold = (REPO / "templates/lock/hold.sh").read_text()
+        status, _, _ = fleet.ssh(
+            "gpu-1", f"sh -c {shlex.quote(hold)} hold.sh break {LOCK_DIR}/run.lock {holder}",
+            check=False)
+        assert status == 1
+        assert fleet.ssh("gpu-1", f"kill -0 {holder}", check=False)[0] == 0, "it was killed"
+    finally:
+        fleet.ssh("gpu-1", f"pkill -u intruder; rm -f /tmp/intruder-* {LOCK_DIR}/run.lock.owner "
+                           "/run/lock/ollama-fleet.lock*; userdel intruder; rm -f /root/precious"
+                           + (f"; kill {holder}" if holder else ""), check=False)
 
 
 def test_a_daemon_json_docker_refuses_never_reaches_a_restart(fleet):

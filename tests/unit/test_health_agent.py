@@ -529,3 +529,13 @@ def test_the_lock_is_never_opened_through_a_link(host, tmp_path):
     checks(agent, 2)
     assert host.actions() == []  # no lock, no action
     assert target.read_text() == "root only\n"
+
+
+def test_the_lock_in_a_directory_others_may_write_is_refused(host):
+    open_dir = host.root / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    host.instances[0].models = [on_gpu(vram=0)]
+    agent = agent_module.Agent(host.config(lock=str(open_dir / "run.lock")))
+    checks(agent, 2)
+    assert host.actions() == [] and not (open_dir / "run.lock").exists()
