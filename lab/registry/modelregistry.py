@@ -41,6 +41,10 @@ The fault
 registry could serve: digests and sizes that are shell (``$(touch CANARY)``), a path and
 a negative number, where the registry's protocol has ``sha256:<64 hex>`` and a size;
 the command they would run creates HOSTILE_CANARY on whatever machine runs it.
+The fault ``{"oversize_bytes": N}`` makes the blob store send N bytes more than the blob
+(zeros after its bytes; ``Content-Length`` counts them), as a compromised mirror or peer
+could: the manifest's size and digest stay the registry's, so a client that reads past
+the declared size is caught by its own cap, not by a changed digest.
 
 Content is a pure function of the catalog entry (name, tag, scaled size), so
 digests are identical across restarts and hosts. Model layers start with the
@@ -659,12 +663,15 @@ class Handler(BaseHTTPRequestHandler):
                 status = 206
                 extra["Content-Range"] = f"bytes {start}-{end}/{total}"
         length = end - start + 1
-        self._head(status, "application/octet-stream", length, extra)
+        fault = reg.take_fault(digest, length) if self.command != "HEAD" and length > 0 \
+            else None
+        over = fault.get("oversize_bytes", 0) if fault is not None else 0
+        # the oversize fault: a body longer than the blob, framed as such (Content-Length)
+        self._head(status, "application/octet-stream", length + over, extra)
         if self.command == "HEAD" or length <= 0:
             return
-        fault = reg.take_fault(digest, length)
         drop_at = corrupt_at = None
-        if fault is not None:
+        if fault is not None and not over:
             if fault.get("corrupt"):
                 corrupt_at = fault["drop_after_bytes"]
             else:
@@ -687,6 +694,10 @@ class Handler(BaseHTTPRequestHandler):
                     buf = bytes(b)
                 self._send_counted(buf, digest, limit=True)
                 sent += len(buf)
+        while over > 0:  # the blob's bytes, then as many more as the fault says
+            extra_bytes = min(over, reg.bucket.chunk_size(CHUNK))
+            self._send_counted(b"\0" * extra_bytes, digest, limit=True)
+            over -= extra_bytes
 
     def _drop(self):
         try:
@@ -715,9 +726,12 @@ class Handler(BaseHTTPRequestHandler):
                     "times": int(body.get("times", 1)),
                     "corrupt": bool(body.get("corrupt", False)),
                     "hostile": bool(body.get("hostile", False)),
+                    "oversize_bytes": int(body.get("oversize_bytes", 0)),
                 }
-                if fault["drop_after_bytes"] < 0 or fault["times"] < -1:
-                    raise ValueError("drop_after_bytes must be >= 0, times >= -1")
+                if fault["drop_after_bytes"] < 0 or fault["times"] < -1 \
+                        or fault["oversize_bytes"] < 0:
+                    raise ValueError("drop_after_bytes and oversize_bytes must be >= 0, "
+                                     "times >= -1")
                 if body.get("digest"):
                     fault["digest"] = str(body["digest"])
             except (TypeError, ValueError) as e:

@@ -18,6 +18,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FactBase
 
+from ollama_fleet.tasks.kit.manifests import MANIFEST_MAX_BYTES
 from ollama_fleet.tasks.kit.scripts import script_command
 
 
@@ -276,7 +277,9 @@ class OllamaModels(FactBase):
 class StoredManifests(FactBase):
     """What an Ollama store holds of some manifests (paths relative to the store), and its
     blobs: `{"manifests": {path: text or None}, "blobs": {file name: size}}`
-    (templates/facts/stored-manifests.sh). STORE "" is the Docker volume ollama-models'.
+    (templates/facts/stored-manifests.sh). STORE "" is the Docker volume ollama-models'. A
+    manifest is read up to one byte past MANIFEST_MAX_BYTES: one that long is refused as
+    it is (tasks.kit.manifests), never read whole.
     (tasks.steps.backup's ModelStore describes the whole store, by digests, for backups.)"""
 
     @staticmethod
@@ -284,7 +287,7 @@ class StoredManifests(FactBase):
         return {"manifests": {}, "blobs": {}}
 
     def command(self, store: str, manifests: Sequence[str]) -> str:
-        return script_command("facts/stored-manifests.sh", store, *manifests)
+        return script_command("facts/stored-manifests.sh", store, MANIFEST_MAX_BYTES, *manifests)
 
     def process(self, output: list[str]) -> dict[str, dict]:
         manifests: dict[str, str | None] = {}

@@ -45,17 +45,19 @@ from pyinfra.operations import files
 
 from ollama_fleet.tasks.kit import store as model_store
 from ollama_fleet.tasks.kit.facts import OllamaModels, planning
+from ollama_fleet.tasks.kit.manifests import MANIFEST_MAX_BYTES, ManifestError, manifest_layers
 from ollama_fleet.tasks.kit.report import ERROR_MARK, fail_command
 from ollama_fleet.tasks.kit.scripts import script_command
 from ollama_fleet.tasks.kit.settings import Settings
-from ollama_fleet.tasks.steps.models import ManifestError, manifest_layers
 
 HOST_BACKUP_DIR = "/var/backups/ollama"
 STAGING = ".fleet-restore"  # beside models/ in the store: same filesystem, unseen by Ollama
 JOB_ENV = "OLLAMA_FLEET_BACKUP_JOB"  # path of the job file the deploy files read
 TRANSFER_TIMEOUT_S = 6 * 3600
 SUMS = "SHA256SUMS"
-MANIFEST_MAX_BYTES = 1 << 20  # real ones are a few KB; read into memory when checked
+# read into memory when checked: a line (~130 bytes) per file, 64 Ki files; manifests are
+# bounded by tasks.kit.manifests
+SUMS_MAX_BYTES = 8 << 20
 
 BLOB_PATH = re.compile(r"models/blobs/sha256-([0-9a-f]{64})")
 NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+-]*")
@@ -202,6 +204,9 @@ def read_backup(path: str | Path) -> BackupIndex:
                             member.size > MANIFEST_MAX_BYTES:
                         raise BackupError(f"{member.name}: {member.size} bytes is too large "
                                           "for a manifest")
+                    if member.name == SUMS and member.size > SUMS_MAX_BYTES:
+                        raise BackupError(f"{SUMS}: {member.size} bytes is too large for "
+                                          f"the list of a store's files ({SUMS_MAX_BYTES})")
                     content = tar.extractfile(member)
                     assert content is not None  # noqa: S101 (a regular member always has content)
                     digest, keep = hashlib.sha256(), member.name == SUMS or \

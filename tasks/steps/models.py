@@ -13,6 +13,14 @@ Guarantees:
 - a copied blob is written beside the store, its sha256 checked against its name,
   then moved in; the registry's manifest is written last, so a partial model never
   looks present; Ollama lists copied models without downloading them again;
+- what a registry, a mirror or a peer sends is bounded before it is used
+  (tasks.kit.manifests): a manifest is read to at most 1 MiB and refused past it, or when
+  it nests deeper than a manifest does, lists more blobs than one has, or names a blob
+  otherwise than by its sha256 and a whole number of bytes; the fan-out's download of a
+  blob stops one byte past its declared size, and a source that sends more is refused
+  (the file cut back) and the next one asked (Ollama's own pull is Ollama's: it checks
+  every byte against the digest); each refusal is one line naming the host, the model
+  and what was wrong;
 - a pull that streams an `{"error": ...}` line fails (and is retried, resuming, a
   bounded number of times) even though the HTTP status was 200;
 - while a model moves the host says what it receives from where, and how far it is,
@@ -22,7 +30,6 @@ Guarantees:
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from ollama_fleet.tasks.kit import store as model_store
 from ollama_fleet.tasks.kit.addresses import url_host
 from ollama_fleet.tasks.kit.facts import LoadedModels, OllamaModels, StoredManifests, planning
 from ollama_fleet.tasks.kit.fleet import Fleet
+from ollama_fleet.tasks.kit.manifests import MANIFEST_MAX_BYTES, ManifestError, manifest_layers
 from ollama_fleet.tasks.kit.report import fail_command
 from ollama_fleet.tasks.kit.scripts import script_command
 from ollama_fleet.tasks.kit.settings import Settings
@@ -85,48 +93,6 @@ def is_default_registry(name: str) -> bool:
 def from_mirror(settings: Settings, name: str) -> bool:
     """Whether the deploy itself fetches NAME from the operator's mirror."""
     return bool(settings.ollama_registry_mirror) and is_default_registry(name)
-
-
-DIGEST = re.compile(r"sha256:([0-9a-f]{64})", re.ASCII)
-
-
-class ManifestError(ValueError):
-    """A manifest that is not one: not a JSON object, or a blob named otherwise than by
-    its sha256."""
-
-
-def manifest_layers(raw: bytes | str) -> list[tuple[str, int]]:
-    """(sha256 hex, size) of every blob a manifest references, each once: its config, then
-    its layers. A digest must be `sha256:<64 lowercase hex>` (what comes from a registry or
-    a backup reaches file names and hosts' commands: nothing else passes), a size a whole
-    number (none: 0). ManifestError says what is wrong."""
-    try:
-        manifest = json.loads(raw)
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise ManifestError(f"not a manifest ({exc})") from None
-    listed = manifest.get("layers") or []
-    if not isinstance(listed, list):
-        raise ManifestError("not a manifest (its layers are not a list)")
-    blobs: dict[str, int] = {}
-    config = manifest.get("config") or {}
-    if isinstance(config, dict) and not config.get("digest"):
-        config = {}  # a model without a config: Ollama stores `"digest": ""` for it
-    for entry in [config, *listed]:
-        if not entry:
-            continue
-        digest = entry.get("digest", "") if isinstance(entry, dict) else ""
-        match = DIGEST.fullmatch(str(digest))
-        if not match:
-            raise ManifestError(f"{digest!r} is not a sha256 digest")
-        size = entry.get("size") or 0
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestError(f"{digest}: size {size!r} is not a number of bytes")
-        blobs.setdefault(match.group(1), size)
-    if not blobs:
-        raise ManifestError("references no blob")
-    return list(blobs.items())
 
 
 @dataclass(frozen=True)
@@ -271,7 +237,8 @@ def known_to_registry(settings: Settings):
         return
     for model in missing:
         yield script_command("models/registry-manifest.sh", staged_manifest(settings, model),
-                             manifest_url(settings, model), model, MANIFEST_TYPE)
+                             manifest_url(settings, model), model, MANIFEST_TYPE,
+                             MANIFEST_MAX_BYTES)
 
 
 class Mover:
@@ -401,9 +368,11 @@ def copied(host, mover: Mover, settings: Settings, position: int | None,
     for source, blob_prefix, manifest_url_ in tries:
         manifest = staged_manifest(settings, model)
         if manifest_url_:  # the peer's own manifest, fetched first: no answer, no model
-            ok, text = mover.sh(f"curl -fsS -m 10 -o {q(peer_manifest)} {q(manifest_url_)} "
-                                f"&& cat {q(peer_manifest)}")
+            ok, text = mover.sh(script_command("models/peer-manifest.sh", peer_manifest,
+                                               manifest_url_, MANIFEST_MAX_BYTES))
             if not ok:
+                if text.strip():  # it answered with more than a manifest
+                    host.log(f"{model} from {source}: {text.strip()}; trying the next source")
                 continue
             try:
                 theirs = manifest_layers(text)

@@ -6,8 +6,13 @@
 # Whether the filesystem of the Ollama store STORE has room for the blobs of MODEL that
 # it lacks (a blob already there at its size needs nothing; a partial download counts
 # what it has), plus MARGIN_MIB to spare, before any byte of them is downloaded.
-# Exit: 0 room enough; 1 not: stderr says in one line
-# `MODEL: needs N MiB more in STORE (with M MiB to spare), F MiB free`.
+# Every SIZE is checked to be a decimal number of at most 15 digits (under 10^15 bytes,
+# 888 TiB) before any arithmetic: 64-bit shell arithmetic would wrap on larger ones and
+# find room where there is none. The sum stops growing past 10^18 (no filesystem is that
+# large), so it never wraps either, however many SIZEs come.
+# Exit: 0 room enough; 1 not, or a SIZE that is not a number: stderr says in one line
+# `MODEL: needs N MiB more in STORE (with M MiB to spare), F MiB free` or
+# `MODEL: blob sha256-HEX: size SIZE is not a number of bytes (at most 15 digits)`.
 store=$1
 model=$2
 margin=$3
@@ -16,10 +21,18 @@ need=0
 for layer in "$@"; do
     hex=${layer%%:*}
     size=${layer#*:}
+    case $size in
+    '' | *[!0-9]* | ????????????????*)
+        printf '%s: blob sha256-%.64s: size %.40s is not a number of bytes (at most 15 digits)\n' \
+            "$model" "$hex" "$size" >&2
+        exit 1
+        ;;
+    esac
     have=$(stat -c %s "$store/blobs/sha256-$hex" 2>/dev/null || echo 0)
     [ "$have" = "$size" ] && continue
     part=$(stat -c %s "$store/.fanout/sha256-$hex.partial" 2>/dev/null || echo 0)
-    need=$((need + size - part))
+    [ "$part" -le "$size" ] || part=0  # longer than the blob: not kept (fetch-model.sh)
+    [ "$need" -ge 1000000000000000000 ] || need=$((need + size - part))
 done
 [ -d "$store" ] || store=${store%/*}  # not there yet: the filesystem it will be made on
 free=$(df -Pk "$store" | awk 'NR == 2 { print $4 }')

@@ -384,6 +384,31 @@ def test_corrupt_fault_changes_hash(reg):
     assert bad[:1000] == good[:1000]
 
 
+def test_oversize_fault_sends_more_than_the_blob_then_stops(reg):
+    """A compromised mirror: the blob's own bytes, then more, framed by Content-Length; a
+    resumed (ranged) request gets the rest of the blob and the same surplus."""
+    name = "library/all-minilm"
+    layer = _model_layer(reg.manifest(name))
+    path = _store_path(layer["digest"])
+    extra = 3 << 20
+    reg.post("/_lab/fault", {"oversize_bytes": extra, "times": 2, "digest": layer["digest"]})
+    status, headers, body, complete = reg.request("GET", path)
+    assert status == 200 and complete
+    assert int(headers["Content-Length"]) == len(body) == layer["size"] + extra
+    assert _sha(body[:layer["size"]]) == layer["digest"]  # the blob, then zeros
+    assert body[layer["size"]:] == b"\0" * extra
+    status, headers, part, complete = reg.request("GET", path, {"Range": "bytes=1000-"})
+    assert status == 206 and complete and len(part) == layer["size"] - 1000 + extra
+    assert headers["Content-Range"] == f"bytes 1000-{layer['size'] - 1}/{layer['size']}"
+    stats = reg.get_json("/_lab/stats")
+    assert stats["faults_injected"] == 2
+    assert stats["by_blob"][layer["digest"]] == 2 * (layer["size"] + extra) - 1000
+    status, _, good, complete = reg.request("GET", path)  # the fault used up: honest again
+    assert complete and len(good) == layer["size"] and _sha(good) == layer["digest"]
+    status, _, _, _ = reg.request("POST", "/_lab/fault", body={"oversize_bytes": -1})
+    assert status == 400
+
+
 def test_rate_cap_slows_transfer(reg):
     name = "library/llama3.2"
     layer = _model_layer(reg.manifest(name, "1b"))

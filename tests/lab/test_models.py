@@ -2,8 +2,9 @@
 
 One lab of 4 GPU hosts and a model of 300 MiB (llama3.2:1b at the lab's full size),
 tests in file order: the fan-out, a no-op re-run with other spellings of the model, a
-dropped and a corrupted registry download, a damaged store, an air-gapped fleet with a
-mirror, then the seed killed in the middle of the fan-out (last: it powers a host off).
+dropped and a corrupted registry download, a damaged store, a mirror that streams a blob
+past its size, an air-gapped fleet with a mirror, then the seed killed in the middle of the
+fan-out (last: it powers a host off).
 """
 
 from __future__ import annotations
@@ -223,6 +224,48 @@ def test_a_damaged_store_is_named_and_repaired_from_a_peer(fleet):
     assert registry(fleet, "/_lab/stats")["blob_bytes_sent"] == before
     assert_verified(fleet, "gpu-3")
     assert_one_id(fleet)
+
+
+def test_a_mirror_streaming_a_blob_past_its_size_is_cut_there_and_refused(fleet):
+    """A compromised mirror streams the model's largest blob 64 MiB past the size the
+    registry's manifest declares. The deploy's fetcher reads one byte past the size, cuts
+    the file back to it and refuses the mirror in one line naming the host and the model;
+    with no peer holding the model and the registry cut off, the host fails and lists
+    nothing of it. With the mirror honest again the cut file verifies and the model comes."""
+    public = urllib.parse.urlsplit(fleet.endpoint("model_registry")).netloc
+    zone = f"{NAME}.test"
+    mirror = ("--data", f"ollama_registry_mirror=http://registry.{zone}:8081")
+    forget(fleet, *[h["name"] for h in fleet.hosts()])  # no peer to copy from
+    layer, size = max(blob_digests(fleet).items(), key=lambda item: item[1])
+    hex_ = layer[7:]
+    registry(fleet, "/_lab/reset", {})
+    try:
+        registry(fleet, "/_lab/unreachable", {"hosts": [public]})  # Ollama's pull: no answer
+        registry(fleet, "/_lab/fault", {"oversize_bytes": 64 << 20, "times": -1,
+                                        "digest": layer})
+        proc = fleet.pyinfra("deploy.py", "--data", MODELS, *mirror, limit="gpu-4")
+    finally:
+        registry(fleet, "/_lab/fault", {"times": 0})
+        registry(fleet, "/_lab/unreachable", {"hosts": []})
+    assert proc.returncode != 0
+    assert re.search(
+        rf"\[gpu-4\] +{re.escape(MODEL)} from the mirror failed \(sha256-{hex_} from "
+        rf"http://registry\.{re.escape(zone)}:8081/v2/library/llama3\.2/blobs/sha256:{hex_}: "
+        rf"the source sent more than its declared {size} bytes \(cut there\)\); trying the "
+        r"next source$", proc.output, re.M), proc.output[-4000:]
+    assert f"{MODEL}: not received from any peer, mirror nor the registry" in proc.output
+    assert '--> gpu-4: failed at step "Models received (fan-out wave 0)"' in proc.output
+    assert registry(fleet, "/_lab/stats")["faults_injected"] >= 1
+    assert MODEL not in listed(fleet, "gpu-4")
+    _, out, _ = fleet.ssh("gpu-4", f"stat -c %s {STORE}/.fanout/sha256-{hex_}.partial")
+    assert int(out) == size  # cut at the declared size: never more of it on the host
+    status, _, _ = fleet.ssh("gpu-4", f"test ! -e {STORE}/blobs/sha256-{hex_}", check=False)
+    assert status == 0
+    proc = fleet.pyinfra("deploy.py", "--data", MODELS, *mirror, limit="gpu-4")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert re.search(rf"\[gpu-4\] +models received: {re.escape(MODEL)} [\d.]+ MiB from the "
+                     r"mirror", proc.output), proc.output[-3000:]
+    assert_verified(fleet, "gpu-4")
 
 
 def test_an_air_gapped_fleet_gets_its_models_from_the_mirror(fleet):

@@ -178,11 +178,11 @@ def test_a_pull_succeeds_only_on_a_stream_that_ends_in_success(tmp_path):
 
 
 REGISTRY_CURL = r"""for a; do url=$a; done
-while [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done
+while [ $# -gt 1 ]; do [ "$1" = -D ] && head=$2; shift; done
 case "$url" in
-*/library/tinyllama/manifests/latest) echo '{"layers": []}' > "$out"; printf 200;;
+*/library/tinyllama/manifests/latest) echo 'HTTP/1.1 200 OK' > "$head"; echo '{"layers": []}';;
 */down/*) echo "curl: (7) Failed to connect" >&2; exit 7;;
-*) echo '{"errors": []}' > "$out"; printf 404;;
+*) printf 'HTTP/1.1 404 Not Found\r\n' > "$head"; echo '{"errors": []}';;
 esac
 """
 
@@ -193,8 +193,8 @@ def test_the_registrys_manifest_is_staged_whole_or_the_model_is_named(tmp_path):
 
     def fetch(model: str, url: str):
         return run_with_stubs(script_command("models/registry-manifest.sh", dest, url, model,
-                                             models.MANIFEST_TYPE), tmp_path,
-                              {"curl": REGISTRY_CURL})
+                                             models.MANIFEST_TYPE, models.MANIFEST_MAX_BYTES),
+                              tmp_path, {"curl": REGISTRY_CURL})
 
     proc = fetch("tinyllama", models.manifest_url(settings, "tinyllama"))
     assert proc.returncode == 0, proc.stderr
@@ -307,7 +307,7 @@ def test_the_store_says_which_models_lack_a_blob_or_hold_a_short_one(tmp_path):
     fact = StoredManifests()
     names = sorted({canonical(m) for m in settings.all_models})
     proc = run_with_stubs(fact.command(str(store), [manifest_path(m) for m in names]),
-                          tmp_path, tools=("find", "stat", "tr", "sed", "sh", "cat"))
+                          tmp_path, tools=("find", "stat", "tr", "sed", "sh", "cat", "head"))
     assert proc.returncode == 0, proc.stderr
     found = fact.process(proc.stdout.splitlines())
     assert found["manifests"][manifest_path("absent")] is None
@@ -326,7 +326,7 @@ def test_no_store_yet_is_no_damage(tmp_path):
 
     fact = StoredManifests()
     proc = run_with_stubs(fact.command(str(tmp_path / "none"), ["manifests/x/y/z/latest"]),
-                          tmp_path, tools=("find", "stat", "tr", "sed", "sh", "cat"))
+                          tmp_path, tools=("find", "stat", "tr", "sed", "sh", "cat", "head"))
     assert (proc.returncode, fact.process(proc.stdout.splitlines())) == (
         0, {"manifests": {"manifests/x/y/z/latest": None}, "blobs": {}})
 
