@@ -43,7 +43,8 @@ lb_servers = [
         "nginx_tls": "files",
         "nginx_tls_cert": "~/fleet-secrets/llm.example.net.crt",
         "nginx_tls_key": "~/fleet-secrets/llm.example.net.key",
-        # API keys, one `name key` line each; edit the file and re-run to rotate them.
+        # API keys, one `name key` line each (a key: `openssl rand -hex 32`); edit the file
+        # and re-run to rotate them.
         "nginx_api_keys": {"file": "~/fleet-secrets/api-keys"},
         # Admin keys (pull, delete, copy, create, push), from an environment variable of
         # keys separated by spaces, as a CI secret store would set it.

@@ -9,7 +9,8 @@ paths below are examples. Knobs: README.md, "The gate".
 # nginx_tls_cert = "~/fleet-secrets/front.crt"
 # nginx_tls_key = "~/fleet-secrets/front.key"
 
-# API keys, one `name key` line each; edit the file and re-run to rotate:
+# API keys, one `name key` line each (a key: 32 or more characters, `openssl rand -hex 32`);
+# edit the file and re-run to rotate:
 # nginx_api_keys = {"file": "~/fleet-secrets/api-keys"}
 # nginx_admin_keys = {"file": "~/fleet-secrets/admin-keys"}
 

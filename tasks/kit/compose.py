@@ -2,8 +2,9 @@
 Ollama stack, the app services, the metrics exporter, the front door).
 
 Guarantees: a project's files go live only after `docker compose config -q` (and
-`nginx -t` for an nginx config) passed on a staged copy; secrets are written without
-being shown and never readable by others; `up` runs only when the files changed or a
+`nginx -t` for an nginx config) passed on a staged copy; secrets (what a step names, and
+any file that holds a private key, whatever its name) are written without being shown
+and never readable by others; `up` runs only when the files changed or a
 container is not running; nginx is reloaded (old requests let finish), not restarted,
 for a new config; waiting for health is bounded.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shlex
 from io import StringIO
 from pathlib import Path
@@ -27,6 +29,14 @@ from pyinfra.operations import files
 from ollama_fleet.tasks.kit import paths
 from ollama_fleet.tasks.kit.facts import ComposeContainers, DockerImages
 from ollama_fleet.tasks.kit.scripts import script_command
+
+# A PEM private key of any kind (PKCS#8, encrypted, RSA, EC, OpenSSH...).
+PRIVATE_KEY_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+
+
+def holds_private_key(text: str) -> bool:
+    """Whether TEXT holds a PEM private key (a certificate file with its key in it too)."""
+    return PRIVATE_KEY_PEM.search(text) is not None
 
 
 def templates(directory: Path) -> Environment:
@@ -47,12 +57,18 @@ def checked_files(root: str, wanted: dict[str, str], nginx_image: str | None,
       where the project has its own, nginx.conf)
     + wanted: relative path -> content
     + nginx_image: the image whose nginx checks the config (None: no nginx config)
-    + secret: the paths in WANTED that only root may read (keys)
+    + secret: the paths in WANTED that only root may read (keys); a file that holds a
+      private key is one whatever its path
     + tmpfs: directories the nginx container has as tmpfs (where its unix sockets live)
     """
+    secret = tuple(secret) + tuple(rel for rel, text in wanted.items()
+                                   if rel not in secret and holds_private_key(text))
     stale = [rel for rel, text in wanted.items()
              if host.get_fact(Sha1File, path=f"{root}/{rel}")
-             != hashlib.sha1(text.encode()).hexdigest()]  # noqa: S324 (pyinfra's Sha1File: change detection)
+             != hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (pyinfra's Sha1File: change detection)
+             # a secret left readable by others (written before it was known as one)
+             or (rel in secret and (host.get_fact(File, path=f"{root}/{rel}") or {}).get("mode")
+                 != 600)]
     if not stale:
         host.noop(f"{', '.join(wanted)} current")
         return

@@ -48,6 +48,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, server, systemd
 
 from ollama_fleet.tasks.kit import distributions
+from ollama_fleet.tasks.kit.compose import secret_file
 from ollama_fleet.tasks.kit.facts import (
     NvidiaGpus,
     NvidiaHost,
@@ -354,8 +355,9 @@ def install_driver(settings: Settings, dist: distributions.Distribution) -> None
                   dest=distributions.BRANCH_PREFERENCES, mode="644")
     if mok:
         key, cert = dist.dkms_mok
-        files.put(name="MOK key DKMS signs the driver's modules with", src=BytesIO(mok[0]),
-                  dest=key, mode="600", user="root", group="root")
+        # a private key: root's alone from its first byte, never shown by --diff
+        secret_file(name="MOK key DKMS signs the driver's modules with (mode 600, not shown)",
+                    dest=key, content=mok[0].decode())
         files.put(name="MOK certificate DKMS signs with", src=BytesIO(mok[1]), dest=cert,
                   mode="644", user="root", group="root")
 

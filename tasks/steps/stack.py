@@ -12,6 +12,7 @@ it was given.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from dataclasses import dataclass, field
 
@@ -81,6 +82,11 @@ def plan_instances(settings: Settings, gpus: list[dict]) -> list[Instance]:
     return [Instance(f"{PROJECT}-0", ports[0][1], shared)]
 
 
+def main_conf() -> str:
+    """The host's nginx.conf where its gate checks keys: the image's, with njs loaded."""
+    return (TEMPLATES / "nginx.conf").read_text()
+
+
 def render(template: str, settings: Settings, instances: list[Instance], fleet: Fleet,
            gate_context: dict, drained: str | None = None) -> str:
     """TEMPLATE for this host; FLEET gives the peers its fan-out server lets copy models,
@@ -93,6 +99,9 @@ def render(template: str, settings: Settings, instances: list[Instance], fleet: 
         upstream_address=settings.local_host(),
         drained=drained,
         health_dir=HEALTH_DIR, gate_dir=GATE_DIR,
+        # this host's own nginx.conf, where its gate checks keys (with njs): its digest
+        nginx_conf_sha256=hashlib.sha256(main_conf().encode()).hexdigest()
+        if gate_context["compares_keys"] else "",
         health_readers=[*gate_context["trusted"], *(settings.nginx_allow or []),
                         *[p.address for p in models.peers(fleet) if is_ip(p.address)]],
         gpu_script=GPU_SCRIPT, gpu_script_file=GPU_SCRIPT_FILE, gpu_wait=GPU_WAIT_S,
@@ -112,6 +121,8 @@ def stack_files(settings: Settings, instances: list[Instance], fleet: Fleet) -> 
         "compose.yaml": render("compose.yaml.j2", settings, instances, fleet, context),
         "nginx/ollama.conf": render("ollama.conf.j2", settings, instances, fleet, context),
     }
+    if context["compares_keys"]:  # the gate checks keys with nginx's JavaScript module
+        files["nginx.conf"] = main_conf()
     if any(i.gpus for i in instances):
         files[GPU_SCRIPT_FILE] = script_text(f"stack/{GPU_SCRIPT_FILE}")
     if settings.ollama_fanout:

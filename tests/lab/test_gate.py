@@ -28,9 +28,13 @@ from tests.labfleet import REPO, lab_cli, poll
 pytestmark = pytest.mark.lab
 
 NAME = "fleetlab-gate"
-ALICE, BOB, CAROL = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "carol-key-0123456789"
-ADMIN = "admin-key-0123456789abcdef"
-ADMIN_NEXT = "admin-next-key-0123456789abcdef"
+# Keys as the gate takes them: 32 characters at least, letter case counting.
+ALICE = "alice-key-0123456789abcdefGHIJKLMN"
+BOB = "bob-key-0123456789abcdefGHIJKLMNOP"
+CAROL = "carol-key-0123456789abcdefGHIJKLMN"
+ADMIN = "admin-key-0123456789abcdefGHIJKLMN"
+ADMIN_NEXT = "admin-next-key-0123456789abcdefGHIJ"
+GPU_SERVERS = ("gpu-1", "cpu-1")
 
 
 def write_keys(path: Path, keys: dict[str, str]) -> None:
@@ -133,7 +137,8 @@ def test_tls_is_verified_against_the_lab_ca_and_http_redirects(fleet):
 
 
 def test_no_key_or_a_wrong_key_gets_401_and_a_valid_key_streams(fleet):
-    for key in (None, "not-a-key-0123456789abcdef"):
+    # a key in another letter case is another key (nginx's maps alone would take it)
+    for key in (None, "not-a-key-0123456789abcdef", ALICE.upper(), ALICE.swapcase()):
         with client(fleet, key) as c:
             answer = c.post("/api/generate", json={"model": "tinyllama", "prompt": "hi"})
             assert answer.status_code == 401, answer.text
@@ -154,6 +159,9 @@ def test_a_key_in_anthropics_x_api_key_header_is_a_key_too(fleet):
             cafile=fleet.ca), timeout=60) as c:
         assert c.get("/api/tags", headers={"x-api-key": BOB}).status_code == 200
         wrong = c.get("/api/tags", headers={"x-api-key": "not-a-key-0123456789abcdef"})
+        assert wrong.status_code == 401, wrong.text
+        time.sleep(1)  # wrong keys count against this address: pacing
+        wrong = c.get("/api/tags", headers={"x-api-key": BOB.upper()})
         assert wrong.status_code == 401, wrong.text
         refused = c.post("/api/pull", json={"model": "x"}, headers={"x-api-key": BOB})
         assert refused.status_code == 403, refused.text
@@ -190,6 +198,60 @@ def test_admin_endpoints_need_an_admin_key(fleet):
     # the model the fleet serves is still there
     _, out, _ = fleet.ssh("gpu-1", "curl -sS http://127.0.0.1:11434/api/tags")
     assert "tinyllama:latest" in [m["name"] for m in json.loads(out)["models"]]
+
+
+def nginx_log_lines(fleet, host: str, marker: str) -> list[str]:
+    """The lines of HOST's nginx access log (its container's output) that hold MARKER."""
+    _, out, err = fleet.ssh(host, "docker logs ollama-nginx")
+    return [line for line in (out + err).splitlines() if marker in line]
+
+
+def test_keys_stay_at_the_front_door_and_the_hosts_get_the_clients_name(fleet):
+    """The LAN between the front door and the GPU hosts is plain HTTP: no key crosses it.
+    What a host's nginx saw is in its access log (tasks/steps/gate.py: the caller's name,
+    and whether a credential came, never the credential): from the front door, the name of
+    the key the gate matched and no credential, whatever header the client sent."""
+    marker = f"fleet-lab-keys-stay-{time.time_ns()}"
+    # a client cannot name itself to the hosts either
+    headers = {"User-Agent": marker, "X-Ollama-Fleet-Client": "ops"}
+    body = {"model": "tinyllama", "prompt": "hi", "stream": False}
+    with client(fleet, ALICE) as c:  # Authorization: Bearer
+        answer = c.post("/api/generate", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+    with client(fleet) as c:  # Anthropic's x-api-key
+        answer = c.post("/api/generate", json=body, headers={**headers, "x-api-key": ALICE})
+        assert answer.status_code == 200, answer.text
+
+    def logged() -> list[str] | None:
+        found = [line for host in GPU_SERVERS for line in nginx_log_lines(fleet, host, marker)]
+        return found if len(found) >= 2 else None
+
+    lines = poll(logged, 30, what="the hosts' nginx logged both requests")
+    front = fleet.host("lb-1")["address"]
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert line.startswith(f"{front} - alice ["), line
+        assert line.endswith(" credential=-"), line  # no Authorization, no x-api-key
+        assert ALICE not in line
+    # the field does tell: the same host's nginx, asked by the front door's address with a
+    # key in Authorization, logs that one came
+    probe = f"fleet-lab-keys-probe-{time.time_ns()}"
+    gpu = fleet.host("gpu-1")["address"]
+    fleet.ssh("lb-1", f"curl -sS -m 10 -o /dev/null -A {probe} "
+                      f"-H 'Authorization: Bearer {ALICE}' http://{gpu}/api/version")
+    sent = poll(lambda: nginx_log_lines(fleet, "gpu-1", probe) or None, 30,
+                what="gpu-1's nginx logged the probe")
+    assert sent[-1].endswith(" credential=sent"), sent
+
+
+def test_a_request_that_did_not_come_through_a_front_door_is_refused(fleet):
+    """A GPU host takes the client's name from a front door's address only: another host
+    of the lab that sends a valid key and names a client is refused before either counts."""
+    gpu = fleet.host("gpu-1")["address"]
+    _, out, _ = fleet.ssh("cpu-1", f"curl -sS -m 5 -w ' %{{http_code}}' "
+                                   f"-H 'Authorization: Bearer {ALICE}' "
+                                   f"-H 'X-Ollama-Fleet-Client: alice' http://{gpu}/api/version")
+    assert out.endswith(" 403") and "not allowed from this address" in out, out
 
 
 def test_a_burst_over_the_limit_gets_429_while_others_are_served(fleet):

@@ -12,7 +12,7 @@ import pytest
 
 from ollama_fleet.tasks.kit.fleet import build
 from ollama_fleet.tasks.kit.settings import SettingsError, settings_for
-from ollama_fleet.tasks.steps import front_door
+from ollama_fleet.tasks.steps import front_door, gate
 from ollama_fleet.tasks.steps.front_door import (
     FRONT_TEMPLATES,
     INVENTORY_JS,
@@ -331,12 +331,27 @@ def test_with_the_cloud_off_a_request_whose_model_the_front_door_cannot_read_goe
                                     "body": '{"prompt": "x"}'}]) == [{"to": "@fleet_any"}]
 
 
-def test_no_key_in_anthropics_header_travels_past_the_gate():
-    """The gate reads a fleet key from x-api-key too; nothing behind it needs the key, and
-    Ollama would pass that header on to ollama.com with a cloud request."""
+def test_no_key_travels_past_the_front_door_only_the_clients_name():
+    """Keys stay at the front door: the LAN to the hosts is plain HTTP and a host trusts the
+    front door by its address, so every proxy drops Authorization and x-api-key (Ollama
+    would pass the latter on to ollama.com with a cloud request). What a host needs, the
+    client's name, goes in the fleet's own header: set from the key the gate matched
+    (replacing whatever a client sent), passed on unchanged by a host's gate."""
     text = conf()
     proxies = text.count("proxy_pass ")
     assert proxies and text.count('proxy_set_header X-Api-Key "";') == proxies
+    assert text.count('proxy_set_header Authorization "";') == proxies
+    client = f"proxy_set_header {gate.FLEET_CLIENT_HEADER} "
+    assert text.count(client) == proxies
+    assert text.count(client + "$api_name;") == proxies - len(FLEET.gpu_servers)
+    gates = re.findall(r"listen unix:/run/fleet_host_\d+\.sock;(.*?)\n\}\n", text, re.S)
+    assert gates and all(client + "$http_x_ollama_fleet_client;" in g for g in gates)
+    # $api_name is the name of the key the gate matched, never a client's own header
+    name = text.split('map "$api_client:$api_admin:$api_fleet_client" $api_name {')[1]
+    assert "$http_x_ollama_fleet_client" not in name.split("}")[0]
+    fleet_client = text.split("$api_fleet_client {")[1].split("\n}")[0]
+    assert '"~^1:(?<who>[A-Za-z0-9._-]{1,31})$" $who;' in fleet_client
+    assert "geo $api_front_door {\n    default 0;\n}" in text  # a front door trusts no one
 
 
 # -- active health: the rotation ---------------------------------------------------------------
@@ -359,6 +374,8 @@ def test_each_host_has_a_gate_that_refuses_it_at_once_when_out_and_passes_the_cl
                  "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
                  "proxy_set_header X-Forwarded-Host $http_x_forwarded_host;",
                  "proxy_set_header Host localhost;", 'proxy_set_header X-Api-Key "";',
+                 'proxy_set_header Authorization "";',
+                 "proxy_set_header X-Ollama-Fleet-Client $http_x_ollama_fleet_client;",
                  'proxy_set_header X-Fleet-Host "";', "proxy_buffering off;",
                  "proxy_request_buffering on;", "client_max_body_size 0;",
                  # a kept-alive connection the host closed is tried once more, nothing else
@@ -450,13 +467,20 @@ def nginx_image() -> str | None:
     return None
 
 
-def test_the_rendered_front_door_passes_nginx_t(tmp_path):
+def test_the_rendered_front_door_passes_nginx_t(tmp_path, monkeypatch):
     """As the deploy checks it (tasks.kit.compose.checked_files): nginx -t in a bare
-    container of the image, the front door's nginx.conf and conf.d mounted."""
+    container of the image, the front door's nginx.conf and conf.d mounted, with its gate's
+    files (keys: gate.js, which imports njs's crypto module)."""
     image = nginx_image()
     if image is None:
         pytest.skip("no nginx image with njs here (make machine builds the lab's)")
-    for rel, text in files([Held("gpu-2", "roll", 1765000000.0)]).items():
+    (tmp_path / "keys").write_text("alice " + "0123456789abcdef" * 4 + "\n")
+    keyed = settings_for("lb-1", {"nginx_api_keys": {"file": str(tmp_path / "keys")},
+                                  "nginx_admin_keys": {"env": "FLEET_TEST_ADMIN_KEYS"}})
+    monkeypatch.setenv("FLEET_TEST_ADMIN_KEYS", "Zq7-RsTu.vW_xY9+/Zq7-RsTu.vW_xY9+/==")
+    rendered = files([Held("gpu-2", "roll", 1765000000.0)], keyed) | gate.gate_files(keyed)[0]
+    assert "js_import gate from /etc/nginx/conf.d/gate.js;" in rendered["nginx/front.conf"]
+    for rel, text in rendered.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     proc = subprocess.run(["docker", "run", "--rm", "-v",

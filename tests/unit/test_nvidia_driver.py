@@ -58,7 +58,7 @@ def run_step(monkeypatch, gpus: dict, installed: tuple[str, ...], settings: Sett
                          (nvidia_driver.apt_packages, "archive_components")):
         monkeypatch.setattr(target, name, rec.op(name))
     for name in ("held", "verify_driver", "fabricmanager_started", "fabricmanager_follows_driver",
-                 "persistence_mode_kept", "verify_persistence"):
+                 "persistence_mode_kept", "verify_persistence", "secret_file"):
         monkeypatch.setattr(nvidia_driver, name, rec.op(name))
     monkeypatch.setattr(nvidia_driver, "driver", rec.op("driver", changed=install_changes))
     facts = {"ollama_fleet.tasks.kit.facts.NvidiaHost": {

@@ -329,9 +329,11 @@ def test_an_enrolled_key_is_installed_where_dkms_signs_before_the_driver(monkeyp
     monkeypatch.setattr(base, "FakeHost", with_secure_boot)
     rec = run_step(monkeypatch, smi(None), (), settings)
     names = [(name, kwargs.get("dest")) for name, kwargs in rec.calls]
-    assert names.index(("put", "/var/lib/dkms/mok.key")) < names.index(("driver", None))
-    key = next(k for n, k in rec.calls if n == "put" and k["dest"] == "/var/lib/dkms/mok.key")
-    assert key["mode"] == "600" and key["src"].getvalue() == PEM_KEY
+    # a private key: written as a secret (mode 600 from the start, never shown by --diff)
+    assert names.index(("secret_file", "/var/lib/dkms/mok.key")) < names.index(("driver", None))
+    key = next(k for n, k in rec.calls if n == "secret_file")
+    assert key["content"] == PEM_KEY.decode()
+    assert ("put", "/var/lib/dkms/mok.key") not in names
     pub = next(k for n, k in rec.calls if n == "put" and k["dest"] == "/var/lib/dkms/mok.pub")
     assert pub["src"].getvalue() == DER
     assert UBUNTU_24_04.dkms_mok == ("/var/lib/shim-signed/mok/MOK.priv",
