@@ -45,6 +45,7 @@ docker.restart_docker([daemon_config, *toolkit_changes])
 gpu_ready.order_boot(settings, dist)  # GPU servers: Docker waits for the GPUs at every boot
 
 if "gpu_servers" in host.groups:
+    apps.check_network(settings)  # app_network overlaps no route: the stack's nginx trusts it
     stack.deploy_stack(settings, fleet)  # its nginx trusts the front doors, serves the peers
     models.pull_models(settings, fleet)  # fan-out waves over the fleet's gpu_servers
     models.warm_models(settings)  # loaded before the host serves again: no user pays the load

@@ -13,6 +13,7 @@ import ipaddress
 import re
 import sys
 import types
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -33,6 +34,14 @@ from ollama_fleet.tasks.kit.ollama_builds import image_release
 PYINFRA_KEY = re.compile(r"^(ssh_|_)")
 
 Topology = Literal["per_gpu", "shared", "cpu"]
+
+# Where an Ollama instance may listen without ollama_bind_unsafe: loopback, and the private
+# ranges (a LAN's own, or a Docker bridge's) that the internet does not route to.
+SAFE_BIND = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+# docker0's address, which host.docker.internal (host-gateway) names in every container,
+# unless daemon.json's `bip` sets another; it exists whenever dockerd runs.
+DOCKER_BRIDGE_GATEWAY = "172.17.0.1"
 
 
 # -- value grammars: what a knob's text may be, checked before it reaches a shell, a
@@ -57,19 +66,31 @@ def _text(value: str) -> str:
     return value
 
 
+# Digits, dots and colons only: Python also reads a zone (`fe80::1%eth0`), whose text may be
+# anything, `;` and `}` included, and would land in nginx's allow lines as written.
+_IP_TEXT = re.compile(r"[0-9A-Fa-f.:]+", re.ASCII)
+
+
 def _address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address like 127.0.0.1 or ::1") from None
+    if not is_ip(value):
+        raise ValueError(f"{value!r} is not an IP address like 127.0.0.1 or ::1 (no zone)")
+    if isinstance(ip := ipaddress.ip_address(value), ipaddress.IPv6Address) and ip.ipv4_mapped:
+        raise ValueError(f"{value!r} is an IPv4 address written as IPv6; write "
+                         f"{ip.ipv4_mapped}")
     return value
 
 
 def _network(value: str) -> str:
+    address, _, _ = value.partition("/")
     try:
-        ipaddress.ip_network(value, strict=False)
+        if not re.fullmatch(r"[0-9A-Fa-f.:]+(/\d{1,3})?", value, re.ASCII):
+            raise ValueError
+        network = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not a network like 10.0.0.0/24") from None
+    if network.network_address != ipaddress.ip_address(address):  # nginx would allow it all
+        raise ValueError(f"{value!r} has host bits set: it means all of {network}; write "
+                         f"{network}, or {address} alone for one address")
     return value
 
 
@@ -79,6 +100,48 @@ def _abs_path(value: str) -> str:
         raise ValueError(f"{value!r} is not an absolute path (letters, digits, _ . @ + -; no "
                          "'..')")
     return value
+
+
+# Host directories no store, stack or app volume may be: the directory itself (mounted or
+# owned, it hands a container or the deploy the system's files) ...
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+    "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys",
+    "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin", "/usr/sbin", "/usr/share",
+    "/var", "/var/cache", "/var/lib", "/var/log", "/var/mail", "/var/opt", "/var/run",
+    "/var/spool",
+    "/tmp", "/var/tmp"})  # noqa: S108 (names them to refuse them)
+# ... and these with everything in them: the kernel's, the runtime's sockets (the Docker
+# socket is root on the host), Docker's and containerd's own state, root's home.
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/var/lib/docker",
+                "/var/lib/containerd", "/etc/docker", "/root")
+# An app may read these (certificates, time zone) but never write them: written, they are
+# the host's programs and configuration (cron, sudoers, systemd units).
+READ_ONLY_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                   "/var/spool")
+
+
+def _inside(path: str, trees: tuple[str, ...]) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in trees)
+
+
+def system_path(path: str) -> bool:
+    """True for a host path that must not be a store, a stack directory or a volume."""
+    path = path.rstrip("/") or "/"
+    return path in SYSTEM_DIRS or _inside(path, SYSTEM_TREES)
+
+
+def _own_directory(use: str) -> AfterValidator:
+    """An absolute path that is not a system directory; USE says what the deploy does
+    with it, for the message."""
+
+    def check(value: str) -> str:
+        if value and system_path(value):
+            raise ValueError(f"{value!r} is a system directory ({use}); give one of its own, "
+                             "like /srv/ollama")
+        return value
+
+    return AfterValidator(check)
 
 
 def _model_name(value: str) -> str:
@@ -92,7 +155,10 @@ Text = Annotated[str, AfterValidator(_text)]
 Address = Annotated[str, AfterValidator(_address)]
 Network = Annotated[str, AfterValidator(_network)]
 AbsPath = Annotated[str, AfterValidator(_abs_path)]
-AbsPathOrEmpty = Annotated[str, AfterValidator(lambda v: v and _abs_path(v))]
+StackDir = Annotated[AbsPath, _own_directory("the deploy would own it: mode 755, its files in "
+                                             "it")]
+StorePath = Annotated[str, AfterValidator(lambda v: v and _abs_path(v)), _own_directory(
+    "every Ollama instance would mount it read-write")]
 ModelRef = Annotated[str, AfterValidator(_model_name)]
 # http(s)://host[:port][/path]; the scheme is checked against fleet_insecure_http.
 # (a `%` only as an escape of two hex digits, a port up to 65535: dockerd's own URL parser
@@ -112,33 +178,81 @@ URL_KNOBS = ("docker_repo_url", "docker_registry_mirrors", "nvidia_driver_repo_u
              "nvidia_driver_gpgkey_url", "nvidia_toolkit_repo_url", "nvidia_toolkit_gpgkey_url",
              "ollama_registry", "ollama_registry_mirror")
 Size = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g")]
-SizeOrEmpty = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g",
-                                      empty=True)]
+
+
+def _memory_limit(value: str) -> str:
+    """Docker refuses a container a limit under 6 MiB, at its start: after the deploy has
+    replaced the running one."""
+    unit = value[-1:].lower() if value[-1:].isalpha() else "b"
+    if value and int(value.rstrip("bkmgBKMG")) * 1024 ** "bkmg".index(unit) < 6 * 1024 ** 2:
+        raise ValueError(f"{value!r} is under 6m, the least memory Docker starts a container "
+                         "with")
+    return value
+
+
+MemoryLimit = Annotated[str, _pattern(r"[1-9]\d{0,12}[bkmgBKMG]?", "a size like 512m or 64g",
+                                      empty=True), AfterValidator(_memory_limit)]
 EnvName = Annotated[str, _pattern(r"[A-Za-z_][A-Za-z0-9_]{0,127}",
                                   "an environment variable name (letters, digits, _)")]
 ImageRef = Annotated[str, _pattern(
     r"[a-z0-9][a-z0-9._-]*(:\d{1,5})?(/[a-z0-9][a-z0-9._-]*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
     r"(@sha256:[0-9a-f]{64})?", "an image pinned by tag (name:tag)")]
 ServiceName = Annotated[str, _pattern(r"[a-z0-9][a-z0-9_-]{0,62}", "a service name")]
+_GO_UNITS = {"ns": 1, "us": 10 ** 3, "ms": 10 ** 6, "s": 10 ** 9, "m": 60 * 10 ** 9,
+             "h": 3600 * 10 ** 9}
+
+
+def _go_duration(value: str) -> str:
+    """Past 2^63 ns Go's parser fails and Ollama quietly takes its default (5m) instead."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", value) or [(value.lstrip("-"), "s")]
+    if sum(Fraction(number) * _GO_UNITS[unit] for number, unit in parts) >= 2 ** 63:
+        raise ValueError(f"{value!r} is longer than Go's durations reach (about 290 years); "
+                         "-1 keeps a model loaded for good")
+    return value
+
+
 # Go's time.ParseDuration (e.g. 5m, 1h30m, -1s) or a number of seconds (-1: forever).
 GoDuration = Annotated[str, _pattern(r"-?(\d+(\.\d+)?(ns|us|ms|s|m|h))+|-?\d+",
-                                     "a duration like 5m, 1h30m or -1")]
+                                     "a duration like 5m, 1h30m or -1"),
+                       AfterValidator(_go_duration)]
 Version = Annotated[str, _pattern(r"\d{1,4}(\.\d{1,4}){1,3}(~rc\.\d{1,3})?",
                                   "a version like 1.17.8")]
-NginxSize = Annotated[str, _pattern(r"\d{1,9}[kmg]?", "a size like 100m")]
+
+
+def _nginx_size(value: str) -> str:
+    if int(value.rstrip("kmg")) == 0:
+        raise ValueError(f"{value!r} turns the cap off to nginx; give a size like 100m")
+    return value
+
+
+NginxSize = Annotated[str, _pattern(r"\d{1,9}[kmg]?", "a size like 100m"),
+                      AfterValidator(_nginx_size)]
 NginxRate = Annotated[str, _pattern(r"|[1-9]\d{0,6}r/[sm]", "a rate like 10r/s or 600r/m")]
 RedisSize = Annotated[str, _pattern(r"[1-9]\d{0,12}(b|kb|mb|gb|k|m|g)?", "a Redis size like 256mb")]
 RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
-NginxTime = Annotated[str, _pattern(r"\d{1,9}(ms|s|m|h)?", "an nginx time like 600s")]
+
+
+def nginx_ms(value: str) -> int:
+    """An nginx time (`600s`, `10m`, `1h`, `500ms`, `600`) in milliseconds."""
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[unit or "s"]
 
 
 def nginx_seconds(value: str) -> int:
     """An NginxTime in whole seconds, rounded up (`600s`, `10m`, `1h`, `500ms`, `600`)."""
-    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
-    if unit == "ms":
-        return -(-int(number) // 1000)
-    return int(number) * {"s": 1, "m": 60, "h": 3600}[unit or "s"]
+    return -(-nginx_ms(value) // 1000)
+
+
+def _nginx_time(value: str) -> str:
+    if not 1000 <= nginx_ms(value) <= 3_600_000:
+        raise ValueError(f"{value!r} is not from 1s to 1h (0 is no time at all to nginx)")
+    return value
+
+
+NginxTime = Annotated[str, _pattern(r"\d{1,9}(ms|s|m|h)?", "an nginx time like 600s"),
+                      AfterValidator(_nginx_time)]
+
 
 class SecretRef(BaseModel):
     """Where a secret comes from on the operator's machine; never from the repository."""
@@ -169,7 +283,7 @@ class AppService(BaseModel):
         r"([A-Za-z0-9][A-Za-z0-9_.-]*|(/[A-Za-z0-9_.@+-]+)+):(/[A-Za-z0-9_.@+-]+)+(:ro|:rw)?",
         "a volume like NAME:/path or /host/path:/path[:ro]")]] = Field(default_factory=list)
     healthcheck: list[Text] | None = None
-    memory_limit: SizeOrEmpty = ""
+    memory_limit: MemoryLimit = ""
     cpus: float | None = Field(None, gt=0, le=1024)
     depends_on: list[ServiceName] = Field(default_factory=list)
     uses_ollama: bool = True
@@ -194,6 +308,16 @@ class AppService(BaseModel):
         for volume in value:
             if any(part in (".", "..") for part in re.split(r"[/:]", volume)):
                 raise ValueError(f"{volume!r}: no '.' or '..' in volume paths")
+            source = volume.split(":")[0].rstrip("/")
+            if not source.startswith("/"):
+                continue  # a named volume: Docker's own directory for it
+            if system_path(source):
+                raise ValueError(f"{volume!r}: {source} is a system directory or the "
+                                 "runtime's (the Docker socket is root on the host); mount a "
+                                 "directory of the app's own")
+            if _inside(source, READ_ONLY_TREES) and not volume.endswith(":ro"):
+                raise ValueError(f"{volume!r}: {source} holds the host's programs or "
+                                 "configuration; mount it read-only (:ro)")
         return value
 
     def published(self) -> list[tuple[str, int, int]]:
@@ -343,8 +467,15 @@ class Settings(BaseModel):
         "instance runs with OLLAMA_NO_CLOUD=1 and the front doors refuse both"))
     ollama_base_port: int = Field(11434, ge=1024, le=65000, description=(
         "port of the first instance; instance N listens on base + N"))
+    ollama_bind_unsafe: bool = Field(False, description=(
+        "let ollama_bind_address be a wildcard (0.0.0.0, ::) or outside loopback and the "
+        "private ranges: every instance's whole API (pull, delete, create included) then "
+        "answers whoever reaches that address, past nginx and its keys (the deploy has no "
+        "firewall). Default: such an address is refused"))
     ollama_bind_address: Address = Field("127.0.0.1", description=(
-        "address Ollama ports are published on; loopback keeps them behind nginx"))
+        "address each Ollama instance listens on (host networking); loopback keeps them "
+        "behind nginx. For app services pinned to an instance: the Docker bridge's gateway "
+        f"({DOCKER_BRIDGE_GATEWAY} unless daemon.json sets another)"))
     ollama_models: list[ModelRef] = Field(default_factory=list, description=(
         "models every instance has (pulled when missing), e.g. `llama3.2:1b`"))
     ollama_warm_models: list[ModelRef] = Field(default_factory=list, description=(
@@ -363,11 +494,11 @@ class Settings(BaseModel):
         "default (512)"))
     ollama_environment: dict[EnvName, Text] = Field(default_factory=dict, description=(
         "extra environment for every instance (OLLAMA_* settings not listed here)"))
-    ollama_models_path: AbsPathOrEmpty = Field("", description=(
+    ollama_models_path: StorePath = Field("", description=(
         "host directory for the model store; empty: the named volume `ollama-models`"))
-    ollama_memory_limit: SizeOrEmpty = Field("", description=(
+    ollama_memory_limit: MemoryLimit = Field("", description=(
         "memory limit per instance (Compose syntax, e.g. 64g); empty: none"))
-    ollama_stack_dir: AbsPath = Field("/opt/ollama", description=(
+    ollama_stack_dir: StackDir = Field("/opt/ollama", description=(
         "where the Compose project and nginx config live on the host"))
     ollama_registry: Url = Field("https://registry.ollama.ai", description=(
         "where the deploy checks, before any pull, that Ollama's default registry knows "
@@ -427,8 +558,9 @@ class Settings(BaseModel):
         "fleet's one entry); elsewhere everyone"))
     nginx_api_keys: SecretRef | None = Field(None, description=(
         "bearer keys that may use the API (a file of `[name] key` lines, or an environment "
-        "variable of keys separated by spaces), read on the operator's machine; a re-run "
-        "rotates them with a reload. Unset: no key needed"))
+        "variable of keys separated by spaces), read on the operator's machine: 32 to 256 of "
+        "A-Z a-z 0-9 - . _ ~ + / (then = padding), letter case counting; names unique. A "
+        "re-run rotates them with a reload. Unset: no key needed"))
     nginx_admin_keys: SecretRef | None = Field(None, description=(
         "keys that may also pull, push, create, copy and delete models through nginx; "
         "unset: those endpoints are refused (403) except from loopback"))
@@ -436,7 +568,7 @@ class Settings(BaseModel):
         "requests per key (or per client address without keys), e.g. `10r/s`; past it "
         "and the burst: 429. Empty: no limit"))
     nginx_rate_burst: int = Field(20, ge=0, le=100000, description=(
-        "requests above the rate served at once before 429"))
+        "requests above the rate served at once before 429 (0: the rate alone)"))
     nginx_conn_limit: int = Field(0, ge=0, le=100000, description=(
         "requests at once per API key (per address without one); over it: 429; 0: no "
         "limit"))
@@ -480,14 +612,15 @@ class Settings(BaseModel):
         "set by `ollama-fleet` with front_door_out, not in inventories: those of its hosts "
         "that a roll holds out (`held` at the front door; the others an operator's `drain`); "
         "unset: the causes the front door kept"))
-    front_door_drain_timeout: int = Field(600, ge=0, le=3600, description=(
+    front_door_drain_timeout: int = Field(600, ge=1, le=3600, description=(
         "seconds a reload waits for requests in flight on the old config to finish; at "
         "least nginx_timeout, the longest a request may wait for its answer"))
-    front_door_max_fails: int = Field(2, ge=0, le=100, description=(
-        "passive health: failures within fail_timeout that take an upstream out"))
+    front_door_max_fails: int = Field(2, ge=1, le=100, description=(
+        "passive health: failures within fail_timeout that take an upstream out (from 1: "
+        "nginx reads 0 as never)"))
     front_door_fail_timeout: NginxTime = Field("10s", description=(
         "passive health: how long a failed upstream stays out"))
-    front_door_dir: AbsPath = Field("/opt/ollama-front", description=(
+    front_door_dir: StackDir = Field("/opt/ollama-front", description=(
         "where the front door's Compose project and nginx config live"))
 
     @field_validator(*URL_KNOBS)
@@ -501,10 +634,31 @@ class Settings(BaseModel):
                                  "fleet_insecure_http: true for a mirror on a trusted network")
         return value
 
+    @field_validator("ollama_bind_address")
+    @classmethod
+    def _bind(cls, value: str, info: ValidationInfo) -> str:
+        """Loopback or private unless the operator said otherwise (ollama_bind_unsafe,
+        declared before it, so its value is known here)."""
+        if info.data.get("ollama_bind_unsafe"):
+            return value
+        address = ipaddress.ip_address(value)
+        if address.is_unspecified:
+            problem = "listens on every address of the host"
+        elif not any(address in network for network in SAFE_BIND):
+            problem = ("is not loopback or private (10/8, 172.16/12, 192.168/16, fc00::/7): "
+                       "it may be reached from beyond the LAN")
+        else:
+            return value
+        raise ValueError(f"{value!r} {problem}, and every instance's whole API (pull, delete "
+                         "and create included) would answer there, past nginx; use "
+                         f"127.0.0.1, or {DOCKER_BRIDGE_GATEWAY} (the Docker bridge's gateway) "
+                         "for app services pinned to an instance, or set ollama_bind_unsafe: "
+                         "true")
+
     @field_validator("ollama_fanout_rate")
     @classmethod
     def _fanout_rate(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[1-9]\d*[km]?", value):
+        if value and not re.fullmatch(r"[1-9]\d{0,11}[km]?", value, re.ASCII):
             raise ValueError(f"{value!r} is not a rate like 100m (bytes per second)")
         return value
 
@@ -516,8 +670,10 @@ class Settings(BaseModel):
         except ValueError:
             raise ValueError(f"{value!r} is not an IPv4 network like 172.31.254.0/24 (host "
                              "bits unset)") from None
-        if not network.is_private or network.prefixlen > 28:
-            raise ValueError(f"{value!r}: a private network of /28 or larger is expected")
+        if not network.is_private or not 24 <= network.prefixlen <= 28:
+            raise ValueError(f"{value!r}: a private network from /24 to /28 is expected (a "
+                             "larger one takes more of the host's address space than apps "
+                             "need)")
         return value
 
     @field_validator("nvidia_exporter_listen")
@@ -525,7 +681,8 @@ class Settings(BaseModel):
     def _listen(cls, value: str) -> str:
         address, _, port = value.rpartition(":")
         try:
-            ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+            if not is_ip(address.removeprefix("[").removesuffix("]")):
+                raise ValueError
             if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError
         except ValueError:
@@ -640,10 +797,12 @@ class Settings(BaseModel):
                     raise ValueError(f"app_services: {name}: ollama_instance "
                                      f"{service.ollama_instance} does not exist (the host "
                                      f"runs {len(ports)})")
-                if self.ollama_bind_address.startswith("127."):
-                    raise ValueError(f"app_services: {name}: a pinned ollama_instance needs "
-                                     "ollama_bind_address reachable from containers (not "
-                                     "loopback)")
+                if ipaddress.ip_address(self.ollama_bind_address).is_loopback:
+                    raise ValueError(f"app_services: {name}: a pinned ollama_instance is "
+                                     "called at host.docker.internal, and containers cannot "
+                                     "reach the host's loopback; set ollama_bind_address to "
+                                     f"the Docker bridge's gateway, {DOCKER_BRIDGE_GATEWAY} "
+                                     "(docker0's address, unless daemon.json sets another)")
         return self
 
     # -- derived values (never stored: computed from the knobs) ------------
@@ -763,25 +922,37 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
     GPU_SERVERS (the hosts a front door can send to) and LB_SERVERS (the front doors)
     make the cross-host checks.
     """
-    result, problems = {}, []
+    result, problems, labels = {}, [], {}
     for name, data in hosts.items():
+        # a name lands in the front door's nginx config: outside the grammar, it is shown
+        # escaped (one line) and refused
+        label = labels[name] = name if is_host_name(name) or is_ip(name) \
+            or _CONNECTOR.fullmatch(name) else ascii(name)
+        if label != name:
+            problems.append(f"{label}: name: not a host name (letters, digits, - _ .) or an "
+                            "IP address")
+        address = data.get("ssh_hostname")
+        if address is not None and not (is_host_name(address) or is_ip(address)):
+            problems.append(f"{label}: ssh_hostname: {ascii(address)} is not a host name "
+                            "(letters, digits, - _ .) or an IP address (no zone)")
         try:
-            result[name] = settings_for(name, data)
+            result[name] = settings_for(label, data)
         except SettingsError as exc:
             problems += exc.problems
     for name, settings in result.items():
+        label = labels[name]
         for key in ("front_door_drained", "front_door_out"):
             for drained in getattr(settings, key) or []:
                 if gpu_servers is not None and drained not in gpu_servers:
-                    problems.append(f"{name}: {key}: no gpu_servers host named {drained!r}")
+                    problems.append(f"{label}: {key}: no gpu_servers host named {drained!r}")
         if lb_servers and name in (gpu_servers or []) and settings.nginx_tls != "off":
-            problems.append(f"{name}: nginx_tls: the front door (lb_servers) talks plain HTTP "
+            problems.append(f"{label}: nginx_tls: the front door (lb_servers) talks plain HTTP "
                             "to gpu_servers' nginx; put TLS on the front door")
         if lb_servers and name in (gpu_servers or []) and settings.nginx_allow is None:
             named = [lb for lb in lb_servers if not is_ip(
                 hosts.get(lb, {}).get("ssh_hostname") or lb)]
             if named:
-                problems.append(f"{name}: nginx_allow: the front doors {named} are reached by "
+                problems.append(f"{label}: nginx_allow: the front doors {named} are reached by "
                                 "name and nginx allows addresses; give their addresses or "
                                 "networks (CIDR) that may call this host's API")
         if settings.ollama_fanout and name in (gpu_servers or []) \
@@ -789,15 +960,31 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
             named = [g for g in gpu_servers or [] if not is_ip(
                 hosts.get(g, {}).get("ssh_hostname") or g)]
             if named:
-                problems.append(f"{name}: ollama_fanout_allow: peers {named} are reached by "
+                problems.append(f"{label}: ollama_fanout_allow: peers {named} are reached by "
                                 "name; give the fleet's networks (CIDR) that may copy models")
     if problems:
         raise SettingsError(list(dict.fromkeys(problems)))
     return result
 
 
-def is_ip(address: str) -> bool:
-    """True for an IPv4 or IPv6 address (not a name)."""
+# A host name as DNS spells it (labels of letters, digits, `-`; `_` too, as inventories use
+# it); the last label not all digits (`10.0.0.300` is a mistyped address, not a name).
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$)({_HOST_LABEL}\.)*{_HOST_LABEL}\.?", re.ASCII)
+# pyinfra's own connectors, as inventory names: @local, @docker/IMAGE
+_CONNECTOR = re.compile(r"@[a-z][a-z0-9]*(/[A-Za-z0-9._:@/+-]+)?", re.ASCII)
+
+
+def is_host_name(name: object) -> bool:
+    """True for a DNS host name (not an address)."""
+    return isinstance(name, str) and bool(_HOST_NAME.fullmatch(name)) \
+        and not name.rstrip(".").rsplit(".", 1)[-1].isdigit()
+
+
+def is_ip(address: object) -> bool:
+    """True for an IPv4 or IPv6 address (not a name, no zone)."""
+    if not isinstance(address, str) or not _IP_TEXT.fullmatch(address):
+        return False
     try:
         ipaddress.ip_address(address)
     except ValueError:

@@ -152,6 +152,37 @@ def services(settings: Settings) -> list[str]:
     return (["redis"] if settings.app_cache else []) + sorted(settings.app_services)
 
 
+def _clashes(found: dict, subnet: str) -> list[str]:
+    """The host's routes (its LAN, other Docker networks) that SUBNET overlaps, its own
+    network's subnets aside."""
+    wanted = ipaddress.ip_network(subnet)
+    return [f"{cidr} ({dev})" for cidr, dev in found["routes"]
+            if cidr not in found["subnets"] and ipaddress.ip_network(cidr).overlaps(wanted)]
+
+
+@operation()
+def network_free(subnet: str):
+    """
+    SUBNET clashes with no route of the host, checked before the stack step: the host's
+    nginx trusts the app network, so one that overlaps the LAN would trust the LAN.
+
+    + subnet: the app_network knob
+    """
+    clashes = _clashes(host.get_fact(DockerNetwork, network=PROJECT), subnet)
+    if clashes:
+        yield fail_command(f"app_network: {subnet} overlaps {', '.join(clashes)} on this "
+                           "host; set app_network to a free private network")
+        return
+    host.noop(f"app_network {subnet} overlaps no route of this host")
+
+
+def check_network(settings: Settings) -> None:
+    """Before the stack step: app_network free on this host (when app services run)."""
+    if services(settings):
+        network_free(name="App network clashes with no route (app_network)",
+                     subnet=settings.app_network)
+
+
 @operation()
 def network_ready(root: str, subnet: str):
     """
@@ -166,9 +197,7 @@ def network_ready(root: str, subnet: str):
     if found["subnets"] == [subnet]:
         host.noop(f"app network {PROJECT} is {subnet}")
         return
-    wanted = ipaddress.ip_network(subnet)
-    clashes = [f"{cidr} ({dev})" for cidr, dev in found["routes"]
-               if cidr not in found["subnets"] and ipaddress.ip_network(cidr).overlaps(wanted)]
+    clashes = _clashes(found, subnet)
     if clashes:
         yield fail_command(f"app_network: {subnet} overlaps {', '.join(clashes)} on this "
                            "host; set app_network to a free private network")

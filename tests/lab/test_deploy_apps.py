@@ -109,7 +109,7 @@ def app_network(fleet, host: str) -> str:
 
 def test_the_gate_lets_the_hosts_apps_in_and_no_one_else(fleet, tmp_path):
     keys = tmp_path / "keys"
-    keys.write_text("ops 0123456789abcdef0123\n")
+    keys.write_text("ops 0123456789abcdef0123456789abcdef\n")  # 32 or more
     gpu_1 = fleet.host("gpu-1")["address"]
     assert app_network(fleet, "gpu-1") == "172.31.254.0/24"
     try:
@@ -145,6 +145,50 @@ def cached_answers(fleet, host: str) -> set[str]:
     _, keys, _ = fleet.ssh(host, "docker exec ollama-apps-redis redis-cli --scan "
                                  "--pattern 'chat:*'")
     return set(keys.split())
+
+
+def bridge_gateway(fleet, host: str) -> str:
+    """docker0's address on HOST: what host.docker.internal names in its containers."""
+    _, out, _ = fleet.ssh(host, "docker network inspect bridge "
+                                "--format '{{(index .IPAM.Config 0).Gateway}}'")
+    return out.strip()
+
+
+def test_a_pinned_app_reaches_its_instance_on_the_bridge_gateway_and_the_lan_does_not(fleet):
+    """The value the settings name for an app pinned to one instance (ollama_bind_address:
+    the Docker bridge's gateway) works: the app calls its instance directly, past nginx,
+    and another host cannot. A wildcard is refused (tests/unit/test_settings.py BAD_DATA,
+    run against this fleet by test_deploy.py); with ollama_bind_unsafe it is the operator's
+    word, and the LAN does reach the instance."""
+    gateway = bridge_gateway(fleet, "gpu-1")
+    gpu_1 = fleet.host("gpu-1")["address"]
+    pinned = {"chat": {**CHAT, "ollama_instance": 1}}
+
+    def deploy_gpu_1(*data: str) -> None:
+        proc = fleet.pyinfra("deploy.py", *[a for d in data for a in ("--data", d)],
+                             "--data", "app_cache=true", limit="gpu-1")
+        assert proc.returncode == 0, proc.output[-5000:]
+
+    def lan_answer(port: int) -> int:
+        return fleet.ssh("gpu-2", f"curl -sS -m 5 -o /dev/null http://{gpu_1}:{port}/api/version",
+                         check=False)[0]
+
+    try:
+        deploy_gpu_1(f"ollama_bind_address={gateway}",
+                     f"app_services={json.dumps(pinned)}")
+        _, out, _ = fleet.ssh("gpu-1", "curl -sS http://127.0.0.1:8000/whoami")
+        assert json.loads(out)["env"]["OLLAMA_BASE_URL"] == "http://host.docker.internal:11435"
+        before = generate_requests(fleet, "gpu-1")
+        answer = ask(fleet, "gpu-1", "which instance answers a pinned app?")
+        assert answer["cached"] is False and answer["answer"]
+        assert generate_requests(fleet, "gpu-1") == before, "the pinned app went through nginx"
+        assert lan_answer(11435) != 0, "the LAN reaches an instance on the bridge gateway"
+
+        deploy_gpu_1("ollama_bind_address=0.0.0.0", "ollama_bind_unsafe=true")
+        assert lan_answer(11434) == 0, "ollama_bind_unsafe with 0.0.0.0 did not open the port"
+    finally:
+        deploy(fleet, {"chat": CHAT})  # as the tests after this one expect it
+    assert lan_answer(11434) != 0
 
 
 def test_removing_the_app_removes_its_container_and_keeps_redis_data(fleet):

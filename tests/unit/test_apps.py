@@ -37,7 +37,7 @@ def test_the_guides_app_stack():
 
 
 def test_a_pinned_instance_and_its_model():
-    data = {"gpu_count": 2, "ollama_bind_address": "0.0.0.0", "ollama_models": ["tinyllama"],
+    data = {"gpu_count": 2, "ollama_bind_address": "172.17.0.1", "ollama_models": ["tinyllama"],
             "app_services": {"batch": {"image": "acme/batch:2", "ollama_instance": 1,
                                        "ollama_model": "qwen2.5:0.5b"}}}
     env = compose(data)["services"]["batch"]["environment"]
@@ -50,8 +50,10 @@ def test_a_pinned_instance_and_its_model():
     ({"image": "acme/batch:2", "ollama_instance": 5},
      "gpu-1: app_services: batch: ollama_instance 5 does not exist (the host runs 2)"),
     ({"image": "acme/batch:2", "ollama_instance": 0},
-     "gpu-1: app_services: batch: a pinned ollama_instance needs ollama_bind_address "
-     "reachable from containers (not loopback)"),
+     "gpu-1: app_services: batch: a pinned ollama_instance is called at "
+     "host.docker.internal, and containers cannot reach the host's loopback; set "
+     "ollama_bind_address to the Docker bridge's gateway, 172.17.0.1 (docker0's address, "
+     "unless daemon.json sets another)"),
     ({"image": "acme/batch"},
      "gpu-1: app_services.batch.image: 'acme/batch' is not an image pinned by tag (name:tag)"),
 ])

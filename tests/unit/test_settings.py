@@ -53,6 +53,11 @@ BAD_DATA = [
      "gpu-1: app_services: web: port 11435 clashes with Ollama instance port 11435"),
     ({"gpu_count": 2, "app_services": {"web": {"image": "acme/web:1", "depends_on": ["db"]}}},
      "gpu-1: app_services: web: depends on 'db', which is not an app service here"),
+    ({"gpu_count": 2, "ollama_bind_address": "0.0.0.0"},
+     "gpu-1: ollama_bind_address: '0.0.0.0' listens on every address of the host, and every "
+     "instance's whole API (pull, delete and create included) would answer there, past "
+     "nginx; use 127.0.0.1, or 172.17.0.1 (the Docker bridge's gateway) for app services "
+     "pinned to an instance, or set ollama_bind_unsafe: true"),
 ]
 
 
@@ -134,8 +139,163 @@ def test_topology_and_ports(data, topology, ports):
     ("fd00::5", "http://[fd00::5]:11435"),
 ])
 def test_a_host_reaches_its_instances_on_its_bind_address(bind, url):
-    settings = settings_for("h", {"gpu_count": 2, "ollama_bind_address": bind})
+    settings = settings_for("h", {"gpu_count": 2, "ollama_bind_address": bind,
+                                  "ollama_bind_unsafe": True})
     assert settings.instance_url(11435) == url
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "8.8.8.8", "2001:db8::1", "100.64.0.1",
+                                  "169.254.0.1", "fe80::1", "198.51.100.7"])
+def test_a_bind_open_beyond_the_lan_needs_the_unsafe_knob(bind):
+    """A wildcard or a public address opens every instance's whole API (pull, delete,
+    create) to whoever reaches it; the operator says so with the knob, or is told the
+    safe values."""
+    with pytest.raises(SettingsError) as caught:
+        settings_for("h", {"ollama_bind_address": bind})
+    (line,) = caught.value.problems
+    assert line.startswith(f"h: ollama_bind_address: {bind!r} ")
+    assert "use 127.0.0.1, or 172.17.0.1 (the Docker bridge's gateway)" in line
+    assert line.endswith("or set ollama_bind_unsafe: true")
+    settings_for("h", {"ollama_bind_address": bind, "ollama_bind_unsafe": True})
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "127.8.9.10", "::1", "10.9.8.7", "172.17.0.1",
+                                  "172.31.255.254", "192.168.1.5", "fd00::5", "fcff::1"])
+def test_loopback_and_private_binds_need_no_knob(bind):
+    assert settings_for("h", {"ollama_bind_address": bind}).ollama_bind_address == bind
+
+
+def test_an_ipv4_address_written_as_ipv6_is_refused_even_when_unsafe_is_set():
+    """Go binds `::ffff:0.0.0.0` as 0.0.0.0: the spelling must not hide what it opens."""
+    with pytest.raises(SettingsError) as caught:
+        settings_for("h", {"ollama_bind_address": "::ffff:0.0.0.0", "ollama_bind_unsafe": True})
+    assert caught.value.problems == [
+        "h: ollama_bind_address: '::ffff:0.0.0.0' is an IPv4 address written as IPv6; write "
+        "0.0.0.0"]
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "::1"])
+def test_a_pinned_app_is_told_the_bridge_gateway_to_bind(bind):
+    app = {"batch": {"image": "acme/batch:2", "ollama_instance": 0}}
+    with pytest.raises(SettingsError) as caught:
+        settings_for("gpu-1", {"gpu_count": 1, "ollama_bind_address": bind,
+                               "app_services": app})
+    assert caught.value.problems == [
+        "gpu-1: app_services: batch: a pinned ollama_instance is called at "
+        "host.docker.internal, and containers cannot reach the host's loopback; set "
+        "ollama_bind_address to the Docker bridge's gateway, 172.17.0.1 (docker0's address, "
+        "unless daemon.json sets another)"]
+    settings_for("gpu-1", {"gpu_count": 1, "ollama_bind_address": "172.17.0.1",
+                           "app_services": app})
+
+
+@pytest.mark.parametrize("key, value, network", [
+    ("nginx_allow", ["10.0.0.5/8"], "10.0.0.0/8"),
+    ("nginx_allow", ["192.168.7.9/16"], "192.168.0.0/16"),
+    ("ollama_fanout_allow", ["fd00::1/8"], "fd00::/8"),
+])
+def test_a_network_with_host_bits_is_refused_naming_the_network_it_means(key, value, network):
+    with pytest.raises(SettingsError) as caught:
+        settings_for("gpu-1", {key: value})
+    address = value[0].split("/")[0]
+    assert caught.value.problems == [
+        f"gpu-1: {key}: {value[0]!r} has host bits set: it means all of {network}; write "
+        f"{network}, or {address} alone for one address"]
+    settings_for("gpu-1", {key: [network, address]})
+
+
+@pytest.mark.parametrize("key, zero", [
+    ("nginx_timeout", "0"), ("nginx_timeout", "0s"), ("front_door_fail_timeout", "0ms"),
+    ("nginx_max_body", "0"), ("nginx_max_body", "0k"), ("ollama_memory_limit", "0"),
+    ("docker_log_max_size", "0m"), ("ollama_fanout_rate", "0"), ("nginx_rate_limit", "0r/s"),
+    ("app_cache_memory", "0mb"), ("front_door_drain_timeout", 0), ("front_door_max_fails", 0),
+])
+def test_a_time_or_size_of_zero_is_refused(key, zero):
+    """nginx reads a timeout of 0 as none at all (every request 504) and a body size of 0
+    as no cap; a max_fails of 0 turns passive health off."""
+    with pytest.raises(SettingsError) as caught:
+        settings_for("lb-1", {key: zero})
+    assert [p.split(": ")[1] for p in caught.value.problems] == [key]
+
+
+def test_a_count_that_may_be_0_says_what_0_does():
+    """Every int knob whose least value is 0 or less says what that value means."""
+    for name, field in KNOBS.items():
+        if field.annotation not in (int, int | None):
+            continue
+        least = min((getattr(m, "ge", None) for m in field.metadata if hasattr(m, "ge")),
+                    default=None)
+        if least is None or least <= 0:
+            assert "0" in field.description, name
+
+
+@pytest.mark.parametrize("key, value", [
+    ("nginx_timeout", "1s"), ("nginx_timeout", "1h"), ("front_door_fail_timeout", "1000ms"),
+    ("front_door_fail_timeout", "60m"), ("nginx_max_body", "1"), ("ollama_memory_limit", "6m"),
+    ("ollama_keep_alive", "2562047h"), ("front_door_drain_timeout", 3600),
+])
+def test_the_bounds_themselves_pass(key, value):
+    data = {key: value} | ({"front_door_drain_timeout": 3600} if key == "nginx_timeout" else {})
+    assert getattr(settings_for("lb-1", data), key) == value
+
+
+@pytest.mark.parametrize("key, value, use", [
+    ("ollama_models_path", "/etc", "every Ollama instance would mount it read-write"),
+    ("ollama_models_path", "/var/lib/docker/volumes", "every Ollama instance would mount it "
+     "read-write"),
+    ("ollama_stack_dir", "/tmp", "the deploy would own it: mode 755, its files in it"),
+    ("ollama_stack_dir", "/var/run/", "the deploy would own it: mode 755, its files in it"),
+    ("front_door_dir", "/root/front", "the deploy would own it: mode 755, its files in it"),
+])
+def test_a_system_directory_is_no_store_or_stack_directory(key, value, use):
+    with pytest.raises(SettingsError) as caught:
+        settings_for("gpu-1", {key: value})
+    assert caught.value.problems == [
+        f"gpu-1: {key}: {value!r} is a system directory ({use}); give one of its own, like "
+        "/srv/ollama"]
+
+
+@pytest.mark.parametrize("volume, problem", [
+    ("/var/run/docker.sock:/var/run/docker.sock",
+     "/var/run/docker.sock is a system directory or the runtime's (the Docker socket is root "
+     "on the host); mount a directory of the app's own"),
+    ("/run/docker.sock:/s:ro", "/run/docker.sock is a system directory or the runtime's (the "
+     "Docker socket is root on the host); mount a directory of the app's own"),
+    ("/etc/systemd/system:/units", "/etc/systemd/system holds the host's programs or "
+     "configuration; mount it read-only (:ro)"),
+])
+def test_an_app_volume_is_not_the_docker_socket_nor_a_writable_system_tree(volume, problem):
+    with pytest.raises(SettingsError) as caught:
+        settings_for("gpu-1", {"app_services": {"web": {"image": "acme/web:1",
+                                                        "volumes": [volume]}}})
+    assert caught.value.problems == [f"gpu-1: app_services.web.volumes: {volume!r}: {problem}"]
+
+
+def test_a_host_name_or_ssh_hostname_outside_the_grammar_is_refused_on_one_line():
+    """A name lands in the front door's upstream and map lines: a newline or a `;` there
+    adds servers that `nginx -t` passes."""
+    hosts = {"gpu-1\nserver 10.6.6.6:80": {"gpu_count": 1},
+             "gpu-2": {"gpu_count": 1, "ssh_hostname": "10.0.0.2 max_fails=0; server x:80"}}
+    with pytest.raises(SettingsError) as caught:
+        validate_fleet(hosts)
+    assert caught.value.problems == [
+        "'gpu-1\\nserver 10.6.6.6:80': name: not a host name (letters, digits, - _ .) or an IP "
+        "address",
+        "gpu-2: ssh_hostname: '10.0.0.2 max_fails=0; server x:80' is not a host name (letters, "
+        "digits, - _ .) or an IP address (no zone)"]
+
+
+@pytest.mark.parametrize("network, ok", [
+    ("172.31.254.0/24", True), ("10.77.0.0/28", True), ("10.77.0.0/23", False),
+    ("10.0.0.0/8", False), ("172.31.254.0/29", False),
+])
+def test_the_app_network_is_from_24_to_28(network, ok):
+    if ok:
+        settings_for("gpu-1", {"app_network": network})
+        return
+    with pytest.raises(SettingsError, match=f"gpu-1: app_network: '{network}': a private "
+                                            "network from /24 to /28 is expected"):
+        settings_for("gpu-1", {"app_network": network})
 
 
 def test_every_knob_has_a_meaning_and_a_task_prefix():

@@ -32,7 +32,8 @@ def test_ollamas_own_defaults_unless_the_operator_sets_a_value():
 
 
 def test_an_ipv6_bind_address_gets_brackets_ollama_can_parse():
-    assert environment({"ollama_bind_address": "::"}, "ollama-1")["OLLAMA_HOST"] == "[::]:11435"
+    assert environment({"ollama_bind_address": "::", "ollama_bind_unsafe": True},
+                       "ollama-1")["OLLAMA_HOST"] == "[::]:11435"
     assert environment({"ollama_bind_address": "::1"})["OLLAMA_HOST"] == "[::1]:11434"
 
 

@@ -331,7 +331,7 @@ def test_plans_follow_the_settings():
                   Settings(gpu_count=4, ollama_base_port=12000)),
         Member("gpu-b", ("gpu_servers",), {}, Settings(
             gpu_count=2, ollama_topology="shared", nginx_port=8080,
-            ollama_bind_address="0.0.0.0")),
+            ollama_bind_address="0.0.0.0", ollama_bind_unsafe=True)),
         Member("lb-1", ("lb_servers",), {}, Settings(front_door_port=8000)),
     ]
     a, b, lb = plan_hosts(hosts)
