@@ -29,7 +29,8 @@ import re
 import socket
 import time
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.exceptions import PyinfraError
 
 from ollama_fleet.tasks.kit.scripts import script_command
@@ -67,8 +68,11 @@ def take(what: str) -> None:
     """Hold this host's run lock for the rest of the run; HostBusy when another run has
     it (the whole run stops before any operation, as for bad inventory data)."""
     me = owner(what)
-    # as root: the lock's directory is root's alone (ssh_user root, or _sudo in the data)
-    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    # as root: the lock's directory is root's alone. The inventory's own way to root
+    # (_sudo, _sudo_password, _su_user, _doas, config.SUDO), as pyinfra's operations get it
+    # (run_shell_command alone fills in none of the host's defaults).
+    arguments, _ = pop_global_arguments(state, host, {})
+    sudo = {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS}
     for _ in range(2):
         ok, output = host.run_shell_command(script_command("lock/hold.sh", "take", LOCK_PATH,
                                                            me), **sudo)

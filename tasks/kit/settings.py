@@ -131,12 +131,20 @@ def system_path(path: str) -> bool:
     return path in SYSTEM_DIRS or _inside(path, SYSTEM_TREES)
 
 
+# Native Ollama's own store (its Linux installer's `ollama` user lives there): a store the
+# deploy may take over, though it is under /usr.
+NATIVE_STORE = "/usr/share/ollama"
+
+
 def _own_directory(use: str) -> AfterValidator:
-    """An absolute path that is not a system directory; USE says what the deploy does
-    with it, for the message."""
+    """An absolute path that is not a system directory, nor inside the host's programs or
+    configuration (written there, a container's root would write /etc/cron.d); USE says
+    what the deploy does with it, for the message."""
 
     def check(value: str) -> str:
-        if value and system_path(value):
+        path = value.rstrip("/") or "/"
+        if value and (system_path(value) or (_inside(path, READ_ONLY_TREES)
+                                             and not _inside(path, (NATIVE_STORE,)))):
             raise ValueError(f"{value!r} is a system directory ({use}); give one of its own, "
                              "like /srv/ollama")
         return value

@@ -652,8 +652,8 @@ class Agent:
         deploy never stops on it). Not /proc/locks: inside a PID namespace (a container)
         it leaves out a lock whose taker (flock(1)) has exited, as the deploy's has. Not
         while the agent's own action holds it."""
-        if self.holding_lock:
-            return False
+        if self.holding_lock or self.busy.locked():
+            return False  # the agent's own action holds it, or is about to take it
         try:
             fd = os.open(self.c["lock"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:

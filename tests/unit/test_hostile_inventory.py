@@ -222,6 +222,15 @@ HOSTILE: list[tuple[str, object]] = [
     ("app_services", app(volumes=["/home:/h"])),
     ("app_services", app(memory_limit="4m")),
     ("app_services", app(cpus=0)),
+    # inside the host's programs or configuration: every instance's root would write there
+    ("ollama_models_path", "/etc/cron.d"),
+    ("ollama_models_path", "/etc/sudoers.d"),
+    ("ollama_models_path", "/etc/systemd/system"),
+    ("ollama_models_path", "/usr/local/sbin"),
+    ("ollama_models_path", "/var/spool/cron"),
+    ("ollama_stack_dir", "/etc/ollama"),
+    ("ollama_stack_dir", "/usr/lib/ollama"),
+    ("front_door_dir", "/etc/nginx"),
 ]
 
 # The old corpus and one value of each family since: as many lab runs as the old corpus
