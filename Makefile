@@ -24,17 +24,17 @@ have-shellcheck:
 
 ## Everything: lint, unit tests, then the lab tests against real lab hosts (on a Docker engine),
 ## three labs at a time (pytest-xdist: each lab's tests in the worker that set it up, the
-## longest first; tests/conftest.py); the 20 slowest are listed, to keep it within 20 minutes.
+## longest first; tests/conftest.py), each named as it ends; the 20 slowest are listed.
 test: machine venv lint
 	$(BIN)/pytest -q -n 2 -m "not lab" tests
-	$(BIN)/pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=20 -m lab tests
+	$(BIN)/pytest -v -n 3 --dist loadgroup --no-loadscope-reorder --durations=20 -m lab tests
 
 ## The quick inner loop: no Docker needed.
 test-unit: venv
 	$(BIN)/pytest -q -m "not lab and not install" tests
 
 test-lab: machine venv
-	$(BIN)/pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=20 -m lab tests
+	$(BIN)/pytest -v -n 3 --dist loadgroup --no-loadscope-reorder --durations=20 -m lab tests
 
 ## ruff, and shellcheck on every shell script of the templates and the lab: no Docker needed.
 lint: venv have-shellcheck

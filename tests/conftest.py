@@ -6,7 +6,7 @@ import fcntl
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import pytest
 
@@ -40,23 +40,45 @@ def running_lab(name: str, *args: str) -> Iterator[LabFleet]:
         in_use.close()
 
 
+# The shared labs, each taken down as soon as the last test of its group is done
+# (pytest_runtest_teardown below), not when the worker's session ends: an idle lab's hosts
+# (their health agents, the front door's polls) would slow every lab still working.
+_SHARED_UP: dict[str, ExitStack] = {}
+_SHARED_DOWN: set[str] = set()
+
+
+def _shared(name: str, lab: AbstractContextManager[LabFleet]) -> LabFleet:
+    if name in _SHARED_DOWN:
+        raise RuntimeError(f"{name} was taken down after its group: its tests must run "
+                           "together (tests/conftest.py orders them so)")
+    stack = _SHARED_UP[name] = ExitStack()
+    return stack.enter_context(lab)
+
+
+def _shared_down(name: str) -> None:
+    stack = _SHARED_UP.pop(name, None)
+    if stack is not None:
+        _SHARED_DOWN.add(name)
+        stack.close()
+
+
 @pytest.fixture(scope="session")
 def core_lab():
     """One GPU host with 2 GPUs and one CPU host, shared by the lab's own tests."""
-    with running_lab("fleetlab-core", "--gpu-hosts", "1", "--gpus-per-host", "2",
-                     "--cpu-hosts", "1", "--registry-port", "5051",
-                     "--model-scale", "0.25") as fleet:
-        yield fleet
+    yield _shared("core_lab", running_lab(
+        "fleetlab-core", "--gpu-hosts", "1", "--gpus-per-host", "2", "--cpu-hosts", "1",
+        "--registry-port", "5051", "--model-scale", "0.25"))
+    _shared_down("core_lab")
 
 
 @pytest.fixture(scope="session")
 def deploy_lab():
     """Two GPU hosts with 2 GPUs and a CPU host, fresh at first: test_deploy.py runs first
     (dry run and bad inventories need fresh hosts), test_deploy_apps.py builds on it."""
-    with running_lab("fleetlab-deploy", "--gpu-hosts", "2", "--gpus-per-host", "2",
-                     "--cpu-hosts", "1", "--registry-port", "5053",
-                     "--model-scale", "0.25") as fleet:
-        yield fleet
+    yield _shared("deploy_lab", running_lab(
+        "fleetlab-deploy", "--gpu-hosts", "2", "--gpus-per-host", "2", "--cpu-hosts", "1",
+        "--registry-port", "5053", "--model-scale", "0.25"))
+    _shared_down("deploy_lab")
 
 
 BACKUP_MODELS = ["tinyllama", "qwen2.5:0.5b"]
@@ -67,8 +89,10 @@ def backup_lab():
     """Two GPU hosts with 1 GPU, converged: gpu-1 with BACKUP_MODELS, gpu-2 with none.
     test_backup.py uses it first (it needs gpu-2 empty), then test_installed.py deploys
     to it again from the installed wheel: one converge shared by both."""
-    with running_lab("fleetlab-backup", "--gpu-hosts", "2", "--gpus-per-host", "1",
-                     "--registry-port", "5058", "--model-scale", "0.25") as lab:
+    lab = _shared("backup_lab", running_lab(
+        "fleetlab-backup", "--gpu-hosts", "2", "--gpus-per-host", "1",
+        "--registry-port", "5058", "--model-scale", "0.25"))
+    try:
         with ThreadPoolExecutor(2) as pool:
             runs = [pool.submit(lab.pyinfra, "deploy.py", "--data",
                                 f"ollama_models={json.dumps(BACKUP_MODELS)}", limit="gpu-1"),
@@ -78,6 +102,8 @@ def backup_lab():
                 proc = run.result()
                 assert proc.returncode == 0, proc.output[-4000:]
         yield lab
+    finally:
+        _shared_down("backup_lab")
 
 
 SHARED_LABS = ("core_lab", "deploy_lab", "backup_lab")
@@ -110,6 +136,17 @@ def pytest_configure(config):
         raise pytest.UsageError("pytest-xdist 3.8 cannot keep --dist loadgroup groups "
                                 "together on pytest 9: every lab would be shared by both "
                                 "workers (pyproject pins pytest<9)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of a shared lab's group (its tests run one after another, in one
+    worker: the order above), that lab is taken down at once."""
+    result = yield
+    group = lab_group(item)
+    if group in SHARED_LABS and (nextitem is None or lab_group(nextitem) != group):
+        _shared_down(group)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into node ids
