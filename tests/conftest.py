@@ -138,6 +138,24 @@ def pytest_configure(config):
                                 "workers (pyproject pins pytest<9)")
 
 
+_GROUP_TIME: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Each lab group's time (setup, call and teardown of its tests, run one after another
+    in one worker), summed where the reports arrive: for GROUP_SECONDS."""
+    if "@" in report.nodeid and "lab" in report.keywords:
+        group = report.nodeid.rsplit("@", 1)[1]
+        _GROUP_TIME[group] = _GROUP_TIME.get(group, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _GROUP_TIME:
+        terminalreporter.write_sep("=", "seconds each lab group took (GROUP_SECONDS)")
+        for group, seconds in sorted(_GROUP_TIME.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:7.0f}  {group}")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     """After the last test of a shared lab's group (its tests run one after another, in one
