@@ -963,6 +963,15 @@ def validate_fleet(hosts: dict[str, dict[str, Any]], gpu_servers: list[str] | No
                 problems.append(f"{label}: nginx_allow: the front doors {named} are reached by "
                                 "name and nginx allows addresses; give their addresses or "
                                 "networks (CIDR) that may call this host's API")
+        if lb_servers and name in (gpu_servers or []) and (
+                settings.nginx_api_keys or settings.nginx_admin_keys):
+            named = [lb for lb in lb_servers if not is_ip(
+                hosts.get(lb, {}).get("ssh_hostname") or lb)]
+            key = "nginx_api_keys" if settings.nginx_api_keys else "nginx_admin_keys"
+            if named:
+                problems.append(f"{label}: {key}: the front doors {named} are reached by "
+                                "name; this host takes the client's name (no key) only from "
+                                "a front door's address: give their addresses (ssh_hostname)")
         if settings.ollama_fanout and name in (gpu_servers or []) \
                 and len(gpu_servers or []) > 1 and not settings.ollama_fanout_allow:
             named = [g for g in gpu_servers or [] if not is_ip(

@@ -63,6 +63,21 @@ def test_tls_on_gpu_servers_behind_a_front_door_is_refused():
                                   "HTTP to gpu_servers' nginx; put TLS on the front door"]
 
 
+def test_keys_on_gpu_servers_behind_a_front_door_reached_by_name_are_refused(tmp_path):
+    """The front door drops the key and names the client in a header the host takes from
+    the front doors' addresses only: a front door known by name would get 401 for all."""
+    (tmp_path / "keys").write_text(f"alice {KEY_A}\n")
+    gpu = {"gpu_count": 1, "ssh_hostname": "10.0.0.1", "nginx_allow": ["10.0.0.0/24"],
+           "nginx_api_keys": {"file": str(tmp_path / "keys")}}
+    with pytest.raises(SettingsError) as exc:
+        validate_fleet({"gpu-1": gpu, "lb-1": {}}, ["gpu-1"], ["lb-1"])
+    assert exc.value.problems == [
+        "gpu-1: nginx_api_keys: the front doors ['lb-1'] are reached by name; this host takes "
+        "the client's name (no key) only from a front door's address: give their addresses "
+        "(ssh_hostname)"]
+    validate_fleet({"gpu-1": gpu, "lb-1": {"ssh_hostname": "10.0.0.9"}}, ["gpu-1"], ["lb-1"])
+
+
 def test_peers_reached_by_name_need_networks_to_copy_models():
     hosts = {"gpu-a": {"gpu_count": 1, "ssh_hostname": "10.0.0.5"}, "gpu-b": {"gpu_count": 1}}
     with pytest.raises(SettingsError) as exc:
