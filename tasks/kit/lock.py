@@ -64,6 +64,14 @@ def _gone_from_here(owner_line: str) -> str | None:
     return None
 
 
+def held_answer(said: str) -> bool:
+    """Whether SAID is hold.sh's answer for a lock another run holds: its owner line (a
+    run's, or the health agent's while it heals), or that it recorded none. Anything else
+    is a failure to ask (sudo refused, no shell)."""
+    return said.startswith("another run") or bool(
+        re.search(r" \((holder \d+, connection \d+|agent pid \d+)\)$", said))
+
+
 def take(what: str) -> None:
     """Hold this host's run lock for the rest of the run; HostBusy when another run has
     it (the whole run stops before any operation, as for bad inventory data)."""
@@ -84,6 +92,9 @@ def take(what: str) -> None:
             return
         if "the run lock" in said and ("refused" in said or "needs root" in said):
             raise HostBusy(f"{host.name}: {said}; nothing was changed")
+        if not held_answer(said):  # sudo refused, the script did not run, ...
+            raise HostBusy(f"{host.name}: the run lock could not be taken: "
+                           f"{said or 'no output'}; nothing was changed")
         holder = _gone_from_here(said)
         if holder is None:
             break

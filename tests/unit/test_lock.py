@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 
-from ollama_fleet.tasks.kit.lock import _gone_from_here, owner
+from ollama_fleet.tasks.kit.lock import _gone_from_here, held_answer, owner
 
 
 def _line(machine: str, pid: int) -> str:
@@ -26,3 +26,16 @@ def test_only_a_run_of_this_machine_that_is_gone_may_be_ended():
 
 def test_the_owner_says_who_runs_what_since_when():
     assert f"@{socket.gethostname()} pid {os.getpid()}: deploy.py since " in owner("deploy.py")
+
+
+def test_only_hold_sh_s_answer_for_a_held_lock_reads_as_busy():
+    """Anything else (sudo asking for a password, a missing shell) is told as what it is,
+    not as "another run holds this host"."""
+    line = owner("deploy") + " (holder 412, connection 77)"
+    assert held_answer(line)
+    assert held_answer("another run (its owner not recorded)")
+    assert held_answer("ollama-fleet-health on gpu-1: restart ollama-0 since "
+                       "2026-12-06T22:00:00Z (agent pid 731)")  # the agent's, as it writes it
+    for said in ("sudo: a password is required", "", "sh: 1: setsid: not found",
+                 "holder 412, connection 77"):
+        assert not held_answer(said), said
