@@ -162,7 +162,9 @@ def test_a_pinned_app_reaches_its_instance_on_the_bridge_gateway_and_the_lan_doe
     word, and the LAN does reach the instance."""
     gateway = bridge_gateway(fleet, "gpu-1")
     gpu_1 = fleet.host("gpu-1")["address"]
-    pinned = {"chat": {**CHAT, "ollama_instance": 1}}
+    # instance 0: --data reaches every host's settings (cpu-1 runs one instance), not only
+    # the host the run is limited to
+    pinned = {"chat": {**CHAT, "ollama_instance": 0}}
 
     def deploy_gpu_1(*data: str) -> None:
         proc = fleet.pyinfra("deploy.py", *[a for d in data for a in ("--data", d)],
@@ -177,12 +179,12 @@ def test_a_pinned_app_reaches_its_instance_on_the_bridge_gateway_and_the_lan_doe
         deploy_gpu_1(f"ollama_bind_address={gateway}",
                      f"app_services={json.dumps(pinned)}")
         _, out, _ = fleet.ssh("gpu-1", "curl -sS http://127.0.0.1:8000/whoami")
-        assert json.loads(out)["env"]["OLLAMA_BASE_URL"] == "http://host.docker.internal:11435"
+        assert json.loads(out)["env"]["OLLAMA_BASE_URL"] == "http://host.docker.internal:11434"
         before = generate_requests(fleet, "gpu-1")
         answer = ask(fleet, "gpu-1", "which instance answers a pinned app?")
         assert answer["cached"] is False and answer["answer"]
         assert generate_requests(fleet, "gpu-1") == before, "the pinned app went through nginx"
-        assert lan_answer(11435) != 0, "the LAN reaches an instance on the bridge gateway"
+        assert lan_answer(11434) != 0, "the LAN reaches an instance on the bridge gateway"
 
         deploy_gpu_1("ollama_bind_address=0.0.0.0", "ollama_bind_unsafe=true")
         assert lan_answer(11434) == 0, "ollama_bind_unsafe with 0.0.0.0 did not open the port"
