@@ -77,7 +77,7 @@ REMEMBERABLE: dict[str, frozenset[str]] = {
     f"{_FACTS}JsonFile": frozenset({"path"}),
     f"{_FACTS}ComposeContainers": frozenset({"project"}),
     f"{_FACTS}ContainerGpus": frozenset({"container"}), f"{_FACTS}Lines": frozenset({"path"}),
-    f"{_FACTS}OllamaModels": frozenset({"port"}),
+    f"{_FACTS}OllamaModels": frozenset({"address", "port"}),
     f"{_FACTS}StoredManifests": frozenset({"store", "manifests"}),
     f"{_FACTS}LoadedModels": frozenset({"address", "port"}),
     f"{_FACTS}ProvenPlacement": frozenset({"url", "timeout", "keep_alive", "model"}),

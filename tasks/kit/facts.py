@@ -257,9 +257,11 @@ FOREVER_YEAR = 2200  # an /api/ps expiry at or after this: loaded with keep_aliv
 class OllamaModels(FactBase):
     """Models an Ollama instance lists (`/api/tags`): name -> digest; None if it won't answer."""
 
-    def command(self, port: int) -> str:
-        return (f"curl -sS --max-time 10 http://127.0.0.1:{int(port)}/api/tags 2>/dev/null "
-                "|| echo __down__")
+    def command(self, address: str, port: int) -> str:
+        """ADDRESS: where the host reaches its instances (Settings.local_host: loopback, or
+        the bind address, such as the Docker bridge's gateway, which loopback is not)."""
+        url = shlex.quote(f"http://{address}:{int(port)}/api/tags")
+        return f"curl -sS --max-time 10 {url} 2>/dev/null || echo __down__"
 
     def process(self, output: list[str]) -> dict[str, str] | None:
         text = "\n".join(output).strip()

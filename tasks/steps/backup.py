@@ -399,7 +399,7 @@ def listed(settings: Settings, models: dict[str, str]) -> Generator:
         host.noop("the restored models are checked once they are in place")
         return
     for n, port in settings.instance_ports():
-        seen = host.get_fact(OllamaModels, port=port)
+        seen = host.get_fact(OllamaModels, address=settings.local_host(), port=port)
         if seen is None:
             yield fail_command(f"{ERROR_MARK}instance {n} (port {port}) does not answer "
                                "/api/tags after the restore")

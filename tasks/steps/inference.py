@@ -50,7 +50,8 @@ def prove_gpu_inference(settings: Settings) -> None:
 def proof_model(settings: Settings) -> str | None:
     """The model each instance proves itself with, named as the instance lists it: the
     first warm model, else the first configured one; None when none is there."""
-    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    listed = host.get_fact(OllamaModels, address=settings.local_host(),
+                           port=settings.instance_ports()[0][1]) or {}
     keys = {modelname.parse(n).key: n for n in listed}
     for name in settings.models_by_preference:
         found = keys.get(modelname.parse(name).key)
@@ -132,7 +133,8 @@ def cpu_instances_restarted(settings: Settings):
     model = _proving_with(settings)
     if model is None:
         return
-    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    listed = host.get_fact(OllamaModels, address=settings.local_host(),
+                           port=settings.instance_ports()[0][1]) or {}
     warm = [m for m in warm_as_stored(settings, listed) if m in listed]
     cpu = [i for i in _instances(settings) if on_cpu(_placement(settings, i, model))]
     for instance in cpu:

@@ -128,10 +128,11 @@ def sources(position: int, fleet: list[Peer]) -> list[Peer]:
     return [assigned, *[p for p in others if p != assigned]]
 
 
-def pull_command(port: int, model: str, stream: str) -> str:
-    """POST /api/pull, its stream written to the file STREAM as it comes, and fail on an
-    error line or a stream that does not end in success (templates/models/pull.sh)."""
-    return script_command("models/pull.sh", port, model, json.dumps({"model": model}),
+def pull_command(address: str, port: int, model: str, stream: str) -> str:
+    """POST /api/pull to the instance at ADDRESS:PORT, its stream written to the file STREAM
+    as it comes, and fail on an error line or a stream that does not end in success
+    (templates/models/pull.sh)."""
+    return script_command("models/pull.sh", address, port, model, json.dumps({"model": model}),
                           PULL_TIMEOUT_S, stream)
 
 
@@ -159,7 +160,7 @@ def missing_models(settings: Settings) -> tuple[list[str], dict[str, str]] | Non
     """Configured models instance 0 does not list, or lists from a damaged store, spelt as
     the store has them, and the damage (store_damage); None: Ollama does not answer."""
     port = settings.instance_ports()[0][1]
-    listed = host.get_fact(OllamaModels, port=port)
+    listed = host.get_fact(OllamaModels, address=settings.local_host(), port=port)
     if listed is None:
         return None
     damaged = store_damage(settings, listed)
@@ -173,7 +174,8 @@ def store_damage(settings: Settings, listed: dict[str, str] | None = None) -> di
     layers) and fails only when it is used; a missing manifest is no damage (the model
     is simply not there). LISTED: what instance 0 lists (read here when not given)."""
     if listed is None:
-        listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+        listed = host.get_fact(OllamaModels, address=settings.local_host(),
+                              port=settings.instance_ports()[0][1]) or {}
     wanted = sorted(as_stored(settings, listed))
     found = host.get_fact(StoredManifests, store=model_store.models_dir(settings),
                           manifests=[manifest_path(m) for m in wanted])
@@ -331,7 +333,8 @@ def receive(state, host, settings: Settings, wanted: list[str], fleet: list[Peer
             for attempt in range(1, PULL_ATTEMPTS + 1):
                 if got_from:
                     break
-                ok, detail = mover.run(pull_command(port, model, f"{mover.job}.stream"),
+                ok, detail = mover.run(pull_command(settings.local_host(), port, model,
+                                                    f"{mover.job}.stream"),
                                        "the registry")
                 if ok:
                     got_from = "the registry"
@@ -435,7 +438,8 @@ def listed_everywhere(settings: Settings):
 
     wanted = {canonical(m) for m in settings.all_models}
     for n, port in settings.instance_ports():
-        listed = {modelname.parse(m).key for m in host.get_fact(OllamaModels, port=port) or {}}
+        stored = host.get_fact(OllamaModels, address=settings.local_host(), port=port) or {}
+        listed = {modelname.parse(m).key for m in stored}
         missing = sorted(m for m in wanted if modelname.parse(m).key not in listed)
         if missing:
             yield fail_command(f"instance {n} (port {port}) does not list {missing}")
@@ -461,7 +465,8 @@ def kept_warm(settings: Settings):
     if planning():
         host.noop("warm models are checked once the stack runs")
         return
-    listed = host.get_fact(OllamaModels, port=settings.instance_ports()[0][1]) or {}
+    listed = host.get_fact(OllamaModels, address=settings.local_host(),
+                              port=settings.instance_ports()[0][1]) or {}
     wanted = warm_as_stored(settings, listed)
     warming = False
     for _, port in settings.instance_ports():

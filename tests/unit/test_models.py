@@ -159,7 +159,7 @@ def test_a_pull_succeeds_only_on_a_stream_that_ends_in_success(tmp_path):
             'done\nprintf "%s\\n" "$STREAM" > "$out"\n'
             '[ "${CURL_RC:-0}" = 0 ] || { echo "curl: (7) refused" >&2; exit "$CURL_RC"; }\n')
     stream_file = tmp_path / "job.stream"
-    command = models.pull_command(11435, "qwen2.5:0.5b", str(stream_file))
+    command = models.pull_command("127.0.0.1", 11435, "qwen2.5:0.5b", str(stream_file))
     for stream, curl_rc, rc, said in [
         ('{"status":"pulling"}\n{"status":"success"}', 0, 0, ""),
         ('{"status":"pulling"}\n{"error":"max retries exceeded"}', 0, 1,

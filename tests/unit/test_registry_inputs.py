@@ -413,7 +413,7 @@ MODEL = "llama3.2:1b"
 def _receive(tmp_path: Path, source: Source, staged: str, monkeypatch) -> tuple[bool, list]:
     monkeypatch.setattr(models, "POLL_S", 0.05)
     monkeypatch.setattr(models, "PULL_ATTEMPTS", 1)
-    monkeypatch.setattr(models, "pull_command", lambda port, model, stream: (
+    monkeypatch.setattr(models, "pull_command", lambda address, port, model, stream: (
         f"echo 'pull {model}: no registry in this test' >&2; exit 1"))
     settings = settings_for("gpu-4", {
         "ollama_stack_dir": str(tmp_path / "stack"), "ollama_models_path": str(tmp_path),
