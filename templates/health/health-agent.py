@@ -75,6 +75,8 @@ XIDS = {
 # Fault kind -> chain of actions, for the faults not read from an Xid.
 CHAINS = {
     "down": ["start", "restart", "recreate"],
+    # it died and Docker's restart policy started it again: that was the first action
+    "crash": ["start", "restart", "recreate"],
     "stopped": [],  # an operator's `docker stop`: theirs
     "missing": [],  # a removed container: the operator's, or the next deploy's
     "hang": ["restart", "recreate"],
@@ -266,6 +268,7 @@ class Agent:
         self.gpu_faults: dict[int, tuple[str, str, list[str]]] = {}  # GPU index -> fault
         self.agent_stopped: set[str] = set()  # containers a GPU reset stopped (not an operator)
         self.hang_count: dict[str, int] = {}
+        self.seen: dict[str, str] = {}  # each container's state at the last check
         self.cycle = 0
         self.started: dict[str, float] = {}  # when each background check last started
         self.nvml: dict[str, str] = {}  # instance -> why NVML failed, "" when it answers
@@ -467,6 +470,9 @@ class Agent:
             return "down", f"container {state}"
         if state == "starting":
             self.hang_count[name] = 0
+            if self.seen.get(name) == "running":  # it served at the last check: it died
+                return "crash", ("it died, and Docker's restart policy started it again "
+                                 "(in its start period)")
             return "starting", "in its start period (waiting for its GPUs, or starting)"
         # /api/version takes no lock of Ollama's scheduler: it answers while a model loads
         outcome, doc = version
@@ -555,6 +561,7 @@ class Agent:
             problem = self.instance_problem(inst, states.get(inst["name"], ""),
                                             futures[inst["name"]].result())
             self.observe_instance(inst, *problem, now)
+        self.seen = states
         self.heal(now)
         self.publish(now)
         self.save_state()
@@ -585,14 +592,16 @@ class Agent:
         if kind and fault is None:
             chain = next((c for k, _, c in [self.gpu_faults.get(g, ("", "", []))
                                              for g in inst["gpus"]] if k == kind), None)
-            self.faults[name] = Fault(kind, reason, chain or CHAINS.get(kind, []), now)
+            fault = self.faults[name] = Fault(kind, reason, chain or CHAINS.get(kind, []), now)
+            if kind == "crash":  # Docker took the first action: its effect is awaited
+                fault.step, fault.action, fault.acted_at = 0, "start", now
             if kind != "starting":
                 self.event(name, kind, "evicted", "out of rotation", reason)
         elif kind and fault:
             fault.good = 0
             self.jobs.pop(f"proof:{name}", None)
             self.results.pop(f"proof:{name}", None)
-            transient = ("down", "hang", "starting")
+            transient = ("down", "crash", "hang", "starting")
             if kind != fault.kind and fault.kind in transient and kind not in transient:
                 fault.kind, fault.reason = kind, reason  # it came up with another fault
                 fault.chain, fault.step = CHAINS.get(kind, fault.chain), -1

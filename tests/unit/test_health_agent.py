@@ -450,6 +450,39 @@ def test_a_crash_just_now_is_not_an_operators_stop(host):
     assert "docker start ollama-0" in host.actions()
 
 
+def test_a_crash_docker_restarted_between_two_checks_is_out_as_a_crash_until_proven(host):
+    """Docker's restart policy starts a dead instance again within a second: the agent sees
+    it serving, then in its start period. It is out as a crash (an event the operator sees),
+    Docker's restart is its first action, and it returns after the GPU proof."""
+    for inst in host.instances:
+        inst.models = [on_gpu()]
+    agent = agent_module.Agent(host.config())
+    checks(agent)
+    (host.fake / "ps.out").write_text("ollama-0\trunning\tUp 1 second (health: starting)\n"
+                                      "ollama-1\trunning\tUp 2 hours (healthy)\n")
+    checks(agent)
+    assert host.instance("ollama-0")["kind"] == "crash"
+    assert host.instance("ollama-1")["state"] == "ok"
+    checks(agent, 2)  # still in its start period: the same fault, nothing done to it
+    assert host.instance("ollama-0")["kind"] == "crash"
+    (host.fake / "ps.out").write_text("ollama-0\trunning\tUp 9 seconds (healthy)\n"
+                                      "ollama-1\trunning\tUp 2 hours (healthy)\n")
+    checks(agent, 4)
+    assert host.instance("ollama-0")["state"] == "ok"
+    assert host.actions() == []  # Docker started it: the agent neither started nor restarted
+    mine = [(e["instance"], e["kind"], e["action"]) for e in host.events()]
+    assert mine == [("ollama-0", "crash", "evicted"), ("ollama-0", "crash", "returned")]
+
+
+def test_an_instance_in_its_start_period_at_the_agents_start_is_starting_not_a_crash(host):
+    (host.fake / "ps.out").write_text("ollama-0\trunning\tUp 1 second (health: starting)\n"
+                                      "ollama-1\trunning\tUp 2 hours (healthy)\n")
+    agent = agent_module.Agent(host.config())
+    checks(agent, 2)
+    assert host.instance("ollama-0")["kind"] == "starting"
+    assert host.events() == []
+
+
 def test_a_removed_container_is_out_but_never_recreated_by_the_agent(host):
     (host.fake / "ps.out").write_text("ollama-1\trunning\n")  # ollama-0 is gone
     agent = agent_module.Agent(host.config())
