@@ -709,6 +709,11 @@ class Agent:
                 if action == "reboot" and not self.c["allow_reboot"]:
                     fault.stuck = allowed
                 continue
+            if action == "reset-gpu" and self.gpu_by_bus:
+                # the kernel's records written up to now describe what this reset clears: read
+                # before it (the ECC count that called it may have come in after this cycle's
+                # read), so that none is taken afterwards for a new error of the reset GPU
+                self.read_kernel()
             fault.step += 1
             fault.acted_at = now
             fault.action = action

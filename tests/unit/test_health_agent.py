@@ -90,7 +90,9 @@ def host(tmp_path, monkeypatch):
     (fake / "fm.rc").write_text("0")
     tools = {
         "nvidia-smi": f'echo "nvidia-smi $*" >>{fake}/actions\n'
-                      f'case "$1" in -r) exit "$(cat {fake}/reset.rc 2>/dev/null || echo 0)";;'
+                      f'case "$1" in -r)\n'
+                      f'   [ -f {fake}/smi.reset ] && mv {fake}/smi.reset {fake}/smi.out\n'
+                      f'   exit "$(cat {fake}/reset.rc 2>/dev/null || echo 0)";;'
                       f' esac\n'
                       f'cat {fake}/smi.out; exit "$(cat {fake}/smi.rc)"',
         "docker": f'case "$1" in\n'
@@ -225,6 +227,32 @@ def test_a_double_bit_ecc_error_resets_the_idle_gpu_and_the_instance_returns(hos
     assert host.instance("ollama-0")["state"] == "ok"
     assert ("ollama-0", "xid48", "reset-gpu", "done") in [
         (e["instance"], e["kind"], e["action"], e["result"]) for e in host.events()]
+
+
+def test_an_xid_record_read_after_the_ecc_count_is_the_error_the_reset_clears(host):
+    """The driver writes the Xid 48 record and raises the ECC count together; the agent's
+    nvidia-smi may see the count after that cycle's read of the kernel log. The record is
+    read before the reset, so it is not taken afterwards for a new error: one reset."""
+    agent = agent_module.Agent(host.config())
+    checks(agent)
+    read = agent.kmsg.read
+    # the cycle's kernel read came before the record: nothing, until the fault is known
+    agent.kmsg.read = lambda: read() if "ollama-0" in agent.faults else []
+    host.kernel("NVRM: Xid (PCI:0000:3b:00): 48, pid=1, name=ollama, An uncorrectable double "
+                "bit error (DBE) has been detected on GPU in the framebuffer")
+    (host.fake / "smi.out").write_text(SMI_OK.replace("3B:00.0, 0,", "3B:00.0, 1,"))
+    (host.fake / "smi.reset").write_text(SMI_OK)  # a reset clears the volatile count
+    checks(agent, 2)
+    assert host.actions() == ["docker stop -t 10 ollama-0", "nvidia-smi -r -i 0",
+                              "docker start ollama-0"]
+    host.instances[0].models = [on_gpu()]
+    checks(agent, 5)
+    assert host.instance("ollama-0")["state"] == "ok"
+    assert host.actions() == ["docker stop -t 10 ollama-0", "nvidia-smi -r -i 0",
+                              "docker start ollama-0"]  # one reset, not a second one
+    kinds = [(e["kind"], e["action"]) for e in host.events()]
+    assert kinds == [("ecc", "evicted"), ("xid48", "seen"), ("ecc", "reset-gpu"),
+                     ("ecc", "returned")], kinds
 
 
 def test_a_kernel_record_is_acted_on_once_per_boot_even_after_the_agent_restarts(host):
